@@ -1,0 +1,1 @@
+//! omex: a GPU-first model format and runtime.
