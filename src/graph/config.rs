@@ -1,0 +1,335 @@
+//! Typed node configs of a decoder-only transformer and their mapping to and from `graph.json` nodes:
+//! `embedding -> transformer_block_0 .. transformer_block_{N-1} -> final_norm -> lm_head`.
+
+use crate::error::{Error, Result};
+use crate::format::graph::{Edge, EntryPoint, GraphFile, Node};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Norm {
+    RmsNorm { eps: f32 },
+    LayerNorm { eps: f32 },
+}
+
+/// Which dimensions RoPE rotates together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RopeStyle {
+    /// Pairs (2i, 2i+1): GGUF llama (its converter permutes Q and K for this).
+    Interleaved,
+    /// Pairs (i, i + d/2): Hugging Face llama, qwen2, GPT-NeoX.
+    Half,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear { factor: f32 },
+    /// Llama 3.1's frequency-dependent scaling.
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_context_length: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RopeConfig {
+    pub base: f32,
+    pub style: RopeStyle,
+    /// Rotated dimensions per head (the head dim for llama).
+    pub dims: u32,
+    pub scaling: Option<RopeScaling>,
+}
+
+impl RopeConfig {
+    /// Inverse frequencies, one per rotated pair, with the scaling applied.
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let half = (self.dims / 2) as usize;
+        (0..half)
+            .map(|i| {
+                let f = 1.0 / (self.base as f64).powf(2.0 * i as f64 / self.dims as f64);
+                let f = match self.scaling {
+                    None => f,
+                    Some(RopeScaling::Linear { factor }) => f / factor as f64,
+                    Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) => {
+                        let (factor, lo, hi) = (factor as f64, low_freq_factor as f64, high_freq_factor as f64);
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        let (low_wavelen, high_wavelen) = (original_context_length as f64 / lo, original_context_length as f64 / hi);
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (original_context_length as f64 / wavelen - lo) / (hi - lo);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    }
+                };
+                f as f32
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// SwiGLU: down(silu(gate(x)) * up(x)).
+    Silu,
+    /// GeGLU with the tanh approximation.
+    Gelu,
+}
+
+/// The tensor names one transformer block reads (from its own layer file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockWeights {
+    /// The weight file, relative to `weights/`.
+    pub file: String,
+    pub attn_norm: String,
+    pub attn_q: String,
+    pub attn_k: String,
+    pub attn_v: String,
+    pub attn_output: String,
+    pub ffn_norm: String,
+    pub ffn_gate: String,
+    pub ffn_up: String,
+    pub ffn_down: String,
+    /// Q/K/V biases (qwen2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_qkv_bias: Option<[String; 3]>,
+}
+
+impl BlockWeights {
+    /// The standard names of block `i` (GGUF's naming, which omex keeps).
+    pub fn standard(i: usize, with_bias: bool) -> BlockWeights {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        BlockWeights {
+            file: format!("layer_{i}.bin"),
+            attn_norm: n("attn_norm"),
+            attn_q: n("attn_q"),
+            attn_k: n("attn_k"),
+            attn_v: n("attn_v"),
+            attn_output: n("attn_output"),
+            ffn_norm: n("ffn_norm"),
+            ffn_gate: n("ffn_gate"),
+            ffn_up: n("ffn_up"),
+            ffn_down: n("ffn_down"),
+            attn_qkv_bias: with_bias.then(|| [n("attn_q.bias"), n("attn_k.bias"), n("attn_v.bias")]),
+        }
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        let mut v = vec![
+            &self.attn_norm, &self.attn_q, &self.attn_k, &self.attn_v, &self.attn_output, &self.ffn_norm, &self.ffn_gate,
+            &self.ffn_up, &self.ffn_down,
+        ];
+        if let Some(b) = &self.attn_qkv_bias {
+            v.extend(b.iter());
+        }
+        v.into_iter().map(String::as_str).collect()
+    }
+}
+
+/// A decoder-only transformer: every hyper-parameter the runtime needs, and the tensor each op reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transformer {
+    pub architecture: String,
+    pub vocab_size: u32,
+    pub hidden_size: u32,
+    pub intermediate_size: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub context_length: u32,
+    pub norm: Norm,
+    pub rope: RopeConfig,
+    pub activation: Activation,
+    pub token_embedding: String,
+    pub embedding_file: String,
+    pub output_norm: String,
+    /// The lm head's weight: the token embedding itself when `tied`.
+    pub output: String,
+    pub head_file: String,
+    pub tied_embeddings: bool,
+    pub blocks: Vec<BlockWeights>,
+}
+
+/// Reads a typed field of a node's config, naming the node and field when it is missing or mistyped.
+fn field<T: serde::de::DeserializeOwned>(path: &Path, node: &Node, key: &str) -> Result<T> {
+    let v = node.config.get(key).ok_or_else(|| Error::invalid(path, format!("node {}: config has no {key:?}", node.id)))?;
+    serde_json::from_value(v.clone()).map_err(|e| Error::invalid(path, format!("node {}: config {key:?}: {e}", node.id)))
+}
+
+impl Transformer {
+    pub fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The graph.json of this model.
+    pub fn to_graph(&self, graph_id: &str) -> GraphFile {
+        let mut nodes = vec![Node {
+            id: "embedding".into(),
+            kind: "embedding".into(),
+            inputs: vec!["input_ids".into()],
+            outputs: vec!["hidden".into()],
+            config: json!({"vocab_size": self.vocab_size, "embedding_dim": self.hidden_size,
+                           "weight": self.token_embedding, "file": self.embedding_file}),
+        }];
+        let mut edges = Vec::new();
+        let mut prev = "embedding.hidden".to_string();
+        for (i, b) in self.blocks.iter().enumerate() {
+            let id = format!("transformer_block_{i}");
+            nodes.push(Node {
+                id: id.clone(),
+                kind: "transformer_block".into(),
+                inputs: vec!["input".into()],
+                outputs: vec!["output".into()],
+                config: json!({
+                    "layer": i, "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+                    "num_attention_heads": self.n_heads, "num_key_value_heads": self.n_kv_heads,
+                    "attention_head_size": self.head_dim, "norm": self.norm, "rope": self.rope,
+                    "activation": self.activation, "context_length": self.context_length, "weights": b,
+                }),
+            });
+            edges.push(Edge { from: prev, to: format!("{id}.input") });
+            prev = format!("{id}.output");
+        }
+        nodes.push(Node {
+            id: "final_norm".into(),
+            kind: "norm".into(),
+            inputs: vec!["input".into()],
+            outputs: vec!["output".into()],
+            config: json!({"norm": self.norm, "dim": self.hidden_size, "weight": self.output_norm, "file": self.head_file}),
+        });
+        edges.push(Edge { from: prev, to: "final_norm.input".into() });
+        let head_file = if self.tied_embeddings { &self.embedding_file } else { &self.head_file };
+        nodes.push(Node {
+            id: "lm_head".into(),
+            kind: "linear".into(),
+            inputs: vec!["input".into()],
+            outputs: vec!["logits".into()],
+            config: json!({"in_features": self.hidden_size, "out_features": self.vocab_size, "weight": self.output,
+                           "file": head_file, "tied_embeddings": self.tied_embeddings}),
+        });
+        edges.push(Edge { from: "final_norm.output".into(), to: "lm_head.input".into() });
+        let mut entry_points = BTreeMap::new();
+        entry_points.insert("default".into(), EntryPoint { inputs: vec!["input_ids".into()], outputs: vec!["logits".into()] });
+        GraphFile { graph_id: graph_id.into(), graph_type: format!("transformer/{}", self.architecture), nodes, edges, entry_points }
+    }
+
+    /// Builds the model from graph.json (`path` is used in error messages). Blocks are taken in edge order
+    /// from the embedding to the lm head, so the file's node order does not matter.
+    pub fn from_graph(graph: &GraphFile, path: &Path) -> Result<Transformer> {
+        let bad = |what: String| Error::invalid(path, what);
+        let node = |id: &str| graph.node(id).ok_or_else(|| bad(format!("no node {id:?}")));
+        let embed = node("embedding")?;
+        let final_norm = node("final_norm")?;
+        let head = node("lm_head")?;
+        let architecture = graph.graph_type.strip_prefix("transformer/").unwrap_or("llama").to_string();
+
+        let next: BTreeMap<&str, &str> =
+            graph.edges.iter().map(|e| (e.from.split('.').next().unwrap_or(""), e.to.split('.').next().unwrap_or(""))).collect();
+        let mut chain = Vec::new();
+        let mut at = "embedding";
+        while let Some(&to) = next.get(at) {
+            if to == "final_norm" {
+                break;
+            }
+            if chain.len() > graph.nodes.len() {
+                return Err(bad("edges form a cycle".into()));
+            }
+            let n = node(to)?;
+            if n.kind != "transformer_block" {
+                return Err(bad(format!("node {to}: expected a transformer_block between embedding and final_norm, found {:?}", n.kind)));
+            }
+            chain.push(n);
+            at = to;
+        }
+        if next.get(at) != Some(&"final_norm") || next.get("final_norm") != Some(&"lm_head") {
+            return Err(bad("edges do not lead embedding -> blocks -> final_norm -> lm_head".into()));
+        }
+        let first = chain.first().ok_or_else(|| bad("no transformer blocks".into()))?;
+        let mut blocks = Vec::with_capacity(chain.len());
+        for n in &chain {
+            for key in ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "attention_head_size"] {
+                if n.config.get(key) != first.config.get(key) {
+                    return Err(bad(format!("node {}: {key} differs from block 0 (mixed block shapes are not supported)", n.id)));
+                }
+            }
+            blocks.push(field::<BlockWeights>(path, n, "weights")?);
+        }
+        let t = Transformer {
+            architecture,
+            vocab_size: field(path, embed, "vocab_size")?,
+            hidden_size: field(path, first, "hidden_size")?,
+            intermediate_size: field(path, first, "intermediate_size")?,
+            n_heads: field(path, first, "num_attention_heads")?,
+            n_kv_heads: field(path, first, "num_key_value_heads")?,
+            head_dim: field(path, first, "attention_head_size")?,
+            context_length: field(path, first, "context_length")?,
+            norm: field(path, first, "norm")?,
+            rope: field(path, first, "rope")?,
+            activation: field(path, first, "activation")?,
+            token_embedding: field(path, embed, "weight")?,
+            embedding_file: field(path, embed, "file")?,
+            output_norm: field(path, final_norm, "weight")?,
+            output: field(path, head, "weight")?,
+            head_file: field(path, final_norm, "file")?,
+            tied_embeddings: field(path, head, "tied_embeddings")?,
+            blocks,
+        };
+        t.check().map_err(bad)?;
+        Ok(t)
+    }
+
+    /// Consistency of the hyper-parameters among themselves.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let nonzero = [
+            ("vocab_size", self.vocab_size), ("hidden_size", self.hidden_size), ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.n_heads), ("num_key_value_heads", self.n_kv_heads),
+            ("attention_head_size", self.head_dim), ("context_length", self.context_length),
+        ];
+        if let Some((k, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{k} is 0"));
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(format!("{} attention heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads));
+        }
+        if self.rope.dims > self.head_dim || self.rope.dims % 2 != 0 {
+            return Err(format!("rope dims {} must be even and at most the head dim {}", self.rope.dims, self.head_dim));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!("head dim {} is odd", self.head_dim));
+        }
+        Ok(())
+    }
+
+    /// Every (tensor name, expected shape) the graph reads, for validation against the index.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<u32>)> {
+        let (d, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let (q, kv) = (self.n_heads * hd, self.n_kv_heads * hd);
+        let mut v = vec![(self.token_embedding.clone(), vec![self.vocab_size, d]), (self.output_norm.clone(), vec![d])];
+        if !self.tied_embeddings {
+            v.push((self.output.clone(), vec![self.vocab_size, d]));
+        }
+        for b in &self.blocks {
+            v.push((b.attn_norm.clone(), vec![d]));
+            v.push((b.attn_q.clone(), vec![q, d]));
+            v.push((b.attn_k.clone(), vec![kv, d]));
+            v.push((b.attn_v.clone(), vec![kv, d]));
+            v.push((b.attn_output.clone(), vec![d, q]));
+            v.push((b.ffn_norm.clone(), vec![d]));
+            v.push((b.ffn_gate.clone(), vec![f, d]));
+            v.push((b.ffn_up.clone(), vec![f, d]));
+            v.push((b.ffn_down.clone(), vec![d, f]));
+            if let Some([bq, bk, bv]) = &b.attn_qkv_bias {
+                v.push((bq.clone(), vec![q]));
+                v.push((bk.clone(), vec![kv]));
+                v.push((bv.clone(), vec![kv]));
+            }
+        }
+        v
+    }
+}
