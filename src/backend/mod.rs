@@ -1,0 +1,75 @@
+//! Where the model runs. An [`Engine`] owns a model's weights (as the backend wants them: mmapped slices on
+//! the CPU, buffers on the GPU), its KV cache and scratch space, and runs the forward pass over a chunk of
+//! tokens. The session above it knows nothing of how.
+
+pub mod cpu;
+mod weights;
+
+pub use weights::WeightRef;
+
+use crate::error::Result;
+
+/// Which rows of logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None (prefill of a chunk that is not the prompt's last).
+    None,
+    /// The last token's row only (generation).
+    Last,
+    /// Every token's row (perplexity, teacher forcing).
+    All,
+}
+
+/// Precision of the activations fed to the matrix products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// f32 activations: the reference-accurate path.
+    F32,
+    /// Activations quantized to int8 per group of 32 for integer dot products (llama.cpp's approach): faster,
+    /// logits within ~0.5 of the f32 path.
+    #[default]
+    Int8,
+}
+
+impl std::str::FromStr for Activations {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Activations::F32),
+            "int8" | "q8" => Ok(Activations::Int8),
+            _ => Err(format!("unknown activation precision {s:?} (f32 or int8)")),
+        }
+    }
+}
+
+/// The element type of the KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvType {
+    F32,
+    #[default]
+    F16,
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(KvType::F32),
+            "f16" => Ok(KvType::F16),
+            _ => Err(format!("unknown KV cache type {s:?} (f16 or f32)")),
+        }
+    }
+}
+
+pub trait Engine {
+    /// A one-line description for logs and `--json` output, e.g. "cpu (avx2, 2 threads)".
+    fn describe(&self) -> String;
+
+    /// Tokens the KV cache holds.
+    fn context_length(&self) -> usize;
+
+    /// Runs `ids` at positions `pos..pos + ids.len()`, storing their keys and values in the cache, and returns
+    /// the requested logits rows, `[rows, vocab]` row-major. Positions at or after `pos` are overwritten, so
+    /// rewinding is passing a smaller `pos`.
+    fn forward(&mut self, ids: &[u32], pos: usize, logits: Logits) -> Result<Vec<f32>>;
+}

@@ -1,0 +1,9 @@
+//! Running a model: loading it, sessions (prompt, KV cache, generation loop, streaming) and sampling.
+
+mod model;
+pub mod sampler;
+pub mod session;
+
+pub use model::{BackendChoice, EngineOptions, Model};
+pub use sampler::{Sampler, SamplerOptions};
+pub use session::{GenerateOptions, Generation, Session, StopReason, Timings};

@@ -1,0 +1,98 @@
+//! `Model::load`: the directory, its graph and its tokenizer; engines and sessions are made from it.
+
+use super::session::Session;
+use crate::backend::cpu::{CpuEngine, CpuOptions};
+use crate::backend::{Activations, Engine, KvType};
+use crate::error::{Error, Result};
+use crate::format::graph::GRAPH_FILE;
+use crate::format::ModelDir;
+use crate::graph::Transformer;
+use crate::tokenizer::Tokenizer;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Which engine runs the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// The GPU when a hardware adapter exists, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "cpu" => Ok(BackendChoice::Cpu),
+            "gpu" => Ok(BackendChoice::Gpu),
+            _ => Err(format!("unknown backend {s:?} (cpu, gpu or auto)")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub backend: BackendChoice,
+    /// CPU worker threads (0: one per core).
+    pub threads: usize,
+    /// KV cache length; `None`: the model's context, capped at 4096.
+    pub context_length: Option<usize>,
+    pub activations: Activations,
+    pub kv: KvType,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { backend: BackendChoice::Auto, threads: 0, context_length: None, activations: Activations::default(), kv: KvType::default() }
+    }
+}
+
+/// Default KV cache length when the user gives none: long enough for chat, small enough for a laptop.
+const DEFAULT_CONTEXT: usize = 4096;
+
+pub struct Model {
+    pub dir: ModelDir,
+    pub config: Transformer,
+    pub tokenizer: Arc<Tokenizer>,
+}
+
+impl Model {
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let dir = ModelDir::open(path)?;
+        let config = Transformer::from_graph(&dir.graph, &path.join(GRAPH_FILE))?;
+        let tokenizer = Tokenizer::load(&path.join("tokenizer")).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Model { dir, config, tokenizer: Arc::new(tokenizer) })
+    }
+
+    pub fn context_length(&self, opts: &EngineOptions) -> Result<usize> {
+        let max = self.config.context_length as usize;
+        match opts.context_length {
+            Some(0) => Err(Error::Usage("--ctx must be at least 1".into())),
+            Some(n) if n > max => Err(Error::Usage(format!("--ctx {n} exceeds the model's context length {max}"))),
+            Some(n) => Ok(n),
+            None => Ok(max.min(DEFAULT_CONTEXT)),
+        }
+    }
+
+    pub fn engine(&self, opts: &EngineOptions) -> Result<Box<dyn Engine>> {
+        let context_length = self.context_length(opts)?;
+        match opts.backend {
+            BackendChoice::Cpu | BackendChoice::Auto => {
+                if opts.backend == BackendChoice::Auto {
+                    log::info!("backend auto: using the CPU engine");
+                }
+                let cpu = CpuOptions { threads: opts.threads, context_length, activations: opts.activations, kv: opts.kv, max_batch: 512 };
+                Ok(Box::new(CpuEngine::load(&self.dir, &self.config, cpu)?))
+            }
+            BackendChoice::Gpu => Err(Error::Gpu("this build has no GPU engine yet; use --backend cpu".into())),
+        }
+    }
+
+    pub fn session(&self, opts: &EngineOptions) -> Result<Session> {
+        Ok(Session::new(self.engine(opts)?, self.tokenizer.clone()))
+    }
+}

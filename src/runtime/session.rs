@@ -1,0 +1,227 @@
+//! A conversation with a loaded model: the engine's KV cache holds `tokens`; `generate` feeds the new part of
+//! a prompt (reusing the cached prefix), then samples token by token, streaming text through a callback.
+
+use super::sampler::{Sampler, SamplerOptions};
+use crate::backend::{Engine, Logits};
+use crate::error::{Error, Result};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampler: SamplerOptions,
+    /// Generation stops when the text contains one of these (which is not included in the output).
+    pub stop_strings: Vec<String>,
+    /// Keep going past end-of-sequence tokens.
+    pub ignore_eos: bool,
+    /// Drop the oldest prompt tokens instead of failing when the prompt does not fit the context.
+    pub truncate_prompt: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 128,
+            sampler: SamplerOptions::default(),
+            stop_strings: Vec::new(),
+            ignore_eos: false,
+            truncate_prompt: false,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    MaxTokens,
+    EndOfSequence,
+    StopString,
+    ContextFull,
+    /// The callback asked to stop (Ctrl-C, a closed connection...).
+    Cancelled,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    pub prompt_ms: f64,
+    pub decode_tokens: usize,
+    pub decode_ms: f64,
+}
+
+impl Timings {
+    pub fn prompt_tok_s(&self) -> f64 {
+        rate(self.prompt_tokens, self.prompt_ms)
+    }
+    pub fn decode_tok_s(&self) -> f64 {
+        rate(self.decode_tokens, self.decode_ms)
+    }
+}
+
+fn rate(tokens: usize, ms: f64) -> f64 {
+    if ms > 0.0 {
+        tokens as f64 * 1000.0 / ms
+    } else {
+        0.0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub output_ids: Vec<u32>,
+    pub text: String,
+    pub stop: StopReason,
+    pub timings: Timings,
+}
+
+pub struct Session {
+    engine: Box<dyn Engine>,
+    tokenizer: Arc<Tokenizer>,
+    /// The tokens whose keys and values the engine's cache holds, in order.
+    tokens: Vec<u32>,
+}
+
+impl Session {
+    pub fn new(engine: Box<dyn Engine>, tokenizer: Arc<Tokenizer>) -> Session {
+        Session { engine, tokenizer, tokens: Vec::new() }
+    }
+
+    pub fn engine(&mut self) -> &mut dyn Engine {
+        self.engine.as_mut()
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Forgets the conversation (the cache is overwritten from position 0 next time).
+    pub fn reset(&mut self) {
+        self.tokens.clear();
+    }
+
+    /// Tokenizes `prompt` (special tokens recognised; BOS added when the tokenizer config asks for it).
+    pub fn encode_prompt(&self, prompt: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        if self.tokenizer.add_bos() {
+            ids.extend(self.tokenizer.bos_id());
+        }
+        ids.extend(self.tokenizer.encode(prompt));
+        ids
+    }
+
+    /// Generates a continuation of `prompt`. `on_text` receives each complete UTF-8 piece as soon as it is
+    /// decoded and returns `false` to stop.
+    pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        let ids = self.encode_prompt(prompt);
+        self.generate_from_ids(ids, opts, on_text)
+    }
+
+    pub fn generate_from_ids(&mut self, mut ids: Vec<u32>, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        opts.sampler.check().map_err(Error::Usage)?;
+        if ids.is_empty() {
+            return Err(Error::Usage("the prompt is empty (no tokens)".into()));
+        }
+        let ctx = self.engine.context_length();
+        if ids.len() >= ctx {
+            if !opts.truncate_prompt {
+                return Err(Error::Usage(format!(
+                    "the prompt has {} tokens and the context holds {ctx}: shorten it, raise --ctx, or pass --truncate",
+                    ids.len()
+                )));
+            }
+            ids.drain(..ids.len() + 1 - ctx);
+            self.tokens.clear();
+        }
+        // Reuse the cached prefix; at least the last prompt token is run again to get its logits.
+        let common = self.tokens.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        self.tokens.truncate(common);
+
+        let mut timings = Timings { prompt_tokens: ids.len() - common, ..Default::default() };
+        let t0 = Instant::now();
+        let mut logits = self.engine.forward(&ids[common..], common, Logits::Last)?;
+        timings.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.tokens.extend_from_slice(&ids);
+
+        let mut sampler = Sampler::new(opts.sampler.clone());
+        let mut stream = StreamDecoder::new(self.tokenizer.clone());
+        let mut out_ids = Vec::new();
+        let mut text = String::new();
+        let mut emitted = 0; // bytes of `text` already handed to the callback
+        let t1 = Instant::now();
+        let stop = loop {
+            if out_ids.len() >= opts.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            let id = sampler.sample(&mut logits, &self.tokens);
+            if !opts.ignore_eos && self.tokenizer.is_stop(id) {
+                break StopReason::EndOfSequence;
+            }
+            out_ids.push(id);
+            if let Some(piece) = stream.push(id) {
+                text.push_str(&piece);
+            }
+            if let Some(at) = find_stop(&text, &opts.stop_strings) {
+                text.truncate(at);
+                emitted = emitted.min(at);
+                on_text(&text[emitted..]);
+                break StopReason::StopString;
+            }
+            // Hold back a tail that could still become a stop string.
+            let safe = safe_prefix_len(&text, &opts.stop_strings).max(emitted);
+            if safe > emitted && !on_text(&text[emitted..safe]) {
+                break StopReason::Cancelled;
+            }
+            emitted = safe;
+            if self.tokens.len() + 1 > ctx {
+                break StopReason::ContextFull;
+            }
+            let pos = self.tokens.len();
+            logits = self.engine.forward(&[id], pos, Logits::Last)?;
+            self.tokens.push(id);
+        };
+        if stop != StopReason::StopString {
+            text.push_str(&stream.flush());
+            if emitted < text.len() {
+                on_text(&text[emitted..]);
+            }
+        }
+        timings.decode_tokens = out_ids.len();
+        timings.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+        Ok(Generation { prompt_ids: ids, output_ids: out_ids, text, stop, timings })
+    }
+}
+
+fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// The length of `text` that cannot be the start of a stop string still being generated.
+fn safe_prefix_len(text: &str, stops: &[String]) -> usize {
+    let mut safe = text.len();
+    for s in stops.iter().filter(|s| !s.is_empty()) {
+        for k in (1..s.len().min(text.len() + 1)).rev() {
+            if text.is_char_boundary(text.len() - k) && s.starts_with(&text[text.len() - k..]) {
+                safe = safe.min(text.len() - k);
+                break;
+            }
+        }
+    }
+    safe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_string_tail_is_held_back() {
+        let stops = vec!["\nUser:".to_string()];
+        assert_eq!(safe_prefix_len("hello\nUs", &stops), 5);
+        assert_eq!(safe_prefix_len("hello", &stops), 5);
+        assert_eq!(find_stop("a\nUser: b", &stops), Some(1));
+        assert_eq!(find_stop("abc", &stops), None);
+    }
+}
