@@ -1,7 +1,15 @@
 //! omex: a GPU-first model format and runtime. The bytes on disk are the bytes the kernels read.
 
+pub mod backend;
 pub mod error;
 pub mod format;
 pub mod graph;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod import;
+pub mod quant;
+pub mod runtime;
+pub mod tokenizer;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod validate;
 
 pub use error::{Error, Result};

@@ -13,12 +13,35 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Convert a GGUF file or a Hugging Face model directory to an omex model directory
+    Convert(cli::convert::ConvertArgs),
+    /// Check a model directory: schemas, records, checksums, tokenizer
+    Validate(cli::validate::ValidateArgs),
+    /// List each weight file's tensors with their layouts and sizes
+    LayerInspect(cli::layer_inspect::LayerInspectArgs),
+    /// Encode text to token ids, or decode ids to text
+    Tokenize(cli::tokenize::TokenizeArgs),
+    /// Generate text from a prompt
+    Run(cli::run::RunArgs),
+    /// Measure prompt processing and generation speed
+    Bench(cli::bench::BenchArgs),
+    /// Perplexity of a text file (llama-perplexity's definition)
+    Perplexity(cli::perplexity::PerplexityArgs),
+}
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).format_timestamp(None).init();
     let cli = Cli::parse();
-    let result: omex::Result<()> = match cli.command {};
+    let result: omex::Result<()> = match cli.command {
+        Command::Convert(args) => cli::convert::run(args),
+        Command::Validate(args) => cli::validate::run(args),
+        Command::LayerInspect(args) => cli::layer_inspect::run(args),
+        Command::Tokenize(args) => cli::tokenize::run(args),
+        Command::Run(args) => cli::run::run(args),
+        Command::Bench(args) => cli::bench::run(args),
+        Command::Perplexity(args) => cli::perplexity::run(args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

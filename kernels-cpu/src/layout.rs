@@ -102,6 +102,36 @@ impl<'a> Matrix<'a> {
         Ok(Matrix { rows, cols, w })
     }
 
+    /// Checks the slice lengths of a `Matrix` built by hand (its fields are public), as [`Matrix::new`] does.
+    pub fn validate(&self) -> Result<(), LayoutError> {
+        Matrix::new(self.rows, self.cols, self.w).map(|_| ())
+    }
+
+    /// Quantization groups per row (`cols / GROUP`; 0 for F32/F16, which have none).
+    pub fn groups_per_row(&self) -> usize {
+        match self.w {
+            Weights::F32(_) | Weights::F16(_) => 0,
+            _ => self.cols / GROUP,
+        }
+    }
+
+    /// Bytes of one row in this layout, quants and per-group parameters together.
+    pub fn row_bytes(&self) -> usize {
+        let g = self.cols / GROUP;
+        match self.w {
+            Weights::F32(_) => 4 * self.cols,
+            Weights::F16(_) => 2 * self.cols,
+            Weights::Int8 { .. } => self.cols + 2 * g,
+            Weights::Int4 { .. } => g * (INT4_GROUP_BYTES + 4),
+            Weights::Ternary { .. } => g * (TERNARY_GROUP_BYTES + 2),
+        }
+    }
+
+    /// Bytes of the whole matrix in this layout (what a matvec must read).
+    pub fn weight_bytes(&self) -> usize {
+        self.rows * self.row_bytes()
+    }
+
     /// Dequantizes row `r` into `out` (`out.len() == cols`). The scalar reference every kernel is tested against.
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
         assert_eq!(out.len(), self.cols);

@@ -138,8 +138,8 @@ impl CpuEngine {
             Norm::LayerNorm { .. } => return Err(Error::Unsupported("LayerNorm graphs on the CPU engine".into())),
         };
         let style = match cfg.rope.style {
-            RopeStyle::Interleaved => ops::rope::RopeStyle::Interleaved,
-            RopeStyle::Half => ops::rope::RopeStyle::Half,
+            RopeStyle::Interleaved => ops::RopeStyle::Interleaved,
+            RopeStyle::Half => ops::RopeStyle::Half,
         };
         let rope_dims = cfg.rope.dims as usize;
         let s = &mut self.s;
@@ -252,12 +252,12 @@ fn add_bias(x: &mut [f32], bias: &[f32]) {
 }
 
 /// RoPE on the first `dims` values of every head (partial rotary embedding when `dims < head_dim`).
-fn rope_heads(x: &mut [f32], heads: usize, hd: usize, dims: usize, pos: usize, inv_freq: &[f32], style: ops::rope::RopeStyle) {
+fn rope_heads(x: &mut [f32], heads: usize, hd: usize, dims: usize, pos: usize, inv_freq: &[f32], style: ops::RopeStyle) {
     if dims == hd {
-        ops::rope::rope(x, heads, hd, pos, inv_freq, style);
+        ops::rope(x, heads, hd, pos, inv_freq, style);
     } else {
         for head in x.chunks_exact_mut(hd) {
-            ops::rope::rope(&mut head[..dims], 1, dims, pos, inv_freq, style);
+            ops::rope(&mut head[..dims], 1, dims, pos, inv_freq, style);
         }
     }
 }

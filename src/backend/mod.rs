@@ -3,6 +3,7 @@
 //! tokens. The session above it knows nothing of how.
 
 pub mod cpu;
+pub mod gpu;
 mod weights;
 
 pub use weights::WeightRef;

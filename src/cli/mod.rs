@@ -1,1 +1,10 @@
 //! One file per subcommand: parse the flags, call the library, print. No model logic lives here.
+
+pub mod bench;
+pub mod engine_args;
+pub mod perplexity;
+pub mod run;
+pub mod convert;
+pub mod layer_inspect;
+pub mod tokenize;
+pub mod validate;

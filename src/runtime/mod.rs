@@ -1,6 +1,7 @@
 //! Running a model: loading it, sessions (prompt, KV cache, generation loop, streaming) and sampling.
 
 mod model;
+pub mod perplexity;
 pub mod sampler;
 pub mod session;
 

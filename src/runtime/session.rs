@@ -4,7 +4,7 @@
 use super::sampler::{Sampler, SamplerOptions};
 use crate::backend::{Engine, Logits};
 use crate::error::{Error, Result};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -104,12 +104,7 @@ impl Session {
 
     /// Tokenizes `prompt` (special tokens recognised; BOS added when the tokenizer config asks for it).
     pub fn encode_prompt(&self, prompt: &str) -> Vec<u32> {
-        let mut ids = Vec::new();
-        if self.tokenizer.add_bos() {
-            ids.extend(self.tokenizer.bos_id());
-        }
-        ids.extend(self.tokenizer.encode(prompt));
-        ids
+        self.tokenizer.encode_with_specials(prompt)
     }
 
     /// Generates a continuation of `prompt`. `on_text` receives each complete UTF-8 piece as soon as it is
@@ -146,7 +141,8 @@ impl Session {
         self.tokens.extend_from_slice(&ids);
 
         let mut sampler = Sampler::new(opts.sampler.clone());
-        let mut stream = StreamDecoder::new(self.tokenizer.clone());
+        let tokenizer = self.tokenizer.clone();
+        let mut stream = tokenizer.stream_decoder(true);
         let mut out_ids = Vec::new();
         let mut text = String::new();
         let mut emitted = 0; // bytes of `text` already handed to the callback
@@ -183,7 +179,7 @@ impl Session {
             self.tokens.push(id);
         };
         if stop != StopReason::StopString {
-            text.push_str(&stream.flush());
+            text.extend(stream.finish());
             if emitted < text.len() {
                 on_text(&text[emitted..]);
             }

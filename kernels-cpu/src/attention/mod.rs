@@ -1,0 +1,102 @@
+//! Grouped-query causal attention over a KV cache.
+//!
+//! Cache layout per layer: K and V are each `[ctx_max, n_kv_heads * head_dim]`, position-major, one row
+//! appended per token ([`kv_store`]); elements f32 or f16 ([`KvElem`]). Query head `h` reads KV head
+//! `h / (n_heads / n_kv_heads)`. Scores are `scale * q . k` in f32, softmax subtracts the max, and the output
+//! is the probability-weighted sum of V rows. Work is split over (query row, KV head) pairs: the query heads
+//! that share a KV head are done together so each K/V row is read once for all of them.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod kv;
+
+pub use kv::KvElem;
+
+use crate::isa::{self, Isa};
+use crate::ops;
+use rayon::prelude::*;
+
+/// Writes `row` (`n_kv_heads * head_dim` values) into the cache at position `pos`.
+pub fn kv_store<E: KvElem>(cache: &mut [E], pos: usize, row: &[f32]) {
+    let w = row.len();
+    assert!(w > 0, "kv_store: empty row");
+    assert!((pos + 1) * w <= cache.len(), "kv_store: position {pos} is past the cache ({} rows of {w})", cache.len() / w);
+    for (c, &v) in cache[pos * w..(pos + 1) * w].iter_mut().zip(row) {
+        *c = E::from_f32(v);
+    }
+}
+
+/// Causal GQA attention with the detected ISA; see [`attention_with`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention<E: KvElem>(
+    q: &[f32],
+    k: &[E],
+    v: &[E],
+    pos0: usize,
+    n_q: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    attention_with(isa::detect(), q, k, v, pos0, n_q, n_heads, n_kv_heads, head_dim, scale, out)
+}
+
+/// `q` is `[n_q, n_heads * head_dim]`, its row `i` at absolute position `pos0 + i` and attending cache rows
+/// `0..=pos0 + i`; `k`, `v` are `[ctx_max, n_kv_heads * head_dim]` caches already holding those rows; `out` is
+/// `[n_q, n_heads * head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with<E: KvElem>(
+    isa: Isa,
+    q: &[f32],
+    k: &[E],
+    v: &[E],
+    pos0: usize,
+    n_q: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    isa.check();
+    assert!(head_dim > 0 && n_kv_heads > 0, "attention: head_dim and n_kv_heads must be positive");
+    assert!(n_heads % n_kv_heads == 0, "attention: n_heads = {n_heads} not a multiple of n_kv_heads = {n_kv_heads}");
+    let qw = n_heads * head_dim;
+    let kvw = n_kv_heads * head_dim;
+    assert_eq!(q.len(), n_q * qw, "attention: q has {} values, needs n_q * n_heads * head_dim", q.len());
+    assert_eq!(out.len(), n_q * qw, "attention: out has {} values, needs n_q * n_heads * head_dim", out.len());
+    assert_eq!(k.len(), v.len(), "attention: K and V caches differ in length");
+    assert!(k.len() % kvw == 0, "attention: cache length {} is not rows of {kvw}", k.len());
+    assert!((pos0 + n_q) * kvw <= k.len(), "attention: positions up to {} are past the cache", pos0 + n_q);
+    if n_q == 0 || n_heads == 0 {
+        return;
+    }
+    let rep = n_heads / n_kv_heads;
+    // Each unit is (query row, KV head): its `rep` query heads are contiguous in q and out.
+    let unit_work = (pos0 + 1) * rep * head_dim;
+    let min_len = (1usize << 16).div_ceil(unit_work).max(1);
+    out.par_chunks_mut(rep * head_dim).enumerate().with_min_len(min_len).for_each(|(u, o)| {
+        let (i, h) = (u / n_kv_heads, u % n_kv_heads);
+        let len = pos0 + i + 1;
+        let qs = &q[i * qw + h * rep * head_dim..i * qw + (h + 1) * rep * head_dim];
+        let mut scores = vec![0f32; rep * len];
+        for j in 0..len {
+            let krow = &k[j * kvw + h * head_dim..j * kvw + (h + 1) * head_dim];
+            for r in 0..rep {
+                scores[r * len + j] = scale * E::dot(isa, &qs[r * head_dim..(r + 1) * head_dim], krow);
+            }
+        }
+        for s in scores.chunks_exact_mut(len) {
+            ops::softmax_with(isa, s);
+        }
+        o.fill(0.0);
+        for j in 0..len {
+            let vrow = &v[j * kvw + h * head_dim..j * kvw + (h + 1) * head_dim];
+            for r in 0..rep {
+                E::axpy(isa, scores[r * len + j], vrow, &mut o[r * head_dim..(r + 1) * head_dim]);
+            }
+        }
+    });
+}

@@ -1,0 +1,51 @@
+//! `y = W x` with float activations, for every layout: the decode-time kernel when activations are not
+//! quantized (and the only one for F32/F16 weights). Rows are split across the current rayon pool.
+//!
+//! Quantized layouts never materialise dequantized weights: per group the kernel forms `sum(q x)` and scales it
+//! once (`d * sum(q x)`); int4's min term is `m * sum(x)` with the group sums of `x` computed once per call;
+//! ternary adds, subtracts or skips each `x` and multiplies by the group scale once.
+
+pub(crate) mod portable;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+use crate::isa::{self, Isa};
+use crate::layout::{Matrix, Weights, GROUP};
+use crate::par;
+
+/// `y[r] = sum_c W[r, c] x[c]` with the detected ISA.
+pub fn matvec(m: &Matrix, x: &[f32], y: &mut [f32]) {
+    matvec_with(isa::detect(), m, x, y)
+}
+
+/// [`matvec`] with an explicit ISA.
+pub fn matvec_with(isa: Isa, m: &Matrix, x: &[f32], y: &mut [f32]) {
+    isa.check();
+    if let Err(e) = m.validate() {
+        panic!("matvec: invalid matrix: {e}");
+    }
+    assert_eq!(x.len(), m.cols, "matvec: x has {} values, matrix has {} cols", x.len(), m.cols);
+    assert_eq!(y.len(), m.rows, "matvec: y has {} values, matrix has {} rows", y.len(), m.rows);
+    let xsum = group_sums(m, x);
+    par::for_row_chunks(y, m.row_bytes(), |r0, ych| rows(isa, m, x, &xsum, r0, ych));
+}
+
+/// Per-group sums of `x`, needed by int4's min term (empty for other layouts).
+fn group_sums(m: &Matrix, x: &[f32]) -> Vec<f32> {
+    match m.w {
+        Weights::Int4 { .. } => x.chunks_exact(GROUP).map(|g| g.iter().sum()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn rows(isa: Isa, m: &Matrix, x: &[f32], xsum: &[f32], r0: usize, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.uses_avx2() {
+        // SAFETY: the caller ran `isa.check()` and `uses_avx2` implies AVX2/FMA/F16C; `m` was validated,
+        // `x.len() == cols`, `xsum` has `cols / 32` entries for int4, and `y` is a chunk of the `rows`-long
+        // output starting at `r0`, so rows `r0..r0 + y.len()` exist.
+        return unsafe { avx2::rows(m, x, xsum, r0, y) };
+    }
+    let _ = isa;
+    portable::rows(m, x, xsum, r0, y)
+}

@@ -1,0 +1,160 @@
+// Decode attention over the KV cache, split along the cache (flash-decoding), portable.
+//
+// `partial`: one workgroup per (KV head, split). The split's keys (positions `s * chunk ..`, at most up to
+// st.pos, the one query's position) are walked in tiles of 64, one key per thread; the query heads that share
+// the KV head (GQA) are done together so each K and V row is read once for all of them. Each head keeps a
+// running max and sum (online softmax) and its output in registers, and writes (o, max, sum) for its split.
+// `combine`: one workgroup per query head merges the splits' partials into the attention output.
+//
+// Scores are `scale * q . k` in f32, as in kernels-cpu's attention.
+
+struct Params {
+    n_heads: u32,
+    n_kv: u32,
+    head_dim: u32,
+    splits: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct Step {
+    n: u32,
+    pos: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> st: Step;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+@group(0) @binding(3) var<storage, read> kc: array<f32>;
+@group(0) @binding(4) var<storage, read> vc: array<f32>;
+@group(0) @binding(5) var<storage, read_write> part: array<f32>;
+
+const TILE: u32 = 64u;
+const NEG: f32 = -3.0e38;
+// Query heads per KV head x head dim, at most.
+const MAX_QD: u32 = 1024u;
+
+var<workgroup> qs: array<f32, MAX_QD>;
+var<workgroup> sc: array<f32, MAX_QD>; // rep x TILE scores, then probabilities
+var<workgroup> alpha: array<f32, 16>;
+var<workgroup> run_m: array<f32, 16>;
+var<workgroup> run_l: array<f32, 16>;
+
+// Keys per split: the keys spread over the splits, in whole tiles.
+fn chunk_len(len: u32) -> u32 {
+    let c = (len + p.splits - 1u) / p.splits;
+    return max(TILE, (c + TILE - 1u) / TILE * TILE);
+}
+
+@compute @workgroup_size(64)
+fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let kvh = wg.x;
+    let s = wg.y;
+    let hd = p.head_dim;
+    let rep = p.n_heads / p.n_kv;
+    let kvd = p.n_kv * hd;
+    let len = st.pos + 1u;
+    let chunk = chunk_len(len);
+    let start = s * chunk;
+    let end = min(start + chunk, len);
+    let width = rep * hd;
+    for (var e = tid; e < width; e += TILE) {
+        qs[e] = q[kvh * width + e];
+    }
+    if tid < rep {
+        run_m[tid] = NEG;
+        run_l[tid] = 0.0;
+    }
+    var o: array<f32, 16>;
+    workgroupBarrier();
+    for (var t0 = start; t0 < end; t0 += TILE) {
+        let kp = t0 + tid;
+        for (var r = 0u; r < rep; r++) {
+            var v = NEG;
+            if kp < end {
+                var d = 0.0;
+                let kb = kp * kvd + kvh * hd;
+                for (var i = 0u; i < hd; i++) {
+                    d += qs[r * hd + i] * kc[kb + i];
+                }
+                v = p.scale * d;
+            }
+            sc[r * TILE + tid] = v;
+        }
+        workgroupBarrier();
+        if tid < rep {
+            var mt = run_m[tid];
+            for (var j = 0u; j < TILE; j++) {
+                mt = max(mt, sc[tid * TILE + j]);
+            }
+            var sum = 0.0;
+            for (var j = 0u; j < TILE; j++) {
+                let e = exp(sc[tid * TILE + j] - mt);
+                sc[tid * TILE + j] = e;
+                sum += e;
+            }
+            let a = exp(run_m[tid] - mt);
+            alpha[tid] = a;
+            run_l[tid] = run_l[tid] * a + sum;
+            run_m[tid] = mt;
+        }
+        workgroupBarrier();
+        let keys = min(TILE, end - t0);
+        for (var k = 0u; k < 16u; k++) {
+            let e = tid + k * TILE;
+            if e < width {
+                let r = e / hd;
+                let d = e % hd;
+                var acc = o[k] * alpha[r];
+                for (var j = 0u; j < keys; j++) {
+                    acc += sc[r * TILE + j] * vc[(t0 + j) * kvd + kvh * hd + d];
+                }
+                o[k] = acc;
+            }
+        }
+        workgroupBarrier();
+    }
+    // part: [splits, n_heads, hd + 2] = (o, max, sum)
+    let row = hd + 2u;
+    for (var k = 0u; k < 16u; k++) {
+        let e = tid + k * TILE;
+        if e < width {
+            let qh = kvh * rep + e / hd;
+            part[(s * p.n_heads + qh) * row + e % hd] = o[k];
+        }
+    }
+    if tid < rep {
+        let base = (s * p.n_heads + kvh * rep + tid) * row + hd;
+        part[base] = run_m[tid];
+        part[base + 1u] = run_l[tid];
+    }
+}
+
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read> part_in: array<f32>;
+
+@compute @workgroup_size(64)
+fn combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let qh = wg.x;
+    let hd = p.head_dim;
+    let row = hd + 2u;
+    var m = NEG;
+    for (var s = 0u; s < p.splits; s++) {
+        m = max(m, part_in[(s * p.n_heads + qh) * row + hd]);
+    }
+    var l = 0.0;
+    for (var s = 0u; s < p.splits; s++) {
+        let b = (s * p.n_heads + qh) * row + hd;
+        l += exp(part_in[b] - m) * part_in[b + 1u];
+    }
+    for (var d = tid; d < hd; d += 64u) {
+        var acc = 0.0;
+        for (var s = 0u; s < p.splits; s++) {
+            let b = (s * p.n_heads + qh) * row;
+            acc += exp(part_in[b + hd] - m) * part_in[b + d];
+        }
+        out[qh * hd + d] = acc / l;
+    }
+}

@@ -1,0 +1,46 @@
+// Element-wise ops over `rows` rows of `len` values (rows = st.n, the chunk's tokens, when p.rows is 0); thread
+// (x, y) = (value, row).
+// `add`: out = a + b (the residual add where no matvec fuses it).
+// `silu_mul`: SwiGLU, out[t, c] = silu(g) * u with g = a[t * stride + c], u = a[t * stride + up + c]: the fused
+// gate|up projection of a prefill chunk (the decode matvec fuses SwiGLU itself).
+
+struct Params {
+    len: u32,
+    rows: u32,
+    // silu_mul: values per row of `a`, and where the up half starts in a row.
+    stride: u32,
+    up: u32,
+}
+
+struct Step {
+    n: u32,
+    pos: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> st: Step;
+@group(0) @binding(2) var<storage, read> a: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+fn in_range(gid: vec3<u32>) -> bool {
+    let rows = select(p.rows, st.n, p.rows == 0u);
+    return gid.x < p.len && gid.y < rows;
+}
+
+@compute @workgroup_size(64)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if in_range(gid) {
+        let i = gid.y * p.len + gid.x;
+        out[i] = a[i] + b[i];
+    }
+}
+
+@compute @workgroup_size(64)
+fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if in_range(gid) {
+        let g = a[gid.y * p.stride + gid.x];
+        let u = a[gid.y * p.stride + p.up + gid.x];
+        out[gid.y * p.len + gid.x] = g / (1.0 + exp(-g)) * u;
+    }
+}

@@ -1,0 +1,87 @@
+// RoPE and the KV-cache store, one thread per value: for each of the st.n tokens (at positions st.pos + i) of
+// the fused q|k|v projection, writes the rotated q to `q`, the rotated k and the v row into the caches.
+//
+// Pair i (i < dims / 2) of a head is (2i, 2i + 1) when STYLE 0 (interleaved) or (i, i + dims / 2) when STYLE 1
+// (half); values past `dims` are not rotated. cos/sin come from a table `cs` of [positions, dims / 2] computed
+// on the CPU exactly as kernels-cpu's rope does (f32 angle, f64 cos/sin rounded to f32), so the GPU adds no
+// error of its own there.
+
+override STYLE: u32 = 0u;
+
+struct Params {
+    n_heads: u32,
+    n_kv: u32,
+    head_dim: u32,
+    dims: u32,
+    // Values per token of qkv, and where k and v start in it.
+    stride: u32,
+    k_col: u32,
+    v_col: u32,
+    _pad: u32,
+}
+
+struct Step {
+    n: u32,
+    pos: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> st: Step;
+@group(0) @binding(2) var<storage, read> qkv: array<f32>;
+@group(0) @binding(3) var<storage, read> cs: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> q: array<f32>;
+@group(0) @binding(5) var<storage, read_write> kc: array<f32>;
+@group(0) @binding(6) var<storage, read_write> vc: array<f32>;
+
+// Value `j` of the head starting at `base` of token row `row`, rotated for position `pos`.
+fn rotated(row: u32, base: u32, j: u32, pos: u32) -> f32 {
+    let v = qkv[row + base + j];
+    if j >= p.dims {
+        return v;
+    }
+    let half = p.dims / 2u;
+    var i: u32;
+    var partner: u32;
+    var first: bool;
+    if STYLE == 0u {
+        i = j / 2u;
+        first = (j & 1u) == 0u;
+        partner = select(j - 1u, j + 1u, first);
+    } else {
+        first = j < half;
+        i = select(j - half, j, first);
+        partner = select(j - half, j + half, first);
+    }
+    let c = cs[pos * half + i];
+    let o = qkv[row + base + partner];
+    // (a, b) -> (a cos - b sin, a sin + b cos)
+    if first {
+        return v * c.x - o * c.y;
+    }
+    return o * c.y + v * c.x;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let t = gid.y;
+    let e = gid.x;
+    let hd = p.head_dim;
+    let qd = p.n_heads * hd;
+    let kvd = p.n_kv * hd;
+    if t >= st.n || e >= qd + 2u * kvd {
+        return;
+    }
+    let pos = st.pos + t;
+    let row = t * p.stride;
+    if e < qd {
+        let j = e % hd;
+        q[t * qd + e] = rotated(row, e - j, j, pos);
+    } else if e < qd + kvd {
+        let f = e - qd;
+        let j = f % hd;
+        kc[pos * kvd + f] = rotated(row, p.k_col + f - j, j, pos);
+    } else {
+        let f = e - qd - kvd;
+        vc[pos * kvd + f] = qkv[row + p.v_col + f];
+    }
+}

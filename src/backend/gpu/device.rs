@@ -1,0 +1,160 @@
+//! The adapter and the device: picked with high-performance preference, opened with the adapter's real limits
+//! (wgpu's defaults would cap a storage binding at 128 MiB), and the optional feature tiers the kernels can use
+//! detected and logged.
+
+use crate::error::{Error, Result};
+use std::sync::{Arc, Mutex};
+
+/// Optional hardware features a kernel variant may use. Every kernel also has a portable variant that needs
+/// none of them (WebGPU, lavapipe).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tier {
+    /// Subgroup operations (`subgroupAdd`...), with the adapter's subgroup size range.
+    pub subgroups: bool,
+    pub subgroup_min: u32,
+    pub subgroup_max: u32,
+    /// `f16` arithmetic in shaders.
+    pub f16: bool,
+    /// Cooperative matrices (detected and reported; no kernel uses them yet).
+    pub cooperative_matrix: bool,
+}
+
+impl Tier {
+    /// A short list for logs, e.g. "subgroups 32..32, f16".
+    pub fn describe(&self) -> String {
+        let mut v = Vec::new();
+        if self.subgroups {
+            v.push(format!("subgroups {}..{}", self.subgroup_min, self.subgroup_max));
+        }
+        if self.f16 {
+            v.push("f16".to_string());
+        }
+        if self.cooperative_matrix {
+            v.push("cooperative matrix".to_string());
+        }
+        if v.is_empty() {
+            "portable".to_string()
+        } else {
+            v.join(", ")
+        }
+    }
+}
+
+/// How to open the device.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceOptions {
+    /// Use the portable kernels only, whatever the adapter offers (`OMEX_GPU_PORTABLE=1` does the same).
+    pub portable: bool,
+}
+
+/// An open device and its queue, with what the adapter is and offers.
+pub struct GpuDevice {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub tier: Tier,
+    /// The first error wgpu reported outside an error scope (validation, out of memory, device lost).
+    errors: Arc<Mutex<Option<String>>>,
+}
+
+fn no_adapter(why: impl std::fmt::Display) -> Error {
+    Error::Gpu(format!(
+        "no usable GPU adapter ({why}); install the GPU's Vulkan, Metal or DX12 driver (on Linux without a GPU, \
+         `apt-get install mesa-vulkan-drivers` gives the lavapipe software adapter), or run with --backend cpu"
+    ))
+}
+
+impl GpuDevice {
+    /// Opens the preferred adapter. Backends follow `WGPU_BACKEND` (e.g. `vulkan`, `gl`), the adapter
+    /// `WGPU_ADAPTER_NAME`, as wgpu reads them.
+    pub async fn open(opts: &DeviceOptions) -> Result<GpuDevice> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = match wgpu::util::initialize_adapter_from_env(&instance, None).await {
+            Ok(a) => a,
+            Err(_) => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                    apply_limit_buckets: false,
+                })
+                .await
+                .map_err(no_adapter)?,
+        };
+        let info = adapter.get_info();
+        if !adapter.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+            return Err(no_adapter(format!("{} ({:?}) has no compute shaders", info.name, info.backend)));
+        }
+        let offered = adapter.features();
+        let portable = opts.portable || std::env::var("OMEX_GPU_PORTABLE").is_ok_and(|v| v == "1");
+        let tier = Tier {
+            subgroups: !portable && offered.contains(wgpu::Features::SUBGROUP),
+            subgroup_min: info.subgroup_min_size,
+            subgroup_max: info.subgroup_max_size,
+            f16: !portable && offered.contains(wgpu::Features::SHADER_F16),
+            cooperative_matrix: offered.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+        };
+        let mut features = wgpu::Features::empty();
+        if tier.subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        if tier.f16 {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("omex"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("{}: cannot open the device: {e}", info.name)))?;
+        let errors = Arc::new(Mutex::new(None));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            log::error!("GPU: {e}");
+            sink.lock().expect("error slot poisoned").get_or_insert_with(|| e.to_string());
+        }));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            sink.lock().expect("error slot poisoned").get_or_insert_with(|| format!("device lost ({reason:?}): {msg}"));
+        });
+        log::info!(
+            "GPU: {} ({:?}, {:?}, driver {} {}); kernels: {}; max storage binding {} MiB, max buffer {} MiB, \
+             workgroup storage {} KiB",
+            info.name,
+            info.device_type,
+            info.backend,
+            info.driver,
+            info.driver_info,
+            tier.describe(),
+            limits.max_storage_buffer_binding_size >> 20,
+            limits.max_buffer_size >> 20,
+            limits.max_compute_workgroup_storage_size >> 10
+        );
+        Ok(GpuDevice { device, queue, info, limits, tier, errors })
+    }
+
+    /// Whether this is a hardware adapter (not lavapipe, llvmpipe or WARP).
+    pub fn is_hardware(&self) -> bool {
+        self.info.device_type != wgpu::DeviceType::Cpu
+    }
+
+    /// "NVIDIA H100 (Vulkan, subgroups 32..32, f16)".
+    pub fn describe(&self) -> String {
+        format!("{} ({:?}, {})", self.info.name, self.info.backend, self.tier.describe())
+    }
+
+    /// Fails with the first error wgpu reported since the last call, if any.
+    pub fn check(&self) -> Result<()> {
+        match self.errors.lock().expect("error slot poisoned").take() {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
+    }
+}

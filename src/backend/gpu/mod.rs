@@ -1,0 +1,22 @@
+//! The GPU backend over wgpu (Vulkan, Metal, DX12, GL, WebGPU).
+//!
+//! - [`device`]: adapter selection, the adapter's real limits, feature tiers.
+//! - [`buffers`]: the buffer pool; every GPU byte is allocated and accounted there.
+//! - [`pipelines`]: the WGSL kernels (`shaders/`) and the pipeline cache keyed by kernel and `override` constants.
+//! - [`context`]: device + pool + cache, and binding, recording, submitting, reading back.
+//! - [`weights`]: weight files uploaded as they are on disk; matrices as section offsets inside them.
+//! - [`ops`]: dispatch builders for the op set.
+//! - [`engine`]: the transformer forward pass as one precomputed list of dispatches per chunk.
+//!
+//! Every kernel has a portable variant (no subgroups, no f16, no cooperative matrices) that runs on WebGPU and
+//! lavapipe, and is tested against its kernels-cpu twin.
+
+pub mod buffers;
+pub mod context;
+pub mod device;
+pub mod ops;
+pub mod pipelines;
+pub mod weights;
+
+pub use context::{Dispatch, GpuContext, Grid, Region};
+pub use device::{DeviceOptions, GpuDevice, Tier};

@@ -1,0 +1,80 @@
+//! Causal GQA attention over the f32 KV cache: the split decode kernel with its combine step
+//! (shaders/attention_decode.wgsl) and the tiled prefill kernel (shaders/attention_prefill.wgsl).
+
+use super::misc::Heads;
+use crate::backend::gpu::buffers::{GpuBuffer, Purpose};
+use crate::backend::gpu::context::{Dispatch, GpuContext, Grid};
+use crate::backend::gpu::pipelines::{ATTN_COMBINE, ATTN_DECODE, ATTN_PREFILL};
+use crate::error::{Error, Result};
+
+/// Largest head dim the attention kernels hold in shared memory and registers.
+pub const MAX_HEAD_DIM: u32 = 128;
+
+fn check(h: Heads) -> Result<()> {
+    let rep = h.n_heads / h.n_kv.max(1);
+    if h.n_kv == 0 || h.n_heads % h.n_kv != 0 {
+        return Err(Error::Unsupported(format!("{} query heads over {} KV heads", h.n_heads, h.n_kv)));
+    }
+    if h.head_dim > MAX_HEAD_DIM || rep * h.head_dim > 1024 || rep > 16 {
+        return Err(Error::Unsupported(format!(
+            "GPU attention: head dim {} with {rep} query heads per KV head (at most head dim {MAX_HEAD_DIM}, 16 heads \
+             and 1024 values per KV head)",
+            h.head_dim
+        )));
+    }
+    Ok(())
+}
+
+fn params(h: Heads, splits: u32, scale: f32) -> [u32; 8] {
+    [h.n_heads, h.n_kv, h.head_dim, splits, scale.to_bits(), 0, 0, 0]
+}
+
+/// Decode attention of the one query at position `pos` (from the step buffer): `splits` workgroups per KV
+/// head each attend a slice of the cache, then one per query head combines them. Returns both dispatches and
+/// the scratch buffer of partials they share.
+#[allow(clippy::too_many_arguments)]
+pub async fn decode(
+    ctx: &GpuContext,
+    h: Heads,
+    splits: u32,
+    scale: f32,
+    step: &GpuBuffer,
+    q: &GpuBuffer,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+    out: &GpuBuffer,
+) -> Result<(Dispatch, Dispatch, GpuBuffer)> {
+    check(h)?;
+    let splits = splits.max(1);
+    let part = ctx.pool.storage("attention partials", 4 * (splits * h.n_heads * (h.head_dim + 2)) as u64, Purpose::Activations)?;
+    let p = params(h, splits, scale);
+    let pipeline = ctx.pipelines.get(&ATTN_DECODE, &[]).await?;
+    let pbuf = ctx.pool.uniform("attention", bytemuck::bytes_of(&p))?;
+    let bg = ctx.bind(&pipeline, &[pbuf.binding(), step.binding(), q.binding(), k_cache.binding(), v_cache.binding(), part.binding()]);
+    let partial = Dispatch { pipeline, bind_group: bg, grid: Grid::Fixed([h.n_kv, splits, 1]), params: Some(pbuf) };
+    let pipeline = ctx.pipelines.get(&ATTN_COMBINE, &[]).await?;
+    let pbuf = ctx.pool.uniform("attention combine", bytemuck::bytes_of(&p))?;
+    let bg = ctx.bind(&pipeline, &[pbuf.binding(), out.binding(), part.binding()]);
+    let combine = Dispatch { pipeline, bind_group: bg, grid: Grid::Fixed([h.n_heads, 1, 1]), params: Some(pbuf) };
+    Ok((partial, combine, part))
+}
+
+/// Prefill attention of the chunk's `n` queries (positions `pos..pos + n`), `q` `[n, q_dim]`, into `out`.
+#[allow(clippy::too_many_arguments)]
+pub async fn prefill(
+    ctx: &GpuContext,
+    h: Heads,
+    scale: f32,
+    step: &GpuBuffer,
+    q: &GpuBuffer,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+    out: &GpuBuffer,
+) -> Result<Dispatch> {
+    check(h)?;
+    let p = params(h, 0, scale);
+    let pipeline = ctx.pipelines.get(&ATTN_PREFILL, &[]).await?;
+    let pbuf = ctx.pool.uniform("attention prefill", bytemuck::bytes_of(&p))?;
+    let bg = ctx.bind(&pipeline, &[pbuf.binding(), step.binding(), q.binding(), k_cache.binding(), v_cache.binding(), out.binding()]);
+    Ok(Dispatch { pipeline, bind_group: bg, grid: Grid::TokensX { per: 8, y: h.n_heads }, params: Some(pbuf) })
+}

@@ -1,0 +1,139 @@
+//! The small ops: embedding gather, RoPE with the KV store, RMS norm, element-wise add and SwiGLU, argmax.
+
+use crate::backend::gpu::buffers::GpuBuffer;
+use crate::backend::gpu::context::{Dispatch, GpuContext, Grid};
+use crate::backend::gpu::pipelines::{Kernel, ADD, ARGMAX, EMBED, RMSNORM, ROPE, SILU_MUL};
+use crate::backend::gpu::weights::GpuMatrix;
+use crate::error::Result;
+use bytemuck::Pod;
+
+async fn dispatch<P: Pod>(
+    ctx: &GpuContext,
+    kernel: &Kernel,
+    constants: &[(&'static str, f64)],
+    params: &P,
+    resources: &[wgpu::BindingResource<'_>],
+    grid: Grid,
+) -> Result<Dispatch> {
+    let pipeline = ctx.pipelines.get(kernel, constants).await?;
+    let params = ctx.pool.uniform(kernel.name, bytemuck::bytes_of(params))?;
+    let mut all = vec![params.binding()];
+    all.extend(resources.iter().cloned());
+    let bind_group = ctx.bind(&pipeline, &all);
+    Ok(Dispatch { pipeline, bind_group, grid, params: Some(params) })
+}
+
+/// `out[i, :] = E[ids[i], :]` for the chunk's `n` ids, dequantized from the embedding's layout.
+pub async fn embed(ctx: &GpuContext, e: &GpuMatrix, step: &GpuBuffer, ids: &GpuBuffer, out: &GpuBuffer) -> Result<Dispatch> {
+    let region = e.region();
+    ctx.check_binding(&format!("embedding {}", e.name), &region)?;
+    let [_, q, s, m] = e.words(&region);
+    let p = [e.cols, q, s, m];
+    let constants = [("LAYOUT", e.layout() as f64)];
+    let res = [step.binding(), region.binding(), ids.binding(), out.binding()];
+    dispatch(ctx, &EMBED, &constants, &p, &res, Grid::TokensY { x: e.cols.div_ceil(64) }).await
+}
+
+/// Shapes of the attention heads.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub n_heads: u32,
+    pub n_kv: u32,
+    pub head_dim: u32,
+}
+
+impl Heads {
+    pub fn q_dim(&self) -> u32 {
+        self.n_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> u32 {
+        self.n_kv * self.head_dim
+    }
+}
+
+/// RoPE and the KV store: from `qkv` (`[n, q | k | v]`), the rotated q into `q` (`[n, q_dim]`), the rotated k
+/// and the v rows into the caches at positions `pos..pos + n`. `cos_sin` is `[positions, dims / 2]` (cos, sin).
+#[allow(clippy::too_many_arguments)]
+pub async fn rope_store(
+    ctx: &GpuContext,
+    h: Heads,
+    dims: u32,
+    half_style: bool,
+    step: &GpuBuffer,
+    qkv: &GpuBuffer,
+    cos_sin: &GpuBuffer,
+    q: &GpuBuffer,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+) -> Result<Dispatch> {
+    let (qd, kvd) = (h.q_dim(), h.kv_dim());
+    let p = [h.n_heads, h.n_kv, h.head_dim, dims, qd + 2 * kvd, qd, qd + kvd, 0];
+    let constants = [("STYLE", half_style as u32 as f64)];
+    let res = [step.binding(), qkv.binding(), cos_sin.binding(), q.binding(), k_cache.binding(), v_cache.binding()];
+    dispatch(ctx, &ROPE, &constants, &p, &res, Grid::TokensY { x: (qd + 2 * kvd).div_ceil(64) }).await
+}
+
+/// The cos/sin table of RoPE for positions `0..positions`: `theta = f32(pos) * inv_freq[i]` rounded to f32,
+/// cos and sin evaluated in f64 and rounded, exactly as kernels-cpu's rope computes them.
+pub fn cos_sin_table(inv_freq: &[f32], positions: usize) -> Vec<[f32; 2]> {
+    let mut t = Vec::with_capacity(positions * inv_freq.len());
+    for pos in 0..positions {
+        for &f in inv_freq {
+            let theta = (pos as f32 * f) as f64;
+            t.push([theta.cos() as f32, theta.sin() as f32]);
+        }
+    }
+    t
+}
+
+/// RMS norm of `rows` rows of `weight.len()` values.
+pub async fn rmsnorm(ctx: &GpuContext, cols: u32, rows: u32, eps: f32, x: &GpuBuffer, weight: &GpuBuffer, out: &GpuBuffer) -> Result<Dispatch> {
+    let p = (cols, rows, eps, 0u32);
+    let p: [u32; 4] = [p.0, p.1, p.2.to_bits(), p.3];
+    dispatch(ctx, &RMSNORM, &[], &p, &[x.binding(), weight.binding(), out.binding()], Grid::Fixed([rows, 1, 1])).await
+}
+
+/// `out = a + b` over `rows` rows of `len` (`rows == 0`: the chunk's `n` rows).
+pub async fn add(ctx: &GpuContext, len: u32, rows: u32, step: &GpuBuffer, a: &GpuBuffer, b: &GpuBuffer, out: &GpuBuffer) -> Result<Dispatch> {
+    let res = [step.binding(), a.binding(), b.binding(), out.binding()];
+    dispatch(ctx, &ADD, &[], &[len, rows, 0, 0], &res, rows_grid(len, rows)).await
+}
+
+/// SwiGLU `out[t, c] = silu(gu[t, c]) * gu[t, up + c]`, `gu` rows of `stride` values, over `rows` rows of `len`
+/// (`rows == 0`: the chunk's `n` rows).
+#[allow(clippy::too_many_arguments)]
+pub async fn silu_mul(
+    ctx: &GpuContext,
+    len: u32,
+    rows: u32,
+    stride: u32,
+    up: u32,
+    step: &GpuBuffer,
+    gu: &GpuBuffer,
+    out: &GpuBuffer,
+) -> Result<Dispatch> {
+    let res = [step.binding(), gu.binding(), gu.binding(), out.binding()];
+    dispatch(ctx, &SILU_MUL, &[], &[len, rows, stride, up], &res, rows_grid(len, rows)).await
+}
+
+fn rows_grid(len: u32, rows: u32) -> Grid {
+    if rows == 0 {
+        Grid::TokensY { x: len.div_ceil(64) }
+    } else {
+        Grid::Fixed([len.div_ceil(64), rows, 1])
+    }
+}
+
+/// Greedy sampling: the argmax of logits row `row` into `ids[0]` and `tokens[slot]`.
+pub async fn argmax(
+    ctx: &GpuContext,
+    vocab: u32,
+    row: u32,
+    slot: u32,
+    logits: &GpuBuffer,
+    ids: &GpuBuffer,
+    tokens: &GpuBuffer,
+) -> Result<Dispatch> {
+    let res = [logits.binding(), ids.binding(), tokens.binding()];
+    dispatch(ctx, &ARGMAX, &[], &[vocab, row, slot, 0], &res, Grid::Fixed([1, 1, 1])).await
+}

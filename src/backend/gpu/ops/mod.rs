@@ -1,0 +1,9 @@
+//! Dispatch builders, one op family per file. Each returns a [`Dispatch`](super::context::Dispatch) (or two)
+//! bound to the given buffers, ready to be recorded any number of times.
+
+pub mod attention;
+pub mod linear;
+pub mod misc;
+
+pub use linear::{Linear, Mat, Norm, Output};
+pub use misc::Heads;

@@ -1,0 +1,208 @@
+//! Kernels and the pipeline cache. A [`Kernel`] is a WGSL file (with the weight-layout prelude where it reads
+//! weights), an entry point and its bindings; a pipeline is a kernel specialised by WGSL `override` constants,
+//! compiled once and cached under (kernel, entry point, constants). Bind group layouts are explicit (made from
+//! the binding list), so a binding a specialisation leaves unused is still accepted.
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// How a kernel sees one binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// A compute entry point of a WGSL source, with its bindings (group 0) in binding order.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    pub name: &'static str,
+    pub entry: &'static str,
+    pub bindings: &'static [(u32, Access)],
+    source: &'static str,
+}
+
+use Access::{Read, ReadWrite, Uniform};
+
+macro_rules! shader {
+    ($file:literal) => {
+        include_str!(concat!("../../../shaders/", $file))
+    };
+    (quant $file:literal) => {
+        concat!(include_str!("../../../shaders/quant.wgsl"), include_str!(concat!("../../../shaders/", $file)))
+    };
+}
+
+/// Parameters, step, weights, norm weights, x, y.
+const WEIGHT_OP: &[(u32, Access)] = &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)];
+
+pub const MATVEC: Kernel = Kernel { name: "matvec", entry: "main", bindings: WEIGHT_OP, source: shader!(quant "matvec.wgsl") };
+pub const MATMUL: Kernel = Kernel { name: "matmul", entry: "main", bindings: WEIGHT_OP, source: shader!(quant "matmul.wgsl") };
+pub const EMBED: Kernel = Kernel {
+    name: "embed",
+    entry: "main",
+    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, ReadWrite)],
+    source: shader!(quant "embed.wgsl"),
+};
+pub const ROPE: Kernel = Kernel {
+    name: "rope",
+    entry: "main",
+    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, ReadWrite), (5, ReadWrite), (6, ReadWrite)],
+    source: shader!("rope.wgsl"),
+};
+pub const ATTN_DECODE: Kernel = Kernel {
+    name: "attention_decode",
+    entry: "partial",
+    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
+    source: shader!("attention_decode.wgsl"),
+};
+pub const ATTN_COMBINE: Kernel = Kernel {
+    name: "attention_decode",
+    entry: "combine",
+    bindings: &[(0, Uniform), (6, ReadWrite), (7, Read)],
+    source: shader!("attention_decode.wgsl"),
+};
+pub const ATTN_PREFILL: Kernel = Kernel {
+    name: "attention_prefill",
+    entry: "main",
+    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
+    source: shader!("attention_prefill.wgsl"),
+};
+pub const RMSNORM: Kernel = Kernel {
+    name: "norm",
+    entry: "main",
+    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite)],
+    source: shader!("norm.wgsl"),
+};
+const ELEMENTWISE: &[(u32, Access)] = &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, ReadWrite)];
+pub const ADD: Kernel = Kernel { name: "elementwise", entry: "add", bindings: ELEMENTWISE, source: shader!("elementwise.wgsl") };
+pub const SILU_MUL: Kernel =
+    Kernel { name: "elementwise", entry: "silu_mul", bindings: ELEMENTWISE, source: shader!("elementwise.wgsl") };
+pub const ARGMAX: Kernel = Kernel {
+    name: "sample",
+    entry: "argmax",
+    bindings: &[(0, Uniform), (1, Read), (2, ReadWrite), (3, ReadWrite)],
+    source: shader!("sample.wgsl"),
+};
+
+impl Kernel {
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+}
+
+/// A compiled pipeline and the bind group layout its bind groups are made with.
+pub struct Pipeline {
+    pub kernel: Kernel,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    name: &'static str,
+    entry: &'static str,
+    /// (name, f64 bits), in the order given.
+    constants: Vec<(&'static str, u64)>,
+}
+
+/// Compiled pipelines, shader modules and bind group layouts, each made once.
+pub struct PipelineCache {
+    device: wgpu::Device,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    layouts: Mutex<HashMap<Vec<(u32, Access)>, wgpu::BindGroupLayout>>,
+    pipelines: Mutex<HashMap<Key, Arc<Pipeline>>>,
+}
+
+impl PipelineCache {
+    pub fn new(device: &wgpu::Device) -> PipelineCache {
+        PipelineCache {
+            device: device.clone(),
+            modules: Mutex::default(),
+            layouts: Mutex::default(),
+            pipelines: Mutex::default(),
+        }
+    }
+
+    /// Pipelines compiled so far.
+    pub fn len(&self) -> usize {
+        self.pipelines.lock().expect("pipeline cache poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn layout(&self, bindings: &[(u32, Access)]) -> wgpu::BindGroupLayout {
+        let mut layouts = self.layouts.lock().expect("pipeline cache poisoned");
+        layouts
+            .entry(bindings.to_vec())
+            .or_insert_with(|| {
+                let entries: Vec<_> = bindings
+                    .iter()
+                    .map(|&(binding, access)| wgpu::BindGroupLayoutEntry {
+                        binding,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: match access {
+                                Access::Uniform => wgpu::BufferBindingType::Uniform,
+                                Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                                Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    })
+                    .collect();
+                self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries })
+            })
+            .clone()
+    }
+
+    /// The pipeline of `kernel` with these `override` constants, compiled on first use. Compilation and
+    /// validation errors come back as [`Error::Gpu`] naming the kernel.
+    pub async fn get(&self, kernel: &Kernel, constants: &[(&'static str, f64)]) -> Result<Arc<Pipeline>> {
+        let key = Key {
+            name: kernel.name,
+            entry: kernel.entry,
+            constants: constants.iter().map(|&(k, v)| (k, v.to_bits())).collect(),
+        };
+        if let Some(p) = self.pipelines.lock().expect("pipeline cache poisoned").get(&key) {
+            return Ok(p.clone());
+        }
+        let what = || format!("kernel {}::{} {constants:?}", kernel.name, kernel.entry);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let cached = self.modules.lock().expect("pipeline cache poisoned").get(kernel.name).cloned();
+        let module = match cached {
+            Some(m) => m,
+            None => self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.name),
+                source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+            }),
+        };
+        let layout = self.layout(kernel.bindings);
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(kernel.name),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.name),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
+            cache: None,
+        });
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Gpu(format!("{}: {e}", what())));
+        }
+        self.modules.lock().expect("pipeline cache poisoned").insert(kernel.name, module);
+        let p = Arc::new(Pipeline { kernel: *kernel, pipeline, layout });
+        self.pipelines.lock().expect("pipeline cache poisoned").insert(key, p.clone());
+        Ok(p)
+    }
+}

@@ -1,0 +1,95 @@
+//! `omex bench`: prompt processing and generation speed, as llama-bench measures them: `pp` runs a prompt of
+//! `-p` tokens from an empty cache; `tg` generates `-n` tokens one at a time from an empty cache. Each is
+//! repeated `-r` times after one warm-up run; mean ± standard deviation in tokens per second.
+
+use super::engine_args::EngineArgs;
+use clap::Args;
+use omex::backend::{Engine, Logits};
+use omex::runtime::Model;
+use omex::Result;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    pub model: PathBuf,
+    /// Prompt tokens per prompt-processing run (0: skip)
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Tokens per generation run (0: skip)
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub reps: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Mean and sample standard deviation.
+fn stats(xs: &[f64]) -> (f64, f64) {
+    let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64 } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// Deterministic token ids spread over the vocabulary (the speed does not depend on which).
+fn tokens(n: usize, vocab: u32) -> Vec<u32> {
+    (0..n as u64).map(|i| ((i * 2_654_435_761 + 17) % vocab as u64) as u32).collect()
+}
+
+fn time_pp(engine: &mut dyn Engine, ids: &[u32]) -> Result<f64> {
+    let t = Instant::now();
+    engine.forward(ids, 0, Logits::Last)?;
+    Ok(ids.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+fn time_tg(engine: &mut dyn Engine, ids: &[u32]) -> Result<f64> {
+    let t = Instant::now();
+    for (pos, &id) in ids.iter().enumerate() {
+        engine.forward(&[id], pos, Logits::Last)?;
+    }
+    Ok(ids.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let model = Model::load(&args.model)?;
+    let ctx = args.n_prompt.max(args.n_gen).max(1);
+    let mut engine = model.engine(&args.engine.options(Some(ctx)))?;
+    let describe = engine.describe();
+    let ids = tokens(ctx, model.config.vocab_size);
+    let reps = args.reps.max(1);
+    let mut measure = |n: usize, f: fn(&mut dyn Engine, &[u32]) -> Result<f64>| -> Result<Option<(f64, f64, Vec<f64>)>> {
+        if n == 0 {
+            return Ok(None);
+        }
+        f(engine.as_mut(), &ids[..n])?; // warm-up
+        let samples = (0..reps).map(|_| f(engine.as_mut(), &ids[..n])).collect::<Result<Vec<_>>>()?;
+        let (mean, sd) = stats(&samples);
+        Ok(Some((mean, sd, samples)))
+    };
+    let pp = measure(args.n_prompt, time_pp)?;
+    let tg = measure(args.n_gen, time_tg)?;
+    if args.json {
+        let v = serde_json::json!({
+            "model": args.model.display().to_string(), "engine": describe, "n_prompt": args.n_prompt, "n_gen": args.n_gen,
+            "repetitions": reps,
+            "pp_tok_s": pp.as_ref().map(|p| p.0), "pp_sd": pp.as_ref().map(|p| p.1), "pp_samples": pp.as_ref().map(|p| &p.2),
+            "tg_tok_s": tg.as_ref().map(|t| t.0), "tg_sd": tg.as_ref().map(|t| t.1), "tg_samples": tg.as_ref().map(|t| &t.2),
+        });
+        println!("{v}");
+    } else {
+        println!("| model | engine | test | t/s |");
+        println!("|---|---|---|---|");
+        let name = args.model.display();
+        if let Some((m, sd, _)) = pp {
+            println!("| {name} | {describe} | pp{} | {m:.2} ± {sd:.2} |", args.n_prompt);
+        }
+        if let Some((m, sd, _)) = tg {
+            println!("| {name} | {describe} | tg{} | {m:.2} ± {sd:.2} |", args.n_gen);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! Flags shared by every command that runs a model (`run`, `bench`, `perplexity`).
+
+use clap::Args;
+use omex::backend::{Activations, KvType};
+use omex::runtime::{BackendChoice, EngineOptions};
+
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Where to run: cpu, gpu, or auto (the GPU when a hardware adapter exists)
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// CPU threads (default: one per core)
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+    /// Activation precision of the CPU matrix products: int8 (fast, llama.cpp-like) or f32 (reference-exact)
+    #[arg(long, default_value = "int8")]
+    pub activations: Activations,
+    /// KV cache element type: f16 or f32
+    #[arg(long, default_value = "f16")]
+    pub kv: KvType,
+}
+
+impl EngineArgs {
+    /// The engine options, with a KV cache of `context_length` tokens (`None`: the model's default).
+    pub fn options(&self, context_length: Option<usize>) -> EngineOptions {
+        EngineOptions { backend: self.backend, threads: self.threads, context_length, activations: self.activations, kv: self.kv }
+    }
+}

@@ -1,0 +1,39 @@
+//! `omex perplexity`: llama-perplexity's measure over a text file; the last stdout line is `perplexity: X`.
+
+use super::engine_args::EngineArgs;
+use clap::Args;
+use omex::runtime::perplexity::perplexity;
+use omex::runtime::Model;
+use omex::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    pub model: PathBuf,
+    /// The text to score
+    #[arg(long, short = 'f')]
+    pub file: PathBuf,
+    /// Tokens per chunk
+    #[arg(long = "ctx", default_value_t = 512)]
+    pub chunk: usize,
+    /// Print a JSON object (then the perplexity line)
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub fn run(args: PerplexityArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.file).map_err(|e| Error::io(&args.file, e))?;
+    let model = Model::load(&args.model)?;
+    let mut engine = model.engine(&args.engine.options(Some(args.chunk)))?;
+    let tokens = model.tokenizer.encode(&text);
+    eprintln!("{}: {} tokens, {} chunks of {}", args.file.display(), tokens.len(), tokens.len() / args.chunk, args.chunk);
+    let mut progress = |i: usize, n: usize, ppl: f64| eprintln!("[{i}/{n}] running perplexity {ppl:.4}");
+    let p = perplexity(engine.as_mut(), &tokens, args.chunk, &mut progress)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&p).expect("serializable"));
+    }
+    println!("perplexity: {:.4}", p.perplexity);
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `omex run`: generate text from a prompt, streamed to stdout; timings to stderr (or one JSON object).
+
+use super::engine_args::EngineArgs;
+use clap::Args;
+use omex::runtime::{GenerateOptions, Model, SamplerOptions};
+use omex::tokenizer::ChatMessage;
+use omex::{Error, Result};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The model directory (made by `omex convert`)
+    pub model: PathBuf,
+    /// The prompt
+    #[arg(long, short = 'p')]
+    pub prompt: String,
+    /// Tokens to generate at most
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy
+    #[arg(long = "temp", default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Wrap the prompt in the model's chat template as a user message
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message for --chat
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Stop when the output contains this string (repeatable)
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Drop the oldest prompt tokens when the prompt does not fit the context
+    #[arg(long)]
+    pub truncate: bool,
+    /// KV cache length in tokens (default: the model's context, capped at 4096)
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Print one JSON object on stdout instead of streaming text
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let model = Model::load(&args.model)?;
+    let mut session = model.session(&args.engine.options(args.ctx))?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    log::info!("engine: {}", session.engine().describe());
+
+    let prompt = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage::system(system.as_str()));
+        }
+        messages.push(ChatMessage::user(args.prompt.as_str()));
+        model.tokenizer.apply_chat_template(&messages, true).map_err(|e| Error::Tokenizer(e.to_string()))?
+    } else {
+        args.prompt.clone()
+    };
+    let opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampler: SamplerOptions {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
+            ..Default::default()
+        },
+        stop_strings: args.stop.clone(),
+        ignore_eos: args.ignore_eos,
+        truncate_prompt: args.truncate,
+    };
+
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let flag = cancelled.clone();
+    // A second Ctrl-C while we wind down still kills the process (the handler only sets the flag once).
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let json = args.json;
+    let mut on_text = |piece: &str| {
+        if !json {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        }
+        !cancelled.load(Ordering::SeqCst)
+    };
+    let g = session.generate(&prompt, &opts, &mut on_text)?;
+    let t = &g.timings;
+    if json {
+        let v = serde_json::json!({
+            "prompt_ids": g.prompt_ids, "output_ids": g.output_ids, "text": g.text,
+            "stop": format!("{:?}", g.stop),
+            "timings": {"load_ms": load_ms, "prompt_tokens": t.prompt_tokens, "prompt_tok_s": t.prompt_tok_s(),
+                        "decode_tokens": t.decode_tokens, "decode_tok_s": t.decode_tok_s()},
+        });
+        writeln!(out, "{v}").map_err(|e| Error::io("stdout", e))?;
+    } else {
+        writeln!(out).map_err(|e| Error::io("stdout", e))?;
+        eprintln!(
+            "load {load_ms:.0} ms | prompt {} tokens, {:.1} tok/s | decode {} tokens, {:.1} tok/s | stop: {:?}",
+            t.prompt_tokens,
+            t.prompt_tok_s(),
+            t.decode_tokens,
+            t.decode_tok_s(),
+            g.stop
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `omex validate DIR [--json]`: every problem of a model directory, then the warnings; non-zero exit when
+//! there is a problem.
+
+use clap::Args;
+use omex::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// The model directory
+    pub model: PathBuf,
+    /// Print the report as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: ValidateArgs) -> Result<()> {
+    let r = omex::validate::validate(&args.model);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r).map_err(|e| Error::Usage(e.to_string()))?);
+    } else {
+        for p in &r.problems {
+            println!("problem: {p}");
+        }
+        for w in &r.warnings {
+            println!("warning: {w}");
+        }
+        if r.ok {
+            println!(
+                "{}: valid ({} tensors, {} files checked, {} warnings)",
+                args.model.display(),
+                r.tensors_checked,
+                r.files_checked,
+                r.warnings.len()
+            );
+        }
+    }
+    if r.ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(&args.model, format!("{} problems found", r.problems.len())))
+    }
+}

@@ -1,0 +1,181 @@
+//! Helpers of the GPU tests: a seeded PRNG, random matrices in every layout (owning their storage), the shared
+//! GPU context (lavapipe on CI), and buffers poisoned so that an element a kernel fails to write shows up.
+#![allow(dead_code)]
+
+pub mod ops;
+
+use half::f16;
+use kernels_cpu::layout::{pack_int4_group, pack_ternary_group};
+use kernels_cpu::{Matrix, Weights, GROUP};
+use omex::backend::gpu::buffers::{GpuBuffer, Purpose};
+use omex::backend::gpu::{DeviceOptions, GpuContext};
+use std::sync::OnceLock;
+
+/// SplitMix64.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.range(lo, hi)).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    F32,
+    F16,
+    Int8,
+    Int4,
+    Ternary,
+}
+
+pub const LAYOUTS: [Layout; 5] = [Layout::F32, Layout::F16, Layout::Int8, Layout::Int4, Layout::Ternary];
+
+impl Layout {
+    pub fn quantized(self) -> bool {
+        matches!(self, Layout::Int8 | Layout::Int4 | Layout::Ternary)
+    }
+}
+
+fn h(v: f32) -> u16 {
+    f16::from_f32(v).to_bits()
+}
+
+/// A matrix owning its storage; [`OwnedMatrix::matrix`] borrows it as kernels-cpu's `Matrix`.
+pub struct OwnedMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    layout: Layout,
+    f: Vec<f32>,
+    h: Vec<u16>,
+    i: Vec<i8>,
+    q: Vec<u8>,
+    scales: Vec<u16>,
+    mins: Vec<u16>,
+}
+
+impl OwnedMatrix {
+    pub fn random(layout: Layout, rows: usize, cols: usize, rng: &mut Rng) -> OwnedMatrix {
+        let n = rows * cols;
+        let groups = n / GROUP;
+        let mut m = OwnedMatrix { rows, cols, layout, f: vec![], h: vec![], i: vec![], q: vec![], scales: vec![], mins: vec![] };
+        let scales = |rng: &mut Rng| (0..groups).map(|_| h(rng.range(0.002, 0.03))).collect::<Vec<_>>();
+        match layout {
+            Layout::F32 => m.f = rng.vec(n, -1.0, 1.0),
+            Layout::F16 => m.h = (0..n).map(|_| h(rng.range(-1.0, 1.0))).collect(),
+            Layout::Int8 => {
+                m.i = (0..n).map(|_| (rng.below(256) as i32 - 128) as i8).collect();
+                m.scales = scales(rng);
+            }
+            Layout::Int4 => {
+                for _ in 0..groups {
+                    let g: [u8; GROUP] = std::array::from_fn(|_| rng.below(16) as u8);
+                    m.q.extend_from_slice(&pack_int4_group(&g));
+                }
+                m.scales = scales(rng);
+                m.mins = (0..groups).map(|_| h(rng.range(-0.2, 0.0))).collect();
+            }
+            Layout::Ternary => {
+                for _ in 0..groups {
+                    let g: [u8; GROUP] = std::array::from_fn(|_| rng.below(3) as u8);
+                    m.q.extend_from_slice(&pack_ternary_group(&g));
+                }
+                m.scales = scales(rng);
+            }
+        }
+        m
+    }
+
+    pub fn matrix(&self) -> Matrix<'_> {
+        let w = match self.layout {
+            Layout::F32 => Weights::F32(&self.f),
+            Layout::F16 => Weights::F16(&self.h),
+            Layout::Int8 => Weights::Int8 { q: &self.i, scales: &self.scales },
+            Layout::Int4 => Weights::Int4 { q: &self.q, scales: &self.scales, mins: &self.mins },
+            Layout::Ternary => Weights::Ternary { q: &self.q, scales: &self.scales },
+        };
+        Matrix::new(self.rows, self.cols, w).expect("random matrix has the right lengths")
+    }
+
+    /// All rows dequantized, `[rows, cols]`.
+    pub fn dense(&self) -> Vec<f32> {
+        let m = self.matrix();
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
+            m.dequant_row(r, row);
+        }
+        out
+    }
+}
+
+/// The GPU of this test process, opened once; `None` (and a note on stderr) when no adapter exists, which
+/// fails the test instead under CI (`CI` set), where lavapipe is installed.
+pub fn gpu() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| match GpuContext::open_blocking(&DeviceOptions::default()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI has no GPU adapter: {e}");
+            }
+            eprintln!("skipping GPU tests: {e}");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// A storage buffer holding `data`.
+pub fn upload_f32(ctx: &GpuContext, data: &[f32]) -> GpuBuffer {
+    ctx.pool.init("test input", bytemuck::cast_slice(data), storage(), Purpose::Activations).unwrap()
+}
+
+pub fn upload_u32(ctx: &GpuContext, data: &[u32]) -> GpuBuffer {
+    ctx.pool.init("test input", bytemuck::cast_slice(data), storage(), Purpose::Activations).unwrap()
+}
+
+fn storage() -> wgpu::BufferUsages {
+    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+}
+
+/// An output buffer of `n` words, every one 0xFFFFFFFF (a NaN as f32), so unwritten elements fail the test.
+pub fn poisoned(ctx: &GpuContext, n: usize) -> GpuBuffer {
+    upload_u32(ctx, &vec![u32::MAX; n.max(1)])
+}
+
+/// The step buffer: `n` tokens from position `pos`.
+pub fn step(ctx: &GpuContext, n: u32, pos: u32) -> GpuBuffer {
+    upload_u32(ctx, &[n, pos, 0, 0])
+}
+
+/// Asserts `|got - want| <= atol + rtol * |want|` elementwise, naming the first bad index.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= atol + rtol * w.abs(), "{what}: element {i} of {}: got {g}, want {w}", got.len());
+    }
+}
+
+/// `||got - want|| / ||want||` in f64.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}

@@ -1,0 +1,389 @@
+//! The op set behind one trait, implemented on the CPU (kernels-cpu, the twins) and on the GPU (the WGSL
+//! kernels), so that one test body runs on both.
+#![allow(dead_code)]
+
+use super::*;
+use kernels_cpu::ops::{self, RopeStyle};
+use omex::backend::gpu::ops::{attention, misc, Heads, Linear, Mat, Norm, Output};
+use omex::backend::gpu::weights::{GpuFile, GpuMatrix};
+use omex::backend::gpu::{Dispatch, Region};
+use std::sync::Arc;
+
+/// A fused matrix product: up to three matrices (same layout and cols) with optional biases, an optional RMS
+/// norm on the input, `n` tokens of `x`, and `y0` the initial output (read by `Output::Add`).
+pub struct LinearCase {
+    pub mats: Vec<OwnedMatrix>,
+    pub biases: Vec<Option<Vec<f32>>>,
+    pub norm: Option<(Vec<f32>, f32)>,
+    pub output: Output,
+    pub x: Vec<f32>,
+    pub n: usize,
+    pub y0: Vec<f32>,
+    /// GPU: the decode matvec rather than the prefill matmul (needs n == 1).
+    pub matvec: bool,
+}
+
+impl LinearCase {
+    /// Values per token of y.
+    pub fn width(&self) -> usize {
+        match self.output {
+            Output::SwiGlu => self.mats[0].rows,
+            _ => self.mats.iter().map(|m| m.rows).sum(),
+        }
+    }
+}
+
+pub struct AttnCase {
+    pub heads: Heads,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub pos0: usize,
+    pub n: usize,
+    pub scale: f32,
+    /// GPU: the split decode kernel (n == 1) with this many splits, or the prefill kernel when 0.
+    pub splits: u32,
+}
+
+pub struct RopeCase {
+    pub heads: Heads,
+    pub dims: usize,
+    pub half: bool,
+    pub qkv: Vec<f32>,
+    pub n: usize,
+    pub pos0: usize,
+    pub ctx: usize,
+    pub inv_freq: Vec<f32>,
+}
+
+pub trait Ops {
+    fn name(&self) -> &'static str;
+    fn linear(&self, c: &LinearCase) -> Vec<f32>;
+    fn rmsnorm(&self, x: &[f32], w: &[f32], eps: f32) -> Vec<f32>;
+    /// (rotated q `[n, q_dim]`, K cache, V cache `[ctx, kv_dim]`; rows outside `pos0..pos0 + n` are zero).
+    fn rope_store(&self, c: &RopeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>);
+    fn attention(&self, c: &AttnCase) -> Vec<f32>;
+    fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32>;
+    fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32>;
+    fn embed(&self, e: &OwnedMatrix, ids: &[u32]) -> Vec<f32>;
+    fn argmax(&self, x: &[f32]) -> u32;
+}
+
+pub struct Cpu;
+
+fn silu(g: f32) -> f32 {
+    g / (1.0 + (-g).exp())
+}
+
+impl Ops for Cpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn linear(&self, c: &LinearCase) -> Vec<f32> {
+        let cols = c.mats[0].cols;
+        let h = match &c.norm {
+            Some((w, eps)) => self.rmsnorm(&c.x, w, *eps),
+            None => c.x.clone(),
+        };
+        let outs: Vec<Vec<f32>> = c
+            .mats
+            .iter()
+            .zip(&c.biases)
+            .map(|(m, b)| {
+                let mut y = vec![0f32; c.n * m.rows];
+                kernels_cpu::matmul(&m.matrix(), &h[..c.n * cols], c.n, &mut y);
+                if let Some(b) = b {
+                    y.chunks_exact_mut(m.rows).for_each(|row| ops::add_assign(row, b));
+                }
+                y
+            })
+            .collect();
+        let width = c.width();
+        let mut y = c.y0.clone();
+        for t in 0..c.n {
+            let row = &mut y[t * width..(t + 1) * width];
+            match c.output {
+                Output::SwiGlu => {
+                    let r = c.mats[0].rows;
+                    let (g, u) = (&outs[0][t * r..(t + 1) * r], &outs[1][t * r..(t + 1) * r]);
+                    ops::silu_mul(g, u, row);
+                }
+                _ => {
+                    let mut at = 0;
+                    for (m, o) in c.mats.iter().zip(&outs) {
+                        let src = &o[t * m.rows..(t + 1) * m.rows];
+                        let dst = &mut row[at..at + m.rows];
+                        if c.output == Output::Add {
+                            ops::add_assign(dst, src);
+                        } else {
+                            dst.copy_from_slice(src);
+                        }
+                        at += m.rows;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn rmsnorm(&self, x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        ops::rmsnorm(x, w, eps, &mut out);
+        out
+    }
+
+    fn rope_store(&self, c: &RopeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (qd, kvd, hd) = (c.heads.q_dim() as usize, c.heads.kv_dim() as usize, c.heads.head_dim as usize);
+        let stride = qd + 2 * kvd;
+        let style = if c.half { RopeStyle::Half } else { RopeStyle::Interleaved };
+        let mut q = vec![0f32; c.n * qd];
+        let (mut kc, mut vc) = (vec![0f32; c.ctx * kvd], vec![0f32; c.ctx * kvd]);
+        for t in 0..c.n {
+            let row = &c.qkv[t * stride..(t + 1) * stride];
+            let pos = c.pos0 + t;
+            let qt = &mut q[t * qd..(t + 1) * qd];
+            qt.copy_from_slice(&row[..qd]);
+            let kt = &mut kc[pos * kvd..(pos + 1) * kvd];
+            kt.copy_from_slice(&row[qd..qd + kvd]);
+            for head in qt.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
+                ops::rope(&mut head[..c.dims], 1, c.dims, pos, &c.inv_freq, style);
+            }
+            vc[pos * kvd..(pos + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
+        }
+        (q, kc, vc)
+    }
+
+    fn attention(&self, c: &AttnCase) -> Vec<f32> {
+        let h = c.heads;
+        let mut out = vec![0f32; c.n * h.q_dim() as usize];
+        let (nh, nkv, hd) = (h.n_heads as usize, h.n_kv as usize, h.head_dim as usize);
+        kernels_cpu::attention(&c.q, &c.k, &c.v, c.pos0, c.n, nh, nkv, hd, c.scale, &mut out);
+        out
+    }
+
+    fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; gate.len()];
+        ops::silu_mul(gate, up, &mut out);
+        out
+    }
+
+    fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; a.len()];
+        ops::add(a, b, &mut out);
+        out
+    }
+
+    fn embed(&self, e: &OwnedMatrix, ids: &[u32]) -> Vec<f32> {
+        let m = e.matrix();
+        let mut out = vec![0f32; ids.len() * e.cols];
+        for (row, &id) in out.chunks_exact_mut(e.cols).zip(ids) {
+            m.dequant_row(id as usize, row);
+        }
+        out
+    }
+
+    fn argmax(&self, x: &[f32]) -> u32 {
+        ops::argmax(x) as u32
+    }
+}
+
+pub struct Gpu(pub &'static GpuContext);
+
+/// Packs sections into one weight-file-like buffer, each 256-aligned after a lead of 256 bytes.
+struct FileBuilder(Vec<u8>);
+
+impl FileBuilder {
+    fn put(&mut self, b: &[u8]) -> (u64, u64) {
+        self.0.resize(self.0.len().div_ceil(256) * 256, 0);
+        let at = self.0.len() as u64;
+        self.0.extend_from_slice(b);
+        (at, b.len() as u64)
+    }
+
+    fn matrix(&mut self, m: &Matrix) -> [Option<(u64, u64)>; 3] {
+        let c = bytemuck::cast_slice::<u16, u8>;
+        match m.w {
+            Weights::F32(v) => [Some(self.put(bytemuck::cast_slice(v))), None, None],
+            Weights::F16(v) => [Some(self.put(c(v))), None, None],
+            Weights::Int8 { q, scales } => [Some(self.put(bytemuck::cast_slice(q))), Some(self.put(c(scales))), None],
+            Weights::Int4 { q, scales, mins } => [Some(self.put(q)), Some(self.put(c(scales))), Some(self.put(c(mins)))],
+            Weights::Ternary { q, scales } => [Some(self.put(q)), Some(self.put(c(scales))), None],
+        }
+    }
+}
+
+fn dtype(m: &Matrix) -> omex::format::DType {
+    use omex::format::DType;
+    match m.w {
+        Weights::F32(_) => DType::F32,
+        Weights::F16(_) => DType::F16,
+        Weights::Int8 { .. } => DType::Int8,
+        Weights::Int4 { .. } => DType::Int4,
+        Weights::Ternary { .. } => DType::Ternary,
+    }
+}
+
+impl Gpu {
+    fn run(&self, dispatches: &[&Dispatch], n: u32) {
+        let mut enc = self.0.encoder();
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            for d in dispatches {
+                let [x, y, z] = d.grid.groups(n);
+                pass.set_pipeline(&d.pipeline.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(x, y, z);
+            }
+        }
+        self.0.gpu.queue.submit([enc.finish()]);
+    }
+
+    fn read(&self, b: &GpuBuffer, count: usize) -> Vec<f32> {
+        let v = pollster::block_on(self.0.read_f32(b, 0, count)).unwrap();
+        self.0.gpu.check().unwrap();
+        v
+    }
+}
+
+impl Ops for Gpu {
+    fn name(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn linear(&self, c: &LinearCase) -> Vec<f32> {
+        let ctx = self.0;
+        let mut file = FileBuilder(vec![0; 256]);
+        let sections: Vec<_> = c.mats.iter().map(|m| file.matrix(&m.matrix())).collect();
+        let biases: Vec<_> = c.biases.iter().map(|b| b.as_ref().map(|b| file.put(bytemuck::cast_slice(b)))).collect();
+        let norm_at = c.norm.as_ref().map(|(w, _)| file.put(bytemuck::cast_slice(w)));
+        file.0.resize(file.0.len().div_ceil(256) * 256, 0);
+        let gf = Arc::new(GpuFile::upload(ctx, "test.bin", &file.0).unwrap());
+        let gms: Vec<GpuMatrix> = c
+            .mats
+            .iter()
+            .zip(&sections)
+            .enumerate()
+            .map(|(i, (m, s))| GpuMatrix {
+                name: format!("m{i}"),
+                file: gf.clone(),
+                dtype: dtype(&m.matrix()),
+                rows: m.rows as u32,
+                cols: m.cols as u32,
+                data: s[0].unwrap(),
+                scales: s[1],
+                mins: s[2],
+            })
+            .collect();
+        let mut out = 0;
+        let mats: Vec<Mat> = gms
+            .iter()
+            .zip(&biases)
+            .map(|(m, &bias)| {
+                let at = out;
+                if c.output != Output::SwiGlu {
+                    out += m.rows;
+                }
+                Mat { m, out: at, bias }
+            })
+            .collect();
+        let norm = c.norm.as_ref().map(|(_, eps)| {
+            let at = norm_at.unwrap();
+            Norm { region: Region::covering(&gf.buffer, &[at]), offset: at.0, eps: *eps }
+        });
+        let x = upload_f32(ctx, &c.x);
+        let y = if c.output == Output::Add { upload_f32(ctx, &c.y0) } else { poisoned(ctx, c.y0.len()) };
+        let st = step(ctx, c.n as u32, 0);
+        let l = Linear { mats, norm, output: c.output, step: &st, x: &x, y: &y, x_last: false, y_stride: c.width() as u32 };
+        let d = if c.matvec { pollster::block_on(l.matvec(ctx)) } else { pollster::block_on(l.matmul(ctx)) }.unwrap();
+        self.run(&[&d], c.n as u32);
+        self.read(&y, c.y0.len())
+    }
+
+    fn rmsnorm(&self, x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+        let ctx = self.0;
+        let (xb, wb, out) = (upload_f32(ctx, x), upload_f32(ctx, w), poisoned(ctx, x.len()));
+        let rows = (x.len() / w.len()) as u32;
+        let d = pollster::block_on(misc::rmsnorm(ctx, w.len() as u32, rows, eps, &xb, &wb, &out)).unwrap();
+        self.run(&[&d], 1);
+        self.read(&out, x.len())
+    }
+
+    fn rope_store(&self, c: &RopeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let ctx = self.0;
+        let (qd, kvd) = (c.heads.q_dim() as usize, c.heads.kv_dim() as usize);
+        let table = misc::cos_sin_table(&c.inv_freq, c.ctx);
+        let table = upload_f32(ctx, bytemuck::cast_slice(&table));
+        let qkv = upload_f32(ctx, &c.qkv);
+        let q = poisoned(ctx, c.n * qd);
+        let (kc, vc) = (upload_f32(ctx, &vec![0.0; c.ctx * kvd]), upload_f32(ctx, &vec![0.0; c.ctx * kvd]));
+        let st = step(ctx, c.n as u32, c.pos0 as u32);
+        let d = pollster::block_on(misc::rope_store(ctx, c.heads, c.dims as u32, c.half, &st, &qkv, &table, &q, &kc, &vc)).unwrap();
+        self.run(&[&d], c.n as u32);
+        (self.read(&q, c.n * qd), self.read(&kc, c.ctx * kvd), self.read(&vc, c.ctx * kvd))
+    }
+
+    fn attention(&self, c: &AttnCase) -> Vec<f32> {
+        let ctx = self.0;
+        let (q, k, v) = (upload_f32(ctx, &c.q), upload_f32(ctx, &c.k), upload_f32(ctx, &c.v));
+        let out = poisoned(ctx, c.q.len());
+        let st = step(ctx, c.n as u32, c.pos0 as u32);
+        if c.splits > 0 {
+            let (a, b, _part) =
+                pollster::block_on(attention::decode(ctx, c.heads, c.splits, c.scale, &st, &q, &k, &v, &out)).unwrap();
+            self.run(&[&a, &b], 1);
+            self.read(&out, c.q.len())
+        } else {
+            let d = pollster::block_on(attention::prefill(ctx, c.heads, c.scale, &st, &q, &k, &v, &out)).unwrap();
+            self.run(&[&d], c.n as u32);
+            self.read(&out, c.q.len())
+        }
+    }
+
+    fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
+        // Rows of 7 values, gate and up side by side in one buffer as the fused projection writes them.
+        let ctx = self.0;
+        let len = 7.min(gate.len());
+        let rows = gate.len() / len;
+        let mut gu = Vec::new();
+        for (g, u) in gate.chunks_exact(len).zip(up.chunks_exact(len)) {
+            gu.extend_from_slice(g);
+            gu.extend_from_slice(u);
+        }
+        let (gub, out) = (upload_f32(ctx, &gu), poisoned(ctx, gate.len()));
+        let st = step(ctx, rows as u32, 0);
+        let d = pollster::block_on(misc::silu_mul(ctx, len as u32, 0, 2 * len as u32, len as u32, &st, &gub, &out)).unwrap();
+        self.run(&[&d], rows as u32);
+        self.read(&out, gate.len())
+    }
+
+    fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let ctx = self.0;
+        let (ab, bb, out) = (upload_f32(ctx, a), upload_f32(ctx, b), poisoned(ctx, a.len()));
+        let st = step(ctx, 1, 0);
+        let d = pollster::block_on(misc::add(ctx, a.len() as u32, 1, &st, &ab, &bb, &out)).unwrap();
+        self.run(&[&d], 1);
+        self.read(&out, a.len())
+    }
+
+    fn embed(&self, e: &OwnedMatrix, ids: &[u32]) -> Vec<f32> {
+        let ctx = self.0;
+        let m = GpuMatrix::upload(ctx, "embedding", &e.matrix(), 512).unwrap();
+        let (idb, out) = (upload_u32(ctx, ids), poisoned(ctx, ids.len() * e.cols));
+        let st = step(ctx, ids.len() as u32, 0);
+        let d = pollster::block_on(misc::embed(ctx, &m, &st, &idb, &out)).unwrap();
+        self.run(&[&d], ids.len() as u32);
+        self.read(&out, ids.len() * e.cols)
+    }
+
+    fn argmax(&self, x: &[f32]) -> u32 {
+        let ctx = self.0;
+        let (xb, ids, tokens) = (upload_f32(ctx, x), poisoned(ctx, 1), poisoned(ctx, 3));
+        let d = pollster::block_on(misc::argmax(ctx, x.len() as u32, 0, 2, &xb, &ids, &tokens)).unwrap();
+        self.run(&[&d], 1);
+        let (id, tok) = (pollster::block_on(ctx.read_u32(&ids, 0, 1)).unwrap(), pollster::block_on(ctx.read_u32(&tokens, 0, 3)).unwrap());
+        assert_eq!(id[0], tok[2], "argmax writes the same id to ids[0] and tokens[slot]");
+        assert_eq!(&tok[..2], &[u32::MAX, u32::MAX], "argmax writes only its slot");
+        id[0]
+    }
+}

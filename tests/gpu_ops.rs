@@ -1,0 +1,336 @@
+//! The op set, one test body per op run on both backends: the CPU (kernels-cpu) and the GPU (WGSL on whatever
+//! adapter there is; lavapipe on CI). Each body draws fresh seeded random inputs, odd shapes included, and
+//! compares with an independent f64 reference built only on `Matrix::dequant_row` and the formulas; GPU
+//! outputs start poisoned (all bits set), so an element a kernel leaves unwritten fails.
+
+mod gpu_common;
+
+use gpu_common::ops::{AttnCase, Cpu, Gpu, LinearCase, Ops, RopeCase};
+use gpu_common::*;
+use omex::backend::gpu::ops::{Heads, Output};
+
+macro_rules! both {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            #[test]
+            fn cpu() {
+                super::$body(&super::Cpu);
+            }
+            #[test]
+            fn gpu() {
+                if let Some(ctx) = super::gpu() {
+                    super::$body(&super::Gpu(ctx));
+                }
+            }
+        }
+    )*};
+}
+
+both!(
+    matvec_every_layout,
+    matvec_fused,
+    matmul_every_layout,
+    matmul_fused,
+    rmsnorm_rows,
+    rope_both_styles,
+    attention_decode,
+    attention_prefill,
+    silu_mul_and_add,
+    embed_every_layout,
+    argmax_ties_and_nans,
+);
+
+fn rms_ref(x: &[f32], w: &[f32], eps: f32) -> Vec<f64> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(w.len()) {
+        let ss: f64 = row.iter().map(|&v| (v as f64).powi(2)).sum();
+        let r = 1.0 / (ss / w.len() as f64 + eps as f64).sqrt();
+        out.extend(row.iter().zip(w).map(|(&v, &g)| v as f64 * r * g as f64));
+    }
+    out
+}
+
+fn silu_ref(g: f64) -> f64 {
+    g / (1.0 + (-g).exp())
+}
+
+fn linear_ref(c: &LinearCase) -> Vec<f32> {
+    let cols = c.mats[0].cols;
+    let h: Vec<f64> = match &c.norm {
+        Some((w, eps)) => rms_ref(&c.x[..c.n * cols], w, *eps),
+        None => c.x[..c.n * cols].iter().map(|&v| v as f64).collect(),
+    };
+    let width = c.width();
+    let mut y: Vec<f64> = c.y0.iter().map(|&v| v as f64).collect();
+    for t in 0..c.n {
+        let ht = &h[t * cols..(t + 1) * cols];
+        let prods: Vec<Vec<f64>> = c
+            .mats
+            .iter()
+            .zip(&c.biases)
+            .map(|(m, b)| {
+                let dense = m.dense();
+                (0..m.rows)
+                    .map(|r| {
+                        let dot: f64 = dense[r * cols..(r + 1) * cols].iter().zip(ht).map(|(&w, &x)| w as f64 * x).sum();
+                        dot + b.as_ref().map_or(0.0, |b| b[r] as f64)
+                    })
+                    .collect()
+            })
+            .collect();
+        let row = &mut y[t * width..(t + 1) * width];
+        match c.output {
+            Output::SwiGlu => {
+                for (r, o) in row.iter_mut().enumerate() {
+                    *o = silu_ref(prods[0][r]) * prods[1][r];
+                }
+            }
+            _ => {
+                for (o, p) in row.iter_mut().zip(prods.concat()) {
+                    *o = if c.output == Output::Add { *o + p } else { p };
+                }
+            }
+        }
+    }
+    y.iter().map(|&v| v as f32).collect()
+}
+
+/// Elementwise within `tol * (1 + max |want|)`.
+fn check(b: &dyn Ops, what: &str, got: &[f32], want: &[f32], tol: f32) {
+    let scale = 1.0 + want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert_close(&format!("{} {what}", b.name()), got, want, tol * scale, 0.0);
+}
+
+fn linear_case(rng: &mut Rng, layout: Layout, rows: &[usize], cols: usize, n: usize, output: Output) -> LinearCase {
+    let mats: Vec<_> = rows.iter().map(|&r| OwnedMatrix::random(layout, r, cols, rng)).collect();
+    let width = if output == Output::SwiGlu { rows[0] } else { rows.iter().sum() };
+    LinearCase {
+        biases: vec![None; mats.len()],
+        mats,
+        norm: None,
+        output,
+        x: rng.vec(n * cols, -1.0, 1.0),
+        n,
+        y0: rng.vec(n * width, -1.0, 1.0),
+        matvec: n == 1,
+    }
+}
+
+fn matvec_every_layout(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0001);
+    for layout in LAYOUTS {
+        let mut shapes = vec![(67, 96), (3, 32), (130, 256), (9, 1024)];
+        if !layout.quantized() {
+            shapes.extend([(37, 45), (5, 3), (1, 1)]);
+        }
+        for (rows, cols) in shapes {
+            let c = linear_case(&mut rng, layout, &[rows], cols, 1, Output::Store);
+            check(b, &format!("matvec {layout:?} {rows}x{cols}"), &b.linear(&c), &linear_ref(&c), 2e-5);
+        }
+    }
+}
+
+fn fused_cases(rng: &mut Rng, layout: Layout, n: usize) -> Vec<(&'static str, LinearCase)> {
+    let cols = 64;
+    let mut qkv = linear_case(rng, layout, &[40, 24, 24], cols, n, Output::Store);
+    qkv.biases = qkv.mats.iter().map(|m| Some(rng.vec(m.rows, -0.5, 0.5))).collect();
+    qkv.norm = Some((rng.vec(cols, 0.5, 1.5), 1e-5));
+    let mut o = linear_case(rng, layout, &[33], cols, n, Output::Add);
+    o.norm = None;
+    let mut cases = vec![("q|k|v + bias, normed", qkv), ("residual add", o)];
+    let mut single = linear_case(rng, layout, &[50], cols, n, Output::Store);
+    single.norm = Some((rng.vec(cols, 0.5, 1.5), 1e-6));
+    cases.push(("normed", single));
+    if n == 1 {
+        let mut gu = linear_case(rng, layout, &[44, 44], cols, n, Output::SwiGlu);
+        gu.norm = Some((rng.vec(cols, 0.5, 1.5), 1e-5));
+        cases.push(("gate/up SwiGLU, normed", gu));
+    }
+    cases
+}
+
+fn matvec_fused(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0002);
+    for layout in LAYOUTS {
+        for (what, c) in fused_cases(&mut rng, layout, 1) {
+            check(b, &format!("matvec {layout:?} {what}"), &b.linear(&c), &linear_ref(&c), 2e-5);
+        }
+    }
+}
+
+fn matmul_every_layout(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0003);
+    for layout in LAYOUTS {
+        let cols = if layout.quantized() { 96 } else { 45 };
+        for (rows, n) in [(45, 2), (33, 33), (7, 40), (64, 1)] {
+            let mut c = linear_case(&mut rng, layout, &[rows], cols, n, Output::Store);
+            c.matvec = false;
+            check(b, &format!("matmul {layout:?} {rows}x{cols} n={n}"), &b.linear(&c), &linear_ref(&c), 2e-5);
+        }
+    }
+}
+
+fn matmul_fused(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0004);
+    for layout in LAYOUTS {
+        for n in [3, 35] {
+            for (what, mut c) in fused_cases(&mut rng, layout, n) {
+                c.matvec = false;
+                check(b, &format!("matmul {layout:?} n={n} {what}"), &b.linear(&c), &linear_ref(&c), 2e-5);
+            }
+        }
+    }
+}
+
+fn rmsnorm_rows(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0005);
+    for (dim, rows) in [(64, 3), (37, 1), (576, 2)] {
+        let x = rng.vec(dim * rows, -2.0, 2.0);
+        let w = rng.vec(dim, 0.5, 1.5);
+        let want: Vec<f32> = rms_ref(&x, &w, 1e-5).iter().map(|&v| v as f32).collect();
+        check(b, &format!("rmsnorm {rows}x{dim}"), &b.rmsnorm(&x, &w, 1e-5), &want, 1e-5);
+    }
+}
+
+fn rope_both_styles(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0006);
+    for half in [false, true] {
+        for (heads, dims) in [(Heads { n_heads: 6, n_kv: 2, head_dim: 16 }, 16), (Heads { n_heads: 3, n_kv: 1, head_dim: 24 }, 8)] {
+            let (n, pos0, ctx) = (3, 1000, 1004);
+            let (qd, kvd) = (heads.q_dim() as usize, heads.kv_dim() as usize);
+            let inv_freq: Vec<f32> = (0..dims / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / dims as f32)).collect();
+            let c = RopeCase { heads, dims, half, qkv: rng.vec(n * (qd + 2 * kvd), -1.0, 1.0), n, pos0, ctx, inv_freq };
+            // Reference: the rotation in f64 of the f32 angle.
+            let (mut q, mut kc, mut vc) = (vec![0f32; n * qd], vec![0f32; ctx * kvd], vec![0f32; ctx * kvd]);
+            let hd = heads.head_dim as usize;
+            for t in 0..n {
+                let row = &c.qkv[t * (qd + 2 * kvd)..(t + 1) * (qd + 2 * kvd)];
+                let pos = pos0 + t;
+                let rot = |src: &[f32], dst: &mut [f32]| {
+                    for (s, d) in src.chunks_exact(hd).zip(dst.chunks_exact_mut(hd)) {
+                        d.copy_from_slice(s);
+                        for (i, &f) in c.inv_freq.iter().enumerate() {
+                            let th = (pos as f32 * f) as f64;
+                            let (ia, ib) = if half { (i, i + dims / 2) } else { (2 * i, 2 * i + 1) };
+                            let (a, bb) = (s[ia] as f64, s[ib] as f64);
+                            d[ia] = (a * th.cos() - bb * th.sin()) as f32;
+                            d[ib] = (a * th.sin() + bb * th.cos()) as f32;
+                        }
+                    }
+                };
+                rot(&row[..qd], &mut q[t * qd..(t + 1) * qd]);
+                rot(&row[qd..qd + kvd], &mut kc[pos * kvd..(pos + 1) * kvd]);
+                vc[pos * kvd..(pos + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
+            }
+            let (gq, gk, gv) = b.rope_store(&c);
+            let what = format!("rope half={half} dims={dims}");
+            check(b, &format!("{what} q"), &gq, &q, 1e-6);
+            check(b, &format!("{what} k cache"), &gk[pos0 * kvd..], &kc[pos0 * kvd..], 1e-6);
+            check(b, &format!("{what} v cache"), &gv[pos0 * kvd..], &vc[pos0 * kvd..], 0.0);
+        }
+    }
+}
+
+fn attention_ref(c: &AttnCase) -> Vec<f32> {
+    let (nh, nkv, hd) = (c.heads.n_heads as usize, c.heads.n_kv as usize, c.heads.head_dim as usize);
+    let (qd, kvd) = (nh * hd, nkv * hd);
+    let mut out = vec![0f32; c.n * qd];
+    for i in 0..c.n {
+        for h in 0..nh {
+            let kvh = h / (nh / nkv);
+            let q = &c.q[i * qd + h * hd..i * qd + (h + 1) * hd];
+            let len = c.pos0 + i + 1;
+            let s: Vec<f64> = (0..len)
+                .map(|j| c.scale as f64 * q.iter().zip(&c.k[j * kvd + kvh * hd..]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>())
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for d in 0..hd {
+                let o: f64 = (0..len).map(|j| e[j] * c.v[j * kvd + kvh * hd + d] as f64).sum();
+                out[i * qd + h * hd + d] = (o / sum) as f32;
+            }
+        }
+    }
+    out
+}
+
+fn attn_case(rng: &mut Rng, heads: Heads, pos0: usize, n: usize, splits: u32) -> AttnCase {
+    let ctx = pos0 + n + 3;
+    let (qd, kvd) = (heads.q_dim() as usize, heads.kv_dim() as usize);
+    AttnCase {
+        heads,
+        q: rng.vec(n * qd, -1.0, 1.0),
+        k: rng.vec(ctx * kvd, -1.0, 1.0),
+        v: rng.vec(ctx * kvd, -1.0, 1.0),
+        pos0,
+        n,
+        scale: 1.0 / (heads.head_dim as f32).sqrt() * 2.0,
+        splits,
+    }
+}
+
+fn attention_decode(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0007);
+    let shapes = [Heads { n_heads: 6, n_kv: 2, head_dim: 16 }, Heads { n_heads: 4, n_kv: 4, head_dim: 64 }, Heads { n_heads: 8, n_kv: 1, head_dim: 40 }];
+    for heads in shapes {
+        for (pos0, splits) in [(0, 1), (5, 4), (70, 1), (200, 3), (129, 8)] {
+            let c = attn_case(&mut rng, heads, pos0, 1, splits);
+            let what = format!("decode attention {heads:?} pos={pos0} splits={splits}");
+            check(b, &what, &b.attention(&c), &attention_ref(&c), 1e-5);
+        }
+    }
+}
+
+fn attention_prefill(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0008);
+    let shapes = [Heads { n_heads: 6, n_kv: 2, head_dim: 24 }, Heads { n_heads: 2, n_kv: 2, head_dim: 128 }, Heads { n_heads: 9, n_kv: 3, head_dim: 64 }];
+    for heads in shapes {
+        for (pos0, n) in [(0, 13), (5, 9), (0, 1), (17, 3)] {
+            let c = attn_case(&mut rng, heads, pos0, n, 0);
+            let what = format!("prefill attention {heads:?} pos={pos0} n={n}");
+            check(b, &what, &b.attention(&c), &attention_ref(&c), 1e-5);
+        }
+    }
+}
+
+fn silu_mul_and_add(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0009);
+    let (g, u) = (rng.vec(70, -8.0, 8.0), rng.vec(70, -2.0, 2.0));
+    let want: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| (silu_ref(g as f64) * u as f64) as f32).collect();
+    check(b, "silu_mul", &b.silu_mul(&g, &u), &want, 1e-6);
+    let (x, y) = (rng.vec(131, -1.0, 1.0), rng.vec(131, -1.0, 1.0));
+    let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+    check(b, "add", &b.add(&x, &y), &want, 0.0);
+}
+
+fn embed_every_layout(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_000a);
+    for layout in LAYOUTS {
+        let cols = if layout.quantized() { 96 } else { 45 };
+        let e = OwnedMatrix::random(layout, 50, cols, &mut rng);
+        let ids = [3u32, 49, 0, 3, 17];
+        let dense = e.dense();
+        let want: Vec<f32> = ids.iter().flat_map(|&i| dense[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
+        check(b, &format!("embed {layout:?}"), &b.embed(&e, &ids), &want, 0.0);
+    }
+}
+
+fn argmax_ties_and_nans(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_000b);
+    for len in [1usize, 7, 1000, 49152] {
+        let mut x = rng.vec(len, -5.0, 5.0);
+        let top = rng.below(len as u64) as usize;
+        x[top] = 9.0;
+        assert_eq!(b.argmax(&x), top as u32, "{} argmax of {len}", b.name());
+        if len > 10 {
+            // A tie: the lower index wins; NaNs are ignored.
+            let other = (top + len / 2) % len;
+            x[other] = 9.0;
+            x[(top + 1) % len] = f32::NAN;
+            assert_eq!(b.argmax(&x), top.min(other) as u32, "{} argmax with a tie", b.name());
+        }
+    }
+    assert_eq!(b.argmax(&[f32::NAN, f32::NAN]), 0, "{} argmax of NaNs", b.name());
+    assert_eq!(b.argmax(&[f32::NEG_INFINITY, -3.0]), 1, "{} argmax with -inf", b.name());
+}
