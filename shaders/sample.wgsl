@@ -1,6 +1,9 @@
-// Greedy sampling on the GPU: the index of the largest logit of row `row` (lowest index on ties, NaNs
-// ignored, 0 when there is none, as kernels-cpu's argmax). One workgroup of 256 threads. The id is written to
-// `ids[0]`, where the next decode step's embedding gather reads it, and to `tokens[slot]`, the ids read back.
+// Greedy sampling on the GPU and the decode loop's step counter.
+// `argmax`: the index of the largest logit of row `row` (lowest index on ties, NaNs ignored, 0 when there is
+// none, as kernels-cpu's argmax), by one workgroup of 256 threads. The id is written to `ids[0]`, where the next
+// decode step's embedding gather reads it, and to `tokens[slot + st.k]`, the ids read back.
+// `advance`: moves the step on by one token (pos + 1, k + 1), so that several decode steps can be recorded
+// into one command buffer with no CPU round trip between them.
 
 struct Params {
     vocab: u32,
@@ -13,6 +16,14 @@ struct Params {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> tokens: array<u32>;
+@group(0) @binding(4) var<storage, read> st: Step;
+@group(0) @binding(5) var<storage, read_write> st_rw: Step;
+
+struct Step {
+    n: u32,
+    pos: u32,
+    k: u32,
+}
 
 const WG: u32 = 256u;
 var<workgroup> best_v: array<f32, WG>;
@@ -55,6 +66,12 @@ fn argmax(@builtin(local_invocation_index) tid: u32) {
     if tid == 0u {
         let id = select(best_i[0], 0u, best_i[0] == 0xffffffffu);
         ids[0] = id;
-        tokens[p.slot] = id;
+        tokens[p.slot + st.k] = id;
     }
+}
+
+@compute @workgroup_size(1)
+fn advance() {
+    st_rw.pos += 1u;
+    st_rw.k += 1u;
 }

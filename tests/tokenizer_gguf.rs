@@ -65,7 +65,11 @@ impl<T: Read> R<T> {
                 if n > 1 << 24 {
                     return Err(bad(format!("array of {n} values")));
                 }
-                Kv::Array((0..n).map(|_| self.value(elem)).collect::<io::Result<_>>()?)
+                Kv::Array(
+                    (0..n)
+                        .map(|_| self.value(elem))
+                        .collect::<io::Result<_>>()?,
+                )
             }
             10 => Kv::Uint(self.u64()?),
             11 => Kv::Int(i64::from_le_bytes(self.bytes()?)),
@@ -101,7 +105,9 @@ pub fn smollm2_path() -> PathBuf {
     match std::env::var_os("OMEX_SMOLLM2_GGUF") {
         Some(p) => PathBuf::from(p),
         None => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
             home.join(".cache/omex/models/SmolLM2-135M-Instruct.Q4_1.gguf")
         }
     }
@@ -127,7 +133,12 @@ pub fn read_vocab(path: &Path) -> io::Result<GgufVocab> {
         Some(Kv::Array(a)) => a.clone(),
         _ => Vec::new(),
     };
-    let strings = |k: &str| arr(k).into_iter().filter_map(|v| if let Kv::Str(s) = v { Some(s) } else { None }).collect();
+    let strings = |k: &str| {
+        arr(k)
+            .into_iter()
+            .filter_map(|v| if let Kv::Str(s) = v { Some(s) } else { None })
+            .collect()
+    };
     Ok(GgufVocab {
         model: s("tokenizer.ggml.model").unwrap_or_default(),
         pre: s("tokenizer.ggml.pre"),
@@ -140,7 +151,10 @@ pub fn read_vocab(path: &Path) -> io::Result<GgufVocab> {
                 _ => 1,
             })
             .collect(),
-        scores: arr("tokenizer.ggml.scores").into_iter().map(|v| if let Kv::Float(f) = v { f as f32 } else { 0.0 }).collect(),
+        scores: arr("tokenizer.ggml.scores")
+            .into_iter()
+            .map(|v| if let Kv::Float(f) = v { f as f32 } else { 0.0 })
+            .collect(),
         merges: strings("tokenizer.ggml.merges"),
         bos_id: id("tokenizer.ggml.bos_token_id"),
         eos_id: id("tokenizer.ggml.eos_token_id"),

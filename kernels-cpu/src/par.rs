@@ -13,6 +13,10 @@ pub const MIN_TILE_MACS: usize = 256 * 1024;
 /// Tokens per matmul tile at most.
 pub const MAX_TILE_TOKENS: usize = 64;
 
+/// Bytes of (dequantized) weight rows a matmul tile may hold: the tile is re-read for every 3-token block, so
+/// it must stay in L2 (a whole 1536 x 576 matrix dequantized to f32, 3.5 MB, halved the float path's speed).
+pub const MAX_TILE_WEIGHT_BYTES: usize = 192 * 1024;
+
 /// Rows per matvec task: at least `MIN_TASK_BYTES` of weights, at most 4 tasks per thread, a multiple of 4.
 pub fn rows_per_task(rows: usize, row_bytes: usize) -> usize {
     let total = rows.saturating_mul(row_bytes.max(1));
@@ -21,15 +25,17 @@ pub fn rows_per_task(rows: usize, row_bytes: usize) -> usize {
     round_up(rows.div_ceil(tasks), 4).max(4)
 }
 
-/// `(rows per tile, tokens per tile)` for a `[rows, cols]` x `n` tokens matmul.
-pub fn tile_shape(rows: usize, cols: usize, n: usize) -> (usize, usize) {
+/// `(rows per tile, tokens per tile)` for a `[rows, cols]` x `n` tokens matmul whose tiles hold
+/// `tile_row_bytes` per weight row.
+pub fn tile_shape(rows: usize, cols: usize, n: usize, tile_row_bytes: usize) -> (usize, usize) {
     let tb = n.clamp(1, MAX_TILE_TOKENS);
     let token_tiles = n.div_ceil(tb);
     let want_tiles = 8 * rayon::current_num_threads();
     let row_tiles = want_tiles.div_ceil(token_tiles).max(1);
     let rb_count = rows.div_ceil(row_tiles);
     let rb_work = MIN_TILE_MACS.div_ceil(tb * cols.max(1));
-    (round_up(rb_count.max(rb_work).max(4), 4), tb)
+    let rb_cache = (MAX_TILE_WEIGHT_BYTES / tile_row_bytes.max(1)) / 4 * 4;
+    (round_up(rb_count.max(rb_work).max(4), 4).min(rb_cache.max(4)), tb)
 }
 
 fn round_up(v: usize, m: usize) -> usize {
@@ -85,7 +91,7 @@ mod tests {
         // tests/threads.rs uses 1030 x 576 int4 (360 bytes a row) and n = 37: both must give several tasks.
         let rpt = in_pool(2, || rows_per_task(1030, 360));
         assert!(rpt < 1030 && rpt % 4 == 0, "{rpt}");
-        let (rb, tb) = in_pool(2, || tile_shape(1030, 576, 37));
+        let (rb, tb) = in_pool(2, || tile_shape(1030, 576, 37, 4 * 576));
         assert!(rb < 1030 && tb <= 37, "{rb} {tb}");
     }
 

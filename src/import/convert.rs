@@ -194,10 +194,10 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
     // The tokenizer first: a model without a usable one fails before the long part.
     let tok_dir = tmp.join("tokenizer");
     match &model.tokenizer {
-        TokenizerSource::Gguf(v) => crate::tokenizer::write_tokenizer_dir(v, &tok_dir),
-        TokenizerSource::HfDir(d) => crate::tokenizer::copy_hf_tokenizer(d, &tok_dir),
+        TokenizerSource::Gguf(v) => crate::tokenizer::write_tokenizer_dir(v, &tok_dir)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", model.path.display())))?,
+        TokenizerSource::HfDir(d) => crate::tokenizer::copy_hf_tokenizer(d, &tok_dir).map_err(|e| Error::Tokenizer(e.to_string()))?,
     }
-    .map_err(|e| Error::Tokenizer(e.to_string()))?;
 
     let files = plan(&model.transformer);
     progress(Event::Begin { tensors: files.iter().map(|f| f.tensors.len()).sum() });

@@ -182,7 +182,7 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, String> {
         let len = self.u64()?;
         if len > self.left() {
-            return Err(format!("string length {len} at offset {} runs past the end of the file", self.at - 8));
+            return Err(format!("string length {len} at offset {} runs past the end of the file (truncated or corrupt)", self.at - 8));
         }
         let at = self.at;
         let b = self.take(len)?;
@@ -226,7 +226,7 @@ impl<'a> Reader<'a> {
                 }
                 let need = count.checked_mul(Self::min_size(elem));
                 if need.is_none_or(|n| n > self.left()) {
-                    return Err(format!("array count {count} overflows the {} bytes left in the file", self.left()));
+                    return Err(format!("array count {count} cannot fit in the {} bytes left (truncated or corrupt file)", self.left()));
                 }
                 let mut v = Vec::with_capacity(count as usize);
                 for i in 0..count {
@@ -261,10 +261,10 @@ impl Header {
         let n_kv = r.u64().map_err(|e| format!("kv count: {e}"))?;
         // A KV takes at least 13 bytes (key length, type, one byte of value), a tensor info at least 32.
         if n_kv > r.left() / 13 {
-            return Err(format!("kv count {n_kv} is absurd for a file of {} bytes", bytes.len()));
+            return Err(format!("kv count {n_kv} is absurd: it cannot fit in the {} bytes left (truncated or corrupt file)", r.left()));
         }
         if n_tensors > r.left() / 32 {
-            return Err(format!("tensor count {n_tensors} is absurd for a file of {} bytes", bytes.len()));
+            return Err(format!("tensor count {n_tensors} is absurd: it cannot fit in the {} bytes left (truncated or corrupt file)", r.left()));
         }
         let mut kv: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
         let mut keys = HashSet::new();

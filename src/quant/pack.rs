@@ -6,7 +6,10 @@
 //!   `q = clamp(round((w - m) / d), 0, 15)`.
 //! - `Ternary`: BitNet b1.58 absmean: `d = mean |w|` (f16), `q = clamp(round(w / d), -1, 1)`, code `q + 1`.
 //!
-//! Divisions use the stored (f16-rounded) scale so the rounding matches what the kernels multiply back.
+//! Parameters are rounded to f16 so that no value is clipped: an int4 min rounds down, a scale rounds up when
+//! rounding to nearest would make `d * 127` (`m + 15 d`) fall short of the extreme value. Divisions use the
+//! stored f16 scale, so the rounding matches what the kernels multiply back; every int8/int4 error is at most
+//! half a step of the stored scale.
 //! A group whose scale is 0 (all zeros) stores q = 0 (int4: every value is the min).
 
 use crate::format::{DType, SectionKind};
@@ -136,9 +139,45 @@ pub fn quantize(values: &[f32], dtype: DType) -> Result<Packed, String> {
     })
 }
 
+/// The f16 after `h` (towards +infinity), for a finite non-negative `h` below f16::MAX.
+fn f16_next_up(h: f16) -> f16 {
+    if h >= f16::MAX {
+        h
+    } else {
+        f16::from_bits(h.to_bits() + 1)
+    }
+}
+
+/// The f16 nearest to `x`, rounded down where needed so that it is `<= x` (saturating at -65504).
+fn f16_floor(x: f32) -> f16 {
+    let h = f16_sat(x);
+    if h.to_f32() <= x || h <= f16::MIN {
+        return h;
+    }
+    // One step towards -infinity: down in magnitude for positives, up for negatives.
+    if h.to_f32() > 0.0 {
+        f16::from_bits(h.to_bits() - 1)
+    } else if h.to_bits() == 0 {
+        f16::from_bits(0x8001)
+    } else {
+        f16::from_bits(h.to_bits() + 1)
+    }
+}
+
+/// A scale `d` in f16 with `d * steps >= span`: rounding it down would push the extreme values past the
+/// last quant and clip them (which matters for tiny, subnormal scales).
+fn f16_scale(span: f32, steps: f32) -> f16 {
+    let d = f16_sat(span / steps);
+    if d.to_f32() * steps < span {
+        f16_next_up(d)
+    } else {
+        d
+    }
+}
+
 fn int8_group(w: &[f32]) -> (u16, [i8; GROUP]) {
     let absmax = w.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let d = f16_sat(absmax / 127.0);
+    let d = f16_scale(absmax, 127.0);
     let df = d.to_f32();
     let mut q = [0i8; GROUP];
     if df > 0.0 {
@@ -151,9 +190,9 @@ fn int8_group(w: &[f32]) -> (u16, [i8; GROUP]) {
 
 fn int4_group(w: &[f32]) -> (u16, u16, [u8; INT4_GROUP_BYTES]) {
     let (mn, mx) = w.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    let m = f16_sat(mn);
+    let m = f16_floor(mn);
     let mf = m.to_f32();
-    let d = f16_sat((mx - mf).max(0.0) / 15.0);
+    let d = f16_scale((mx - mf).max(0.0), 15.0);
     let df = d.to_f32();
     let mut q = [0u8; GROUP];
     if df > 0.0 {
@@ -203,21 +242,22 @@ mod tests {
 
     #[test]
     fn int8_error_is_at_most_half_a_step() {
-        for (seed, scale) in [(1, 1.0), (2, 0.02), (3, 300.0)] {
+        for (seed, scale) in [(1, 1.0), (2, 0.02), (3, 300.0), (10, 1e-4)] {
             let (rows, cols) = (7, 96);
             let w = random(rows * cols, seed, scale);
             let p = quantize(&w, DType::Int8).unwrap();
             let back = p.dequantize(rows, cols).unwrap();
             for (i, (a, b)) in w.iter().zip(&back).enumerate() {
                 let (d, _) = group_scales(&p, i / GROUP);
-                assert!((a - b).abs() <= 0.5 * d * (1.0 + 1e-3), "value {i}: {a} vs {b}, step {d}");
+                assert!(127.0 * d >= w[i / GROUP * GROUP..][..GROUP].iter().fold(0f32, |m, v| m.max(v.abs())));
+                assert!((a - b).abs() <= 0.5 * d * (1.0 + 1e-5), "value {i}: {a} vs {b}, step {d}");
             }
         }
     }
 
     #[test]
     fn int4_error_is_at_most_half_a_step() {
-        for (seed, scale) in [(4, 1.0), (5, 0.05), (6, 40.0)] {
+        for (seed, scale) in [(4, 1.0), (5, 0.05), (6, 40.0), (11, 3e-4)] {
             let (rows, cols) = (5, 64);
             let w = random(rows * cols, seed, scale);
             let p = quantize(&w, DType::Int4).unwrap();
@@ -226,8 +266,8 @@ mod tests {
                 let (d, m) = group_scales(&p, g);
                 let mn = wg.iter().cloned().fold(f32::INFINITY, f32::min);
                 let mx = wg.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let exact_d = (mx - m) / 15.0;
-                let bound = 0.5 * d + (mn - m).abs() + 15.0 * (exact_d - d).abs() + 1e-6 * scale;
+                assert!(m <= mn && m + 15.0 * d >= mx, "group {g}: [{m}, {}] does not cover [{mn}, {mx}]", m + 15.0 * d);
+                let bound = 0.5 * d * (1.0 + 1e-5);
                 for (a, b) in wg.iter().zip(bg) {
                     assert!((a - b).abs() <= bound, "group {g}: {a} vs {b}, bound {bound}");
                 }
@@ -253,6 +293,19 @@ mod tests {
                 }
                 assert!((a - b).abs() <= (0.5 * d).max(a.abs() - d) + 1e-6);
             }
+        }
+    }
+
+    #[test]
+    fn f16_rounding_helpers() {
+        for x in [1.0f32, 1.0001, -1.0001, 3e-6, -3e-6, 0.0, -0.0, 1e-9, -1e-9, 65504.0, -65504.0] {
+            let f = f16_floor(x).to_f32();
+            assert!(f <= x, "floor {x} = {f}");
+            assert!(x - f <= x.abs() * 2f32.powi(-10) + 2f32.powi(-24), "floor {x} = {f}");
+        }
+        for (span, steps) in [(3e-4f32, 127.0f32), (1.0, 15.0), (0.3, 127.0), (0.0, 15.0)] {
+            let d = f16_scale(span, steps).to_f32();
+            assert!(d * steps >= span && d <= span / steps * (1.0 + 2f32.powi(-10)) + 2f32.powi(-24), "{span}/{steps}: {d}");
         }
     }
 

@@ -38,8 +38,14 @@ pub(crate) enum Prepend {
 /// The pre-tokenizers omex implements natively.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PreTokenizer {
-    ByteLevel { split: Split, add_prefix_space: bool },
-    Metaspace { prepend: Prepend, split: bool },
+    ByteLevel {
+        split: Split,
+        add_prefix_space: bool,
+    },
+    Metaspace {
+        prepend: Prepend,
+        split: bool,
+    },
     /// No pre-tokenizer: each normalized text piece is one word (SentencePiece-style BPE).
     None,
 }
@@ -47,31 +53,52 @@ pub(crate) enum PreTokenizer {
 const CACHE_ENTRIES: usize = 1 << 16;
 const CACHE_MAX_WORD: usize = 256;
 
-/// Pre-token -> ids, for pre-tokens of at most `CACHE_MAX_WORD` bytes.
+/// Pre-token -> ids, for pre-tokens of at most `CACHE_MAX_WORD` bytes. Words of up to 15 bytes (nearly
+/// all) are keyed by one `u128` (bytes and length), which hashes and compares without a `memcmp`.
 #[derive(Default)]
 pub(crate) struct WordCache {
-    map: FastMap<Box<[u8]>, (u32, u32)>,
+    short: FastMap<u128, (u32, u32)>,
+    long: FastMap<Box<[u8]>, (u32, u32)>,
     ids: Vec<u32>,
+}
+
+#[inline(always)]
+fn short_key(word: &[u8]) -> Option<u128> {
+    if word.len() > 15 {
+        return None;
+    }
+    let mut b = [0u8; 16];
+    b[..word.len()].copy_from_slice(word);
+    b[15] = word.len() as u8;
+    Some(u128::from_le_bytes(b))
 }
 
 impl WordCache {
     #[inline]
     fn get(&self, word: &[u8]) -> Option<&[u32]> {
-        let &(at, len) = self.map.get(word)?;
+        let &(at, len) = match short_key(word) {
+            Some(k) => self.short.get(&k)?,
+            None => self.long.get(word)?,
+        };
         self.ids.get(at as usize..(at + len) as usize)
     }
 
     fn insert(&mut self, word: &[u8], ids: &[u32]) {
-        if self.map.len() >= CACHE_ENTRIES || self.ids.len() > u32::MAX as usize / 2 {
-            self.map.clear();
+        let entries = self.short.len() + self.long.len();
+        if entries >= CACHE_ENTRIES || self.ids.len() > u32::MAX as usize / 2 {
+            self.short.clear();
+            self.long.clear();
             self.ids.clear();
         }
-        if self.map.capacity() == 0 {
-            self.map = fast_map(4096);
+        if self.short.capacity() == 0 {
+            self.short = fast_map(4096);
         }
-        let at = self.ids.len() as u32;
+        let at = (self.ids.len() as u32, ids.len() as u32);
         self.ids.extend_from_slice(ids);
-        self.map.insert(word.into(), (at, ids.len() as u32));
+        match short_key(word) {
+            Some(k) => self.short.insert(k, at),
+            None => self.long.insert(word.into(), at),
+        };
     }
 }
 
@@ -88,13 +115,18 @@ impl Tokenizer {
     /// ids; no BOS/EOS is added (see [`Tokenizer::encode_with_specials`]). The same ids as Hugging Face
     /// `tokenizers` for the configurations omex supports.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let mut out = Vec::with_capacity(text.len() / 4 + 4);
+        // The shared cache when no other call holds it, else a fresh one for this call.
         let mut guard = self.cache.try_lock().ok();
         let mut local = None;
         let state = match guard.as_deref_mut() {
             Some(s) => s,
             None => local.insert(EncodeState::default()),
         };
+        self.encode_with(text, state)
+    }
+
+    fn encode_with(&self, text: &str, state: &mut EncodeState) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 4);
         self.raw_added.split(text, 0, &mut |piece| match piece {
             Piece::Token(id) => out.push(id),
             Piece::Text(t, offset) => self.encode_text(t, offset == 0, &mut out, state),
@@ -121,17 +153,21 @@ impl Tokenizer {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn encode_batch(&self, texts: &[&str]) -> Vec<Vec<u32>> {
         use rayon::prelude::*;
-        texts
-            .par_iter()
-            .map_init(EncodeState::default, |state, t| {
-                let mut out = Vec::with_capacity(t.len() / 4 + 4);
-                self.raw_added.split(t, 0, &mut |piece| match piece {
-                    Piece::Token(id) => out.push(id),
-                    Piece::Text(s, offset) => self.encode_text(s, offset == 0, &mut out, state),
-                });
-                out
+        // A few contiguous chunks per thread, each with its own word cache.
+        let chunk = texts
+            .len()
+            .div_ceil(rayon::current_num_threads() * 4)
+            .max(1);
+        let parts: Vec<Vec<Vec<u32>>> = texts
+            .par_chunks(chunk)
+            .map(|part| {
+                let mut state = EncodeState::default();
+                part.iter()
+                    .map(|t| self.encode_with(t, &mut state))
+                    .collect()
             })
-            .collect()
+            .collect();
+        parts.into_iter().flatten().collect()
     }
 
     /// A piece of the input between added tokens; `first` when it starts the input.
@@ -156,10 +192,11 @@ impl Tokenizer {
         if self.normalized_added.is_empty() {
             return self.pre_tokenize(text, first, out, st);
         }
-        self.normalized_added.split(text, 0, &mut |piece| match piece {
-            Piece::Token(id) => out.push(id),
-            Piece::Text(t, offset) => self.pre_tokenize(t, first && offset == 0, out, st),
-        });
+        self.normalized_added
+            .split(text, 0, &mut |piece| match piece {
+                Piece::Token(id) => out.push(id),
+                Piece::Text(t, offset) => self.pre_tokenize(t, first && offset == 0, out, st),
+            });
     }
 
     fn pre_tokenize(&self, text: &str, first: bool, out: &mut Vec<u32>, st: &mut EncodeState) {
@@ -167,7 +204,10 @@ impl Tokenizer {
             return;
         }
         match self.pre {
-            PreTokenizer::ByteLevel { split, add_prefix_space } => {
+            PreTokenizer::ByteLevel {
+                split,
+                add_prefix_space,
+            } => {
                 let prefixed;
                 let text = if add_prefix_space && !text.starts_with(' ') {
                     prefixed = format!(" {text}");
@@ -206,6 +246,13 @@ impl Tokenizer {
     #[inline]
     fn word(&self, word: &str, byte_level: bool, out: &mut Vec<u32>, st: &mut EncodeState) {
         let key = word.as_bytes();
+        if byte_level && key.len() == 1 {
+            let id = self.bpe.single_byte(key[0]);
+            if id != super::bpe::NONE {
+                out.push(id);
+                return;
+            }
+        }
         let cacheable = key.len() <= CACHE_MAX_WORD;
         if cacheable {
             if let Some(ids) = st.cache.get(key) {

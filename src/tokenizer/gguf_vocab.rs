@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::config::{derive_stop_tokens, TokenizerConfig};
-use super::hf_json::LLAMA3_PATTERN;
+use super::hf_pipeline::LLAMA3_PATTERN;
 use super::{Tokenizer, TokenizerError};
 
 /// GGUF token types (`tokenizer.ggml.token_type`).
@@ -43,7 +43,10 @@ pub struct GgufVocab {
 }
 
 fn gguf_err(field: &'static str, problem: impl Into<String>) -> TokenizerError {
-    TokenizerError::Gguf { field, problem: problem.into() }
+    TokenizerError::Gguf {
+        field,
+        problem: problem.into(),
+    }
 }
 
 impl GgufVocab {
@@ -57,10 +60,16 @@ impl GgufVocab {
             return Err(gguf_err("tokenizer.ggml.tokens", "empty"));
         }
         if !self.token_types.is_empty() && self.token_types.len() != n {
-            return Err(gguf_err("tokenizer.ggml.token_type", format!("{} entries for {n} tokens", self.token_types.len())));
+            return Err(gguf_err(
+                "tokenizer.ggml.token_type",
+                format!("{} entries for {n} tokens", self.token_types.len()),
+            ));
         }
         if !self.scores.is_empty() && self.scores.len() != n {
-            return Err(gguf_err("tokenizer.ggml.scores", format!("{} entries for {n} tokens", self.scores.len())));
+            return Err(gguf_err(
+                "tokenizer.ggml.scores",
+                format!("{} entries for {n} tokens", self.scores.len()),
+            ));
         }
         for (field, id) in [
             ("tokenizer.ggml.bos_token_id", self.bos_id),
@@ -69,7 +78,10 @@ impl GgufVocab {
             ("tokenizer.ggml.padding_token_id", self.pad_id),
         ] {
             if let Some(id) = id.filter(|&i| i as usize >= n) {
-                return Err(gguf_err(field, format!("id {id} is out of range ({n} tokens)")));
+                return Err(gguf_err(
+                    field,
+                    format!("id {id} is out of range ({n} tokens)"),
+                ));
             }
         }
         Ok(())
@@ -145,29 +157,56 @@ fn post_processor(bos: Option<(&str, u32)>, eos: Option<(&str, u32)>) -> Value {
     json!({"type": "TemplateProcessing", "single": wrap("A"), "pair": pair, "special_tokens": tokens})
 }
 
-/// Writes `dir/tokenizer.json` (Hugging Face format) and `dir/tokenizer_config.json` for a GGUF vocabulary.
-pub fn write_tokenizer_dir(vocab: &GgufVocab, dir: &Path) -> Result<(), TokenizerError> {
-    vocab.check()?;
-    let mut first_id: HashMap<&str, usize> = HashMap::with_capacity(vocab.tokens.len());
-    for (i, t) in vocab.tokens.iter().enumerate() {
-        first_id.entry(t.as_str()).or_insert(i);
+/// The parts of `tokenizer.json` that depend on the kind of model.
+struct Pipeline {
+    normalizer: Value,
+    pre_tokenizer: Value,
+    decoder: Value,
+    /// The BPE model's `unk_token`.
+    unk_token: Value,
+    /// SentencePiece-style: `fuse_unk` and `byte_fallback` on.
+    sentencepiece: bool,
+    ignore_merges: bool,
+}
+
+fn pipeline(vocab: &GgufVocab, unk: Option<u32>) -> Result<Pipeline, TokenizerError> {
+    match vocab.model.as_str() {
+        // Llama-2 / TinyLlama: the `tokenizer.json` transformers writes for them.
+        "llama" => Ok(Pipeline {
+            normalizer: json!({"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "▁"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}),
+            pre_tokenizer: Value::Null,
+            decoder: json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}),
+            unk_token: vocab.name(unk).map_or(Value::Null, Value::String),
+            sentencepiece: true,
+            ignore_merges: false,
+        }),
+        "gpt2" => Ok(Pipeline {
+            normalizer: Value::Null,
+            pre_tokenizer: gpt2_pre_tokenizer(vocab.pre.as_deref())?,
+            decoder: json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                            "use_regex": true}),
+            unk_token: Value::Null,
+            sentencepiece: false,
+            ignore_merges: matches!(
+                vocab.pre.as_deref(),
+                Some("llama-bpe" | "llama3" | "llama-v3")
+            ),
+        }),
+        other => Err(gguf_err(
+            "tokenizer.ggml.model",
+            format!("`{other}` is not supported (omex knows gpt2, llama)"),
+        )),
     }
-    let sp = match vocab.model.as_str() {
-        "gpt2" => false,
-        "llama" => true,
-        other => return Err(gguf_err("tokenizer.ggml.model", format!("`{other}` is not supported (omex knows gpt2, llama)"))),
-    };
-    let merges: Vec<(usize, usize)> = if sp {
-        merges_from_scores(vocab, &first_id)
-    } else {
-        let mut out = Vec::with_capacity(vocab.merges.len());
-        for (i, m) in vocab.merges.iter().enumerate() {
-            let pair = m.split_once(' ').and_then(|(a, b)| Some((*first_id.get(a)?, *first_id.get(b)?)));
-            out.push(pair.ok_or_else(|| gguf_err("tokenizer.ggml.merges", format!("merge #{i} `{m}` does not name two tokens")))?);
-        }
-        out
-    };
-    let added: Vec<Value> = (0..vocab.tokens.len())
+}
+
+/// Control (and unknown) tokens become special added tokens, user-defined ones plain added tokens.
+fn added_tokens(vocab: &GgufVocab, first_id: &HashMap<&str, usize>) -> Value {
+    let added = (0..vocab.tokens.len())
         .filter(|&i| first_id.get(vocab.tokens[i].as_str()) == Some(&i))
         .filter_map(|i| {
             let special = match vocab.token_type(i) {
@@ -175,51 +214,100 @@ pub fn write_tokenizer_dir(vocab: &GgufVocab, dir: &Path) -> Result<(), Tokenize
                 USER_DEFINED => false,
                 _ => return None,
             };
-            Some(json!({"id": i, "content": vocab.tokens[i], "single_word": false, "lstrip": false,
-                        "rstrip": false, "normalized": false, "special": special}))
-        })
-        .collect();
-    let add_bos = vocab.add_bos.unwrap_or(sp);
-    let add_eos = vocab.add_eos.unwrap_or(false);
-    let bos = vocab.bos_id.filter(|_| add_bos).map(|i| (vocab.tokens[i as usize].as_str(), i));
-    let eos = vocab.eos_id.filter(|_| add_eos).map(|i| (vocab.tokens[i as usize].as_str(), i));
-    let unk = vocab.unk_id.or_else(|| vocab.token_types.iter().position(|&t| t == UNKNOWN).map(|i| i as u32));
-    let (normalizer, pre, decoder, (unk_token, fuse_unk, byte_fallback, ignore_merges)) = if sp {
-        (
-            json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
-                   {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}),
-            Value::Null,
-            json!({"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
-                   {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}),
-            (vocab.name(unk).map_or(Value::Null, Value::String), true, true, false),
-        )
-    } else {
-        let ignore_merges = matches!(vocab.pre.as_deref(), Some("llama-bpe" | "llama3" | "llama-v3"));
-        (Value::Null, gpt2_pre_tokenizer(vocab.pre.as_deref())?, json!({"type": "ByteLevel", "add_prefix_space": true,
-            "trim_offsets": true, "use_regex": true}), (Value::Null, false, false, ignore_merges))
-    };
+            Some(
+                json!({"id": i, "content": vocab.tokens[i], "single_word": false,
+                        "lstrip": false, "rstrip": false, "normalized": false, "special": special}),
+            )
+        });
+    Value::Array(added.collect())
+}
 
+/// The `tokenizer.json` text, written by hand so the vocabulary keeps id order.
+fn tokenizer_json(
+    vocab: &GgufVocab,
+    first_id: &HashMap<&str, usize>,
+    merges: &[(usize, usize)],
+    p: &Pipeline,
+    post: Value,
+) -> String {
     let mut s = String::with_capacity(vocab.tokens.len() * 24 + merges.len() * 20);
-    let _ = write!(s, "{{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\n\"added_tokens\":{},\n", Value::Array(added));
-    let _ = write!(s, "\"normalizer\":{normalizer},\n\"pre_tokenizer\":{pre},\n\"post_processor\":{},\n", post_processor(bos, eos));
-    let _ = write!(s, "\"decoder\":{decoder},\n\"model\":{{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":{},", unk_token);
-    let _ = write!(s, "\"continuing_subword_prefix\":null,\"end_of_word_suffix\":null,\"fuse_unk\":{},", fuse_unk);
-    let _ = write!(s, "\"byte_fallback\":{},\"ignore_merges\":{},\n\"vocab\":{{", byte_fallback, ignore_merges);
+    let added = added_tokens(vocab, first_id);
+    let (normalizer, pre, decoder) = (&p.normalizer, &p.pre_tokenizer, &p.decoder);
+    let _ = write!(
+        s,
+        "{{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\n\"added_tokens\":{added},\n\
+         \"normalizer\":{normalizer},\n\"pre_tokenizer\":{pre},\n\"post_processor\":{post},\n\
+         \"decoder\":{decoder},\n\"model\":{{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":{},\
+         \"continuing_subword_prefix\":null,\"end_of_word_suffix\":null,\"fuse_unk\":{sp},\
+         \"byte_fallback\":{sp},\"ignore_merges\":{},\n\"vocab\":{{",
+        p.unk_token,
+        p.ignore_merges,
+        sp = p.sentencepiece,
+    );
     let mut sep = "";
     for (i, t) in vocab.tokens.iter().enumerate() {
         if first_id.get(t.as_str()) == Some(&i) {
             let _ = write!(s, "{sep}\n{}:{i}", Value::String(t.clone()));
             sep = ",";
         } else {
-            log::warn!("GGUF token {i} `{t}` repeats an earlier token; the later id is left out of tokenizer.json");
+            log::warn!(
+                "GGUF token {i} `{t}` repeats an earlier token; tokenizer.json leaves it out"
+            );
         }
     }
     s.push_str("},\n\"merges\":[");
     for (k, &(l, r)) in merges.iter().enumerate() {
         let sep = if k == 0 { "" } else { "," };
-        let _ = write!(s, "{sep}\n[{},{}]", Value::String(vocab.tokens[l].clone()), Value::String(vocab.tokens[r].clone()));
+        let (l, r) = (
+            Value::String(vocab.tokens[l].clone()),
+            Value::String(vocab.tokens[r].clone()),
+        );
+        let _ = write!(s, "{sep}\n[{l},{r}]");
     }
     s.push_str("]}}\n");
+    s
+}
+
+/// Writes `dir/tokenizer.json` (Hugging Face format) and `dir/tokenizer_config.json` for a GGUF vocabulary.
+pub fn write_tokenizer_dir(vocab: &GgufVocab, dir: &Path) -> Result<(), TokenizerError> {
+    vocab.check()?;
+    let mut first_id: HashMap<&str, usize> = HashMap::with_capacity(vocab.tokens.len());
+    for (i, t) in vocab.tokens.iter().enumerate() {
+        first_id.entry(t.as_str()).or_insert(i);
+    }
+    let unk = vocab.unk_id.or_else(|| {
+        vocab
+            .token_types
+            .iter()
+            .position(|&t| t == UNKNOWN)
+            .map(|i| i as u32)
+    });
+    let p = pipeline(vocab, unk)?;
+    let merges: Vec<(usize, usize)> = if p.sentencepiece {
+        merges_from_scores(vocab, &first_id)
+    } else {
+        let mut out = Vec::with_capacity(vocab.merges.len());
+        for (i, m) in vocab.merges.iter().enumerate() {
+            let pair = m
+                .split_once(' ')
+                .and_then(|(a, b)| Some((*first_id.get(a)?, *first_id.get(b)?)));
+            out.push(pair.ok_or_else(|| {
+                gguf_err(
+                    "tokenizer.ggml.merges",
+                    format!("merge #{i} `{m}` does not name two tokens"),
+                )
+            })?);
+        }
+        out
+    };
+    let add_bos = vocab.add_bos.unwrap_or(p.sentencepiece);
+    let add_eos = vocab.add_eos.unwrap_or(false);
+    let named = |id: Option<u32>, on: bool| {
+        id.filter(|_| on)
+            .map(|i| (vocab.tokens[i as usize].as_str(), i))
+    };
+    let post = post_processor(named(vocab.bos_id, add_bos), named(vocab.eos_id, add_eos));
+    let json = tokenizer_json(vocab, &first_id, &merges, &p, post);
 
     let cfg = TokenizerConfig {
         bos_token: vocab.name(vocab.bos_id),
@@ -236,15 +324,18 @@ pub fn write_tokenizer_dir(vocab: &GgufVocab, dir: &Path) -> Result<(), Tokenize
             vocab.chat_template.as_deref(),
         )),
     };
-    // Load what we are about to write, so a bad vocabulary fails here and not at run time.
-    let mut check = Tokenizer::parse_named(s.as_bytes(), "tokenizer.json (from GGUF)")?;
+    // Load what is about to be written, so a bad vocabulary fails here and not at run time.
+    let mut check = Tokenizer::parse_named(json.as_bytes(), "tokenizer.json (from GGUF)")?;
     check.apply_config(&cfg, "tokenizer_config.json (from GGUF)")?;
 
-    fs::create_dir_all(dir).map_err(|source| TokenizerError::Io { path: dir.to_path_buf(), source })?;
+    fs::create_dir_all(dir).map_err(|source| TokenizerError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let write = |name: &str, bytes: &[u8]| {
         let path = dir.join(name);
         fs::write(&path, bytes).map_err(|source| TokenizerError::Io { path, source })
     };
-    write("tokenizer.json", s.as_bytes())?;
+    write("tokenizer.json", json.as_bytes())?;
     write("tokenizer_config.json", cfg.to_json().as_bytes())
 }

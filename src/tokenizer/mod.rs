@@ -32,8 +32,10 @@ mod error;
 mod gguf_vocab;
 mod hash;
 mod hf_json;
+mod hf_pipeline;
 mod pretok;
 mod unicode;
+#[rustfmt::skip]
 mod unicode_tables;
 
 use std::path::Path;
@@ -92,8 +94,14 @@ impl std::fmt::Debug for Tokenizer {
 
 fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TokenizerError> {
     std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => TokenizerError::MissingFile { path: path.to_path_buf(), what },
-        _ => TokenizerError::Io { path: path.to_path_buf(), source },
+        std::io::ErrorKind::NotFound => TokenizerError::MissingFile {
+            path: path.to_path_buf(),
+            what,
+        },
+        _ => TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
     })
 }
 
@@ -113,7 +121,8 @@ impl Tokenizer {
         let cfg_path = dir.join("tokenizer_config.json");
         if cfg_path.exists() {
             let file = cfg_path.display().to_string();
-            let cfg = TokenizerConfig::from_json(&read_file(&cfg_path, "the tokenizer config")?, &file)?;
+            let cfg =
+                TokenizerConfig::from_json(&read_file(&cfg_path, "the tokenizer config")?, &file)?;
             tok.apply_config(&cfg, &file)?;
         }
         Ok(tok)
@@ -121,8 +130,18 @@ impl Tokenizer {
 
     pub(crate) fn parse_named(json: &[u8], file: &str) -> Result<Tokenizer, TokenizerError> {
         let p = hf_json::parse(json, file)?;
-        let vocab_len = p.bpe.vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
-        let len = p.added.iter().map(|t| t.id as usize + 1).fold(vocab_len, usize::max);
+        let vocab_len = p
+            .bpe
+            .vocab
+            .values()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let len = p
+            .added
+            .iter()
+            .map(|t| t.id as usize + 1)
+            .fold(vocab_len, usize::max);
         let mut tokens: Vec<Option<Box<str>>> = vec![None; len];
         for (t, &id) in &p.bpe.vocab {
             tokens[id as usize] = Some(t.clone());
@@ -134,12 +153,24 @@ impl Tokenizer {
             special[t.id as usize] = t.special;
             added_ids.insert(t.content.as_str().into(), t.id);
         }
-        let raw_added = Matcher::new(p.added.iter().filter(|t| !t.normalized).map(|t| (t, t.content.clone())));
+        let raw_added = Matcher::new(
+            p.added
+                .iter()
+                .filter(|t| !t.normalized)
+                .map(|t| (t, t.content.clone())),
+        );
         let normalize = |s: &str| match p.normalizer {
             Normalizer::None => s.to_string(),
-            Normalizer::SpPrepend => std::iter::once('▁').chain(s.chars().map(|c| if c == ' ' { '▁' } else { c })).collect(),
+            Normalizer::SpPrepend => std::iter::once('▁')
+                .chain(s.chars().map(|c| if c == ' ' { '▁' } else { c }))
+                .collect(),
         };
-        let normalized_added = Matcher::new(p.added.iter().filter(|t| t.normalized).map(|t| (t, normalize(&t.content))));
+        let normalized_added = Matcher::new(
+            p.added
+                .iter()
+                .filter(|t| t.normalized)
+                .map(|t| (t, normalize(&t.content))),
+        );
         let dec = DecodeTable::new(&tokens, p.decoder);
         let unk_id = p.bpe.opts.unk_id;
         Ok(Tokenizer {
@@ -168,15 +199,23 @@ impl Tokenizer {
     }
 
     /// Applies a `tokenizer_config.json`; `file` names it in errors.
-    pub fn apply_config(&mut self, cfg: &TokenizerConfig, file: &str) -> Result<(), TokenizerError> {
+    pub fn apply_config(
+        &mut self,
+        cfg: &TokenizerConfig,
+        file: &str,
+    ) -> Result<(), TokenizerError> {
         let lookup = |field: &str, t: &Option<String>| -> Result<Option<u32>, TokenizerError> {
             match t {
                 None => Ok(None),
-                Some(t) => self.token_to_id(t).map(Some).ok_or_else(|| TokenizerError::UnknownToken {
-                    file: file.to_string(),
-                    field: field.to_string(),
-                    token: t.clone(),
-                }),
+                Some(t) => {
+                    self.token_to_id(t)
+                        .map(Some)
+                        .ok_or_else(|| TokenizerError::UnknownToken {
+                            file: file.to_string(),
+                            field: field.to_string(),
+                            token: t.clone(),
+                        })
+                }
             }
         };
         let bos = lookup("bos_token", &cfg.bos_token)?;
@@ -187,7 +226,12 @@ impl Tokenizer {
             Some(list) => list.clone(),
             None => {
                 let exists = |t: &str| self.token_to_id(t).is_some();
-                config::derive_stop_tokens(exists, cfg.eos_token.as_deref(), &[], cfg.chat_template.as_deref())
+                config::derive_stop_tokens(
+                    exists,
+                    cfg.eos_token.as_deref(),
+                    &[],
+                    cfg.chat_template.as_deref(),
+                )
             }
         };
         let mut stop_ids = Vec::with_capacity(stops.len());
@@ -215,7 +259,10 @@ impl Tokenizer {
 
     /// The id of a token string (added tokens first, then the model vocabulary).
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.added_ids.get(token).or_else(|| self.bpe.vocab.get(token)).copied()
+        self.added_ids
+            .get(token)
+            .or_else(|| self.bpe.vocab.get(token))
+            .copied()
     }
 
     /// The token string of an id, as the vocabulary writes it (`Ġhello`, `▁hello`, `<0x0A>`).
@@ -281,10 +328,18 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        let template = self.chat_template.as_deref().ok_or(TokenizerError::NoChatTemplate)?;
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or(TokenizerError::NoChatTemplate)?;
         let format = ChatFormat::detect(template)?;
         let name = |id: Option<u32>| id.and_then(|i| self.id_to_token(i)).unwrap_or("");
-        format.render(messages, add_generation_prompt, name(self.bos_id), name(self.eos_id))
+        format.render(
+            messages,
+            add_generation_prompt,
+            name(self.bos_id),
+            name(self.eos_id),
+        )
     }
 }
 

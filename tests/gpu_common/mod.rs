@@ -9,7 +9,7 @@ use kernels_cpu::layout::{pack_int4_group, pack_ternary_group};
 use kernels_cpu::{Matrix, Weights, GROUP};
 use omex::backend::gpu::buffers::{GpuBuffer, Purpose};
 use omex::backend::gpu::{DeviceOptions, GpuContext};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// SplitMix64.
 pub struct Rng(u64);
@@ -127,10 +127,13 @@ impl OwnedMatrix {
 
 /// The GPU of this test process, opened once; `None` (and a note on stderr) when no adapter exists, which
 /// fails the test instead under CI (`CI` set), where lavapipe is installed.
-pub fn gpu() -> Option<&'static GpuContext> {
-    static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
+pub fn gpu_arc() -> Option<Arc<GpuContext>> {
+    static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
     CTX.get_or_init(|| match GpuContext::open_blocking(&DeviceOptions::default()) {
-        Ok(c) => Some(c),
+        Ok(c) => {
+            eprintln!("GPU tests on {} ({:?})", c.gpu.describe(), c.gpu.info.device_type);
+            Some(Arc::new(c))
+        }
         Err(e) => {
             if std::env::var_os("CI").is_some() {
                 panic!("CI has no GPU adapter: {e}");
@@ -139,7 +142,13 @@ pub fn gpu() -> Option<&'static GpuContext> {
             None
         }
     })
-    .as_ref()
+    .clone()
+}
+
+/// [`gpu_arc`], borrowed for the whole test process.
+pub fn gpu() -> Option<&'static GpuContext> {
+    static REF: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
+    REF.get_or_init(gpu_arc).as_deref()
 }
 
 /// A storage buffer holding `data`.

@@ -329,8 +329,9 @@ impl Ops for Gpu {
         let out = poisoned(ctx, c.q.len());
         let st = step(ctx, c.n as u32, c.pos0 as u32);
         if c.splits > 0 {
-            let (a, b, _part) =
-                pollster::block_on(attention::decode(ctx, c.heads, c.splits, c.scale, &st, &q, &k, &v, &out)).unwrap();
+            let part = attention::partials(ctx, c.heads, c.splits).unwrap();
+            let (a, b) =
+                pollster::block_on(attention::decode(ctx, c.heads, c.splits, c.scale, &st, &q, &k, &v, &part, &out)).unwrap();
             self.run(&[&a, &b], 1);
             self.read(&out, c.q.len())
         } else {
@@ -379,7 +380,8 @@ impl Ops for Gpu {
     fn argmax(&self, x: &[f32]) -> u32 {
         let ctx = self.0;
         let (xb, ids, tokens) = (upload_f32(ctx, x), poisoned(ctx, 1), poisoned(ctx, 3));
-        let d = pollster::block_on(misc::argmax(ctx, x.len() as u32, 0, 2, &xb, &ids, &tokens)).unwrap();
+        let st = step(ctx, 1, 0);
+        let d = pollster::block_on(misc::argmax(ctx, x.len() as u32, 0, 2, &st, &xb, &ids, &tokens)).unwrap();
         self.run(&[&d], 1);
         let (id, tok) = (pollster::block_on(ctx.read_u32(&ids, 0, 1)).unwrap(), pollster::block_on(ctx.read_u32(&tokens, 0, 3)).unwrap());
         assert_eq!(id[0], tok[2], "argmax writes the same id to ids[0] and tokens[slot]");

@@ -36,7 +36,7 @@ pub fn matmul_with(isa: Isa, m: &Matrix, x: &[f32], n: usize, y: &mut [f32]) {
     if n == 1 {
         return matvec::matvec_with(isa, m, x, y);
     }
-    let (rb, tb) = par::tile_shape(m.rows, m.cols, n);
+    let (rb, tb) = par::tile_shape(m.rows, m.cols, n, 4 * m.cols);
     par::for_tiles(y, m.rows, rb, tb, |r0, t0, outs| tile(isa, m, x, r0, t0, outs));
 }
 

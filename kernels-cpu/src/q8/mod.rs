@@ -151,10 +151,13 @@ pub fn matmul_q8_with(isa: Isa, m: &Matrix, xq: &Q8Activations, n: usize, y: &mu
     if matches!(m.w, Weights::F32(_) | Weights::F16(_)) {
         return crate::matmul::matmul_with(isa, m, &xq.x, n, y);
     }
+    if m.rows == 0 {
+        return;
+    }
     if n == 1 {
         return matvec_q8_with(isa, m, xq, y);
     }
-    let (rb, tb) = par::tile_shape(m.rows, m.cols, n);
+    let (rb, tb) = par::tile_shape(m.rows, m.cols, n, m.row_bytes());
     par::for_tiles(y, m.rows, rb, tb, |r0, t0, outs| tile(isa, m, xq, r0, t0, outs, false));
 }
 

@@ -131,10 +131,10 @@ impl GpuContext {
         [x, count.div_ceil(x).max(1), 1]
     }
 
-    /// Records `dispatches` for a chunk of `n` tokens into one compute pass of `encoder`.
-    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, dispatches: &[Dispatch], n: u32) {
+    /// Records the dispatch lists, in order, for a chunk of `n` tokens into one compute pass of `encoder`.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, lists: &[&[Dispatch]], n: u32) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("omex"), timestamp_writes: None });
-        for d in dispatches {
+        for d in lists.iter().flat_map(|l| l.iter()) {
             let [x, y, z] = d.grid.groups(n);
             if x == 0 || y == 0 || z == 0 {
                 continue;
@@ -152,7 +152,7 @@ impl GpuContext {
     /// Runs `dispatches` for `n` tokens in one command buffer.
     pub fn run(&self, dispatches: &[Dispatch], n: u32) {
         let mut encoder = self.encoder();
-        self.record(&mut encoder, dispatches, n);
+        self.record(&mut encoder, &[dispatches], n);
         self.gpu.queue.submit([encoder.finish()]);
     }
 

@@ -65,22 +65,35 @@ fn no_adapter(why: impl std::fmt::Display) -> Error {
     ))
 }
 
+/// The preferred adapter among `backends` (or the one `WGPU_ADAPTER_NAME` names).
+async fn request_adapter(backends: wgpu::Backends) -> Result<wgpu::Adapter> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    if let Ok(a) = wgpu::util::initialize_adapter_from_env(&instance, None).await {
+        return Ok(a);
+    }
+    let options = wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        force_fallback_adapter: false,
+        compatible_surface: None,
+        apply_limit_buckets: false,
+    };
+    instance.request_adapter(&options).await.map_err(no_adapter)
+}
+
 impl GpuDevice {
     /// Opens the preferred adapter. Backends follow `WGPU_BACKEND` (e.g. `vulkan`, `gl`), the adapter
     /// `WGPU_ADAPTER_NAME`, as wgpu reads them.
     pub async fn open(opts: &DeviceOptions) -> Result<GpuDevice> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = match wgpu::util::initialize_adapter_from_env(&instance, None).await {
-            Ok(a) => a,
-            Err(_) => instance
-                .request_adapter(&wgpu::RequestAdapterOptions {
-                    power_preference: wgpu::PowerPreference::HighPerformance,
-                    force_fallback_adapter: false,
-                    compatible_surface: None,
-                    apply_limit_buckets: false,
-                })
-                .await
-                .map_err(no_adapter)?,
+        // Without WGPU_BACKEND, the primary backends first (Vulkan, Metal, DX12, WebGPU), then GL: probing GL
+        // when a primary adapter exists only adds noise (EGL warnings on headless Linux).
+        let adapter = match wgpu::Backends::from_env() {
+            Some(backends) => request_adapter(backends).await?,
+            None => match request_adapter(wgpu::Backends::PRIMARY).await {
+                Ok(a) => a,
+                Err(_) => request_adapter(wgpu::Backends::SECONDARY).await?,
+            },
         };
         let info = adapter.get_info();
         if !adapter.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {

@@ -14,9 +14,12 @@
 pub mod buffers;
 pub mod context;
 pub mod device;
+mod engine;
 pub mod ops;
 pub mod pipelines;
+mod plan;
 pub mod weights;
 
 pub use context::{Dispatch, GpuContext, Grid, Region};
 pub use device::{DeviceOptions, GpuDevice, Tier};
+pub use engine::{GpuEngine, GpuOptions};

@@ -83,9 +83,10 @@ pub const SILU_MUL: Kernel =
 pub const ARGMAX: Kernel = Kernel {
     name: "sample",
     entry: "argmax",
-    bindings: &[(0, Uniform), (1, Read), (2, ReadWrite), (3, ReadWrite)],
+    bindings: &[(0, Uniform), (1, Read), (2, ReadWrite), (3, ReadWrite), (4, Read)],
     source: shader!("sample.wgsl"),
 };
+pub const ADVANCE: Kernel = Kernel { name: "sample", entry: "advance", bindings: &[(5, ReadWrite)], source: shader!("sample.wgsl") };
 
 impl Kernel {
     pub fn source(&self) -> &'static str {

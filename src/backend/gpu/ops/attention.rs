@@ -29,9 +29,19 @@ fn params(h: Heads, splits: u32, scale: f32) -> [u32; 8] {
     [h.n_heads, h.n_kv, h.head_dim, splits, scale.to_bits(), 0, 0, 0]
 }
 
+/// Bytes of the partials buffer [`decode`] needs.
+pub fn partials_bytes(h: Heads, splits: u32) -> u64 {
+    4 * (splits.max(1) * h.n_heads * (h.head_dim + 2)) as u64
+}
+
+/// The partials buffer of [`decode`] (one can serve every layer: their attentions run one after another).
+pub fn partials(ctx: &GpuContext, h: Heads, splits: u32) -> Result<GpuBuffer> {
+    ctx.pool.storage("attention partials", partials_bytes(h, splits), Purpose::Activations)
+}
+
 /// Decode attention of the one query at position `pos` (from the step buffer): `splits` workgroups per KV
-/// head each attend a slice of the cache, then one per query head combines them. Returns both dispatches and
-/// the scratch buffer of partials they share.
+/// head each attend a slice of the cache and write their partials into `part` (see [`partials`]), then one
+/// workgroup per query head combines them into `out`.
 #[allow(clippy::too_many_arguments)]
 pub async fn decode(
     ctx: &GpuContext,
@@ -42,11 +52,14 @@ pub async fn decode(
     q: &GpuBuffer,
     k_cache: &GpuBuffer,
     v_cache: &GpuBuffer,
+    part: &GpuBuffer,
     out: &GpuBuffer,
-) -> Result<(Dispatch, Dispatch, GpuBuffer)> {
+) -> Result<(Dispatch, Dispatch)> {
     check(h)?;
     let splits = splits.max(1);
-    let part = ctx.pool.storage("attention partials", 4 * (splits * h.n_heads * (h.head_dim + 2)) as u64, Purpose::Activations)?;
+    if part.size() < partials_bytes(h, splits) {
+        return Err(Error::Gpu(format!("attention partials: {} bytes, {} needed", part.size(), partials_bytes(h, splits))));
+    }
     let p = params(h, splits, scale);
     let pipeline = ctx.pipelines.get(&ATTN_DECODE, &[]).await?;
     let pbuf = ctx.pool.uniform("attention", bytemuck::bytes_of(&p))?;
@@ -56,7 +69,7 @@ pub async fn decode(
     let pbuf = ctx.pool.uniform("attention combine", bytemuck::bytes_of(&p))?;
     let bg = ctx.bind(&pipeline, &[pbuf.binding(), out.binding(), part.binding()]);
     let combine = Dispatch { pipeline, bind_group: bg, grid: Grid::Fixed([h.n_heads, 1, 1]), params: Some(pbuf) };
-    Ok((partial, combine, part))
+    Ok((partial, combine))
 }
 
 /// Prefill attention of the chunk's `n` queries (positions `pos..pos + n`), `q` `[n, q_dim]`, into `out`.

@@ -2,7 +2,7 @@
 
 use crate::backend::gpu::buffers::GpuBuffer;
 use crate::backend::gpu::context::{Dispatch, GpuContext, Grid};
-use crate::backend::gpu::pipelines::{Kernel, ADD, ARGMAX, EMBED, RMSNORM, ROPE, SILU_MUL};
+use crate::backend::gpu::pipelines::{Kernel, ADD, ADVANCE, ARGMAX, EMBED, RMSNORM, ROPE, SILU_MUL};
 use crate::backend::gpu::weights::GpuMatrix;
 use crate::error::Result;
 use bytemuck::Pod;
@@ -124,16 +124,26 @@ fn rows_grid(len: u32, rows: u32) -> Grid {
     }
 }
 
-/// Greedy sampling: the argmax of logits row `row` into `ids[0]` and `tokens[slot]`.
+/// Greedy sampling: the argmax of logits row `row` into `ids[0]` and `tokens[slot + k]` (`k` the step
+/// buffer's step counter).
+#[allow(clippy::too_many_arguments)]
 pub async fn argmax(
     ctx: &GpuContext,
     vocab: u32,
     row: u32,
     slot: u32,
+    step: &GpuBuffer,
     logits: &GpuBuffer,
     ids: &GpuBuffer,
     tokens: &GpuBuffer,
 ) -> Result<Dispatch> {
-    let res = [logits.binding(), ids.binding(), tokens.binding()];
+    let res = [logits.binding(), ids.binding(), tokens.binding(), step.binding()];
     dispatch(ctx, &ARGMAX, &[], &[vocab, row, slot, 0], &res, Grid::Fixed([1, 1, 1])).await
+}
+
+/// Moves the step buffer on by one decoded token (`pos + 1`, `k + 1`).
+pub async fn advance(ctx: &GpuContext, step: &GpuBuffer) -> Result<Dispatch> {
+    let pipeline = ctx.pipelines.get(&ADVANCE, &[]).await?;
+    let bind_group = ctx.bind(&pipeline, &[step.binding()]);
+    Ok(Dispatch { pipeline, bind_group, grid: Grid::Fixed([1, 1, 1]), params: None })
 }

@@ -1,0 +1,272 @@
+//! The transformer compiled into static dispatch lists: the weights as uploaded files, the buffers every
+//! forward reuses, and per list the bound dispatches in order. Only the step buffer (tokens and position) and
+//! the token ids change between forwards.
+
+use super::buffers::{GpuBuffer, Purpose};
+use super::context::{Dispatch, GpuContext, Region};
+use super::ops::{attention, misc, Heads, Linear, Mat, Norm, Output};
+use super::weights::{GpuFile, GpuMatrix};
+use crate::backend::WeightRef;
+use crate::error::{Error, Result};
+use crate::format::{DType, ModelDir};
+use crate::graph::{Norm as NormKind, RopeStyle, Transformer};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub(super) struct Layer {
+    attn_norm: GpuMatrix,
+    qkv: [GpuMatrix; 3],
+    bias: Option<[GpuMatrix; 3]>,
+    o: GpuMatrix,
+    ffn_norm: GpuMatrix,
+    gate: GpuMatrix,
+    up: GpuMatrix,
+    down: GpuMatrix,
+}
+
+pub(super) struct Model {
+    pub embed: GpuMatrix,
+    pub output_norm: GpuMatrix,
+    pub head: GpuMatrix,
+    layers: Vec<Layer>,
+}
+
+impl Model {
+    /// Uploads every weight file the graph reads, once, as it is on disk.
+    pub fn upload(ctx: &GpuContext, dir: &ModelDir, cfg: &Transformer) -> Result<Model> {
+        let mut files: HashMap<String, Arc<GpuFile>> = HashMap::new();
+        let mut get = |name: &str, shape: &[u32]| -> Result<GpuMatrix> {
+            let w = WeightRef::load(dir, name, shape)?;
+            let entry = &w.view().entry;
+            let file = match files.get(&entry.file) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(GpuFile::upload(ctx, &entry.file, w.view().blob.bytes())?);
+                    files.insert(entry.file.clone(), f.clone());
+                    f
+                }
+            };
+            GpuMatrix::from_entry(file, entry)
+        };
+        let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let f32_only = |m: GpuMatrix| -> Result<GpuMatrix> {
+            if m.dtype != DType::F32 {
+                return Err(Error::Unsupported(format!("tensor {}: the GPU engine needs norm weights and biases in f32", m.name)));
+            }
+            Ok(m)
+        };
+        let mut layers = Vec::with_capacity(cfg.blocks.len());
+        for b in &cfg.blocks {
+            let bias = match &b.attn_qkv_bias {
+                Some([bq, bk, bv]) => Some([f32_only(get(bq, &[qd])?)?, f32_only(get(bk, &[kvd])?)?, f32_only(get(bv, &[kvd])?)?]),
+                None => None,
+            };
+            layers.push(Layer {
+                attn_norm: f32_only(get(&b.attn_norm, &[d])?)?,
+                qkv: [get(&b.attn_q, &[qd, d])?, get(&b.attn_k, &[kvd, d])?, get(&b.attn_v, &[kvd, d])?],
+                bias,
+                o: get(&b.attn_output, &[d, qd])?,
+                ffn_norm: f32_only(get(&b.ffn_norm, &[d])?)?,
+                gate: get(&b.ffn_gate, &[f, d])?,
+                up: get(&b.ffn_up, &[f, d])?,
+                down: get(&b.ffn_down, &[d, f])?,
+            });
+        }
+        Ok(Model {
+            embed: get(&cfg.token_embedding, &[cfg.vocab_size, d])?,
+            output_norm: f32_only(get(&cfg.output_norm, &[d])?)?,
+            head: get(&cfg.output, &[cfg.vocab_size, d])?,
+            layers,
+        })
+    }
+}
+
+/// The buffers of a forward chunk of up to `max_batch` tokens.
+pub(super) struct Buffers {
+    /// `[n, pos, k, 0]`: tokens in the chunk, position of the first, decode steps taken (see sample.wgsl).
+    pub step: GpuBuffer,
+    pub ids: GpuBuffer,
+    pub tokens: GpuBuffer,
+    pub x: GpuBuffer,
+    qkv: GpuBuffer,
+    q: GpuBuffer,
+    att: GpuBuffer,
+    gu: GpuBuffer,
+    act: GpuBuffer,
+    pub logits: GpuBuffer,
+    part: GpuBuffer,
+    cos_sin: GpuBuffer,
+    kv: Vec<(GpuBuffer, GpuBuffer)>,
+}
+
+/// Tokens a multi-step decode records into one submission at most.
+pub(super) const MAX_STEPS: u32 = 64;
+
+impl Buffers {
+    pub fn new(ctx: &GpuContext, cfg: &Transformer, ctx_len: usize, max_batch: u32, logit_rows: u32, splits: u32) -> Result<Buffers> {
+        let act = |label: &str, values: u64| ctx.pool.storage(label, 4 * values, Purpose::Activations);
+        let (d, f, b) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, max_batch as u64);
+        let h = heads(cfg);
+        let (qd, kvd) = (h.q_dim() as u64, h.kv_dim() as u64);
+        let table = misc::cos_sin_table(&cfg.rope.inv_freq(), ctx_len);
+        let kv = (0..cfg.blocks.len())
+            .map(|l| {
+                let bytes = 4 * ctx_len as u64 * kvd;
+                Ok((
+                    ctx.pool.storage(&format!("k cache {l}"), bytes, Purpose::KvCache)?,
+                    ctx.pool.storage(&format!("v cache {l}"), bytes, Purpose::KvCache)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Buffers {
+            step: ctx.pool.storage("step", 16, Purpose::Activations)?,
+            ids: ctx.pool.storage("ids", 4 * b, Purpose::Activations)?,
+            tokens: ctx.pool.storage("tokens", 4 * MAX_STEPS as u64, Purpose::Activations)?,
+            x: act("x", b * d)?,
+            qkv: act("qkv", b * (qd + 2 * kvd))?,
+            q: act("q", b * qd)?,
+            att: act("attention", b * qd)?,
+            gu: act("gate|up", b * 2 * f)?,
+            act: act("swiglu", b * f)?,
+            logits: act("logits", logit_rows as u64 * cfg.vocab_size as u64)?,
+            part: attention::partials(ctx, h, splits)?,
+            cos_sin: ctx.pool.init("rope cos/sin", bytemuck::cast_slice(&table), wgpu::BufferUsages::STORAGE, Purpose::Params)?,
+            kv,
+        })
+    }
+}
+
+pub(super) fn heads(cfg: &Transformer) -> Heads {
+    Heads { n_heads: cfg.n_heads, n_kv: cfg.n_kv_heads, head_dim: cfg.head_dim }
+}
+
+fn eps(cfg: &Transformer) -> Result<f32> {
+    match cfg.norm {
+        NormKind::RmsNorm { eps } => Ok(eps),
+        NormKind::LayerNorm { .. } => Err(Error::Unsupported("LayerNorm graphs on the GPU engine".into())),
+    }
+}
+
+fn norm_of(m: &GpuMatrix, eps: f32) -> Norm<'_> {
+    Norm { region: Region::covering(&m.file.buffer, &[m.data]), offset: m.data.0, eps }
+}
+
+/// The products of `x` with `mats` (each `(matrix, out offset, bias)`), fused into as few dispatches as the
+/// layouts, files and binding size allow.
+#[allow(clippy::too_many_arguments)]
+async fn products(
+    ctx: &GpuContext,
+    mats: &[(&GpuMatrix, u32, Option<&GpuMatrix>)],
+    norm: Option<Norm<'_>>,
+    output: Output,
+    step: &GpuBuffer,
+    x: &GpuBuffer,
+    y: &GpuBuffer,
+    y_stride: u32,
+    matvec: bool,
+    x_last: bool,
+) -> Result<Vec<Dispatch>> {
+    let mut groups: Vec<Vec<Mat>> = Vec::new();
+    for &(m, out, bias) in mats {
+        if let Some(b) = bias {
+            if !Arc::ptr_eq(&b.file, &m.file) {
+                return Err(Error::Unsupported(format!("bias {} is not in the file of {}", b.name, m.name)));
+            }
+        }
+        let mat = Mat { m, out, bias: bias.map(|b| b.data) };
+        let joins = groups.last().is_some_and(|g| {
+            let head = g[0].m;
+            let mut spans: Vec<_> = g.iter().chain([&mat]).flat_map(|x| x.m.spans().into_iter().chain(x.bias)).collect();
+            spans.sort();
+            let region = Region::covering(&head.file.buffer, &spans);
+            g.len() < 3
+                && head.dtype == m.dtype
+                && head.cols == m.cols
+                && Arc::ptr_eq(&head.file, &m.file)
+                && region.size() <= ctx.gpu.limits.max_storage_buffer_binding_size
+        });
+        match groups.last_mut() {
+            Some(g) if joins => g.push(mat),
+            _ => groups.push(vec![mat]),
+        }
+    }
+    let mut out = Vec::new();
+    for mats in groups {
+        let l = Linear { mats, norm, output, step, x, y, x_last, y_stride };
+        out.push(if matvec { l.matvec(ctx).await? } else { l.matmul(ctx).await? });
+    }
+    Ok(out)
+}
+
+/// The dispatch lists of one model.
+pub(super) struct Plan {
+    pub embed: Vec<Dispatch>,
+    pub decode: Vec<Dispatch>,
+    pub prefill: Vec<Dispatch>,
+    /// Logits of the chunk's last token into logits row 0.
+    pub head_last: Vec<Dispatch>,
+    /// Logits of every token of the chunk.
+    pub head_all: Vec<Dispatch>,
+    /// Argmax of logits row 0 into ids[0] and tokens[k], then the step moved on.
+    pub sample: Vec<Dispatch>,
+}
+
+impl Plan {
+    pub async fn build(ctx: &GpuContext, cfg: &Transformer, w: &Model, b: &Buffers, splits: u32) -> Result<Plan> {
+        let eps = eps(cfg)?;
+        let h = heads(cfg);
+        let (qd, kvd, d, f) = (h.q_dim(), h.kv_dim(), cfg.hidden_size, cfg.intermediate_size);
+        let scale = 1.0 / (h.head_dim as f32).sqrt();
+        let half = cfg.rope.style == RopeStyle::Half;
+        let (st, vocab) = (&b.step, cfg.vocab_size);
+        let mut decode = Vec::new();
+        let mut prefill = Vec::new();
+        for (l, layer) in w.layers.iter().enumerate() {
+            let (kc, vc) = &b.kv[l];
+            let bias = |i: usize| layer.bias.as_ref().map(|b| &b[i]);
+            let qkv = [(&layer.qkv[0], 0, bias(0)), (&layer.qkv[1], qd, bias(1)), (&layer.qkv[2], qd + kvd, bias(2))];
+            let an = Some(norm_of(&layer.attn_norm, eps));
+            let fnorm = Some(norm_of(&layer.ffn_norm, eps));
+            for matvec in [true, false] {
+                let list = if matvec { &mut decode } else { &mut prefill };
+                list.extend(products(ctx, &qkv, an, Output::Store, st, &b.x, &b.qkv, qd + 2 * kvd, matvec, false).await?);
+                list.push(misc::rope_store(ctx, h, cfg.rope.dims, half, st, &b.qkv, &b.cos_sin, &b.q, kc, vc).await?);
+                if matvec {
+                    let (p, c) = attention::decode(ctx, h, splits, scale, st, &b.q, kc, vc, &b.part, &b.att).await?;
+                    list.extend([p, c]);
+                } else {
+                    list.push(attention::prefill(ctx, h, scale, st, &b.q, kc, vc, &b.att).await?);
+                }
+                list.extend(products(ctx, &[(&layer.o, 0, None)], None, Output::Add, st, &b.att, &b.x, d, matvec, false).await?);
+                let gu = [(&layer.gate, 0, None), (&layer.up, f, None)];
+                let fused = matvec
+                    && layer.gate.dtype == layer.up.dtype
+                    && Arc::ptr_eq(&layer.gate.file, &layer.up.file)
+                    && Region::covering(&layer.gate.file.buffer, &[layer.gate.spans(), layer.up.spans()].concat()).size()
+                        <= ctx.gpu.limits.max_storage_buffer_binding_size;
+                if fused {
+                    let gu = [(&layer.gate, 0, None), (&layer.up, 0, None)];
+                    list.extend(products(ctx, &gu, fnorm, Output::SwiGlu, st, &b.x, &b.act, f, true, false).await?);
+                } else {
+                    list.extend(products(ctx, &gu, fnorm, Output::Store, st, &b.x, &b.gu, 2 * f, matvec, false).await?);
+                    list.push(misc::silu_mul(ctx, f, 0, 2 * f, f, st, &b.gu, &b.act).await?);
+                }
+                list.extend(products(ctx, &[(&layer.down, 0, None)], None, Output::Add, st, &b.act, &b.x, d, matvec, false).await?);
+            }
+        }
+        let on = Some(norm_of(&w.output_norm, eps));
+        let head = [(&w.head, 0, None)];
+        Ok(Plan {
+            embed: vec![misc::embed(ctx, &w.embed, st, &b.ids, &b.x).await?],
+            decode,
+            prefill,
+            head_last: products(ctx, &head, on, Output::Store, st, &b.x, &b.logits, vocab, true, true).await?,
+            head_all: products(ctx, &head, on, Output::Store, st, &b.x, &b.logits, vocab, false, false).await?,
+            sample: vec![
+                misc::argmax(ctx, vocab, 0, 0, st, &b.logits, &b.ids, &b.tokens).await?,
+                misc::advance(ctx, st).await?,
+            ],
+        })
+    }
+}

@@ -1,0 +1,175 @@
+//! The GPU engine against the CPU engine (f32 activations, f32 KV cache): logits of a prompt, of decode steps
+//! and of chunked prefill, and the greedy tokens, on random tiny models in every layout and on the real
+//! SmolLM2-135M converted by `omex convert`.
+
+mod gpu_common;
+#[path = "common/tiny_model.rs"]
+mod tiny_model;
+#[allow(dead_code)]
+mod common;
+
+use omex::backend::cpu::{CpuEngine, CpuOptions};
+use omex::backend::gpu::{GpuContext, GpuEngine, GpuOptions};
+use omex::backend::{Activations, Engine, KvType, Logits};
+use omex::format::graph::GRAPH_FILE;
+use omex::format::{DType, ModelDir};
+use omex::graph::{RopeStyle, Transformer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tiny_model::{write_tiny_model, TinySpec};
+
+fn gpu_ctx() -> Option<Arc<GpuContext>> {
+    gpu_common::gpu_arc()
+}
+
+fn cpu_engine(dir: &ModelDir, cfg: &Transformer, ctx: usize) -> CpuEngine {
+    let opts = CpuOptions { threads: 2, context_length: ctx, activations: Activations::F32, kv: KvType::F32, max_batch: 512 };
+    CpuEngine::load(dir, cfg, opts).unwrap()
+}
+
+fn gpu_engine(gpu: Arc<GpuContext>, dir: &ModelDir, cfg: &Transformer, ctx: usize, max_batch: usize) -> GpuEngine {
+    let mut opts = GpuOptions::new(ctx);
+    opts.max_batch = max_batch;
+    GpuEngine::load_blocking(gpu, dir, cfg, opts).unwrap()
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    kernels_cpu::ops::argmax(row) as u32
+}
+
+/// Max |a - b| over max |b|.
+fn rel_max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn tmp(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gpu-engine-{name}-{}", std::process::id()))
+}
+
+/// Prompt logits (all rows), then greedy decode steps one token at a time, GPU against CPU; then the same
+/// greedy run chained on the GPU (`decode_greedy`). Returns the greedy tokens.
+fn compare(cpu: &mut dyn Engine, gpu: &mut GpuEngine, prompt: &[u32], steps: usize, tol: f32, what: &str) -> Vec<u32> {
+    let vocab = |v: &[f32]| v.len() / prompt.len();
+    let c = cpu.forward(prompt, 0, Logits::All).unwrap();
+    let g = gpu.forward(prompt, 0, Logits::All).unwrap();
+    let d = rel_max_diff(&g, &c);
+    assert!(d < tol, "{what}: prompt logits differ by {d} (relative)");
+    let v = vocab(&c);
+    let mut tokens = vec![argmax(&c[c.len() - v..])];
+    assert_eq!(argmax(&g[g.len() - v..]), tokens[0], "{what}: first greedy token");
+    for s in 0..steps {
+        let pos = prompt.len() + s;
+        let c = cpu.forward(&tokens[s..s + 1], pos, Logits::Last).unwrap();
+        let g = gpu.forward(&tokens[s..s + 1], pos, Logits::Last).unwrap();
+        let d = rel_max_diff(&g, &c);
+        assert!(d < tol, "{what}: decode step {s} logits differ by {d} (relative)");
+        assert_eq!(argmax(&g), argmax(&c), "{what}: greedy token of step {s}");
+        tokens.push(argmax(&c));
+    }
+    // The same greedy run, chained on the GPU from the prompt's first token.
+    gpu.forward(prompt, 0, Logits::None).unwrap();
+    let chained = pollster::block_on(gpu.decode_greedy(tokens[0], prompt.len(), steps)).unwrap();
+    assert_eq!(chained, tokens[1..], "{what}: tokens decoded on the GPU");
+    tokens
+}
+
+fn run_tiny(spec: &TinySpec, name: &str) {
+    let Some(gpu) = gpu_ctx() else { return };
+    let path = tmp(name);
+    let cfg = write_tiny_model(&path, spec, 0xC0FFEE ^ name.len() as u64);
+    let dir = ModelDir::open(&path).unwrap();
+    let read = Transformer::from_graph(&dir.graph, &path.join(GRAPH_FILE)).unwrap();
+    assert_eq!(read, cfg);
+    let prompt: Vec<u32> = (0..11).map(|i| (i * 37 + 5) % spec.vocab).collect();
+    let ctx = spec.context as usize;
+    let mut cpu = cpu_engine(&dir, &cfg, ctx);
+    // A small max_batch so the prompt runs in several prefill chunks and a one-token chunk (the decode path).
+    for max_batch in [128, 5] {
+        let mut g = gpu_engine(gpu.clone(), &dir, &cfg, ctx, max_batch);
+        compare(&mut cpu, &mut g, &prompt, 6, 2e-4, &format!("{name} (max_batch {max_batch})"));
+    }
+    let _ = std::fs::remove_dir_all(&path);
+}
+
+#[test]
+fn tiny_int4_gqa_tied() {
+    run_tiny(&TinySpec::small(), "int4");
+}
+
+#[test]
+fn tiny_every_layout() {
+    for (dtype, name) in [(DType::F32, "f32"), (DType::F16, "f16"), (DType::Int8, "int8"), (DType::Ternary, "ternary")] {
+        let spec = TinySpec { embed: dtype, attn: dtype, ffn: dtype, head: dtype, tied: false, ..TinySpec::small() };
+        run_tiny(&spec, name);
+    }
+}
+
+#[test]
+fn tiny_mixed_layouts_bias_interleaved_partial_rope() {
+    let spec = TinySpec {
+        n_heads: 6,
+        n_kv_heads: 3,
+        head_dim: 32,
+        hidden: 96,
+        rope_style: RopeStyle::Interleaved,
+        rope_dims: 16,
+        qkv_bias: true,
+        tied: false,
+        embed: DType::F16,
+        attn: DType::Int8,
+        ffn: DType::Int4,
+        head: DType::Int8,
+        ..TinySpec::small()
+    };
+    run_tiny(&spec, "mixed");
+}
+
+#[test]
+fn tiny_mha_context_past_tiles() {
+    // Positions past 64 exercise several key tiles of the decode attention and several splits.
+    let spec = TinySpec { n_heads: 2, n_kv_heads: 2, head_dim: 32, context: 200, ..TinySpec::small() };
+    let Some(gpu) = gpu_ctx() else { return };
+    let path = tmp("long");
+    let cfg = write_tiny_model(&path, &spec, 7);
+    let dir = ModelDir::open(&path).unwrap();
+    let prompt: Vec<u32> = (0..150).map(|i| (i * 13 + 1) % spec.vocab).collect();
+    let mut cpu = cpu_engine(&dir, &cfg, 200);
+    let mut opts = GpuOptions::new(200);
+    opts.attention_splits = 3;
+    let mut g = GpuEngine::load_blocking(gpu, &dir, &cfg, opts).unwrap();
+    compare(&mut cpu, &mut g, &prompt, 8, 2e-4, "long context");
+    let _ = std::fs::remove_dir_all(&path);
+}
+
+#[test]
+fn positions_past_the_context_are_refused() {
+    let Some(gpu) = gpu_ctx() else { return };
+    let path = tmp("ctx");
+    let cfg = write_tiny_model(&path, &TinySpec::small(), 3);
+    let dir = ModelDir::open(&path).unwrap();
+    let mut g = gpu_engine(gpu, &dir, &cfg, 8, 128);
+    assert!(g.forward(&[1; 9], 0, Logits::Last).is_err());
+    assert!(g.forward(&[1], 8, Logits::Last).is_err());
+    assert!(g.forward(&[96], 0, Logits::Last).is_err(), "an id outside the vocabulary");
+    assert_eq!(g.forward(&[1; 8], 0, Logits::Last).unwrap().len(), 96);
+    let _ = std::fs::remove_dir_all(&path);
+}
+
+/// The real model: GPU logits close to the CPU engine's and the same greedy tokens, for a few tokens of three
+/// prompts. Needs the GGUF (scripts/fetch-model.sh); converts it with `omex convert` once per build.
+#[test]
+fn smollm2_matches_the_cpu_engine() {
+    let Some(gpu) = gpu_ctx() else { return };
+    let path = common::smollm2_omex("keep");
+    let model = omex::runtime::Model::load(&path).unwrap();
+    let cfg = &model.config;
+    let mut cpu = cpu_engine(&model.dir, cfg, 128);
+    let mut g = gpu_engine(gpu, &model.dir, cfg, 128, 128);
+    for prompt in ["The capital of France is", "def fibonacci(n):", "Once upon a time, there was a"] {
+        let ids = model.tokenizer.encode_with_specials(prompt);
+        let tokens = compare(&mut cpu, &mut g, &ids, 3, 2e-4, prompt);
+        eprintln!("{prompt:?} -> {tokens:?}");
+    }
+}
