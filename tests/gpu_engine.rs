@@ -56,6 +56,7 @@ fn compare(cpu: &mut dyn Engine, gpu: &mut GpuEngine, prompt: &[u32], steps: usi
     let g = gpu.forward(prompt, 0, Logits::All).unwrap();
     let d = rel_max_diff(&g, &c);
     assert!(d < tol, "{what}: prompt logits differ by {d} (relative)");
+    eprintln!("{what}: prompt logits within {d:.2e} (relative max difference)");
     let v = vocab(&c);
     let mut tokens = vec![argmax(&c[c.len() - v..])];
     assert_eq!(argmax(&g[g.len() - v..]), tokens[0], "{what}: first greedy token");

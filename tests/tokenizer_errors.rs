@@ -107,6 +107,11 @@ fn unknown_configurations_are_refused() {
         "{err}"
     );
 
+    let mut m = v.clone();
+    m["model"]["vocab"]["xx"] = serde_json::json!(4_000_000_000u64);
+    let err = Tokenizer::from_hf_json(&serde_json::to_vec(&m).unwrap()).unwrap_err();
+    assert!(matches!(err, TokenizerError::BadField { .. }), "{err}");
+
     let mut m = v;
     m["model"]["merges"][3] = serde_json::json!(["x", "not-a-token"]);
     let err = Tokenizer::from_hf_json(&serde_json::to_vec(&m).unwrap()).unwrap_err();
@@ -298,4 +303,48 @@ fn unsupported_chat_templates_and_roles_are_errors() {
         .unwrap_err();
     assert!(matches!(err, TokenizerError::ChatMessages(_)), "{err}");
     assert!(f.render(&[], false, "<s>", "</s>").is_err());
+}
+
+#[test]
+fn random_text_and_ids_never_panic() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tokenizer");
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for name in ["gpt2", "llama3", "sp", "sp_meta"] {
+        let json = std::fs::read(data.join(format!("{name}_tokenizer.json"))).unwrap();
+        let tok = Tokenizer::from_hf_json(&json).unwrap();
+        for _ in 0..300 {
+            let len = (next() % 64) as usize;
+            // Mostly valid multi-byte UTF-8 with some ASCII and specials mixed in.
+            let chars: String = (0..len)
+                .map(|_| match next() % 4 {
+                    0 => char::from_u32((next() % 0x11_0000) as u32).unwrap_or('\u{FFFD}'),
+                    1 => (b' ' + (next() % 95) as u8) as char,
+                    2 => ['\n', '\r', '\t', ' ', '\''][(next() % 5) as usize],
+                    _ => char::from_u32(0x80 + (next() % 0x3000) as u32).unwrap_or('x'),
+                })
+                .collect();
+            let ids = tok.encode(&chars);
+            if name.starts_with("gpt2") || name == "llama3" {
+                assert_eq!(tok.decode(&ids), chars);
+            }
+            let random: Vec<u32> = (0..len)
+                .map(|_| (next() % (tok.vocab_size() as u64 + 5)) as u32)
+                .collect();
+            let whole = tok.decode(&random);
+            let mut stream = tok.stream_decoder(false);
+            let mut out: String = random.iter().filter_map(|&id| stream.push(id)).collect();
+            out.extend(stream.finish());
+            assert_eq!(out, whole);
+        }
+        // Truncated and corrupted files are errors, not panics.
+        for cut in [1, 10, 100, json.len() / 2, json.len() - 1] {
+            assert!(Tokenizer::from_hf_json(&json[..cut]).is_err());
+        }
+    }
 }

@@ -28,7 +28,8 @@ fn timed(pool: &rayon::ThreadPool, iters: u64, mut f: impl FnMut() + Send) -> Du
 
 fn bench(c: &mut Criterion) {
     let mut rng = Rng::new(8);
-    let pools: Vec<_> = [1, 2].into_iter().map(|n| (n, rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap())).collect();
+    let pools: Vec<_> =
+        [1, 2].into_iter().map(|n| (n, rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap())).collect();
     let mut g = c.benchmark_group("matmul");
     g.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_millis(1500)).sample_size(10);
     for layout in [Layout::Int4, Layout::Int8, Layout::F16, Layout::Ternary] {
@@ -41,13 +42,16 @@ fn bench(c: &mut Criterion) {
                 let mut y = vec![0f32; n * rows];
                 g.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
                 for (threads, pool) in &pools {
-                    let id = |p: &str| BenchmarkId::new(format!("{layout:?}/{p}/n{n}/{threads}t"), format!("{rows}x{cols}"));
+                    let id =
+                        |p: &str| BenchmarkId::new(format!("{layout:?}/{p}/n{n}/{threads}t"), format!("{rows}x{cols}"));
                     g.bench_function(id("f32"), |b| {
                         b.iter_custom(|it| timed(pool, it, || matmul::matmul(black_box(&m), black_box(&x), n, &mut y)))
                     });
                     if layout != Layout::F16 {
                         g.bench_function(id("q8"), |b| {
-                            b.iter_custom(|it| timed(pool, it, || q8::matmul_q8(black_box(&m), black_box(&xq), n, &mut y)))
+                            b.iter_custom(|it| {
+                                timed(pool, it, || q8::matmul_q8(black_box(&m), black_box(&xq), n, &mut y))
+                            })
                         });
                     }
                 }

@@ -53,7 +53,9 @@ fn bench(c: &mut Criterion) {
                 b.iter_custom(|it| timed(pool, it, || matvec::matvec(black_box(&m), black_box(&x), &mut y)))
             });
             if layout != Layout::F16 {
-                g.bench_function(id("q8"), |b| b.iter_custom(|it| timed(pool, it, || q8::matvec_q8(black_box(&m), black_box(&xq), &mut y))));
+                g.bench_function(id("q8"), |b| {
+                    b.iter_custom(|it| timed(pool, it, || q8::matvec_q8(black_box(&m), black_box(&xq), &mut y)))
+                });
             }
         }
     }

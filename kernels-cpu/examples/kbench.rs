@@ -50,7 +50,11 @@ fn main() {
     });
     let per = dt / iters as f64;
     if kind.starts_with("matvec") {
-        println!("{kind} {layout:?} {rows}x{cols} {threads}t: {:.2} us, {:.2} GB/s", per * 1e6, m.weight_bytes() as f64 / per / 1e9);
+        println!(
+            "{kind} {layout:?} {rows}x{cols} {threads}t: {:.2} us, {:.2} GB/s",
+            per * 1e6,
+            m.weight_bytes() as f64 / per / 1e9
+        );
     } else {
         let gf = 2.0 * (rows * cols * n) as f64 / per / 1e9;
         println!("{kind} {layout:?} {rows}x{cols} n={n} {threads}t: {:.2} us, {gf:.2} GFLOP/s", per * 1e6);

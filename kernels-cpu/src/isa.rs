@@ -60,9 +60,7 @@ impl Isa {
             Isa::Portable => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
@@ -118,10 +116,7 @@ pub fn available() -> Vec<Isa> {
 
 /// The most capable level of this CPU, by feature detection alone (ignores `OMEX_CPU_ISA`).
 pub fn best_supported() -> Isa {
-    [Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::Neon]
-        .into_iter()
-        .find(|i| i.is_supported())
-        .unwrap_or(Isa::Portable)
+    [Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::Neon].into_iter().find(|i| i.is_supported()).unwrap_or(Isa::Portable)
 }
 
 /// Parses an `OMEX_CPU_ISA` value and checks that this CPU supports it.

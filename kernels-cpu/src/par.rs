@@ -54,13 +54,7 @@ pub fn for_row_chunks(y: &mut [f32], row_bytes: usize, f: impl Fn(usize, &mut [f
 
 /// Splits `y` (`[n, rows]`, token-major) into tiles of `rb` rows x `tb` tokens and calls `f(r0, t0, outs)` for
 /// each in parallel, where `outs[j][i]` is `y[t0 + j][r0 + i]`.
-pub fn for_tiles(
-    y: &mut [f32],
-    rows: usize,
-    rb: usize,
-    tb: usize,
-    f: impl Fn(usize, usize, &mut [&mut [f32]]) + Sync,
-) {
+pub fn for_tiles(y: &mut [f32], rows: usize, rb: usize, tb: usize, f: impl Fn(usize, usize, &mut [&mut [f32]]) + Sync) {
     assert!(rows > 0 && rb > 0 && tb > 0);
     let n_rb = rows.div_ceil(rb);
     let mut grid: Vec<Vec<&mut [f32]>> = (0..n_rb).map(|_| Vec::new()).collect();

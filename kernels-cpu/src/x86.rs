@@ -104,7 +104,10 @@ pub unsafe fn exp_ps(x: __m256) -> __m256 {
     // Operands in this order so that a NaN `x` (the second operand) is what min/max return.
     let x = _mm256_min_ps(_mm256_set1_ps(88.3), x);
     let x = _mm256_max_ps(_mm256_set1_ps(-87.3), x);
-    let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
     let mut p = _mm256_set1_ps(1.0 / 5040.0);

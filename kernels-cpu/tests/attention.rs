@@ -6,7 +6,17 @@ use half::f16;
 use kernels_cpu::attention::{attention_with, kv_store, KvElem};
 
 #[allow(clippy::too_many_arguments)]
-fn reference<E: KvElem>(q: &[f32], k: &[E], v: &[E], pos0: usize, n_q: usize, nh: usize, nkv: usize, hd: usize, scale: f32) -> Vec<f64> {
+fn reference<E: KvElem>(
+    q: &[f32],
+    k: &[E],
+    v: &[E],
+    pos0: usize,
+    n_q: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    scale: f32,
+) -> Vec<f64> {
     let mut out = vec![0f64; n_q * nh * hd];
     for i in 0..n_q {
         for h in 0..nh {
@@ -14,13 +24,17 @@ fn reference<E: KvElem>(q: &[f32], k: &[E], v: &[E], pos0: usize, n_q: usize, nh
             let len = pos0 + i + 1;
             let qr = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
             let s: Vec<f64> = (0..len)
-                .map(|j| scale as f64 * (0..hd).map(|d| qr[d] as f64 * k[(j * nkv + kh) * hd + d].to_f32() as f64).sum::<f64>())
+                .map(|j| {
+                    scale as f64
+                        * (0..hd).map(|d| qr[d] as f64 * k[(j * nkv + kh) * hd + d].to_f32() as f64).sum::<f64>()
+                })
                 .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
             let z: f64 = e.iter().sum();
             for d in 0..hd {
-                out[(i * nh + h) * hd + d] = (0..len).map(|j| e[j] / z * v[(j * nkv + kh) * hd + d].to_f32() as f64).sum();
+                out[(i * nh + h) * hd + d] =
+                    (0..len).map(|j| e[j] / z * v[(j * nkv + kh) * hd + d].to_f32() as f64).sum();
             }
         }
     }
@@ -51,7 +65,10 @@ fn run<E: KvElem>(seed: u64) {
                 attention_with(isa, &q, &k, &v, pos0, n_q, nh, nkv, hd, scale, &mut out);
                 let want = reference(&q, &k, &v, pos0, n_q, nh, nkv, hd, scale);
                 for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
-                    assert!((g as f64 - w).abs() <= 2e-5, "{isa} nh {nh} nkv {nkv} hd {hd} pos0 {pos0} n_q {n_q} [{i}]: {g} vs {w}");
+                    assert!(
+                        (g as f64 - w).abs() <= 2e-5,
+                        "{isa} nh {nh} nkv {nkv} hd {hd} pos0 {pos0} n_q {n_q} [{i}]: {g} vs {w}"
+                    );
                 }
             }
         }
@@ -72,7 +89,10 @@ fn attention_f16_cache() {
 fn kv_store_rounds_to_f16() {
     let mut c = vec![f16::ZERO; 8];
     kv_store(&mut c, 1, &[1.0, 2.5, -3.25, 1e-3]);
-    assert_eq!(c[4..].iter().map(|v| v.to_f32()).collect::<Vec<_>>(), vec![1.0, 2.5, -3.25, f16::from_f32(1e-3).to_f32()]);
+    assert_eq!(
+        c[4..].iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+        vec![1.0, 2.5, -3.25, f16::from_f32(1e-3).to_f32()]
+    );
 }
 
 #[test]

@@ -34,7 +34,8 @@ fn rmsnorm_and_layernorm() {
                     let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
                     let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / dim as f64;
                     let r = 1.0 / (var + eps as f64).sqrt();
-                    want_ln.extend(xr.iter().enumerate().map(|(k, &v)| (v as f64 - mean) * r * w[k] as f64 + b[k] as f64));
+                    want_ln
+                        .extend(xr.iter().enumerate().map(|(k, &v)| (v as f64 - mean) * r * w[k] as f64 + b[k] as f64));
                 }
                 let mut out = vec![0f32; rows * dim];
                 ops::rmsnorm_with(isa, &x, &w, eps, &mut out);
@@ -63,7 +64,8 @@ fn activations_and_add() {
             let u = rng.vec(n, -2.0, 2.0);
             let mut out = vec![0f32; n];
             ops::silu_mul_with(isa, &g, &u, &mut out);
-            let want: Vec<f64> = g.iter().zip(&u).map(|(&a, &b)| a as f64 / (1.0 + (-(a as f64)).exp()) * b as f64).collect();
+            let want: Vec<f64> =
+                g.iter().zip(&u).map(|(&a, &b)| a as f64 / (1.0 + (-(a as f64)).exp()) * b as f64).collect();
             close(&out, &want, 1e-6, 1e-30, &format!("silu_mul {isa} {n}"));
 
             let mut x = g.clone();

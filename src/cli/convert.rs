@@ -30,10 +30,19 @@ pub struct ConvertArgs {
 }
 
 pub fn run(args: ConvertArgs) -> Result<()> {
-    let opts = Options { target: args.quant, force: args.force, name: args.name };
+    let opts = Options {
+        target: args.quant,
+        force: args.force,
+        name: args.name,
+    };
     let bar = std::io::stdout().is_terminal().then(|| {
         let b = ProgressBar::new(0);
-        b.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}").expect("valid template"));
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
+            )
+            .expect("valid template"),
+        );
         b
     });
     let mut progress = |e: Event| {
@@ -56,13 +65,27 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
-    println!("converted {} ({}) -> {} with --quant {}", args.input.display(), s.source_format, s.out.display(), s.target);
+    println!(
+        "converted {} ({}) -> {} with --quant {}",
+        args.input.display(),
+        s.source_format,
+        s.out.display(),
+        s.target
+    );
     println!("  tensors     {} ({} parameters)", s.tensors, s.parameters);
     for (dtype, (n, bytes)) in &s.by_dtype {
         println!("  {dtype:<11} {n:>4} tensors, {}", human_bytes(*bytes));
     }
-    println!("  weights     {} ({} bytes)", human_bytes(s.weight_bytes), s.weight_bytes);
-    println!("  total       {} ({} bytes)", human_bytes(s.total_bytes), s.total_bytes);
+    println!(
+        "  weights     {} ({} bytes)",
+        human_bytes(s.weight_bytes),
+        s.weight_bytes
+    );
+    println!(
+        "  total       {} ({} bytes)",
+        human_bytes(s.total_bytes),
+        s.total_bytes
+    );
     println!("  time        {:.2} s", s.seconds);
     Ok(())
 }

@@ -170,7 +170,10 @@ impl Record {
         let name = std::str::from_utf8(c.take(name_len as usize, "name")?)
             .map_err(|_| "tensor name is not valid UTF-8".to_string())?
             .to_string();
-        c.at = c.at.div_ceil(4) * 4;
+        let pad = c.at.div_ceil(4) * 4 - c.at;
+        if c.take(pad, "name padding")?.iter().any(|&b| b != 0) {
+            return Err(format!("tensor {name}: the padding after the name is not zero"));
+        }
         let n_sections = c.u32("section count")?;
         if !(1..=3).contains(&n_sections) {
             return Err(format!("tensor {name}: section count {n_sections} out of range 1..=3"));

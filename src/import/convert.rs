@@ -9,7 +9,10 @@ use crate::error::{Error, Result};
 use crate::format::checksum::sha256_file;
 use crate::format::graph::GRAPH_FILE;
 use crate::format::index::INDEX_FILE;
-use crate::format::metadata::{human_bytes, human_params, FileEntry, Metadata, QuantSummary, Requirements, METADATA_FILE, OMEX_VERSION};
+use crate::format::metadata::{
+    human_bytes, human_params, FileEntry, Metadata, QuantSummary, Requirements, METADATA_FILE,
+    OMEX_VERSION,
+};
 use crate::format::record::{EMBEDDING_LAYER, HEAD_LAYER};
 use crate::format::{DType, LayerFileWriter, WeightIndex};
 use crate::graph::Transformer;
@@ -29,7 +32,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { target: Target::Keep, force: false, name: None }
+        Options {
+            target: Target::Keep,
+            force: false,
+            name: None,
+        }
     }
 }
 
@@ -65,10 +72,18 @@ pub struct Summary {
 /// 1-D tensors (norm weights, biases) are always F32. Matrices: see [`Target`]; `keep` repacks Q8_0, Q4_0 and
 /// Q4_1 losslessly and copies F32/F16; every other case dequantizes to f32 and quantizes to the target.
 /// A quantized target needs `cols % 32 == 0`; a matrix that does not have it is stored as F16 with a note.
-pub fn encode(ty: GgmlType, bytes: &[u8], shape: &[u32], target: Target) -> std::result::Result<(Packed, Option<String>), String> {
+pub fn encode(
+    ty: GgmlType,
+    bytes: &[u8],
+    shape: &[u32],
+    target: Target,
+) -> std::result::Result<(Packed, Option<String>), String> {
     let numel: u64 = shape.iter().map(|&d| d as u64).product();
     if ty.bytes_for(numel) != Some(bytes.len() as u64) {
-        return Err(format!("{} bytes of {ty} do not hold a {shape:?} tensor", bytes.len()));
+        return Err(format!(
+            "{} bytes of {ty} do not hold a {shape:?} tensor",
+            bytes.len()
+        ));
     }
     let dequantized = || -> std::result::Result<Vec<f32>, String> {
         let mut v = vec![0f32; numel as usize];
@@ -106,7 +121,10 @@ pub fn encode(ty: GgmlType, bytes: &[u8], shape: &[u32], target: Target) -> std:
     };
     let cols = *shape.last().expect("2-D") as usize;
     if want.is_quantized() && cols % kernels_cpu::GROUP != 0 {
-        note = Some(format!("{cols} columns are not a multiple of {}: stored as f16 instead of {want}", kernels_cpu::GROUP));
+        note = Some(format!(
+            "{cols} columns are not a multiple of {}: stored as f16 instead of {want}",
+            kernels_cpu::GROUP
+        ));
         want = DType::F16;
     }
     if !dequant::supported(ty) {
@@ -123,15 +141,27 @@ struct FilePlan {
 }
 
 fn plan(t: &Transformer) -> Vec<FilePlan> {
-    let mut v = vec![FilePlan { file: t.embedding_file.clone(), layer_id: EMBEDDING_LAYER, tensors: vec![t.token_embedding.clone()] }];
+    let mut v = vec![FilePlan {
+        file: t.embedding_file.clone(),
+        layer_id: EMBEDDING_LAYER,
+        tensors: vec![t.token_embedding.clone()],
+    }];
     for (i, b) in t.blocks.iter().enumerate() {
-        v.push(FilePlan { file: b.file.clone(), layer_id: i as u32, tensors: b.names().into_iter().map(String::from).collect() });
+        v.push(FilePlan {
+            file: b.file.clone(),
+            layer_id: i as u32,
+            tensors: b.names().into_iter().map(String::from).collect(),
+        });
     }
     let mut head = vec![t.output_norm.clone()];
     if !t.tied_embeddings {
         head.push(t.output.clone());
     }
-    v.push(FilePlan { file: t.head_file.clone(), layer_id: HEAD_LAYER, tensors: head });
+    v.push(FilePlan {
+        file: t.head_file.clone(),
+        layer_id: HEAD_LAYER,
+        tensors: head,
+    });
     v
 }
 
@@ -142,15 +172,19 @@ fn check_tensors(model: &SourceModel) -> Result<()> {
     for (name, shape) in &expected {
         match model.tensor(name) {
             None => problems.push(format!("tensor {name} is missing")),
-            Some(t) if &t.shape != shape => {
-                problems.push(format!("tensor {name} ({}) has shape {:?}, the model needs {shape:?}", t.source_name, t.shape))
-            }
+            Some(t) if &t.shape != shape => problems.push(format!(
+                "tensor {name} ({}) has shape {:?}, the model needs {shape:?}",
+                t.source_name, t.shape
+            )),
             Some(_) => {}
         }
     }
     for t in &model.tensors {
         if !expected.iter().any(|(n, _)| n == &t.name) {
-            problems.push(format!("tensor {} ({}) is not read by the model", t.name, t.source_name));
+            problems.push(format!(
+                "tensor {} ({}) is not read by the model",
+                t.name, t.source_name
+            ));
         }
     }
     if problems.is_empty() {
@@ -174,18 +208,38 @@ impl Drop for Staging {
     }
 }
 
-pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMut(Event)) -> Result<Summary> {
+pub fn convert(
+    input: &Path,
+    out: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(Event),
+) -> Result<Summary> {
     let start = Instant::now();
     if out.exists() && !opts.force {
-        return Err(Error::Usage(format!("{}: already exists (pass --force to replace it)", out.display())));
+        return Err(Error::Usage(format!(
+            "{}: already exists (pass --force to replace it)",
+            out.display()
+        )));
     }
     let model = SourceModel::open(input)?;
     check_tensors(&model)?;
     let mut warnings = model.warnings.clone();
 
-    let out_name = out.file_name().ok_or_else(|| Error::Usage(format!("{}: not a directory name", out.display())))?;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let staging = Staging { path: parent.join(format!(".{}.partial-{}", out_name.to_string_lossy(), std::process::id())), done: false };
+    let out_name = out
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{}: not a directory name", out.display())))?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staging = Staging {
+        path: parent.join(format!(
+            ".{}.partial-{}",
+            out_name.to_string_lossy(),
+            std::process::id()
+        )),
+        done: false,
+    };
     let _ = std::fs::remove_dir_all(&staging.path);
     let tmp = staging.path.clone();
     let weights = tmp.join("weights");
@@ -196,11 +250,14 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
     match &model.tokenizer {
         TokenizerSource::Gguf(v) => crate::tokenizer::write_tokenizer_dir(v, &tok_dir)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", model.path.display())))?,
-        TokenizerSource::HfDir(d) => crate::tokenizer::copy_hf_tokenizer(d, &tok_dir).map_err(|e| Error::Tokenizer(e.to_string()))?,
+        TokenizerSource::HfDir(d) => crate::tokenizer::copy_hf_tokenizer(d, &tok_dir)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?,
     }
 
     let files = plan(&model.transformer);
-    progress(Event::Begin { tensors: files.iter().map(|f| f.tensors.len()).sum() });
+    progress(Event::Begin {
+        tensors: files.iter().map(|f| f.tensors.len()).sum(),
+    });
     let mut index = WeightIndex::new(opts.target.name());
     for fp in &files {
         let mut w = LayerFileWriter::create(&weights, &fp.file, fp.layer_id)?;
@@ -208,8 +265,17 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
             progress(Event::Tensor { name });
             let t = model.tensor(name).expect("checked by check_tensors");
             let bytes = model.data(t)?;
-            let (packed, note) = encode(t.ty, bytes, &t.shape, opts.target)
-                .map_err(|e| Error::invalid(&model.path, format!("tensor {} ({} {}): {e}", t.source_name, t.ty, fmt_shape(&t.shape))))?;
+            let (packed, note) = encode(t.ty, bytes, &t.shape, opts.target).map_err(|e| {
+                Error::invalid(
+                    &model.path,
+                    format!(
+                        "tensor {} ({} {}): {e}",
+                        t.source_name,
+                        t.ty,
+                        fmt_shape(&t.shape)
+                    ),
+                )
+            })?;
             if let Some(n) = note {
                 warnings.push(format!("tensor {}: {n}", t.name));
             }
@@ -222,14 +288,21 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
     progress(Event::Finishing);
     write_json(&tmp.join(INDEX_FILE), &index)?;
     let name = opts.name.clone().unwrap_or_else(|| model.name.clone());
-    let graph = model.transformer.to_graph(&format!("{}_graph", slug(&name)));
+    let graph = model
+        .transformer
+        .to_graph(&format!("{}_graph", slug(&name)));
     write_json(&tmp.join(GRAPH_FILE), &graph)?;
 
     let entries = list_files(&tmp)?;
-    let weight_bytes: u64 = entries.iter().filter(|e| e.path.starts_with("weights/") && e.path.ends_with(".bin")).map(|e| e.bytes).sum();
+    let weight_bytes: u64 = entries
+        .iter()
+        .filter(|e| e.path.starts_with("weights/") && e.path.ends_with(".bin"))
+        .map(|e| e.bytes)
+        .sum();
     let total_bytes: u64 = entries.iter().map(|e| e.bytes).sum();
     let parameters: u64 = index.tensors.iter().map(|t| t.numel()).sum();
-    let (minimum, recommended, targets) = requirements(&model.transformer, weight_bytes, total_bytes);
+    let (minimum, recommended, targets) =
+        requirements(&model.transformer, weight_bytes, total_bytes);
     let metadata = Metadata {
         omex_version: OMEX_VERSION.into(),
         model_name: name.clone(),
@@ -248,14 +321,22 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
             opts.target
         ),
         source_format: model.format.clone(),
-        quantization: QuantSummary { kind: opts.target.name().into(), method: opts.target.method().into(), symmetric: opts.target.symmetric() },
+        quantization: QuantSummary {
+            kind: opts.target.name().into(),
+            method: opts.target.method().into(),
+            // keep mixes layouts: symmetric unless some tensor carries a min (int4).
+            symmetric: opts.target.symmetric() && !index.tensors.iter().any(|t| t.dtype == DType::Int4),
+        },
         hardware_targets: targets,
         minimum_requirements: minimum,
         recommended_requirements: recommended,
         files: entries,
     };
     write_json(&tmp.join(METADATA_FILE), &metadata)?;
-    let total_bytes = total_bytes + std::fs::metadata(tmp.join(METADATA_FILE)).map_err(|e| Error::io(&tmp, e))?.len();
+    let total_bytes = total_bytes
+        + std::fs::metadata(tmp.join(METADATA_FILE))
+            .map_err(|e| Error::io(&tmp, e))?
+            .len();
 
     install(&tmp, out)?;
     let mut staging = staging;
@@ -287,10 +368,17 @@ fn fmt_shape(s: &[u32]) -> String {
 /// Moves the finished directory into place, replacing an existing one only after the new one is complete.
 fn install(tmp: &Path, out: &Path) -> Result<()> {
     if out.exists() {
-        let old = tmp.with_file_name(format!("{}.old", tmp.file_name().expect("named").to_string_lossy()));
+        let old = tmp.with_file_name(format!(
+            "{}.old",
+            tmp.file_name().expect("named").to_string_lossy()
+        ));
         std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
         std::fs::rename(tmp, out).map_err(|e| Error::io(out, e))?;
-        let r = if old.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
+        let r = if old.is_dir() {
+            std::fs::remove_dir_all(&old)
+        } else {
+            std::fs::remove_file(&old)
+        };
         r.map_err(|e| Error::io(&old, e))
     } else {
         std::fs::rename(tmp, out).map_err(|e| Error::io(out, e))
@@ -306,21 +394,38 @@ fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
 /// Every file under `root` but metadata.json, with size and sha256, sorted by path (`/`-separated).
 pub(crate) fn list_files(root: &Path) -> Result<Vec<FileEntry>> {
     let mut out = Vec::new();
-    for rel in crate::validate::walk(root)?.into_iter().filter(|r| r != METADATA_FILE) {
+    for rel in crate::validate::walk(root)?
+        .into_iter()
+        .filter(|r| r != METADATA_FILE)
+    {
         let (sha256, bytes) = sha256_file(&root.join(&rel))?;
-        out.push(FileEntry { path: rel, bytes, sha256 });
+        out.push(FileEntry {
+            path: rel,
+            bytes,
+            sha256,
+        });
     }
     Ok(out)
 }
 
 /// Minimum and recommended requirements from the real sizes: the weights, an f16 KV cache (2048 positions
 /// at least, the full context recommended) and the runtime's buffers; and the hardware classes that fit.
-fn requirements(t: &Transformer, weight_bytes: u64, total_bytes: u64) -> (Requirements, Requirements, Vec<String>) {
+fn requirements(
+    t: &Transformer,
+    weight_bytes: u64,
+    total_bytes: u64,
+) -> (Requirements, Requirements, Vec<String>) {
     let kv_per_pos = 2 * t.n_layers() as u64 * t.n_kv_heads as u64 * t.head_dim as u64 * 2;
-    let buffers = 4 * (t.vocab_size as u64 + 4 * t.hidden_size as u64 + 2 * t.intermediate_size as u64) + (64 << 20);
+    let buffers = 4
+        * (t.vocab_size as u64 + 4 * t.hidden_size as u64 + 2 * t.intermediate_size as u64)
+        + (64 << 20);
     let min_ram = weight_bytes + kv_per_pos * (t.context_length.min(2048) as u64) + buffers;
     let rec_ram = weight_bytes + kv_per_pos * t.context_length as u64 + buffers;
-    let minimum = Requirements { ram: human_bytes(min_ram), compute: "2 CPU cores".into(), storage: human_bytes(total_bytes) };
+    let minimum = Requirements {
+        ram: human_bytes(min_ram),
+        compute: "2 CPU cores".into(),
+        storage: human_bytes(total_bytes),
+    };
     let recommended = Requirements {
         ram: human_bytes(rec_ram),
         compute: format!("4 CPU cores, 1 GPU with {} of memory", human_bytes(rec_ram)),
@@ -336,8 +441,21 @@ fn requirements(t: &Transformer, weight_bytes: u64, total_bytes: u64) -> (Requir
 }
 
 fn slug(name: &str) -> String {
-    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    let s = s.split('_').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("_");
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let s = s
+        .split('_')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("_");
     if s.is_empty() {
         "model".into()
     } else {
@@ -347,7 +465,10 @@ fn slug(name: &str) -> String {
 
 /// Now as `YYYY-MM-DDTHH:MM:SSZ`.
 fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86400) as i64, secs % 86400);
     // Days since 1970-01-01 to a civil date (proleptic Gregorian), after H. Hinnant's algorithm.
     let z = days + 719_468;
@@ -359,7 +480,12 @@ fn rfc3339_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -389,6 +515,13 @@ mod tests {
         let (p, _) = encode(GgmlType::F16, &f[..80], &[40], Target::Keep).unwrap();
         assert_eq!(p.dtype, DType::F32);
         assert!(encode(GgmlType::IQ2_XS, &[0; 74], &[1, 256], Target::Keep).is_err());
+        // A Q4_0 scale whose -8x overflows f16 is requantized, with a note.
+        let mut q4 = vec![0x88u8; 18];
+        q4[..2].copy_from_slice(&half::f16::from_f32(10000.0).to_bits().to_le_bytes());
+        let (p, note) = encode(GgmlType::Q4_0, &q4, &[1, 32], Target::Keep).unwrap();
+        assert_eq!(p.dtype, DType::Int4);
+        assert!(note.unwrap().contains("overflows"));
+        assert_eq!(p.dequantize(1, 32).unwrap(), vec![0.0; 32]);
         assert!(encode(GgmlType::F32, &f[..8], &[3, 40], Target::Keep).is_err());
     }
 }

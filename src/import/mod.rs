@@ -82,8 +82,15 @@ impl SourceModel {
         if n == 4 && magic == gguf::MAGIC {
             return gguf_model::open(path);
         }
-        if path.extension().is_some_and(|e| e == "safetensors") || path.file_name().is_some_and(|f| f == safetensors::INDEX_FILE) {
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if path.extension().is_some_and(|e| e == "safetensors")
+            || path
+                .file_name()
+                .is_some_and(|f| f == safetensors::INDEX_FILE)
+        {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             return hf::open(dir);
         }
         if path.extension().is_some_and(|e| e == "gguf") {
@@ -100,10 +107,14 @@ impl SourceModel {
     pub fn data(&self, t: &SourceTensor) -> Result<&[u8]> {
         match (&self.store, &t.loc) {
             (Store::Gguf(f), Loc::Gguf(i)) => Ok(f.data(&f.header.tensors[*i])),
-            (Store::Safetensors(c), Loc::Safetensors(n)) => {
-                c.get(n).map(|(f, st)| f.data(st)).ok_or_else(|| Error::invalid(&self.path, format!("tensor {n:?} vanished")))
-            }
-            _ => Err(Error::invalid(&self.path, format!("tensor {}: location does not match the store", t.name))),
+            (Store::Safetensors(c), Loc::Safetensors(n)) => c
+                .get(n)
+                .map(|(f, st)| f.data(st))
+                .ok_or_else(|| Error::invalid(&self.path, format!("tensor {n:?} vanished"))),
+            _ => Err(Error::invalid(
+                &self.path,
+                format!("tensor {}: location does not match the store", t.name),
+            )),
         }
     }
 
@@ -124,6 +135,10 @@ impl SourceModel {
 /// Checks a dimension fits the record's u32, naming the tensor.
 pub(crate) fn dims_u32(path: &Path, name: &str, dims: &[u64]) -> Result<Vec<u32>> {
     dims.iter()
-        .map(|&d| u32::try_from(d).map_err(|_| Error::parse(path, format!("tensor {name:?}: dimension {d} exceeds u32"))))
+        .map(|&d| {
+            u32::try_from(d).map_err(|_| {
+                Error::parse(path, format!("tensor {name:?}: dimension {d} exceeds u32"))
+            })
+        })
         .collect()
 }

@@ -14,7 +14,10 @@ use half::f16;
 
 fn blocks(bytes: &[u8], block: usize) -> Result<std::slice::ChunksExact<'_, u8>, String> {
     if bytes.len() % block != 0 {
-        return Err(format!("{} bytes are not a whole number of {block}-byte blocks", bytes.len()));
+        return Err(format!(
+            "{} bytes are not a whole number of {block}-byte blocks",
+            bytes.len()
+        ));
     }
     Ok(bytes.chunks_exact(block))
 }
@@ -27,7 +30,12 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
 pub fn q8_0(bytes: &[u8]) -> Result<Packed, String> {
     let it = blocks(bytes, 34)?;
     let n = it.len();
-    let mut p = Packed { dtype: DType::Int8, data: Vec::with_capacity(n * 32), scales: Vec::with_capacity(n), mins: Vec::new() };
+    let mut p = Packed {
+        dtype: DType::Int8,
+        data: Vec::with_capacity(n * 32),
+        scales: Vec::with_capacity(n),
+        mins: Vec::new(),
+    };
     for b in it {
         p.scales.push(u16_at(b, 0));
         p.data.extend_from_slice(&b[2..34]);
@@ -39,7 +47,12 @@ pub fn q8_0(bytes: &[u8]) -> Result<Packed, String> {
 pub fn q4_1(bytes: &[u8]) -> Result<Packed, String> {
     let it = blocks(bytes, 20)?;
     let n = it.len();
-    let mut p = Packed { dtype: DType::Int4, data: Vec::with_capacity(n * 16), scales: Vec::with_capacity(n), mins: Vec::with_capacity(n) };
+    let mut p = Packed {
+        dtype: DType::Int4,
+        data: Vec::with_capacity(n * 16),
+        scales: Vec::with_capacity(n),
+        mins: Vec::with_capacity(n),
+    };
     for b in it {
         p.scales.push(u16_at(b, 0));
         p.mins.push(u16_at(b, 2));
@@ -52,7 +65,12 @@ pub fn q4_1(bytes: &[u8]) -> Result<Packed, String> {
 pub fn q4_0(bytes: &[u8]) -> Result<Option<Packed>, String> {
     let it = blocks(bytes, 18)?;
     let n = it.len();
-    let mut p = Packed { dtype: DType::Int4, data: Vec::with_capacity(n * 16), scales: Vec::with_capacity(n), mins: Vec::with_capacity(n) };
+    let mut p = Packed {
+        dtype: DType::Int4,
+        data: Vec::with_capacity(n * 16),
+        scales: Vec::with_capacity(n),
+        mins: Vec::with_capacity(n),
+    };
     for b in it {
         let d = f16::from_bits(u16_at(b, 0));
         let m = f16::from_f32(-8.0 * d.to_f32());
@@ -72,7 +90,9 @@ mod tests {
     use crate::quant::{dequant::dequantize, GgmlType};
 
     fn lcg(seed: &mut u64) -> u8 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (*seed >> 56) as u8
     }
 

@@ -83,12 +83,15 @@ impl Model {
         match opts.backend {
             BackendChoice::Cpu | BackendChoice::Auto => {
                 if opts.backend == BackendChoice::Auto {
-                    log::info!("backend auto: using the CPU engine");
+                    // The GPU engine on a hardware adapter; else it logs why the CPU engine runs instead.
+                    if let Some(gpu) = crate::backend::gpu::auto_engine(&self.dir, &self.config, context_length)? {
+                        return Ok(gpu);
+                    }
                 }
                 let cpu = CpuOptions { threads: opts.threads, context_length, activations: opts.activations, kv: opts.kv, max_batch: 512 };
                 Ok(Box::new(CpuEngine::load(&self.dir, &self.config, cpu)?))
             }
-            BackendChoice::Gpu => Err(Error::Gpu("this build has no GPU engine yet; use --backend cpu".into())),
+            BackendChoice::Gpu => crate::backend::gpu::open_engine(&self.dir, &self.config, context_length),
         }
     }
 

@@ -142,6 +142,14 @@ impl Tokenizer {
             .iter()
             .map(|t| t.id as usize + 1)
             .fold(vocab_len, usize::max);
+        let count = p.bpe.vocab.len() + p.added.len();
+        if len > 4 * count + 1024 {
+            let problem = format!(
+                "ids are too sparse: the largest is {} for {count} tokens",
+                len - 1
+            );
+            return Err(TokenizerError::field(file, "model.vocab", problem));
+        }
         let mut tokens: Vec<Option<Box<str>>> = vec![None; len];
         for (t, &id) in &p.bpe.vocab {
             tokens[id as usize] = Some(t.clone());

@@ -20,7 +20,11 @@ use rayon::prelude::*;
 pub fn kv_store<E: KvElem>(cache: &mut [E], pos: usize, row: &[f32]) {
     let w = row.len();
     assert!(w > 0, "kv_store: empty row");
-    assert!((pos + 1) * w <= cache.len(), "kv_store: position {pos} is past the cache ({} rows of {w})", cache.len() / w);
+    assert!(
+        (pos + 1) * w <= cache.len(),
+        "kv_store: position {pos} is past the cache ({} rows of {w})",
+        cache.len() / w
+    );
     for (c, &v) in cache[pos * w..(pos + 1) * w].iter_mut().zip(row) {
         *c = E::from_f32(v);
     }

@@ -49,7 +49,8 @@ pub unsafe fn dequant_rows(m: &Matrix, r0: usize, out: &mut [f32]) {
                 let gi = g_start + g;
                 let d = _mm256_set1_ps(half::f16::from_bits(scales[gi]).to_f32());
                 let mn = _mm256_set1_ps(half::f16::from_bits(mins[gi]).to_f32());
-                let b = _mm_loadu_si128(q[gi * INT4_GROUP_BYTES..(gi + 1) * INT4_GROUP_BYTES].as_ptr() as *const __m128i);
+                let b =
+                    _mm_loadu_si128(q[gi * INT4_GROUP_BYTES..(gi + 1) * INT4_GROUP_BYTES].as_ptr() as *const __m128i);
                 let lo = _mm_and_si128(b, m0f);
                 let hi = _mm_and_si128(_mm_srli_epi16(b, 4), m0f);
                 for (c, part) in [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)].into_iter().enumerate() {

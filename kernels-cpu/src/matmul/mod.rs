@@ -3,9 +3,9 @@
 //! in place) and then runs a register-blocked kernel (4 rows x 3 tokens on AVX2) over all its tokens, so every
 //! dequantized weight is reused for every token of the tile.
 
-mod portable;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod portable;
 
 use crate::isa::{self, Isa};
 use crate::layout::{Matrix, Weights};

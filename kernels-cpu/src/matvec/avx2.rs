@@ -91,10 +91,29 @@ unsafe fn block<const L: u8, const N: usize>(v: &View, x: &[f32], xsum: &[f32], 
         for (i, s) in sc.iter_mut().enumerate() {
             _mm256_storeu_ps(s.as_mut_ptr(), load_f16x8(v.scales.add((r + i) * gpr + g0), ng));
         }
+        // The same groups two row blocks ahead, for weights streamed from DRAM (see q8::avx2::chunk).
+        let gb = match L {
+            INT8 => GROUP,
+            INT4 => INT4_GROUP_BYTES,
+            _ => TERNARY_GROUP_BYTES,
+        };
+        for i in 0..N {
+            let p = v.w.wrapping_add(((r + i + 2 * R) * gpr + g0) * gb);
+            let mut off = 0;
+            while off < ng * gb {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
+                off += 64;
+            }
+        }
         for k in 0..ng {
             let g = g0 + k;
             let xg = xp.add(g * GROUP);
-            let xv = [_mm256_loadu_ps(xg), _mm256_loadu_ps(xg.add(8)), _mm256_loadu_ps(xg.add(16)), _mm256_loadu_ps(xg.add(24))];
+            let xv = [
+                _mm256_loadu_ps(xg),
+                _mm256_loadu_ps(xg.add(8)),
+                _mm256_loadu_ps(xg.add(16)),
+                _mm256_loadu_ps(xg.add(24)),
+            ];
             for i in 0..N {
                 let gi = (r + i) * gpr + g;
                 let part = match L {
@@ -120,7 +139,8 @@ unsafe fn block<const L: u8, const N: usize>(v: &View, x: &[f32], xsum: &[f32], 
                     }
                     _ => {
                         // Byte b of the group, 8 of them widened to 32-bit lanes; bits 2j..2j+2 are value 8j+b.
-                        let bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(v.w.add(gi * TERNARY_GROUP_BYTES) as *const __m128i));
+                        let bytes =
+                            _mm256_cvtepu8_epi32(_mm_loadl_epi64(v.w.add(gi * TERNARY_GROUP_BYTES) as *const __m128i));
                         let mut s = _mm256_setzero_ps();
                         for (j, xc) in xv.iter().enumerate() {
                             let c = _mm256_and_si256(_mm256_srlv_epi32(bytes, _mm256_set1_epi32(2 * j as i32)), mask3);

@@ -5,9 +5,9 @@
 //! once (`d * sum(q x)`); int4's min term is `m * sum(x)` with the group sums of `x` computed once per call;
 //! ternary adds, subtracts or skips each `x` and multiplies by the group scale once.
 
-pub(crate) mod portable;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub(crate) mod portable;
 
 use crate::isa::{self, Isa};
 use crate::layout::{Matrix, Weights, GROUP};

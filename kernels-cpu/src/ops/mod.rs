@@ -13,10 +13,10 @@
 //!
 //! Norms take `x` of one or more rows: `x.len()` a multiple of `weight.len()`, each row normalised alone.
 
-mod portable;
-mod rope;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod portable;
+mod rope;
 
 pub use rope::{rope, rope_with, RopeStyle};
 

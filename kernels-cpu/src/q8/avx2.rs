@@ -83,7 +83,12 @@ impl Rows {
 /// AVX2/FMA/F16C; `w` views a validated matrix with at least `r + R` rows; `xq` has at least `t + T` rows of
 /// `w.cols` values.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block<const L: u8, const R: usize, const T: usize>(w: &Rows, r: usize, xq: &Q8Activations, t: usize) -> [[f32; T]; R] {
+unsafe fn block<const L: u8, const R: usize, const T: usize>(
+    w: &Rows,
+    r: usize,
+    xq: &Q8Activations,
+    t: usize,
+) -> [[f32; T]; R] {
     let gpr = w.gpr;
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     let mut g0 = 0;
@@ -133,6 +138,18 @@ unsafe fn chunk<const L: u8, const R: usize, const T: usize, const FULL: bool>(
             if L == INT4 {
                 let sx = load_f32x8(xq.s.as_ptr().add((t + j) * gpr + g0), ng);
                 acc[i][j] = _mm256_fmadd_ps(mw, sx, acc[i][j]);
+            }
+        }
+    }
+    if FULL {
+        // Decode streams weights from DRAM: ask for the same groups two blocks of rows ahead (a prefetch never
+        // faults; wrapping arithmetic keeps the address computation defined past the end of the matrix).
+        for i in 0..R {
+            let p = w.q.wrapping_add(((r + i + 2 * R) * gpr + g0) * w.group_bytes);
+            let mut off = 0;
+            while off < 8 * w.group_bytes {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
+                off += 64;
             }
         }
     }
@@ -210,7 +227,14 @@ pub unsafe fn tile(m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_l<const L: u8>(w: &Rows, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]], matvec: bool) {
+unsafe fn tile_l<const L: u8>(
+    w: &Rows,
+    xq: &Q8Activations,
+    r0: usize,
+    t0: usize,
+    outs: &mut [&mut [f32]],
+    matvec: bool,
+) {
     let nt = outs.len();
     let nr = outs[0].len();
     let (mr, mt) = if matvec { (MV_R, 1) } else { (MM_R, MM_T) };

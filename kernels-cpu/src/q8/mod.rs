@@ -10,11 +10,11 @@
 //! F32 and F16 weights take the float path on the unquantized copy of `x` that [`Q8Activations`] keeps.
 //! Quantization itself is bit-identical on every ISA (round to nearest, ties to even).
 
-mod portable;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+mod portable;
 
 use crate::isa::{self, Isa};
 use crate::layout::{Matrix, Weights, GROUP};

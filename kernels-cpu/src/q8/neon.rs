@@ -79,7 +79,12 @@ unsafe fn dot_group<const L: u8>(w: (int8x16_t, int8x16_t), x0: int8x16_t, x1: i
 /// # Safety
 /// NEON; `w` views a validated matrix with at least `r + R` rows; `xq` at least `t + T` rows of `w.cols`.
 #[target_feature(enable = "neon")]
-unsafe fn block<const L: u8, const R: usize, const T: usize>(w: &Rows, r: usize, xq: &Q8Activations, t: usize) -> [[f32; T]; R] {
+unsafe fn block<const L: u8, const R: usize, const T: usize>(
+    w: &Rows,
+    r: usize,
+    xq: &Q8Activations,
+    t: usize,
+) -> [[f32; T]; R] {
     let gpr = w.gpr;
     let mut acc = [[vdupq_n_f32(0.0); T]; R];
     let mut minacc = [[0f32; T]; R];
@@ -140,7 +145,14 @@ pub unsafe fn tile(m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &
 }
 
 #[target_feature(enable = "neon")]
-unsafe fn tile_l<const L: u8>(w: &Rows, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]], matvec: bool) {
+unsafe fn tile_l<const L: u8>(
+    w: &Rows,
+    xq: &Q8Activations,
+    r0: usize,
+    t0: usize,
+    outs: &mut [&mut [f32]],
+    matvec: bool,
+) {
     let (nt, nr) = (outs.len(), outs[0].len());
     let mt = if matvec { 1 } else { 2 };
     let mut j = 0;

@@ -69,13 +69,15 @@ impl Owned {
     pub fn random(layout: Layout, rows: usize, cols: usize, rng: &mut Rng) -> Owned {
         let n = rows * cols;
         let groups = n / GROUP;
-        let mut o = Owned { layout, rows, cols, f: vec![], h: vec![], i8q: vec![], q: vec![], scales: vec![], mins: vec![] };
+        let mut o =
+            Owned { layout, rows, cols, f: vec![], h: vec![], i8q: vec![], q: vec![], scales: vec![], mins: vec![] };
         match layout {
             Layout::F32 => o.f = rng.vec(n, -1.0, 1.0),
             Layout::F16 => o.h = (0..n).map(|_| h(rng.range(-1.0, 1.0))).collect(),
             Layout::Int8 => {
                 // -128 is rare but legal in the layout; keep some to exercise it.
-                o.i8q = (0..n).map(|_| if rng.below(64) == 0 { -128 } else { rng.below(255) as i32 - 127 } as i8).collect();
+                o.i8q =
+                    (0..n).map(|_| if rng.below(64) == 0 { -128 } else { rng.below(255) as i32 - 127 } as i8).collect();
                 o.scales = (0..groups).map(|_| h(rng.range(0.001, 0.02))).collect();
             }
             Layout::Int4 => {
@@ -100,7 +102,17 @@ impl Owned {
                 o.scales = (0..groups).map(|_| h(rng.range(0.01, 0.5))).collect();
             }
         }
-        assert_eq!(o.q.len(), groups * if layout == Layout::Int4 { INT4_GROUP_BYTES } else if layout == Layout::Ternary { TERNARY_GROUP_BYTES } else { 0 });
+        assert_eq!(
+            o.q.len(),
+            groups
+                * if layout == Layout::Int4 {
+                    INT4_GROUP_BYTES
+                } else if layout == Layout::Ternary {
+                    TERNARY_GROUP_BYTES
+                } else {
+                    0
+                }
+        );
         o
     }
 

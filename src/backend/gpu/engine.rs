@@ -202,3 +202,50 @@ impl Engine for GpuEngine {
         pollster::block_on(self.forward_async(ids, pos, logits))
     }
 }
+
+/// The GPU engine on the preferred adapter, whatever it is (`--backend gpu`).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn open_engine(dir: &ModelDir, cfg: &Transformer, context_length: usize) -> Result<Box<dyn Engine>> {
+    let ctx = Arc::new(GpuContext::open_blocking(&DeviceOptions::default())?);
+    Ok(Box::new(GpuEngine::load_blocking(ctx, dir, cfg, GpuOptions::new(context_length))?))
+}
+
+/// `--backend auto`: the GPU engine on a hardware adapter; `None`, with one log line saying why, when there
+/// is none (no adapter, a software one such as lavapipe, or a model the GPU engine does not run).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn auto_engine(dir: &ModelDir, cfg: &Transformer, context_length: usize) -> Result<Option<Box<dyn Engine>>> {
+    let ctx = match GpuContext::open_blocking(&DeviceOptions::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            log::info!("backend auto: the CPU engine ({e})");
+            return Ok(None);
+        }
+    };
+    if !ctx.gpu.is_hardware() {
+        log::info!("backend auto: the CPU engine ({} is a software adapter; --backend gpu uses it anyway)", ctx.gpu.info.name);
+        return Ok(None);
+    }
+    match GpuEngine::load_blocking(Arc::new(ctx), dir, cfg, GpuOptions::new(context_length)) {
+        Ok(e) => {
+            log::info!("backend auto: the GPU engine on {}", e.describe_device());
+            Ok(Some(Box::new(e)))
+        }
+        Err(Error::Unsupported(why)) => {
+            log::info!("backend auto: the CPU engine (the GPU engine does not run this model: {why})");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `--backend gpu` in the browser build: the blocking [`Engine`] is native only.
+#[cfg(target_arch = "wasm32")]
+pub fn open_engine(_dir: &ModelDir, _cfg: &Transformer, _context_length: usize) -> Result<Box<dyn Engine>> {
+    Err(Error::Unsupported("in the browser, load a GpuEngine with GpuEngine::load and call forward_async".into()))
+}
+
+/// `--backend auto` in the browser build: no blocking engine, so the CPU one.
+#[cfg(target_arch = "wasm32")]
+pub fn auto_engine(_dir: &ModelDir, _cfg: &Transformer, _context_length: usize) -> Result<Option<Box<dyn Engine>>> {
+    Ok(None)
+}

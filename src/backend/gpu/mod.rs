@@ -22,4 +22,4 @@ pub mod weights;
 
 pub use context::{Dispatch, GpuContext, Grid, Region};
 pub use device::{DeviceOptions, GpuDevice, Tier};
-pub use engine::{GpuEngine, GpuOptions};
+pub use engine::{auto_engine, open_engine, GpuEngine, GpuOptions};
