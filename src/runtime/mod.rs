@@ -1,7 +1,9 @@
 //! Running a model: loading it, sessions (prompt, KV cache, generation loop, streaming) and sampling.
 
+pub mod budget;
 mod model;
 pub mod perplexity;
+pub mod planner;
 pub mod sampler;
 pub mod session;
 

@@ -1,0 +1,212 @@
+//! The memory planner: given each weight file's GPU size, the KV cache and the activations, and a budget,
+//! decide which layer files stay resident on the GPU and which stream through a ring of upload slots, and
+//! predict the speed from measured bandwidths.
+//!
+//! Every token reads every layer once, so the bytes uploaded per token are the sum of the streamed layers:
+//! the planner maximises the resident bytes. A streamed layer needs a slot as large as itself, so it tries
+//! each candidate slot size (every layer larger than the slot must then be resident) and keeps the plan that
+//! moves the fewest bytes.
+
+use serde::Serialize;
+
+/// One weight file as the GPU holds it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerCost {
+    /// File name under `weights/`.
+    pub file: String,
+    /// Bytes of its tensors' sections (what a GPU buffer holding it needs).
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanInput {
+    /// In execution order (embedding, blocks, head).
+    pub layers: Vec<LayerCost>,
+    pub kv_bytes: u64,
+    /// Activations, parameters and readback buffers.
+    pub activation_bytes: u64,
+    /// Upload slots when streaming: 2 is double buffering (upload i+1 while computing i).
+    pub slots: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    /// Per layer (same order as the input): resident or streamed.
+    pub resident: Vec<bool>,
+    /// Slots allocated (0 when nothing streams) and the size of each.
+    pub slots: usize,
+    pub slot_bytes: u64,
+    pub resident_bytes: u64,
+    pub kv_bytes: u64,
+    pub activation_bytes: u64,
+    /// Everything the plan allocates: resident + slots + KV + activations.
+    pub total_bytes: u64,
+    /// Bytes uploaded per decode step (and per prefill chunk).
+    pub streamed_bytes_per_token: u64,
+    pub weight_bytes: u64,
+}
+
+impl Plan {
+    pub fn streams(&self) -> bool {
+        self.slots > 0
+    }
+}
+
+/// The budget cannot hold even the streaming minimum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TooSmall {
+    pub budget: u64,
+    /// The smallest budget that works.
+    pub minimum: u64,
+}
+
+pub fn plan(input: &PlanInput, budget: Option<u64>) -> Result<Plan, TooSmall> {
+    let weight_bytes: u64 = input.layers.iter().map(|l| l.bytes).sum();
+    let fixed = input.kv_bytes + input.activation_bytes;
+    let make = |resident: Vec<bool>, slot_bytes: u64| {
+        let resident_bytes: u64 = input.layers.iter().zip(&resident).filter(|(_, r)| **r).map(|(l, _)| l.bytes).sum();
+        let slots = if resident.iter().all(|r| *r) { 0 } else { input.slots.max(1) };
+        let slot_bytes = if slots == 0 { 0 } else { slot_bytes };
+        Plan {
+            slots,
+            slot_bytes,
+            resident_bytes,
+            kv_bytes: input.kv_bytes,
+            activation_bytes: input.activation_bytes,
+            total_bytes: resident_bytes + slots as u64 * slot_bytes + fixed,
+            streamed_bytes_per_token: weight_bytes - resident_bytes,
+            weight_bytes,
+            resident,
+        }
+    };
+    let budget = match budget {
+        None => return Ok(make(vec![true; input.layers.len()], 0)),
+        Some(b) if weight_bytes + fixed <= b => return Ok(make(vec![true; input.layers.len()], 0)),
+        Some(b) => b,
+    };
+    let slots = input.slots.max(1) as u64;
+    let mut sizes: Vec<u64> = input.layers.iter().map(|l| l.bytes).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut best: Option<Plan> = None;
+    let mut minimum = u64::MAX;
+    for &slot in &sizes {
+        // Layers larger than a slot cannot stream through it.
+        let forced: u64 = input.layers.iter().filter(|l| l.bytes > slot).map(|l| l.bytes).sum();
+        let floor = fixed + slots * slot + forced;
+        minimum = minimum.min(floor);
+        if floor > budget {
+            continue;
+        }
+        // Fill what is left with the largest streamable layers first.
+        let mut room = budget - floor;
+        let mut resident: Vec<bool> = input.layers.iter().map(|l| l.bytes > slot).collect();
+        let mut order: Vec<usize> = (0..input.layers.len()).filter(|&i| !resident[i]).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(input.layers[i].bytes));
+        for i in order {
+            if input.layers[i].bytes <= room {
+                room -= input.layers[i].bytes;
+                resident[i] = true;
+            }
+        }
+        let p = make(resident, slot);
+        let better = match &best {
+            None => true,
+            Some(b) => (p.streamed_bytes_per_token, p.total_bytes) < (b.streamed_bytes_per_token, b.total_bytes),
+        };
+        if better {
+            best = Some(p);
+        }
+    }
+    best.ok_or(TooSmall { budget, minimum })
+}
+
+/// Bandwidths measured by `omex profile` on this machine's GPU.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct DeviceProfile {
+    pub adapter: String,
+    /// Host-to-GPU upload (a mapped staging buffer + copy, or write_buffer), GB/s.
+    pub upload_gbs: f64,
+    /// A matrix-vector product over quantized weights, GB/s of weight bytes.
+    pub matvec_gbs: f64,
+    /// A device-to-device copy, GB/s (the memory ceiling).
+    pub copy_gbs: f64,
+    /// GPU time of one dispatch, microseconds.
+    pub dispatch_us: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    pub decode_tok_s: f64,
+    /// With upload and compute one after the other (no double buffering).
+    pub decode_tok_s_serial: f64,
+    pub compute_ms_per_token: f64,
+    pub upload_ms_per_token: f64,
+}
+
+/// Decode speed from the bandwidth model: a token reads every weight byte once (compute) and uploads the
+/// streamed bytes; with double buffering the two overlap and the slower one sets the pace.
+pub fn predict(plan: &Plan, profile: &DeviceProfile, dispatches_per_token: usize) -> Prediction {
+    let compute_s = plan.weight_bytes as f64 / (profile.matvec_gbs * 1e9) + dispatches_per_token as f64 * profile.dispatch_us * 1e-6;
+    let upload_s = plan.streamed_bytes_per_token as f64 / (profile.upload_gbs * 1e9);
+    Prediction {
+        decode_tok_s: 1.0 / compute_s.max(upload_s),
+        decode_tok_s_serial: 1.0 / (compute_s + upload_s),
+        compute_ms_per_token: compute_s * 1e3,
+        upload_ms_per_token: upload_s * 1e3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> PlanInput {
+        let mut layers = vec![LayerCost { file: "embedding.bin".into(), bytes: 30 }];
+        layers.extend((0..10).map(|i| LayerCost { file: format!("layer_{i}.bin"), bytes: 5 }));
+        layers.push(LayerCost { file: "head.bin".into(), bytes: 1 });
+        PlanInput { layers, kv_bytes: 4, activation_bytes: 2, slots: 2 }
+    }
+
+    #[test]
+    fn everything_fits_without_a_budget_or_with_a_large_one() {
+        for budget in [None, Some(1000), Some(81 + 6)] {
+            let p = plan(&input(), budget).unwrap();
+            assert!(!p.streams() && p.resident.iter().all(|r| *r) && p.streamed_bytes_per_token == 0);
+            assert_eq!(p.total_bytes, 87);
+        }
+    }
+
+    #[test]
+    fn a_tight_budget_streams_the_fewest_bytes_and_stays_under_it() {
+        for budget in 52..87 {
+            let p = plan(&input(), Some(budget)).unwrap();
+            assert!(p.total_bytes <= budget, "budget {budget}: plan takes {}", p.total_bytes);
+            // Resident bytes + streamed bytes = all weights.
+            assert_eq!(p.resident_bytes + p.streamed_bytes_per_token, 81);
+            // Every streamed layer fits a slot.
+            for (l, r) in input().layers.iter().zip(&p.resident) {
+                assert!(*r || l.bytes <= p.slot_bytes);
+            }
+        }
+        // 30 (embedding resident) + 2 slots x 5 + 6 fixed = 46 streams the ten blocks and the head.
+        let p = plan(&input(), Some(46)).unwrap();
+        assert_eq!((p.slot_bytes, p.streamed_bytes_per_token), (5, 51));
+    }
+
+    #[test]
+    fn too_small_names_the_minimum() {
+        let err = plan(&input(), Some(40)).unwrap_err();
+        assert_eq!(err, TooSmall { budget: 40, minimum: 46 });
+        assert!(plan(&input(), Some(err.minimum)).is_ok());
+    }
+
+    #[test]
+    fn overlap_is_bounded_by_the_slower_side() {
+        let p = plan(&input(), Some(46)).unwrap();
+        let prof = DeviceProfile { adapter: "t".into(), upload_gbs: 1e-9 * 51.0, matvec_gbs: 1e-9 * 81.0 / 2.0, copy_gbs: 1.0, dispatch_us: 0.0 };
+        let pred = predict(&p, &prof, 0);
+        assert!((pred.decode_tok_s - 0.5).abs() < 1e-9, "compute 2 s, upload 1 s: {pred:?}");
+        assert!((pred.decode_tok_s_serial - 1.0 / 3.0).abs() < 1e-9);
+    }
+}
