@@ -26,18 +26,18 @@ struct Step {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> st: Step;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> kc: array<f32>;
-@group(0) @binding(4) var<storage, read> vc: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> kc: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> vc: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
 
 const TILE: u32 = 64u;
 const NEG: f32 = -3.0e38;
-// Query heads per KV head x head dim, at most.
-const MAX_QD: u32 = 1024u;
+// Query heads per KV head x head dim / 4, at most.
+const MAX_Q4: u32 = 256u;
 
-var<workgroup> qs: array<f32, MAX_QD>;
-var<workgroup> sc: array<f32, MAX_QD>; // rep x TILE scores, then probabilities
+var<workgroup> qs: array<vec4<f32>, MAX_Q4>;
+var<workgroup> sc: array<f32, 1024>; // rep x TILE scores, then probabilities
 var<workgroup> alpha: array<f32, 16>;
 var<workgroup> run_m: array<f32, 16>;
 var<workgroup> run_l: array<f32, 16>;
@@ -52,14 +52,14 @@ fn chunk_len(len: u32) -> u32 {
 fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let kvh = wg.x;
     let s = wg.y;
-    let hd = p.head_dim;
+    let hd4 = p.head_dim / 4u;
     let rep = p.n_heads / p.n_kv;
-    let kvd = p.n_kv * hd;
+    let kvd4 = p.n_kv * hd4;
     let len = st.pos + 1u;
     let chunk = chunk_len(len);
     let start = s * chunk;
     let end = min(start + chunk, len);
-    let width = rep * hd;
+    let width = rep * hd4;
     for (var e = tid; e < width; e += TILE) {
         qs[e] = q[kvh * width + e];
     }
@@ -67,19 +67,20 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         run_m[tid] = NEG;
         run_l[tid] = 0.0;
     }
-    var o: array<f32, 16>;
+    // This thread's outputs: vec4 number tid + 64 k of the rep x hd / 4 outputs.
+    var o: array<vec4<f32>, 4>;
     workgroupBarrier();
     for (var t0 = start; t0 < end; t0 += TILE) {
         let kp = t0 + tid;
+        let kb = kp * kvd4 + kvh * hd4;
         for (var r = 0u; r < rep; r++) {
             var v = NEG;
             if kp < end {
-                var d = 0.0;
-                let kb = kp * kvd + kvh * hd;
-                for (var i = 0u; i < hd; i++) {
-                    d += qs[r * hd + i] * kc[kb + i];
+                var d = vec4<f32>(0.0);
+                for (var i = 0u; i < hd4; i++) {
+                    d += qs[r * hd4 + i] * kc[kb + i];
                 }
-                v = p.scale * d;
+                v = p.scale * (d.x + d.y + d.z + d.w);
             }
             sc[r * TILE + tid] = v;
         }
@@ -102,14 +103,14 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         }
         workgroupBarrier();
         let keys = min(TILE, end - t0);
-        for (var k = 0u; k < 16u; k++) {
+        for (var k = 0u; k < 4u; k++) {
             let e = tid + k * TILE;
             if e < width {
-                let r = e / hd;
-                let d = e % hd;
+                let r = e / hd4;
+                let d = e % hd4;
                 var acc = o[k] * alpha[r];
                 for (var j = 0u; j < keys; j++) {
-                    acc += sc[r * TILE + j] * vc[(t0 + j) * kvd + kvh * hd + d];
+                    acc += sc[r * TILE + j] * vc[(t0 + j) * kvd4 + kvh * hd4 + d];
                 }
                 o[k] = acc;
             }
@@ -117,12 +118,17 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         workgroupBarrier();
     }
     // part: [splits, n_heads, hd + 2] = (o, max, sum)
+    let hd = p.head_dim;
     let row = hd + 2u;
-    for (var k = 0u; k < 16u; k++) {
+    for (var k = 0u; k < 4u; k++) {
         let e = tid + k * TILE;
         if e < width {
-            let qh = kvh * rep + e / hd;
-            part[(s * p.n_heads + qh) * row + e % hd] = o[k];
+            let qh = kvh * rep + e / hd4;
+            let b = (s * p.n_heads + qh) * row + 4u * (e % hd4);
+            part[b] = o[k].x;
+            part[b + 1u] = o[k].y;
+            part[b + 2u] = o[k].z;
+            part[b + 3u] = o[k].w;
         }
     }
     if tid < rep {

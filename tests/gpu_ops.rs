@@ -72,7 +72,8 @@ fn linear_ref(c: &LinearCase) -> Vec<f32> {
                 let dense = m.dense();
                 (0..m.rows)
                     .map(|r| {
-                        let dot: f64 = dense[r * cols..(r + 1) * cols].iter().zip(ht).map(|(&w, &x)| w as f64 * x).sum();
+                        let dot: f64 =
+                            dense[r * cols..(r + 1) * cols].iter().zip(ht).map(|(&w, &x)| w as f64 * x).sum();
                         dot + b.as_ref().map_or(0.0, |b| b[r] as f64)
                     })
                     .collect()
@@ -195,7 +196,9 @@ fn rmsnorm_rows(b: &dyn Ops) {
 fn rope_both_styles(b: &dyn Ops) {
     let mut rng = Rng::new(0x5eed_0006);
     for half in [false, true] {
-        for (heads, dims) in [(Heads { n_heads: 6, n_kv: 2, head_dim: 16 }, 16), (Heads { n_heads: 3, n_kv: 1, head_dim: 24 }, 8)] {
+        for (heads, dims) in
+            [(Heads { n_heads: 6, n_kv: 2, head_dim: 16 }, 16), (Heads { n_heads: 3, n_kv: 1, head_dim: 24 }, 8)]
+        {
             let (n, pos0, ctx) = (3, 1000, 1004);
             let (qd, kvd) = (heads.q_dim() as usize, heads.kv_dim() as usize);
             let inv_freq: Vec<f32> = (0..dims / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / dims as f32)).collect();
@@ -241,7 +244,10 @@ fn attention_ref(c: &AttnCase) -> Vec<f32> {
             let q = &c.q[i * qd + h * hd..i * qd + (h + 1) * hd];
             let len = c.pos0 + i + 1;
             let s: Vec<f64> = (0..len)
-                .map(|j| c.scale as f64 * q.iter().zip(&c.k[j * kvd + kvh * hd..]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>())
+                .map(|j| {
+                    c.scale as f64
+                        * q.iter().zip(&c.k[j * kvd + kvh * hd..]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                })
                 .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
@@ -272,7 +278,11 @@ fn attn_case(rng: &mut Rng, heads: Heads, pos0: usize, n: usize, splits: u32) ->
 
 fn attention_decode(b: &dyn Ops) {
     let mut rng = Rng::new(0x5eed_0007);
-    let shapes = [Heads { n_heads: 6, n_kv: 2, head_dim: 16 }, Heads { n_heads: 4, n_kv: 4, head_dim: 64 }, Heads { n_heads: 8, n_kv: 1, head_dim: 40 }];
+    let shapes = [
+        Heads { n_heads: 6, n_kv: 2, head_dim: 16 },
+        Heads { n_heads: 4, n_kv: 4, head_dim: 64 },
+        Heads { n_heads: 8, n_kv: 1, head_dim: 40 },
+    ];
     for heads in shapes {
         for (pos0, splits) in [(0, 1), (5, 4), (70, 1), (200, 3), (129, 8)] {
             let c = attn_case(&mut rng, heads, pos0, 1, splits);
@@ -284,7 +294,11 @@ fn attention_decode(b: &dyn Ops) {
 
 fn attention_prefill(b: &dyn Ops) {
     let mut rng = Rng::new(0x5eed_0008);
-    let shapes = [Heads { n_heads: 6, n_kv: 2, head_dim: 24 }, Heads { n_heads: 2, n_kv: 2, head_dim: 128 }, Heads { n_heads: 9, n_kv: 3, head_dim: 64 }];
+    let shapes = [
+        Heads { n_heads: 6, n_kv: 2, head_dim: 24 },
+        Heads { n_heads: 2, n_kv: 2, head_dim: 128 },
+        Heads { n_heads: 9, n_kv: 3, head_dim: 64 },
+    ];
     for heads in shapes {
         for (pos0, n) in [(0, 13), (5, 9), (0, 1), (17, 3)] {
             let c = attn_case(&mut rng, heads, pos0, n, 0);
@@ -311,7 +325,8 @@ fn embed_every_layout(b: &dyn Ops) {
         let e = OwnedMatrix::random(layout, 50, cols, &mut rng);
         let ids = [3u32, 49, 0, 3, 17];
         let dense = e.dense();
-        let want: Vec<f32> = ids.iter().flat_map(|&i| dense[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
+        let want: Vec<f32> =
+            ids.iter().flat_map(|&i| dense[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
         check(b, &format!("embed {layout:?}"), &b.embed(&e, &ids), &want, 0.0);
     }
 }

@@ -71,11 +71,7 @@ pub struct CpuEngine {
 
 impl CpuEngine {
     pub fn load(dir: &ModelDir, cfg: &Transformer, opts: CpuOptions) -> Result<CpuEngine> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.threads)
-            .build()
-            .map_err(|e| Error::Usage(format!("cannot start {} threads: {e}", opts.threads)))?;
-        let pool = std::sync::Arc::new(pool);
+        let pool = thread_pool(opts.threads)?;
         let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
         let w = |name: &str, shape: &[u32]| WeightRef::load(dir, name, shape);
@@ -270,6 +266,37 @@ fn attend<E: KvElem>(cache: &mut (Vec<E>, Vec<E>), s: &mut Scratch, pos: usize, 
         kernels_cpu::kv_store(&mut cache.1, pos + i, &s.v[i * kvd..(i + 1) * kvd]);
     }
     kernels_cpu::attention(&s.q, &cache.0, &cache.1, pos, n, nh, nkv, hd, scale, &mut s.att);
+}
+
+fn thread_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        // wasm32-unknown-unknown cannot start threads, so the pool's one worker is the current thread. Rayon
+        // makes a thread a worker only once, so every engine shares that pool.
+        let _ = threads;
+        thread_local! {
+            static POOL: std::cell::OnceCell<std::sync::Arc<rayon::ThreadPool>> = const { std::cell::OnceCell::new() };
+        }
+        POOL.with(|cell| {
+            if let Some(pool) = cell.get() {
+                return Ok(pool.clone());
+            }
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .use_current_thread()
+                .build()
+                .map_err(|e| Error::Unsupported(format!("cannot run the CPU engine on this thread: {e}")))?;
+            Ok(cell.get_or_init(|| std::sync::Arc::new(pool)).clone())
+        })
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::Usage(format!("cannot start {threads} threads: {e}")))?;
+        Ok(std::sync::Arc::new(pool))
+    }
 }
 
 impl Engine for CpuEngine {

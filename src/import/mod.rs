@@ -4,9 +4,12 @@
 //! ([`convert`]).
 
 pub mod convert;
+pub mod encode;
 pub mod gguf;
 pub mod gguf_model;
+mod gguf_value;
 pub mod hf;
+mod output;
 pub mod safetensors;
 
 use crate::error::{Error, Result};
@@ -16,6 +19,7 @@ use crate::tokenizer::GgufVocab;
 use std::path::{Path, PathBuf};
 
 pub use convert::{convert, Event, Options, Summary};
+pub use encode::encode;
 
 /// Where a source tensor's bytes are.
 #[derive(Clone, Debug, PartialEq)]

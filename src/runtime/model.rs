@@ -68,6 +68,13 @@ impl Model {
         Ok(Model { dir, config, tokenizer: Arc::new(tokenizer) })
     }
 
+    /// A model from a directory already opened, e.g. with [`ModelDir::from_memory`] over files fetched in a
+    /// browser, and its tokenizer.
+    pub fn from_dir(dir: ModelDir, tokenizer: Tokenizer) -> Result<Model> {
+        let config = Transformer::from_graph(&dir.graph, &dir.root.join(GRAPH_FILE))?;
+        Ok(Model { dir, config, tokenizer: Arc::new(tokenizer) })
+    }
+
     pub fn context_length(&self, opts: &EngineOptions) -> Result<usize> {
         let max = self.config.context_length as usize;
         match opts.context_length {

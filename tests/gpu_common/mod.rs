@@ -75,7 +75,17 @@ impl OwnedMatrix {
     pub fn random(layout: Layout, rows: usize, cols: usize, rng: &mut Rng) -> OwnedMatrix {
         let n = rows * cols;
         let groups = n / GROUP;
-        let mut m = OwnedMatrix { rows, cols, layout, f: vec![], h: vec![], i: vec![], q: vec![], scales: vec![], mins: vec![] };
+        let mut m = OwnedMatrix {
+            rows,
+            cols,
+            layout,
+            f: vec![],
+            h: vec![],
+            i: vec![],
+            q: vec![],
+            scales: vec![],
+            mins: vec![],
+        };
         let scales = |rng: &mut Rng| (0..groups).map(|_| h(rng.range(0.002, 0.03))).collect::<Vec<_>>();
         match layout {
             Layout::F32 => m.f = rng.vec(n, -1.0, 1.0),

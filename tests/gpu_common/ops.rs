@@ -4,7 +4,9 @@
 
 use super::*;
 use kernels_cpu::ops::{self, RopeStyle};
-use omex::backend::gpu::ops::{attention, misc, Heads, Linear, Mat, Norm, Output};
+use omex::backend::gpu::ops::{
+    attention, misc, Heads, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT,
+};
 use omex::backend::gpu::weights::{GpuFile, GpuMatrix};
 use omex::backend::gpu::{Dispatch, Region};
 use std::sync::Arc;
@@ -207,7 +209,9 @@ impl FileBuilder {
             Weights::F32(v) => [Some(self.put(bytemuck::cast_slice(v))), None, None],
             Weights::F16(v) => [Some(self.put(c(v))), None, None],
             Weights::Int8 { q, scales } => [Some(self.put(bytemuck::cast_slice(q))), Some(self.put(c(scales))), None],
-            Weights::Int4 { q, scales, mins } => [Some(self.put(q)), Some(self.put(c(scales))), Some(self.put(c(mins)))],
+            Weights::Int4 { q, scales, mins } => {
+                [Some(self.put(q)), Some(self.put(c(scales))), Some(self.put(c(mins)))]
+            }
             Weights::Ternary { q, scales } => [Some(self.put(q)), Some(self.put(c(scales))), None],
         }
     }
@@ -294,10 +298,39 @@ impl Ops for Gpu {
         let x = upload_f32(ctx, &c.x);
         let y = if c.output == Output::Add { upload_f32(ctx, &c.y0) } else { poisoned(ctx, c.y0.len()) };
         let st = step(ctx, c.n as u32, 0);
-        let l = Linear { mats, norm, output: c.output, step: &st, x: &x, y: &y, x_last: false, y_stride: c.width() as u32 };
-        let d = if c.matvec { pollster::block_on(l.matvec(ctx)) } else { pollster::block_on(l.matmul(ctx)) }.unwrap();
-        self.run(&[&d], c.n as u32);
-        self.read(&y, c.y0.len())
+        let l =
+            Linear { mats, norm, output: c.output, step: &st, x: &x, y: &y, x_last: false, y_stride: c.width() as u32 };
+        let tile = if c.n <= 8 { MATMUL_TOKENS_SHORT } else { MATMUL_TOKENS };
+        if !c.matvec {
+            let d = pollster::block_on(l.matmul(ctx, tile)).unwrap();
+            self.run(&[&d], c.n as u32);
+            return self.read(&y, c.y0.len());
+        }
+        // Every matvec kernel the shape and adapter allow, each from the same initial y; they must agree with
+        // the generic one, and the automatic choice is returned for the test body to check.
+        let mut kernels = vec![MatvecKernel::Generic];
+        if c.mats[0].cols % 32 == 0 {
+            kernels.push(MatvecKernel::Groups);
+            if ctx.gpu.tier.subgroups {
+                kernels.push(MatvecKernel::GroupsSubgroup);
+            }
+        }
+        kernels.push(MatvecKernel::Auto);
+        let mut results: Vec<Vec<f32>> = Vec::new();
+        for k in kernels {
+            let y0: Vec<u32> =
+                if c.output == Output::Add { bytemuck::cast_slice(&c.y0).to_vec() } else { vec![u32::MAX; c.y0.len()] };
+            ctx.write(&y, 0, bytemuck::cast_slice(&y0));
+            let d = pollster::block_on(l.matvec_with(ctx, k)).unwrap();
+            self.run(&[&d], 1);
+            let got = self.read(&y, c.y0.len());
+            if let Some(first) = results.first() {
+                let scale = 1.0 + first.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert_close(&format!("matvec kernel {k:?} against the generic one"), &got, first, 2e-5 * scale, 0.0);
+            }
+            results.push(got);
+        }
+        results.pop().unwrap()
     }
 
     fn rmsnorm(&self, x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
@@ -318,7 +351,9 @@ impl Ops for Gpu {
         let q = poisoned(ctx, c.n * qd);
         let (kc, vc) = (upload_f32(ctx, &vec![0.0; c.ctx * kvd]), upload_f32(ctx, &vec![0.0; c.ctx * kvd]));
         let st = step(ctx, c.n as u32, c.pos0 as u32);
-        let d = pollster::block_on(misc::rope_store(ctx, c.heads, c.dims as u32, c.half, &st, &qkv, &table, &q, &kc, &vc)).unwrap();
+        let d =
+            pollster::block_on(misc::rope_store(ctx, c.heads, c.dims as u32, c.half, &st, &qkv, &table, &q, &kc, &vc))
+                .unwrap();
         self.run(&[&d], c.n as u32);
         (self.read(&q, c.n * qd), self.read(&kc, c.ctx * kvd), self.read(&vc, c.ctx * kvd))
     }
@@ -331,7 +366,8 @@ impl Ops for Gpu {
         if c.splits > 0 {
             let part = attention::partials(ctx, c.heads, c.splits).unwrap();
             let (a, b) =
-                pollster::block_on(attention::decode(ctx, c.heads, c.splits, c.scale, &st, &q, &k, &v, &part, &out)).unwrap();
+                pollster::block_on(attention::decode(ctx, c.heads, c.splits, c.scale, &st, &q, &k, &v, &part, &out))
+                    .unwrap();
             self.run(&[&a, &b], 1);
             self.read(&out, c.q.len())
         } else {
@@ -353,7 +389,8 @@ impl Ops for Gpu {
         }
         let (gub, out) = (upload_f32(ctx, &gu), poisoned(ctx, gate.len()));
         let st = step(ctx, rows as u32, 0);
-        let d = pollster::block_on(misc::silu_mul(ctx, len as u32, 0, 2 * len as u32, len as u32, &st, &gub, &out)).unwrap();
+        let d = pollster::block_on(misc::silu_mul(ctx, len as u32, 0, 2 * len as u32, len as u32, &st, &gub, &out))
+            .unwrap();
         self.run(&[&d], rows as u32);
         self.read(&out, gate.len())
     }
@@ -383,7 +420,10 @@ impl Ops for Gpu {
         let st = step(ctx, 1, 0);
         let d = pollster::block_on(misc::argmax(ctx, x.len() as u32, 0, 2, &st, &xb, &ids, &tokens)).unwrap();
         self.run(&[&d], 1);
-        let (id, tok) = (pollster::block_on(ctx.read_u32(&ids, 0, 1)).unwrap(), pollster::block_on(ctx.read_u32(&tokens, 0, 3)).unwrap());
+        let (id, tok) = (
+            pollster::block_on(ctx.read_u32(&ids, 0, 1)).unwrap(),
+            pollster::block_on(ctx.read_u32(&tokens, 0, 3)).unwrap(),
+        );
         assert_eq!(id[0], tok[2], "argmax writes the same id to ids[0] and tokens[slot]");
         assert_eq!(&tok[..2], &[u32::MAX, u32::MAX], "argmax writes only its slot");
         id[0]

@@ -87,9 +87,9 @@ pub struct BufferPool {
     counters: Arc<Counters>,
 }
 
-/// Storage buffers are sized in whole words (wgpu copies and binds 4-byte multiples).
+/// Buffers are sized in whole vec4s (wgpu copies and binds 4-byte multiples; the kernels read vec4s).
 fn words(bytes: u64) -> u64 {
-    bytes.div_ceil(4).max(1) * 4
+    bytes.div_ceil(16).max(1) * 16
 }
 
 impl BufferPool {
@@ -146,8 +146,12 @@ impl BufferPool {
     pub fn create(&self, label: &str, size: u64, usage: wgpu::BufferUsages, purpose: Purpose) -> Result<GpuBuffer> {
         let size = words(size);
         self.reserve(label, size, purpose)?;
-        let buffer =
-            self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false });
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        });
         Ok(self.wrap(buffer, size, purpose))
     }
 
@@ -161,13 +165,17 @@ impl BufferPool {
     pub fn init(&self, label: &str, data: &[u8], usage: wgpu::BufferUsages, purpose: Purpose) -> Result<GpuBuffer> {
         let size = words(data.len() as u64);
         self.reserve(label, size, purpose)?;
-        let buffer =
-            self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: true });
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: true,
+        });
         {
             let mut view = buffer.get_mapped_range_mut(..).map_err(|e| Error::Gpu(format!("{label}: {e}")))?;
             view.slice(..data.len()).copy_from_slice(data);
             let pad = size as usize - data.len();
-            view.slice(data.len()..).copy_from_slice(&[0u8; 4][..pad]);
+            view.slice(data.len()..).copy_from_slice(&[0u8; 16][..pad]);
         }
         buffer.unmap();
         Ok(self.wrap(buffer, size, purpose))

@@ -12,9 +12,14 @@ use std::sync::Arc;
 pub enum Grid {
     Fixed([u32; 3]),
     /// `x = ceil(n / per)`, `y` fixed.
-    TokensX { per: u32, y: u32 },
+    TokensX {
+        per: u32,
+        y: u32,
+    },
     /// `x` fixed, `y = n`.
-    TokensY { x: u32 },
+    TokensY {
+        x: u32,
+    },
 }
 
 impl Grid {
@@ -50,10 +55,10 @@ impl<'a> Region<'a> {
     }
 
     /// The smallest binding of `buffer` holding every `(offset, bytes)` span: its start aligned down to 256
-    /// bytes (the storage offset alignment of every adapter), its end rounded up to a word.
+    /// bytes (the storage offset alignment of every adapter), its end rounded up to a vec4.
     pub fn covering(buffer: &'a GpuBuffer, spans: &[(u64, u64)]) -> Region<'a> {
         let start = spans.iter().map(|s| s.0).min().unwrap_or(0) / 256 * 256;
-        let end = spans.iter().map(|s| s.0 + s.1).max().unwrap_or(4).div_ceil(4) * 4;
+        let end = spans.iter().map(|s| s.0 + s.1).max().unwrap_or(16).div_ceil(16) * 16;
         Region { buffer, start, end: end.min(buffer.size()) }
     }
 
@@ -111,7 +116,13 @@ impl GpuContext {
     /// A bind group for `pipeline`, one resource per binding of its kernel, in the kernel's order.
     pub fn bind(&self, pipeline: &Pipeline, resources: &[wgpu::BindingResource]) -> wgpu::BindGroup {
         let bindings = pipeline.kernel.bindings;
-        assert_eq!(resources.len(), bindings.len(), "kernel {} takes {} bindings", pipeline.kernel.name, bindings.len());
+        assert_eq!(
+            resources.len(),
+            bindings.len(),
+            "kernel {} takes {} bindings",
+            pipeline.kernel.name,
+            bindings.len()
+        );
         let entries: Vec<_> = bindings
             .iter()
             .zip(resources)
@@ -133,7 +144,8 @@ impl GpuContext {
 
     /// Records the dispatch lists, in order, for a chunk of `n` tokens into one compute pass of `encoder`.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, lists: &[&[Dispatch]], n: u32) {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("omex"), timestamp_writes: None });
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("omex"), timestamp_writes: None });
         for d in lists.iter().flat_map(|l| l.iter()) {
             let [x, y, z] = d.grid.groups(n);
             if x == 0 || y == 0 || z == 0 {
@@ -164,7 +176,10 @@ impl GpuContext {
             let _ = tx.send(r);
         });
         #[cfg(not(target_arch = "wasm32"))]
-        self.gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         let mapped = rx.await.map_err(|_| Error::Gpu("the readback was dropped".into()))?;
         mapped.map_err(|e| Error::Gpu(format!("reading results back: {e}")))?;
         let data = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading results back: {e}")))?.to_vec();

@@ -47,7 +47,10 @@ impl GpuEngine {
     /// Uploads the model and compiles its forward pass on `ctx`.
     pub async fn load(ctx: Arc<GpuContext>, dir: &ModelDir, cfg: &Transformer, opts: GpuOptions) -> Result<GpuEngine> {
         if cfg.activation != Activation::Silu {
-            return Err(Error::Unsupported(format!("activation {:?}: the GPU engine runs SwiGLU models", cfg.activation)));
+            return Err(Error::Unsupported(format!(
+                "activation {:?}: the GPU engine runs SwiGLU models",
+                cfg.activation
+            )));
         }
         if opts.context_length == 0 || opts.context_length > cfg.context_length as usize {
             return Err(Error::Usage(format!(
@@ -58,14 +61,15 @@ impl GpuEngine {
         let vocab_bytes = 4 * cfg.vocab_size as u64;
         let max_binding = ctx.gpu.limits.max_storage_buffer_binding_size;
         // Every chunk buffer must fit one binding; the logits buffer holds at most 64 MiB of rows.
-        let widest = 4 * [cfg.hidden_size, 2 * cfg.intermediate_size, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim]
-            .into_iter()
-            .max()
-            .unwrap_or(1) as u64;
+        let widest = 4
+            * [cfg.hidden_size, 2 * cfg.intermediate_size, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim]
+                .into_iter()
+                .max()
+                .unwrap_or(1) as u64;
         let max_batch = (opts.max_batch.max(1) as u64).min(max_binding / widest).max(1) as u32;
         let logit_rows = (max_batch as u64).min((64 << 20).min(max_binding) / vocab_bytes).max(1) as u32;
         let splits = match opts.attention_splits {
-            0 => (opts.context_length as u32).div_ceil(256).clamp(1, 32),
+            0 => (opts.context_length as u32).div_ceil(128).clamp(1, 64),
             s => s,
         };
         let model = Model::upload(&ctx, dir, cfg)?;
@@ -87,7 +91,12 @@ impl GpuEngine {
 
     /// [`GpuEngine::load`], waiting for it (native only).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn load_blocking(ctx: Arc<GpuContext>, dir: &ModelDir, cfg: &Transformer, opts: GpuOptions) -> Result<GpuEngine> {
+    pub fn load_blocking(
+        ctx: Arc<GpuContext>,
+        dir: &ModelDir,
+        cfg: &Transformer,
+        opts: GpuOptions,
+    ) -> Result<GpuEngine> {
         pollster::block_on(GpuEngine::load(ctx, dir, cfg, opts))
     }
 
@@ -135,7 +144,11 @@ impl GpuEngine {
             self.ctx.write(&self.bufs.ids, 0, bytemuck::cast_slice(chunk));
             self.set_step(n, at);
             let plan = &self.plan;
-            let layers = if n == 1 { &plan.decode } else { &plan.prefill };
+            let layers = match n {
+                1 => &plan.decode,
+                2..=8 => &plan.prefill_short,
+                _ => &plan.prefill,
+            };
             let mut encoder = self.ctx.encoder();
             match logits {
                 Logits::Last if c + 1 == chunks.len() => {
@@ -222,7 +235,10 @@ pub fn auto_engine(dir: &ModelDir, cfg: &Transformer, context_length: usize) -> 
         }
     };
     if !ctx.gpu.is_hardware() {
-        log::info!("backend auto: the CPU engine ({} is a software adapter; --backend gpu uses it anyway)", ctx.gpu.info.name);
+        log::info!(
+            "backend auto: the CPU engine ({} is a software adapter; --backend gpu uses it anyway)",
+            ctx.gpu.info.name
+        );
         return Ok(None);
     }
     match GpuEngine::load_blocking(Arc::new(ctx), dir, cfg, GpuOptions::new(context_length)) {

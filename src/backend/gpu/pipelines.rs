@@ -33,13 +33,32 @@ macro_rules! shader {
     (quant $file:literal) => {
         concat!(include_str!("../../../shaders/quant.wgsl"), include_str!(concat!("../../../shaders/", $file)))
     };
+    ($file:literal + $reduce:literal) => {
+        concat!(include_str!(concat!("../../../shaders/", $file)), include_str!(concat!("../../../shaders/", $reduce)))
+    };
 }
 
 /// Parameters, step, weights, norm weights, x, y.
 const WEIGHT_OP: &[(u32, Access)] = &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)];
 
-pub const MATVEC: Kernel = Kernel { name: "matvec", entry: "main", bindings: WEIGHT_OP, source: shader!(quant "matvec.wgsl") };
-pub const MATMUL: Kernel = Kernel { name: "matmul", entry: "main", bindings: WEIGHT_OP, source: shader!(quant "matmul.wgsl") };
+pub const MATVEC: Kernel =
+    Kernel { name: "matvec", entry: "main", bindings: WEIGHT_OP, source: shader!(quant "matvec.wgsl") };
+/// The group matvec (vec4 loads, `cols % 32 == 0`) with the portable shared-memory reduction.
+pub const MATVEC_GROUPS: Kernel = Kernel {
+    name: "matvec_groups",
+    entry: "main",
+    bindings: WEIGHT_OP,
+    source: shader!("matvec_groups.wgsl" + "reduce_shared.wgsl"),
+};
+/// The group matvec with subgroup-shuffle reductions (needs the SUBGROUP feature).
+pub const MATVEC_GROUPS_SG: Kernel = Kernel {
+    name: "matvec_groups_subgroup",
+    entry: "main",
+    bindings: WEIGHT_OP,
+    source: shader!("matvec_groups.wgsl" + "reduce_subgroup.wgsl"),
+};
+pub const MATMUL: Kernel =
+    Kernel { name: "matmul", entry: "main", bindings: WEIGHT_OP, source: shader!(quant "matmul.wgsl") };
 pub const EMBED: Kernel = Kernel {
     name: "embed",
     entry: "main",
@@ -77,7 +96,8 @@ pub const RMSNORM: Kernel = Kernel {
     source: shader!("norm.wgsl"),
 };
 const ELEMENTWISE: &[(u32, Access)] = &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, ReadWrite)];
-pub const ADD: Kernel = Kernel { name: "elementwise", entry: "add", bindings: ELEMENTWISE, source: shader!("elementwise.wgsl") };
+pub const ADD: Kernel =
+    Kernel { name: "elementwise", entry: "add", bindings: ELEMENTWISE, source: shader!("elementwise.wgsl") };
 pub const SILU_MUL: Kernel =
     Kernel { name: "elementwise", entry: "silu_mul", bindings: ELEMENTWISE, source: shader!("elementwise.wgsl") };
 pub const ARGMAX: Kernel = Kernel {
@@ -86,7 +106,8 @@ pub const ARGMAX: Kernel = Kernel {
     bindings: &[(0, Uniform), (1, Read), (2, ReadWrite), (3, ReadWrite), (4, Read)],
     source: shader!("sample.wgsl"),
 };
-pub const ADVANCE: Kernel = Kernel { name: "sample", entry: "advance", bindings: &[(5, ReadWrite)], source: shader!("sample.wgsl") };
+pub const ADVANCE: Kernel =
+    Kernel { name: "sample", entry: "advance", bindings: &[(5, ReadWrite)], source: shader!("sample.wgsl") };
 
 impl Kernel {
     pub fn source(&self) -> &'static str {
@@ -158,7 +179,8 @@ impl PipelineCache {
                         count: None,
                     })
                     .collect();
-                self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries })
+                self.device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries })
             })
             .clone()
     }
@@ -195,7 +217,10 @@ impl PipelineCache {
             layout: Some(&pipeline_layout),
             module: &module,
             entry_point: Some(kernel.entry),
-            compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
             cache: None,
         });
         if let Some(e) = scope.pop().await {

@@ -4,7 +4,7 @@
 
 use super::buffers::{GpuBuffer, Purpose};
 use super::context::{Dispatch, GpuContext, Region};
-use super::ops::{attention, misc, Heads, Linear, Mat, Norm, Output};
+use super::ops::{attention, misc, Heads, Linear, Mat, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT};
 use super::weights::{GpuFile, GpuMatrix};
 use crate::backend::WeightRef;
 use crate::error::{Error, Result};
@@ -52,14 +52,19 @@ impl Model {
         let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
         let f32_only = |m: GpuMatrix| -> Result<GpuMatrix> {
             if m.dtype != DType::F32 {
-                return Err(Error::Unsupported(format!("tensor {}: the GPU engine needs norm weights and biases in f32", m.name)));
+                return Err(Error::Unsupported(format!(
+                    "tensor {}: the GPU engine needs norm weights and biases in f32",
+                    m.name
+                )));
             }
             Ok(m)
         };
         let mut layers = Vec::with_capacity(cfg.blocks.len());
         for b in &cfg.blocks {
             let bias = match &b.attn_qkv_bias {
-                Some([bq, bk, bv]) => Some([f32_only(get(bq, &[qd])?)?, f32_only(get(bk, &[kvd])?)?, f32_only(get(bv, &[kvd])?)?]),
+                Some([bq, bk, bv]) => {
+                    Some([f32_only(get(bq, &[qd])?)?, f32_only(get(bk, &[kvd])?)?, f32_only(get(bv, &[kvd])?)?])
+                }
                 None => None,
             };
             layers.push(Layer {
@@ -104,7 +109,14 @@ pub(super) struct Buffers {
 pub(super) const MAX_STEPS: u32 = 64;
 
 impl Buffers {
-    pub fn new(ctx: &GpuContext, cfg: &Transformer, ctx_len: usize, max_batch: u32, logit_rows: u32, splits: u32) -> Result<Buffers> {
+    pub fn new(
+        ctx: &GpuContext,
+        cfg: &Transformer,
+        ctx_len: usize,
+        max_batch: u32,
+        logit_rows: u32,
+        splits: u32,
+    ) -> Result<Buffers> {
         let act = |label: &str, values: u64| ctx.pool.storage(label, 4 * values, Purpose::Activations);
         let (d, f, b) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, max_batch as u64);
         let h = heads(cfg);
@@ -131,7 +143,12 @@ impl Buffers {
             act: act("swiglu", b * f)?,
             logits: act("logits", logit_rows as u64 * cfg.vocab_size as u64)?,
             part: attention::partials(ctx, h, splits)?,
-            cos_sin: ctx.pool.init("rope cos/sin", bytemuck::cast_slice(&table), wgpu::BufferUsages::STORAGE, Purpose::Params)?,
+            cos_sin: ctx.pool.init(
+                "rope cos/sin",
+                bytemuck::cast_slice(&table),
+                wgpu::BufferUsages::STORAGE,
+                Purpose::Params,
+            )?,
             kv,
         })
     }
@@ -153,7 +170,7 @@ fn norm_of(m: &GpuMatrix, eps: f32) -> Norm<'_> {
 }
 
 /// The products of `x` with `mats` (each `(matrix, out offset, bias)`), fused into as few dispatches as the
-/// layouts, files and binding size allow.
+/// layouts, files and binding size allow: matvecs when `tokens` is 0, else matmuls of `tokens`-token tiles.
 #[allow(clippy::too_many_arguments)]
 async fn products(
     ctx: &GpuContext,
@@ -164,7 +181,7 @@ async fn products(
     x: &GpuBuffer,
     y: &GpuBuffer,
     y_stride: u32,
-    matvec: bool,
+    tokens: u32,
     x_last: bool,
 ) -> Result<Vec<Dispatch>> {
     let mut groups: Vec<Vec<Mat>> = Vec::new();
@@ -177,7 +194,8 @@ async fn products(
         let mat = Mat { m, out, bias: bias.map(|b| b.data) };
         let joins = groups.last().is_some_and(|g| {
             let head = g[0].m;
-            let mut spans: Vec<_> = g.iter().chain([&mat]).flat_map(|x| x.m.spans().into_iter().chain(x.bias)).collect();
+            let mut spans: Vec<_> =
+                g.iter().chain([&mat]).flat_map(|x| x.m.spans().into_iter().chain(x.bias)).collect();
             spans.sort();
             let region = Region::covering(&head.file.buffer, &spans);
             g.len() < 3
@@ -194,7 +212,7 @@ async fn products(
     let mut out = Vec::new();
     for mats in groups {
         let l = Linear { mats, norm, output, step, x, y, x_last, y_stride };
-        out.push(if matvec { l.matvec(ctx).await? } else { l.matmul(ctx).await? });
+        out.push(if tokens == 0 { l.matvec(ctx).await? } else { l.matmul(ctx, tokens).await? });
     }
     Ok(out)
 }
@@ -203,6 +221,8 @@ async fn products(
 pub(super) struct Plan {
     pub embed: Vec<Dispatch>,
     pub decode: Vec<Dispatch>,
+    /// Chunks of 2..=8 tokens (short matmul tiles).
+    pub prefill_short: Vec<Dispatch>,
     pub prefill: Vec<Dispatch>,
     /// Logits of the chunk's last token into logits row 0.
     pub head_last: Vec<Dispatch>,
@@ -220,17 +240,18 @@ impl Plan {
         let scale = 1.0 / (h.head_dim as f32).sqrt();
         let half = cfg.rope.style == RopeStyle::Half;
         let (st, vocab) = (&b.step, cfg.vocab_size);
-        let mut decode = Vec::new();
-        let mut prefill = Vec::new();
+        let mut lists: [Vec<Dispatch>; 3] = Default::default();
         for (l, layer) in w.layers.iter().enumerate() {
             let (kc, vc) = &b.kv[l];
             let bias = |i: usize| layer.bias.as_ref().map(|b| &b[i]);
             let qkv = [(&layer.qkv[0], 0, bias(0)), (&layer.qkv[1], qd, bias(1)), (&layer.qkv[2], qd + kvd, bias(2))];
             let an = Some(norm_of(&layer.attn_norm, eps));
             let fnorm = Some(norm_of(&layer.ffn_norm, eps));
-            for matvec in [true, false] {
-                let list = if matvec { &mut decode } else { &mut prefill };
-                list.extend(products(ctx, &qkv, an, Output::Store, st, &b.x, &b.qkv, qd + 2 * kvd, matvec, false).await?);
+            for (list, tokens) in lists.iter_mut().zip([0, MATMUL_TOKENS_SHORT, MATMUL_TOKENS]) {
+                let matvec = tokens == 0;
+                list.extend(
+                    products(ctx, &qkv, an, Output::Store, st, &b.x, &b.qkv, qd + 2 * kvd, tokens, false).await?,
+                );
                 list.push(misc::rope_store(ctx, h, cfg.rope.dims, half, st, &b.qkv, &b.cos_sin, &b.q, kc, vc).await?);
                 if matvec {
                     let (p, c) = attention::decode(ctx, h, splits, scale, st, &b.q, kc, vc, &b.part, &b.att).await?;
@@ -238,31 +259,40 @@ impl Plan {
                 } else {
                     list.push(attention::prefill(ctx, h, scale, st, &b.q, kc, vc, &b.att).await?);
                 }
-                list.extend(products(ctx, &[(&layer.o, 0, None)], None, Output::Add, st, &b.att, &b.x, d, matvec, false).await?);
+                list.extend(
+                    products(ctx, &[(&layer.o, 0, None)], None, Output::Add, st, &b.att, &b.x, d, tokens, false)
+                        .await?,
+                );
                 let gu = [(&layer.gate, 0, None), (&layer.up, f, None)];
                 let fused = matvec
                     && layer.gate.dtype == layer.up.dtype
                     && Arc::ptr_eq(&layer.gate.file, &layer.up.file)
-                    && Region::covering(&layer.gate.file.buffer, &[layer.gate.spans(), layer.up.spans()].concat()).size()
+                    && Region::covering(&layer.gate.file.buffer, &[layer.gate.spans(), layer.up.spans()].concat())
+                        .size()
                         <= ctx.gpu.limits.max_storage_buffer_binding_size;
                 if fused {
                     let gu = [(&layer.gate, 0, None), (&layer.up, 0, None)];
-                    list.extend(products(ctx, &gu, fnorm, Output::SwiGlu, st, &b.x, &b.act, f, true, false).await?);
+                    list.extend(products(ctx, &gu, fnorm, Output::SwiGlu, st, &b.x, &b.act, f, 0, false).await?);
                 } else {
-                    list.extend(products(ctx, &gu, fnorm, Output::Store, st, &b.x, &b.gu, 2 * f, matvec, false).await?);
+                    list.extend(products(ctx, &gu, fnorm, Output::Store, st, &b.x, &b.gu, 2 * f, tokens, false).await?);
                     list.push(misc::silu_mul(ctx, f, 0, 2 * f, f, st, &b.gu, &b.act).await?);
                 }
-                list.extend(products(ctx, &[(&layer.down, 0, None)], None, Output::Add, st, &b.act, &b.x, d, matvec, false).await?);
+                list.extend(
+                    products(ctx, &[(&layer.down, 0, None)], None, Output::Add, st, &b.act, &b.x, d, tokens, false)
+                        .await?,
+                );
             }
         }
+        let [decode, prefill_short, prefill] = lists;
         let on = Some(norm_of(&w.output_norm, eps));
         let head = [(&w.head, 0, None)];
         Ok(Plan {
             embed: vec![misc::embed(ctx, &w.embed, st, &b.ids, &b.x).await?],
             decode,
+            prefill_short,
             prefill,
-            head_last: products(ctx, &head, on, Output::Store, st, &b.x, &b.logits, vocab, true, true).await?,
-            head_all: products(ctx, &head, on, Output::Store, st, &b.x, &b.logits, vocab, false, false).await?,
+            head_last: products(ctx, &head, on, Output::Store, st, &b.x, &b.logits, vocab, 0, true).await?,
+            head_all: products(ctx, &head, on, Output::Store, st, &b.x, &b.logits, vocab, MATMUL_TOKENS, false).await?,
             sample: vec![
                 misc::argmax(ctx, vocab, 0, 0, st, &b.logits, &b.ids, &b.tokens).await?,
                 misc::advance(ctx, st).await?,

@@ -52,7 +52,10 @@ impl GpuMatrix {
     /// The tensor of an index entry, whose file is `file`.
     pub fn from_entry(file: Arc<GpuFile>, e: &TensorEntry) -> Result<GpuMatrix> {
         if layout_code(e.dtype).is_none() {
-            return Err(Error::Unsupported(format!("tensor {}: {} weights are not executable; convert again", e.name, e.dtype)));
+            return Err(Error::Unsupported(format!(
+                "tensor {}: {} weights are not executable; convert again",
+                e.name, e.dtype
+            )));
         }
         let (rows, cols) = match e.shape.as_slice() {
             [n] => (1, *n),
@@ -85,7 +88,9 @@ impl GpuMatrix {
         let (dtype, data, scales, mins) = match m.w {
             Weights::F32(v) => (DType::F32, put(bytemuck::cast_slice(v)), None, None),
             Weights::F16(v) => (DType::F16, put(bytemuck::cast_slice(v)), None, None),
-            Weights::Int8 { q, scales } => (DType::Int8, put(bytemuck::cast_slice(q)), Some(put(bytemuck::cast_slice(scales))), None),
+            Weights::Int8 { q, scales } => {
+                (DType::Int8, put(bytemuck::cast_slice(q)), Some(put(bytemuck::cast_slice(scales))), None)
+            }
             Weights::Int4 { q, scales, mins } => {
                 let q = put(q);
                 (DType::Int4, q, Some(put(bytemuck::cast_slice(scales))), Some(put(bytemuck::cast_slice(mins))))
@@ -94,7 +99,16 @@ impl GpuMatrix {
         };
         bytes.resize(bytes.len().div_ceil(256) * 256, 0);
         let file = Arc::new(GpuFile::upload(ctx, name, &bytes)?);
-        Ok(GpuMatrix { name: name.to_string(), file, dtype, rows: m.rows as u32, cols: m.cols as u32, data, scales, mins })
+        Ok(GpuMatrix {
+            name: name.to_string(),
+            file,
+            dtype,
+            rows: m.rows as u32,
+            cols: m.cols as u32,
+            data,
+            scales,
+            mins,
+        })
     }
 
     pub fn layout(&self) -> u32 {

@@ -15,10 +15,10 @@ fn check(h: Heads) -> Result<()> {
     if h.n_kv == 0 || h.n_heads % h.n_kv != 0 {
         return Err(Error::Unsupported(format!("{} query heads over {} KV heads", h.n_heads, h.n_kv)));
     }
-    if h.head_dim > MAX_HEAD_DIM || rep * h.head_dim > 1024 || rep > 16 {
+    if h.head_dim % 4 != 0 || h.head_dim > MAX_HEAD_DIM || rep * h.head_dim > 1024 || rep > 16 {
         return Err(Error::Unsupported(format!(
-            "GPU attention: head dim {} with {rep} query heads per KV head (at most head dim {MAX_HEAD_DIM}, 16 heads \
-             and 1024 values per KV head)",
+            "GPU attention: head dim {} with {rep} query heads per KV head (a head dim that is a multiple of 4, at \
+             most {MAX_HEAD_DIM}; at most 16 heads and 1024 values per KV head)",
             h.head_dim
         )));
     }
@@ -58,12 +58,19 @@ pub async fn decode(
     check(h)?;
     let splits = splits.max(1);
     if part.size() < partials_bytes(h, splits) {
-        return Err(Error::Gpu(format!("attention partials: {} bytes, {} needed", part.size(), partials_bytes(h, splits))));
+        return Err(Error::Gpu(format!(
+            "attention partials: {} bytes, {} needed",
+            part.size(),
+            partials_bytes(h, splits)
+        )));
     }
     let p = params(h, splits, scale);
     let pipeline = ctx.pipelines.get(&ATTN_DECODE, &[]).await?;
     let pbuf = ctx.pool.uniform("attention", bytemuck::bytes_of(&p))?;
-    let bg = ctx.bind(&pipeline, &[pbuf.binding(), step.binding(), q.binding(), k_cache.binding(), v_cache.binding(), part.binding()]);
+    let bg = ctx.bind(
+        &pipeline,
+        &[pbuf.binding(), step.binding(), q.binding(), k_cache.binding(), v_cache.binding(), part.binding()],
+    );
     let partial = Dispatch { pipeline, bind_group: bg, grid: Grid::Fixed([h.n_kv, splits, 1]), params: Some(pbuf) };
     let pipeline = ctx.pipelines.get(&ATTN_COMBINE, &[]).await?;
     let pbuf = ctx.pool.uniform("attention combine", bytemuck::bytes_of(&p))?;
@@ -88,6 +95,9 @@ pub async fn prefill(
     let p = params(h, 0, scale);
     let pipeline = ctx.pipelines.get(&ATTN_PREFILL, &[]).await?;
     let pbuf = ctx.pool.uniform("attention prefill", bytemuck::bytes_of(&p))?;
-    let bg = ctx.bind(&pipeline, &[pbuf.binding(), step.binding(), q.binding(), k_cache.binding(), v_cache.binding(), out.binding()]);
+    let bg = ctx.bind(
+        &pipeline,
+        &[pbuf.binding(), step.binding(), q.binding(), k_cache.binding(), v_cache.binding(), out.binding()],
+    );
     Ok(Dispatch { pipeline, bind_group: bg, grid: Grid::TokensX { per: 8, y: h.n_heads }, params: Some(pbuf) })
 }

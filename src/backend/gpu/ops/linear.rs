@@ -4,7 +4,7 @@
 
 use crate::backend::gpu::buffers::GpuBuffer;
 use crate::backend::gpu::context::{Dispatch, GpuContext, Grid, Region};
-use crate::backend::gpu::pipelines::{MATMUL, MATVEC};
+use crate::backend::gpu::pipelines::{Kernel, MATMUL, MATVEC, MATVEC_GROUPS, MATVEC_GROUPS_SG};
 use crate::backend::gpu::weights::GpuMatrix;
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
@@ -66,10 +66,32 @@ struct Params {
     outs: [[u32; 4]; 3],
 }
 
-/// Rows per workgroup of the matvec.
+/// Rows per workgroup of the generic matvec, and per team of the group matvec.
 pub const MATVEC_ROWS: u32 = 4;
-/// Rows (and tokens) per workgroup tile of the matmul.
+
+/// Which matvec kernel runs a decode product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatvecKernel {
+    /// The fastest the adapter and shape allow.
+    Auto,
+    /// matvec.wgsl: any shape, scalar loads (the reference GPU variant).
+    Generic,
+    /// matvec_groups.wgsl with shared-memory reductions: `cols % 32 == 0`, portable.
+    Groups,
+    /// matvec_groups.wgsl with subgroup reductions: `cols % 32 == 0`, needs subgroups.
+    GroupsSubgroup,
+}
+
+/// Lanes per team of the group matvec: about the groups of a row, a power of two in 4..=64.
+fn team_size(cols: u32) -> u32 {
+    let gpr = (cols / 32).max(1);
+    (1u32 << (31 - gpr.leading_zeros())).clamp(4, 64)
+}
+/// Rows per workgroup tile of the matmul.
 pub const MATMUL_TILE: u32 = 32;
+/// Tokens per workgroup tile of the matmul: long chunks, short chunks (less padding).
+pub const MATMUL_TOKENS: u32 = 32;
+pub const MATMUL_TOKENS_SHORT: u32 = 8;
 
 impl<'a> Linear<'a> {
     /// Checks the matrices and returns the binding of the weights and the row blocks before each matrix.
@@ -81,7 +103,10 @@ impl<'a> Linear<'a> {
         let names = || self.mats.iter().map(|m| m.m.name.as_str()).collect::<Vec<_>>().join(", ");
         for m in &self.mats {
             if m.m.dtype != first.m.dtype || m.m.cols != first.m.cols || !std::ptr::eq(&*m.m.file, &*first.m.file) {
-                return Err(Error::Gpu(format!("fused product of {}: matrices differ in layout, columns or file", names())));
+                return Err(Error::Gpu(format!(
+                    "fused product of {}: matrices differ in layout, columns or file",
+                    names()
+                )));
             }
         }
         if self.output == Output::SwiGlu && (self.mats.len() != 2 || self.mats[0].m.rows != self.mats[1].m.rows) {
@@ -124,37 +149,85 @@ impl<'a> Linear<'a> {
         c
     }
 
-    async fn build(&self, ctx: &GpuContext, matvec: bool) -> Result<Dispatch> {
-        let (rows_per_block, kernel) = if matvec { (MATVEC_ROWS, &MATVEC) } else { (MATMUL_TILE, &MATMUL) };
+    /// `tokens`: tokens per matmul tile ([`MATMUL_TOKENS`] or [`MATMUL_TOKENS_SHORT`]); 0 for the matvec.
+    async fn build(&self, ctx: &GpuContext, tokens: u32, variant: MatvecKernel) -> Result<Dispatch> {
+        let matvec = tokens == 0;
+        let cols = self.mats.first().map_or(0, |m| m.m.cols);
+        let tier = ctx.gpu.tier;
+        let variant = match variant {
+            MatvecKernel::Auto if cols % 32 != 0 => MatvecKernel::Generic,
+            MatvecKernel::Auto if tier.subgroups => MatvecKernel::GroupsSubgroup,
+            MatvecKernel::Auto => MatvecKernel::Groups,
+            MatvecKernel::GroupsSubgroup if !tier.subgroups => {
+                return Err(Error::Gpu("the subgroup matvec needs an adapter with subgroups".into()))
+            }
+            v => v,
+        };
+        if variant != MatvecKernel::Generic && cols % 32 != 0 {
+            return Err(Error::Gpu(format!("the group matvec needs cols % 32 == 0, not {cols}")));
+        }
+        let ts = team_size(cols);
+        let (rows_per_block, kernel): (u32, &Kernel) = match (matvec, variant) {
+            (false, _) => (MATMUL_TILE, &MATMUL),
+            (true, MatvecKernel::Generic) => (MATVEC_ROWS, &MATVEC),
+            (true, MatvecKernel::GroupsSubgroup) => (MATVEC_ROWS * 64 / ts, &MATVEC_GROUPS_SG),
+            (true, _) => (MATVEC_ROWS * 64 / ts, &MATVEC_GROUPS),
+        };
         let (region, mut p, total) = self.prepare(ctx, rows_per_block)?;
         let mut constants = self.constants(true);
         if matvec {
-            constants.push(("ROWS", MATVEC_ROWS as f64));
+            if variant == MatvecKernel::Generic {
+                constants.push(("ROWS", MATVEC_ROWS as f64));
+            } else {
+                constants.push(("TS", ts as f64));
+            }
+            if variant == MatvecKernel::GroupsSubgroup {
+                constants.push(("SG", tier.subgroup_min.max(1) as f64));
+            }
             p.extra = self.x_last as u32;
         } else {
             if self.output == Output::SwiGlu {
                 return Err(Error::Gpu("the prefill matmul has no SwiGLU output; use silu_mul".into()));
             }
             p.extra = self.y_stride;
+            if tokens != MATMUL_TOKENS && tokens != MATMUL_TOKENS_SHORT {
+                return Err(Error::Gpu(format!(
+                    "matmul tiles hold {MATMUL_TOKENS} or {MATMUL_TOKENS_SHORT} tokens, not {tokens}"
+                )));
+            }
+            constants.push(("TN", (tokens / 8) as f64));
         }
         let pipeline = ctx.pipelines.get(kernel, &constants).await?;
         let params = ctx.pool.uniform(kernel.name, bytemuck::bytes_of(&p))?;
         let norm = self.norm.map_or(region, |n| n.region);
         let bind_group = ctx.bind(
             &pipeline,
-            &[params.binding(), self.step.binding(), region.binding(), norm.binding(), self.x.binding(), self.y.binding()],
+            &[
+                params.binding(),
+                self.step.binding(),
+                region.binding(),
+                norm.binding(),
+                self.x.binding(),
+                self.y.binding(),
+            ],
         );
-        let grid = if matvec { Grid::Fixed(ctx.grid_1d(total)) } else { Grid::TokensX { per: MATMUL_TILE, y: total } };
+        let grid = if matvec { Grid::Fixed(ctx.grid_1d(total)) } else { Grid::TokensX { per: tokens, y: total } };
         Ok(Dispatch { pipeline, bind_group, grid, params: Some(params) })
     }
 
     /// The decode dispatch (one activation row).
     pub async fn matvec(&self, ctx: &GpuContext) -> Result<Dispatch> {
-        self.build(ctx, true).await
+        self.build(ctx, 0, MatvecKernel::Auto).await
     }
 
-    /// The prefill dispatch (the chunk's `n` activation rows, `n` read from the step buffer).
-    pub async fn matmul(&self, ctx: &GpuContext) -> Result<Dispatch> {
-        self.build(ctx, false).await
+    /// The decode dispatch with a chosen matvec kernel (tests and benches compare them).
+    pub async fn matvec_with(&self, ctx: &GpuContext, kernel: MatvecKernel) -> Result<Dispatch> {
+        self.build(ctx, 0, kernel).await
+    }
+
+    /// The prefill dispatch (the chunk's `n` activation rows, `n` read from the step buffer), in tiles of
+    /// `tokens` tokens ([`MATMUL_TOKENS`], or [`MATMUL_TOKENS_SHORT`] for chunks of a few tokens).
+    pub async fn matmul(&self, ctx: &GpuContext, tokens: u32) -> Result<Dispatch> {
+        self.build(ctx, tokens, MatvecKernel::Auto).await
     }
 }

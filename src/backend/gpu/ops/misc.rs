@@ -24,7 +24,13 @@ async fn dispatch<P: Pod>(
 }
 
 /// `out[i, :] = E[ids[i], :]` for the chunk's `n` ids, dequantized from the embedding's layout.
-pub async fn embed(ctx: &GpuContext, e: &GpuMatrix, step: &GpuBuffer, ids: &GpuBuffer, out: &GpuBuffer) -> Result<Dispatch> {
+pub async fn embed(
+    ctx: &GpuContext,
+    e: &GpuMatrix,
+    step: &GpuBuffer,
+    ids: &GpuBuffer,
+    out: &GpuBuffer,
+) -> Result<Dispatch> {
     let region = e.region();
     ctx.check_binding(&format!("embedding {}", e.name), &region)?;
     let [_, q, s, m] = e.words(&region);
@@ -87,14 +93,30 @@ pub fn cos_sin_table(inv_freq: &[f32], positions: usize) -> Vec<[f32; 2]> {
 }
 
 /// RMS norm of `rows` rows of `weight.len()` values.
-pub async fn rmsnorm(ctx: &GpuContext, cols: u32, rows: u32, eps: f32, x: &GpuBuffer, weight: &GpuBuffer, out: &GpuBuffer) -> Result<Dispatch> {
+pub async fn rmsnorm(
+    ctx: &GpuContext,
+    cols: u32,
+    rows: u32,
+    eps: f32,
+    x: &GpuBuffer,
+    weight: &GpuBuffer,
+    out: &GpuBuffer,
+) -> Result<Dispatch> {
     let p = (cols, rows, eps, 0u32);
     let p: [u32; 4] = [p.0, p.1, p.2.to_bits(), p.3];
     dispatch(ctx, &RMSNORM, &[], &p, &[x.binding(), weight.binding(), out.binding()], Grid::Fixed([rows, 1, 1])).await
 }
 
 /// `out = a + b` over `rows` rows of `len` (`rows == 0`: the chunk's `n` rows).
-pub async fn add(ctx: &GpuContext, len: u32, rows: u32, step: &GpuBuffer, a: &GpuBuffer, b: &GpuBuffer, out: &GpuBuffer) -> Result<Dispatch> {
+pub async fn add(
+    ctx: &GpuContext,
+    len: u32,
+    rows: u32,
+    step: &GpuBuffer,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    out: &GpuBuffer,
+) -> Result<Dispatch> {
     let res = [step.binding(), a.binding(), b.binding(), out.binding()];
     dispatch(ctx, &ADD, &[], &[len, rows, 0, 0], &res, rows_grid(len, rows)).await
 }

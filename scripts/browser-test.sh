@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The browser test: the real model (SmolLM2-135M, converted here) runs in headless Chromium through the web
+# page (examples/web), on WebGPU (Dawn's SwiftShader adapter: no GPU needed) and on the CPU engine compiled
+# to wasm, and its greedy tokens must equal the native CPU engine's; the page says plainly when WebGPU is
+# missing; and GPU kernels (int4 matvec, RMS norm, decode attention) run in Chromium against their kernels-cpu
+# twins (wasm-bindgen-test). Ends with "N passed, N failed"; exits non-zero on any failure.
+#
+#   scripts/browser-test.sh
+#
+# Needs Debian's chromium and chromium-driver (installed here when missing and running as root), the
+# wasm32-unknown-unknown target and wasm-bindgen-cli (scripts/web-build.sh sees to both).
+#
+# Environment: OMEX_SMOLLM2_GGUF (else scripts/fetch-model.sh fetches it), OMEX_WEB_PROMPT, OMEX_WEB_TOKENS,
+# OMEX_WEB_ENGINES (gpu,cpu), OMEX_WEB_SCREENSHOT (save a screenshot mid-generation there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { echo "browser-test.sh: error: $*" >&2; exit 1; }
+log() { echo "browser-test.sh: $*" >&2; }
+
+prompt="${OMEX_WEB_PROMPT:-The capital of France is}"
+tokens="${OMEX_WEB_TOKENS:-8}"
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    [ "$(id -u)" = 0 ] || die "install chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    log "installing chromium and chromium-driver"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
+gguf="${OMEX_SMOLLM2_GGUF:-$(scripts/fetch-model.sh | tail -n 1)}"
+[ -f "$gguf" ] || die "no model at $gguf"
+cargo build --release --bin omex >&2
+pkg="$(scripts/web-build.sh | tail -n 1)"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/omex-browser-test.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+model="$work/smollm2.omex"
+target/release/omex convert "$gguf" -o "$model" >/dev/null
+
+# The reference: the native CPU engine on float activations (the reference-exact path), greedy.
+native="$(target/release/omex run "$model" --backend cpu --activations f32 --json -p "$prompt" -n "$tokens")"
+expected="$(printf '%s' "$native" | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)["output_ids"])))')"
+prompt_ids="$(printf '%s' "$native" | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)["prompt_ids"])))')"
+log "native CPU engine: prompt ids [$prompt_ids] -> greedy ids [$expected]"
+
+# GPU kernels in Chromium against their kernels-cpu twins (wasm-bindgen-test: examples/web/tests/kernels.rs).
+tools="$(scripts/web-build.sh --tools | tail -n 1)"
+cat > "$work/webdriver.json" <<JSON
+{"goog:chromeOptions": {"binary": "$(command -v chromium)", "args": ["--enable-unsafe-webgpu",
+  "--user-data-dir=$work/chromium-kernels", "--disable-background-networking", "--disable-component-update",
+  "--disable-sync", "--no-first-run", "--disable-quic"]}}
+JSON
+kernels_log="$work/kernels.log"
+echo "kernel tests in Chromium (wasm-bindgen-test) ..."
+CHROMEDRIVER="$(command -v chromedriver)" WASM_BINDGEN_TEST_WEBDRIVER_JSON="$work/webdriver.json" \
+    WASM_BINDGEN_TEST_TIMEOUT=300 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$tools/wasm-bindgen-test-runner" \
+    CARGO_PROFILE_RELEASE_DEBUG=0 \
+    cargo test --release --target wasm32-unknown-unknown -p omex-web --test kernels >"$kernels_log" 2>&1 || true
+grep -E '^test [a-z_0-9]+ \.\.\. ' "$kernels_log" | sed 's/^/    /' || true
+kernel_passed="$(grep -cE '^test [a-z_0-9]+ \.\.\. ok' "$kernels_log" || true)"
+kernel_failed="$(grep -cE '^test [a-z_0-9]+ \.\.\. FAIL' "$kernels_log" || true)"
+if ! grep -q '^test result: ok' "$kernels_log"; then
+    echo "kernel tests in Chromium ... FAILED; the end of their log:"
+    tail -n 40 "$kernels_log" | sed 's/^/    /'
+    [ "$kernel_failed" -gt 0 ] || kernel_failed=1
+fi
+
+args=(--model "$model" --pkg "$pkg" --prompt "$prompt" --expected "$expected" --prompt-ids "$prompt_ids"
+      --engines "${OMEX_WEB_ENGINES:-gpu,cpu}" --prior-passed "$kernel_passed" --prior-failed "$kernel_failed")
+[ -z "${OMEX_WEB_SCREENSHOT:-}" ] || args+=(--screenshot "$OMEX_WEB_SCREENSHOT")
+python3 scripts/browser_test.py "${args[@]}"
