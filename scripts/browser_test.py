@@ -249,7 +249,7 @@ def main():
                 wait_for(browser, lambda s: s["phase"] == "idle", 60, "page start")
                 pick = browser.call("POST", "/element", {"using": "css selector", "value": "#pick"})
                 element = next(iter(pick.values()))
-                browser.call("POST", f"/element/{element}/value", {"text": os.path.abspath(args.model)})
+                browser.call("POST", f"/element/{element}/value", {"text": os.path.realpath(args.model)})
                 st = wait_for(browser, lambda s: s["phase"] == "ready", 120, "loading the picked folder")
                 assert st["info"]["engine"] == "cpu", st["info"]
                 browser.js("document.getElementById('generate').click()")
