@@ -138,7 +138,7 @@ impl Session {
         let t0 = Instant::now();
         let mut logits = self.engine.forward(&ids[common..], common, Logits::Last)?;
         timings.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
-        self.tokens.extend_from_slice(&ids);
+        self.tokens.extend_from_slice(&ids[common..]);
 
         let mut sampler = Sampler::new(opts.sampler.clone());
         let tokenizer = self.tokenizer.clone();
@@ -148,7 +148,7 @@ impl Session {
         let mut emitted = 0; // bytes of `text` already handed to the callback
         let t1 = Instant::now();
         let stop = loop {
-            if out_ids.len() >= opts.max_tokens {
+            if opts.max_tokens == 0 {
                 break StopReason::MaxTokens;
             }
             let id = sampler.sample(&mut logits, &self.tokens);
@@ -171,6 +171,10 @@ impl Session {
                 break StopReason::Cancelled;
             }
             emitted = safe;
+            // The last token is not run: its logits would go unused.
+            if out_ids.len() >= opts.max_tokens {
+                break StopReason::MaxTokens;
+            }
             if self.tokens.len() + 1 > ctx {
                 break StopReason::ContextFull;
             }
@@ -211,6 +215,60 @@ fn safe_prefix_len(text: &str, stops: &[String]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine whose logits always favour token `(last id + 1) % vocab`, recording every forward call.
+    struct Recorder {
+        vocab: usize,
+        calls: std::rc::Rc<std::cell::RefCell<Vec<(Vec<u32>, usize)>>>,
+    }
+
+    impl Engine for Recorder {
+        fn describe(&self) -> String {
+            "recorder".into()
+        }
+        fn context_length(&self) -> usize {
+            64
+        }
+        fn forward(&mut self, ids: &[u32], pos: usize, _: Logits) -> Result<Vec<f32>> {
+            self.calls.borrow_mut().push((ids.to_vec(), pos));
+            let mut logits = vec![0.0; self.vocab];
+            logits[(*ids.last().unwrap() as usize + 1) % self.vocab] = 10.0;
+            Ok(logits)
+        }
+    }
+
+    fn tiny_tokenizer() -> Arc<Tokenizer> {
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            ["a", "b", "c", "d", "e", "f"].iter().enumerate().map(|(i, t)| (t.to_string(), i.into())).collect();
+        let json = serde_json::json!({
+            "model": {"type": "BPE", "vocab": vocab, "merges": []},
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
+            "decoder": {"type": "ByteLevel"}, "normalizer": null, "added_tokens": []
+        });
+        Arc::new(Tokenizer::from_hf_json(json.to_string().as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn a_repeated_prompt_reuses_the_cache_and_keeps_positions_right() {
+        let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let engine = Recorder { vocab: 6, calls: calls.clone() };
+        let mut session = Session::new(Box::new(engine), tiny_tokenizer());
+        let opts = GenerateOptions { max_tokens: 2, ignore_eos: true, ..Default::default() };
+        let first = session.generate_from_ids(vec![0, 1, 2], &opts, &mut |_| true).unwrap();
+        assert_eq!(first.output_ids, vec![3, 4]);
+        assert_eq!(session.tokens, vec![0, 1, 2, 3]);
+        calls.borrow_mut().clear();
+        // The same prompt again: only its last token is run, at its own position, and the answer repeats.
+        let second = session.generate_from_ids(vec![0, 1, 2], &opts, &mut |_| true).unwrap();
+        assert_eq!(second.output_ids, first.output_ids);
+        assert_eq!(calls.borrow()[0], (vec![2], 2));
+        assert_eq!(calls.borrow()[1], (vec![3], 3));
+        assert_eq!(session.tokens, vec![0, 1, 2, 3]);
+        // A longer prompt that extends the conversation runs only the new tokens.
+        calls.borrow_mut().clear();
+        session.generate_from_ids(vec![0, 1, 2, 3, 4, 5], &opts, &mut |_| true).unwrap();
+        assert_eq!(calls.borrow()[0], (vec![4, 5], 4));
+    }
 
     #[test]
     fn stop_string_tail_is_held_back() {
