@@ -73,4 +73,12 @@ pub trait Engine {
     /// the requested logits rows, `[rows, vocab]` row-major. Positions at or after `pos` are overwritten, so
     /// rewinding is passing a smaller `pos`.
     fn forward(&mut self, ids: &[u32], pos: usize, logits: Logits) -> Result<Vec<f32>>;
+
+    /// Greedy decoding kept on the device, for engines that can chain steps without reading logits back:
+    /// feeds `first` at `pos`, then each chosen id at the next position, and returns the `steps` ids chosen
+    /// (argmax, lowest id on ties). The cache then holds positions `pos..pos + steps`; the last id returned
+    /// has not been fed. `None`: the engine has no such path (callers use [`Engine::forward`]).
+    fn greedy_steps(&mut self, _first: u32, _pos: usize, _steps: usize) -> Option<Result<Vec<u32>>> {
+        None
+    }
 }

@@ -1,6 +1,8 @@
 //! `omex bench`: prompt processing and generation speed, as llama-bench measures them: `pp` runs a prompt of
 //! `-p` tokens from an empty cache; `tg` generates `-n` tokens one at a time from an empty cache. Each is
-//! repeated `-r` times after one warm-up run; mean ± standard deviation in tokens per second.
+//! repeated `-r` times after one warm-up run; mean ± standard deviation in tokens per second. An engine that
+//! can chain greedy steps on the device (the GPU) generates that way, since that is how `omex run` decodes
+//! greedily; `--no-chain` measures one forward (and one logits read-back) per token instead.
 
 use super::engine_args::EngineArgs;
 use clap::Args;
@@ -24,6 +26,9 @@ pub struct BenchArgs {
     pub reps: usize,
     #[arg(long)]
     pub json: bool,
+    /// Generate with one forward per token even when the engine can chain greedy steps on the device
+    #[arg(long)]
+    pub no_chain: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -35,9 +40,21 @@ fn stats(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+fn ids_probe(model: &Model) -> u32 {
+    tokens(1, model.config.vocab_size)[0]
+}
+
 /// Deterministic token ids spread over the vocabulary (the speed does not depend on which).
 fn tokens(n: usize, vocab: u32) -> Vec<u32> {
     (0..n as u64).map(|i| ((i * 2_654_435_761 + 17) % vocab as u64) as u32).collect()
+}
+
+fn time_tg_unchained(engine: &mut dyn Engine, ids: &[u32]) -> Result<f64> {
+    let t = Instant::now();
+    for (pos, &id) in ids.iter().enumerate() {
+        engine.forward(&[id], pos, Logits::Last)?;
+    }
+    Ok(ids.len() as f64 / t.elapsed().as_secs_f64())
 }
 
 fn time_pp(engine: &mut dyn Engine, ids: &[u32]) -> Result<f64> {
@@ -48,17 +65,21 @@ fn time_pp(engine: &mut dyn Engine, ids: &[u32]) -> Result<f64> {
 
 fn time_tg(engine: &mut dyn Engine, ids: &[u32]) -> Result<f64> {
     let t = Instant::now();
-    for (pos, &id) in ids.iter().enumerate() {
-        engine.forward(&[id], pos, Logits::Last)?;
+    if let Some(chosen) = engine.greedy_steps(ids[0], 0, ids.len()) {
+        chosen?;
+        return Ok(ids.len() as f64 / t.elapsed().as_secs_f64());
     }
-    Ok(ids.len() as f64 / t.elapsed().as_secs_f64())
+    time_tg_unchained(engine, ids)
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let model = Model::load(&args.model)?;
     let ctx = args.n_prompt.max(args.n_gen).max(1);
     let mut engine = model.engine(&args.engine.options(Some(ctx)))?;
-    let describe = engine.describe();
+    let mut describe = engine.describe();
+    if args.n_gen > 0 && !args.no_chain && engine.greedy_steps(ids_probe(&model), 0, 1).is_some() {
+        describe.push_str(", tg chained on the device");
+    }
     let ids = tokens(ctx, model.config.vocab_size);
     let reps = args.reps.max(1);
     let mut measure = |n: usize, f: fn(&mut dyn Engine, &[u32]) -> Result<f64>| -> Result<Option<(f64, f64, Vec<f64>)>> {
@@ -71,7 +92,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok(Some((mean, sd, samples)))
     };
     let pp = measure(args.n_prompt, time_pp)?;
-    let tg = measure(args.n_gen, time_tg)?;
+    let tg = measure(args.n_gen, if args.no_chain { time_tg_unchained } else { time_tg })?;
     if args.json {
         let v = serde_json::json!({
             "model": args.model.display().to_string(), "engine": describe, "n_prompt": args.n_prompt, "n_gen": args.n_gen,

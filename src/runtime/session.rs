@@ -5,8 +5,14 @@ use super::sampler::{Sampler, SamplerOptions};
 use crate::backend::{Engine, Logits};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Steps of the first device-side greedy chain (short, so the first words show quickly), and the most the
+/// chain grows to.
+const FIRST_CHAIN: usize = 8;
+const MAX_CHAIN: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -147,11 +153,20 @@ impl Session {
         let mut text = String::new();
         let mut emitted = 0; // bytes of `text` already handed to the callback
         let t1 = Instant::now();
+        // Greedy decoding without a repetition penalty can stay on the device in chains of steps (only ids come
+        // back). `chained` holds the ids of the current chain still to hand out, with whether the engine has
+        // already fed each one (all but the chain's last).
+        let can_chain = opts.sampler.is_greedy() && opts.sampler.repetition_penalty == 1.0;
+        let mut chained: VecDeque<(u32, bool)> = VecDeque::new();
+        let mut chain_len = FIRST_CHAIN;
         let stop = loop {
             if opts.max_tokens == 0 {
                 break StopReason::MaxTokens;
             }
-            let id = sampler.sample(&mut logits, &self.tokens);
+            let (id, fed) = match chained.pop_front() {
+                Some(c) => c,
+                None => (sampler.sample(&mut logits, &self.tokens), false),
+            };
             if !opts.ignore_eos && self.tokenizer.is_stop(id) {
                 break StopReason::EndOfSequence;
             }
@@ -179,6 +194,21 @@ impl Session {
                 break StopReason::ContextFull;
             }
             let pos = self.tokens.len();
+            if fed {
+                self.tokens.push(id);
+                continue;
+            }
+            let steps = (opts.max_tokens - out_ids.len()).min(ctx - pos).min(chain_len);
+            if can_chain {
+                if let Some(ids) = self.engine.greedy_steps(id, pos, steps) {
+                    let ids = ids?;
+                    let last = ids.len().saturating_sub(1);
+                    chained.extend(ids.into_iter().enumerate().map(|(i, id)| (id, i < last)));
+                    chain_len = (chain_len * 2).min(MAX_CHAIN);
+                    self.tokens.push(id);
+                    continue;
+                }
+            }
             logits = self.engine.forward(&[id], pos, Logits::Last)?;
             self.tokens.push(id);
         };
@@ -219,6 +249,8 @@ mod tests {
     /// An engine whose logits always favour token `(last id + 1) % vocab`, recording every forward call.
     struct Recorder {
         vocab: usize,
+        /// Offer device-side greedy chains.
+        chains: bool,
         calls: std::rc::Rc<std::cell::RefCell<Vec<(Vec<u32>, usize)>>>,
     }
 
@@ -234,6 +266,13 @@ mod tests {
             let mut logits = vec![0.0; self.vocab];
             logits[(*ids.last().unwrap() as usize + 1) % self.vocab] = 10.0;
             Ok(logits)
+        }
+        fn greedy_steps(&mut self, first: u32, pos: usize, steps: usize) -> Option<Result<Vec<u32>>> {
+            if !self.chains {
+                return None;
+            }
+            self.calls.borrow_mut().push((vec![first; steps], pos));
+            Some(Ok((1..=steps as u32).map(|k| (first + k) % self.vocab as u32).collect()))
         }
     }
 
@@ -251,7 +290,7 @@ mod tests {
     #[test]
     fn a_repeated_prompt_reuses_the_cache_and_keeps_positions_right() {
         let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-        let engine = Recorder { vocab: 6, calls: calls.clone() };
+        let engine = Recorder { vocab: 6, chains: false, calls: calls.clone() };
         let mut session = Session::new(Box::new(engine), tiny_tokenizer());
         let opts = GenerateOptions { max_tokens: 2, ignore_eos: true, ..Default::default() };
         let first = session.generate_from_ids(vec![0, 1, 2], &opts, &mut |_| true).unwrap();
@@ -277,5 +316,26 @@ mod tests {
         assert_eq!(safe_prefix_len("hello", &stops), 5);
         assert_eq!(find_stop("a\nUser: b", &stops), Some(1));
         assert_eq!(find_stop("abc", &stops), None);
+    }
+
+    #[test]
+    fn device_chains_give_the_same_text_and_leave_the_cache_consistent() {
+        let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let mut plain = Session::new(Box::new(Recorder { vocab: 6, chains: false, calls: calls.clone() }), tiny_tokenizer());
+        let mut chained = Session::new(Box::new(Recorder { vocab: 6, chains: true, calls: calls.clone() }), tiny_tokenizer());
+        let opts = GenerateOptions { max_tokens: 20, ignore_eos: true, ..Default::default() };
+        let a = plain.generate_from_ids(vec![0, 1], &opts, &mut |_| true).unwrap();
+        let b = chained.generate_from_ids(vec![0, 1], &opts, &mut |_| true).unwrap();
+        assert_eq!(a.output_ids, b.output_ids);
+        assert_eq!(a.text, b.text);
+        assert_eq!(plain.tokens, chained.tokens);
+        assert_eq!(chained.tokens.len(), 2 + 19);
+        // A repetition penalty needs every row of logits: no chains then.
+        calls.borrow_mut().clear();
+        let mut penalised = opts.clone();
+        penalised.sampler.repetition_penalty = 1.1;
+        chained.reset();
+        chained.generate_from_ids(vec![0, 1], &penalised, &mut |_| true).unwrap();
+        assert!(calls.borrow().iter().all(|(ids, _)| ids.len() <= 2));
     }
 }

@@ -214,6 +214,10 @@ impl Engine for GpuEngine {
     fn forward(&mut self, ids: &[u32], pos: usize, logits: Logits) -> Result<Vec<f32>> {
         pollster::block_on(self.forward_async(ids, pos, logits))
     }
+
+    fn greedy_steps(&mut self, first: u32, pos: usize, steps: usize) -> Option<Result<Vec<u32>>> {
+        Some(pollster::block_on(self.decode_greedy(first, pos, steps)))
+    }
 }
 
 /// The GPU engine on the preferred adapter, whatever it is (`--backend gpu`).
