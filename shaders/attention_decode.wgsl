@@ -4,7 +4,8 @@
 // st.pos, the one query's position) are walked in tiles of 64, one key per thread; the query heads that share
 // the KV head (GQA) are done together so each K and V row is read once for all of them. Each head keeps a
 // running max and sum (online softmax) and its output in registers, and writes (o, max, sum) for its split.
-// `combine`: one workgroup per query head merges the splits' partials into the attention output.
+// `combine`: one workgroup per query head merges the partials of the splits that held keys into the attention
+// output.
 //
 // Scores are `scale * q . k` in f32, as in kernels-cpu's attention.
 
@@ -31,6 +32,8 @@ struct Step {
 @group(0) @binding(4) var<storage, read> vc: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
 
+// head_dim / 4 (the partial kernel's loops over a head unroll with it known).
+override HD4: u32 = 16u;
 const TILE: u32 = 64u;
 const NEG: f32 = -3.0e38;
 // Query heads per KV head x head dim / 4, at most.
@@ -52,7 +55,7 @@ fn chunk_len(len: u32) -> u32 {
 fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let kvh = wg.x;
     let s = wg.y;
-    let hd4 = p.head_dim / 4u;
+    let hd4 = HD4;
     let rep = p.n_heads / p.n_kv;
     let kvd4 = p.n_kv * hd4;
     let len = st.pos + 1u;
@@ -146,18 +149,22 @@ fn combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let qh = wg.x;
     let hd = p.head_dim;
     let row = hd + 2u;
+    // Only the splits that held keys (the others wrote max -inf, sum 0).
+    let len = st.pos + 1u;
+    let chunk = chunk_len(len);
+    let used = min(p.splits, (len + chunk - 1u) / chunk);
     var m = NEG;
-    for (var s = 0u; s < p.splits; s++) {
+    for (var s = 0u; s < used; s++) {
         m = max(m, part_in[(s * p.n_heads + qh) * row + hd]);
     }
     var l = 0.0;
-    for (var s = 0u; s < p.splits; s++) {
+    for (var s = 0u; s < used; s++) {
         let b = (s * p.n_heads + qh) * row + hd;
         l += exp(part_in[b] - m) * part_in[b + 1u];
     }
     for (var d = tid; d < hd; d += 64u) {
         var acc = 0.0;
-        for (var s = 0u; s < p.splits; s++) {
+        for (var s = 0u; s < used; s++) {
             let b = (s * p.n_heads + qh) * row;
             acc += exp(part_in[b + hd] - m) * part_in[b + d];
         }

@@ -4,6 +4,7 @@
 use super::buffers::{BufferPool, GpuBuffer};
 use super::device::{DeviceOptions, GpuDevice};
 use super::pipelines::{Pipeline, PipelineCache};
+use super::timer::KernelTimer;
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -81,6 +82,8 @@ pub struct GpuContext {
     pub gpu: GpuDevice,
     pub pool: BufferPool,
     pub pipelines: PipelineCache,
+    /// Per-dispatch GPU times when `OMEX_GPU_KERNEL_TIMES=1`.
+    timer: Option<KernelTimer>,
 }
 
 impl GpuContext {
@@ -88,7 +91,8 @@ impl GpuContext {
         let gpu = GpuDevice::open(opts).await?;
         let pool = BufferPool::new(&gpu.device, &gpu.limits);
         let pipelines = PipelineCache::new(&gpu.device);
-        Ok(GpuContext { gpu, pool, pipelines })
+        let timer = KernelTimer::from_env(&gpu.device, &gpu.queue);
+        Ok(GpuContext { gpu, pool, pipelines, timer })
     }
 
     /// [`GpuContext::open`], waiting for it (native only).
@@ -144,16 +148,28 @@ impl GpuContext {
 
     /// Records the dispatch lists, in order, for a chunk of `n` tokens into one compute pass of `encoder`.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, lists: &[&[Dispatch]], n: u32) {
+        let count = lists.iter().map(|l| l.len()).sum();
+        let mut times = self.timer.as_ref().map(|t| t.begin(&self.gpu.device, count));
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("omex"), timestamp_writes: None });
+        let mut recorded = 0;
         for d in lists.iter().flat_map(|l| l.iter()) {
             let [x, y, z] = d.grid.groups(n);
             if x == 0 || y == 0 || z == 0 {
                 continue;
             }
+            if let Some(t) = times.as_mut() {
+                KernelTimer::stamp(&mut pass, t, recorded, Some(format!("{} [{x}x{y}x{z}]", d.pipeline.kernel.name)));
+            }
             pass.set_pipeline(&d.pipeline.pipeline);
             pass.set_bind_group(0, &d.bind_group, &[]);
             pass.dispatch_workgroups(x, y, z);
+            recorded += 1;
+        }
+        if let (Some(timer), Some(mut t)) = (self.timer.as_ref(), times) {
+            KernelTimer::stamp(&mut pass, &mut t, recorded, None);
+            drop(pass);
+            timer.finish(&self.gpu.device, encoder, t);
         }
     }
 
@@ -184,6 +200,10 @@ impl GpuContext {
         mapped.map_err(|e| Error::Gpu(format!("reading results back: {e}")))?;
         let data = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading results back: {e}")))?.to_vec();
         staging.raw().unmap();
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(t) = &self.timer {
+            t.collect(&self.gpu.device);
+        }
         self.gpu.check()?;
         Ok(data)
     }
@@ -214,5 +234,15 @@ impl GpuContext {
     /// Writes `data` into `buffer` at `offset` before the next submission runs.
     pub fn write(&self, buffer: &GpuBuffer, offset: u64, data: &[u8]) {
         self.gpu.queue.write_buffer(buffer.raw(), offset, data);
+    }
+}
+
+impl Drop for GpuContext {
+    fn drop(&mut self) {
+        if let Some(t) = &self.timer {
+            #[cfg(not(target_arch = "wasm32"))]
+            t.collect(&self.gpu.device);
+            eprint!("{}", t.report());
+        }
     }
 }

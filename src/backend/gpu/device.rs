@@ -115,6 +115,7 @@ impl GpuDevice {
         if tier.f16 {
             features |= wgpu::Features::SHADER_F16;
         }
+        features |= super::timer::KernelTimer::wanted_features() & offered;
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {

@@ -25,7 +25,7 @@ pub struct GpuOptions {
 
 impl GpuOptions {
     pub fn new(context_length: usize) -> GpuOptions {
-        GpuOptions { context_length, max_batch: 128, attention_splits: 0, device: DeviceOptions::default() }
+        GpuOptions { context_length, max_batch: 512, attention_splits: 0, device: DeviceOptions::default() }
     }
 }
 

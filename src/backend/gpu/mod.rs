@@ -6,6 +6,7 @@
 //! - [`context`]: device + pool + cache, and binding, recording, submitting, reading back.
 //! - [`weights`]: weight files uploaded as they are on disk; matrices as section offsets inside them.
 //! - [`ops`]: dispatch builders for the op set.
+//! - [`timer`]: per-dispatch GPU times (`OMEX_GPU_KERNEL_TIMES=1`), for kernel work.
 //! - [`engine`]: the transformer forward pass as one precomputed list of dispatches per chunk.
 //!
 //! Every kernel has a portable variant (no subgroups, no f16, no cooperative matrices) that runs on WebGPU and
@@ -18,6 +19,7 @@ mod engine;
 pub mod ops;
 pub mod pipelines;
 mod plan;
+mod timer;
 pub mod weights;
 
 pub use context::{Dispatch, GpuContext, Grid, Region};

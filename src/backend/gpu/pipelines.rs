@@ -80,7 +80,7 @@ pub const ATTN_DECODE: Kernel = Kernel {
 pub const ATTN_COMBINE: Kernel = Kernel {
     name: "attention_decode",
     entry: "combine",
-    bindings: &[(0, Uniform), (6, ReadWrite), (7, Read)],
+    bindings: &[(0, Uniform), (1, Read), (6, ReadWrite), (7, Read)],
     source: shader!("attention_decode.wgsl"),
 };
 pub const ATTN_PREFILL: Kernel = Kernel {
@@ -157,6 +157,27 @@ impl PipelineCache {
         self.len() == 0
     }
 
+    /// The kernel's module. Every loop of our kernels is bounded by a constant or a parameter the host sets, and
+    /// every integer division is by a constant or a parameter the host keeps non-zero, so two of the guards naga
+    /// would add are left out: a hidden counter in every loop (which also stops the driver from unrolling loops
+    /// and pipelining their loads: kernels ran several times slower with it) and a zero test before each
+    /// integer division. Bounds checks on buffer accesses stay. `OMEX_GPU_CHECKED=1` keeps every guard.
+    fn module(&self, kernel: &Kernel) -> wgpu::ShaderModule {
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name),
+            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+        };
+        if std::env::var("OMEX_GPU_CHECKED").is_ok_and(|v| v == "1") {
+            return self.device.create_shader_module(desc);
+        }
+        let mut checks = wgpu::ShaderRuntimeChecks::checked();
+        checks.force_loop_bounding = false;
+        checks.int_div_checks = false;
+        // SAFETY: see above; the kernels' loops terminate and their divisors are non-zero for every dispatch the
+        // ops build (the ops check the shapes they are given), and out-of-range accesses are still clamped.
+        unsafe { self.device.create_shader_module_trusted(desc, checks) }
+    }
+
     fn layout(&self, bindings: &[(u32, Access)]) -> wgpu::BindGroupLayout {
         let mut layouts = self.layouts.lock().expect("pipeline cache poisoned");
         layouts
@@ -201,10 +222,7 @@ impl PipelineCache {
         let cached = self.modules.lock().expect("pipeline cache poisoned").get(kernel.name).cloned();
         let module = match cached {
             Some(m) => m,
-            None => self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(kernel.name),
-                source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-            }),
+            None => self.module(kernel),
         };
         let layout = self.layout(kernel.bindings);
         let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {

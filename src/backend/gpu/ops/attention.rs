@@ -65,7 +65,8 @@ pub async fn decode(
         )));
     }
     let p = params(h, splits, scale);
-    let pipeline = ctx.pipelines.get(&ATTN_DECODE, &[]).await?;
+    // The head size as a constant, so the per-key loops unroll.
+    let pipeline = ctx.pipelines.get(&ATTN_DECODE, &[("HD4", (h.head_dim / 4) as f64)]).await?;
     let pbuf = ctx.pool.uniform("attention", bytemuck::bytes_of(&p))?;
     let bg = ctx.bind(
         &pipeline,
@@ -74,7 +75,7 @@ pub async fn decode(
     let partial = Dispatch { pipeline, bind_group: bg, grid: Grid::Fixed([h.n_kv, splits, 1]), params: Some(pbuf) };
     let pipeline = ctx.pipelines.get(&ATTN_COMBINE, &[]).await?;
     let pbuf = ctx.pool.uniform("attention combine", bytemuck::bytes_of(&p))?;
-    let bg = ctx.bind(&pipeline, &[pbuf.binding(), out.binding(), part.binding()]);
+    let bg = ctx.bind(&pipeline, &[pbuf.binding(), step.binding(), out.binding(), part.binding()]);
     let combine = Dispatch { pipeline, bind_group: bg, grid: Grid::Fixed([h.n_heads, 1, 1]), params: Some(pbuf) };
     Ok((partial, combine))
 }
