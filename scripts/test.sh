@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test suite, as CI runs it: fetches the real model (cached outside the repository), builds in release
-# (the tests share the binary's build), runs every test of the workspace, then checks that the library
-# builds for the browser (wasm32).
+# (the tests share the binary's build), runs every test of the workspace, checks that the library builds for
+# the browser (wasm32), then runs the browser test (scripts/browser-test.sh: the real model in headless
+# Chromium; it needs chromium and chromium-driver, and builds wasm-bindgen-cli once per machine, ~15 min).
+# OMEX_SKIP_BROWSER=1 skips the browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OMEX_SMOLLM2_GGUF="$(scripts/fetch-model.sh | tail -n 1)"
@@ -12,4 +14,9 @@ if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown;
     cargo check --release --lib --target wasm32-unknown-unknown
 else
     echo "test.sh: wasm32-unknown-unknown is not installed (rustup target add wasm32-unknown-unknown); skipping the browser build check" >&2
+fi
+if [ "${OMEX_SKIP_BROWSER:-0}" = 1 ]; then
+    echo "test.sh: OMEX_SKIP_BROWSER=1: skipping the browser test" >&2
+else
+    bash scripts/browser-test.sh
 fi
