@@ -96,7 +96,7 @@ fn matrix(dtype: DType, rows: usize, cols: usize, d: &Data) -> Matrix<'_> {
 }
 
 fn storage(ctx: &GpuContext, values: &[f32]) -> GpuBuffer {
-    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
     ctx.pool.init("bench", bytemuck::cast_slice(values), usage, Purpose::Activations).unwrap()
 }
 
@@ -168,6 +168,24 @@ fn floor(c: &mut Criterion) {
     let a = storage(&ctx, &vec![1.0; n]);
     let out = storage(&ctx, &vec![0.0; n]);
     let add = pollster::block_on(misc::add(&ctx, 4096, (n / 4096) as u32, &st, &a, &a, &out)).unwrap();
+    // The copy engine's ceiling: a buffer-to-buffer copy of 64 MiB (read + write counted).
+    g.throughput(Throughput::Bytes(2 * 4 * n as u64 * REPS as u64));
+    g.bench_function("copy 64 MiB x20", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut enc = ctx.encoder();
+                for _ in 0..REPS {
+                    enc.copy_buffer_to_buffer(a.raw(), 0, out.raw(), 0, 4 * n as u64);
+                }
+                let t = Instant::now();
+                ctx.gpu.queue.submit([enc.finish()]);
+                ctx.gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                total += t.elapsed();
+            }
+            total
+        })
+    });
     g.throughput(Throughput::Bytes(3 * 4 * n as u64 * REPS as u64));
     g.bench_function("add 16M floats x20", |b| {
         b.iter_custom(|iters| timed(&ctx, std::slice::from_ref(&add), 1, iters))
