@@ -28,6 +28,12 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Perplexity of a text file (llama-perplexity's definition)
     Perplexity(cli::perplexity::PerplexityArgs),
+    /// Plan GPU memory under a budget: resident and streamed layers, bytes moved, predicted speed
+    Plan(cli::plan::PlanArgs),
+    /// Measure this machine's GPU and upload bandwidths, cached for `omex plan`
+    Profile(cli::profile::ProfileArgs),
+    /// Draw a memory trace recorded with `omex run --memory-trace` as an SVG
+    MemoryTrace(cli::memory_trace::MemoryTraceArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +54,9 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Perplexity(args) => cli::perplexity::run(args),
+        Command::Plan(args) => cli::plan::run(args),
+        Command::Profile(args) => cli::profile::run(args),
+        Command::MemoryTrace(args) => cli::memory_trace::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

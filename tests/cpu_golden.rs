@@ -10,7 +10,7 @@ use omex::runtime::perplexity::perplexity;
 use omex::runtime::{BackendChoice, EngineOptions, GenerateOptions, Model};
 
 fn engine(model: &Model, activations: Activations, kv: KvType, ctx: usize) -> Box<dyn Engine> {
-    let opts = EngineOptions { backend: BackendChoice::Cpu, threads: 0, context_length: Some(ctx), activations, kv };
+    let opts = EngineOptions { backend: BackendChoice::Cpu, threads: 0, context_length: Some(ctx), activations, kv, ..Default::default() };
     model.engine(&opts).expect("engine")
 }
 

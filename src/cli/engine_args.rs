@@ -18,11 +18,31 @@ pub struct EngineArgs {
     /// KV cache element type: f16 or f32
     #[arg(long, default_value = "f16")]
     pub kv: KvType,
+    /// Cap on GPU memory (48MB, 2GiB, bytes): weights that do not fit stream from the mapped files.
+    /// Default: OMEX_GPU_MEM, else [device] gpu_memory_limit in ~/.omex/config.toml, else no cap
+    #[arg(long, value_name = "SIZE")]
+    pub gpu_mem: Option<String>,
+    /// Upload slots when weights stream (2: double buffering)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub stream_slots: u32,
+    /// Upload streamed weights and compute one after the other instead of overlapping them
+    #[arg(long)]
+    pub no_overlap: bool,
 }
 
 impl EngineArgs {
     /// The engine options, with a KV cache of `context_length` tokens (`None`: the model's default).
     pub fn options(&self, context_length: Option<usize>) -> EngineOptions {
-        EngineOptions { backend: self.backend, threads: self.threads, context_length, activations: self.activations, kv: self.kv }
+        EngineOptions {
+            backend: self.backend,
+            threads: self.threads,
+            context_length,
+            activations: self.activations,
+            kv: self.kv,
+            gpu_mem: self.gpu_mem.clone(),
+            stream_slots: self.stream_slots as usize,
+            overlap: !self.no_overlap,
+            memory_trace: None,
+        }
     }
 }

@@ -6,5 +6,8 @@ pub mod perplexity;
 pub mod run;
 pub mod convert;
 pub mod layer_inspect;
+pub mod memory_trace;
+pub mod plan;
+pub mod profile;
 pub mod tokenize;
 pub mod validate;

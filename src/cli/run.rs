@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// Print one JSON object on stdout instead of streaming text
     #[arg(long)]
     pub json: bool,
+    /// Record GPU and host memory and the upload/compute timeline to this JSON file (draw it with
+    /// `omex memory-trace`)
+    #[arg(long, value_name = "TRACE.json")]
+    pub memory_trace: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -62,7 +66,9 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let model = Model::load(&args.model)?;
-    let mut session = model.session(&args.engine.options(args.ctx))?;
+    let mut opts = args.engine.options(args.ctx);
+    opts.memory_trace = args.memory_trace.clone();
+    let mut session = model.session(&opts)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     log::info!("engine: {}", session.engine().describe());
 

@@ -1,6 +1,7 @@
 //! Running a model: loading it, sessions (prompt, KV cache, generation loop, streaming) and sampling.
 
 pub mod budget;
+pub mod memory_trace;
 mod model;
 pub mod perplexity;
 pub mod planner;

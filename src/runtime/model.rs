@@ -2,6 +2,7 @@
 
 use super::session::Session;
 use crate::backend::cpu::{CpuEngine, CpuOptions};
+use crate::backend::gpu::GpuOptions;
 use crate::backend::{Activations, Engine, KvType};
 use crate::error::{Error, Result};
 use crate::format::graph::GRAPH_FILE;
@@ -42,11 +43,29 @@ pub struct EngineOptions {
     pub context_length: Option<usize>,
     pub activations: Activations,
     pub kv: KvType,
+    /// The GPU memory budget as the user wrote it (`--gpu-mem`); `None`: `OMEX_GPU_MEM`, else the config file.
+    pub gpu_mem: Option<String>,
+    /// Upload slots when weights stream (2: double buffering).
+    pub stream_slots: usize,
+    /// Overlap uploads with compute when weights stream.
+    pub overlap: bool,
+    /// Write the GPU memory trace (uploads, compute, memory over time) here.
+    pub memory_trace: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { backend: BackendChoice::Auto, threads: 0, context_length: None, activations: Activations::default(), kv: KvType::default() }
+        EngineOptions {
+            backend: BackendChoice::Auto,
+            threads: 0,
+            context_length: None,
+            activations: Activations::default(),
+            kv: KvType::default(),
+            gpu_mem: None,
+            stream_slots: 2,
+            overlap: true,
+            memory_trace: None,
+        }
     }
 }
 
@@ -85,20 +104,36 @@ impl Model {
         }
     }
 
+    /// The GPU engine's options: the budget resolved (flag, environment, config file), streaming settings.
+    pub fn gpu_options(&self, opts: &EngineOptions) -> Result<GpuOptions> {
+        let mut gpu = GpuOptions::new(self.context_length(opts)?);
+        gpu.budget = crate::runtime::budget::resolve_default(opts.gpu_mem.as_deref())?;
+        gpu.slots = opts.stream_slots.max(1);
+        gpu.overlap = opts.overlap;
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            gpu.memory_trace = opts.memory_trace.clone();
+        }
+        Ok(gpu)
+    }
+
     pub fn engine(&self, opts: &EngineOptions) -> Result<Box<dyn Engine>> {
         let context_length = self.context_length(opts)?;
         match opts.backend {
             BackendChoice::Cpu | BackendChoice::Auto => {
                 if opts.backend == BackendChoice::Auto {
                     // The GPU engine on a hardware adapter; else it logs why the CPU engine runs instead.
-                    if let Some(gpu) = crate::backend::gpu::auto_engine(&self.dir, &self.config, context_length)? {
+                    if let Some(gpu) = crate::backend::gpu::auto_engine(&self.dir, &self.config, self.gpu_options(opts)?)? {
                         return Ok(gpu);
                     }
+                }
+                if opts.memory_trace.is_some() {
+                    return Err(Error::Usage("--memory-trace records the GPU engine: add --backend gpu".into()));
                 }
                 let cpu = CpuOptions { threads: opts.threads, context_length, activations: opts.activations, kv: opts.kv, max_batch: 512 };
                 Ok(Box::new(CpuEngine::load(&self.dir, &self.config, cpu)?))
             }
-            BackendChoice::Gpu => crate::backend::gpu::open_engine(&self.dir, &self.config, context_length),
+            BackendChoice::Gpu => crate::backend::gpu::open_engine(&self.dir, &self.config, self.gpu_options(opts)?),
         }
     }
 

@@ -1,21 +1,27 @@
-//! The memory planner: given each weight file's GPU size, the KV cache and the activations, and a budget,
-//! decide which layer files stay resident on the GPU and which stream through a ring of upload slots, and
-//! predict the speed from measured bandwidths.
+//! The memory planner: given each weight unit's GPU size, the KV cache and the activations, and a budget,
+//! decide which units stay resident on the GPU and which stream through a ring of upload slots, and predict
+//! the speed from measured bandwidths.
 //!
-//! Every token reads every layer once, so the bytes uploaded per token are the sum of the streamed layers:
-//! the planner maximises the resident bytes. A streamed layer needs a slot as large as itself, so it tries
-//! each candidate slot size (every layer larger than the slot must then be resident) and keeps the plan that
-//! moves the fewest bytes.
+//! A unit is a weight file as the forward pass uses it: a transformer block's file, or a big matrix (the
+//! output head) that can stream in row pieces. Every token reads every unit once, so the bytes uploaded per
+//! token are the sum of the streamed units: the planner maximises the bytes it keeps resident. A whole-file
+//! unit needs a slot as large as itself, so the planner tries each candidate slot size (whole-file units
+//! larger than the slot must then be resident) and keeps the plan that moves the fewest bytes.
 
 use serde::Serialize;
 
-/// One weight file as the GPU holds it.
+/// One weight unit as the GPU holds it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LayerCost {
-    /// File name under `weights/`.
+    /// What it is, e.g. `layer_3.bin` or `embedding.bin (token embedding, output head)`.
     pub file: String,
-    /// Bytes of its tensors' sections (what a GPU buffer holding it needs).
+    /// Bytes of GPU memory it takes when resident.
     pub bytes: u64,
+    /// Bytes uploaded per forward pass when it is not resident. 0 for a unit the GPU never reads when it is
+    /// not resident (an embedding table whose rows are then gathered on the host).
+    pub moved: u64,
+    /// Streams in pieces of at most a slot (rows of a matrix); otherwise it needs a slot as large as itself.
+    pub splittable: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -27,11 +33,13 @@ pub struct PlanInput {
     pub activation_bytes: u64,
     /// Upload slots when streaming: 2 is double buffering (upload i+1 while computing i).
     pub slots: usize,
+    /// The smallest slot a splittable unit can stream through (its largest indivisible piece).
+    pub min_slot: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
-    /// Per layer (same order as the input): resident or streamed.
+    /// Per unit (same order as the input): resident or not.
     pub resident: Vec<bool>,
     /// Slots allocated (0 when nothing streams) and the size of each.
     pub slots: usize,
@@ -41,7 +49,7 @@ pub struct Plan {
     pub activation_bytes: u64,
     /// Everything the plan allocates: resident + slots + KV + activations.
     pub total_bytes: u64,
-    /// Bytes uploaded per decode step (and per prefill chunk).
+    /// Bytes uploaded per forward pass: per token when decoding, per chunk of tokens in a prefill.
     pub streamed_bytes_per_token: u64,
     pub weight_bytes: u64,
 }
@@ -60,12 +68,26 @@ pub struct TooSmall {
     pub minimum: u64,
 }
 
+/// Slot sizes worth trying: each whole-file unit's size, and a piece size for the splittable ones.
+fn slot_candidates(input: &PlanInput) -> Vec<u64> {
+    let mut sizes: Vec<u64> =
+        input.layers.iter().filter(|l| !l.splittable && l.moved > 0 && l.bytes >= input.min_slot).map(|l| l.bytes).collect();
+    if let Some(largest) = input.layers.iter().filter(|l| l.splittable).map(|l| l.moved).max() {
+        sizes.push(input.min_slot.max((4 << 20).min(largest)));
+    }
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
 pub fn plan(input: &PlanInput, budget: Option<u64>) -> Result<Plan, TooSmall> {
     let weight_bytes: u64 = input.layers.iter().map(|l| l.bytes).sum();
     let fixed = input.kv_bytes + input.activation_bytes;
     let make = |resident: Vec<bool>, slot_bytes: u64| {
-        let resident_bytes: u64 = input.layers.iter().zip(&resident).filter(|(_, r)| **r).map(|(l, _)| l.bytes).sum();
-        let slots = if resident.iter().all(|r| *r) { 0 } else { input.slots.max(1) };
+        let on = |want: bool| input.layers.iter().zip(&resident).filter(move |(_, r)| **r == want).map(|(l, _)| l);
+        let resident_bytes: u64 = on(true).map(|l| l.bytes).sum();
+        let moved: u64 = on(false).map(|l| l.moved).sum();
+        let slots = if moved == 0 { 0 } else { input.slots.max(1) };
         let slot_bytes = if slots == 0 { 0 } else { slot_bytes };
         Plan {
             slots,
@@ -74,7 +96,7 @@ pub fn plan(input: &PlanInput, budget: Option<u64>) -> Result<Plan, TooSmall> {
             kv_bytes: input.kv_bytes,
             activation_bytes: input.activation_bytes,
             total_bytes: resident_bytes + slots as u64 * slot_bytes + fixed,
-            streamed_bytes_per_token: weight_bytes - resident_bytes,
+            streamed_bytes_per_token: moved,
             weight_bytes,
             resident,
         }
@@ -85,24 +107,23 @@ pub fn plan(input: &PlanInput, budget: Option<u64>) -> Result<Plan, TooSmall> {
         Some(b) => b,
     };
     let slots = input.slots.max(1) as u64;
-    let mut sizes: Vec<u64> = input.layers.iter().map(|l| l.bytes).collect();
-    sizes.sort_unstable();
-    sizes.dedup();
     let mut best: Option<Plan> = None;
     let mut minimum = u64::MAX;
-    for &slot in &sizes {
-        // Layers larger than a slot cannot stream through it.
-        let forced: u64 = input.layers.iter().filter(|l| l.bytes > slot).map(|l| l.bytes).sum();
-        let floor = fixed + slots * slot + forced;
+    for slot in slot_candidates(input) {
+        // Whole-file units larger than a slot cannot stream through it.
+        let forced = |l: &LayerCost| !l.splittable && l.moved > 0 && l.bytes > slot;
+        let forced_bytes: u64 = input.layers.iter().filter(|l| forced(l)).map(|l| l.bytes).sum();
+        let floor = fixed + slots * slot + forced_bytes;
         minimum = minimum.min(floor);
         if floor > budget {
             continue;
         }
-        // Fill what is left with the largest streamable layers first.
+        // Fill what is left with the units that save the most upload per resident byte, largest first.
         let mut room = budget - floor;
-        let mut resident: Vec<bool> = input.layers.iter().map(|l| l.bytes > slot).collect();
-        let mut order: Vec<usize> = (0..input.layers.len()).filter(|&i| !resident[i]).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(input.layers[i].bytes));
+        let mut resident: Vec<bool> = input.layers.iter().map(forced).collect();
+        let mut order: Vec<usize> = (0..input.layers.len()).filter(|&i| !resident[i] && input.layers[i].moved > 0).collect();
+        let ratio = |i: usize| input.layers[i].moved as f64 / input.layers[i].bytes.max(1) as f64;
+        order.sort_by(|&a, &b| ratio(b).total_cmp(&ratio(a)).then(input.layers[b].bytes.cmp(&input.layers[a].bytes)));
         for i in order {
             if input.layers[i].bytes <= room {
                 room -= input.layers[i].bytes;
@@ -110,6 +131,10 @@ pub fn plan(input: &PlanInput, budget: Option<u64>) -> Result<Plan, TooSmall> {
             }
         }
         let p = make(resident, slot);
+        // A plan that streams nothing needs no slots: it must still fit.
+        if p.total_bytes > budget {
+            continue;
+        }
         let better = match &best {
             None => true,
             Some(b) => (p.streamed_bytes_per_token, p.total_bytes) < (b.streamed_bytes_per_token, b.total_bytes),
@@ -125,8 +150,12 @@ pub fn plan(input: &PlanInput, budget: Option<u64>) -> Result<Plan, TooSmall> {
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct DeviceProfile {
     pub adapter: String,
-    /// Host-to-GPU upload (a mapped staging buffer + copy, or write_buffer), GB/s.
+    /// Host-to-GPU upload the way streaming does it (`queue.write_buffer` from a host slice, a few MB at a
+    /// time, host copy included), GB/s.
     pub upload_gbs: f64,
+    /// Host-to-GPU upload through a mapped staging buffer and a buffer copy, GB/s (for comparison).
+    #[serde(default)]
+    pub staging_upload_gbs: f64,
     /// A matrix-vector product over quantized weights, GB/s of weight bytes.
     pub matvec_gbs: f64,
     /// A device-to-device copy, GB/s (the memory ceiling).
@@ -142,11 +171,14 @@ pub struct Prediction {
     pub decode_tok_s_serial: f64,
     pub compute_ms_per_token: f64,
     pub upload_ms_per_token: f64,
+    /// Prefill: a chunk of `batch` tokens uploads the streamed bytes once, so streaming caps prefill at
+    /// `batch` tokens per upload time (`None`: nothing streams). Compute is not modelled here.
+    pub prefill_tok_s_upload_bound: Option<f64>,
 }
 
 /// Decode speed from the bandwidth model: a token reads every weight byte once (compute) and uploads the
 /// streamed bytes; with double buffering the two overlap and the slower one sets the pace.
-pub fn predict(plan: &Plan, profile: &DeviceProfile, dispatches_per_token: usize) -> Prediction {
+pub fn predict(plan: &Plan, profile: &DeviceProfile, dispatches_per_token: usize, batch: u32) -> Prediction {
     let compute_s = plan.weight_bytes as f64 / (profile.matvec_gbs * 1e9) + dispatches_per_token as f64 * profile.dispatch_us * 1e-6;
     let upload_s = plan.streamed_bytes_per_token as f64 / (profile.upload_gbs * 1e9);
     Prediction {
@@ -154,6 +186,7 @@ pub fn predict(plan: &Plan, profile: &DeviceProfile, dispatches_per_token: usize
         decode_tok_s_serial: 1.0 / (compute_s + upload_s),
         compute_ms_per_token: compute_s * 1e3,
         upload_ms_per_token: upload_s * 1e3,
+        prefill_tok_s_upload_bound: plan.streams().then(|| batch as f64 / upload_s),
     }
 }
 
@@ -162,10 +195,11 @@ mod tests {
     use super::*;
 
     fn input() -> PlanInput {
-        let mut layers = vec![LayerCost { file: "embedding.bin".into(), bytes: 30 }];
-        layers.extend((0..10).map(|i| LayerCost { file: format!("layer_{i}.bin"), bytes: 5 }));
-        layers.push(LayerCost { file: "head.bin".into(), bytes: 1 });
-        PlanInput { layers, kv_bytes: 4, activation_bytes: 2, slots: 2 }
+        let unit = |file: String, bytes: u64| LayerCost { file, bytes, moved: bytes, splittable: false };
+        let mut layers = vec![unit("embedding.bin".into(), 30)];
+        layers.extend((0..10).map(|i| unit(format!("layer_{i}.bin"), 5)));
+        layers.push(unit("head.bin".into(), 1));
+        PlanInput { layers, kv_bytes: 4, activation_bytes: 2, slots: 2, min_slot: 1 }
     }
 
     #[test]
@@ -202,11 +236,30 @@ mod tests {
     }
 
     #[test]
+    fn a_splittable_unit_streams_in_pieces_and_a_host_gathered_one_moves_nothing() {
+        let mut i = input();
+        // The embedding is also the output head (tied): it streams in pieces of a slot.
+        i.layers[0].splittable = true;
+        // 6 fixed + 2 slots of 5 = 16; the 4 bytes left keep the head file (1 byte) resident.
+        let p = plan(&i, Some(20)).unwrap();
+        assert_eq!((p.slot_bytes, p.streamed_bytes_per_token, p.total_bytes), (5, 80, 17));
+        assert!(!p.resident[0] && p.resident[11]);
+        // Untied: the GPU never reads a non-resident embedding (its rows are gathered on the host).
+        i.layers[0].moved = 0;
+        let p = plan(&i, Some(20)).unwrap();
+        assert_eq!(p.streamed_bytes_per_token, 50);
+        // ... and it is only resident when everything fits.
+        assert!(!plan(&i, Some(86)).unwrap().resident[0]);
+        assert!(plan(&i, Some(87)).unwrap().resident.iter().all(|r| *r));
+    }
+
+    #[test]
     fn overlap_is_bounded_by_the_slower_side() {
         let p = plan(&input(), Some(46)).unwrap();
-        let prof = DeviceProfile { adapter: "t".into(), upload_gbs: 1e-9 * 51.0, matvec_gbs: 1e-9 * 81.0 / 2.0, copy_gbs: 1.0, dispatch_us: 0.0 };
-        let pred = predict(&p, &prof, 0);
+        let prof = DeviceProfile { adapter: "t".into(), upload_gbs: 1e-9 * 51.0, staging_upload_gbs: 0.0, matvec_gbs: 1e-9 * 81.0 / 2.0, copy_gbs: 1.0, dispatch_us: 0.0 };
+        let pred = predict(&p, &prof, 0, 8);
         assert!((pred.decode_tok_s - 0.5).abs() < 1e-9, "compute 2 s, upload 1 s: {pred:?}");
         assert!((pred.decode_tok_s_serial - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(pred.prefill_tok_s_upload_bound, Some(8.0));
     }
 }

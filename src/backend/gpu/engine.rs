@@ -2,15 +2,24 @@
 //! ([`super::plan`]), one command buffer per forward chunk, and only the requested logits rows read back.
 //! [`GpuEngine::decode_greedy`] chains decode steps on the GPU (the sampled id feeds the next step's embedding
 //! gather), reading back only the token ids.
+//!
+//! Under a GPU memory budget too small for the model, the planner keeps some weight units resident and the
+//! rest stream through upload slots ([`super::streaming`]): a forward pass is then one submission per
+//! streamed piece, each piece written from the mapped file while the GPU runs the piece before it.
 
 use super::context::GpuContext;
 use super::device::DeviceOptions;
-use super::plan::{Buffers, Model, Plan, MAX_STEPS};
-use crate::backend::{Engine, Logits};
+use super::plan::{Buffers, Model, Plan, Residency, Stage, MAX_STEPS};
+use super::streaming::{self, Slots};
+use crate::backend::{Engine, Logits, WeightRef};
 use crate::error::{Error, Result};
 use crate::format::ModelDir;
 use crate::graph::{Activation, Transformer};
+use crate::runtime::budget::Budget;
+use crate::runtime::planner::{self, PlanInput};
 use std::sync::Arc;
+#[cfg(not(target_arch = "wasm32"))]
+use {crate::runtime::memory_trace::{SpanKind, TraceRecorder, TraceUnit}, std::path::PathBuf, std::sync::Mutex};
 
 /// Options of the GPU engine.
 #[derive(Clone, Debug)]
@@ -21,12 +30,140 @@ pub struct GpuOptions {
     /// Splits of the decode attention over the cache (0: from the context length).
     pub attention_splits: u32,
     pub device: DeviceOptions,
+    /// Cap on the GPU memory omex allocates (`--gpu-mem`); weights stream when the model does not fit.
+    pub budget: Option<Budget>,
+    /// Upload slots when streaming: 2 is double buffering.
+    pub slots: usize,
+    /// Upload the next piece while the GPU runs the current one (off: upload, then compute, in turn).
+    pub overlap: bool,
+    /// Record the upload/compute timeline and memory use, written to this file when the engine is dropped.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub memory_trace: Option<PathBuf>,
 }
 
 impl GpuOptions {
     pub fn new(context_length: usize) -> GpuOptions {
-        GpuOptions { context_length, max_batch: 512, attention_splits: 0, device: DeviceOptions::default() }
+        GpuOptions {
+            context_length,
+            max_batch: 512,
+            attention_splits: 0,
+            device: DeviceOptions::default(),
+            budget: None,
+            slots: 2,
+            overlap: true,
+            #[cfg(not(target_arch = "wasm32"))]
+            memory_trace: None,
+        }
     }
+}
+
+/// What the engine decided about memory at load: the planner's answer and what it was given.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemoryPlan {
+    pub units: Vec<planner::LayerCost>,
+    pub plan: planner::Plan,
+    pub max_batch: u32,
+    pub logit_rows: u32,
+    /// Decode step dispatches (for the bandwidth model's launch cost).
+    pub dispatches_per_token: usize,
+}
+
+/// Bytes of uniform parameter blocks a plan may allocate: 256 per dispatch, generously counted.
+fn params_reserve(cfg: &Transformer) -> u64 {
+    256 * (36 * cfg.blocks.len() as u64 + 512)
+}
+
+/// The batch and logits rows a budget allows: activations within an eighth of it.
+fn sizes_for_budget(cfg: &Transformer, opts: &GpuOptions, max_batch: u32, logit_rows: u32) -> (u32, u32) {
+    let Some(budget) = opts.budget.as_ref().map(|b| b.bytes) else { return (max_batch, logit_rows) };
+    let share = budget / 8;
+    let mut batch = max_batch;
+    while batch > 1 && Buffers::bytes(cfg, 1, batch, 1, 1).1 > share {
+        batch /= 2;
+    }
+    let row = 4 * cfg.vocab_size as u64;
+    (batch, ((share / 2 / row) as u32).clamp(1, batch.min(logit_rows)))
+}
+
+/// The planner's answer for this model and options, and its units. Under a budget the chunk buffers are
+/// sized to an eighth of it; if that does not fit, one token per chunk is tried before giving up, so the
+/// minimum a refusal names is a budget that works.
+pub fn plan_memory(
+    dir: &ModelDir,
+    cfg: &Transformer,
+    opts: &GpuOptions,
+    max_binding: u64,
+) -> Result<(Vec<streaming::Unit>, MemoryPlan)> {
+    let units = streaming::units(dir, cfg)?;
+    let splits = attention_splits(opts);
+    let other = streaming::other_bytes(dir, cfg, &units)?;
+    let min_slot = streaming::min_slot(dir, cfg)?;
+    let (max_batch, logit_rows) = chunk_sizes(cfg, opts, max_binding);
+    let mut sizes = vec![sizes_for_budget(cfg, opts, max_batch, logit_rows)];
+    if opts.budget.is_some() && sizes[0] != (1, 1) {
+        sizes.push((1, 1));
+    }
+    let mut refusal = None;
+    for (max_batch, logit_rows) in sizes {
+        let (kv, activations) = Buffers::bytes(cfg, opts.context_length, max_batch, logit_rows, splits);
+        let readback = (logit_rows as u64 * 4 * cfg.vocab_size as u64).max(4 * MAX_STEPS as u64).div_ceil(16) * 16;
+        let input = PlanInput {
+            layers: units.iter().map(|u| u.cost.clone()).collect(),
+            kv_bytes: kv,
+            activation_bytes: activations + readback + other + params_reserve(cfg),
+            slots: opts.slots.max(1),
+            min_slot,
+        };
+        match planner::plan(&input, opts.budget.as_ref().map(|b| b.bytes)) {
+            Ok(plan) => {
+                let dispatches_per_token = 7 * cfg.blocks.len() + 2;
+                let memory = MemoryPlan { units: input.layers, plan, max_batch, logit_rows, dispatches_per_token };
+                return Ok((units, memory));
+            }
+            Err(e) => refusal = Some((e, kv)),
+        }
+    }
+    let (e, kv) = refusal.expect("a plan or a refusal");
+    let budget = opts.budget.as_ref().expect("only a budget is too small");
+    Err(Error::Usage(format!(
+        "the GPU memory budget of {} ({}) is too small for this model at a context of {} tokens: streaming \
+         needs at least {} ({} of them the KV cache; a smaller --ctx shrinks it)",
+        mb(e.budget),
+        budget.source,
+        opts.context_length,
+        mb_up(e.minimum),
+        mb(kv)
+    )))
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Rounded up, for a minimum a user can pass back.
+fn mb_up(bytes: u64) -> String {
+    format!("{:.1} MB", (bytes as f64 / 1e5).ceil() / 10.0)
+}
+
+fn attention_splits(opts: &GpuOptions) -> u32 {
+    match opts.attention_splits {
+        0 => (opts.context_length as u32).div_ceil(128).clamp(1, 64),
+        s => s,
+    }
+}
+
+/// Tokens per forward chunk and logits rows: every chunk buffer must fit one binding, and the logits buffer
+/// holds at most 64 MiB of rows.
+fn chunk_sizes(cfg: &Transformer, opts: &GpuOptions, max_binding: u64) -> (u32, u32) {
+    let vocab_bytes = 4 * cfg.vocab_size as u64;
+    let widest = 4
+        * [cfg.hidden_size, 2 * cfg.intermediate_size, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim]
+            .into_iter()
+            .max()
+            .unwrap_or(1) as u64;
+    let max_batch = (opts.max_batch.max(1) as u64).min(max_binding / widest).max(1) as u32;
+    let logit_rows = (max_batch as u64).min((64 << 20).min(max_binding) / vocab_bytes).max(1) as u32;
+    (max_batch, logit_rows)
 }
 
 pub struct GpuEngine {
@@ -39,8 +176,17 @@ pub struct GpuEngine {
     // Field order is drop order: dispatches before the buffers and weights they bind.
     plan: Plan,
     bufs: Buffers,
-    _model: Model,
+    model: Model,
     staging: super::buffers::GpuBuffer,
+    memory: MemoryPlan,
+    /// The token embedding, when it stays on the host: rows are gathered here.
+    host_embed: Option<WeightRef>,
+    /// Forward passes run, for traces.
+    forwards: std::sync::atomic::AtomicU64,
+    /// Weight bytes uploaded into slots so far.
+    uploaded: std::sync::atomic::AtomicU64,
+    #[cfg(not(target_arch = "wasm32"))]
+    trace: Option<(PathBuf, Arc<Mutex<TraceRecorder>>)>,
 }
 
 impl GpuEngine {
@@ -58,35 +204,107 @@ impl GpuEngine {
                 opts.context_length, cfg.context_length
             )));
         }
-        let vocab_bytes = 4 * cfg.vocab_size as u64;
         let max_binding = ctx.gpu.limits.max_storage_buffer_binding_size;
-        // Every chunk buffer must fit one binding; the logits buffer holds at most 64 MiB of rows.
-        let widest = 4
-            * [cfg.hidden_size, 2 * cfg.intermediate_size, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim]
-                .into_iter()
-                .max()
-                .unwrap_or(1) as u64;
-        let max_batch = (opts.max_batch.max(1) as u64).min(max_binding / widest).max(1) as u32;
-        let logit_rows = (max_batch as u64).min((64 << 20).min(max_binding) / vocab_bytes).max(1) as u32;
-        let splits = match opts.attention_splits {
-            0 => (opts.context_length as u32).div_ceil(128).clamp(1, 64),
-            s => s,
+        let (units, memory) = plan_memory(dir, cfg, &opts, max_binding)?;
+        let (max_batch, logit_rows, splits) = (memory.max_batch, memory.logit_rows, attention_splits(&opts));
+        let p = &memory.plan;
+        ctx.pool.set_budget(opts.budget.as_ref().map(|b| b.bytes));
+        if let Some(b) = &opts.budget {
+            log::info!(
+                "GPU memory budget {} ({}): {} of {} weight bytes resident, {} streamed per forward pass through {} slots of {}",
+                mb(b.bytes),
+                b.source,
+                mb(p.resident_bytes),
+                mb(p.weight_bytes),
+                mb(p.streamed_bytes_per_token),
+                p.slots,
+                mb(p.slot_bytes)
+            );
+        }
+        let residency = p.streams().then(|| Residency {
+            units: &units,
+            resident: &p.resident,
+            slots: p.slots,
+            slot_bytes: p.slot_bytes,
+        });
+        let model = Model::upload(&ctx, dir, cfg, residency)?;
+        let host_embed = match model.embed {
+            Some(_) => None,
+            None => Some(WeightRef::load(dir, &cfg.token_embedding, &[cfg.vocab_size, cfg.hidden_size])?),
         };
-        let model = Model::upload(&ctx, dir, cfg)?;
         let bufs = Buffers::new(&ctx, cfg, opts.context_length, max_batch, logit_rows, splits)?;
         let plan = Plan::build(&ctx, cfg, &model, &bufs, splits).await?;
+        let vocab_bytes = 4 * cfg.vocab_size as u64;
         let staging = ctx.pool.readback("readback", (logit_rows as u64 * vocab_bytes).max(4 * MAX_STEPS as u64))?;
         ctx.gpu.check()?;
         let m = ctx.pool.report();
         log::info!(
             "GPU engine: {} dispatches per decode step; GPU memory {} MiB (weights {}, KV cache {}, activations {})",
-            plan.embed.len() + plan.decode.len() + plan.head_last.len(),
+            plan.decode_dispatches(),
             m.in_use >> 20,
             m.weights >> 20,
             m.kv_cache >> 20,
             m.activations >> 20
         );
-        Ok(GpuEngine { ctx, cfg: cfg.clone(), opts, max_batch, logit_rows, plan, bufs, _model: model, staging })
+        let memory = MemoryPlan { dispatches_per_token: plan.decode_dispatches(), ..memory };
+        if let Some(s) = &model.slots {
+            debug_assert_eq!(s.bytes_per_pass(), memory.plan.streamed_bytes_per_token);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        let trace = match &opts.memory_trace {
+            Some(path) => {
+                // Fail now, not after the run, if the trace cannot be written.
+                std::fs::write(path, b"{}").map_err(|e| Error::io(path, e))?;
+                let units = memory
+                    .units
+                    .iter()
+                    .zip(&memory.plan.resident)
+                    .map(|(u, &resident)| TraceUnit { name: u.file.clone(), bytes: u.bytes, resident })
+                    .collect();
+                let rec = TraceRecorder::new(
+                    dir.root.display().to_string(),
+                    ctx.gpu.describe(),
+                    opts.budget.as_ref().map(|b| b.bytes),
+                    opts.overlap,
+                    memory.plan.slots,
+                    units,
+                );
+                Some((path.clone(), Arc::new(Mutex::new(rec))))
+            }
+            None => None,
+        };
+        Ok(GpuEngine {
+            ctx,
+            cfg: cfg.clone(),
+            opts,
+            max_batch,
+            logit_rows,
+            plan,
+            bufs,
+            model,
+            staging,
+            memory,
+            host_embed,
+            forwards: Default::default(),
+            uploaded: Default::default(),
+            #[cfg(not(target_arch = "wasm32"))]
+            trace,
+        })
+    }
+
+    /// The memory plan the engine runs under.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.memory
+    }
+
+    /// Bytes allocated on the GPU now and at the peak, by the one allocator.
+    pub fn memory_report(&self) -> super::buffers::MemoryReport {
+        self.ctx.pool.report()
+    }
+
+    /// Weight bytes uploaded by forward passes so far (0 when everything is resident).
+    pub fn streamed_bytes(&self) -> u64 {
+        self.uploaded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// [`GpuEngine::load`], waiting for it (native only).
@@ -122,14 +340,147 @@ impl GpuEngine {
         self.ctx.write(&self.bufs.step, 0, bytemuck::cast_slice(&[n, pos, 0, 0]));
     }
 
-    /// Reads `rows` logits rows (from row 0 of the logits buffer) once the submitted work is done.
-    async fn read_logits(&self, mut encoder: wgpu::CommandEncoder, rows: u32, out: &mut Vec<f32>) -> Result<()> {
-        let bytes = rows as u64 * 4 * self.cfg.vocab_size as u64;
-        encoder.copy_buffer_to_buffer(self.bufs.logits.raw(), 0, self.staging.raw(), 0, bytes);
-        self.ctx.gpu.queue.submit([encoder.finish()]);
-        let data = self.ctx.map_read(&self.staging, bytes).await?;
-        out.extend_from_slice(bytemuck::cast_slice(&data));
-        Ok(())
+    /// Reads `bytes` of the readback buffer, into which the last submission copied them.
+    async fn read_back(&self, bytes: u64) -> Result<Vec<u8>> {
+        self.ctx.map_read(&self.staging, bytes).await
+    }
+
+    /// Writes the embedding rows of `ids` into `x`, when the embedding stays on the host.
+    fn gather_on_host(&self, ids: &[u32]) {
+        let Some(w) = &self.host_embed else { return };
+        let d = self.cfg.hidden_size as usize;
+        let m = w.matrix();
+        let mut x = vec![0f32; ids.len() * d];
+        for (row, &id) in x.chunks_exact_mut(d).zip(ids) {
+            m.dequant_row(id as usize, row);
+        }
+        self.ctx.write(&self.bufs.x, 0, bytemuck::cast_slice(&x));
+    }
+
+    /// Runs one forward pass of `n` tokens: the embedding, `blocks`, then `head` and `extra` when given, and
+    /// finally copies `readback` bytes of `from` into the readback buffer. Everything in one command buffer
+    /// when the weights are resident; otherwise streamed (see [`GpuEngine::stream`]).
+    fn submit_forward(
+        &self,
+        n: u32,
+        blocks: &[Stage],
+        head: &[Stage],
+        extra: &[&[super::context::Dispatch]],
+        readback: Option<(&super::buffers::GpuBuffer, u64)>,
+    ) {
+        self.forwards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stages: Vec<&Stage> = blocks.iter().chain(head).collect();
+        match &self.model.slots {
+            None => {
+                let mut encoder = self.ctx.encoder();
+                let mut lists: Vec<&[super::context::Dispatch]> = vec![&self.plan.embed];
+                lists.extend(stages.iter().map(|s| s.dispatches.as_slice()));
+                lists.extend_from_slice(extra);
+                self.ctx.record(&mut encoder, &lists, n);
+                if let Some((from, bytes)) = readback {
+                    encoder.copy_buffer_to_buffer(from.raw(), 0, self.staging.raw(), 0, bytes);
+                }
+                self.ctx.gpu.queue.submit([encoder.finish()]);
+            }
+            Some(slots) => self.stream(slots, n, &stages, extra, readback),
+        }
+    }
+
+    /// A forward pass with streamed weights: one submission per streamed piece. Before the stage that reads a
+    /// piece, the piece is written into its slot from the mapped file (`write_buffer`: the queue orders the
+    /// copy after the work that last read the slot). With overlap, the host writes piece k while the GPU runs
+    /// the submission before it, and waits only for the work that last used piece k's slot, so at most
+    /// `slots` pieces are in flight; without, it waits for the GPU before every upload.
+    fn stream(
+        &self,
+        slots: &Slots,
+        n: u32,
+        stages: &[&Stage],
+        extra: &[&[super::context::Dispatch]],
+        readback: Option<(&super::buffers::GpuBuffer, u64)>,
+    ) {
+        let ring = slots.files.len();
+        let mut lists: Vec<&[super::context::Dispatch]> = vec![&self.plan.embed];
+        // The submission that ran each piece of this pass, in order.
+        let mut ran: Vec<wgpu::SubmissionIndex> = Vec::new();
+        let mut waiting: Vec<usize> = Vec::new();
+        let flush = |lists: &mut Vec<&[super::context::Dispatch]>,
+                     waiting: &mut Vec<usize>,
+                     ran: &mut Vec<wgpu::SubmissionIndex>,
+                     last: bool| {
+            let mut encoder = self.ctx.encoder();
+            self.ctx.record(&mut encoder, lists, n);
+            if let (true, Some((from, bytes))) = (last, readback) {
+                encoder.copy_buffer_to_buffer(from.raw(), 0, self.staging.raw(), 0, bytes);
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            let start = self.trace.as_ref().map(|(_, t)| t.lock().expect("trace lock").now_us());
+            let index = self.ctx.gpu.queue.submit([encoder.finish()]);
+            #[cfg(not(target_arch = "wasm32"))]
+            if let (Some((_, trace)), Some(start)) = (&self.trace, start) {
+                let unit = match waiting.first() {
+                    Some(&k) => slots.pieces[k].name.clone(),
+                    None => "resident weights".to_string(),
+                };
+                let (shared, forward) = (trace.clone(), self.forwards());
+                let slot = waiting.first().map(|&k| slots.pieces[k].slot);
+                self.ctx.gpu.queue.on_submitted_work_done(move || {
+                    let mut t = shared.lock().expect("trace lock");
+                    let end = t.now_us();
+                    t.span(SpanKind::Compute, &unit, slot, forward, start, end, 0);
+                });
+                let m = self.ctx.pool.report();
+                trace.lock().expect("trace lock").sample(m.in_use, m.peak);
+            }
+            ran.extend(waiting.drain(..).map(|_| index.clone()));
+            lists.clear();
+        };
+        for stage in stages {
+            if let Some(k) = stage.piece {
+                if !lists.is_empty() {
+                    flush(&mut lists, &mut waiting, &mut ran, false);
+                }
+                let piece = &slots.pieces[k];
+                let j = ran.len();
+                if !self.opts.overlap {
+                    self.wait(None);
+                } else if j >= ring {
+                    self.wait(Some(ran[j - ring].clone()));
+                }
+                #[cfg(not(target_arch = "wasm32"))]
+                let start = self.trace.as_ref().map(|(_, t)| t.lock().expect("trace lock").now_us());
+                let slot = &slots.files[piece.slot].buffer;
+                for c in &piece.copies {
+                    self.ctx.write(slot, c.dst, &c.blob.bytes()[c.src.clone()]);
+                }
+                self.uploaded.fetch_add(piece.bytes(), std::sync::atomic::Ordering::Relaxed);
+                #[cfg(not(target_arch = "wasm32"))]
+                if let (Some((_, trace)), Some(start)) = (&self.trace, start) {
+                    let mut t = trace.lock().expect("trace lock");
+                    let end = t.now_us();
+                    t.span(SpanKind::Upload, &piece.name, Some(piece.slot), self.forwards(), start, end, piece.bytes());
+                }
+                waiting.push(k);
+            }
+            lists.push(&stage.dispatches);
+        }
+        lists.extend_from_slice(extra);
+        flush(&mut lists, &mut waiting, &mut ran, true);
+    }
+
+    fn forwards(&self) -> u64 {
+        self.forwards.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Blocks until a submission (`None`: all of them) is done (native; the browser cannot block).
+    fn wait(&self, index: Option<wgpu::SubmissionIndex>) {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            // An error here (a lost device) surfaces at the readback that ends the pass.
+            let _ = self.ctx.gpu.device.poll(wgpu::PollType::Wait { submission_index: index, timeout: None });
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = index;
     }
 
     /// The forward pass; see [`Engine::forward`].
@@ -139,30 +490,32 @@ impl GpuEngine {
         let per = if logits == Logits::All { self.max_batch.min(self.logit_rows) } else { self.max_batch };
         let chunks: Vec<&[u32]> = ids.chunks(per as usize).collect();
         let mut at = pos as u32;
+        let row_bytes = 4 * self.cfg.vocab_size as u64;
         for (c, chunk) in chunks.iter().enumerate() {
             let n = chunk.len() as u32;
             self.ctx.write(&self.bufs.ids, 0, bytemuck::cast_slice(chunk));
+            self.gather_on_host(chunk);
             self.set_step(n, at);
             let plan = &self.plan;
-            let layers = match n {
+            let blocks = match n {
                 1 => &plan.decode,
                 2..=8 => &plan.prefill_short,
                 _ => &plan.prefill,
             };
-            let mut encoder = self.ctx.encoder();
-            match logits {
-                Logits::Last if c + 1 == chunks.len() => {
-                    self.ctx.record(&mut encoder, &[&plan.embed, layers, &plan.head_last], n);
-                    self.read_logits(encoder, 1, &mut out).await?;
+            let rows = match logits {
+                Logits::Last if c + 1 == chunks.len() => Some((&plan.head_last, 1)),
+                Logits::All => Some((&plan.head_all, n)),
+                _ => None,
+            };
+            match rows {
+                Some((head, rows)) => {
+                    self.submit_forward(n, blocks, head, &[], Some((&self.bufs.logits, rows as u64 * row_bytes)));
                 }
-                Logits::All => {
-                    self.ctx.record(&mut encoder, &[&plan.embed, layers, &plan.head_all], n);
-                    self.read_logits(encoder, n, &mut out).await?;
-                }
-                _ => {
-                    self.ctx.record(&mut encoder, &[&plan.embed, layers], n);
-                    self.ctx.gpu.queue.submit([encoder.finish()]);
-                }
+                None => self.submit_forward(n, blocks, &[], &[], None),
+            }
+            if let Some((_, rows)) = rows {
+                let data = self.read_back(rows as u64 * row_bytes).await?;
+                out.extend_from_slice(bytemuck::cast_slice(&data));
             }
             at += n;
         }
@@ -172,10 +525,20 @@ impl GpuEngine {
 
     /// Greedy decoding on the GPU: feeds `first` at `pos`, then each sampled id at the next position, `steps`
     /// times, recording up to 64 steps into one command buffer and reading back only the sampled ids. The KV
-    /// cache then holds positions `pos..pos + steps`; the last id returned has not been fed yet.
+    /// cache then holds positions `pos..pos + steps`; the last id returned has not been fed yet. With streamed
+    /// weights each step is its own forward pass, its argmax taken on the host.
     pub async fn decode_greedy(&mut self, first: u32, pos: usize, steps: usize) -> Result<Vec<u32>> {
         self.check_span(&[first], pos + steps.saturating_sub(1))?;
         let mut out = Vec::with_capacity(steps);
+        if self.model.slots.is_some() {
+            let mut id = first;
+            for i in 0..steps {
+                let logits = self.forward_async(&[id], pos + i, Logits::Last).await?;
+                id = crate::runtime::sampler::argmax(&logits) as u32;
+                out.push(id);
+            }
+            return Ok(out);
+        }
         self.ctx.write(&self.bufs.ids, 0, bytemuck::cast_slice(&[first]));
         let mut at = pos as u32;
         while out.len() < steps {
@@ -183,13 +546,16 @@ impl GpuEngine {
             self.set_step(1, at);
             let mut encoder = self.ctx.encoder();
             let plan = &self.plan;
+            let mut lists: Vec<&[super::context::Dispatch]> = vec![&plan.embed];
+            lists.extend(plan.decode.iter().chain(&plan.head_last).map(|s| s.dispatches.as_slice()));
+            lists.push(&plan.sample);
             for _ in 0..k {
-                self.ctx.record(&mut encoder, &[&plan.embed, &plan.decode, &plan.head_last, &plan.sample], 1);
+                self.ctx.record(&mut encoder, &lists, 1);
             }
             let bytes = 4 * k as u64;
             encoder.copy_buffer_to_buffer(self.bufs.tokens.raw(), 0, self.staging.raw(), 0, bytes);
             self.ctx.gpu.queue.submit([encoder.finish()]);
-            let data = self.ctx.map_read(&self.staging, bytes).await?;
+            let data = self.read_back(bytes).await?;
             out.extend_from_slice(bytemuck::cast_slice::<u8, u32>(&data));
             at += k;
         }
@@ -198,6 +564,28 @@ impl GpuEngine {
 
     pub fn describe_device(&self) -> String {
         self.ctx.gpu.describe()
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Drop for GpuEngine {
+    fn drop(&mut self) {
+        let Some((path, trace)) = self.trace.take() else { return };
+        self.wait(None);
+        // Completion callbacks run inside poll: one more makes sure every span is in.
+        let _ = self.ctx.gpu.device.poll(wgpu::PollType::Poll);
+        let trace = match Arc::try_unwrap(trace) {
+            Ok(t) => t.into_inner().expect("trace lock").finish(),
+            // A completion callback still holds it: take the contents.
+            Err(shared) => {
+                let empty = TraceRecorder::new("", "", None, false, 0, Vec::new());
+                std::mem::replace(&mut *shared.lock().expect("trace lock"), empty).finish()
+            }
+        };
+        match trace.save(&path) {
+            Ok(()) => log::info!("memory trace written to {}", path.display()),
+            Err(e) => eprintln!("error: {e}"),
+        }
     }
 }
 
@@ -216,22 +604,26 @@ impl Engine for GpuEngine {
     }
 
     fn greedy_steps(&mut self, first: u32, pos: usize, steps: usize) -> Option<Result<Vec<u32>>> {
+        // Streamed weights take a forward pass per token anyway: nothing to chain.
+        if self.model.slots.is_some() {
+            return None;
+        }
         Some(pollster::block_on(self.decode_greedy(first, pos, steps)))
     }
 }
 
 /// The GPU engine on the preferred adapter, whatever it is (`--backend gpu`).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn open_engine(dir: &ModelDir, cfg: &Transformer, context_length: usize) -> Result<Box<dyn Engine>> {
-    let ctx = Arc::new(GpuContext::open_blocking(&DeviceOptions::default())?);
-    Ok(Box::new(GpuEngine::load_blocking(ctx, dir, cfg, GpuOptions::new(context_length))?))
+pub fn open_engine(dir: &ModelDir, cfg: &Transformer, opts: GpuOptions) -> Result<Box<dyn Engine>> {
+    let ctx = Arc::new(GpuContext::open_blocking(&opts.device)?);
+    Ok(Box::new(GpuEngine::load_blocking(ctx, dir, cfg, opts)?))
 }
 
 /// `--backend auto`: the GPU engine on a hardware adapter; `None`, with one log line saying why, when there
 /// is none (no adapter, a software one such as lavapipe, or a model the GPU engine does not run).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn auto_engine(dir: &ModelDir, cfg: &Transformer, context_length: usize) -> Result<Option<Box<dyn Engine>>> {
-    let ctx = match GpuContext::open_blocking(&DeviceOptions::default()) {
+pub fn auto_engine(dir: &ModelDir, cfg: &Transformer, opts: GpuOptions) -> Result<Option<Box<dyn Engine>>> {
+    let ctx = match GpuContext::open_blocking(&opts.device) {
         Ok(c) => c,
         Err(e) => {
             log::info!("backend auto: the CPU engine ({e})");
@@ -245,7 +637,7 @@ pub fn auto_engine(dir: &ModelDir, cfg: &Transformer, context_length: usize) -> 
         );
         return Ok(None);
     }
-    match GpuEngine::load_blocking(Arc::new(ctx), dir, cfg, GpuOptions::new(context_length)) {
+    match GpuEngine::load_blocking(Arc::new(ctx), dir, cfg, opts) {
         Ok(e) => {
             log::info!("backend auto: the GPU engine on {}", e.describe_device());
             Ok(Some(Box::new(e)))
@@ -260,12 +652,12 @@ pub fn auto_engine(dir: &ModelDir, cfg: &Transformer, context_length: usize) -> 
 
 /// `--backend gpu` in the browser build: the blocking [`Engine`] is native only.
 #[cfg(target_arch = "wasm32")]
-pub fn open_engine(_dir: &ModelDir, _cfg: &Transformer, _context_length: usize) -> Result<Box<dyn Engine>> {
+pub fn open_engine(_dir: &ModelDir, _cfg: &Transformer, _opts: GpuOptions) -> Result<Box<dyn Engine>> {
     Err(Error::Unsupported("in the browser, load a GpuEngine with GpuEngine::load and call forward_async".into()))
 }
 
 /// `--backend auto` in the browser build: no blocking engine, so the CPU one.
 #[cfg(target_arch = "wasm32")]
-pub fn auto_engine(_dir: &ModelDir, _cfg: &Transformer, _context_length: usize) -> Result<Option<Box<dyn Engine>>> {
+pub fn auto_engine(_dir: &ModelDir, _cfg: &Transformer, _opts: GpuOptions) -> Result<Option<Box<dyn Engine>>> {
     Ok(None)
 }

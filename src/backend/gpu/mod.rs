@@ -7,6 +7,7 @@
 //! - [`weights`]: weight files uploaded as they are on disk; matrices as section offsets inside them.
 //! - [`ops`]: dispatch builders for the op set.
 //! - [`timer`]: per-dispatch GPU times (`OMEX_GPU_KERNEL_TIMES=1`), for kernel work.
+//! - [`streaming`]: weight units streamed through upload slots when the memory budget cannot hold them.
 //! - [`engine`]: the transformer forward pass as one precomputed list of dispatches per chunk.
 //!
 //! Every kernel has a portable variant (no subgroups, no f16, no cooperative matrices) that runs on WebGPU and
@@ -18,10 +19,12 @@ pub mod device;
 mod engine;
 pub mod ops;
 pub mod pipelines;
+pub mod profile;
 mod plan;
+pub mod streaming;
 mod timer;
 pub mod weights;
 
 pub use context::{Dispatch, GpuContext, Grid, Region};
 pub use device::{DeviceOptions, GpuDevice, Tier};
-pub use engine::{auto_engine, open_engine, GpuEngine, GpuOptions};
+pub use engine::{auto_engine, open_engine, plan_memory, GpuEngine, GpuOptions, MemoryPlan};

@@ -5,10 +5,11 @@
 use super::buffers::{GpuBuffer, Purpose};
 use super::context::{Dispatch, GpuContext, Region};
 use super::ops::{attention, misc, Heads, Linear, Mat, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT};
+use super::streaming::{Copy, RowLayout, Slots, Unit, UnitKind};
 use super::weights::{GpuFile, GpuMatrix};
 use crate::backend::WeightRef;
 use crate::error::{Error, Result};
-use crate::format::{DType, ModelDir};
+use crate::format::{DType, ModelDir, SectionKind};
 use crate::graph::{Norm as NormKind, RopeStyle, Transformer};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,31 +23,76 @@ pub(super) struct Layer {
     gate: GpuMatrix,
     up: GpuMatrix,
     down: GpuMatrix,
+    /// The streamed piece that uploads this block's file into its slot (`None`: resident).
+    piece: Option<usize>,
 }
 
+/// The output head: the whole matrix, or pieces of rows `(matrix, first row, piece)`.
+pub(super) type HeadParts = Vec<(GpuMatrix, u32, Option<usize>)>;
+
 pub(super) struct Model {
-    pub embed: GpuMatrix,
+    /// `None`: the embedding stays on the host and the engine gathers the rows.
+    pub embed: Option<GpuMatrix>,
     pub output_norm: GpuMatrix,
-    pub head: GpuMatrix,
+    pub head: HeadParts,
     layers: Vec<Layer>,
+    /// The upload slots and the pieces that stream through them (`None`: everything resident).
+    pub slots: Option<Slots>,
+}
+
+/// Which units stay resident, when streaming: the planner's answer.
+pub(super) struct Residency<'a> {
+    pub units: &'a [Unit],
+    pub resident: &'a [bool],
+    pub slots: usize,
+    pub slot_bytes: u64,
 }
 
 impl Model {
-    /// Uploads every weight file the graph reads, once, as it is on disk.
-    pub fn upload(ctx: &GpuContext, dir: &ModelDir, cfg: &Transformer) -> Result<Model> {
+    /// Uploads every weight file the graph reads, once, as it is on disk; with `residency`, only the resident
+    /// units, and the rest become pieces streamed through the slots.
+    pub fn upload(ctx: &GpuContext, dir: &ModelDir, cfg: &Transformer, residency: Option<Residency>) -> Result<Model> {
+        // Files that are not uploaded: their tensors are found in a slot (or on the host).
+        let mut streamed: HashMap<String, Option<Arc<GpuFile>>> = HashMap::new();
+        let mut slots = None;
+        let mut block_piece = vec![None; cfg.blocks.len()];
+        if let Some(r) = &residency {
+            let mut s = Slots::new(ctx, r.slots, r.slot_bytes)?;
+            for (unit, &resident) in r.units.iter().zip(r.resident) {
+                match (&unit.kind, resident) {
+                    (_, true) => {}
+                    (UnitKind::Embedding { file, .. } | UnitKind::Head { file }, false) => {
+                        streamed.insert(file.clone(), None);
+                    }
+                    (UnitKind::Block { index, file }, false) => {
+                        let blob = dir.blob(file)?;
+                        let copy = Copy { src: 0..blob.bytes().len(), blob, dst: 0 };
+                        let (k, slot) = s.push(file.clone(), vec![copy]);
+                        block_piece[*index] = Some(k);
+                        streamed.insert(file.clone(), Some(slot));
+                    }
+                }
+            }
+            slots = Some(s);
+        }
         let mut files: HashMap<String, Arc<GpuFile>> = HashMap::new();
-        let mut get = |name: &str, shape: &[u32]| -> Result<GpuMatrix> {
+        let mut get = |name: &str, shape: &[u32]| -> Result<Option<GpuMatrix>> {
             let w = WeightRef::load(dir, name, shape)?;
             let entry = &w.view().entry;
-            let file = match files.get(&entry.file) {
-                Some(f) => f.clone(),
-                None => {
+            let file = match (files.get(&entry.file), streamed.get(&entry.file)) {
+                (_, Some(None)) => return Ok(None),
+                (_, Some(Some(slot))) => slot.clone(),
+                (Some(f), None) => f.clone(),
+                (None, None) => {
                     let f = Arc::new(GpuFile::upload(ctx, &entry.file, w.view().blob.bytes())?);
                     files.insert(entry.file.clone(), f.clone());
                     f
                 }
             };
-            GpuMatrix::from_entry(file, entry)
+            GpuMatrix::from_entry(file, entry).map(Some)
+        };
+        let mut must = |name: &str, shape: &[u32]| -> Result<GpuMatrix> {
+            get(name, shape)?.ok_or_else(|| Error::Unsupported(format!("tensor {name} cannot stream")))
         };
         let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
@@ -60,31 +106,82 @@ impl Model {
             Ok(m)
         };
         let mut layers = Vec::with_capacity(cfg.blocks.len());
-        for b in &cfg.blocks {
+        for (b, piece) in cfg.blocks.iter().zip(block_piece) {
             let bias = match &b.attn_qkv_bias {
                 Some([bq, bk, bv]) => {
-                    Some([f32_only(get(bq, &[qd])?)?, f32_only(get(bk, &[kvd])?)?, f32_only(get(bv, &[kvd])?)?])
+                    Some([f32_only(must(bq, &[qd])?)?, f32_only(must(bk, &[kvd])?)?, f32_only(must(bv, &[kvd])?)?])
                 }
                 None => None,
             };
             layers.push(Layer {
-                attn_norm: f32_only(get(&b.attn_norm, &[d])?)?,
-                qkv: [get(&b.attn_q, &[qd, d])?, get(&b.attn_k, &[kvd, d])?, get(&b.attn_v, &[kvd, d])?],
+                attn_norm: f32_only(must(&b.attn_norm, &[d])?)?,
+                qkv: [must(&b.attn_q, &[qd, d])?, must(&b.attn_k, &[kvd, d])?, must(&b.attn_v, &[kvd, d])?],
                 bias,
-                o: get(&b.attn_output, &[d, qd])?,
-                ffn_norm: f32_only(get(&b.ffn_norm, &[d])?)?,
-                gate: get(&b.ffn_gate, &[f, d])?,
-                up: get(&b.ffn_up, &[f, d])?,
-                down: get(&b.ffn_down, &[d, f])?,
+                o: must(&b.attn_output, &[d, qd])?,
+                ffn_norm: f32_only(must(&b.ffn_norm, &[d])?)?,
+                gate: must(&b.ffn_gate, &[f, d])?,
+                up: must(&b.ffn_up, &[f, d])?,
+                down: must(&b.ffn_down, &[d, f])?,
+                piece,
             });
         }
-        Ok(Model {
-            embed: get(&cfg.token_embedding, &[cfg.vocab_size, d])?,
-            output_norm: f32_only(get(&cfg.output_norm, &[d])?)?,
-            head: get(&cfg.output, &[cfg.vocab_size, d])?,
-            layers,
-        })
+        let embed = get(&cfg.token_embedding, &[cfg.vocab_size, d])?;
+        let head = match get(&cfg.output, &[cfg.vocab_size, d])? {
+            Some(m) => vec![(m, 0, None)],
+            None => {
+                let s = slots.as_mut().expect("only a streamed file is left out");
+                head_pieces(dir, &cfg.output, cfg.vocab_size, d, s)?
+            }
+        };
+        // The output norm is read by every head piece: when its file streams (or stays on the host), it gets
+        // a buffer of its own.
+        let output_norm = match get(&cfg.output_norm, &[d])? {
+            Some(m) => m,
+            None => {
+                let w = WeightRef::load(dir, &cfg.output_norm, &[d])?;
+                GpuMatrix::upload(ctx, "output norm", &w.matrix(), 0)?
+            }
+        };
+        Ok(Model { embed, output_norm: f32_only(output_norm)?, head, layers, slots })
     }
+}
+
+/// The output head as pieces of rows, each filling a slot.
+fn head_pieces(dir: &ModelDir, name: &str, rows: u32, cols: u32, slots: &mut Slots) -> Result<HeadParts> {
+    let view = dir.tensor(name)?;
+    let entry = &view.entry;
+    let layout = RowLayout::of(entry)?;
+    let per_piece = layout.rows_per_slot(slots.bytes);
+    if per_piece == 0 {
+        return Err(Error::Unsupported(format!("tensor {name}: one row does not fit an upload slot")));
+    }
+    let mut parts = Vec::new();
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = per_piece.min(rows - r0);
+        let (mut copies, mut at) = (Vec::new(), 0u64);
+        let mut placed: HashMap<SectionKind, (u64, u64)> = HashMap::new();
+        for &(kind, offset, per_row) in &layout.sections {
+            let (start, len) = (offset + per_row * r0 as u64, per_row * n as u64);
+            copies.push(Copy { blob: view.blob.clone(), src: start as usize..(start + len) as usize, dst: at });
+            placed.insert(kind, (at, len));
+            at += len.div_ceil(256) * 256;
+        }
+        let (k, slot) = slots.push(format!("{} rows {r0}..{}", entry.file, r0 + n), copies);
+        let m = GpuMatrix {
+            name: format!("{name} rows {r0}..{}", r0 + n),
+            file: slot,
+            dtype: entry.dtype,
+            rows: n,
+            cols,
+            data: placed[&SectionKind::Data],
+            scales: placed.get(&SectionKind::Scales).copied(),
+            mins: placed.get(&SectionKind::Mins).copied(),
+        };
+        parts.push((m, r0, Some(k)));
+        r0 += n;
+    }
+    Ok(parts)
 }
 
 /// The buffers of a forward chunk of up to `max_batch` tokens.
@@ -109,6 +206,23 @@ pub(super) struct Buffers {
 pub(super) const MAX_STEPS: u32 = 64;
 
 impl Buffers {
+    /// The bytes [`Buffers::new`] allocates, without allocating: (KV cache, everything else).
+    pub fn bytes(cfg: &Transformer, ctx_len: usize, max_batch: u32, logit_rows: u32, splits: u32) -> (u64, u64) {
+        let w = |bytes: u64| bytes.div_ceil(16).max(1) * 16;
+        let (d, f, b) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, max_batch as u64);
+        let h = heads(cfg);
+        let (qd, kvd) = (h.q_dim() as u64, h.kv_dim() as u64);
+        let kv = 2 * cfg.blocks.len() as u64 * w(4 * ctx_len as u64 * kvd);
+        let rope = 8 * ctx_len as u64 * cfg.rope.inv_freq().len() as u64;
+        let activations = [16, 4 * b, 4 * MAX_STEPS as u64, 4 * b * d, 4 * b * (qd + 2 * kvd), 4 * b * qd, 4 * b * qd]
+            .into_iter()
+            .chain([4 * b * 2 * f, 4 * b * f, 4 * logit_rows as u64 * cfg.vocab_size as u64])
+            .chain([attention::partials_bytes(h, splits), rope])
+            .map(w)
+            .sum();
+        (kv, activations)
+    }
+
     pub fn new(
         ctx: &GpuContext,
         cfg: &Transformer,
@@ -217,17 +331,25 @@ async fn products(
     Ok(out)
 }
 
+/// Dispatches that run together; when streaming, right after their piece is uploaded into its slot.
+pub(super) struct Stage {
+    pub piece: Option<usize>,
+    pub dispatches: Vec<Dispatch>,
+}
+
 /// The dispatch lists of one model.
 pub(super) struct Plan {
+    /// Empty when the embedding stays on the host (the engine writes the rows).
     pub embed: Vec<Dispatch>,
-    pub decode: Vec<Dispatch>,
+    /// One stage per block.
+    pub decode: Vec<Stage>,
     /// Chunks of 2..=8 tokens (short matmul tiles).
-    pub prefill_short: Vec<Dispatch>,
-    pub prefill: Vec<Dispatch>,
-    /// Logits of the chunk's last token into logits row 0.
-    pub head_last: Vec<Dispatch>,
+    pub prefill_short: Vec<Stage>,
+    pub prefill: Vec<Stage>,
+    /// Logits of the chunk's last token into logits row 0 (one stage per piece of the head).
+    pub head_last: Vec<Stage>,
     /// Logits of every token of the chunk.
-    pub head_all: Vec<Dispatch>,
+    pub head_all: Vec<Stage>,
     /// Argmax of logits row 0 into ids[0] and tokens[k], then the step moved on.
     pub sample: Vec<Dispatch>,
 }
@@ -240,15 +362,16 @@ impl Plan {
         let scale = 1.0 / (h.head_dim as f32).sqrt();
         let half = cfg.rope.style == RopeStyle::Half;
         let (st, vocab) = (&b.step, cfg.vocab_size);
-        let mut lists: [Vec<Dispatch>; 3] = Default::default();
+        let mut lists: [Vec<Stage>; 3] = Default::default();
         for (l, layer) in w.layers.iter().enumerate() {
             let (kc, vc) = &b.kv[l];
             let bias = |i: usize| layer.bias.as_ref().map(|b| &b[i]);
             let qkv = [(&layer.qkv[0], 0, bias(0)), (&layer.qkv[1], qd, bias(1)), (&layer.qkv[2], qd + kvd, bias(2))];
             let an = Some(norm_of(&layer.attn_norm, eps));
             let fnorm = Some(norm_of(&layer.ffn_norm, eps));
-            for (list, tokens) in lists.iter_mut().zip([0, MATMUL_TOKENS_SHORT, MATMUL_TOKENS]) {
+            for (stages, tokens) in lists.iter_mut().zip([0, MATMUL_TOKENS_SHORT, MATMUL_TOKENS]) {
                 let matvec = tokens == 0;
+                let mut list = Vec::new();
                 list.extend(
                     products(ctx, &qkv, an, Output::Store, st, &b.x, &b.qkv, qd + 2 * kvd, tokens, false).await?,
                 );
@@ -281,22 +404,41 @@ impl Plan {
                     products(ctx, &[(&layer.down, 0, None)], None, Output::Add, st, &b.act, &b.x, d, tokens, false)
                         .await?,
                 );
+                stages.push(Stage { piece: layer.piece, dispatches: list });
             }
         }
         let [decode, prefill_short, prefill] = lists;
-        let on = Some(norm_of(&w.output_norm, eps));
-        let head = [(&w.head, 0, None)];
+        let mut head_last = Vec::new();
+        let mut head_all = Vec::new();
+        for (m, row0, piece) in &w.head {
+            let on = Some(norm_of(&w.output_norm, eps));
+            let part = [(m, *row0, None)];
+            let last = products(ctx, &part, on, Output::Store, st, &b.x, &b.logits, vocab, 0, true).await?;
+            let all = products(ctx, &part, on, Output::Store, st, &b.x, &b.logits, vocab, MATMUL_TOKENS, false).await?;
+            head_last.push(Stage { piece: *piece, dispatches: last });
+            head_all.push(Stage { piece: *piece, dispatches: all });
+        }
+        let embed = match &w.embed {
+            Some(e) => vec![misc::embed(ctx, e, st, &b.ids, &b.x).await?],
+            None => Vec::new(),
+        };
         Ok(Plan {
-            embed: vec![misc::embed(ctx, &w.embed, st, &b.ids, &b.x).await?],
+            embed,
             decode,
             prefill_short,
             prefill,
-            head_last: products(ctx, &head, on, Output::Store, st, &b.x, &b.logits, vocab, 0, true).await?,
-            head_all: products(ctx, &head, on, Output::Store, st, &b.x, &b.logits, vocab, MATMUL_TOKENS, false).await?,
+            head_last,
+            head_all,
             sample: vec![
                 misc::argmax(ctx, vocab, 0, 0, st, &b.logits, &b.ids, &b.tokens).await?,
                 misc::advance(ctx, st).await?,
             ],
         })
+    }
+
+    /// Dispatches a decode step records (embedding, blocks, head).
+    pub fn decode_dispatches(&self) -> usize {
+        let n = |s: &[Stage]| s.iter().map(|s| s.dispatches.len()).sum::<usize>();
+        self.embed.len() + n(&self.decode) + n(&self.head_last)
     }
 }

@@ -1,0 +1,214 @@
+//! Weights that stream: when the GPU memory budget cannot hold the whole model, the planner
+//! ([`crate::runtime::planner`]) keeps some weight units resident and streams the others through a ring of
+//! upload slots, straight from the mapped weight files.
+//!
+//! The units of a llama-family model, in execution order:
+//! - the token embedding file: resident, or left on the host, where the rows of the chunk's tokens are
+//!   gathered (a token reads one row, not the table). When the output head is tied to it, it is also the head.
+//! - one file per transformer block: resident, or uploaded whole into a slot before the block runs (its
+//!   tensors' section offsets are file offsets, so they are the same in the slot).
+//! - the output head matrix (its own file, or the tied embedding): resident, or uploaded in pieces of rows
+//!   that fit a slot, each piece's product written to its rows of the logits.
+//!
+//! Pieces use the slots in turn (piece `k` uses slot `k % slots`), the same order on every forward pass, so
+//! every dispatch is bound once, at load, to the slot its weights will be in.
+
+use super::buffers::Purpose;
+use super::context::GpuContext;
+use super::weights::GpuFile;
+use crate::error::{Error, Result};
+use crate::format::{Blob, ModelDir, SectionKind, TensorEntry};
+use crate::graph::Transformer;
+use crate::runtime::planner::LayerCost;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a weight unit is to the forward pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnitKind {
+    /// The token embedding file; `tied`: it also holds the output head.
+    Embedding { file: String, tied: bool },
+    Block { index: usize, file: String },
+    /// The output head matrix, in a file of its own.
+    Head { file: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct Unit {
+    pub kind: UnitKind,
+    pub cost: LayerCost,
+}
+
+/// Bytes one matrix row takes in each of its sections (data, scales, mins), and each section's place in its
+/// file: a piece of rows is one contiguous range per section.
+#[derive(Clone, Debug)]
+pub struct RowLayout {
+    pub rows: u32,
+    /// (kind, offset in the file, bytes per row).
+    pub sections: Vec<(SectionKind, u64, u64)>,
+}
+
+/// Sections placed in a slot start on 256-byte boundaries (every adapter's storage offset alignment).
+const SLOT_ALIGN: u64 = 256;
+
+fn align(n: u64) -> u64 {
+    n.div_ceil(SLOT_ALIGN) * SLOT_ALIGN
+}
+
+impl RowLayout {
+    pub fn of(entry: &TensorEntry) -> Result<RowLayout> {
+        let rows: u32 = match entry.shape.as_slice() {
+            [r, _] => *r,
+            _ => return Err(Error::Unsupported(format!("tensor {}: only a 2-D matrix streams in rows", entry.name))),
+        };
+        let mut sections = Vec::new();
+        for kind in [SectionKind::Data, SectionKind::Scales, SectionKind::Mins] {
+            let Some(s) = entry.section(kind) else { continue };
+            if rows == 0 || s.bytes % rows as u64 != 0 || (s.bytes / rows as u64) % 4 != 0 {
+                return Err(Error::Unsupported(format!(
+                    "tensor {}: its {kind:?} section ({} bytes) does not split into whole 4-byte rows",
+                    entry.name, s.bytes
+                )));
+            }
+            sections.push((kind, s.offset, s.bytes / rows as u64));
+        }
+        Ok(RowLayout { rows, sections })
+    }
+
+    /// Bytes a slot needs for `rows` rows.
+    pub fn slot_bytes(&self, rows: u32) -> u64 {
+        self.sections.iter().map(|&(_, _, per)| align(per * rows as u64)).sum()
+    }
+
+    /// The most rows a slot of `slot` bytes holds (0 if not even one).
+    pub fn rows_per_slot(&self, slot: u64) -> u32 {
+        let per: u64 = self.sections.iter().map(|s| s.2).sum();
+        let mut rows = (slot.saturating_sub(SLOT_ALIGN * self.sections.len() as u64) / per.max(1)).min(self.rows as u64) as u32;
+        while rows > 0 && self.slot_bytes(rows) > slot {
+            rows -= 1;
+        }
+        rows
+    }
+
+    /// Bytes uploaded for the whole matrix.
+    pub fn total_bytes(&self) -> u64 {
+        self.sections.iter().map(|&(_, _, per)| per * self.rows as u64).sum()
+    }
+}
+
+/// The weight units of a model, in execution order, with what each costs resident and streamed.
+pub fn units(dir: &ModelDir, cfg: &Transformer) -> Result<Vec<Unit>> {
+    let entry = |name: &str| -> Result<TensorEntry> { Ok(dir.tensor(name)?.entry) };
+    let file_bytes = |file: &str| -> Result<u64> { Ok(dir.blob(file)?.bytes().len() as u64) };
+    let embed = entry(&cfg.token_embedding)?;
+    let head = entry(&cfg.output)?;
+    let head_rows = RowLayout::of(&head)?;
+    let tied = head.file == embed.file;
+    let mut units = vec![Unit {
+        kind: UnitKind::Embedding { file: embed.file.clone(), tied },
+        cost: LayerCost {
+            file: if tied { format!("{} (token embedding, output head)", embed.file) } else { embed.file.clone() },
+            bytes: file_bytes(&embed.file)?,
+            moved: if tied { head_rows.total_bytes() } else { 0 },
+            splittable: tied,
+        },
+    }];
+    // Each block must own its file: it is uploaded whole, and nothing else may need it meanwhile.
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    for (index, b) in cfg.blocks.iter().enumerate() {
+        let names = [&b.attn_norm, &b.attn_q, &b.attn_k, &b.attn_v, &b.attn_output, &b.ffn_norm, &b.ffn_gate, &b.ffn_up, &b.ffn_down];
+        let biases = b.attn_qkv_bias.iter().flatten();
+        let mut file = None;
+        for name in names.into_iter().chain(biases) {
+            let f = entry(name)?.file;
+            if *file.get_or_insert_with(|| f.clone()) != f || f == embed.file || f == head.file {
+                return Err(Error::Unsupported(format!(
+                    "block {index}: its tensors share files with other tensors ({f}); streaming needs one weight file per block"
+                )));
+            }
+        }
+        let file = file.expect("a block has tensors");
+        if let Some(other) = owner.insert(file.clone(), index) {
+            return Err(Error::Unsupported(format!("blocks {other} and {index} share {file}; streaming needs one file per block")));
+        }
+        let bytes = file_bytes(&file)?;
+        units.push(Unit { kind: UnitKind::Block { index, file: file.clone() }, cost: LayerCost { file, bytes, moved: bytes, splittable: false } });
+    }
+    if !tied {
+        units.push(Unit {
+            kind: UnitKind::Head { file: head.file.clone() },
+            cost: LayerCost { file: head.file.clone(), bytes: file_bytes(&head.file)?, moved: head_rows.total_bytes(), splittable: true },
+        });
+    }
+    Ok(units)
+}
+
+/// GPU bytes of weights outside every unit: the output norm, in a small file of its own (uploaded whole) or,
+/// when its file is a unit's, copied into a buffer of its own (the head pieces all read it).
+pub fn other_bytes(dir: &ModelDir, cfg: &Transformer, units: &[Unit]) -> Result<u64> {
+    let norm = dir.tensor(&cfg.output_norm)?.entry;
+    let in_unit = units.iter().any(|u| match &u.kind {
+        UnitKind::Embedding { file, .. } | UnitKind::Block { file, .. } | UnitKind::Head { file } => *file == norm.file,
+    });
+    let bytes = if in_unit { 4 * cfg.hidden_size as u64 } else { dir.blob(&norm.file)?.bytes().len() as u64 };
+    Ok(bytes.div_ceil(16) * 16)
+}
+
+/// The smallest slot the output head can stream through (one row of it).
+pub fn min_slot(dir: &ModelDir, cfg: &Transformer) -> Result<u64> {
+    Ok(RowLayout::of(&dir.tensor(&cfg.output)?.entry)?.slot_bytes(1))
+}
+
+/// One copy from a mapped weight file into a slot.
+pub struct Copy {
+    pub blob: Arc<Blob>,
+    pub src: std::ops::Range<usize>,
+    pub dst: u64,
+}
+
+/// Weights uploaded into one slot before the stage that reads them.
+pub struct Piece {
+    /// For logs and traces: `layer_3.bin`, `embedding.bin rows 0..3640`.
+    pub name: String,
+    pub slot: usize,
+    pub copies: Vec<Copy>,
+}
+
+impl Piece {
+    pub fn bytes(&self) -> u64 {
+        self.copies.iter().map(|c| c.src.len() as u64).sum()
+    }
+}
+
+/// The slots and the pieces that go through them, in execution order.
+pub struct Slots {
+    pub files: Vec<Arc<GpuFile>>,
+    pub bytes: u64,
+    pub pieces: Vec<Piece>,
+}
+
+impl Slots {
+    pub fn new(ctx: &GpuContext, count: usize, bytes: u64) -> Result<Slots> {
+        let files = (0..count)
+            .map(|i| {
+                let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+                let buffer = ctx.pool.create(&format!("upload slot {i}"), bytes, usage, Purpose::Weights)?;
+                Ok(Arc::new(GpuFile { name: format!("slot {i}"), buffer }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Slots { files, bytes, pieces: Vec::new() })
+    }
+
+    /// Adds a piece; returns its index and the slot it will be in.
+    pub fn push(&mut self, name: String, copies: Vec<Copy>) -> (usize, Arc<GpuFile>) {
+        let k = self.pieces.len();
+        let slot = k % self.files.len();
+        self.pieces.push(Piece { name, slot, copies });
+        (k, self.files[slot].clone())
+    }
+
+    /// Bytes uploaded per pass over every piece.
+    pub fn bytes_per_pass(&self) -> u64 {
+        self.pieces.iter().map(Piece::bytes).sum()
+    }
+}

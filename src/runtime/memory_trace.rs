@@ -1,0 +1,350 @@
+//! A memory trace of a streamed run (`omex run --memory-trace`): which weight unit was uploaded into which slot
+//! and when, when each unit's compute ran, and GPU bytes and host RSS over time. [`render_svg`] draws it
+//! (`omex memory-trace`): a timeline with one lane per upload slot and one for compute, above a memory chart.
+
+#[cfg(not(target_arch = "wasm32"))]
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::Path;
+
+/// Everything recorded during one run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryTrace {
+    pub model: String,
+    /// The adapter, e.g. "NVIDIA H100 (Vulkan)".
+    pub device: String,
+    /// The GPU memory budget the run planned for, bytes (none: no cap).
+    pub budget_bytes: Option<u64>,
+    /// Whether uploads overlapped compute (double buffering).
+    pub overlap: bool,
+    /// Upload slots (buffers streamed units rotate through).
+    pub slots: usize,
+    pub units: Vec<TraceUnit>,
+    pub spans: Vec<TraceSpan>,
+    pub memory: Vec<MemorySample>,
+}
+
+/// A unit of weights (a weight file, usually a layer): its size, and whether it stays on the GPU.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceUnit {
+    pub name: String,
+    pub bytes: u64,
+    pub resident: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanKind {
+    Upload,
+    Compute,
+}
+
+/// One upload of a unit into a slot, or one unit's compute, in microseconds since the trace began.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceSpan {
+    pub kind: SpanKind,
+    pub unit: String,
+    /// The upload slot (compute: the slot it read, if streamed).
+    pub slot: Option<usize>,
+    /// Which forward pass (token step or prompt chunk) it belongs to.
+    pub forward: u64,
+    pub start_us: f64,
+    pub end_us: f64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemorySample {
+    pub t_us: f64,
+    /// GPU bytes allocated (the buffer pool's count), and their peak so far.
+    pub gpu_bytes: u64,
+    pub gpu_peak_bytes: u64,
+    /// The process's resident host memory (0 where it cannot be read).
+    pub host_rss_bytes: u64,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl MemoryTrace {
+    /// Writes the trace as JSON.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let json = serde_json::to_vec(self).map_err(|e| Error::json(path, e))?;
+        std::fs::write(path, json).map_err(|e| Error::io(path, e))
+    }
+
+    /// Reads a trace [`MemoryTrace::save`] wrote; errors name the file.
+    pub fn load(path: impl AsRef<Path>) -> Result<MemoryTrace> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::json(path, e))
+    }
+}
+
+/// Collects a [`MemoryTrace`] while a run goes; times are microseconds since [`TraceRecorder::new`].
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Clone, Debug)]
+pub struct TraceRecorder {
+    origin: std::time::Instant,
+    trace: MemoryTrace,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl TraceRecorder {
+    pub fn new(
+        model: impl Into<String>,
+        device: impl Into<String>,
+        budget_bytes: Option<u64>,
+        overlap: bool,
+        slots: usize,
+        units: Vec<TraceUnit>,
+    ) -> TraceRecorder {
+        let trace = MemoryTrace {
+            model: model.into(),
+            device: device.into(),
+            budget_bytes,
+            overlap,
+            slots,
+            units,
+            spans: Vec::new(),
+            memory: Vec::new(),
+        };
+        TraceRecorder { origin: std::time::Instant::now(), trace }
+    }
+
+    /// Microseconds since the recorder was made.
+    pub fn now_us(&self) -> f64 {
+        self.origin.elapsed().as_secs_f64() * 1e6
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn span(
+        &mut self,
+        kind: SpanKind,
+        unit: &str,
+        slot: Option<usize>,
+        forward: u64,
+        start_us: f64,
+        end_us: f64,
+        bytes: u64,
+    ) {
+        self.trace.spans.push(TraceSpan { kind, unit: unit.to_string(), slot, forward, start_us, end_us, bytes });
+    }
+
+    /// Records GPU memory now, with the host's resident set size.
+    pub fn sample(&mut self, gpu_bytes: u64, gpu_peak_bytes: u64) {
+        let t_us = self.now_us();
+        self.trace.memory.push(MemorySample { t_us, gpu_bytes, gpu_peak_bytes, host_rss_bytes: host_rss_bytes() });
+    }
+
+    pub fn finish(self) -> MemoryTrace {
+        self.trace
+    }
+}
+
+/// Resident pages of this process (`/proc/self/statm`) times the page size; 0 where that cannot be read.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn host_rss_bytes() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let pages = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        pages * page.max(0) as u64
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
+mod svg;
+pub use svg::render_svg;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(name: &str, mb: u64, resident: bool) -> TraceUnit {
+        TraceUnit { name: name.into(), bytes: mb << 20, resident }
+    }
+
+    /// `forwards` forward passes over `units`: the resident one computed in place, each streamed one uploaded
+    /// into slot `i % 2` (overlapping the previous unit's compute) and then computed.
+    fn synthetic(units: &[TraceUnit], forwards: u64, us_per_unit: f64) -> MemoryTrace {
+        let mut spans = Vec::new();
+        let mut memory = Vec::new();
+        let mut t = 0.0;
+        for f in 0..forwards {
+            for (i, u) in units.iter().enumerate() {
+                let slot = (!u.resident).then_some(i % 2);
+                if !u.resident {
+                    let s = TraceSpan {
+                        kind: SpanKind::Upload,
+                        unit: u.name.clone(),
+                        slot,
+                        forward: f,
+                        start_us: t,
+                        end_us: t + 0.8 * us_per_unit,
+                        bytes: u.bytes,
+                    };
+                    spans.push(s);
+                }
+                let (start, end) = (t + 0.8 * us_per_unit, t + 1.8 * us_per_unit);
+                spans.push(TraceSpan {
+                    kind: SpanKind::Compute,
+                    unit: u.name.clone(),
+                    slot,
+                    forward: f,
+                    start_us: start,
+                    end_us: end,
+                    bytes: u.bytes,
+                });
+                let gpu = (100 + 10 * (i as u64 % 3)) << 20;
+                memory.push(MemorySample {
+                    t_us: end,
+                    gpu_bytes: gpu,
+                    gpu_peak_bytes: 120 << 20,
+                    host_rss_bytes: 300 << 20,
+                });
+                t = end;
+            }
+        }
+        MemoryTrace {
+            model: "tiny & <odd>".into(),
+            device: "llvmpipe (Vulkan)".into(),
+            budget_bytes: Some(128 << 20),
+            overlap: true,
+            slots: 2,
+            units: units.to_vec(),
+            spans,
+            memory,
+        }
+    }
+
+    /// Well-formedness: tags balance under one root, and every `&` starts an entity.
+    fn check_xml(s: &str) -> Result<(), String> {
+        fn text(t: &str) -> Result<(), String> {
+            for (i, _) in t.match_indices('&') {
+                let ok = ["amp;", "lt;", "gt;", "quot;", "apos;"].iter().any(|e| t[i + 1..].starts_with(e));
+                if !ok {
+                    return Err(format!("a bare & in {:?}", &t[i..(i + 20).min(t.len())]));
+                }
+            }
+            Ok(())
+        }
+        let (mut stack, mut roots, mut rest) = (Vec::<String>::new(), 0, s);
+        while let Some(i) = rest.find('<') {
+            text(&rest[..i])?;
+            let end = i + rest[i..].find('>').ok_or("a tag is not closed")?;
+            let tag = &rest[i + 1..end];
+            rest = &rest[end + 1..];
+            if tag.starts_with('?') {
+                continue;
+            }
+            if tag.contains('<') {
+                return Err(format!("a < inside the tag {tag:?}"));
+            }
+            text(tag)?;
+            if let Some(name) = tag.strip_prefix('/') {
+                let open = stack.pop().ok_or(format!("</{name}> closes nothing"))?;
+                if open != name.trim() {
+                    return Err(format!("<{open}> closed by </{name}>"));
+                }
+                continue;
+            }
+            let name = tag.split(|c: char| c.is_whitespace() || c == '/').next().unwrap_or("").to_string();
+            if stack.is_empty() {
+                roots += 1;
+            }
+            if !tag.ends_with('/') {
+                stack.push(name);
+            }
+        }
+        text(rest)?;
+        if !stack.is_empty() || roots != 1 || !rest.trim().is_empty() {
+            return Err(format!("unclosed {stack:?}, {roots} roots"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_small_trace_draws_every_span_with_escaped_names() {
+        let units = [unit("embedding", 40, true), unit("a<b&c", 20, false), unit("layer_1", 20, false)];
+        let trace = synthetic(&units, 3, 2000.0);
+        let svg = render_svg(&trace);
+        check_xml(&svg).unwrap();
+        assert_eq!(svg.matches("class=\"span ").count(), trace.spans.len(), "one rectangle per span");
+        assert_eq!(svg.matches("class=\"span upload").count(), 6);
+        assert_eq!(svg.matches("class=\"span compute resident").count(), 3);
+        assert!(svg.contains("a&lt;b&amp;c") && !svg.contains("a<b"), "names are escaped");
+        assert!(svg.contains("tiny &amp; &lt;odd&gt;"));
+        for needle in
+            ["upload slot 0", "upload slot 1", "compute", "budget 134 MB", "overlap on", "MB</text>", "layer_1</text>"]
+        {
+            assert!(svg.contains(needle), "{needle}");
+        }
+        check_xml("<a><b></a></b>").unwrap_err();
+        check_xml("<a>x & y</a>").unwrap_err();
+    }
+
+    #[test]
+    fn thousands_of_spans_stay_small_and_well_formed() {
+        let units: Vec<TraceUnit> = (0..30).map(|i| unit(&format!("layer_{i}"), 50, i < 2)).collect();
+        let trace = synthetic(&units, 64, 150.0);
+        assert!(trace.spans.len() > 3000);
+        let svg = render_svg(&trace);
+        check_xml(&svg).unwrap();
+        let rects = svg.matches("class=\"span ").count();
+        assert!(rects < trace.spans.len(), "sub-pixel spans are merged: {rects} rectangles");
+        assert!(svg.contains(" merged\""));
+        assert!(svg.len() < 2_000_000, "{} bytes", svg.len());
+    }
+
+    #[test]
+    fn empty_traces_render() {
+        let mut trace = synthetic(&[], 0, 1.0);
+        trace.budget_bytes = None;
+        trace.slots = 0;
+        let svg = render_svg(&trace);
+        check_xml(&svg).unwrap();
+        assert!(svg.contains("no memory samples") && svg.contains("no budget"));
+    }
+
+    #[test]
+    fn traces_round_trip_through_json_files() {
+        let trace = synthetic(&[unit("embedding", 40, true), unit("layer_0", 20, false)], 2, 100.0);
+        let json = serde_json::to_string(&trace).unwrap();
+        assert!(json.contains("\"kind\":\"upload\"") && json.contains("\"kind\":\"compute\""));
+        assert_eq!(serde_json::from_str::<MemoryTrace>(&json).unwrap(), trace);
+        let dir = std::env::temp_dir().join(format!("omex-trace-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("trace.json");
+        trace.save(&path).unwrap();
+        assert_eq!(MemoryTrace::load(&path).unwrap(), trace);
+        std::fs::write(&path, "{\"model\": 3").unwrap();
+        let err = MemoryTrace::load(&path).unwrap_err().to_string();
+        assert!(err.contains("trace.json"), "{err}");
+        let err = MemoryTrace::load(dir.join("missing.json")).unwrap_err().to_string();
+        assert!(err.contains("missing.json"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_recorder_stamps_times_and_host_memory() {
+        let mut r = TraceRecorder::new("m", "d", None, false, 1, vec![unit("u", 1, false)]);
+        let t = r.now_us();
+        r.span(SpanKind::Upload, "u", Some(0), 0, t, r.now_us(), 1 << 20);
+        r.sample(1 << 20, 2 << 20);
+        let trace = r.finish();
+        assert_eq!(trace.spans.len(), 1);
+        assert!(trace.spans[0].end_us >= trace.spans[0].start_us);
+        assert_eq!(trace.memory[0].gpu_peak_bytes, 2 << 20);
+        if cfg!(target_os = "linux") {
+            assert!(trace.memory[0].host_rss_bytes > 0);
+        }
+    }
+}

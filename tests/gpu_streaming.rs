@@ -1,0 +1,169 @@
+//! Weights streamed under a GPU memory budget: the same logits and greedy tokens as the fully resident engine,
+//! the allocator's peak within the budget, the bytes uploaded equal to the plan's, and a clear refusal (naming
+//! the smallest budget that works) when even streaming cannot fit. On lavapipe in CI; each engine gets its
+//! own GPU context so that budgets and peaks are its own.
+
+mod common;
+mod gpu_common;
+#[path = "common/tiny_model.rs"]
+mod tiny_model;
+
+use omex::backend::gpu::{plan_memory, DeviceOptions, GpuContext, GpuEngine, GpuOptions};
+use omex::backend::{Engine, Logits};
+use omex::format::graph::GRAPH_FILE;
+use omex::format::ModelDir;
+use omex::graph::Transformer;
+use omex::runtime::budget::{Budget, BudgetSource};
+use std::path::Path;
+use std::sync::Arc;
+use tiny_model::{write_tiny_model, TinySpec};
+
+/// A fresh context (its own allocator), or `None` off CI when there is no adapter.
+fn fresh_gpu() -> Option<Arc<GpuContext>> {
+    gpu_common::gpu_arc()?;
+    Some(Arc::new(GpuContext::open_blocking(&DeviceOptions::default()).expect("the adapter opened once already")))
+}
+
+fn options(ctx_len: usize, budget: Option<u64>, overlap: bool) -> GpuOptions {
+    let mut o = GpuOptions::new(ctx_len);
+    o.budget = budget.map(|bytes| Budget { bytes, source: BudgetSource::Flag });
+    o.overlap = overlap;
+    o
+}
+
+/// Prompt logits (all rows), then `steps` greedy decode steps; returns every logits row and the tokens.
+fn run(engine: &mut GpuEngine, prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut logits = engine.forward(prompt, 0, Logits::All).unwrap();
+    let vocab = logits.len() / prompt.len();
+    let mut tokens = vec![kernels_cpu::ops::argmax(&logits[logits.len() - vocab..]) as u32];
+    for s in 0..steps {
+        let row = engine.forward(&tokens[s..s + 1], prompt.len() + s, Logits::Last).unwrap();
+        tokens.push(kernels_cpu::ops::argmax(&row) as u32);
+        logits.extend(row);
+    }
+    (logits, tokens)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Streams `dir` at `budget` and checks it against `want` (the resident run): same tokens, logits equal (the
+/// same kernels on the same bytes, only in slots), peak under the budget, uploads as planned.
+#[allow(clippy::too_many_arguments)]
+fn check_streamed(
+    dir: &ModelDir,
+    cfg: &Transformer,
+    ctx_len: usize,
+    budget: u64,
+    overlap: bool,
+    prompt: &[u32],
+    steps: usize,
+    want: &(Vec<f32>, Vec<u32>),
+    what: &str,
+) {
+    let Some(gpu) = fresh_gpu() else { return };
+    let mut e = GpuEngine::load_blocking(gpu, dir, cfg, options(ctx_len, Some(budget), overlap)).unwrap();
+    let plan = e.memory_plan().plan.clone();
+    assert!(plan.streams(), "{what}: a budget of {budget} should make weights stream: {plan:?}");
+    assert!(plan.total_bytes <= budget, "{what}: the plan takes {} of {budget}", plan.total_bytes);
+    let got = run(&mut e, prompt, steps);
+    assert_eq!(got.1, want.1, "{what}: greedy tokens");
+    let d = max_diff(&got.0, &want.0);
+    assert!(d <= 1e-4, "{what}: logits differ from the resident run by {d}");
+    let m = e.memory_report();
+    assert!(m.peak <= budget, "{what}: the allocator peaked at {} bytes, over the budget of {budget}", m.peak);
+    // The prompt's logits come in chunks of at most `logit_rows` tokens, one forward pass each; then one pass
+    // per decode step.
+    let rows = e.memory_plan().logit_rows.min(e.memory_plan().max_batch) as usize;
+    let passes = (prompt.len().div_ceil(rows) + steps) as u64;
+    assert_eq!(e.streamed_bytes(), passes * plan.streamed_bytes_per_token, "{what}: bytes uploaded vs planned");
+    eprintln!(
+        "{what}: {} of {} weight bytes resident, {} streamed per pass, peak {} of budget {budget}; logits within {d:.1e}",
+        plan.resident_bytes, plan.weight_bytes, plan.streamed_bytes_per_token, m.peak
+    );
+}
+
+/// The real model at 40% and 25% of its weight bytes: the 40% run keeps the tied embedding/head resident
+/// or not as the planner decides; the 25% run must stream the output head in pieces and gather embedding
+/// rows on the host. Both with double buffering; the 25% one also serially.
+#[test]
+fn smollm2_streamed_matches_the_resident_engine() {
+    let Some(gpu) = fresh_gpu() else { return };
+    let path = common::smollm2_omex("keep");
+    let model = omex::runtime::Model::load(&path).unwrap();
+    let (dir, cfg) = (&model.dir, &model.config);
+    let ctx_len = 64;
+    let prompt = model.tokenizer.encode_with_specials("The capital of France is");
+    let steps = 2;
+    let mut resident = GpuEngine::load_blocking(gpu, dir, cfg, options(ctx_len, None, true)).unwrap();
+    let want = run(&mut resident, &prompt, steps);
+    let weights = resident.memory_plan().plan.weight_bytes;
+    drop(resident);
+    for (share, overlap) in [(0.40, true), (0.25, true), (0.25, false)] {
+        let budget = (weights as f64 * share) as u64;
+        let what = format!("SmolLM2 at {:.0}% of its weights, overlap {overlap}", share * 100.0);
+        check_streamed(dir, cfg, ctx_len, budget, overlap, &prompt, steps, &want, &what);
+    }
+}
+
+fn tiny(name: &str, spec: &TinySpec) -> (std::path::PathBuf, ModelDir, Transformer) {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gpu-streaming-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    write_tiny_model(&path, spec, 7);
+    let dir = ModelDir::open(&path).unwrap();
+    let cfg = Transformer::from_graph(&dir.graph, &path.join(GRAPH_FILE)).unwrap();
+    (path, dir, cfg)
+}
+
+/// An untied model: its output head is a file of its own (streamed in pieces) and its embedding, when not
+/// resident, never goes to the GPU at all.
+#[test]
+fn untied_tiny_model_streams_its_head_and_gathers_embeddings_on_the_host() {
+    let Some(gpu) = fresh_gpu() else { return };
+    let spec = TinySpec { tied: false, vocab: 300, layers: 4, ..TinySpec::small() };
+    let (path, dir, cfg) = tiny("untied", &spec);
+    let ctx_len = 32;
+    let prompt: Vec<u32> = vec![5, 17, 250, 3, 99, 42];
+    let mut resident = GpuEngine::load_blocking(gpu, &dir, &cfg, options(ctx_len, None, true)).unwrap();
+    let want = run(&mut resident, &prompt, 3);
+    drop(resident);
+    // The smallest budget that streams: everything the plan needs besides the weights, plus the two
+    // slots of the planner's minimum.
+    let floor = match plan_memory(&dir, &cfg, &options(ctx_len, Some(1), true), 1 << 30) {
+        Ok(_) => panic!("a budget of one byte was accepted"),
+        Err(e) => minimum_from(&e.to_string()),
+    };
+    check_streamed(&dir, &cfg, ctx_len, floor, true, &prompt, 3, &want, "tiny untied model at its minimum budget");
+    let _ = std::fs::remove_dir_all(&path);
+}
+
+/// "... needs at least 12.3 MB ..." -> bytes.
+fn minimum_from(message: &str) -> u64 {
+    let at = message.find("at least ").unwrap_or_else(|| panic!("no minimum in {message:?}")) + "at least ".len();
+    let mb: f64 = message[at..].split(' ').next().unwrap().parse().unwrap();
+    (mb * 1e6).round() as u64
+}
+
+/// A budget below the streaming minimum is refused with that minimum, which then works.
+#[test]
+fn a_budget_too_small_names_the_smallest_that_works() {
+    let Some(gpu) = fresh_gpu() else { return };
+    let path = common::smollm2_omex("keep");
+    let model = omex::runtime::Model::load(&path).unwrap();
+    let (dir, cfg) = (&model.dir, &model.config);
+    let err = match GpuEngine::load_blocking(gpu, dir, cfg, options(128, Some(8_000_000), true)) {
+        Ok(_) => panic!("an 8 MB budget cannot hold the KV cache and two slots"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("too small") && err.contains("--gpu-mem") && err.contains("--ctx"), "{err}");
+    let minimum = minimum_from(&err);
+    assert!(minimum > 8_000_000, "{err}");
+    let Some(gpu) = fresh_gpu() else { return };
+    let mut e = GpuEngine::load_blocking(gpu, dir, cfg, options(128, Some(minimum), true))
+        .unwrap_or_else(|e| panic!("the minimum the error named ({minimum}) does not work: {e}"));
+    let logits = e.forward(&[1, 2, 3], 0, Logits::Last).unwrap();
+    assert_eq!(logits.len(), cfg.vocab_size as usize);
+    assert!(e.memory_report().peak <= minimum);
+}
