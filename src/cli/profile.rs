@@ -36,7 +36,11 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     print!("{}", table(&p));
     if let Some(path) = path {
         let how = if fresh { "saved to" } else { "cached in" };
-        println!("{how} {}{}", path.display(), if fresh { "" } else { " (without --cached, omex profile measures again)" });
+        println!(
+            "{how} {}{}",
+            path.display(),
+            if fresh { "" } else { " (without --cached, omex profile measures again)" }
+        );
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! - [`context`]: device + pool + cache, and binding, recording, submitting, reading back.
 //! - [`weights`]: weight files uploaded as they are on disk; matrices as section offsets inside them.
 //! - [`ops`]: dispatch builders for the op set.
+//! - [`profile`]: this machine's bandwidths for the planner (`omex profile`), cached in `~/.omex/profile.json`.
 //! - [`timer`]: per-dispatch GPU times (`OMEX_GPU_KERNEL_TIMES=1`), for kernel work.
 //! - [`streaming`]: weight units streamed through upload slots when the memory budget cannot hold them.
 //! - [`engine`]: the transformer forward pass as one precomputed list of dispatches per chunk.
@@ -19,8 +20,8 @@ pub mod device;
 mod engine;
 pub mod ops;
 pub mod pipelines;
-pub mod profile;
 mod plan;
+pub mod profile;
 pub mod streaming;
 mod timer;
 pub mod weights;

@@ -90,9 +90,9 @@ mod native {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
         };
-        serde_json::from_str(&text).map(Some).map_err(|e| {
-            Error::parse(&path, format!("not a machine profile ({e}); `omex profile` measures it again"))
-        })
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::parse(&path, format!("not a machine profile ({e}); `omex profile` measures it again")))
     }
 
     /// Writes `profile` to [`cache_path`], making the directory; returns the path.
