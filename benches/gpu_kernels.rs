@@ -144,11 +144,12 @@ fn floor(c: &mut Criterion) {
     // 200 launches in one pass: each on its own buffer (no barriers between them), and all on one buffer
     // (a barrier before each): the difference is what a dependency costs.
     let bufs: Vec<GpuBuffer> = (0..200).map(|_| storage(&ctx, &[0.0; 4])).collect();
-    let independent: Vec<Dispatch> =
-        bufs.iter().map(|b| pollster::block_on(misc::advance(&ctx, b)).unwrap()).collect();
+    let independent: Vec<Dispatch> = bufs.iter().map(|b| pollster::block_on(misc::advance(&ctx, b)).unwrap()).collect();
     let dependent: Vec<Dispatch> = (0..200).map(|_| pollster::block_on(misc::advance(&ctx, &st)).unwrap()).collect();
     g.throughput(Throughput::Elements(200));
-    for (name, list) in [("200 independent dispatches, one pass", &independent), ("200 dependent dispatches, one pass", &dependent)] {
+    for (name, list) in
+        [("200 independent dispatches, one pass", &independent), ("200 dependent dispatches, one pass", &dependent)]
+    {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;

@@ -48,34 +48,23 @@ pub fn validate(dir: &Path) -> Report {
         r.problem(format!("{}: not a directory", dir.display()));
         return r;
     }
-    let metadata: Option<Metadata> = read_json(&dir.join(METADATA_FILE))
-        .map_err(|e| r.problem(e.to_string()))
-        .ok();
+    let metadata: Option<Metadata> = read_json(&dir.join(METADATA_FILE)).map_err(|e| r.problem(e.to_string())).ok();
     if let Some(m) = &metadata {
         if m.omex_version != OMEX_VERSION {
-            r.problem(format!(
-                "{METADATA_FILE}: omex_version {:?} (this omex reads {OMEX_VERSION:?})",
-                m.omex_version
-            ));
+            r.problem(format!("{METADATA_FILE}: omex_version {:?} (this omex reads {OMEX_VERSION:?})", m.omex_version));
         }
         if m.model_name.trim().is_empty() {
             r.problem(format!("{METADATA_FILE}: model_name is empty"));
         }
     }
-    let graph: Option<GraphFile> = read_json(&dir.join(GRAPH_FILE))
-        .map_err(|e| r.problem(e.to_string()))
-        .ok();
+    let graph: Option<GraphFile> = read_json(&dir.join(GRAPH_FILE)).map_err(|e| r.problem(e.to_string())).ok();
     let model = graph.as_ref().and_then(|g| {
         for p in g.problems() {
             r.problem(format!("{GRAPH_FILE}: {p}"));
         }
-        Transformer::from_graph(g, &dir.join(GRAPH_FILE))
-            .map_err(|e| r.problem(e.to_string()))
-            .ok()
+        Transformer::from_graph(g, &dir.join(GRAPH_FILE)).map_err(|e| r.problem(e.to_string())).ok()
     });
-    let index: Option<WeightIndex> = read_json(&dir.join(INDEX_FILE))
-        .map_err(|e| r.problem(e.to_string()))
-        .ok();
+    let index: Option<WeightIndex> = read_json(&dir.join(INDEX_FILE)).map_err(|e| r.problem(e.to_string())).ok();
     if let Some(ix) = &index {
         check_index_header(&mut r, ix);
         if let Some(t) = &model {
@@ -94,22 +83,13 @@ pub fn validate(dir: &Path) -> Report {
 
 fn check_index_header(r: &mut Report, ix: &WeightIndex) {
     if ix.format != "omex-weights" {
-        r.problem(format!(
-            "{INDEX_FILE}: format {:?} (expected \"omex-weights\")",
-            ix.format
-        ));
+        r.problem(format!("{INDEX_FILE}: format {:?} (expected \"omex-weights\")", ix.format));
     }
     if ix.record_version != RECORD_VERSION {
-        r.problem(format!(
-            "{INDEX_FILE}: record_version {} (this omex reads {RECORD_VERSION})",
-            ix.record_version
-        ));
+        r.problem(format!("{INDEX_FILE}: record_version {} (this omex reads {RECORD_VERSION})", ix.record_version));
     }
     if ix.alignment != ALIGN {
-        r.problem(format!(
-            "{INDEX_FILE}: alignment {} (records are aligned to {ALIGN})",
-            ix.alignment
-        ));
+        r.problem(format!("{INDEX_FILE}: alignment {} (records are aligned to {ALIGN})", ix.alignment));
     }
     let mut seen = HashSet::new();
     for t in &ix.tensors {
@@ -117,10 +97,7 @@ fn check_index_header(r: &mut Report, ix: &WeightIndex) {
             r.problem(format!("{INDEX_FILE}: tensor {} is listed twice", t.name));
         }
         if t.dtype == DType::Bf16 {
-            r.problem(format!(
-                "{INDEX_FILE}: tensor {} is bf16, which no kernel reads",
-                t.name
-            ));
+            r.problem(format!("{INDEX_FILE}: tensor {} is bf16, which no kernel reads", t.name));
         }
     }
 }
@@ -141,20 +118,18 @@ fn check_expected(r: &mut Report, t: &Transformer, ix: &WeightIndex) {
     for (name, shape) in t.expected_tensors() {
         r.tensors_checked += 1;
         let Some(e) = ix.get(&name) else {
-            r.problem(format!(
-                "{INDEX_FILE}: tensor {name} (read by {GRAPH_FILE}) is missing"
-            ));
+            r.problem(format!("{INDEX_FILE}: tensor {name} (read by {GRAPH_FILE}) is missing"));
             continue;
         };
         if e.shape != shape {
-            r.problem(format!(
-                "{INDEX_FILE}: tensor {name} has shape {:?}, {GRAPH_FILE} needs {shape:?}",
-                e.shape
-            ));
+            r.problem(format!("{INDEX_FILE}: tensor {name} has shape {:?}, {GRAPH_FILE} needs {shape:?}", e.shape));
         }
         if let Some(f) = file_of.get(name.as_str()) {
             if e.file != *f {
-                r.problem(format!("{INDEX_FILE}: tensor {name} is in weights/{}, {GRAPH_FILE} reads it from weights/{f}", e.file));
+                r.problem(format!(
+                    "{INDEX_FILE}: tensor {name} is in weights/{}, {GRAPH_FILE} reads it from weights/{f}",
+                    e.file
+                ));
             }
         }
     }
@@ -169,9 +144,7 @@ fn check_records(r: &mut Report, dir: &Path, ix: &WeightIndex) {
     for (file, mut entries) in by_file {
         let rel = format!("weights/{file}");
         if file.contains('/') || file.contains('\\') || file.contains("..") || file.is_empty() {
-            r.problem(format!(
-                "{INDEX_FILE}: weight file name {file:?} leaves weights/"
-            ));
+            r.problem(format!("{INDEX_FILE}: weight file name {file:?} leaves weights/"));
             continue;
         }
         let path = dir.join("weights").join(file);
@@ -181,10 +154,7 @@ fn check_records(r: &mut Report, dir: &Path, ix: &WeightIndex) {
         }) {
             Ok(m) => m,
             Err(e) => {
-                r.problem(format!(
-                    "{rel}: cannot be read ({e}); {} tensors of {INDEX_FILE} live in it",
-                    entries.len()
-                ));
+                r.problem(format!("{rel}: cannot be read ({e}); {} tensors of {INDEX_FILE} live in it", entries.len()));
                 continue;
             }
         };
@@ -193,18 +163,15 @@ fn check_records(r: &mut Report, dir: &Path, ix: &WeightIndex) {
         let mut end_prev = 0u64;
         for e in entries {
             if e.offset % ALIGN != 0 {
+                r.problem(format!("{rel}: tensor {} at offset {} is not {ALIGN}-aligned", e.name, e.offset));
+            }
+            if e.offset < end_prev {
                 r.problem(format!(
-                    "{rel}: tensor {} at offset {} is not {ALIGN}-aligned",
+                    "{rel}: tensor {} at offset {} overlaps the record before it (ends at {end_prev})",
                     e.name, e.offset
                 ));
             }
-            if e.offset < end_prev {
-                r.problem(format!("{rel}: tensor {} at offset {} overlaps the record before it (ends at {end_prev})", e.name, e.offset));
-            }
-            let Some(rest) = bytes
-                .get(e.offset as usize..)
-                .filter(|_| e.offset <= bytes.len() as u64)
-            else {
+            let Some(rest) = bytes.get(e.offset as usize..).filter(|_| e.offset <= bytes.len() as u64) else {
                 r.problem(format!(
                     "{rel}: tensor {}: offset {} is past the end of the file ({} bytes)",
                     e.name,
@@ -216,10 +183,7 @@ fn check_records(r: &mut Report, dir: &Path, ix: &WeightIndex) {
             let rec = match Record::decode(rest) {
                 Ok(rec) => rec,
                 Err(err) => {
-                    r.problem(format!(
-                        "{rel}: record of tensor {} at offset {}: {err}",
-                        e.name, e.offset
-                    ));
+                    r.problem(format!("{rel}: record of tensor {} at offset {}: {err}", e.name, e.offset));
                     continue;
                 }
             };
@@ -233,52 +197,32 @@ fn check_records(r: &mut Report, dir: &Path, ix: &WeightIndex) {
             }
         }
         if end_prev < bytes.len() as u64 {
-            r.warn(format!(
-                "{rel}: {} bytes after the last indexed record",
-                bytes.len() as u64 - end_prev
-            ));
+            r.warn(format!("{rel}: {} bytes after the last indexed record", bytes.len() as u64 - end_prev));
         }
     }
 }
 
 /// Content checks that need no model: finite scales and mins, valid ternary codes, finite float weights.
 fn check_values(r: &mut Report, rel: &str, e: &TensorEntry, file: &[u8]) {
-    let section = |k: SectionKind| {
-        e.section(k)
-            .map(|s| &file[s.offset as usize..(s.offset + s.bytes) as usize])
-    };
-    let bad_f16 = |b: &[u8]| {
-        b.chunks_exact(2)
-            .filter(|c| !f16::from_le_bytes([c[0], c[1]]).is_finite())
-            .count()
-    };
+    let section = |k: SectionKind| e.section(k).map(|s| &file[s.offset as usize..(s.offset + s.bytes) as usize]);
+    let bad_f16 = |b: &[u8]| b.chunks_exact(2).filter(|c| !f16::from_le_bytes([c[0], c[1]]).is_finite()).count();
     for kind in [SectionKind::Scales, SectionKind::Mins] {
         if let Some(n) = section(kind).map(bad_f16).filter(|&n| n > 0) {
-            r.problem(format!(
-                "{rel}: tensor {}: {n} {kind:?} are NaN or infinite",
-                e.name
-            ));
+            r.problem(format!("{rel}: tensor {}: {n} {kind:?} are NaN or infinite", e.name));
         }
     }
     let data = section(SectionKind::Data).unwrap_or(&[]);
     let bad = match e.dtype {
-        DType::Ternary => data
-            .iter()
-            .map(|b| (0..4).filter(|j| (b >> (2 * j)) & 3 == 3).count())
-            .sum(),
-        DType::F32 => data
-            .chunks_exact(4)
-            .filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
-            .count(),
+        DType::Ternary => data.iter().map(|b| (0..4).filter(|j| (b >> (2 * j)) & 3 == 3).count()).sum(),
+        DType::F32 => {
+            data.chunks_exact(4).filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()).count()
+        }
         DType::F16 => bad_f16(data),
         _ => 0,
     };
     if bad > 0 {
-        let what = if e.dtype == DType::Ternary {
-            "invalid ternary codes (3)"
-        } else {
-            "values that are NaN or infinite"
-        };
+        let what =
+            if e.dtype == DType::Ternary { "invalid ternary codes (3)" } else { "values that are NaN or infinite" };
         r.problem(format!("{rel}: tensor {}: {bad} {what}", e.name));
     }
 }
@@ -310,20 +254,11 @@ fn check_files(r: &mut Report, dir: &Path, m: &Metadata) {
     let mut listed = BTreeSet::new();
     for f in &m.files {
         if !listed.insert(f.path.as_str()) {
-            r.problem(format!(
-                "{METADATA_FILE}: {} is listed twice in files",
-                f.path
-            ));
+            r.problem(format!("{METADATA_FILE}: {} is listed twice in files", f.path));
             continue;
         }
-        if f.path.starts_with('/')
-            || f.path.split('/').any(|c| c == ".." || c.is_empty())
-            || f.path.contains('\\')
-        {
-            r.problem(format!(
-                "{METADATA_FILE}: file path {:?} leaves the model directory",
-                f.path
-            ));
+        if f.path.starts_with('/') || f.path.split('/').any(|c| c == ".." || c.is_empty()) || f.path.contains('\\') {
+            r.problem(format!("{METADATA_FILE}: file path {:?} leaves the model directory", f.path));
             continue;
         }
         let path = dir.join(&f.path);
@@ -353,13 +288,8 @@ fn check_files(r: &mut Report, dir: &Path, m: &Metadata) {
     match walk(dir) {
         Err(e) => r.problem(e.to_string()),
         Ok(files) => {
-            for f in files
-                .iter()
-                .filter(|f| *f != METADATA_FILE && !listed.contains(f.as_str()))
-            {
-                r.warn(format!(
-                    "{f}: not listed in {METADATA_FILE} (not checksummed)"
-                ));
+            for f in files.iter().filter(|f| *f != METADATA_FILE && !listed.contains(f.as_str())) {
+                r.warn(format!("{f}: not listed in {METADATA_FILE} (not checksummed)"));
             }
         }
     }
@@ -370,10 +300,7 @@ fn check_optional(r: &mut Report, dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut top: Vec<String> = rd
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .collect();
+    let mut top: Vec<String> = rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect();
     top.sort();
     for name in top {
         let known = [METADATA_FILE, GRAPH_FILE, "weights", "tokenizer"].contains(&name.as_str());
@@ -395,9 +322,7 @@ fn check_optional(r: &mut Report, dir: &Path) {
             }
             match read_json::<serde_json::Value>(&dir.join(&rel)) {
                 Err(e) => r.problem(e.to_string()),
-                Ok(v)
-                    if name == "agents" && v.get("agent_id").and_then(|a| a.as_str()).is_none() =>
-                {
+                Ok(v) if name == "agents" && v.get("agent_id").and_then(|a| a.as_str()).is_none() => {
                     r.problem(format!("{rel}: an agent needs an \"agent_id\" string"))
                 }
                 Ok(_) => {}
@@ -417,12 +342,7 @@ pub fn walk(root: &Path) -> crate::Result<Vec<String>> {
                 stack.push(p);
             } else {
                 let rel = p.strip_prefix(root).expect("under root");
-                out.push(
-                    rel.components()
-                        .map(|c| c.as_os_str().to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                );
+                out.push(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
             }
         }
     }

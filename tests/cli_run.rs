@@ -37,7 +37,21 @@ fn json_output_has_ids_text_and_timings() {
 #[test]
 fn sampling_is_reproducible_with_a_seed_and_varies_without() {
     fn args(seed: &str) -> Vec<&str> {
-        vec!["-p", "Once upon a time", "-n", "12", "--temp", "1.0", "--top-k", "40", "--top-p", "0.95", "--seed", seed, "--ignore-eos"]
+        vec![
+            "-p",
+            "Once upon a time",
+            "-n",
+            "12",
+            "--temp",
+            "1.0",
+            "--top-k",
+            "40",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--ignore-eos",
+        ]
     }
     let a = run_json(&args("7"));
     let b = run_json(&args("7"));
@@ -71,7 +85,20 @@ fn a_prompt_longer_than_the_context_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("context") && err.contains("--truncate"), "{err}");
-    let out = omex(&["run", dir.to_str().unwrap(), "--backend", "cpu", "--ctx", "32", "-p", &long, "--truncate", "-n", "4", "--json"]);
+    let out = omex(&[
+        "run",
+        dir.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--ctx",
+        "32",
+        "-p",
+        &long,
+        "--truncate",
+        "-n",
+        "4",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -21,16 +21,7 @@ fn every_target_converts_and_validates() {
         assert_eq!(m.index.tensors.len(), 272);
         assert_eq!(m.metadata.parameter_count, 134_515_008);
         let t = omex::graph::Transformer::from_graph(&m.graph, &dir).unwrap();
-        assert_eq!(
-            (
-                t.n_layers(),
-                t.hidden_size,
-                t.n_heads,
-                t.n_kv_heads,
-                t.vocab_size
-            ),
-            (30, 576, 9, 3, 49152)
-        );
+        assert_eq!((t.n_layers(), t.hidden_size, t.n_heads, t.n_kv_heads, t.vocab_size), (30, 576, 9, 3, 49152));
         assert!(t.tied_embeddings);
         assert_eq!(t.rope.style, omex::graph::RopeStyle::Interleaved);
         for e in &m.index.tensors {
@@ -42,21 +33,12 @@ fn every_target_converts_and_validates() {
             };
             assert_eq!(e.dtype, want, "{quant}: {}", e.name);
         }
-        let weights: u64 = m
-            .metadata
-            .files
-            .iter()
-            .filter(|f| f.path.ends_with(".bin"))
-            .map(|f| f.bytes)
-            .sum();
+        let weights: u64 = m.metadata.files.iter().filter(|f| f.path.ends_with(".bin")).map(|f| f.bytes).sum();
         sizes.push((quant, weights));
     }
     // keep (Q4_1 blocks + Q8_0 embedding) < int8 < f16; ternary smallest.
     let size = |q: &str| sizes.iter().find(|s| s.0 == q).unwrap().1;
-    assert!(
-        size("ternary") < size("int4") && size("int4") < size("int8") && size("int8") < size("f16"),
-        "{sizes:?}"
-    );
+    assert!(size("ternary") < size("int4") && size("int4") < size("int8") && size("int8") < size("f16"), "{sizes:?}");
     assert!(size("keep") < 100_000_000, "{sizes:?}");
 }
 
@@ -65,11 +47,7 @@ fn ggml_dequant(ty: u32, b: &[u8], n: usize) -> Vec<f32> {
     let h = |at: usize| f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32();
     let mut out = Vec::with_capacity(n);
     match ty {
-        0 => out.extend(
-            b[..4 * n]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
-        ),
+        0 => out.extend(b[..4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()))),
         8 => {
             for blk in 0..n / 32 {
                 let at = blk * 34;
@@ -83,11 +61,7 @@ fn ggml_dequant(ty: u32, b: &[u8], n: usize) -> Vec<f32> {
                 let (d, m) = (h(at), h(at + 2));
                 let qs = &b[at + 4..at + 20];
                 out.extend((0..32).map(|j| {
-                    let q = if j < 16 {
-                        qs[j] & 0x0F
-                    } else {
-                        qs[j - 16] >> 4
-                    };
+                    let q = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
                     d * q as f32 + m
                 }));
             }
@@ -112,20 +86,13 @@ fn keep_is_bit_exact_for_every_tensor() {
         assert_eq!(shape, rev, "{name}");
         assert_eq!(got.len(), n, "{name}");
         for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-            assert_eq!(
-                a.to_bits(),
-                b.to_bits(),
-                "{name} value {i}: ggml {a}, omex {b}"
-            );
+            assert_eq!(a.to_bits(), b.to_bits(), "{name} value {i}: ggml {a}, omex {b}");
         }
         values += n;
         *by_type.entry(*ty).or_insert(0) += 1;
     }
     assert_eq!(values, 134_515_008);
-    assert_eq!(
-        by_type.into_iter().collect::<Vec<_>>(),
-        [(0, 61), (3, 210), (8, 1)]
-    );
+    assert_eq!(by_type.into_iter().collect::<Vec<_>>(), [(0, 61), (3, 210), (8, 1)]);
 }
 
 #[test]
@@ -147,8 +114,5 @@ fn tampered_real_model_fails_naming_the_file() {
     std::fs::write(&path, b).unwrap();
     let (ok, stdout, _) = omex!("validate", dst);
     assert!(!ok);
-    assert!(
-        stdout.contains("problem: weights/layer_7.bin: checksum mismatch"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("problem: weights/layer_7.bin: checksum mismatch"), "{stdout}");
 }

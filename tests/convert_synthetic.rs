@@ -16,10 +16,7 @@ const TARGETS: [&str; 5] = ["keep", "f16", "int8", "int4", "ternary"];
 fn convert(input: &Path, out: &Path, quant: &str) {
     let (ok, stdout, stderr) = omex!("convert", input, "-o", out, "--quant", quant);
     assert!(ok, "convert --quant {quant} failed:\n{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("tensors") && stdout.contains("time"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("tensors") && stdout.contains("time"), "{stdout}");
     let (ok, stdout, stderr) = omex!("validate", out);
     assert!(ok, "validate {} failed:\n{stdout}\n{stderr}", out.display());
     assert!(stdout.contains("valid"), "{stdout}");
@@ -54,10 +51,7 @@ fn check_tensor(dir: &ModelDir, name: &str, src: &[f32], want: DType, exact: boo
             continue;
         };
         for (a, b) in sg.iter().zip(og) {
-            assert!(
-                (a - b).abs() <= bound,
-                "{name} group {g}: source {a}, omex {b}, bound {bound}"
-            );
+            assert!((a - b).abs() <= bound, "{name} group {g}: source {a}, omex {b}, bound {bound}");
         }
     }
 }
@@ -79,15 +73,9 @@ fn tiny_gguf_every_type_every_target() {
                 dequant::dequantize(gt, &t.data, &mut src).unwrap();
                 let name = t.name.strip_suffix(".weight").unwrap();
                 let one_d = t.dims.len() == 1;
-                let want = if one_d {
-                    DType::F32
-                } else {
-                    expected_dtype(t.ty, quant)
-                };
+                let want = if one_d { DType::F32 } else { expected_dtype(t.ty, quant) };
                 let lossless = one_d
-                    || (quant == "keep"
-                        && [ty::Q8_0, ty::Q4_0, ty::Q4_1, ty::F32, ty::F16, ty::BF16]
-                            .contains(&t.ty))
+                    || (quant == "keep" && [ty::Q8_0, ty::Q4_0, ty::Q4_1, ty::F32, ty::F16, ty::BF16].contains(&t.ty))
                     || (quant == "f16" && t.ty == ty::F16);
                 check_tensor(&dir, name, &src, want, lossless);
                 let e = dir.index.get(name).unwrap();
@@ -133,25 +121,15 @@ fn tiny_gguf_tokenizer_and_inspect() {
     assert_eq!(files.len(), 2 + synth::LAYERS);
     assert_eq!(files[0]["file"], "embedding.bin");
     assert_eq!(files.last().unwrap()["file"], "head.bin");
-    assert_eq!(
-        v["tensors"].as_u64().unwrap() as usize,
-        synth::tiny_llama_tensors(false).len()
-    );
+    assert_eq!(v["tensors"].as_u64().unwrap() as usize, synth::tiny_llama_tensors(false).len());
     let on_disk: u64 = files
         .iter()
-        .map(|f| {
-            std::fs::metadata(out.join("weights").join(f["file"].as_str().unwrap()))
-                .unwrap()
-                .len()
-        })
+        .map(|f| std::fs::metadata(out.join("weights").join(f["file"].as_str().unwrap())).unwrap().len())
         .sum();
     assert_eq!(v["disk_bytes"].as_u64().unwrap(), on_disk);
     assert!(v["gpu_bytes"].as_u64().unwrap() < on_disk);
     let (ok, stdout, _) = omex!("layer-inspect", out);
-    assert!(
-        ok && stdout.contains("layer_1.bin") && stdout.contains("blk.1.ffn_down"),
-        "{stdout}"
-    );
+    assert!(ok && stdout.contains("layer_1.bin") && stdout.contains("blk.1.ffn_down"), "{stdout}");
 }
 
 /// Hidden 96, 3 heads of 32, 1 KV head, FFN 160, vocabulary 262: odd sizes, columns multiples of 32.
@@ -165,15 +143,8 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 
 /// Values exactly representable in bf16, and their bytes.
 fn bf16_tensor(rng: &mut Rng, n: usize) -> (Vec<f32>, Vec<u8>) {
-    let v: Vec<f32> = rng
-        .f32s(n, 0.3)
-        .iter()
-        .map(|x| f32::from_bits(x.to_bits() & 0xFFFF_0000))
-        .collect();
-    let b = v
-        .iter()
-        .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
-        .collect();
+    let v: Vec<f32> = rng.f32s(n, 0.3).iter().map(|x| f32::from_bits(x.to_bits() & 0xFFFF_0000)).collect();
+    let b = v.iter().flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes()).collect();
     (v, b)
 }
 
@@ -202,98 +173,28 @@ fn hf_model(tmp: &Path, name: &str, arch: &str, tied: bool, shards: usize) -> Hf
         tensors.push((hf, dtype, shape, bytes));
         values.push((omex, v));
     };
-    add(
-        "model.embed_tokens.weight".into(),
-        "token_embd".into(),
-        vec![vocab, H],
-        &mut rng,
-    );
+    add("model.embed_tokens.weight".into(), "token_embd".into(), vec![vocab, H], &mut rng);
     for i in 0..2 {
         let p = |s: &str| format!("model.layers.{i}.{s}");
         let o = |s: &str| format!("blk.{i}.{s}");
-        add(
-            p("input_layernorm.weight"),
-            o("attn_norm"),
-            vec![H],
-            &mut rng,
-        );
-        add(
-            p("self_attn.q_proj.weight"),
-            o("attn_q"),
-            vec![H, H],
-            &mut rng,
-        );
-        add(
-            p("self_attn.k_proj.weight"),
-            o("attn_k"),
-            vec![KV, H],
-            &mut rng,
-        );
-        add(
-            p("self_attn.v_proj.weight"),
-            o("attn_v"),
-            vec![KV, H],
-            &mut rng,
-        );
-        add(
-            p("self_attn.o_proj.weight"),
-            o("attn_output"),
-            vec![H, H],
-            &mut rng,
-        );
-        add(
-            p("post_attention_layernorm.weight"),
-            o("ffn_norm"),
-            vec![H],
-            &mut rng,
-        );
-        add(
-            p("mlp.gate_proj.weight"),
-            o("ffn_gate"),
-            vec![F, H],
-            &mut rng,
-        );
+        add(p("input_layernorm.weight"), o("attn_norm"), vec![H], &mut rng);
+        add(p("self_attn.q_proj.weight"), o("attn_q"), vec![H, H], &mut rng);
+        add(p("self_attn.k_proj.weight"), o("attn_k"), vec![KV, H], &mut rng);
+        add(p("self_attn.v_proj.weight"), o("attn_v"), vec![KV, H], &mut rng);
+        add(p("self_attn.o_proj.weight"), o("attn_output"), vec![H, H], &mut rng);
+        add(p("post_attention_layernorm.weight"), o("ffn_norm"), vec![H], &mut rng);
+        add(p("mlp.gate_proj.weight"), o("ffn_gate"), vec![F, H], &mut rng);
         add(p("mlp.up_proj.weight"), o("ffn_up"), vec![F, H], &mut rng);
-        add(
-            p("mlp.down_proj.weight"),
-            o("ffn_down"),
-            vec![H, F],
-            &mut rng,
-        );
+        add(p("mlp.down_proj.weight"), o("ffn_down"), vec![H, F], &mut rng);
         if arch == "Qwen2ForCausalLM" {
-            add(
-                p("self_attn.q_proj.bias"),
-                o("attn_q.bias"),
-                vec![H],
-                &mut rng,
-            );
-            add(
-                p("self_attn.k_proj.bias"),
-                o("attn_k.bias"),
-                vec![KV],
-                &mut rng,
-            );
-            add(
-                p("self_attn.v_proj.bias"),
-                o("attn_v.bias"),
-                vec![KV],
-                &mut rng,
-            );
+            add(p("self_attn.q_proj.bias"), o("attn_q.bias"), vec![H], &mut rng);
+            add(p("self_attn.k_proj.bias"), o("attn_k.bias"), vec![KV], &mut rng);
+            add(p("self_attn.v_proj.bias"), o("attn_v.bias"), vec![KV], &mut rng);
         }
     }
-    add(
-        "model.norm.weight".into(),
-        "output_norm".into(),
-        vec![H],
-        &mut rng,
-    );
+    add("model.norm.weight".into(), "output_norm".into(), vec![H], &mut rng);
     if !tied {
-        add(
-            "lm_head.weight".into(),
-            "output".into(),
-            vec![vocab, H],
-            &mut rng,
-        );
+        add("lm_head.weight".into(), "output".into(), vec![vocab, H], &mut rng);
     }
     let config = serde_json::json!({
         "architectures": [arch], "hidden_size": H, "intermediate_size": F, "num_hidden_layers": 2,
@@ -303,11 +204,7 @@ fn hf_model(tmp: &Path, name: &str, arch: &str, tied: bool, shards: usize) -> Hf
                          "original_max_position_embeddings": 256},
     });
     synth::write(&dir, "config.json", config.to_string().as_bytes());
-    synth::write(
-        &dir,
-        "tokenizer.json",
-        synth::tiny_tokenizer_json().as_bytes(),
-    );
+    synth::write(&dir, "tokenizer.json", synth::tiny_tokenizer_json().as_bytes());
     if shards == 1 {
         synth::write(&dir, "model.safetensors", &synth::safetensors(&tensors));
     } else {
@@ -321,11 +218,7 @@ fn hf_model(tmp: &Path, name: &str, arch: &str, tied: bool, shards: usize) -> Hf
             }
         }
         let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map});
-        synth::write(
-            &dir,
-            "model.safetensors.index.json",
-            index.to_string().as_bytes(),
-        );
+        synth::write(&dir, "model.safetensors.index.json", index.to_string().as_bytes());
     }
     HfModel { dir, values }
 }
@@ -348,39 +241,19 @@ fn tiny_hf_models_convert_and_round_trip() {
             assert_eq!(dir.index.tensors.len(), m.values.len(), "{name}");
             for (tname, src) in &m.values {
                 let one_d = dir.index.get(tname).unwrap().shape.len() == 1;
-                let want = if one_d || quant == "keep" {
-                    DType::F32
-                } else {
-                    quant.parse().unwrap()
-                };
+                let want = if one_d || quant == "keep" { DType::F32 } else { quant.parse().unwrap() };
                 check_tensor(&dir, tname, src, want, want == DType::F32);
             }
             let t = omex::graph::Transformer::from_graph(&dir.graph, &out).unwrap();
-            assert_eq!(
-                t.rope.style,
-                omex::graph::RopeStyle::Half,
-                "HF checkpoints are not permuted"
-            );
+            assert_eq!(t.rope.style, omex::graph::RopeStyle::Half, "HF checkpoints are not permuted");
             assert_eq!(t.tied_embeddings, tied);
-            assert_eq!(
-                (t.n_heads, t.n_kv_heads, t.head_dim, t.hidden_size),
-                (3, 1, 32, 96)
-            );
+            assert_eq!((t.n_heads, t.n_kv_heads, t.head_dim, t.hidden_size), (3, 1, 32, 96));
             assert!(matches!(
                 t.rope.scaling,
-                Some(omex::graph::RopeScaling::Llama3 {
-                    original_context_length: 256,
-                    ..
-                })
+                Some(omex::graph::RopeScaling::Llama3 { original_context_length: 256, .. })
             ));
-            assert_eq!(
-                t.blocks[0].attn_qkv_bias.is_some(),
-                arch == "Qwen2ForCausalLM"
-            );
-            assert_eq!(
-                t.architecture,
-                arch.strip_suffix("ForCausalLM").unwrap().to_lowercase()
-            );
+            assert_eq!(t.blocks[0].attn_qkv_bias.is_some(), arch == "Qwen2ForCausalLM");
+            assert_eq!(t.architecture, arch.strip_suffix("ForCausalLM").unwrap().to_lowercase());
         }
     }
     // A .safetensors file inside a model directory is accepted as the directory.
@@ -424,29 +297,16 @@ fn gguf_qwen2_biases_and_half_rope() {
         let t = omex::graph::Transformer::from_graph(&dir.graph, &out).unwrap();
         assert_eq!(t.architecture, "qwen2");
         assert_eq!(t.rope.style, omex::graph::RopeStyle::Half);
-        assert_eq!(
-            t.blocks[1].attn_qkv_bias.as_ref().unwrap()[2],
-            "blk.1.attn_v.bias"
-        );
+        assert_eq!(t.blocks[1].attn_qkv_bias.as_ref().unwrap()[2], "blk.1.attn_v.bias");
         for (name, v) in &biases {
             check_tensor(&dir, name, v, DType::F32, true);
-            assert_eq!(
-                dir.index.get(name).unwrap().file,
-                format!("layer_{}.bin", &name[4..5])
-            );
+            assert_eq!(dir.index.get(name).unwrap().file, format!("layer_{}.bin", &name[4..5]));
         }
     }
 }
 
 /// llama.cpp stores Llama 3.1 rope scaling as `rope_freqs.weight` (a divisor per rotated pair).
-fn llama3_divisors(
-    base: f64,
-    dims: usize,
-    factor: f64,
-    low: f64,
-    high: f64,
-    orig: f64,
-) -> Vec<f32> {
+fn llama3_divisors(base: f64, dims: usize, factor: f64, low: f64, high: f64, orig: f64) -> Vec<f32> {
     (0..dims / 2)
         .map(|i| {
             let f = 1.0 / base.powf(2.0 * i as f64 / dims as f64);
@@ -470,12 +330,7 @@ fn gguf_llama3_rope_freqs_become_llama3_scaling() {
     let div = llama3_divisors(10000.0, head_dim, 8.0, 1.0, 4.0, 8192.0);
     assert!(div.contains(&1.0) && div.contains(&8.0) && div.iter().any(|&d| d > 1.0 && d < 8.0));
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let b = synth::tiny_llama_gguf(31, true).tensor(
-        "rope_freqs.weight",
-        &[head_dim as u64 / 2],
-        ty::F32,
-        bytes(&div),
-    );
+    let b = synth::tiny_llama_gguf(31, true).tensor("rope_freqs.weight", &[head_dim as u64 / 2], ty::F32, bytes(&div));
     let gguf = synth::write(&tmp, "llama3.gguf", &b.build());
     let out = tmp.join("llama3.omex");
     convert(&gguf, &out, "keep");
@@ -492,12 +347,7 @@ fn gguf_llama3_rope_freqs_become_llama3_scaling() {
     // Divisors that are not llama3's are refused, naming the tensor.
     let mut odd = div.clone();
     odd[3] = 2.5;
-    let b = synth::tiny_llama_gguf(31, true).tensor(
-        "rope_freqs.weight",
-        &[head_dim as u64 / 2],
-        ty::F32,
-        bytes(&odd),
-    );
+    let b = synth::tiny_llama_gguf(31, true).tensor("rope_freqs.weight", &[head_dim as u64 / 2], ty::F32, bytes(&odd));
     let gguf = synth::write(&tmp, "odd.gguf", &b.build());
     let (ok, _, stderr) = omex!("convert", gguf, "-o", tmp.join("odd.omex"));
     assert!(!ok && stderr.contains("rope_freqs.weight"), "{stderr}");

@@ -10,12 +10,22 @@ use omex::runtime::perplexity::perplexity;
 use omex::runtime::{BackendChoice, EngineOptions, GenerateOptions, Model};
 
 fn engine(model: &Model, activations: Activations, kv: KvType, ctx: usize) -> Box<dyn Engine> {
-    let opts = EngineOptions { backend: BackendChoice::Cpu, threads: 0, context_length: Some(ctx), activations, kv, ..Default::default() };
+    let opts = EngineOptions {
+        backend: BackendChoice::Cpu,
+        threads: 0,
+        context_length: Some(ctx),
+        activations,
+        kv,
+        ..Default::default()
+    };
     model.engine(&opts).expect("engine")
 }
 
 /// Runs every golden prompt teacher-forced and calls `check(prompt, position entry, our logits row)`.
-fn for_each_golden_position(activations: Activations, mut check: impl FnMut(&serde_json::Value, &serde_json::Value, &[f32])) {
+fn for_each_golden_position(
+    activations: Activations,
+    mut check: impl FnMut(&serde_json::Value, &serde_json::Value, &[f32]),
+) {
     let model = Model::load(smollm2_omex("keep")).unwrap();
     let g = golden("smollm2_logits.json");
     let mut engine = engine(&model, activations, KvType::F32, 256);
@@ -64,7 +74,13 @@ fn int8_activations_stay_within_llama_cpp_bounds() {
         worst = worst.max(d);
         if pos["top2_margin"].as_f64().unwrap() > 0.7 {
             let top = u32s(&pos["top_ids"])[0] as usize;
-            assert_eq!(kernels_cpu::ops::argmax(row), top, "prompt {} position {}: top-1 changed", p["name"], pos["pos"]);
+            assert_eq!(
+                kernels_cpu::ops::argmax(row),
+                top,
+                "prompt {} position {}: top-1 changed",
+                p["name"],
+                pos["pos"]
+            );
             checked += 1;
         }
     });
@@ -85,7 +101,12 @@ fn int8_activations_keep_the_top1_wherever_the_margin_is_clear() {
         let vocab = logits.len() / ids.len();
         for (i, (top, margin)) in u32s(&p["argmax_ids"]).into_iter().zip(f64s(&p["top2_margins"])).enumerate() {
             if margin > 0.7 {
-                assert_eq!(kernels_cpu::ops::argmax(&logits[i * vocab..(i + 1) * vocab]) as u32, top, "prompt {} position {i}", p["name"]);
+                assert_eq!(
+                    kernels_cpu::ops::argmax(&logits[i * vocab..(i + 1) * vocab]) as u32,
+                    top,
+                    "prompt {} position {i}",
+                    p["name"]
+                );
                 checked += 1;
             }
         }

@@ -48,10 +48,7 @@ fn check_safetensors(data: &[u8]) -> bool {
         let end = t.offset.checked_add(t.bytes).unwrap();
         assert!(end <= data.len() as u64 && t.offset >= h.data_offset);
         let size = dtype_size(&t.dtype).unwrap();
-        assert_eq!(
-            t.shape.iter().try_fold(size, |a, &d| a.checked_mul(d)),
-            Some(t.bytes)
-        );
+        assert_eq!(t.shape.iter().try_fold(size, |a, &d| a.checked_mul(d)), Some(t.bytes));
     }
     true
 }
@@ -72,11 +69,9 @@ fn check_record(data: &[u8]) -> bool {
 /// The index target's fixture: records a (int4 [4, 64]), b (f32 [7]), c (ternary [2, 32]) in layer_0.bin.
 fn index_fixture() -> Vec<u8> {
     let mut file = Vec::new();
-    for (name, dtype, shape) in [
-        ("a", DType::Int4, vec![4u32, 64]),
-        ("b", DType::F32, vec![7]),
-        ("c", DType::Ternary, vec![2, 32]),
-    ] {
+    for (name, dtype, shape) in
+        [("a", DType::Int4, vec![4u32, 64]), ("b", DType::F32, vec![7]), ("c", DType::Ternary, vec![2, 32])]
+    {
         let rec = Record::new(0, name, dtype, &shape).unwrap();
         let start = file.len();
         file.extend(rec.encode());
@@ -122,27 +117,15 @@ fn seeds_and_regressions() {
     assert!(gguf.len() >= 3);
     for (p, d) in &gguf {
         let ok = check_gguf(d);
-        assert!(
-            ok || p.to_string_lossy().contains("regressions"),
-            "seed {} does not parse",
-            p.display()
-        );
+        assert!(ok || p.to_string_lossy().contains("regressions"), "seed {} does not parse", p.display());
     }
     for (p, d) in &inputs("safetensors") {
         let ok = check_safetensors(d);
-        assert!(
-            ok || p.to_string_lossy().contains("regressions"),
-            "seed {} does not parse",
-            p.display()
-        );
+        assert!(ok || p.to_string_lossy().contains("regressions"), "seed {} does not parse", p.display());
     }
     for (p, d) in &inputs("record") {
         let ok = check_record(d);
-        assert!(
-            ok || p.to_string_lossy().contains("regressions"),
-            "seed {} does not parse",
-            p.display()
-        );
+        assert!(ok || p.to_string_lossy().contains("regressions"), "seed {} does not parse", p.display());
     }
     let fixture = index_fixture();
     for (p, d) in &inputs("index") {
@@ -151,12 +134,7 @@ fn seeds_and_regressions() {
             assert_eq!(n, 3, "every tensor of {} resolves", p.display());
         }
         if p.ends_with("shifted.json") {
-            assert_eq!(
-                n,
-                2,
-                "a and c resolve in {}, b (shifted) does not",
-                p.display()
-            );
+            assert_eq!(n, 2, "a and c resolve in {}, b (shifted) does not", p.display());
         }
     }
 }
@@ -207,8 +185,7 @@ fn mutated_seeds_never_panic() {
 /// different bytes. The descriptor is canonical now: the padding must be zero.
 #[test]
 fn nonzero_name_padding_is_rejected() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/record/nonzero-name-padding");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/record/nonzero-name-padding");
     let e = Record::decode(&std::fs::read(path).unwrap()).unwrap_err();
     assert!(e.contains("padding"), "{e}");
 }

@@ -16,29 +16,11 @@ fn small() -> GgufBuilder {
         .kv("llama.block_count", GV::U32(2))
         .kv("some.float", GV::F32(0.5))
         .kv("some.flag", GV::Bool(true))
-        .kv(
-            "tokenizer.ggml.tokens",
-            GV::Strs(vec!["a".into(), "é".into(), "<s>".into()]),
-        )
+        .kv("tokenizer.ggml.tokens", GV::Strs(vec!["a".into(), "é".into(), "<s>".into()]))
         .kv("tokenizer.ggml.scores", GV::F32s(vec![0.0, -1.0, -2.0]))
-        .tensor(
-            "a.weight",
-            &[64, 3],
-            ty::Q8_0,
-            synth::ggml_data(&mut rng, ty::Q8_0, 192),
-        )
-        .tensor(
-            "b.weight",
-            &[5],
-            ty::F32,
-            synth::ggml_data(&mut rng, ty::F32, 5),
-        )
-        .tensor(
-            "c.weight",
-            &[32, 2],
-            ty::Q4_1,
-            synth::ggml_data(&mut rng, ty::Q4_1, 64),
-        )
+        .tensor("a.weight", &[64, 3], ty::Q8_0, synth::ggml_data(&mut rng, ty::Q8_0, 192))
+        .tensor("b.weight", &[5], ty::F32, synth::ggml_data(&mut rng, ty::F32, 5))
+        .tensor("c.weight", &[32, 2], ty::Q4_1, synth::ggml_data(&mut rng, ty::Q4_1, 64))
 }
 
 fn parse(b: &GgufBuilder) -> Result<Header, String> {
@@ -64,12 +46,7 @@ fn valid_file_reads_back() {
         assert_eq!(f.req_u32("llama.block_count").unwrap(), 2);
         assert_eq!(f.opt_f32("some.float").unwrap(), Some(0.5));
         assert_eq!(f.opt_bool("some.flag").unwrap(), Some(true));
-        let toks = f
-            .opt_array("tokenizer.ggml.tokens", "a string", |v| {
-                v.as_str().map(String::from)
-            })
-            .unwrap()
-            .unwrap();
+        let toks = f.opt_array("tokenizer.ggml.tokens", "a string", |v| v.as_str().map(String::from)).unwrap().unwrap();
         assert_eq!(toks, ["a", "é", "<s>"]);
         assert_eq!(f.header.tensors.len(), 3);
         for (t, want) in f.header.tensors.iter().zip(&b.tensors) {
@@ -104,10 +81,7 @@ fn custom_alignment() {
 fn every_truncation_is_an_error() {
     let bytes = small().build();
     for len in 0..bytes.len() {
-        assert!(
-            Header::parse(&bytes[..len]).is_err(),
-            "truncated to {len} bytes parsed"
-        );
+        assert!(Header::parse(&bytes[..len]).is_err(), "truncated to {len} bytes parsed");
     }
     let e = Header::parse(&bytes[..bytes.len() - 1]).unwrap_err();
     assert!(e.contains("c.weight") && e.contains("past the end"), "{e}");
@@ -122,12 +96,7 @@ fn bad_magic_and_versions() {
     let mut bytes = small().build();
     bytes[0] = b'X';
     assert!(Header::parse(&bytes).unwrap_err().contains("magic"));
-    for (v, want) in [
-        (1u32, "version 1"),
-        (4, "version 4"),
-        (0, "version 0"),
-        (3u32.swap_bytes(), "big-endian"),
-    ] {
+    for (v, want) in [(1u32, "version 1"), (4, "version 4"), (0, "version 0"), (3u32.swap_bytes(), "big-endian")] {
         let mut b = small();
         b.version = v;
         let e = err(&b);
@@ -152,10 +121,7 @@ fn strings_and_arrays() {
     let mut b = small();
     b.tensors[1].name = "zq".into();
     let mut bytes = b.build();
-    let at = bytes
-        .windows(10)
-        .position(|w| w == [2, 0, 0, 0, 0, 0, 0, 0, b'z', b'q'])
-        .unwrap();
+    let at = bytes.windows(10).position(|w| w == [2, 0, 0, 0, 0, 0, 0, 0, b'z', b'q']).unwrap();
     bytes[at + 8] = 0xFF;
     let e = Header::parse(&bytes).unwrap_err();
     assert!(e.contains("UTF-8") && e.contains("tensor 1"), "{e}");
@@ -206,10 +172,7 @@ fn tensor_infos() {
     let mut b = small();
     b.tensors[1].ty = 99;
     let e = err(&b);
-    assert!(
-        e.contains("b.weight") && e.contains("unknown ggml type 99"),
-        "{e}"
-    );
+    assert!(e.contains("b.weight") && e.contains("unknown ggml type 99"), "{e}");
     let mut b = small();
     b.tensors[0].dims = vec![48, 4];
     assert!(err(&b).contains("blocks"));
@@ -274,21 +237,9 @@ fn gguf_py_written_files_parse() {
     assert_eq!(f.header.tensors[3].ty, GgmlType::Q4_K);
     let f = GgufFile::open(&dir.join("kv.gguf")).unwrap();
     assert_eq!(f.req_str("general.name").unwrap(), "seed");
-    assert_eq!(
-        f.opt_bool("tokenizer.ggml.add_bos_token").unwrap(),
-        Some(false)
-    );
+    assert_eq!(f.opt_bool("tokenizer.ggml.add_bos_token").unwrap(), Some(false));
     assert_eq!(f.req_f32("llama.rope.freq_base").unwrap(), 10000.0);
-    let toks = f
-        .opt_array("tokenizer.ggml.tokens", "a string", |v| {
-            v.as_str().map(String::from)
-        })
-        .unwrap()
-        .unwrap();
+    let toks = f.opt_array("tokenizer.ggml.tokens", "a string", |v| v.as_str().map(String::from)).unwrap().unwrap();
     assert_eq!(toks, ["a", "b", "é", "<s>"]);
-    assert!(GgufFile::open(&dir.join("empty.gguf"))
-        .unwrap()
-        .header
-        .tensors
-        .is_empty());
+    assert!(GgufFile::open(&dir.join("empty.gguf")).unwrap().header.tensors.is_empty());
 }

@@ -34,10 +34,7 @@ fn valid_file_reads_back() {
         let t = h.tensors.iter().find(|t| t.name == name).unwrap();
         assert_eq!(t.dtype, dtype);
         assert_eq!(t.shape, shape);
-        assert_eq!(
-            &bytes[t.offset as usize..(t.offset + t.bytes) as usize],
-            data.as_slice()
-        );
+        assert_eq!(&bytes[t.offset as usize..(t.offset + t.bytes) as usize], data.as_slice());
     }
     let i64t = h.tensors.iter().find(|t| t.name == "w.i64").unwrap();
     assert_eq!(i64t.ggml_type(), None);
@@ -47,44 +44,20 @@ fn valid_file_reads_back() {
 fn every_truncation_is_an_error() {
     let bytes = synth::safetensors(&sample());
     for len in 0..bytes.len() {
-        assert!(
-            Header::parse(&bytes[..len]).is_err(),
-            "truncated to {len} bytes parsed"
-        );
+        assert!(Header::parse(&bytes[..len]).is_err(), "truncated to {len} bytes parsed");
     }
 }
 
 #[test]
 fn corrupt_headers_are_named() {
     let cases: &[(&str, &str)] = &[
-        (
-            r#"{"a": {"dtype": "F32", "shape": [3, 5], "data_offsets": [0, 61]}}"#,
-            "\"a\"",
-        ),
-        (
-            r#"{"a": {"dtype": "F32", "shape": [3, 5], "data_offsets": [0, 100000]}}"#,
-            "outside",
-        ),
-        (
-            r#"{"a": {"dtype": "F32", "shape": [3, 5], "data_offsets": [60, 0]}}"#,
-            "outside",
-        ),
-        (
-            r#"{"a": {"dtype": "F9", "shape": [1], "data_offsets": [0, 4]}}"#,
-            "unknown dtype \"F9\"",
-        ),
-        (
-            r#"{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}"#,
-            "shape",
-        ),
-        (
-            r#"{"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 4294967296], "data_offsets": [0, 4]}}"#,
-            "needs",
-        ),
-        (
-            r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}"#,
-            "data_offsets",
-        ),
+        (r#"{"a": {"dtype": "F32", "shape": [3, 5], "data_offsets": [0, 61]}}"#, "\"a\""),
+        (r#"{"a": {"dtype": "F32", "shape": [3, 5], "data_offsets": [0, 100000]}}"#, "outside"),
+        (r#"{"a": {"dtype": "F32", "shape": [3, 5], "data_offsets": [60, 0]}}"#, "outside"),
+        (r#"{"a": {"dtype": "F9", "shape": [1], "data_offsets": [0, 4]}}"#, "unknown dtype \"F9\""),
+        (r#"{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}"#, "shape"),
+        (r#"{"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 4294967296], "data_offsets": [0, 4]}}"#, "needs"),
+        (r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}"#, "data_offsets"),
         (r#"{"a": {"shape": [1], "data_offsets": [0, 4]}}"#, "dtype"),
         (
             r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}"#,
@@ -121,47 +94,24 @@ fn random_corruption_never_panics() {
 fn sharded_checkpoint() {
     let dir = synth::tmp_dir("st-shards");
     let s = sample();
-    synth::write(
-        &dir,
-        "model-00001-of-00002.safetensors",
-        &synth::safetensors(&s[..2]),
-    );
-    synth::write(
-        &dir,
-        "model-00002-of-00002.safetensors",
-        &synth::safetensors(&s[2..]),
-    );
+    synth::write(&dir, "model-00001-of-00002.safetensors", &synth::safetensors(&s[..2]));
+    synth::write(&dir, "model-00002-of-00002.safetensors", &synth::safetensors(&s[2..]));
     let index = serde_json::json!({"metadata": {}, "weight_map": {
         "w.f32": "model-00001-of-00002.safetensors", "w.bf16": "model-00001-of-00002.safetensors",
         "w.f16": "model-00002-of-00002.safetensors", "w.i64": "model-00002-of-00002.safetensors"}});
-    synth::write(
-        &dir,
-        "model.safetensors.index.json",
-        index.to_string().as_bytes(),
-    );
+    synth::write(&dir, "model.safetensors.index.json", index.to_string().as_bytes());
     let c = Checkpoint::open_dir(&dir).unwrap();
     assert_eq!(c.names(), ["w.bf16", "w.f16", "w.f32", "w.i64"]);
     let (f, t) = c.get("w.f16").unwrap();
     assert_eq!(f.data(t), s[2].3.as_slice());
     // A weight_map naming the wrong shard is an error naming the index and the tensor.
-    let bad = index
-        .to_string()
-        .replace(r#""w.f16":"model-00002"#, r#""w.f16":"model-00001"#);
+    let bad = index.to_string().replace(r#""w.f16":"model-00002"#, r#""w.f16":"model-00001"#);
     synth::write(&dir, "model.safetensors.index.json", bad.as_bytes());
     let e = Checkpoint::open_dir(&dir).err().unwrap().to_string();
-    assert!(
-        e.contains("model.safetensors.index.json") && e.contains("w.f16"),
-        "{e}"
-    );
-    let evil = index
-        .to_string()
-        .replace("model-00002-of-00002.safetensors", "../x.safetensors");
+    assert!(e.contains("model.safetensors.index.json") && e.contains("w.f16"), "{e}");
+    let evil = index.to_string().replace("model-00002-of-00002.safetensors", "../x.safetensors");
     synth::write(&dir, "model.safetensors.index.json", evil.as_bytes());
-    assert!(Checkpoint::open_dir(&dir)
-        .err()
-        .unwrap()
-        .to_string()
-        .contains("leaves"));
+    assert!(Checkpoint::open_dir(&dir).err().unwrap().to_string().contains("leaves"));
 }
 
 /// Files written by fuzz/make_seeds.py (Python) read back with the expected layout.
@@ -169,19 +119,11 @@ fn sharded_checkpoint() {
 fn python_written_files_parse() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/safetensors");
     let h = Header::parse(&std::fs::read(dir.join("mixed.safetensors")).unwrap()).unwrap();
-    let names: Vec<(&str, &str, &[u64])> = h
-        .tensors
-        .iter()
-        .map(|t| (t.name.as_str(), t.dtype.as_str(), t.shape.as_slice()))
-        .collect();
+    let names: Vec<(&str, &str, &[u64])> =
+        h.tensors.iter().map(|t| (t.name.as_str(), t.dtype.as_str(), t.shape.as_slice())).collect();
     assert_eq!(
         names,
-        [
-            ("a", "BF16", &[4][..]),
-            ("b", "F16", &[1, 2, 2][..]),
-            ("c", "I64", &[2][..]),
-            ("d", "U8", &[0][..])
-        ]
+        [("a", "BF16", &[4][..]), ("b", "F16", &[1, 2, 2][..]), ("c", "I64", &[2][..]), ("d", "U8", &[0][..])]
     );
     assert_eq!(h.data_offset % 8, 0);
 }

@@ -65,11 +65,7 @@ impl<T: Read> R<T> {
                 if n > 1 << 24 {
                     return Err(bad(format!("array of {n} values")));
                 }
-                Kv::Array(
-                    (0..n)
-                        .map(|_| self.value(elem))
-                        .collect::<io::Result<_>>()?,
-                )
+                Kv::Array((0..n).map(|_| self.value(elem)).collect::<io::Result<_>>()?)
             }
             10 => Kv::Uint(self.u64()?),
             11 => Kv::Int(i64::from_le_bytes(self.bytes()?)),
@@ -105,9 +101,7 @@ pub fn smollm2_path() -> PathBuf {
     match std::env::var_os("OMEX_SMOLLM2_GGUF") {
         Some(p) => PathBuf::from(p),
         None => {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
             home.join(".cache/omex/models/SmolLM2-135M-Instruct.Q4_1.gguf")
         }
     }
@@ -133,12 +127,8 @@ pub fn read_vocab(path: &Path) -> io::Result<GgufVocab> {
         Some(Kv::Array(a)) => a.clone(),
         _ => Vec::new(),
     };
-    let strings = |k: &str| {
-        arr(k)
-            .into_iter()
-            .filter_map(|v| if let Kv::Str(s) = v { Some(s) } else { None })
-            .collect()
-    };
+    let strings =
+        |k: &str| arr(k).into_iter().filter_map(|v| if let Kv::Str(s) = v { Some(s) } else { None }).collect();
     Ok(GgufVocab {
         model: s("tokenizer.ggml.model").unwrap_or_default(),
         pre: s("tokenizer.ggml.pre"),

@@ -22,13 +22,8 @@ fn validate(dir: &Path) -> (bool, Vec<String>, Vec<String>) {
     let (ok, stdout, stderr) = omex!("validate", dir, "--json");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    let strings = |k: &str| {
-        v[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
+    let strings =
+        |k: &str| v[k].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(v["ok"].as_bool().unwrap(), ok);
     (ok, strings("problems"), strings("warnings"))
 }
@@ -44,32 +39,16 @@ fn index(dir: &Path) -> Value {
 /// Byte offset of a tensor's data section in its file.
 fn data_offset(dir: &Path, tensor: &str) -> (String, usize) {
     let ix = index(dir);
-    let t = ix["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == tensor)
-        .unwrap();
-    let s = t["sections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["kind"] == "data")
-        .unwrap();
-    (
-        t["file"].as_str().unwrap().to_string(),
-        s["offset"].as_u64().unwrap() as usize,
-    )
+    let t = ix["tensors"].as_array().unwrap().iter().find(|t| t["name"] == tensor).unwrap();
+    let s = t["sections"].as_array().unwrap().iter().find(|s| s["kind"] == "data").unwrap();
+    (t["file"].as_str().unwrap().to_string(), s["offset"].as_u64().unwrap() as usize)
 }
 
 #[test]
 fn clean_model_is_valid() {
     let dir = model("clean", "keep");
     let (ok, problems, warnings) = validate(&dir);
-    assert!(
-        ok && problems.is_empty() && warnings.is_empty(),
-        "{problems:?} {warnings:?}"
-    );
+    assert!(ok && problems.is_empty() && warnings.is_empty(), "{problems:?} {warnings:?}");
     let (ok, stdout, _) = omex!("validate", dir);
     assert!(ok && stdout.contains("valid"), "{stdout}");
 }
@@ -85,15 +64,9 @@ fn flipped_byte_is_a_checksum_error_naming_the_file() {
     std::fs::write(&path, b).unwrap();
     let (ok, problems, _) = validate(&dir);
     assert!(!ok);
-    assert!(
-        has(&problems, &["weights/layer_0.bin", "checksum mismatch"]),
-        "{problems:?}"
-    );
+    assert!(has(&problems, &["weights/layer_0.bin", "checksum mismatch"]), "{problems:?}");
     let (ok, stdout, stderr) = omex!("validate", dir);
-    assert!(
-        !ok && stdout.contains("problem: weights/layer_0.bin: checksum mismatch"),
-        "{stdout}"
-    );
+    assert!(!ok && stdout.contains("problem: weights/layer_0.bin: checksum mismatch"), "{stdout}");
     assert!(stderr.contains("1 problems found"), "{stderr}");
 }
 
@@ -105,53 +78,22 @@ fn truncated_layer_is_a_record_error() {
     std::fs::write(&path, &b[..b.len() / 2]).unwrap();
     let (ok, problems, _) = validate(&dir);
     assert!(!ok);
-    assert!(
-        has(&problems, &["weights/layer_1.bin", "record of tensor"]),
-        "{problems:?}"
-    );
-    assert!(
-        has(&problems, &["weights/layer_1.bin", "size mismatch"]),
-        "{problems:?}"
-    );
+    assert!(has(&problems, &["weights/layer_1.bin", "record of tensor"]), "{problems:?}");
+    assert!(has(&problems, &["weights/layer_1.bin", "size mismatch"]), "{problems:?}");
 }
 
 #[test]
 fn corrupted_index_offset() {
     let dir = model("offset", "keep");
     let mut ix = index(&dir);
-    let t = ix["tensors"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|t| t["name"] == "blk.0.attn_k")
-        .unwrap();
+    let t = ix["tensors"].as_array_mut().unwrap().iter_mut().find(|t| t["name"] == "blk.0.attn_k").unwrap();
     let off = t["offset"].as_u64().unwrap();
     t["offset"] = (off + 256).into();
-    std::fs::write(
-        dir.join("weights/quantization.json"),
-        serde_json::to_vec_pretty(&ix).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("weights/quantization.json"), serde_json::to_vec_pretty(&ix).unwrap()).unwrap();
     let (ok, problems, _) = validate(&dir);
     assert!(!ok);
-    assert!(
-        has(
-            &problems,
-            &[
-                "weights/layer_0.bin",
-                "blk.0.attn_k",
-                &format!("offset {}", off + 256)
-            ]
-        ),
-        "{problems:?}"
-    );
-    assert!(
-        has(
-            &problems,
-            &["weights/quantization.json", "checksum mismatch"]
-        ),
-        "{problems:?}"
-    );
+    assert!(has(&problems, &["weights/layer_0.bin", "blk.0.attn_k", &format!("offset {}", off + 256)]), "{problems:?}");
+    assert!(has(&problems, &["weights/quantization.json", "checksum mismatch"]), "{problems:?}");
 }
 
 #[test]
@@ -159,31 +101,14 @@ fn missing_tokenizer_and_every_problem_listed() {
     let dir = model("many", "keep");
     std::fs::remove_dir_all(dir.join("tokenizer")).unwrap();
     std::fs::remove_file(dir.join("weights/head.bin")).unwrap();
-    let mut meta: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("metadata.json")).unwrap()).unwrap();
+    let mut meta: Value = serde_json::from_slice(&std::fs::read(dir.join("metadata.json")).unwrap()).unwrap();
     meta["omex_version"] = "0.9".into();
-    std::fs::write(
-        dir.join("metadata.json"),
-        serde_json::to_vec(&meta).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("metadata.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
     let (ok, problems, _) = validate(&dir);
     assert!(!ok);
-    assert!(
-        has(&problems, &["tokenizer/tokenizer.json", "missing"]),
-        "{problems:?}"
-    );
-    assert!(
-        has(
-            &problems,
-            &["weights/head.bin", "listed in metadata.json but missing"]
-        ),
-        "{problems:?}"
-    );
-    assert!(
-        has(&problems, &["weights/head.bin", "cannot be read"]),
-        "{problems:?}"
-    );
+    assert!(has(&problems, &["tokenizer/tokenizer.json", "missing"]), "{problems:?}");
+    assert!(has(&problems, &["weights/head.bin", "listed in metadata.json but missing"]), "{problems:?}");
+    assert!(has(&problems, &["weights/head.bin", "cannot be read"]), "{problems:?}");
     assert!(has(&problems, &["omex_version", "0.9"]), "{problems:?}");
     assert!(problems.len() >= 5, "{problems:?}");
 }
@@ -193,37 +118,17 @@ fn graph_and_index_disagreements() {
     let dir = model("graph", "keep");
     let mut ix = index(&dir);
     let tensors = ix["tensors"].as_array_mut().unwrap();
-    let t = tensors
-        .iter_mut()
-        .find(|t| t["name"] == "blk.1.ffn_gate")
-        .unwrap();
+    let t = tensors.iter_mut().find(|t| t["name"] == "blk.1.ffn_gate").unwrap();
     t["shape"] = serde_json::json!([256, 512]);
     tensors.retain(|t| t["name"] != "output_norm");
-    std::fs::write(
-        dir.join("weights/quantization.json"),
-        serde_json::to_vec(&ix).unwrap(),
-    )
-    .unwrap();
-    let mut g: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("graph.json")).unwrap()).unwrap();
-    g["edges"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"from": "nowhere.out", "to": "lm_head.input"}));
+    std::fs::write(dir.join("weights/quantization.json"), serde_json::to_vec(&ix).unwrap()).unwrap();
+    let mut g: Value = serde_json::from_slice(&std::fs::read(dir.join("graph.json")).unwrap()).unwrap();
+    g["edges"].as_array_mut().unwrap().push(serde_json::json!({"from": "nowhere.out", "to": "lm_head.input"}));
     std::fs::write(dir.join("graph.json"), serde_json::to_vec(&g).unwrap()).unwrap();
     let (ok, problems, _) = validate(&dir);
     assert!(!ok);
-    assert!(
-        has(&problems, &["blk.1.ffn_gate", "shape [256, 512]"]),
-        "{problems:?}"
-    );
-    assert!(
-        has(
-            &problems,
-            &["weights/layer_1.bin", "blk.1.ffn_gate", "index says shape"]
-        ),
-        "{problems:?}"
-    );
+    assert!(has(&problems, &["blk.1.ffn_gate", "shape [256, 512]"]), "{problems:?}");
+    assert!(has(&problems, &["weights/layer_1.bin", "blk.1.ffn_gate", "index says shape"]), "{problems:?}");
     assert!(has(&problems, &["output_norm", "missing"]), "{problems:?}");
     assert!(has(&problems, &["graph.json", "nowhere"]), "{problems:?}");
 }
@@ -236,11 +141,7 @@ fn ternary_codes_and_optional_folders() {
     let mut b = std::fs::read(&path).unwrap();
     b[off] = 0xFF;
     std::fs::write(&path, b).unwrap();
-    synth::write(
-        &dir.join("agents"),
-        "good.json",
-        br#"{"agent_id": "default"}"#,
-    );
+    synth::write(&dir.join("agents"), "good.json", br#"{"agent_id": "default"}"#);
     synth::write(&dir.join("agents"), "bad.json", br#"{"name": "no id"}"#);
     synth::write(&dir.join("agents"), "notes.md", b"hello");
     synth::write(&dir.join("preprocessors"), "broken.json", b"{not json");
@@ -248,38 +149,13 @@ fn ternary_codes_and_optional_folders() {
     synth::write(&dir, "README.txt", b"hi");
     let (ok, problems, warnings) = validate(&dir);
     assert!(!ok);
-    assert!(
-        has(
-            &problems,
-            &[
-                &format!("weights/{file}"),
-                "blk.0.attn_q",
-                "invalid ternary codes"
-            ]
-        ),
-        "{problems:?}"
-    );
-    assert!(
-        has(&problems, &["agents/bad.json", "agent_id"]),
-        "{problems:?}"
-    );
-    assert!(
-        has(&problems, &["preprocessors/broken.json", "invalid JSON"]),
-        "{problems:?}"
-    );
+    assert!(has(&problems, &[&format!("weights/{file}"), "blk.0.attn_q", "invalid ternary codes"]), "{problems:?}");
+    assert!(has(&problems, &["agents/bad.json", "agent_id"]), "{problems:?}");
+    assert!(has(&problems, &["preprocessors/broken.json", "invalid JSON"]), "{problems:?}");
     assert!(!has(&problems, &["agents/good.json"]), "{problems:?}");
-    assert!(
-        has(&warnings, &["agents/notes.md", "not a JSON file"]),
-        "{warnings:?}"
-    );
-    assert!(
-        has(&warnings, &["README.txt", "not part of the omex layout"]),
-        "{warnings:?}"
-    );
-    assert!(
-        has(&warnings, &["adapters/lora.bin", "not listed"]),
-        "{warnings:?}"
-    );
+    assert!(has(&warnings, &["agents/notes.md", "not a JSON file"]), "{warnings:?}");
+    assert!(has(&warnings, &["README.txt", "not part of the omex layout"]), "{warnings:?}");
+    assert!(has(&warnings, &["adapters/lora.bin", "not listed"]), "{warnings:?}");
 }
 
 #[test]
@@ -299,9 +175,7 @@ fn not_a_model() {
     let (ok, problems, _) = validate(&tmp);
     assert!(!ok);
     assert!(
-        has(&problems, &["metadata.json"])
-            && has(&problems, &["graph.json"])
-            && has(&problems, &["quantization.json"]),
+        has(&problems, &["metadata.json"]) && has(&problems, &["graph.json"]) && has(&problems, &["quantization.json"]),
         "{problems:?}"
     );
     let (ok, problems, _) = validate(&tmp.join("nope"));

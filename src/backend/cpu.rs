@@ -100,13 +100,20 @@ impl CpuEngine {
             }
         }
         if cfg.activation != Activation::Silu {
-            return Err(Error::Unsupported(format!("activation {:?}: the CPU engine runs SwiGLU models", cfg.activation)));
+            return Err(Error::Unsupported(format!(
+                "activation {:?}: the CPU engine runs SwiGLU models",
+                cfg.activation
+            )));
         }
         let ctx = opts.context_length;
         let per_layer = ctx * kvd as usize;
         let kv = match opts.kv {
-            KvType::F32 => KvCache::F32((0..blocks.len()).map(|_| (vec![0.0; per_layer], vec![0.0; per_layer])).collect()),
-            KvType::F16 => KvCache::F16((0..blocks.len()).map(|_| (vec![f16::ZERO; per_layer], vec![f16::ZERO; per_layer])).collect()),
+            KvType::F32 => {
+                KvCache::F32((0..blocks.len()).map(|_| (vec![0.0; per_layer], vec![0.0; per_layer])).collect())
+            }
+            KvType::F16 => KvCache::F16(
+                (0..blocks.len()).map(|_| (vec![f16::ZERO; per_layer], vec![f16::ZERO; per_layer])).collect(),
+            ),
         };
         Ok(CpuEngine {
             embed: w(&cfg.token_embedding, &[cfg.vocab_size, d])?,
@@ -248,7 +255,15 @@ fn add_bias(x: &mut [f32], bias: &[f32]) {
 }
 
 /// RoPE on the first `dims` values of every head (partial rotary embedding when `dims < head_dim`).
-fn rope_heads(x: &mut [f32], heads: usize, hd: usize, dims: usize, pos: usize, inv_freq: &[f32], style: ops::RopeStyle) {
+fn rope_heads(
+    x: &mut [f32],
+    heads: usize,
+    hd: usize,
+    dims: usize,
+    pos: usize,
+    inv_freq: &[f32],
+    style: ops::RopeStyle,
+) {
     if dims == hd {
         ops::rope(x, heads, hd, pos, inv_freq, style);
     } else {
@@ -259,7 +274,16 @@ fn rope_heads(x: &mut [f32], heads: usize, hd: usize, dims: usize, pos: usize, i
 }
 
 #[allow(clippy::too_many_arguments)]
-fn attend<E: KvElem>(cache: &mut (Vec<E>, Vec<E>), s: &mut Scratch, pos: usize, n: usize, nh: usize, nkv: usize, hd: usize, scale: f32) {
+fn attend<E: KvElem>(
+    cache: &mut (Vec<E>, Vec<E>),
+    s: &mut Scratch,
+    pos: usize,
+    n: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    scale: f32,
+) {
     let kvd = nkv * hd;
     for i in 0..n {
         kernels_cpu::kv_store(&mut cache.0, pos + i, &s.k[i * kvd..(i + 1) * kvd]);
@@ -301,7 +325,12 @@ fn thread_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
 
 impl Engine for CpuEngine {
     fn describe(&self) -> String {
-        format!("cpu ({}, {} threads, {:?} activations)", kernels_cpu::isa::detect().name(), self.pool.current_num_threads(), self.opts.activations)
+        format!(
+            "cpu ({}, {} threads, {:?} activations)",
+            kernels_cpu::isa::detect().name(),
+            self.pool.current_num_threads(),
+            self.opts.activations
+        )
     }
 
     fn context_length(&self) -> usize {

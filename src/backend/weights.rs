@@ -39,7 +39,10 @@ impl WeightRef {
 
     fn weights(&self) -> Result<Weights<'_>> {
         let cast_err = |what: &str| {
-            Error::invalid(&self.view.entry.file, format!("tensor {}: {what} section is not aligned for its type", self.name()))
+            Error::invalid(
+                &self.view.entry.file,
+                format!("tensor {}: {what} section is not aligned for its type", self.name()),
+            )
         };
         let u16s = |kind| -> Result<&[u16]> {
             let b = self.view.section(kind).expect("layout sections were checked by the record parser");
@@ -50,9 +53,16 @@ impl WeightRef {
             DType::F32 => Weights::F32(bytemuck::try_cast_slice(data).map_err(|_| cast_err("the data"))?),
             DType::F16 => Weights::F16(bytemuck::try_cast_slice(data).map_err(|_| cast_err("the data"))?),
             DType::Int8 => Weights::Int8 { q: bytemuck::cast_slice(data), scales: u16s(SectionKind::Scales)? },
-            DType::Int4 => Weights::Int4 { q: data, scales: u16s(SectionKind::Scales)?, mins: u16s(SectionKind::Mins)? },
+            DType::Int4 => {
+                Weights::Int4 { q: data, scales: u16s(SectionKind::Scales)?, mins: u16s(SectionKind::Mins)? }
+            }
             DType::Ternary => Weights::Ternary { q: data, scales: u16s(SectionKind::Scales)? },
-            DType::Bf16 => return Err(Error::Unsupported(format!("tensor {}: bf16 weights are not executable; convert again", self.name()))),
+            DType::Bf16 => {
+                return Err(Error::Unsupported(format!(
+                    "tensor {}: bf16 weights are not executable; convert again",
+                    self.name()
+                )))
+            }
         })
     }
 
@@ -64,7 +74,8 @@ impl WeightRef {
             [r, c] => (*r as usize, *c as usize),
             other => (other[..other.len() - 1].iter().product::<u32>() as usize, *other.last().unwrap() as usize),
         };
-        Matrix::new(rows, cols, self.weights().expect("checked at load")).expect("record parser checked the section sizes")
+        Matrix::new(rows, cols, self.weights().expect("checked at load"))
+            .expect("record parser checked the section sizes")
     }
 
     /// An f32 vector (norm weights, biases), dequantized if stored otherwise.

@@ -36,7 +36,8 @@ pub struct BenchArgs {
 /// Mean and sample standard deviation.
 fn stats(xs: &[f64]) -> (f64, f64) {
     let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64 } else { 0.0 };
+    let var =
+        if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64 } else { 0.0 };
     (mean, var.sqrt())
 }
 
@@ -82,15 +83,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let ids = tokens(ctx, model.config.vocab_size);
     let reps = args.reps.max(1);
-    let mut measure = |n: usize, f: fn(&mut dyn Engine, &[u32]) -> Result<f64>| -> Result<Option<(f64, f64, Vec<f64>)>> {
-        if n == 0 {
-            return Ok(None);
-        }
-        f(engine.as_mut(), &ids[..n])?; // warm-up
-        let samples = (0..reps).map(|_| f(engine.as_mut(), &ids[..n])).collect::<Result<Vec<_>>>()?;
-        let (mean, sd) = stats(&samples);
-        Ok(Some((mean, sd, samples)))
-    };
+    let mut measure =
+        |n: usize, f: fn(&mut dyn Engine, &[u32]) -> Result<f64>| -> Result<Option<(f64, f64, Vec<f64>)>> {
+            if n == 0 {
+                return Ok(None);
+            }
+            f(engine.as_mut(), &ids[..n])?; // warm-up
+            let samples = (0..reps).map(|_| f(engine.as_mut(), &ids[..n])).collect::<Result<Vec<_>>>()?;
+            let (mean, sd) = stats(&samples);
+            Ok(Some((mean, sd, samples)))
+        };
     let pp = measure(args.n_prompt, time_pp)?;
     let tg = measure(args.n_gen, if args.no_chain { time_tg_unchained } else { time_tg })?;
     if args.json {

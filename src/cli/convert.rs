@@ -30,18 +30,12 @@ pub struct ConvertArgs {
 }
 
 pub fn run(args: ConvertArgs) -> Result<()> {
-    let opts = Options {
-        target: args.quant,
-        force: args.force,
-        name: args.name,
-    };
+    let opts = Options { target: args.quant, force: args.force, name: args.name };
     let bar = std::io::stdout().is_terminal().then(|| {
         let b = ProgressBar::new(0);
         b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
-            )
-            .expect("valid template"),
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
+                .expect("valid template"),
         );
         b
     });
@@ -76,16 +70,8 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     for (dtype, (n, bytes)) in &s.by_dtype {
         println!("  {dtype:<11} {n:>4} tensors, {}", human_bytes(*bytes));
     }
-    println!(
-        "  weights     {} ({} bytes)",
-        human_bytes(s.weight_bytes),
-        s.weight_bytes
-    );
-    println!(
-        "  total       {} ({} bytes)",
-        human_bytes(s.total_bytes),
-        s.total_bytes
-    );
+    println!("  weights     {} ({} bytes)", human_bytes(s.weight_bytes), s.weight_bytes);
+    println!("  total       {} ({} bytes)", human_bytes(s.total_bytes), s.total_bytes);
     println!("  time        {:.2} s", s.seconds);
     Ok(())
 }

@@ -50,11 +50,7 @@ struct Inspect {
 
 /// Weight files in model order: embedding, layer_0..layer_N, head, then any other.
 fn order(file: &str) -> (u8, u64, String) {
-    match file
-        .strip_prefix("layer_")
-        .and_then(|s| s.strip_suffix(".bin"))
-        .and_then(|n| n.parse().ok())
-    {
+    match file.strip_prefix("layer_").and_then(|s| s.strip_suffix(".bin")).and_then(|n| n.parse().ok()) {
         Some(n) => (1, n, String::new()),
         None if file == "embedding.bin" => (0, 0, String::new()),
         None if file == "head.bin" => (2, 0, String::new()),
@@ -87,9 +83,7 @@ pub fn run(args: LayerInspectArgs) -> Result<()> {
     let mut files: Vec<FileRow> = files.into_values().collect();
     for f in &mut files {
         let path = dir.weights_path(&f.file);
-        f.file_bytes = std::fs::metadata(&path)
-            .map_err(|e| Error::io(&path, e))?
-            .len();
+        f.file_bytes = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
     }
     let out = Inspect {
         tensors: files.iter().map(|f| f.tensors.len()).sum(),
@@ -99,10 +93,7 @@ pub fn run(args: LayerInspectArgs) -> Result<()> {
         files,
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).map_err(|e| Error::Usage(e.to_string()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Usage(e.to_string()))?);
         return Ok(());
     }
     let layer = |id: u32| match id {
@@ -111,23 +102,10 @@ pub fn run(args: LayerInspectArgs) -> Result<()> {
         n => n.to_string(),
     };
     for f in &out.files {
-        println!(
-            "weights/{}  (layer {}, {} on disk)",
-            f.file,
-            layer(f.layer_id),
-            human_bytes(f.file_bytes)
-        );
-        println!(
-            "  {:<28} {:<8} {:>14} {:>12} {:>12} {:>12}",
-            "tensor", "dtype", "shape", "params", "disk", "gpu"
-        );
+        println!("weights/{}  (layer {}, {} on disk)", f.file, layer(f.layer_id), human_bytes(f.file_bytes));
+        println!("  {:<28} {:<8} {:>14} {:>12} {:>12} {:>12}", "tensor", "dtype", "shape", "params", "disk", "gpu");
         for t in &f.tensors {
-            let shape = t
-                .shape
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join("x");
+            let shape = t.shape.iter().map(u32::to_string).collect::<Vec<_>>().join("x");
             println!(
                 "  {:<28} {:<8} {:>14} {:>12} {:>12} {:>12}",
                 t.name, t.dtype, shape, t.parameters, t.disk_bytes, t.gpu_bytes

@@ -28,7 +28,13 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let model = Model::load(&args.model)?;
     let mut engine = model.engine(&args.engine.options(Some(args.chunk)))?;
     let tokens = model.tokenizer.encode(&text);
-    eprintln!("{}: {} tokens, {} chunks of {}", args.file.display(), tokens.len(), tokens.len() / args.chunk, args.chunk);
+    eprintln!(
+        "{}: {} tokens, {} chunks of {}",
+        args.file.display(),
+        tokens.len(),
+        tokens.len() / args.chunk,
+        args.chunk
+    );
     let mut progress = |i: usize, n: usize, ppl: f64| eprintln!("[{i}/{n}] running perplexity {ppl:.4}");
     let p = perplexity(engine.as_mut(), &tokens, args.chunk, &mut progress)?;
     if args.json {

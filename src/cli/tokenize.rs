@@ -28,10 +28,7 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
         if args.json {
             println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
         } else {
-            println!(
-                "{}",
-                ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
-            );
+            println!("{}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
             eprintln!("{} tokens", ids.len());
         }
         return Ok(());
@@ -40,19 +37,11 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
     let ids = list
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<u32>()
-                .map_err(|_| Error::Usage(format!("--decode: {s:?} is not a token id")))
-        })
+        .map(|s| s.parse::<u32>().map_err(|_| Error::Usage(format!("--decode: {s:?} is not a token id"))))
         .collect::<Result<Vec<u32>>>()?;
-    let text = tok
-        .decode_checked(&ids)
-        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let text = tok.decode_checked(&ids).map_err(|e| Error::Tokenizer(e.to_string()))?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&text).expect("strings serialize")
-        );
+        println!("{}", serde_json::to_string(&text).expect("strings serialize"));
     } else {
         println!("{text}");
     }

@@ -17,10 +17,7 @@ pub struct ValidateArgs {
 pub fn run(args: ValidateArgs) -> Result<()> {
     let r = omex::validate::validate(&args.model);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).map_err(|e| Error::Usage(e.to_string()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&r).map_err(|e| Error::Usage(e.to_string()))?);
     } else {
         for p in &r.problems {
             println!("problem: {p}");
@@ -41,9 +38,6 @@ pub fn run(args: ValidateArgs) -> Result<()> {
     if r.ok {
         Ok(())
     } else {
-        Err(Error::invalid(
-            &args.model,
-            format!("{} problems found", r.problems.len()),
-        ))
+        Err(Error::invalid(&args.model, format!("{} problems found", r.problems.len())))
     }
 }

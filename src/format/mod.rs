@@ -30,4 +30,5 @@ pub use record::Record;
 pub use writer::LayerFileWriter;
 
 /// The optional folders of the seed layout: accepted, and their JSON files checked, when present.
-pub const OPTIONAL_DIRS: [&str; 6] = ["agents", "adapters", "optimization", "preprocessors", "postprocessors", "extensions"];
+pub const OPTIONAL_DIRS: [&str; 6] =
+    ["agents", "adapters", "optimization", "preprocessors", "postprocessors", "extensions"];

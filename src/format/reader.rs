@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex};
 pub enum Blob {
     #[cfg(not(target_arch = "wasm32"))]
     Mmap(memmap2::Mmap),
-    Owned { words: Vec<u32>, len: usize },
+    Owned {
+        words: Vec<u32>,
+        len: usize,
+    },
 }
 
 impl Blob {
@@ -86,7 +89,14 @@ impl ModelDir {
         let metadata = read_json(&root.join(METADATA_FILE))?;
         let graph = read_json(&root.join(GRAPH_FILE))?;
         let index = read_json(&root.join(INDEX_FILE))?;
-        Ok(ModelDir { root: root.to_path_buf(), metadata, graph, index, source: Source::Dir, blobs: Mutex::new(HashMap::new()) })
+        Ok(ModelDir {
+            root: root.to_path_buf(),
+            metadata,
+            graph,
+            index,
+            source: Source::Dir,
+            blobs: Mutex::new(HashMap::new()),
+        })
     }
 
     /// A model whose files are already in memory, keyed by their path relative to the model directory.
@@ -95,7 +105,8 @@ impl ModelDir {
         let json = |rel: &str| -> Result<&Vec<u8>> {
             files.get(rel).ok_or_else(|| Error::invalid(root.join(rel), "missing from the fetched files"))
         };
-        let metadata = serde_json::from_slice(json(METADATA_FILE)?).map_err(|e| Error::json(root.join(METADATA_FILE), e))?;
+        let metadata =
+            serde_json::from_slice(json(METADATA_FILE)?).map_err(|e| Error::json(root.join(METADATA_FILE), e))?;
         let graph = serde_json::from_slice(json(GRAPH_FILE)?).map_err(|e| Error::json(root.join(GRAPH_FILE), e))?;
         let index = serde_json::from_slice(json(INDEX_FILE)?).map_err(|e| Error::json(root.join(INDEX_FILE), e))?;
         let blobs = files.iter().filter(|(k, _)| k.starts_with("weights/") && k.ends_with(".bin"));
@@ -110,14 +121,19 @@ impl ModelDir {
     /// The weight file `file` (relative to `weights/`), mapped once and shared.
     pub fn blob(&self, file: &str) -> Result<Arc<Blob>> {
         if file.contains("..") || file.contains('/') || file.contains('\\') {
-            return Err(Error::invalid(self.root.join(INDEX_FILE), format!("weight file name {file:?} leaves weights/")));
+            return Err(Error::invalid(
+                self.root.join(INDEX_FILE),
+                format!("weight file name {file:?} leaves weights/"),
+            ));
         }
         let mut blobs = self.blobs.lock().expect("blob cache poisoned");
         if let Some(b) = blobs.get(file) {
             return Ok(b.clone());
         }
         let blob = match &self.source {
-            Source::Memory(files) => files.get(file).cloned().ok_or_else(|| Error::invalid(self.weights_path(file), "missing"))?,
+            Source::Memory(files) => {
+                files.get(file).cloned().ok_or_else(|| Error::invalid(self.weights_path(file), "missing"))?
+            }
             Source::Dir => Arc::new(map_file(&self.weights_path(file))?),
         };
         blobs.insert(file.to_string(), blob.clone());
@@ -126,14 +142,25 @@ impl ModelDir {
 
     /// The named tensor, its record parsed and checked against the index entry.
     pub fn tensor(&self, name: &str) -> Result<TensorView> {
-        let entry = self.index.get(name).ok_or_else(|| Error::invalid(self.root.join(INDEX_FILE), format!("no tensor named {name:?}")))?;
+        let entry = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::invalid(self.root.join(INDEX_FILE), format!("no tensor named {name:?}")))?;
         let blob = self.blob(&entry.file)?;
         let path = self.weights_path(&entry.file);
         let bytes = blob.bytes();
         let rest = bytes.get(entry.offset as usize..).ok_or_else(|| {
-            Error::invalid(&path, format!("tensor {name}: index offset {} is past the end of the file ({} bytes)", entry.offset, bytes.len()))
+            Error::invalid(
+                &path,
+                format!(
+                    "tensor {name}: index offset {} is past the end of the file ({} bytes)",
+                    entry.offset,
+                    bytes.len()
+                ),
+            )
         })?;
-        let rec = Record::decode(rest).map_err(|e| Error::parse(&path, format!("record at offset {}: {e}", entry.offset)))?;
+        let rec =
+            Record::decode(rest).map_err(|e| Error::parse(&path, format!("record at offset {}: {e}", entry.offset)))?;
         let problems = entry.mismatches(&rec);
         if let Some(p) = problems.first() {
             return Err(Error::invalid(&path, p.clone()));

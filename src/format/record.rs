@@ -181,9 +181,11 @@ impl Record {
         let mut sections = Vec::with_capacity(n_sections as usize);
         for _ in 0..n_sections {
             let kind = c.u32("section kind")?;
-            let kind = SectionKind::from_code(kind).ok_or_else(|| format!("tensor {name}: unknown section kind {kind}"))?;
+            let kind =
+                SectionKind::from_code(kind).ok_or_else(|| format!("tensor {name}: unknown section kind {kind}"))?;
             let code = c.u32("section dtype")?;
-            let sdtype = DType::from_code(code).ok_or_else(|| format!("tensor {name}: unknown section dtype {code}"))?;
+            let sdtype =
+                DType::from_code(code).ok_or_else(|| format!("tensor {name}: unknown section dtype {code}"))?;
             let offset = c.u64("section offset")?;
             let len = c.u64("section bytes")?;
             sections.push(Section { kind, dtype: sdtype, offset, bytes: len });
@@ -204,7 +206,12 @@ impl Record {
             return Err(format!("tensor {name}: group size {} (expected {})", self.group_size, expected.group_size));
         }
         if self.sections.len() != expected.sections.len() {
-            return Err(format!("tensor {name}: {} sections (a {} record has {})", self.sections.len(), self.dtype, expected.sections.len()));
+            return Err(format!(
+                "tensor {name}: {} sections (a {} record has {})",
+                self.sections.len(),
+                self.dtype,
+                expected.sections.len()
+            ));
         }
         if self.record_bytes % ALIGN != 0 || self.record_bytes > available {
             return Err(format!(
@@ -220,7 +227,8 @@ impl Record {
                     s.kind, s.bytes, s.dtype, want.kind, want.bytes, want.dtype
                 ));
             }
-            let end = s.offset.checked_add(s.bytes).ok_or_else(|| format!("tensor {name}: section offset overflows"))?;
+            let end =
+                s.offset.checked_add(s.bytes).ok_or_else(|| format!("tensor {name}: section offset overflows"))?;
             if s.offset % ALIGN != 0 || s.offset < floor || end > self.record_bytes {
                 return Err(format!(
                     "tensor {name}: {:?} section at {}..{end} is unaligned, overlaps, or lies outside the record ({} bytes)",

@@ -20,24 +20,43 @@ impl LayerFileWriter {
     pub fn create(weights_dir: &Path, file_name: &str, layer_id: u32) -> Result<Self> {
         let path = weights_dir.join(file_name);
         let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(LayerFileWriter { path, file_name: file_name.into(), layer_id, out: BufWriter::with_capacity(1 << 20, f), at: 0 })
+        Ok(LayerFileWriter {
+            path,
+            file_name: file_name.into(),
+            layer_id,
+            out: BufWriter::with_capacity(1 << 20, f),
+            at: 0,
+        })
     }
 
     /// Appends one tensor. `sections` gives the bytes of each section the dtype needs, in any order; their
     /// lengths are checked against the layout of `shape`.
-    pub fn write_tensor(&mut self, name: &str, dtype: DType, shape: &[u32], sections: &[(SectionKind, &[u8])]) -> Result<TensorEntry> {
+    pub fn write_tensor(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u32],
+        sections: &[(SectionKind, &[u8])],
+    ) -> Result<TensorEntry> {
         let rec = Record::new(self.layer_id, name, dtype, shape).map_err(|e| Error::invalid(&self.path, e))?;
         if sections.len() != rec.sections.len() {
-            return Err(Error::invalid(&self.path, format!("tensor {name}: {} sections given, {dtype} needs {}", sections.len(), rec.sections.len())));
+            return Err(Error::invalid(
+                &self.path,
+                format!("tensor {name}: {} sections given, {dtype} needs {}", sections.len(), rec.sections.len()),
+            ));
         }
         debug_assert_eq!(self.at % ALIGN, 0);
         let start = self.at;
         self.put(&rec.encode())?;
         for s in &rec.sections {
             let bytes = sections.iter().find(|(k, _)| *k == s.kind).map(|(_, b)| *b);
-            let bytes = bytes.ok_or_else(|| Error::invalid(&self.path, format!("tensor {name}: missing {:?} section", s.kind)))?;
+            let bytes = bytes
+                .ok_or_else(|| Error::invalid(&self.path, format!("tensor {name}: missing {:?} section", s.kind)))?;
             if bytes.len() as u64 != s.bytes {
-                return Err(Error::invalid(&self.path, format!("tensor {name}: {:?} section has {} bytes, layout needs {}", s.kind, bytes.len(), s.bytes)));
+                return Err(Error::invalid(
+                    &self.path,
+                    format!("tensor {name}: {:?} section has {} bytes, layout needs {}", s.kind, bytes.len(), s.bytes),
+                ));
             }
             self.pad_to(start + s.offset)?;
             self.put(bytes)?;

@@ -53,10 +53,16 @@ impl RopeConfig {
                 let f = match self.scaling {
                     None => f,
                     Some(RopeScaling::Linear { factor }) => f / factor as f64,
-                    Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) => {
+                    Some(RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_context_length,
+                    }) => {
                         let (factor, lo, hi) = (factor as f64, low_freq_factor as f64, high_freq_factor as f64);
                         let wavelen = 2.0 * std::f64::consts::PI / f;
-                        let (low_wavelen, high_wavelen) = (original_context_length as f64 / lo, original_context_length as f64 / hi);
+                        let (low_wavelen, high_wavelen) =
+                            (original_context_length as f64 / lo, original_context_length as f64 / hi);
                         if wavelen < high_wavelen {
                             f
                         } else if wavelen > low_wavelen {
@@ -122,8 +128,15 @@ impl BlockWeights {
 
     pub fn names(&self) -> Vec<&str> {
         let mut v = vec![
-            &self.attn_norm, &self.attn_q, &self.attn_k, &self.attn_v, &self.attn_output, &self.ffn_norm, &self.ffn_gate,
-            &self.ffn_up, &self.ffn_down,
+            &self.attn_norm,
+            &self.attn_q,
+            &self.attn_k,
+            &self.attn_v,
+            &self.attn_output,
+            &self.ffn_norm,
+            &self.ffn_gate,
+            &self.ffn_up,
+            &self.ffn_down,
         ];
         if let Some(b) = &self.attn_qkv_bias {
             v.extend(b.iter());
@@ -158,8 +171,10 @@ pub struct Transformer {
 
 /// Reads a typed field of a node's config, naming the node and field when it is missing or mistyped.
 fn field<T: serde::de::DeserializeOwned>(path: &Path, node: &Node, key: &str) -> Result<T> {
-    let v = node.config.get(key).ok_or_else(|| Error::invalid(path, format!("node {}: config has no {key:?}", node.id)))?;
-    serde_json::from_value(v.clone()).map_err(|e| Error::invalid(path, format!("node {}: config {key:?}: {e}", node.id)))
+    let v =
+        node.config.get(key).ok_or_else(|| Error::invalid(path, format!("node {}: config has no {key:?}", node.id)))?;
+    serde_json::from_value(v.clone())
+        .map_err(|e| Error::invalid(path, format!("node {}: config {key:?}: {e}", node.id)))
 }
 
 impl Transformer {
@@ -215,8 +230,15 @@ impl Transformer {
         });
         edges.push(Edge { from: "final_norm.output".into(), to: "lm_head.input".into() });
         let mut entry_points = BTreeMap::new();
-        entry_points.insert("default".into(), EntryPoint { inputs: vec!["input_ids".into()], outputs: vec!["logits".into()] });
-        GraphFile { graph_id: graph_id.into(), graph_type: format!("transformer/{}", self.architecture), nodes, edges, entry_points }
+        entry_points
+            .insert("default".into(), EntryPoint { inputs: vec!["input_ids".into()], outputs: vec!["logits".into()] });
+        GraphFile {
+            graph_id: graph_id.into(),
+            graph_type: format!("transformer/{}", self.architecture),
+            nodes,
+            edges,
+            entry_points,
+        }
     }
 
     /// Builds the model from graph.json (`path` is used in error messages). Blocks are taken in edge order
@@ -229,8 +251,11 @@ impl Transformer {
         let head = node("lm_head")?;
         let architecture = graph.graph_type.strip_prefix("transformer/").unwrap_or("llama").to_string();
 
-        let next: BTreeMap<&str, &str> =
-            graph.edges.iter().map(|e| (e.from.split('.').next().unwrap_or(""), e.to.split('.').next().unwrap_or(""))).collect();
+        let next: BTreeMap<&str, &str> = graph
+            .edges
+            .iter()
+            .map(|e| (e.from.split('.').next().unwrap_or(""), e.to.split('.').next().unwrap_or("")))
+            .collect();
         let mut chain = Vec::new();
         let mut at = "embedding";
         while let Some(&to) = next.get(at) {
@@ -242,7 +267,10 @@ impl Transformer {
             }
             let n = node(to)?;
             if n.kind != "transformer_block" {
-                return Err(bad(format!("node {to}: expected a transformer_block between embedding and final_norm, found {:?}", n.kind)));
+                return Err(bad(format!(
+                    "node {to}: expected a transformer_block between embedding and final_norm, found {:?}",
+                    n.kind
+                )));
             }
             chain.push(n);
             at = to;
@@ -253,9 +281,18 @@ impl Transformer {
         let first = chain.first().ok_or_else(|| bad("no transformer blocks".into()))?;
         let mut blocks = Vec::with_capacity(chain.len());
         for n in &chain {
-            for key in ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "attention_head_size"] {
+            for key in [
+                "hidden_size",
+                "intermediate_size",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "attention_head_size",
+            ] {
                 if n.config.get(key) != first.config.get(key) {
-                    return Err(bad(format!("node {}: {key} differs from block 0 (mixed block shapes are not supported)", n.id)));
+                    return Err(bad(format!(
+                        "node {}: {key} differs from block 0 (mixed block shapes are not supported)",
+                        n.id
+                    )));
                 }
             }
             blocks.push(field::<BlockWeights>(path, n, "weights")?);
@@ -287,9 +324,13 @@ impl Transformer {
     /// Consistency of the hyper-parameters among themselves.
     pub fn check(&self) -> std::result::Result<(), String> {
         let nonzero = [
-            ("vocab_size", self.vocab_size), ("hidden_size", self.hidden_size), ("intermediate_size", self.intermediate_size),
-            ("num_attention_heads", self.n_heads), ("num_key_value_heads", self.n_kv_heads),
-            ("attention_head_size", self.head_dim), ("context_length", self.context_length),
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.n_heads),
+            ("num_key_value_heads", self.n_kv_heads),
+            ("attention_head_size", self.head_dim),
+            ("context_length", self.context_length),
         ];
         if let Some((k, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{k} is 0"));
@@ -298,7 +339,10 @@ impl Transformer {
             return Err(format!("{} attention heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads));
         }
         if self.rope.dims > self.head_dim || self.rope.dims % 2 != 0 {
-            return Err(format!("rope dims {} must be even and at most the head dim {}", self.rope.dims, self.head_dim));
+            return Err(format!(
+                "rope dims {} must be even and at most the head dim {}",
+                self.rope.dims, self.head_dim
+            ));
         }
         if self.head_dim % 2 != 0 {
             return Err(format!("head dim {} is odd", self.head_dim));

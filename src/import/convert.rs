@@ -30,11 +30,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            target: Target::Keep,
-            force: false,
-            name: None,
-        }
+        Options { target: Target::Keep, force: false, name: None }
     }
 }
 
@@ -88,11 +84,7 @@ fn plan(t: &Transformer) -> Vec<FilePlan> {
     if !t.tied_embeddings {
         head.push(t.output.clone());
     }
-    v.push(FilePlan {
-        file: t.head_file.clone(),
-        layer_id: HEAD_LAYER,
-        tensors: head,
-    });
+    v.push(FilePlan { file: t.head_file.clone(), layer_id: HEAD_LAYER, tensors: head });
     v
 }
 
@@ -103,19 +95,14 @@ fn check_tensors(model: &SourceModel) -> Result<()> {
     for (name, shape) in &expected {
         match model.tensor(name) {
             None => problems.push(format!("tensor {name} is missing")),
-            Some(t) if &t.shape != shape => problems.push(format!(
-                "tensor {name} ({}) has shape {:?}, the model needs {shape:?}",
-                t.source_name, t.shape
-            )),
+            Some(t) if &t.shape != shape => problems
+                .push(format!("tensor {name} ({}) has shape {:?}, the model needs {shape:?}", t.source_name, t.shape)),
             Some(_) => {}
         }
     }
     for t in &model.tensors {
         if !expected.iter().any(|(n, _)| n == &t.name) {
-            problems.push(format!(
-                "tensor {} ({}) is not read by the model",
-                t.name, t.source_name
-            ));
+            problems.push(format!("tensor {} ({}) is not read by the model", t.name, t.source_name));
         }
     }
     if problems.is_empty() {
@@ -139,36 +126,19 @@ impl Drop for Staging {
     }
 }
 
-pub fn convert(
-    input: &Path,
-    out: &Path,
-    opts: &Options,
-    progress: &mut dyn FnMut(Event),
-) -> Result<Summary> {
+pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMut(Event)) -> Result<Summary> {
     let start = Instant::now();
     if out.exists() && !opts.force {
-        return Err(Error::Usage(format!(
-            "{}: already exists (pass --force to replace it)",
-            out.display()
-        )));
+        return Err(Error::Usage(format!("{}: already exists (pass --force to replace it)", out.display())));
     }
     let model = SourceModel::open(input)?;
     check_tensors(&model)?;
     let mut warnings = model.warnings.clone();
 
-    let out_name = out
-        .file_name()
-        .ok_or_else(|| Error::Usage(format!("{}: not a directory name", out.display())))?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let out_name = out.file_name().ok_or_else(|| Error::Usage(format!("{}: not a directory name", out.display())))?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let staging = Staging {
-        path: parent.join(format!(
-            ".{}.partial-{}",
-            out_name.to_string_lossy(),
-            std::process::id()
-        )),
+        path: parent.join(format!(".{}.partial-{}", out_name.to_string_lossy(), std::process::id())),
         done: false,
     };
     let _ = std::fs::remove_dir_all(&staging.path);
@@ -181,14 +151,13 @@ pub fn convert(
     match &model.tokenizer {
         TokenizerSource::Gguf(v) => crate::tokenizer::write_tokenizer_dir(v, &tok_dir)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", model.path.display())))?,
-        TokenizerSource::HfDir(d) => crate::tokenizer::copy_hf_tokenizer(d, &tok_dir)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?,
+        TokenizerSource::HfDir(d) => {
+            crate::tokenizer::copy_hf_tokenizer(d, &tok_dir).map_err(|e| Error::Tokenizer(e.to_string()))?
+        }
     }
 
     let files = plan(&model.transformer);
-    progress(Event::Begin {
-        tensors: files.iter().map(|f| f.tensors.len()).sum(),
-    });
+    progress(Event::Begin { tensors: files.iter().map(|f| f.tensors.len()).sum() });
     let mut index = WeightIndex::new(opts.target.name());
     for fp in &files {
         let mut w = LayerFileWriter::create(&weights, &fp.file, fp.layer_id)?;
@@ -197,15 +166,7 @@ pub fn convert(
             let t = model.tensor(name).expect("checked by check_tensors");
             let bytes = model.data(t)?;
             let (packed, note) = encode(t.ty, bytes, &t.shape, opts.target).map_err(|e| {
-                Error::invalid(
-                    &model.path,
-                    format!(
-                        "tensor {} ({} {}): {e}",
-                        t.source_name,
-                        t.ty,
-                        fmt_shape(&t.shape)
-                    ),
-                )
+                Error::invalid(&model.path, format!("tensor {} ({} {}): {e}", t.source_name, t.ty, fmt_shape(&t.shape)))
             })?;
             if let Some(n) = note {
                 warnings.push(format!("tensor {}: {n}", t.name));
@@ -219,21 +180,15 @@ pub fn convert(
     progress(Event::Finishing);
     write_json(&tmp.join(INDEX_FILE), &index)?;
     let name = opts.name.clone().unwrap_or_else(|| model.name.clone());
-    let graph = model
-        .transformer
-        .to_graph(&format!("{}_graph", slug(&name)));
+    let graph = model.transformer.to_graph(&format!("{}_graph", slug(&name)));
     write_json(&tmp.join(GRAPH_FILE), &graph)?;
 
     let entries = list_files(&tmp)?;
-    let weight_bytes: u64 = entries
-        .iter()
-        .filter(|e| e.path.starts_with("weights/") && e.path.ends_with(".bin"))
-        .map(|e| e.bytes)
-        .sum();
+    let weight_bytes: u64 =
+        entries.iter().filter(|e| e.path.starts_with("weights/") && e.path.ends_with(".bin")).map(|e| e.bytes).sum();
     let total_bytes: u64 = entries.iter().map(|e| e.bytes).sum();
     let parameters: u64 = index.tensors.iter().map(|t| t.numel()).sum();
-    let (minimum, recommended, targets) =
-        requirements(&model.transformer, weight_bytes, total_bytes);
+    let (minimum, recommended, targets) = requirements(&model.transformer, weight_bytes, total_bytes);
     let metadata = Metadata {
         omex_version: OMEX_VERSION.into(),
         model_name: name.clone(),
@@ -256,8 +211,7 @@ pub fn convert(
             kind: opts.target.name().into(),
             method: opts.target.method().into(),
             // keep mixes layouts: symmetric unless some tensor carries a min (int4).
-            symmetric: opts.target.symmetric()
-                && !index.tensors.iter().any(|t| t.dtype == DType::Int4),
+            symmetric: opts.target.symmetric() && !index.tensors.iter().any(|t| t.dtype == DType::Int4),
         },
         hardware_targets: targets,
         minimum_requirements: minimum,
@@ -265,10 +219,7 @@ pub fn convert(
         files: entries,
     };
     write_json(&tmp.join(METADATA_FILE), &metadata)?;
-    let total_bytes = total_bytes
-        + std::fs::metadata(tmp.join(METADATA_FILE))
-            .map_err(|e| Error::io(&tmp, e))?
-            .len();
+    let total_bytes = total_bytes + std::fs::metadata(tmp.join(METADATA_FILE)).map_err(|e| Error::io(&tmp, e))?.len();
 
     install(&tmp, out)?;
     let mut staging = staging;

@@ -17,10 +17,7 @@ pub fn encode(
 ) -> std::result::Result<(Packed, Option<String>), String> {
     let numel: u64 = shape.iter().map(|&d| d as u64).product();
     if ty.bytes_for(numel) != Some(bytes.len() as u64) {
-        return Err(format!(
-            "{} bytes of {ty} do not hold a {shape:?} tensor",
-            bytes.len()
-        ));
+        return Err(format!("{} bytes of {ty} do not hold a {shape:?} tensor", bytes.len()));
     }
     let dequantized = || -> std::result::Result<Vec<f32>, String> {
         let mut v = vec![0f32; numel as usize];

@@ -69,11 +69,7 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
         if n > self.left() {
-            return Err(format!(
-                "truncated: needs {n} bytes at offset {}, the file has {} left",
-                self.at,
-                self.left()
-            ));
+            return Err(format!("truncated: needs {n} bytes at offset {}, the file has {} left", self.at, self.left()));
         }
         let s = &self.bytes[self.at..self.at + n as usize];
         self.at += n as usize;
@@ -95,12 +91,14 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, String> {
         let len = self.u64()?;
         if len > self.left() {
-            return Err(format!("string length {len} at offset {} runs past the end of the file (truncated or corrupt)", self.at - 8));
+            return Err(format!(
+                "string length {len} at offset {} runs past the end of the file (truncated or corrupt)",
+                self.at - 8
+            ));
         }
         let at = self.at;
         let b = self.take(len)?;
-        String::from_utf8(b.to_vec())
-            .map_err(|e| format!("string at offset {at} is not valid UTF-8 ({e})"))
+        String::from_utf8(b.to_vec()).map_err(|e| format!("string at offset {at} is not valid UTF-8 ({e})"))
     }
 
     /// The smallest encoding of one value of type `code`, to bound counts before allocating.
@@ -140,14 +138,14 @@ impl<'a> Reader<'a> {
                 }
                 let need = count.checked_mul(Self::min_size(elem));
                 if need.is_none_or(|n| n > self.left()) {
-                    return Err(format!("array count {count} cannot fit in the {} bytes left (truncated or corrupt file)", self.left()));
+                    return Err(format!(
+                        "array count {count} cannot fit in the {} bytes left (truncated or corrupt file)",
+                        self.left()
+                    ));
                 }
                 let mut v = Vec::with_capacity(count as usize);
                 for i in 0..count {
-                    v.push(
-                        self.value(elem, depth + 1)
-                            .map_err(|e| format!("element {i}: {e}"))?,
-                    );
+                    v.push(self.value(elem, depth + 1).map_err(|e| format!("element {i}: {e}"))?);
                 }
                 Value::Array(v)
             }
@@ -163,37 +161,44 @@ impl Header {
     /// Parses the header of the GGUF file `bytes` (the whole file: tensor extents are checked against it).
     pub fn parse(bytes: &[u8]) -> Result<Header, String> {
         let mut r = Reader { bytes, at: 0 };
-        let magic = r
-            .arr::<4>()
-            .map_err(|_| format!("truncated: {} bytes, not even a GGUF magic", bytes.len()))?;
+        let magic = r.arr::<4>().map_err(|_| format!("truncated: {} bytes, not even a GGUF magic", bytes.len()))?;
         if magic != MAGIC {
-            return Err(format!(
-                "bad magic {magic:02x?}: not a GGUF file (expected \"GGUF\")"
-            ));
+            return Err(format!("bad magic {magic:02x?}: not a GGUF file (expected \"GGUF\")"));
         }
         let version = r.u32().map_err(|e| format!("version: {e}"))?;
         match version {
             2 | 3 => {}
-            1 => return Err("unsupported GGUF version 1 (omex reads versions 2 and 3; re-convert with a current llama.cpp)".into()),
-            v if v != 0 && v.swap_bytes() <= 3 => return Err(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes())),
+            1 => {
+                return Err(
+                    "unsupported GGUF version 1 (omex reads versions 2 and 3; re-convert with a current llama.cpp)"
+                        .into(),
+                )
+            }
+            v if v != 0 && v.swap_bytes() <= 3 => {
+                return Err(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes()))
+            }
             v => return Err(format!("unsupported GGUF version {v} (omex reads versions 2 and 3)")),
         }
         let n_tensors = r.u64().map_err(|e| format!("tensor count: {e}"))?;
         let n_kv = r.u64().map_err(|e| format!("kv count: {e}"))?;
         // A KV takes at least 13 bytes (key length, type, one byte of value), a tensor info at least 32.
         if n_kv > r.left() / 13 {
-            return Err(format!("kv count {n_kv} is absurd: it cannot fit in the {} bytes left (truncated or corrupt file)", r.left()));
+            return Err(format!(
+                "kv count {n_kv} is absurd: it cannot fit in the {} bytes left (truncated or corrupt file)",
+                r.left()
+            ));
         }
         if n_tensors > r.left() / 32 {
-            return Err(format!("tensor count {n_tensors} is absurd: it cannot fit in the {} bytes left (truncated or corrupt file)", r.left()));
+            return Err(format!(
+                "tensor count {n_tensors} is absurd: it cannot fit in the {} bytes left (truncated or corrupt file)",
+                r.left()
+            ));
         }
         let mut kv: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
         let mut keys = HashSet::new();
         for i in 0..n_kv {
             let key = r.string().map_err(|e| format!("key of kv {i}: {e}"))?;
-            let code = r
-                .u32()
-                .map_err(|e| format!("key {key:?}: value type: {e}"))?;
+            let code = r.u32().map_err(|e| format!("key {key:?}: value type: {e}"))?;
             let value = r.value(code, 0).map_err(|e| format!("key {key:?}: {e}"))?;
             if !keys.insert(key.clone()) {
                 return Err(format!("key {key:?} appears twice"));
@@ -203,11 +208,7 @@ impl Header {
         let alignment = match kv.iter().find(|(k, _)| k == "general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some((_, Value::U32(a))) if a.is_power_of_two() => *a as u64,
-            Some((_, v)) => {
-                return Err(format!(
-                    "key \"general.alignment\": {v:?} is not a power of two u32"
-                ))
-            }
+            Some((_, v)) => return Err(format!("key \"general.alignment\": {v:?} is not a power of two u32")),
         };
         let mut infos = Vec::with_capacity(n_tensors as usize);
         let mut names = HashSet::new();
@@ -223,15 +224,10 @@ impl Header {
                 dims.push(r.u64().map_err(|e| err(format!("dims: {e}")))?);
             }
             let code = r.u32().map_err(|e| err(format!("type: {e}")))?;
-            let ty = GgmlType::from_code(code)
-                .ok_or_else(|| err(format!("unknown ggml type {code}")))?;
+            let ty = GgmlType::from_code(code).ok_or_else(|| err(format!("unknown ggml type {code}")))?;
             let offset = r.u64().map_err(|e| err(format!("offset: {e}")))?;
-            let numel = dims
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .filter(|&n| n <= i64::MAX as u64);
-            let numel = numel
-                .ok_or_else(|| err(format!("dimensions {dims:?} overflow when multiplied")))?;
+            let numel = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|&n| n <= i64::MAX as u64);
+            let numel = numel.ok_or_else(|| err(format!("dimensions {dims:?} overflow when multiplied")))?;
             if dims[0] % ty.block_values() as u64 != 0 {
                 return Err(err(format!(
                     "rows of {} values are not a whole number of {ty} blocks of {}",
@@ -239,13 +235,9 @@ impl Header {
                     ty.block_values()
                 )));
             }
-            let size = ty
-                .bytes_for(numel)
-                .ok_or_else(|| err(format!("byte size of {dims:?} {ty} overflows")))?;
+            let size = ty.bytes_for(numel).ok_or_else(|| err(format!("byte size of {dims:?} {ty} overflows")))?;
             if offset % alignment != 0 {
-                return Err(err(format!(
-                    "data offset {offset} is not a multiple of the alignment {alignment}"
-                )));
+                return Err(err(format!("data offset {offset} is not a multiple of the alignment {alignment}")));
             }
             if !names.insert(name.clone()) {
                 return Err(format!("tensor {name:?} appears twice"));
@@ -271,19 +263,10 @@ impl Header {
         by_offset.sort_by_key(|t| t.offset);
         for w in by_offset.windows(2) {
             if w[0].offset + w[0].bytes > w[1].offset {
-                return Err(format!(
-                    "tensors {:?} and {:?} overlap",
-                    w[0].name, w[1].name
-                ));
+                return Err(format!("tensors {:?} and {:?} overlap", w[0].name, w[1].name));
             }
         }
-        Ok(Header {
-            version,
-            kv,
-            tensors,
-            alignment,
-            data_offset,
-        })
+        Ok(Header { version, kv, tensors, alignment, data_offset })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -318,11 +301,7 @@ impl GgufFile {
 
     fn from_blob(path: &Path, blob: Blob) -> Result<GgufFile> {
         let header = Header::parse(blob.bytes()).map_err(|e| Error::parse(path, e))?;
-        Ok(GgufFile {
-            path: path.to_path_buf(),
-            header,
-            blob,
-        })
+        Ok(GgufFile { path: path.to_path_buf(), header, blob })
     }
 
     /// The bytes of a tensor of this file's header (in bounds: checked when the header was parsed).
@@ -334,21 +313,13 @@ impl GgufFile {
         self.header.get(key)
     }
 
-    fn typed<'a, T>(
-        &'a self,
-        key: &str,
-        want: &str,
-        conv: impl Fn(&'a Value) -> Option<T>,
-    ) -> Result<Option<T>> {
+    fn typed<'a, T>(&'a self, key: &str, want: &str, conv: impl Fn(&'a Value) -> Option<T>) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => conv(v).map(Some).ok_or_else(|| {
                 Error::parse(
                     &self.path,
-                    format!(
-                        "metadata key {key:?}: expected {want}, found {} {v:?}",
-                        v.type_name()
-                    ),
+                    format!("metadata key {key:?}: expected {want}, found {} {v:?}", v.type_name()),
                 )
             }),
         }
@@ -356,9 +327,7 @@ impl GgufFile {
 
     /// An optional non-negative integer key that must fit a u32.
     pub fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
-        self.typed(key, "a u32", |v| {
-            v.as_u64().and_then(|n| u32::try_from(n).ok())
-        })
+        self.typed(key, "a u32", |v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
     }
 
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
@@ -386,23 +355,12 @@ impl GgufFile {
     }
 
     /// An optional array whose elements all convert with `conv`.
-    pub fn opt_array<T>(
-        &self,
-        key: &str,
-        want: &str,
-        conv: impl Fn(&Value) -> Option<T>,
-    ) -> Result<Option<Vec<T>>> {
+    pub fn opt_array<T>(&self, key: &str, want: &str, conv: impl Fn(&Value) -> Option<T>) -> Result<Option<Vec<T>>> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
         let arr = v.as_array().ok_or_else(|| {
-            Error::parse(
-                &self.path,
-                format!(
-                    "metadata key {key:?}: expected an array, found {}",
-                    v.type_name()
-                ),
-            )
+            Error::parse(&self.path, format!("metadata key {key:?}: expected an array, found {}", v.type_name()))
         })?;
         arr.iter()
             .enumerate()
@@ -410,10 +368,7 @@ impl GgufFile {
                 conv(e).ok_or_else(|| {
                     Error::parse(
                         &self.path,
-                        format!(
-                            "metadata key {key:?}: element {i}: expected {want}, found {}",
-                            e.type_name()
-                        ),
+                        format!("metadata key {key:?}: element {i}: expected {want}, found {}", e.type_name()),
                     )
                 })
             })

@@ -8,25 +8,14 @@
 use super::gguf::{GgufFile, Value};
 use super::{dims_u32, Loc, SourceModel, SourceTensor, Store, TokenizerSource};
 use crate::error::{Error, Result};
-use crate::graph::{
-    Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer,
-};
+use crate::graph::{Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer};
 use crate::quant::{dequant, GgmlType};
 use crate::tokenizer::GgufVocab;
 use std::path::Path;
 
 /// The per-block tensor names GGUF llama/qwen2 use (with `.weight`, or `.bias` for the qwen2 biases).
-const BLOCK_TENSORS: [&str; 9] = [
-    "attn_norm",
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_norm",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
+const BLOCK_TENSORS: [&str; 9] =
+    ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
 
 /// The omex name of a GGUF tensor, or `None` if a llama/qwen2 model has no such tensor.
 fn omex_name(gguf: &str, n_layers: u32) -> Option<String> {
@@ -38,19 +27,12 @@ fn omex_name(gguf: &str, n_layers: u32) -> Option<String> {
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (i, rest) = rest.split_once('.')?;
-    let layer: u32 = i
-        .parse::<u32>()
-        .ok()
-        .filter(|&l| l < n_layers && i == l.to_string())?;
+    let layer: u32 = i.parse::<u32>().ok().filter(|&l| l < n_layers && i == l.to_string())?;
     if let Some(base) = rest.strip_suffix(".weight") {
-        return BLOCK_TENSORS
-            .contains(&base)
-            .then(|| format!("blk.{layer}.{base}"));
+        return BLOCK_TENSORS.contains(&base).then(|| format!("blk.{layer}.{base}"));
     }
     let base = rest.strip_suffix(".bias")?;
-    ["attn_q", "attn_k", "attn_v"]
-        .contains(&base)
-        .then(|| format!("blk.{layer}.{base}.bias"))
+    ["attn_q", "attn_k", "attn_v"].contains(&base).then(|| format!("blk.{layer}.{base}.bias"))
 }
 
 pub fn open(path: &Path) -> Result<SourceModel> {
@@ -72,9 +54,7 @@ pub fn open(path: &Path) -> Result<SourceModel> {
     let hidden = file.req_u32(&key("embedding_length"))?;
     let ffn = file.req_u32(&key("feed_forward_length"))?;
     let n_heads = file.req_u32(&key("attention.head_count"))?;
-    let n_kv_heads = file
-        .opt_u32(&key("attention.head_count_kv"))?
-        .unwrap_or(n_heads);
+    let n_kv_heads = file.opt_u32(&key("attention.head_count_kv"))?.unwrap_or(n_heads);
     if n_heads == 0 || (hidden % n_heads != 0 && file.get(&key("attention.key_length")).is_none()) {
         return Err(bad(format!(
             "{} {hidden} is not a multiple of {} {n_heads}",
@@ -82,21 +62,12 @@ pub fn open(path: &Path) -> Result<SourceModel> {
             key("attention.head_count")
         )));
     }
-    let head_dim = file
-        .opt_u32(&key("attention.key_length"))?
-        .unwrap_or(hidden / n_heads);
+    let head_dim = file.opt_u32(&key("attention.key_length"))?.unwrap_or(hidden / n_heads);
     let eps = file.req_f32(&key("attention.layer_norm_rms_epsilon"))?;
     let context_length = file.opt_u32(&key("context_length"))?.unwrap_or(2048);
     let base = file.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
-    let dims = file
-        .opt_u32(&key("rope.dimension_count"))?
-        .unwrap_or(head_dim);
-    let mut rope = RopeConfig {
-        base,
-        style,
-        dims,
-        scaling: rope_scaling(&file, &arch)?,
-    };
+    let dims = file.opt_u32(&key("rope.dimension_count"))?.unwrap_or(head_dim);
+    let mut rope = RopeConfig { base, style, dims, scaling: rope_scaling(&file, &arch)? };
 
     let mut warnings = Vec::new();
     let mut tensors = Vec::new();
@@ -114,21 +85,13 @@ pub fn open(path: &Path) -> Result<SourceModel> {
             ))
         })?;
         let shape = dims_u32(path, &t.name, &t.shape())?;
-        tensors.push(SourceTensor {
-            name,
-            shape,
-            ty: t.ty,
-            loc: Loc::Gguf(i),
-            source_name: t.name.clone(),
-        });
+        tensors.push(SourceTensor { name, shape, ty: t.ty, loc: Loc::Gguf(i), source_name: t.name.clone() });
     }
     if let Some(i) = rope_freqs {
         rope.scaling = Some(llama3_from_rope_freqs(&file, i, &rope, context_length)?);
     }
-    let embd = tensors
-        .iter()
-        .find(|t| t.name == "token_embd")
-        .ok_or_else(|| bad("no token_embd.weight tensor".into()))?;
+    let embd =
+        tensors.iter().find(|t| t.name == "token_embd").ok_or_else(|| bad("no token_embd.weight tensor".into()))?;
     let vocab_size = embd.shape[0];
     let tied = !tensors.iter().any(|t| t.name == "output");
     let with_bias = tensors.iter().any(|t| t.name == "blk.0.attn_q.bias");
@@ -147,16 +110,10 @@ pub fn open(path: &Path) -> Result<SourceModel> {
         token_embedding: "token_embd".into(),
         embedding_file: "embedding.bin".into(),
         output_norm: "output_norm".into(),
-        output: if tied {
-            "token_embd".into()
-        } else {
-            "output".into()
-        },
+        output: if tied { "token_embd".into() } else { "output".into() },
         head_file: "head.bin".into(),
         tied_embeddings: tied,
-        blocks: (0..n_layers as usize)
-            .map(|i| BlockWeights::standard(i, with_bias))
-            .collect(),
+        blocks: (0..n_layers as usize).map(|i| BlockWeights::standard(i, with_bias)).collect(),
     };
     transformer.check().map_err(bad)?;
 
@@ -165,19 +122,12 @@ pub fn open(path: &Path) -> Result<SourceModel> {
         warnings.push(format!(
             "the tokenizer has {} tokens, the embedding {vocab_size} rows{}",
             vocab.tokens.len(),
-            if vocab.tokens.len() > vocab_size as usize {
-                ": ids past the embedding cannot be run"
-            } else {
-                ""
-            }
+            if vocab.tokens.len() > vocab_size as usize { ": ids past the embedding cannot be run" } else { "" }
         ));
     }
     let name = file.opt_str("general.name")?.map(str::to_string);
-    let name = name.unwrap_or_else(|| {
-        path.file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| "model".into())
-    });
+    let name = name
+        .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into()));
     Ok(SourceModel {
         path: path.to_path_buf(),
         license: file.opt_str("general.license")?.map(str::to_string),
@@ -202,11 +152,7 @@ fn rope_scaling(file: &GgufFile, arch: &str) -> Result<Option<RopeScaling>> {
             let factor = factor.ok_or_else(|| {
                 Error::parse(
                     &file.path,
-                    format!(
-                        "{} is linear but {} is missing",
-                        key("scaling.type"),
-                        key("scaling.factor")
-                    ),
+                    format!("{} is linear but {} is missing", key("scaling.type"), key("scaling.factor")),
                 )
             })?;
             return Ok((factor != 1.0).then_some(RopeScaling::Linear { factor }));
@@ -218,28 +164,16 @@ fn rope_scaling(file: &GgufFile, arch: &str) -> Result<Option<RopeScaling>> {
             )))
         }
     }
-    Ok(file
-        .opt_f32(&key("scale_linear"))?
-        .filter(|&f| f != 1.0)
-        .map(|factor| RopeScaling::Linear { factor }))
+    Ok(file.opt_f32(&key("scale_linear"))?.filter(|&f| f != 1.0).map(|factor| RopeScaling::Linear { factor }))
 }
 
 /// llama.cpp writes Llama 3.1's rope scaling as a `rope_freqs` tensor of per-pair divisors instead of keys.
 /// omex describes it by its parameters: take the factor from the tensor, the usual low/high frequency
 /// factors, and check that they reproduce every divisor.
-fn llama3_from_rope_freqs(
-    file: &GgufFile,
-    i: usize,
-    rope: &RopeConfig,
-    ctx: u32,
-) -> Result<RopeScaling> {
+fn llama3_from_rope_freqs(file: &GgufFile, i: usize, rope: &RopeConfig, ctx: u32) -> Result<RopeScaling> {
     let t = &file.header.tensors[i];
-    let unsupported = |why: String| {
-        Error::Unsupported(format!(
-            "{}: tensor rope_freqs.weight: {why}",
-            file.path.display()
-        ))
-    };
+    let unsupported =
+        |why: String| Error::Unsupported(format!("{}: tensor rope_freqs.weight: {why}", file.path.display()));
     if t.dims != [rope.dims as u64 / 2] || !dequant::supported(t.ty) {
         return Err(unsupported(format!(
             "expected {} {} values, found {:?} {}",
@@ -254,72 +188,41 @@ fn llama3_from_rope_freqs(
         .map_err(|e| Error::parse(&file.path, format!("rope_freqs.weight: {e}")))?;
     let factor = div.iter().cloned().fold(1f32, f32::max);
     let orig = file
-        .opt_u32(&format!(
-            "{}.rope.scaling.original_context_length",
-            file.req_str("general.architecture")?
-        ))?
+        .opt_u32(&format!("{}.rope.scaling.original_context_length", file.req_str("general.architecture")?))?
         .unwrap_or(8192);
-    let plain = RopeConfig {
-        scaling: None,
-        ..*rope
-    }
-    .inv_freq();
+    let plain = RopeConfig { scaling: None, ..*rope }.inv_freq();
     for orig in [orig, 8192, ctx] {
-        let scaling = RopeScaling::Llama3 {
-            factor,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_context_length: orig,
-        };
-        let ours = RopeConfig {
-            scaling: Some(scaling),
-            ..*rope
-        }
-        .inv_freq();
-        let ok = plain
-            .iter()
-            .zip(&ours)
-            .zip(&div)
-            .all(|((p, o), d)| ((p / d) - o).abs() <= 1e-4 * o.abs().max(1e-30));
+        let scaling =
+            RopeScaling::Llama3 { factor, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context_length: orig };
+        let ours = RopeConfig { scaling: Some(scaling), ..*rope }.inv_freq();
+        let ok = plain.iter().zip(&ours).zip(&div).all(|((p, o), d)| ((p / d) - o).abs() <= 1e-4 * o.abs().max(1e-30));
         if ok {
             return Ok(scaling);
         }
     }
-    Err(unsupported("its frequency divisors do not match llama3 scaling with low/high frequency factors 1 and 4".into()))
+    Err(unsupported(
+        "its frequency divisors do not match llama3 scaling with low/high frequency factors 1 and 4".into(),
+    ))
 }
 
 fn read_vocab(file: &GgufFile) -> Result<GgufVocab> {
-    let tokens = file.opt_array("tokenizer.ggml.tokens", "a string", |v| {
-        v.as_str().map(str::to_string)
-    })?;
+    let tokens = file.opt_array("tokenizer.ggml.tokens", "a string", |v| v.as_str().map(str::to_string))?;
     let tokens = tokens.ok_or_else(|| {
-        Error::Tokenizer(format!(
-            "{}: no tokenizer: the GGUF has no tokenizer.ggml.tokens",
-            file.path.display()
-        ))
+        Error::Tokenizer(format!("{}: no tokenizer: the GGUF has no tokenizer.ggml.tokens", file.path.display()))
     })?;
     let id = |k: &str| file.opt_u32(k);
     Ok(GgufVocab {
-        model: file
-            .opt_str("tokenizer.ggml.model")?
-            .unwrap_or("llama")
-            .to_string(),
+        model: file.opt_str("tokenizer.ggml.model")?.unwrap_or("llama").to_string(),
         pre: file.opt_str("tokenizer.ggml.pre")?.map(str::to_string),
         tokens,
         token_types: file
-            .opt_array("tokenizer.ggml.token_type", "an i32", |v| {
-                v.as_i64().and_then(|n| i32::try_from(n).ok())
-            })?
+            .opt_array("tokenizer.ggml.token_type", "an i32", |v| v.as_i64().and_then(|n| i32::try_from(n).ok()))?
             .unwrap_or_default(),
         scores: file
-            .opt_array("tokenizer.ggml.scores", "a number", |v| {
-                v.as_f64().map(|f| f as f32)
-            })?
+            .opt_array("tokenizer.ggml.scores", "a number", |v| v.as_f64().map(|f| f as f32))?
             .unwrap_or_default(),
         merges: file
-            .opt_array("tokenizer.ggml.merges", "a string", |v: &Value| {
-                v.as_str().map(str::to_string)
-            })?
+            .opt_array("tokenizer.ggml.merges", "a string", |v: &Value| v.as_str().map(str::to_string))?
             .unwrap_or_default(),
         bos_id: id("tokenizer.ggml.bos_token_id")?,
         eos_id: id("tokenizer.ggml.eos_token_id")?,
@@ -337,21 +240,12 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(
-            omex_name("blk.3.attn_q.weight", 30).as_deref(),
-            Some("blk.3.attn_q")
-        );
-        assert_eq!(
-            omex_name("blk.3.attn_k.bias", 30).as_deref(),
-            Some("blk.3.attn_k.bias")
-        );
+        assert_eq!(omex_name("blk.3.attn_q.weight", 30).as_deref(), Some("blk.3.attn_q"));
+        assert_eq!(omex_name("blk.3.attn_k.bias", 30).as_deref(), Some("blk.3.attn_k.bias"));
         assert_eq!(omex_name("blk.30.attn_q.weight", 30), None);
         assert_eq!(omex_name("blk.03.attn_q.weight", 30), None);
         assert_eq!(omex_name("blk.1.attn_norm.bias", 30), None);
-        assert_eq!(
-            omex_name("token_embd.weight", 30).as_deref(),
-            Some("token_embd")
-        );
+        assert_eq!(omex_name("token_embd.weight", 30).as_deref(), Some("token_embd"));
         assert_eq!(omex_name("pos_embd.weight", 30), None);
     }
 }

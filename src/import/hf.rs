@@ -7,17 +7,12 @@
 use super::safetensors::Checkpoint;
 use super::{dims_u32, Loc, SourceModel, SourceTensor, Store, TokenizerSource};
 use crate::error::{Error, Result};
-use crate::graph::{
-    Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer,
-};
+use crate::graph::{Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer};
 use serde_json::Value;
 use std::path::Path;
 
-const ARCHITECTURES: [(&str, &str); 3] = [
-    ("LlamaForCausalLM", "llama"),
-    ("MistralForCausalLM", "mistral"),
-    ("Qwen2ForCausalLM", "qwen2"),
-];
+const ARCHITECTURES: [(&str, &str); 3] =
+    [("LlamaForCausalLM", "llama"), ("MistralForCausalLM", "mistral"), ("Qwen2ForCausalLM", "qwen2")];
 
 /// The omex name of a Hugging Face tensor; `Ok(None)` for tensors the model does not need (rotary caches);
 /// `Err` with the unknown name otherwise.
@@ -30,11 +25,7 @@ fn omex_name(hf: &str, n_layers: u32) -> std::result::Result<Option<String>, ()>
     }
     let rest = hf.strip_prefix("model.layers.").ok_or(())?;
     let (i, rest) = rest.split_once('.').ok_or(())?;
-    let layer: u32 = i
-        .parse::<u32>()
-        .ok()
-        .filter(|&l| l < n_layers && i == l.to_string())
-        .ok_or(())?;
+    let layer: u32 = i.parse::<u32>().ok().filter(|&l| l < n_layers && i == l.to_string()).ok_or(())?;
     if rest.ends_with("rotary_emb.inv_freq") {
         return Ok(None);
     }
@@ -65,34 +56,25 @@ impl Config<'_> {
     fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| self.bad(key, "a u32", v)),
+            Some(v) => {
+                v.as_u64().and_then(|n| u32::try_from(n).ok()).map(Some).ok_or_else(|| self.bad(key, "a u32", v))
+            }
         }
     }
 
     fn u32(&self, key: &str) -> Result<u32> {
-        self.opt_u32(key)?
-            .ok_or_else(|| Error::invalid(self.path, format!("field {key:?} is missing")))
+        self.opt_u32(key)?.ok_or_else(|| Error::invalid(self.path, format!("field {key:?} is missing")))
     }
 
     fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(|f| Some(f as f32))
-                .ok_or_else(|| self.bad(key, "a number", v)),
+            Some(v) => v.as_f64().map(|f| Some(f as f32)).ok_or_else(|| self.bad(key, "a number", v)),
         }
     }
 
     fn bad(&self, key: &str, want: &str, v: &Value) -> Error {
-        Error::invalid(
-            self.path,
-            format!("field {key:?}: expected {want}, found {v}"),
-        )
+        Error::invalid(self.path, format!("field {key:?}: expected {want}, found {v}"))
     }
 }
 
@@ -100,11 +82,7 @@ fn rope_scaling(cfg: &Config) -> Result<Option<RopeScaling>> {
     let Some(s) = cfg.v.get("rope_scaling").filter(|v| !v.is_null()) else {
         return Ok(None);
     };
-    let kind = s
-        .get("rope_type")
-        .or_else(|| s.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("");
     let num = |k: &str, default: Option<f64>| {
         s.get(k)
             .and_then(Value::as_f64)
@@ -113,9 +91,7 @@ fn rope_scaling(cfg: &Config) -> Result<Option<RopeScaling>> {
     };
     Ok(match kind {
         "default" => None,
-        "linear" => Some(RopeScaling::Linear {
-            factor: num("factor", None)? as f32,
-        }),
+        "linear" => Some(RopeScaling::Linear { factor: num("factor", None)? as f32 }),
         "llama3" => Some(RopeScaling::Llama3 {
             factor: num("factor", None)? as f32,
             low_freq_factor: num("low_freq_factor", Some(1.0))? as f32,
@@ -134,26 +110,11 @@ fn rope_scaling(cfg: &Config) -> Result<Option<RopeScaling>> {
 pub fn open(dir: &Path) -> Result<SourceModel> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
-        return Err(Error::Usage(format!(
-            "{}: no config.json: not a Hugging Face model directory",
-            dir.display()
-        )));
+        return Err(Error::Usage(format!("{}: no config.json: not a Hugging Face model directory", dir.display())));
     }
-    let cfg = Config {
-        path: &cfg_path,
-        v: crate::format::reader::read_json(&cfg_path)?,
-    };
-    let declared = cfg
-        .v
-        .get("architectures")
-        .and_then(|a| a.get(0))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let model_type = cfg
-        .v
-        .get("model_type")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let cfg = Config { path: &cfg_path, v: crate::format::reader::read_json(&cfg_path)? };
+    let declared = cfg.v.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("");
+    let model_type = cfg.v.get("model_type").and_then(Value::as_str).unwrap_or("");
     let arch = ARCHITECTURES
         .iter()
         .find(|(a, t)| *a == declared || (declared.is_empty() && *t == model_type))
@@ -165,16 +126,9 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
                 cfg_path.display()
             ))
         })?;
-    let act = cfg
-        .v
-        .get("hidden_act")
-        .and_then(Value::as_str)
-        .unwrap_or("silu");
+    let act = cfg.v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
     if act != "silu" {
-        return Err(Error::Unsupported(format!(
-            "{}: hidden_act {act:?} (omex runs silu)",
-            cfg_path.display()
-        )));
+        return Err(Error::Unsupported(format!("{}: hidden_act {act:?} (omex runs silu)", cfg_path.display())));
     }
     let n_layers = cfg.u32("num_hidden_layers")?;
     let hidden = cfg.u32("hidden_size")?;
@@ -185,38 +139,22 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
     }
     let head_dim = cfg.opt_u32("head_dim")?.unwrap_or(hidden / n_heads);
     let mut warnings = Vec::new();
-    if cfg
-        .v
-        .get("use_sliding_window")
-        .and_then(Value::as_bool)
-        .unwrap_or(arch == "mistral")
-        && cfg.opt_u32("sliding_window")?.is_some_and(|w| {
-            w < cfg
-                .opt_u32("max_position_embeddings")
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        })
+    if cfg.v.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(arch == "mistral")
+        && cfg
+            .opt_u32("sliding_window")?
+            .is_some_and(|w| w < cfg.opt_u32("max_position_embeddings").ok().flatten().unwrap_or(0))
     {
         warnings.push("sliding-window attention is not implemented: attention is full (exact up to the window)".into());
     }
     let ckpt = Checkpoint::open_dir(dir)?;
-    if ckpt
-        .names()
-        .iter()
-        .any(|n| n.ends_with("o_proj.bias") || (n.contains(".mlp.") && n.ends_with(".bias")))
-    {
+    if ckpt.names().iter().any(|n| n.ends_with("o_proj.bias") || (n.contains(".mlp.") && n.ends_with(".bias"))) {
         return Err(Error::Unsupported(format!(
             "{}: output-projection or MLP biases are not supported",
             dir.display()
         )));
     }
     let mut tensors = Vec::new();
-    let tie = cfg
-        .v
-        .get("tie_word_embeddings")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let tie = cfg.v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
     for name in ckpt.names() {
         let (file, st) = ckpt.get(name).expect("listed name");
         let omex = omex_name(name, n_layers).map_err(|()| {
@@ -268,31 +206,16 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
         token_embedding: "token_embd".into(),
         embedding_file: "embedding.bin".into(),
         output_norm: "output_norm".into(),
-        output: if tied {
-            "token_embd".into()
-        } else {
-            "output".into()
-        },
+        output: if tied { "token_embd".into() } else { "output".into() },
         head_file: "head.bin".into(),
         tied_embeddings: tied,
-        blocks: (0..n_layers as usize)
-            .map(|i| BlockWeights::standard(i, with_bias))
-            .collect(),
+        blocks: (0..n_layers as usize).map(|i| BlockWeights::standard(i, with_bias)).collect(),
     };
-    transformer
-        .check()
-        .map_err(|e| Error::invalid(&cfg_path, e))?;
-    let name = cfg
-        .v
-        .get("_name_or_path")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
+    transformer.check().map_err(|e| Error::invalid(&cfg_path, e))?;
+    let name = cfg.v.get("_name_or_path").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
     let name = name.unwrap_or_else(|| {
         let abs = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        abs.file_name()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| "model".into())
+        abs.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into())
     });
     Ok(SourceModel {
         path: dir.to_path_buf(),
@@ -314,18 +237,9 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(
-            omex_name("model.layers.2.self_attn.o_proj.weight", 4),
-            Ok(Some("blk.2.attn_output".into()))
-        );
-        assert_eq!(
-            omex_name("model.layers.2.self_attn.k_proj.bias", 4),
-            Ok(Some("blk.2.attn_k.bias".into()))
-        );
-        assert_eq!(
-            omex_name("model.layers.0.self_attn.rotary_emb.inv_freq", 4),
-            Ok(None)
-        );
+        assert_eq!(omex_name("model.layers.2.self_attn.o_proj.weight", 4), Ok(Some("blk.2.attn_output".into())));
+        assert_eq!(omex_name("model.layers.2.self_attn.k_proj.bias", 4), Ok(Some("blk.2.attn_k.bias".into())));
+        assert_eq!(omex_name("model.layers.0.self_attn.rotary_emb.inv_freq", 4), Ok(None));
         assert_eq!(omex_name("model.layers.4.mlp.up_proj.weight", 4), Err(()));
         assert_eq!(omex_name("model.vision.weight", 4), Err(()));
         assert_eq!(omex_name("lm_head.weight", 4), Ok(Some("output".into())));

@@ -87,14 +87,9 @@ impl SourceModel {
             return gguf_model::open(path);
         }
         if path.extension().is_some_and(|e| e == "safetensors")
-            || path
-                .file_name()
-                .is_some_and(|f| f == safetensors::INDEX_FILE)
+            || path.file_name().is_some_and(|f| f == safetensors::INDEX_FILE)
         {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             return hf::open(dir);
         }
         if path.extension().is_some_and(|e| e == "gguf") {
@@ -115,10 +110,7 @@ impl SourceModel {
                 .get(n)
                 .map(|(f, st)| f.data(st))
                 .ok_or_else(|| Error::invalid(&self.path, format!("tensor {n:?} vanished"))),
-            _ => Err(Error::invalid(
-                &self.path,
-                format!("tensor {}: location does not match the store", t.name),
-            )),
+            _ => Err(Error::invalid(&self.path, format!("tensor {}: location does not match the store", t.name))),
         }
     }
 
@@ -140,9 +132,7 @@ impl SourceModel {
 pub(crate) fn dims_u32(path: &Path, name: &str, dims: &[u64]) -> Result<Vec<u32>> {
     dims.iter()
         .map(|&d| {
-            u32::try_from(d).map_err(|_| {
-                Error::parse(path, format!("tensor {name:?}: dimension {d} exceeds u32"))
-            })
+            u32::try_from(d).map_err(|_| Error::parse(path, format!("tensor {name:?}: dimension {d} exceeds u32")))
         })
         .collect()
 }

@@ -10,17 +10,10 @@ use std::path::Path;
 /// Moves the finished directory into place, replacing an existing one only after the new one is complete.
 pub(crate) fn install(tmp: &Path, out: &Path) -> Result<()> {
     if out.exists() {
-        let old = tmp.with_file_name(format!(
-            "{}.old",
-            tmp.file_name().expect("named").to_string_lossy()
-        ));
+        let old = tmp.with_file_name(format!("{}.old", tmp.file_name().expect("named").to_string_lossy()));
         std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
         std::fs::rename(tmp, out).map_err(|e| Error::io(out, e))?;
-        let r = if old.is_dir() {
-            std::fs::remove_dir_all(&old)
-        } else {
-            std::fs::remove_file(&old)
-        };
+        let r = if old.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
         r.map_err(|e| Error::io(&old, e))
     } else {
         std::fs::rename(tmp, out).map_err(|e| Error::io(out, e))
@@ -36,16 +29,9 @@ pub(crate) fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> 
 /// Every file under `root` but metadata.json, with size and sha256, sorted by path (`/`-separated).
 pub(crate) fn list_files(root: &Path) -> Result<Vec<FileEntry>> {
     let mut out = Vec::new();
-    for rel in crate::validate::walk(root)?
-        .into_iter()
-        .filter(|r| r != METADATA_FILE)
-    {
+    for rel in crate::validate::walk(root)?.into_iter().filter(|r| r != METADATA_FILE) {
         let (sha256, bytes) = sha256_file(&root.join(&rel))?;
-        out.push(FileEntry {
-            path: rel,
-            bytes,
-            sha256,
-        });
+        out.push(FileEntry { path: rel, bytes, sha256 });
     }
     Ok(out)
 }
@@ -58,16 +44,11 @@ pub(crate) fn requirements(
     total_bytes: u64,
 ) -> (Requirements, Requirements, Vec<String>) {
     let kv_per_pos = 2 * t.n_layers() as u64 * t.n_kv_heads as u64 * t.head_dim as u64 * 2;
-    let buffers = 4
-        * (t.vocab_size as u64 + 4 * t.hidden_size as u64 + 2 * t.intermediate_size as u64)
-        + (64 << 20);
+    let buffers = 4 * (t.vocab_size as u64 + 4 * t.hidden_size as u64 + 2 * t.intermediate_size as u64) + (64 << 20);
     let min_ram = weight_bytes + kv_per_pos * (t.context_length.min(2048) as u64) + buffers;
     let rec_ram = weight_bytes + kv_per_pos * t.context_length as u64 + buffers;
-    let minimum = Requirements {
-        ram: human_bytes(min_ram),
-        compute: "2 CPU cores".into(),
-        storage: human_bytes(total_bytes),
-    };
+    let minimum =
+        Requirements { ram: human_bytes(min_ram), compute: "2 CPU cores".into(), storage: human_bytes(total_bytes) };
     let recommended = Requirements {
         ram: human_bytes(rec_ram),
         compute: format!("4 CPU cores, 1 GPU with {} of memory", human_bytes(rec_ram)),
@@ -83,21 +64,9 @@ pub(crate) fn requirements(
 }
 
 pub(crate) fn slug(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let s = s
-        .split('_')
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join("_");
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let s = s.split('_').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("_");
     if s.is_empty() {
         "model".into()
     } else {
@@ -107,10 +76,7 @@ pub(crate) fn slug(name: &str) -> String {
 
 /// Now as `YYYY-MM-DDTHH:MM:SSZ`.
 pub(crate) fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = ((secs / 86400) as i64, secs % 86400);
     // Days since 1970-01-01 to a civil date (proleptic Gregorian), after H. Hinnant's algorithm.
     let z = days + 719_468;
@@ -122,12 +88,7 @@ pub(crate) fn rfc3339_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]

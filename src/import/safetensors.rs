@@ -63,23 +63,17 @@ pub struct Header {
 impl Header {
     /// Parses the header of the safetensors file `bytes` (the whole file).
     pub fn parse(bytes: &[u8]) -> Result<Header, String> {
-        let len = bytes
-            .get(..8)
-            .ok_or_else(|| format!("truncated: {} bytes, not even a header length", bytes.len()))?;
+        let len =
+            bytes.get(..8).ok_or_else(|| format!("truncated: {} bytes, not even a header length", bytes.len()))?;
         let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
         if n > MAX_HEADER {
-            return Err(format!(
-                "header length {n} is absurd (more than {MAX_HEADER} bytes)"
-            ));
+            return Err(format!("header length {n} is absurd (more than {MAX_HEADER} bytes)"));
         }
         if n > bytes.len() as u64 - 8 {
-            return Err(format!(
-                "header length {n} runs past the end of the file ({} bytes)",
-                bytes.len()
-            ));
+            return Err(format!("header length {n} runs past the end of the file ({} bytes)", bytes.len()));
         }
-        let json: Value = serde_json::from_slice(&bytes[8..8 + n as usize])
-            .map_err(|e| format!("header is not valid JSON: {e}"))?;
+        let json: Value =
+            serde_json::from_slice(&bytes[8..8 + n as usize]).map_err(|e| format!("header is not valid JSON: {e}"))?;
         let obj = json.as_object().ok_or("header is not a JSON object")?;
         let data_offset = 8 + n;
         let data_len = bytes.len() as u64 - data_offset;
@@ -89,23 +83,15 @@ impl Header {
             if name == "__metadata__" {
                 let m = v.as_object().ok_or("__metadata__ is not an object")?;
                 for (k, v) in m {
-                    let s = v
-                        .as_str()
-                        .ok_or_else(|| format!("__metadata__ field {k:?} is not a string"))?;
+                    let s = v.as_str().ok_or_else(|| format!("__metadata__ field {k:?} is not a string"))?;
                     metadata.insert(k.clone(), s.to_string());
                 }
                 continue;
             }
             let err = |what: String| format!("tensor {name:?}: {what}");
-            let dtype = v
-                .get("dtype")
-                .and_then(Value::as_str)
-                .ok_or_else(|| err("no dtype string".into()))?;
+            let dtype = v.get("dtype").and_then(Value::as_str).ok_or_else(|| err("no dtype string".into()))?;
             let size = dtype_size(dtype).ok_or_else(|| err(format!("unknown dtype {dtype:?}")))?;
-            let shape = v
-                .get("shape")
-                .and_then(Value::as_array)
-                .ok_or_else(|| err("no shape array".into()))?;
+            let shape = v.get("shape").and_then(Value::as_array).ok_or_else(|| err("no shape array".into()))?;
             let shape: Vec<u64> = shape
                 .iter()
                 .map(Value::as_u64)
@@ -114,10 +100,8 @@ impl Header {
             if shape.len() > 8 {
                 return Err(err(format!("{} dimensions", shape.len())));
             }
-            let offs = v
-                .get("data_offsets")
-                .and_then(Value::as_array)
-                .ok_or_else(|| err("no data_offsets array".into()))?;
+            let offs =
+                v.get("data_offsets").and_then(Value::as_array).ok_or_else(|| err("no data_offsets array".into()))?;
             let (begin, end) = match offs.as_slice() {
                 [b, e] => (b.as_u64(), e.as_u64()),
                 _ => (None, None),
@@ -126,16 +110,11 @@ impl Header {
                 return Err(err("data_offsets is not [begin, end]".into()));
             };
             if begin > end || end > data_len {
-                return Err(err(format!(
-                    "data_offsets [{begin}, {end}] lie outside the {data_len} data bytes"
-                )));
+                return Err(err(format!("data_offsets [{begin}, {end}] lie outside the {data_len} data bytes")));
             }
             let want = shape.iter().try_fold(size, |a, &d| a.checked_mul(d));
             if want != Some(end - begin) {
-                return Err(err(format!(
-                    "{dtype} {shape:?} needs {want:?} bytes, data_offsets give {}",
-                    end - begin
-                )));
+                return Err(err(format!("{dtype} {shape:?} needs {want:?} bytes, data_offsets give {}", end - begin)));
             }
             tensors.push(StTensor {
                 name: name.clone(),
@@ -148,17 +127,10 @@ impl Header {
         tensors.sort_by_key(|t| t.offset);
         for w in tensors.windows(2) {
             if w[0].offset + w[0].bytes > w[1].offset {
-                return Err(format!(
-                    "tensors {:?} and {:?} overlap",
-                    w[0].name, w[1].name
-                ));
+                return Err(format!("tensors {:?} and {:?} overlap", w[0].name, w[1].name));
             }
         }
-        Ok(Header {
-            tensors,
-            metadata,
-            data_offset,
-        })
+        Ok(Header { tensors, metadata, data_offset })
     }
 }
 
@@ -175,11 +147,7 @@ impl SafetensorsFile {
         // SAFETY: opened read-only; see `GgufFile::open`.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
         let header = Header::parse(&map).map_err(|e| Error::parse(path, e))?;
-        Ok(SafetensorsFile {
-            path: path.to_path_buf(),
-            header,
-            blob: Blob::Mmap(map),
-        })
+        Ok(SafetensorsFile { path: path.to_path_buf(), header, blob: Blob::Mmap(map) })
     }
 
     pub fn data(&self, t: &StTensor) -> &[u8] {
@@ -207,9 +175,9 @@ impl Checkpoint {
                 .ok_or_else(|| Error::invalid(&index, "no weight_map object"))?;
             let mut m = BTreeMap::new();
             for (k, f) in map {
-                let f = f.as_str().ok_or_else(|| {
-                    Error::invalid(&index, format!("weight_map[{k:?}] is not a file name"))
-                })?;
+                let f = f
+                    .as_str()
+                    .ok_or_else(|| Error::invalid(&index, format!("weight_map[{k:?}] is not a file name")))?;
                 if f.contains('/') || f.contains('\\') || f.contains("..") {
                     return Err(Error::invalid(
                         &index,
@@ -237,10 +205,7 @@ impl Checkpoint {
             v
         };
         if names.is_empty() {
-            return Err(Error::Usage(format!(
-                "{}: no *.safetensors files (and no {INDEX_FILE})",
-                dir.display()
-            )));
+            return Err(Error::Usage(format!("{}: no *.safetensors files (and no {INDEX_FILE})", dir.display())));
         }
         let mut files = Vec::with_capacity(names.len());
         let mut by_name = HashMap::new();
@@ -248,10 +213,7 @@ impl Checkpoint {
             let f = SafetensorsFile::open(&dir.join(n))?;
             for (ti, t) in f.header.tensors.iter().enumerate() {
                 if let Some((prev, _)) = by_name.insert(t.name.clone(), (fi, ti)) {
-                    return Err(Error::invalid(
-                        &f.path,
-                        format!("tensor {:?} is also in {}", t.name, names[prev]),
-                    ));
+                    return Err(Error::invalid(&f.path, format!("tensor {:?} is also in {}", t.name, names[prev])));
                 }
             }
             files.push(f);
@@ -263,9 +225,7 @@ impl Checkpoint {
                     _ => {
                         return Err(Error::invalid(
                             &index,
-                            format!(
-                            "weight_map says tensor {name:?} is in {file}, which does not hold it"
-                        ),
+                            format!("weight_map says tensor {name:?} is in {file}, which does not hold it"),
                         ))
                     }
                 }

@@ -21,21 +21,15 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Str
     let (bv, bb) = ty.block();
     let want = ty.bytes_for(out.len() as u64);
     if want != Some(bytes.len() as u64) {
-        return Err(format!(
-            "{} bytes of {ty} do not hold {} values",
-            bytes.len(),
-            out.len()
-        ));
+        return Err(format!("{} bytes of {ty} do not hold {} values", bytes.len(), out.len()));
     }
     // Chunks of whole blocks, big enough to amortize rayon's scheduling.
     let blocks_per_chunk = (16384 / bv).max(1);
-    out.par_chunks_mut(bv * blocks_per_chunk)
-        .zip(bytes.par_chunks(bb * blocks_per_chunk))
-        .for_each(|(o, b)| {
-            for (ob, bb_) in o.chunks_exact_mut(bv).zip(b.chunks_exact(bb)) {
-                f(bb_, ob);
-            }
-        });
+    out.par_chunks_mut(bv * blocks_per_chunk).zip(bytes.par_chunks(bb * blocks_per_chunk)).for_each(|(o, b)| {
+        for (ob, bb_) in o.chunks_exact_mut(bv).zip(b.chunks_exact(bb)) {
+            f(bb_, ob);
+        }
+    });
     Ok(())
 }
 
@@ -45,9 +39,7 @@ fn block_fn(ty: GgmlType) -> Option<BlockFn> {
     Some(match ty {
         GgmlType::F32 => |b, o| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         GgmlType::F16 => |b, o| o[0] = f16_at(b, 0),
-        GgmlType::BF16 => {
-            |b, o| o[0] = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
-        }
+        GgmlType::BF16 => |b, o| o[0] = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16),
         GgmlType::Q8_0 => q8_0,
         GgmlType::Q4_0 => q4_0,
         GgmlType::Q4_1 => q4_1,
@@ -88,10 +80,7 @@ fn q4_1(b: &[u8], o: &mut [f32]) {
 
 /// The fifth bits of Q5_0/Q5_1: bit j of the u32 `qh` belongs to value j.
 fn q5_high(qh: u32, j: usize) -> (u8, u8) {
-    (
-        (((qh >> j) << 4) & 0x10) as u8,
-        ((qh >> (j + 12)) & 0x10) as u8,
-    )
+    ((((qh >> j) << 4) & 0x10) as u8, ((qh >> (j + 12)) & 0x10) as u8)
 }
 
 /// Q5_0: f16 d, u32 qh, 16 bytes; w = (q - 16) * d.
@@ -121,10 +110,7 @@ fn k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 

@@ -43,9 +43,8 @@ pub enum GgmlType {
 use GgmlType::*;
 
 const ALL: [GgmlType; 32] = [
-    F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ2_XXS,
-    IQ2_XS, IQ3_XXS, IQ1_S, IQ4_NL, IQ3_S, IQ2_S, IQ4_XS, I8, I16, I32, I64, F64, IQ1_M, BF16,
-    TQ1_0, TQ2_0, MXFP4,
+    F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S,
+    IQ4_NL, IQ3_S, IQ2_S, IQ4_XS, I8, I16, I32, I64, F64, IQ1_M, BF16, TQ1_0, TQ2_0, MXFP4,
 ];
 
 /// Values per block of the k-quants.
@@ -172,10 +171,7 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(
-            GgmlType::Q4_1.bytes_for(576 * 1536),
-            Some(576 * 1536 / 32 * 20)
-        );
+        assert_eq!(GgmlType::Q4_1.bytes_for(576 * 1536), Some(576 * 1536 / 32 * 20));
         assert_eq!(GgmlType::Q8_0.bytes_for(33), None);
         assert_eq!(GgmlType::F32.bytes_for(u64::MAX), None);
     }

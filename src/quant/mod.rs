@@ -26,13 +26,7 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 5] = [
-        Target::Keep,
-        Target::F16,
-        Target::Int8,
-        Target::Int4,
-        Target::Ternary,
-    ];
+    pub const ALL: [Target; 5] = [Target::Keep, Target::F16, Target::Int8, Target::Int4, Target::Ternary];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,9 +41,7 @@ impl Target {
     /// How the values of this target are produced, for `metadata.json`.
     pub fn method(self) -> &'static str {
         match self {
-            Target::Keep => {
-                "source layouts kept: Q8_0/Q4_0/Q4_1 repacked losslessly, others requantized"
-            }
+            Target::Keep => "source layouts kept: Q8_0/Q4_0/Q4_1 repacked losslessly, others requantized",
             Target::F16 => "round to nearest f16",
             Target::Int8 => "absmax, groups of 32, f16 scale",
             Target::Int4 => "min-max, groups of 32, f16 scale and min",
@@ -74,8 +66,6 @@ impl std::str::FromStr for Target {
         Target::ALL
             .into_iter()
             .find(|t| t.name() == s)
-            .ok_or_else(|| {
-                format!("unknown quantization {s:?} (expected keep, f16, int8, int4 or ternary)")
-            })
+            .ok_or_else(|| format!("unknown quantization {s:?} (expected keep, f16, int8, int4 or ternary)"))
     }
 }

@@ -28,23 +28,14 @@ pub struct Packed {
 
 impl Packed {
     pub fn new(dtype: DType, data: Vec<u8>) -> Packed {
-        Packed {
-            dtype,
-            data,
-            scales: Vec::new(),
-            mins: Vec::new(),
-        }
+        Packed { dtype, data, scales: Vec::new(), mins: Vec::new() }
     }
 
     /// The sections as `LayerFileWriter::write_tensor` takes them (little-endian bytes).
     pub fn sections(&self) -> Vec<(SectionKind, &[u8])> {
         let mut v = vec![(SectionKind::Data, self.data.as_slice())];
         for kind in self.dtype.param_sections() {
-            let s: &[u16] = if *kind == SectionKind::Mins {
-                &self.mins
-            } else {
-                &self.scales
-            };
+            let s: &[u16] = if *kind == SectionKind::Mins { &self.mins } else { &self.scales };
             v.push((*kind, bytemuck::cast_slice(s)));
         }
         v
@@ -63,37 +54,19 @@ impl Packed {
         let i8s: Vec<i8>;
         let w = match self.dtype {
             DType::F32 => {
-                f32s = self
-                    .data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                f32s = self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
                 Weights::F32(&f32s)
             }
             DType::F16 => {
-                u16s = self
-                    .data
-                    .chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                    .collect();
+                u16s = self.data.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
                 Weights::F16(&u16s)
             }
             DType::Int8 => {
                 i8s = self.data.iter().map(|&b| b as i8).collect();
-                Weights::Int8 {
-                    q: &i8s,
-                    scales: &self.scales,
-                }
+                Weights::Int8 { q: &i8s, scales: &self.scales }
             }
-            DType::Int4 => Weights::Int4 {
-                q: &self.data,
-                scales: &self.scales,
-                mins: &self.mins,
-            },
-            DType::Ternary => Weights::Ternary {
-                q: &self.data,
-                scales: &self.scales,
-            },
+            DType::Int4 => Weights::Int4 { q: &self.data, scales: &self.scales, mins: &self.mins },
+            DType::Ternary => Weights::Ternary { q: &self.data, scales: &self.scales },
             DType::Bf16 => return Err("bf16 is not a kernel layout".into()),
         };
         let m = Matrix::new(rows, cols, w).map_err(|e| e.to_string())?;
@@ -122,16 +95,10 @@ fn f16_sat(x: f32) -> f16 {
 /// Quantizes `values` (a `[.., cols]` tensor flattened, `cols % 32 == 0` for the quantized dtypes) into `dtype`.
 pub fn quantize(values: &[f32], dtype: DType) -> Result<Packed, String> {
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(format!(
-            "value {i} is {} (not finite); omex does not quantize NaN or infinity",
-            values[i]
-        ));
+        return Err(format!("value {i} is {} (not finite); omex does not quantize NaN or infinity", values[i]));
     }
     if dtype.is_quantized() && values.len() % GROUP != 0 {
-        return Err(format!(
-            "{} values are not a whole number of groups of {GROUP}",
-            values.len()
-        ));
+        return Err(format!("{} values are not a whole number of groups of {GROUP}", values.len()));
     }
     Ok(match dtype {
         DType::F32 => Packed::new(dtype, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
@@ -139,23 +106,13 @@ pub fn quantize(values: &[f32], dtype: DType) -> Result<Packed, String> {
             if let Some(v) = values.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
                 return Err(format!("value {v} is out of the f16 range"));
             }
-            Packed::new(
-                dtype,
-                values
-                    .par_iter()
-                    .flat_map_iter(|&v| f16::from_f32(v).to_bits().to_le_bytes())
-                    .collect(),
-            )
+            Packed::new(dtype, values.par_iter().flat_map_iter(|&v| f16::from_f32(v).to_bits().to_le_bytes()).collect())
         }
         DType::Int8 => {
-            let groups: Vec<(u16, [i8; GROUP])> =
-                values.par_chunks_exact(GROUP).map(int8_group).collect();
+            let groups: Vec<(u16, [i8; GROUP])> = values.par_chunks_exact(GROUP).map(int8_group).collect();
             Packed {
                 dtype,
-                data: groups
-                    .iter()
-                    .flat_map(|(_, q)| q.iter().map(|&v| v as u8))
-                    .collect(),
+                data: groups.iter().flat_map(|(_, q)| q.iter().map(|&v| v as u8)).collect(),
                 scales: groups.iter().map(|(d, _)| *d).collect(),
                 mins: Vec::new(),
             }
@@ -234,11 +191,7 @@ fn int8_group(w: &[f32]) -> (u16, [i8; GROUP]) {
 }
 
 fn int4_group(w: &[f32]) -> (u16, u16, [u8; INT4_GROUP_BYTES]) {
-    let (mn, mx) = w
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
+    let (mn, mx) = w.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     let m = f16_floor(mn);
     let mf = m.to_f32();
     let d = f16_scale((mx - mf).max(0.0), 15.0);
@@ -285,11 +238,7 @@ mod tests {
 
     fn group_scales(p: &Packed, g: usize) -> (f32, f32) {
         let d = f16::from_bits(p.scales[g]).to_f32();
-        let m = p
-            .mins
-            .get(g)
-            .map(|&m| f16::from_bits(m).to_f32())
-            .unwrap_or(0.0);
+        let m = p.mins.get(g).map(|&m| f16::from_bits(m).to_f32()).unwrap_or(0.0);
         (d, m)
     }
 
@@ -302,16 +251,8 @@ mod tests {
             let back = p.dequantize(rows, cols).unwrap();
             for (i, (a, b)) in w.iter().zip(&back).enumerate() {
                 let (d, _) = group_scales(&p, i / GROUP);
-                assert!(
-                    127.0 * d
-                        >= w[i / GROUP * GROUP..][..GROUP]
-                            .iter()
-                            .fold(0f32, |m, v| m.max(v.abs()))
-                );
-                assert!(
-                    (a - b).abs() <= 0.5 * d * (1.0 + 1e-5),
-                    "value {i}: {a} vs {b}, step {d}"
-                );
+                assert!(127.0 * d >= w[i / GROUP * GROUP..][..GROUP].iter().fold(0f32, |m, v| m.max(v.abs())));
+                assert!((a - b).abs() <= 0.5 * d * (1.0 + 1e-5), "value {i}: {a} vs {b}, step {d}");
             }
         }
     }
@@ -334,10 +275,7 @@ mod tests {
                 );
                 let bound = 0.5 * d * (1.0 + 1e-5);
                 for (a, b) in wg.iter().zip(bg) {
-                    assert!(
-                        (a - b).abs() <= bound,
-                        "group {g}: {a} vs {b}, bound {bound}"
-                    );
+                    assert!((a - b).abs() <= bound, "group {g}: {a} vs {b}, bound {bound}");
                 }
             }
         }
@@ -352,10 +290,7 @@ mod tests {
         for (g, (wg, bg)) in w.chunks(GROUP).zip(back.chunks(GROUP)).enumerate() {
             let mean = wg.iter().map(|v| v.abs()).sum::<f32>() / GROUP as f32;
             let (d, _) = group_scales(&p, g);
-            assert!(
-                (d - mean).abs() <= mean * 1e-3,
-                "group {g}: scale {d}, absmean {mean}"
-            );
+            assert!((d - mean).abs() <= mean * 1e-3, "group {g}: scale {d}, absmean {mean}");
             for (a, b) in wg.iter().zip(bg) {
                 let q = if a.abs() < 0.5 * d { 0.0 } else { a.signum() };
                 // Values exactly at the rounding boundary may go either way.
@@ -369,15 +304,10 @@ mod tests {
 
     #[test]
     fn f16_rounding_helpers() {
-        for x in [
-            1.0f32, 1.0001, -1.0001, 3e-6, -3e-6, 0.0, -0.0, 1e-9, -1e-9, 65504.0, -65504.0,
-        ] {
+        for x in [1.0f32, 1.0001, -1.0001, 3e-6, -3e-6, 0.0, -0.0, 1e-9, -1e-9, 65504.0, -65504.0] {
             let f = f16_floor(x).to_f32();
             assert!(f <= x, "floor {x} = {f}");
-            assert!(
-                x - f <= x.abs() * 2f32.powi(-10) + 2f32.powi(-24),
-                "floor {x} = {f}"
-            );
+            assert!(x - f <= x.abs() * 2f32.powi(-10) + 2f32.powi(-24), "floor {x} = {f}");
         }
         for (span, steps) in [(3e-4f32, 127.0f32), (1.0, 15.0), (0.3, 127.0), (0.0, 15.0)] {
             let d = f16_scale(span, steps).to_f32();
@@ -391,13 +321,7 @@ mod tests {
     #[test]
     fn zero_groups_and_f16() {
         let w = vec![0f32; 64];
-        for dt in [
-            DType::Int8,
-            DType::Int4,
-            DType::Ternary,
-            DType::F16,
-            DType::F32,
-        ] {
+        for dt in [DType::Int8, DType::Int4, DType::Ternary, DType::F16, DType::F32] {
             let p = quantize(&w, dt).unwrap();
             assert_eq!(p.dequantize(2, 32).unwrap(), w, "{dt}");
         }

@@ -14,10 +14,7 @@ use half::f16;
 
 fn blocks(bytes: &[u8], block: usize) -> Result<std::slice::ChunksExact<'_, u8>, String> {
     if bytes.len() % block != 0 {
-        return Err(format!(
-            "{} bytes are not a whole number of {block}-byte blocks",
-            bytes.len()
-        ));
+        return Err(format!("{} bytes are not a whole number of {block}-byte blocks", bytes.len()));
     }
     Ok(bytes.chunks_exact(block))
 }
@@ -90,9 +87,7 @@ mod tests {
     use crate::quant::{dequant::dequantize, GgmlType};
 
     fn lcg(seed: &mut u64) -> u8 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (*seed >> 56) as u8
     }
 

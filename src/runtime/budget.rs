@@ -36,7 +36,8 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let s = text.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = (s[..split].trim(), s[split..].trim().to_ascii_lowercase());
-    let value: f64 = num.parse().map_err(|_| format!("{text:?} is not a size (try 48MB, 2GiB or a number of bytes)"))?;
+    let value: f64 =
+        num.parse().map_err(|_| format!("{text:?} is not a size (try 48MB, 2GiB or a number of bytes)"))?;
     let scale: f64 = match unit.as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,

@@ -123,14 +123,22 @@ impl Model {
             BackendChoice::Cpu | BackendChoice::Auto => {
                 if opts.backend == BackendChoice::Auto {
                     // The GPU engine on a hardware adapter; else it logs why the CPU engine runs instead.
-                    if let Some(gpu) = crate::backend::gpu::auto_engine(&self.dir, &self.config, self.gpu_options(opts)?)? {
+                    if let Some(gpu) =
+                        crate::backend::gpu::auto_engine(&self.dir, &self.config, self.gpu_options(opts)?)?
+                    {
                         return Ok(gpu);
                     }
                 }
                 if opts.memory_trace.is_some() {
                     return Err(Error::Usage("--memory-trace records the GPU engine: add --backend gpu".into()));
                 }
-                let cpu = CpuOptions { threads: opts.threads, context_length, activations: opts.activations, kv: opts.kv, max_batch: 512 };
+                let cpu = CpuOptions {
+                    threads: opts.threads,
+                    context_length,
+                    activations: opts.activations,
+                    kv: opts.kv,
+                    max_batch: 512,
+                };
                 Ok(Box::new(CpuEngine::load(&self.dir, &self.config, cpu)?))
             }
             BackendChoice::Gpu => crate::backend::gpu::open_engine(&self.dir, &self.config, self.gpu_options(opts)?),

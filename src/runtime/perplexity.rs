@@ -16,7 +16,12 @@ pub struct Perplexity {
 }
 
 /// Scores `tokens` with `engine`; `on_chunk(i, n, running_ppl)` reports progress.
-pub fn perplexity(engine: &mut dyn Engine, tokens: &[u32], ctx: usize, on_chunk: &mut dyn FnMut(usize, usize, f64)) -> Result<Perplexity> {
+pub fn perplexity(
+    engine: &mut dyn Engine,
+    tokens: &[u32],
+    ctx: usize,
+    on_chunk: &mut dyn FnMut(usize, usize, f64),
+) -> Result<Perplexity> {
     if ctx < 4 {
         return Err(Error::Usage(format!("--ctx {ctx} is too small for perplexity (at least 4)")));
     }

@@ -70,8 +70,12 @@ pub struct TooSmall {
 
 /// Slot sizes worth trying: each whole-file unit's size, and a piece size for the splittable ones.
 fn slot_candidates(input: &PlanInput) -> Vec<u64> {
-    let mut sizes: Vec<u64> =
-        input.layers.iter().filter(|l| !l.splittable && l.moved > 0 && l.bytes >= input.min_slot).map(|l| l.bytes).collect();
+    let mut sizes: Vec<u64> = input
+        .layers
+        .iter()
+        .filter(|l| !l.splittable && l.moved > 0 && l.bytes >= input.min_slot)
+        .map(|l| l.bytes)
+        .collect();
     if let Some(largest) = input.layers.iter().filter(|l| l.splittable).map(|l| l.moved).max() {
         sizes.push(input.min_slot.max((4 << 20).min(largest)));
     }
@@ -121,7 +125,8 @@ pub fn plan(input: &PlanInput, budget: Option<u64>) -> Result<Plan, TooSmall> {
         // Fill what is left with the units that save the most upload per resident byte, largest first.
         let mut room = budget - floor;
         let mut resident: Vec<bool> = input.layers.iter().map(forced).collect();
-        let mut order: Vec<usize> = (0..input.layers.len()).filter(|&i| !resident[i] && input.layers[i].moved > 0).collect();
+        let mut order: Vec<usize> =
+            (0..input.layers.len()).filter(|&i| !resident[i] && input.layers[i].moved > 0).collect();
         let ratio = |i: usize| input.layers[i].moved as f64 / input.layers[i].bytes.max(1) as f64;
         order.sort_by(|&a, &b| ratio(b).total_cmp(&ratio(a)).then(input.layers[b].bytes.cmp(&input.layers[a].bytes)));
         for i in order {
@@ -179,7 +184,8 @@ pub struct Prediction {
 /// Decode speed from the bandwidth model: a token reads every weight byte once (compute) and uploads the
 /// streamed bytes; with double buffering the two overlap and the slower one sets the pace.
 pub fn predict(plan: &Plan, profile: &DeviceProfile, dispatches_per_token: usize, batch: u32) -> Prediction {
-    let compute_s = plan.weight_bytes as f64 / (profile.matvec_gbs * 1e9) + dispatches_per_token as f64 * profile.dispatch_us * 1e-6;
+    let compute_s = plan.weight_bytes as f64 / (profile.matvec_gbs * 1e9)
+        + dispatches_per_token as f64 * profile.dispatch_us * 1e-6;
     let upload_s = plan.streamed_bytes_per_token as f64 / (profile.upload_gbs * 1e9);
     Prediction {
         decode_tok_s: 1.0 / compute_s.max(upload_s),
@@ -256,7 +262,14 @@ mod tests {
     #[test]
     fn overlap_is_bounded_by_the_slower_side() {
         let p = plan(&input(), Some(46)).unwrap();
-        let prof = DeviceProfile { adapter: "t".into(), upload_gbs: 1e-9 * 51.0, staging_upload_gbs: 0.0, matvec_gbs: 1e-9 * 81.0 / 2.0, copy_gbs: 1.0, dispatch_us: 0.0 };
+        let prof = DeviceProfile {
+            adapter: "t".into(),
+            upload_gbs: 1e-9 * 51.0,
+            staging_upload_gbs: 0.0,
+            matvec_gbs: 1e-9 * 81.0 / 2.0,
+            copy_gbs: 1.0,
+            dispatch_us: 0.0,
+        };
         let pred = predict(&p, &prof, 0, 8);
         assert!((pred.decode_tok_s - 0.5).abs() < 1e-9, "compute 2 s, upload 1 s: {pred:?}");
         assert!((pred.decode_tok_s_serial - 1.0 / 3.0).abs() < 1e-9);

@@ -115,12 +115,22 @@ impl Session {
 
     /// Generates a continuation of `prompt`. `on_text` receives each complete UTF-8 piece as soon as it is
     /// decoded and returns `false` to stop.
-    pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
         let ids = self.encode_prompt(prompt);
         self.generate_from_ids(ids, opts, on_text)
     }
 
-    pub fn generate_from_ids(&mut self, mut ids: Vec<u32>, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+    pub fn generate_from_ids(
+        &mut self,
+        mut ids: Vec<u32>,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
         opts.sampler.check().map_err(Error::Usage)?;
         if ids.is_empty() {
             return Err(Error::Usage("the prompt is empty (no tokens)".into()));
@@ -246,12 +256,15 @@ fn safe_prefix_len(text: &str, stops: &[String]) -> usize {
 mod tests {
     use super::*;
 
+    /// The `(ids, pos)` of every forward call, shared with the test.
+    type Calls = std::rc::Rc<std::cell::RefCell<Vec<(Vec<u32>, usize)>>>;
+
     /// An engine whose logits always favour token `(last id + 1) % vocab`, recording every forward call.
     struct Recorder {
         vocab: usize,
         /// Offer device-side greedy chains.
         chains: bool,
-        calls: std::rc::Rc<std::cell::RefCell<Vec<(Vec<u32>, usize)>>>,
+        calls: Calls,
     }
 
     impl Engine for Recorder {
@@ -321,8 +334,10 @@ mod tests {
     #[test]
     fn device_chains_give_the_same_text_and_leave_the_cache_consistent() {
         let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-        let mut plain = Session::new(Box::new(Recorder { vocab: 6, chains: false, calls: calls.clone() }), tiny_tokenizer());
-        let mut chained = Session::new(Box::new(Recorder { vocab: 6, chains: true, calls: calls.clone() }), tiny_tokenizer());
+        let mut plain =
+            Session::new(Box::new(Recorder { vocab: 6, chains: false, calls: calls.clone() }), tiny_tokenizer());
+        let mut chained =
+            Session::new(Box::new(Recorder { vocab: 6, chains: true, calls: calls.clone() }), tiny_tokenizer());
         let opts = GenerateOptions { max_tokens: 20, ignore_eos: true, ..Default::default() };
         let a = plain.generate_from_ids(vec![0, 1], &opts, &mut |_| true).unwrap();
         let b = chained.generate_from_ids(vec![0, 1], &opts, &mut |_| true).unwrap();

@@ -35,18 +35,14 @@ pub(crate) struct Matcher {
 impl Matcher {
     /// A matcher over `tokens`, each matched as `pattern(token)` (its content, or its normalized form).
     pub(crate) fn new<'a>(tokens: impl Iterator<Item = (&'a AddedToken, String)>) -> Self {
-        let mut m = Matcher {
-            patterns: Vec::new(),
-            by_first: vec![Vec::new(); 256],
-        };
+        let mut m = Matcher { patterns: Vec::new(), by_first: vec![Vec::new(); 256] };
         for (t, pattern) in tokens {
             if pattern.is_empty() {
                 continue;
             }
             let first = pattern.as_bytes()[0] as usize;
             m.by_first[first].push(m.patterns.len() as u32);
-            m.patterns
-                .push((pattern, t.id, t.single_word, t.lstrip, t.rstrip));
+            m.patterns.push((pattern, t.id, t.single_word, t.lstrip, t.rstrip));
         }
         for list in &mut m.by_first {
             // Longest first; among equal lengths, the first listed (aho-corasick's pattern order).
@@ -91,10 +87,8 @@ impl Matcher {
             from = stop;
             let (_, id, single_word, lstrip, rstrip) = self.patterns[p];
             if single_word {
-                let start_ok =
-                    start == 0 || !s[..start].chars().next_back().is_some_and(is_word_char);
-                let stop_ok =
-                    stop == s.len() || !s[stop..].chars().next().is_some_and(is_word_char);
+                let start_ok = start == 0 || !s[..start].chars().next_back().is_some_and(is_word_char);
+                let stop_ok = stop == s.len() || !s[stop..].chars().next().is_some_and(is_word_char);
                 if !start_ok || !stop_ok {
                     continue;
                 }
@@ -121,11 +115,7 @@ impl Matcher {
 
 /// `\w` of the `regex` crate, which `tokenizers` uses for `single_word`: alphanumeric, marks, `_`.
 fn is_word_char(c: char) -> bool {
-    c.is_alphanumeric()
-        || c == '_'
-        || ('\u{300}'..='\u{36f}').contains(&c)
-        || c == '\u{200c}'
-        || c == '\u{200d}'
+    c.is_alphanumeric() || c == '_' || ('\u{300}'..='\u{36f}').contains(&c) || c == '\u{200c}' || c == '\u{200d}'
 }
 
 #[cfg(test)]

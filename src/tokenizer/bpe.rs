@@ -73,9 +73,7 @@ impl Bpe {
             joined.clear();
             joined.push_str(a);
             joined.push_str(b);
-            let new = *vocab
-                .get(joined.as_str())
-                .ok_or_else(|| err(MergeError::Merged(joined.clone())))?;
+            let new = *vocab.get(joined.as_str()).ok_or_else(|| err(MergeError::Merged(joined.clone())))?;
             map.insert(key(ia, ib), (rank as u64) << 32 | new as u64);
         }
         let mut byte_ids = [NONE; 256];
@@ -84,26 +82,13 @@ impl Bpe {
         for b in 0..256usize {
             let c: &str = BYTE_CHAR[b].encode_utf8(&mut buf);
             byte_ids[b] = vocab.get(c).copied().unwrap_or(NONE);
-            fallback_ids[b] = vocab
-                .get(format!("<0x{b:02X}>").as_str())
-                .copied()
-                .unwrap_or(NONE);
+            fallback_ids[b] = vocab.get(format!("<0x{b:02X}>").as_str()).copied().unwrap_or(NONE);
         }
         let mut ascii_ids = [NONE; 128];
         for (b, slot) in ascii_ids.iter_mut().enumerate() {
-            *slot = vocab
-                .get((b as u8 as char).encode_utf8(&mut buf) as &str)
-                .copied()
-                .unwrap_or(NONE);
+            *slot = vocab.get((b as u8 as char).encode_utf8(&mut buf) as &str).copied().unwrap_or(NONE);
         }
-        Ok(Bpe {
-            vocab,
-            merges: map,
-            byte_ids,
-            fallback_ids,
-            ascii_ids,
-            opts,
-        })
+        Ok(Bpe { vocab, merges: map, byte_ids, fallback_ids, ascii_ids, opts })
     }
 
     /// The token of a one-byte pre-token in byte-level BPE (`NONE` if the vocabulary lacks it): no merge
@@ -170,10 +155,7 @@ impl Bpe {
             let id = if (c as u32) < 0x80 {
                 self.ascii_ids[c as usize]
             } else {
-                self.vocab
-                    .get(c.encode_utf8(&mut buf) as &str)
-                    .copied()
-                    .unwrap_or(NONE)
+                self.vocab.get(c.encode_utf8(&mut buf) as &str).copied().unwrap_or(NONE)
             };
             if id != NONE {
                 syms.extend(unk.take());
@@ -303,26 +285,15 @@ mod tests {
 
     fn toy(merges: &[(&str, &str)]) -> Bpe {
         let mut vocab = fast_map(16);
-        for (i, t) in ["a", "b", "c", "ab", "bc", "abc", "aa", "aaaa", "<0x41>"]
-            .iter()
-            .enumerate()
-        {
+        for (i, t) in ["a", "b", "c", "ab", "bc", "abc", "aa", "aaaa", "<0x41>"].iter().enumerate() {
             vocab.insert(Box::<str>::from(*t), i as u32);
         }
-        Bpe::new(vocab, merges.iter().copied(), BpeOptions::default())
-            .ok()
-            .unwrap()
+        Bpe::new(vocab, merges.iter().copied(), BpeOptions::default()).ok().unwrap()
     }
 
     #[test]
     fn lowest_rank_then_leftmost() {
-        let bpe = toy(&[
-            ("b", "c"),
-            ("a", "b"),
-            ("a", "bc"),
-            ("a", "a"),
-            ("aa", "aa"),
-        ]);
+        let bpe = toy(&[("b", "c"), ("a", "b"), ("a", "bc"), ("a", "a"), ("aa", "aa")]);
         let mut sc = Scratch::default();
         let mut out = Vec::new();
         bpe.encode_chars("abc", &mut out, &mut sc);
@@ -334,22 +305,14 @@ mod tests {
 
     #[test]
     fn heap_and_scan_agree() {
-        let bpe = toy(&[
-            ("a", "a"),
-            ("b", "c"),
-            ("aa", "aa"),
-            ("a", "b"),
-            ("a", "bc"),
-        ]);
+        let bpe = toy(&[("a", "a"), ("b", "c"), ("aa", "aa"), ("a", "b"), ("a", "bc")]);
         let mut sc = Scratch::default();
         let mut seed = 12345u64;
         for len in [2usize, 5, 30, 49, 100, 300] {
             for _ in 0..20 {
                 let word: Vec<u32> = (0..len)
                     .map(|_| {
-                        seed = seed
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                         ((seed >> 33) % 3) as u32
                     })
                     .collect();
@@ -364,12 +327,7 @@ mod tests {
     #[test]
     fn unknown_characters() {
         let mut bpe = toy(&[]);
-        bpe.opts = BpeOptions {
-            byte_fallback: false,
-            unk_id: Some(8),
-            fuse_unk: true,
-            ignore_merges: false,
-        };
+        bpe.opts = BpeOptions { byte_fallback: false, unk_id: Some(8), fuse_unk: true, ignore_merges: false };
         let mut sc = Scratch::default();
         let mut out = Vec::new();
         bpe.encode_chars("axyb", &mut out, &mut sc);

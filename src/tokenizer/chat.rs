@@ -16,10 +16,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.into(), content: content.into() }
     }
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
@@ -83,9 +80,7 @@ fn chatml_default_system(t: &str) -> Option<String> {
     let rest = &t[cond..];
     let marker = "<|im_start|>system";
     let after = &rest[rest.find(marker)? + marker.len()..];
-    let after = after
-        .strip_prefix('\n')
-        .or_else(|| after.strip_prefix("\\n"))?;
+    let after = after.strip_prefix('\n').or_else(|| after.strip_prefix("\\n"))?;
     let end = after.find("<|im_end|>")?;
     Some(unescape(&after[..end]))
 }
@@ -94,20 +89,15 @@ impl ChatFormat {
     /// Recognises the format of a Jinja chat template.
     pub fn detect(template: &str) -> Result<ChatFormat, TokenizerError> {
         let has = |s: &str| template.contains(s);
-        let reads_content =
-            has("message['content']") || has("message.content") || has("message[\"content\"]");
+        let reads_content = has("message['content']") || has("message.content") || has("message[\"content\"]");
         if has("<|im_start|>") && has("<|im_end|>") {
             if has("tool") {
                 return Err(unsupported("a ChatML template with tool calls"));
             }
             if !reads_content {
-                return Err(unsupported(
-                    "a ChatML template that does not read message content",
-                ));
+                return Err(unsupported("a ChatML template that does not read message content"));
             }
-            return Ok(ChatFormat::ChatMl {
-                default_system: chatml_default_system(template),
-            });
+            return Ok(ChatFormat::ChatMl { default_system: chatml_default_system(template) });
         }
         if has("<|start_header_id|>") && has("<|end_header_id|>") && has("<|eot_id|>") {
             if has("tools") || has("Knowledge") || has("date_string") {
@@ -117,9 +107,7 @@ impl ChatFormat {
         }
         if has("[INST]") && has("[/INST]") {
             if !has("<<SYS>>") {
-                return Err(unsupported(
-                    "an [INST] template without <<SYS>> (Mistral style)",
-                ));
+                return Err(unsupported("an [INST] template without <<SYS>> (Mistral style)"));
             }
             return Ok(ChatFormat::Llama2);
         }
@@ -144,10 +132,7 @@ impl ChatFormat {
                             out.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
                         }
                     }
-                    out.push_str(&format!(
-                        "<|im_start|>{}\n{}<|im_end|>\n",
-                        m.role, m.content
-                    ));
+                    out.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
                 }
                 if add_generation_prompt {
                     out.push_str("<|im_start|>assistant\n");
@@ -155,9 +140,7 @@ impl ChatFormat {
             }
             ChatFormat::Llama2 => {
                 let first = messages.first().ok_or_else(|| {
-                    TokenizerError::ChatMessages(
-                        "the Llama-2 template needs at least one message".into(),
-                    )
+                    TokenizerError::ChatMessages("the Llama-2 template needs at least one message".into())
                 })?;
                 let (system, turns) = match first.role.as_str() {
                     "system" => (Some(first.content.as_str()), &messages[1..]),
@@ -166,8 +149,7 @@ impl ChatFormat {
                 for (i, m) in turns.iter().enumerate() {
                     if (m.role == "user") != (i % 2 == 0) {
                         return Err(TokenizerError::ChatMessages(
-                            "Conversation roles must alternate user/assistant/user/assistant/..."
-                                .into(),
+                            "Conversation roles must alternate user/assistant/user/assistant/...".into(),
                         ));
                     }
                     let content = match (i, system) {
@@ -175,9 +157,7 @@ impl ChatFormat {
                         _ => m.content.clone(),
                     };
                     match m.role.as_str() {
-                        "user" => {
-                            out.push_str(&format!("{bos}[INST] {} [/INST]", py_strip(&content)))
-                        }
+                        "user" => out.push_str(&format!("{bos}[INST] {} [/INST]", py_strip(&content))),
                         "assistant" => out.push_str(&format!(" {} {eos}", py_strip(&content))),
                         _ => {}
                     }
@@ -189,10 +169,7 @@ impl ChatFormat {
                         out.push_str(bos);
                     }
                     let content = py_strip(&m.content);
-                    out.push_str(&format!(
-                        "<|start_header_id|>{}<|end_header_id|>\n\n{content}<|eot_id|>",
-                        m.role
-                    ));
+                    out.push_str(&format!("<|start_header_id|>{}<|end_header_id|>\n\n{content}<|eot_id|>", m.role));
                 }
                 if add_generation_prompt {
                     out.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
@@ -213,16 +190,8 @@ mod tests {
                  {{ '<|im_start|>system\\nYou are nice<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + \
                  message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}";
         let f = ChatFormat::detect(t).unwrap();
-        assert_eq!(
-            f,
-            ChatFormat::ChatMl {
-                default_system: Some("You are nice".into())
-            }
-        );
-        assert!(matches!(
-            ChatFormat::detect("{{ messages }}"),
-            Err(TokenizerError::UnsupportedChatTemplate { .. })
-        ));
+        assert_eq!(f, ChatFormat::ChatMl { default_system: Some("You are nice".into()) });
+        assert!(matches!(ChatFormat::detect("{{ messages }}"), Err(TokenizerError::UnsupportedChatTemplate { .. })));
     }
 
     #[test]

@@ -10,13 +10,7 @@ use serde_json::{json, Map, Value};
 use super::{Tokenizer, TokenizerError};
 
 /// End-of-turn markers that stop generation when the chat template uses them.
-const END_OF_TURN: [&str; 5] = [
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|end|>",
-    "<end_of_turn>",
-];
+const END_OF_TURN: [&str; 5] = ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>"];
 
 /// The fields of `tokenizer_config.json` that omex reads and writes.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -46,14 +40,9 @@ fn template_field(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
         Value::Array(list) => {
-            let named = |want: &str| {
-                list.iter()
-                    .find(|t| t.get("name").and_then(Value::as_str) == Some(want))
-            };
+            let named = |want: &str| list.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(want));
             let t = named("default").or_else(|| list.first())?;
-            t.get("template")
-                .and_then(Value::as_str)
-                .map(str::to_string)
+            t.get("template").and_then(Value::as_str).map(str::to_string)
         }
         _ => None,
     }
@@ -63,59 +52,35 @@ fn read_json(path: &Path) -> Result<Option<Value>, TokenizerError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(TokenizerError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(TokenizerError::Io { path: path.to_path_buf(), source }),
     };
     let file = path.display().to_string();
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| TokenizerError::Json { file, source })
+    serde_json::from_slice(&bytes).map(Some).map_err(|source| TokenizerError::Json { file, source })
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), TokenizerError> {
-    fs::write(path, bytes).map_err(|source| TokenizerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::write(path, bytes).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })
 }
 
 impl TokenizerConfig {
     /// Parses a `tokenizer_config.json` (omex's or Hugging Face's).
     pub fn from_json(bytes: &[u8], file: &str) -> Result<Self, TokenizerError> {
-        let v: Value = serde_json::from_slice(bytes).map_err(|source| TokenizerError::Json {
-            file: file.to_string(),
-            source,
-        })?;
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|source| TokenizerError::Json { file: file.to_string(), source })?;
         Self::from_value(&v, file)
     }
 
     fn from_value(v: &Value, file: &str) -> Result<Self, TokenizerError> {
         if !v.is_object() {
-            return Err(TokenizerError::field(
-                file,
-                "(root)",
-                "expected a JSON object",
-            ));
+            return Err(TokenizerError::field(file, "(root)", "expected a JSON object"));
         }
         let stop_tokens = match v.get("stop_tokens") {
             None | Some(Value::Null) => None,
             Some(Value::Array(a)) => {
                 let names: Option<Vec<String>> = a.iter().map(|t| token_field(Some(t))).collect();
-                Some(names.ok_or_else(|| {
-                    TokenizerError::field(file, "stop_tokens", "expected token strings")
-                })?)
+                Some(names.ok_or_else(|| TokenizerError::field(file, "stop_tokens", "expected token strings"))?)
             }
-            Some(_) => {
-                return Err(TokenizerError::field(
-                    file,
-                    "stop_tokens",
-                    "expected an array",
-                ))
-            }
+            Some(_) => return Err(TokenizerError::field(file, "stop_tokens", "expected an array")),
         };
         Ok(TokenizerConfig {
             bos_token: token_field(v.get("bos_token")),
@@ -150,10 +115,7 @@ impl TokenizerConfig {
         if let Some(t) = &self.chat_template {
             put("chat_template", json!(t));
         }
-        put(
-            "stop_tokens",
-            json!(self.stop_tokens.clone().unwrap_or_default()),
-        );
+        put("stop_tokens", json!(self.stop_tokens.clone().unwrap_or_default()));
         let mut s = serde_json::to_string_pretty(&Value::Object(m)).unwrap_or_default();
         s.push('\n');
         s
@@ -176,10 +138,7 @@ pub(crate) fn derive_stop_tokens(
     eos.into_iter().for_each(&mut add);
     extra.iter().for_each(|t| add(t));
     if let Some(tpl) = template {
-        END_OF_TURN
-            .iter()
-            .filter(|m| tpl.contains(*m))
-            .for_each(|m| add(m));
+        END_OF_TURN.iter().filter(|m| tpl.contains(*m)).for_each(|m| add(m));
     }
     out
 }
@@ -190,14 +149,8 @@ pub(crate) fn derive_stop_tokens(
 pub fn copy_hf_tokenizer(src_dir: &Path, dst_dir: &Path) -> Result<(), TokenizerError> {
     let src = src_dir.join("tokenizer.json");
     let bytes = fs::read(&src).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => TokenizerError::MissingFile {
-            path: src.clone(),
-            what: "the tokenizer",
-        },
-        _ => TokenizerError::Io {
-            path: src.clone(),
-            source,
-        },
+        std::io::ErrorKind::NotFound => TokenizerError::MissingFile { path: src.clone(), what: "the tokenizer" },
+        _ => TokenizerError::Io { path: src.clone(), source },
     })?;
     let tok = Tokenizer::parse_named(&bytes, &src.display().to_string())?;
 
@@ -219,52 +172,32 @@ pub fn copy_hf_tokenizer(src_dir: &Path, dst_dir: &Path) -> Result<(), Tokenizer
     if let Some(gen) = read_json(&src_dir.join("generation_config.json"))? {
         let ids: Vec<u32> = match gen.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|i| i as u32).into_iter().collect(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|i| i.as_u64().map(|i| i as u32))
-                .collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(|i| i.as_u64().map(|i| i as u32)).collect(),
             _ => Vec::new(),
         };
         extra_stops = ids.into_iter().filter_map(name).collect();
         if cfg.bos_token.is_none() {
-            cfg.bos_token = gen
-                .get("bos_token_id")
-                .and_then(Value::as_u64)
-                .and_then(|i| name(i as u32));
+            cfg.bos_token = gen.get("bos_token_id").and_then(Value::as_u64).and_then(|i| name(i as u32));
         }
     }
     if cfg.bos_token.is_none() {
         cfg.bos_token = tok.post_bos.and_then(name);
     }
     if cfg.eos_token.is_none() {
-        cfg.eos_token = tok
-            .post_eos
-            .and_then(name)
-            .or_else(|| extra_stops.first().cloned());
+        cfg.eos_token = tok.post_eos.and_then(name).or_else(|| extra_stops.first().cloned());
     }
     cfg.add_bos_token = cfg.add_bos_token.or(Some(tok.post_bos.is_some()));
     cfg.add_eos_token = cfg.add_eos_token.or(Some(tok.post_eos.is_some()));
     if cfg.stop_tokens.is_none() {
         let exists = |t: &str| tok.token_to_id(t).is_some();
-        let stops = derive_stop_tokens(
-            exists,
-            cfg.eos_token.as_deref(),
-            &extra_stops,
-            cfg.chat_template.as_deref(),
-        );
+        let stops = derive_stop_tokens(exists, cfg.eos_token.as_deref(), &extra_stops, cfg.chat_template.as_deref());
         cfg.stop_tokens = Some(stops);
     }
     // Check that every token the config names exists before writing anything.
     let mut check = tok;
     check.apply_config(&cfg, &cfg_path.display().to_string())?;
 
-    fs::create_dir_all(dst_dir).map_err(|source| TokenizerError::Io {
-        path: dst_dir.to_path_buf(),
-        source,
-    })?;
+    fs::create_dir_all(dst_dir).map_err(|source| TokenizerError::Io { path: dst_dir.to_path_buf(), source })?;
     write(&dst_dir.join("tokenizer.json"), &bytes)?;
-    write(
-        &dst_dir.join("tokenizer_config.json"),
-        cfg.to_json().as_bytes(),
-    )
+    write(&dst_dir.join("tokenizer_config.json"), cfg.to_json().as_bytes())
 }

@@ -23,11 +23,7 @@ pub(crate) enum DecodeKind {
     ByteLevel,
     /// Token text with `▁` handled by `meta`; with `byte_fallback`, runs of `<0xNN>` become their bytes
     /// (or one U+FFFD per byte when the run is not valid UTF-8); then `strip` leading spaces removed.
-    Pieces {
-        meta: Meta,
-        byte_fallback: bool,
-        strip: usize,
-    },
+    Pieces { meta: Meta, byte_fallback: bool, strip: usize },
 }
 
 /// Per id: the bytes it decodes to (before `▁` handling) and, for `<0xNN>` tokens, the byte.
@@ -39,11 +35,7 @@ pub(crate) struct DecodeTable {
 
 impl DecodeTable {
     pub(crate) fn new(tokens: &[Option<Box<str>>], kind: DecodeKind) -> Self {
-        let mut t = DecodeTable {
-            bytes: Vec::new(),
-            offsets: vec![0],
-            byte_token: Vec::new(),
-        };
+        let mut t = DecodeTable { bytes: Vec::new(), offsets: vec![0], byte_token: Vec::new() };
         for tok in tokens {
             let s = tok.as_deref().unwrap_or("");
             match kind {
@@ -52,10 +44,7 @@ impl DecodeTable {
             }
             t.offsets.push(t.bytes.len() as u32);
             let byte = match kind {
-                DecodeKind::Pieces {
-                    byte_fallback: true,
-                    ..
-                } => parse_byte_token(s).map_or(-1, i16::from),
+                DecodeKind::Pieces { byte_fallback: true, .. } => parse_byte_token(s).map_or(-1, i16::from),
                 _ => -1,
             };
             t.byte_token.push(byte);
@@ -159,10 +148,7 @@ impl Tokenizer {
     /// As [`Tokenizer::decode`], but an id past the vocabulary is an error.
     pub fn decode_checked(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size()) {
-            return Err(TokenizerError::IdOutOfRange {
-                id,
-                vocab_size: self.vocab_size(),
-            });
+            return Err(TokenizerError::IdOutOfRange { id, vocab_size: self.vocab_size() });
         }
         Ok(self.decode(ids))
     }
@@ -173,10 +159,7 @@ impl Tokenizer {
     }
 
     fn decode_impl(&self, ids: &[u32], skip_special: bool) -> String {
-        let kept = ids
-            .iter()
-            .copied()
-            .filter(|&id| self.keep(id, skip_special));
+        let kept = ids.iter().copied().filter(|&id| self.keep(id, skip_special));
         match self.decoder {
             DecodeKind::ByteLevel => {
                 let mut bytes = Vec::with_capacity(ids.len() * 4);
@@ -208,13 +191,7 @@ impl Tokenizer {
             DecodeKind::Pieces { strip, .. } => strip,
             DecodeKind::ByteLevel => 0,
         };
-        StreamDecoder {
-            tok: self,
-            skip_special,
-            pending: Vec::new(),
-            index: 0,
-            strip,
-        }
+        StreamDecoder { tok: self, skip_special, pending: Vec::new(), index: 0, strip }
     }
 }
 

@@ -154,17 +154,12 @@ impl Tokenizer {
     pub fn encode_batch(&self, texts: &[&str]) -> Vec<Vec<u32>> {
         use rayon::prelude::*;
         // A few contiguous chunks per thread, each with its own word cache.
-        let chunk = texts
-            .len()
-            .div_ceil(rayon::current_num_threads() * 4)
-            .max(1);
+        let chunk = texts.len().div_ceil(rayon::current_num_threads() * 4).max(1);
         let parts: Vec<Vec<Vec<u32>>> = texts
             .par_chunks(chunk)
             .map(|part| {
                 let mut state = EncodeState::default();
-                part.iter()
-                    .map(|t| self.encode_with(t, &mut state))
-                    .collect()
+                part.iter().map(|t| self.encode_with(t, &mut state)).collect()
             })
             .collect();
         parts.into_iter().flatten().collect()
@@ -192,11 +187,10 @@ impl Tokenizer {
         if self.normalized_added.is_empty() {
             return self.pre_tokenize(text, first, out, st);
         }
-        self.normalized_added
-            .split(text, 0, &mut |piece| match piece {
-                Piece::Token(id) => out.push(id),
-                Piece::Text(t, offset) => self.pre_tokenize(t, first && offset == 0, out, st),
-            });
+        self.normalized_added.split(text, 0, &mut |piece| match piece {
+            Piece::Token(id) => out.push(id),
+            Piece::Text(t, offset) => self.pre_tokenize(t, first && offset == 0, out, st),
+        });
     }
 
     fn pre_tokenize(&self, text: &str, first: bool, out: &mut Vec<u32>, st: &mut EncodeState) {
@@ -204,10 +198,7 @@ impl Tokenizer {
             return;
         }
         match self.pre {
-            PreTokenizer::ByteLevel {
-                split,
-                add_prefix_space,
-            } => {
+            PreTokenizer::ByteLevel { split, add_prefix_space } => {
                 let prefixed;
                 let text = if add_prefix_space && !text.starts_with(' ') {
                     prefixed = format!(" {text}");

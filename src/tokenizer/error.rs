@@ -28,11 +28,7 @@ pub enum TokenizerError {
 
     /// A JSON field is missing or has the wrong shape or value.
     #[error("{file}: field `{field}`: {problem}")]
-    BadField {
-        file: String,
-        field: String,
-        problem: String,
-    },
+    BadField { file: String, field: String, problem: String },
 
     /// A pre-tokenizer configuration omex does not implement natively.
     #[error(
@@ -62,21 +58,11 @@ pub enum TokenizerError {
 
     /// A merge names a token that is not in the vocabulary.
     #[error("{file}: merge #{index} (`{left}` `{right}`): {problem}")]
-    BadMerge {
-        file: String,
-        index: usize,
-        left: String,
-        right: String,
-        problem: String,
-    },
+    BadMerge { file: String, index: usize, left: String, right: String, problem: String },
 
     /// A token named in a config (bos, eos, stop tokens...) is not in the vocabulary.
     #[error("{file}: `{field}` names token `{token}`, which is not in the vocabulary")]
-    UnknownToken {
-        file: String,
-        field: String,
-        token: String,
-    },
+    UnknownToken { file: String, field: String, token: String },
 
     /// A token id past the end of the vocabulary.
     #[error("token id {id} is out of range (vocabulary size {vocab_size})")]
@@ -84,15 +70,10 @@ pub enum TokenizerError {
 
     /// GGUF tokenizer fields that do not fit together.
     #[error("GGUF field `{field}`: {problem}")]
-    Gguf {
-        field: &'static str,
-        problem: String,
-    },
+    Gguf { field: &'static str, problem: String },
 
     /// The model has no chat template.
-    #[error(
-        "this tokenizer has no chat template (tokenizer_config.json `chat_template` is absent)"
-    )]
+    #[error("this tokenizer has no chat template (tokenizer_config.json `chat_template` is absent)")]
     NoChatTemplate,
 
     /// A chat template that is not one of the formats omex renders.
@@ -109,10 +90,6 @@ pub enum TokenizerError {
 
 impl TokenizerError {
     pub(crate) fn field(file: &str, field: impl Into<String>, problem: impl Into<String>) -> Self {
-        TokenizerError::BadField {
-            file: file.to_string(),
-            field: field.into(),
-            problem: problem.into(),
-        }
+        TokenizerError::BadField { file: file.to_string(), field: field.into(), problem: problem.into() }
     }
 }

@@ -43,10 +43,7 @@ pub struct GgufVocab {
 }
 
 fn gguf_err(field: &'static str, problem: impl Into<String>) -> TokenizerError {
-    TokenizerError::Gguf {
-        field,
-        problem: problem.into(),
-    }
+    TokenizerError::Gguf { field, problem: problem.into() }
 }
 
 impl GgufVocab {
@@ -66,10 +63,7 @@ impl GgufVocab {
             ));
         }
         if !self.scores.is_empty() && self.scores.len() != n {
-            return Err(gguf_err(
-                "tokenizer.ggml.scores",
-                format!("{} entries for {n} tokens", self.scores.len()),
-            ));
+            return Err(gguf_err("tokenizer.ggml.scores", format!("{} entries for {n} tokens", self.scores.len())));
         }
         for (field, id) in [
             ("tokenizer.ggml.bos_token_id", self.bos_id),
@@ -78,10 +72,7 @@ impl GgufVocab {
             ("tokenizer.ggml.padding_token_id", self.pad_id),
         ] {
             if let Some(id) = id.filter(|&i| i as usize >= n) {
-                return Err(gguf_err(
-                    field,
-                    format!("id {id} is out of range ({n} tokens)"),
-                ));
+                return Err(gguf_err(field, format!("id {id} is out of range ({n} tokens)")));
             }
         }
         Ok(())
@@ -192,32 +183,23 @@ fn pipeline(vocab: &GgufVocab, unk: Option<u32>) -> Result<Pipeline, TokenizerEr
                             "use_regex": true}),
             unk_token: Value::Null,
             sentencepiece: false,
-            ignore_merges: matches!(
-                vocab.pre.as_deref(),
-                Some("llama-bpe" | "llama3" | "llama-v3")
-            ),
+            ignore_merges: matches!(vocab.pre.as_deref(), Some("llama-bpe" | "llama3" | "llama-v3")),
         }),
-        other => Err(gguf_err(
-            "tokenizer.ggml.model",
-            format!("`{other}` is not supported (omex knows gpt2, llama)"),
-        )),
+        other => Err(gguf_err("tokenizer.ggml.model", format!("`{other}` is not supported (omex knows gpt2, llama)"))),
     }
 }
 
 /// Control (and unknown) tokens become special added tokens, user-defined ones plain added tokens.
 fn added_tokens(vocab: &GgufVocab, first_id: &HashMap<&str, usize>) -> Value {
-    let added = (0..vocab.tokens.len())
-        .filter(|&i| first_id.get(vocab.tokens[i].as_str()) == Some(&i))
-        .filter_map(|i| {
+    let added =
+        (0..vocab.tokens.len()).filter(|&i| first_id.get(vocab.tokens[i].as_str()) == Some(&i)).filter_map(|i| {
             let special = match vocab.token_type(i) {
                 UNKNOWN | CONTROL => true,
                 USER_DEFINED => false,
                 _ => return None,
             };
-            Some(
-                json!({"id": i, "content": vocab.tokens[i], "single_word": false,
-                        "lstrip": false, "rstrip": false, "normalized": false, "special": special}),
-            )
+            Some(json!({"id": i, "content": vocab.tokens[i], "single_word": false,
+                        "lstrip": false, "rstrip": false, "normalized": false, "special": special}))
         });
     Value::Array(added.collect())
 }
@@ -250,18 +232,13 @@ fn tokenizer_json(
             let _ = write!(s, "{sep}\n{}:{i}", Value::String(t.clone()));
             sep = ",";
         } else {
-            log::warn!(
-                "GGUF token {i} `{t}` repeats an earlier token; tokenizer.json leaves it out"
-            );
+            log::warn!("GGUF token {i} `{t}` repeats an earlier token; tokenizer.json leaves it out");
         }
     }
     s.push_str("},\n\"merges\":[");
     for (k, &(l, r)) in merges.iter().enumerate() {
         let sep = if k == 0 { "" } else { "," };
-        let (l, r) = (
-            Value::String(vocab.tokens[l].clone()),
-            Value::String(vocab.tokens[r].clone()),
-        );
+        let (l, r) = (Value::String(vocab.tokens[l].clone()), Value::String(vocab.tokens[r].clone()));
         let _ = write!(s, "{sep}\n[{l},{r}]");
     }
     s.push_str("]}}\n");
@@ -275,37 +252,23 @@ pub fn write_tokenizer_dir(vocab: &GgufVocab, dir: &Path) -> Result<(), Tokenize
     for (i, t) in vocab.tokens.iter().enumerate() {
         first_id.entry(t.as_str()).or_insert(i);
     }
-    let unk = vocab.unk_id.or_else(|| {
-        vocab
-            .token_types
-            .iter()
-            .position(|&t| t == UNKNOWN)
-            .map(|i| i as u32)
-    });
+    let unk = vocab.unk_id.or_else(|| vocab.token_types.iter().position(|&t| t == UNKNOWN).map(|i| i as u32));
     let p = pipeline(vocab, unk)?;
     let merges: Vec<(usize, usize)> = if p.sentencepiece {
         merges_from_scores(vocab, &first_id)
     } else {
         let mut out = Vec::with_capacity(vocab.merges.len());
         for (i, m) in vocab.merges.iter().enumerate() {
-            let pair = m
-                .split_once(' ')
-                .and_then(|(a, b)| Some((*first_id.get(a)?, *first_id.get(b)?)));
+            let pair = m.split_once(' ').and_then(|(a, b)| Some((*first_id.get(a)?, *first_id.get(b)?)));
             out.push(pair.ok_or_else(|| {
-                gguf_err(
-                    "tokenizer.ggml.merges",
-                    format!("merge #{i} `{m}` does not name two tokens"),
-                )
+                gguf_err("tokenizer.ggml.merges", format!("merge #{i} `{m}` does not name two tokens"))
             })?);
         }
         out
     };
     let add_bos = vocab.add_bos.unwrap_or(p.sentencepiece);
     let add_eos = vocab.add_eos.unwrap_or(false);
-    let named = |id: Option<u32>, on: bool| {
-        id.filter(|_| on)
-            .map(|i| (vocab.tokens[i as usize].as_str(), i))
-    };
+    let named = |id: Option<u32>, on: bool| id.filter(|_| on).map(|i| (vocab.tokens[i as usize].as_str(), i));
     let post = post_processor(named(vocab.bos_id, add_bos), named(vocab.eos_id, add_eos));
     let json = tokenizer_json(vocab, &first_id, &merges, &p, post);
 
@@ -328,10 +291,7 @@ pub fn write_tokenizer_dir(vocab: &GgufVocab, dir: &Path) -> Result<(), Tokenize
     let mut check = Tokenizer::parse_named(json.as_bytes(), "tokenizer.json (from GGUF)")?;
     check.apply_config(&cfg, "tokenizer_config.json (from GGUF)")?;
 
-    fs::create_dir_all(dir).map_err(|source| TokenizerError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    fs::create_dir_all(dir).map_err(|source| TokenizerError::Io { path: dir.to_path_buf(), source })?;
     let write = |name: &str, bytes: &[u8]| {
         let path = dir.join(name);
         fs::write(&path, bytes).map_err(|source| TokenizerError::Io { path, source })

@@ -27,10 +27,7 @@ pub(crate) struct Parsed {
 pub(crate) fn show(v: &Value) -> String {
     let mut s = v.to_string();
     if s.len() > 300 {
-        let cut = (0..=300)
-            .rev()
-            .find(|&i| s.is_char_boundary(i))
-            .unwrap_or(0);
+        let cut = (0..=300).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
         s.truncate(cut);
         s.push_str("...");
     }
@@ -46,78 +43,45 @@ pub(crate) fn flag(v: &Value, key: &str, default: bool) -> bool {
 }
 
 pub(crate) fn parse(bytes: &[u8], file: &str) -> Result<Parsed, TokenizerError> {
-    let root: Value = serde_json::from_slice(bytes).map_err(|source| TokenizerError::Json {
-        file: file.to_string(),
-        source,
-    })?;
+    let root: Value =
+        serde_json::from_slice(bytes).map_err(|source| TokenizerError::Json { file: file.to_string(), source })?;
     if !root.is_object() {
-        return Err(TokenizerError::field(
-            file,
-            "(root)",
-            "expected a JSON object",
-        ));
+        return Err(TokenizerError::field(file, "(root)", "expected a JSON object"));
     }
-    let model = root
-        .get("model")
-        .ok_or_else(|| TokenizerError::field(file, "model", "missing"))?;
+    let model = root.get("model").ok_or_else(|| TokenizerError::field(file, "model", "missing"))?;
     let bpe = parse_model(model, file)?;
     let added = parse_added(root.get("added_tokens").unwrap_or(&Value::Null), file)?;
     let normalizer = parse_normalizer(root.get("normalizer").unwrap_or(&Value::Null), file)?;
     let pre = parse_pre(root.get("pre_tokenizer").unwrap_or(&Value::Null), file)?;
     let decoder = parse_decoder(root.get("decoder").unwrap_or(&Value::Null), file)?;
     let (post_bos, post_eos) = parse_post(root.get("post_processor").unwrap_or(&Value::Null));
-    Ok(Parsed {
-        bpe,
-        normalizer,
-        pre,
-        decoder,
-        added,
-        post_bos,
-        post_eos,
-    })
+    Ok(Parsed { bpe, normalizer, pre, decoder, added, post_bos, post_eos })
 }
 
 fn parse_model(m: &Value, file: &str) -> Result<Bpe, TokenizerError> {
-    let unsupported = |problem: String| TokenizerError::UnsupportedModel {
-        file: file.to_string(),
-        problem,
-    };
+    let unsupported = |problem: String| TokenizerError::UnsupportedModel { file: file.to_string(), problem };
     let ty = type_of(m);
     if !ty.is_empty() && ty != "BPE" {
-        return Err(unsupported(format!(
-            "model type `{ty}` (omex runs BPE models)"
-        )));
+        return Err(unsupported(format!("model type `{ty}` (omex runs BPE models)")));
     }
-    if m.get("dropout")
-        .and_then(Value::as_f64)
-        .is_some_and(|d| d > 0.0)
-    {
-        return Err(unsupported(
-            "BPE dropout (random merges) is for training".into(),
-        ));
+    if m.get("dropout").and_then(Value::as_f64).is_some_and(|d| d > 0.0) {
+        return Err(unsupported("BPE dropout (random merges) is for training".into()));
     }
     for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
-        if m.get(key)
-            .and_then(Value::as_str)
-            .is_some_and(|s| !s.is_empty())
-        {
+        if m.get(key).and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
             return Err(unsupported(format!("`{key}` is set")));
         }
     }
     let vocab_v = m.get("vocab").and_then(Value::as_object);
-    let vocab_v = vocab_v
-        .ok_or_else(|| TokenizerError::field(file, "model.vocab", "missing or not an object"))?;
+    let vocab_v = vocab_v.ok_or_else(|| TokenizerError::field(file, "model.vocab", "missing or not an object"))?;
     let mut vocab = fast_map(vocab_v.len());
     for (tok, id) in vocab_v {
         let id = id.as_u64().filter(|&i| i < u32::MAX as u64);
-        let id = id.ok_or_else(|| {
-            TokenizerError::field(file, "model.vocab", format!("token `{tok}`: bad id"))
-        })?;
+        let id = id.ok_or_else(|| TokenizerError::field(file, "model.vocab", format!("token `{tok}`: bad id")))?;
         vocab.insert(Box::<str>::from(tok.as_str()), id as u32);
     }
     let merges_v = m.get("merges").and_then(Value::as_array);
-    let merges_v = merges_v
-        .ok_or_else(|| TokenizerError::field(file, "model.merges", "missing or not an array"))?;
+    let merges_v = merges_v.ok_or_else(|| TokenizerError::field(file, "model.merges", "missing or not an array"))?;
     let mut merges = Vec::with_capacity(merges_v.len());
     for (i, mv) in merges_v.iter().enumerate() {
         let pair = match mv {
@@ -125,13 +89,7 @@ fn parse_model(m: &Value, file: &str) -> Result<Bpe, TokenizerError> {
             Value::Array(a) if a.len() == 2 => a[0].as_str().zip(a[1].as_str()),
             _ => None,
         };
-        let bad = || {
-            TokenizerError::field(
-                file,
-                format!("model.merges[{i}]"),
-                format!("not a pair: {mv}"),
-            )
-        };
+        let bad = || TokenizerError::field(file, format!("model.merges[{i}]"), format!("not a pair: {mv}"));
         merges.push(pair.ok_or_else(bad)?);
     }
     let unk_id = match m.get("unk_token").and_then(Value::as_str) {
@@ -150,18 +108,16 @@ fn parse_model(m: &Value, file: &str) -> Result<Bpe, TokenizerError> {
         fuse_unk: flag(m, "fuse_unk", false),
         ignore_merges: flag(m, "ignore_merges", false),
     };
-    Bpe::new(vocab, merges.into_iter(), opts).map_err(|(index, left, right, e)| {
-        TokenizerError::BadMerge {
-            file: file.to_string(),
-            index,
-            problem: match e {
-                MergeError::Left => format!("`{left}` is not in the vocabulary"),
-                MergeError::Right => format!("`{right}` is not in the vocabulary"),
-                MergeError::Merged(m) => format!("the merged token `{m}` is not in the vocabulary"),
-            },
-            left,
-            right,
-        }
+    Bpe::new(vocab, merges.into_iter(), opts).map_err(|(index, left, right, e)| TokenizerError::BadMerge {
+        file: file.to_string(),
+        index,
+        problem: match e {
+            MergeError::Left => format!("`{left}` is not in the vocabulary"),
+            MergeError::Right => format!("`{right}` is not in the vocabulary"),
+            MergeError::Merged(m) => format!("the merged token `{m}` is not in the vocabulary"),
+        },
+        left,
+        right,
     })
 }
 
@@ -176,14 +132,10 @@ fn parse_added(v: &Value, file: &str) -> Result<Vec<AddedToken>, TokenizerError>
     let mut out = Vec::with_capacity(list.len());
     for (i, t) in list.iter().enumerate() {
         let field = || format!("added_tokens[{i}]");
-        let id = t
-            .get("id")
-            .and_then(Value::as_u64)
-            .filter(|&i| i < u32::MAX as u64);
+        let id = t.get("id").and_then(Value::as_u64).filter(|&i| i < u32::MAX as u64);
         let id = id.ok_or_else(|| TokenizerError::field(file, field(), "missing or bad `id`"))?;
         let content = t.get("content").and_then(Value::as_str);
-        let content =
-            content.ok_or_else(|| TokenizerError::field(file, field(), "missing `content`"))?;
+        let content = content.ok_or_else(|| TokenizerError::field(file, field(), "missing `content`"))?;
         out.push(AddedToken {
             id: id as u32,
             content: content.to_string(),

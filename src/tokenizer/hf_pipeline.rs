@@ -10,69 +10,42 @@ use super::hf_json::{flag, show, type_of};
 use super::pretok::Digits;
 use super::TokenizerError;
 
-pub(crate) const GPT2_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+pub(crate) const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 pub(crate) const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn is_string_pattern(v: &Value, want: &str) -> bool {
-    v.get("pattern")
-        .and_then(|p| p.get("String"))
-        .and_then(Value::as_str)
-        == Some(want)
+    v.get("pattern").and_then(|p| p.get("String")).and_then(Value::as_str) == Some(want)
 }
 
 pub(crate) fn parse_normalizer(v: &Value, file: &str) -> Result<Normalizer, TokenizerError> {
-    let is_prepend = |n: &Value| {
-        type_of(n) == "Prepend" && n.get("prepend").and_then(Value::as_str) == Some("▁")
-    };
+    let is_prepend = |n: &Value| type_of(n) == "Prepend" && n.get("prepend").and_then(Value::as_str) == Some("▁");
     let is_replace = |n: &Value| {
-        type_of(n) == "Replace"
-            && is_string_pattern(n, " ")
-            && n.get("content").and_then(Value::as_str) == Some("▁")
+        type_of(n) == "Replace" && is_string_pattern(n, " ") && n.get("content").and_then(Value::as_str) == Some("▁")
     };
     let steps: Vec<&Value> = match (v, type_of(v)) {
         (Value::Null, _) => return Ok(Normalizer::None),
-        (_, "Sequence") => v
-            .get("normalizers")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().collect())
-            .unwrap_or_default(),
+        (_, "Sequence") => {
+            v.get("normalizers").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default()
+        }
         _ => vec![v],
     };
     match steps.as_slice() {
         [] => Ok(Normalizer::None),
-        [a, b] if (is_prepend(a) && is_replace(b)) || (is_replace(a) && is_prepend(b)) => {
-            Ok(Normalizer::SpPrepend)
-        }
-        _ => Err(TokenizerError::UnknownNormalizer {
-            file: file.to_string(),
-            config: show(v),
-        }),
+        [a, b] if (is_prepend(a) && is_replace(b)) || (is_replace(a) && is_prepend(b)) => Ok(Normalizer::SpPrepend),
+        _ => Err(TokenizerError::UnknownNormalizer { file: file.to_string(), config: show(v) }),
     }
 }
 
 pub(crate) fn parse_pre(v: &Value, file: &str) -> Result<PreTokenizer, TokenizerError> {
-    let unknown = || TokenizerError::UnknownPreTokenizer {
-        file: file.to_string(),
-        config: show(v),
-    };
+    let unknown = || TokenizerError::UnknownPreTokenizer { file: file.to_string(), config: show(v) };
     let byte_level = |b: &Value, regex: bool| {
-        type_of(b) == "ByteLevel"
-            && flag(b, "use_regex", true) == regex
-            && !flag(b, "add_prefix_space", false)
+        type_of(b) == "ByteLevel" && flag(b, "use_regex", true) == regex && !flag(b, "add_prefix_space", false)
     };
     match type_of(v) {
         _ if v.is_null() => Ok(PreTokenizer::None),
         "ByteLevel" => {
-            let split = if flag(v, "use_regex", true) {
-                Split::Gpt2(Digits::Off)
-            } else {
-                Split::None
-            };
-            Ok(PreTokenizer::ByteLevel {
-                split,
-                add_prefix_space: flag(v, "add_prefix_space", false),
-            })
+            let split = if flag(v, "use_regex", true) { Split::Gpt2(Digits::Off) } else { Split::None };
+            Ok(PreTokenizer::ByteLevel { split, add_prefix_space: flag(v, "add_prefix_space", false) })
         }
         "Metaspace" => {
             if v.get("replacement").and_then(Value::as_str) != Some("▁") {
@@ -84,39 +57,25 @@ pub(crate) fn parse_pre(v: &Value, file: &str) -> Result<PreTokenizer, Tokenizer
             })
         }
         "Sequence" => {
-            let steps = v
-                .get("pretokenizers")
-                .and_then(Value::as_array)
-                .ok_or_else(unknown)?;
+            let steps = v.get("pretokenizers").and_then(Value::as_array).ok_or_else(unknown)?;
             match steps.as_slice() {
                 [one] => parse_pre(one, file),
                 [d, b] if type_of(d) == "Digits" && byte_level(b, true) => {
-                    let digits = if flag(d, "individual_digits", false) {
-                        Digits::Individual
-                    } else {
-                        Digits::Contiguous
-                    };
-                    Ok(PreTokenizer::ByteLevel {
-                        split: Split::Gpt2(digits),
-                        add_prefix_space: false,
-                    })
+                    let digits =
+                        if flag(d, "individual_digits", false) { Digits::Individual } else { Digits::Contiguous };
+                    Ok(PreTokenizer::ByteLevel { split: Split::Gpt2(digits), add_prefix_space: false })
                 }
                 [s, b] if type_of(s) == "Split" && byte_level(b, false) => {
-                    let pattern = s
-                        .get("pattern")
-                        .and_then(|p| p.get("Regex"))
-                        .and_then(Value::as_str);
-                    let isolated = s.get("behavior").and_then(Value::as_str) == Some("Isolated")
-                        && !flag(s, "invert", false);
+                    let pattern = s.get("pattern").and_then(|p| p.get("Regex")).and_then(Value::as_str);
+                    let isolated =
+                        s.get("behavior").and_then(Value::as_str) == Some("Isolated") && !flag(s, "invert", false);
                     match pattern {
-                        Some(LLAMA3_PATTERN) if isolated => Ok(PreTokenizer::ByteLevel {
-                            split: Split::Llama3,
-                            add_prefix_space: false,
-                        }),
-                        Some(GPT2_PATTERN) if isolated => Ok(PreTokenizer::ByteLevel {
-                            split: Split::Gpt2(Digits::Off),
-                            add_prefix_space: false,
-                        }),
+                        Some(LLAMA3_PATTERN) if isolated => {
+                            Ok(PreTokenizer::ByteLevel { split: Split::Llama3, add_prefix_space: false })
+                        }
+                        Some(GPT2_PATTERN) if isolated => {
+                            Ok(PreTokenizer::ByteLevel { split: Split::Gpt2(Digits::Off), add_prefix_space: false })
+                        }
                         _ => Err(unknown()),
                     }
                 }
@@ -134,29 +93,17 @@ fn prepend_scheme(v: &Value) -> Option<Prepend> {
         Some("first") => Some(Prepend::First),
         Some("never") => Some(Prepend::Never),
         Some(_) => None,
-        None => Some(if flag(v, "add_prefix_space", true) {
-            Prepend::Always
-        } else {
-            Prepend::Never
-        }),
+        None => Some(if flag(v, "add_prefix_space", true) { Prepend::Always } else { Prepend::Never }),
     }
 }
 
 pub(crate) fn parse_decoder(v: &Value, file: &str) -> Result<DecodeKind, TokenizerError> {
-    let unknown = || TokenizerError::UnknownDecoder {
-        file: file.to_string(),
-        config: show(v),
-    };
+    let unknown = || TokenizerError::UnknownDecoder { file: file.to_string(), config: show(v) };
     if type_of(v) == "ByteLevel" {
         return Ok(DecodeKind::ByteLevel);
     }
     let steps: Vec<&Value> = match type_of(v) {
-        "Sequence" => v
-            .get("decoders")
-            .and_then(Value::as_array)
-            .ok_or_else(unknown)?
-            .iter()
-            .collect(),
+        "Sequence" => v.get("decoders").and_then(Value::as_array).ok_or_else(unknown)?.iter().collect(),
         "" => return Err(unknown()),
         _ => vec![v],
     };
@@ -166,14 +113,10 @@ pub(crate) fn parse_decoder(v: &Value, file: &str) -> Result<DecodeKind, Tokeniz
         }
     }
     // Order: [Replace(▁ -> " ") | Metaspace], ByteFallback?, Fuse?, Strip(" ", n, 0)? (after Fuse).
-    let (mut meta, mut byte_fallback, mut fused, mut strip, mut stage) =
-        (Meta::Keep, false, false, 0, 0);
+    let (mut meta, mut byte_fallback, mut fused, mut strip, mut stage) = (Meta::Keep, false, false, 0, 0);
     for s in steps {
         let next_stage = match type_of(s) {
-            "Replace"
-                if is_string_pattern(s, "▁")
-                    && s.get("content").and_then(Value::as_str) == Some(" ") =>
-            {
+            "Replace" if is_string_pattern(s, "▁") && s.get("content").and_then(Value::as_str) == Some(" ") => {
                 meta = Meta::Space;
                 1
             }
@@ -207,22 +150,13 @@ pub(crate) fn parse_decoder(v: &Value, file: &str) -> Result<DecodeKind, Tokeniz
         }
         stage = next_stage;
     }
-    Ok(DecodeKind::Pieces {
-        meta,
-        byte_fallback,
-        strip,
-    })
+    Ok(DecodeKind::Pieces { meta, byte_fallback, strip })
 }
 
 /// The special tokens a `TemplateProcessing` post-processor puts around a single sequence.
 pub(crate) fn parse_post(v: &Value) -> (Option<u32>, Option<u32>) {
     if type_of(v) == "Sequence" {
-        let found = v
-            .get("processors")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(parse_post);
+        let found = v.get("processors").and_then(Value::as_array).into_iter().flatten().map(parse_post);
         return found.fold((None, None), |acc, p| (acc.0.or(p.0), acc.1.or(p.1)));
     }
     if type_of(v) != "TemplateProcessing" {
@@ -235,21 +169,10 @@ pub(crate) fn parse_post(v: &Value) -> (Option<u32>, Option<u32>) {
     let Some(single) = v.get("single").and_then(Value::as_array) else {
         return (None, None);
     };
-    let special = |item: &Value| {
-        item.get("SpecialToken")
-            .and_then(|s| s.get("id"))
-            .and_then(Value::as_str)
-            .and_then(id_of)
-    };
-    let seq_at = single
-        .iter()
-        .position(|i| i.get("Sequence").is_some())
-        .unwrap_or(0);
+    let special =
+        |item: &Value| item.get("SpecialToken").and_then(|s| s.get("id")).and_then(Value::as_str).and_then(id_of);
+    let seq_at = single.iter().position(|i| i.get("Sequence").is_some()).unwrap_or(0);
     let bos = single[..seq_at].iter().find_map(special);
-    let eos = single
-        .get(seq_at + 1..)
-        .unwrap_or(&[])
-        .iter()
-        .find_map(special);
+    let eos = single.get(seq_at + 1..).unwrap_or(&[]).iter().find_map(special);
     (bos, eos)
 }

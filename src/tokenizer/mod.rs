@@ -94,14 +94,8 @@ impl std::fmt::Debug for Tokenizer {
 
 fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TokenizerError> {
     std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => TokenizerError::MissingFile {
-            path: path.to_path_buf(),
-            what,
-        },
-        _ => TokenizerError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
+        std::io::ErrorKind::NotFound => TokenizerError::MissingFile { path: path.to_path_buf(), what },
+        _ => TokenizerError::Io { path: path.to_path_buf(), source },
     })
 }
 
@@ -121,8 +115,7 @@ impl Tokenizer {
         let cfg_path = dir.join("tokenizer_config.json");
         if cfg_path.exists() {
             let file = cfg_path.display().to_string();
-            let cfg =
-                TokenizerConfig::from_json(&read_file(&cfg_path, "the tokenizer config")?, &file)?;
+            let cfg = TokenizerConfig::from_json(&read_file(&cfg_path, "the tokenizer config")?, &file)?;
             tok.apply_config(&cfg, &file)?;
         }
         Ok(tok)
@@ -130,24 +123,11 @@ impl Tokenizer {
 
     pub(crate) fn parse_named(json: &[u8], file: &str) -> Result<Tokenizer, TokenizerError> {
         let p = hf_json::parse(json, file)?;
-        let vocab_len = p
-            .bpe
-            .vocab
-            .values()
-            .map(|&id| id as usize + 1)
-            .max()
-            .unwrap_or(0);
-        let len = p
-            .added
-            .iter()
-            .map(|t| t.id as usize + 1)
-            .fold(vocab_len, usize::max);
+        let vocab_len = p.bpe.vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
+        let len = p.added.iter().map(|t| t.id as usize + 1).fold(vocab_len, usize::max);
         let count = p.bpe.vocab.len() + p.added.len();
         if len > 4 * count + 1024 {
-            let problem = format!(
-                "ids are too sparse: the largest is {} for {count} tokens",
-                len - 1
-            );
+            let problem = format!("ids are too sparse: the largest is {} for {count} tokens", len - 1);
             return Err(TokenizerError::field(file, "model.vocab", problem));
         }
         let mut tokens: Vec<Option<Box<str>>> = vec![None; len];
@@ -161,24 +141,15 @@ impl Tokenizer {
             special[t.id as usize] = t.special;
             added_ids.insert(t.content.as_str().into(), t.id);
         }
-        let raw_added = Matcher::new(
-            p.added
-                .iter()
-                .filter(|t| !t.normalized)
-                .map(|t| (t, t.content.clone())),
-        );
+        let raw_added = Matcher::new(p.added.iter().filter(|t| !t.normalized).map(|t| (t, t.content.clone())));
         let normalize = |s: &str| match p.normalizer {
             Normalizer::None => s.to_string(),
-            Normalizer::SpPrepend => std::iter::once('▁')
-                .chain(s.chars().map(|c| if c == ' ' { '▁' } else { c }))
-                .collect(),
+            Normalizer::SpPrepend => {
+                std::iter::once('▁').chain(s.chars().map(|c| if c == ' ' { '▁' } else { c })).collect()
+            }
         };
-        let normalized_added = Matcher::new(
-            p.added
-                .iter()
-                .filter(|t| t.normalized)
-                .map(|t| (t, normalize(&t.content))),
-        );
+        let normalized_added =
+            Matcher::new(p.added.iter().filter(|t| t.normalized).map(|t| (t, normalize(&t.content))));
         let dec = DecodeTable::new(&tokens, p.decoder);
         let unk_id = p.bpe.opts.unk_id;
         Ok(Tokenizer {
@@ -207,23 +178,15 @@ impl Tokenizer {
     }
 
     /// Applies a `tokenizer_config.json`; `file` names it in errors.
-    pub fn apply_config(
-        &mut self,
-        cfg: &TokenizerConfig,
-        file: &str,
-    ) -> Result<(), TokenizerError> {
+    pub fn apply_config(&mut self, cfg: &TokenizerConfig, file: &str) -> Result<(), TokenizerError> {
         let lookup = |field: &str, t: &Option<String>| -> Result<Option<u32>, TokenizerError> {
             match t {
                 None => Ok(None),
-                Some(t) => {
-                    self.token_to_id(t)
-                        .map(Some)
-                        .ok_or_else(|| TokenizerError::UnknownToken {
-                            file: file.to_string(),
-                            field: field.to_string(),
-                            token: t.clone(),
-                        })
-                }
+                Some(t) => self.token_to_id(t).map(Some).ok_or_else(|| TokenizerError::UnknownToken {
+                    file: file.to_string(),
+                    field: field.to_string(),
+                    token: t.clone(),
+                }),
             }
         };
         let bos = lookup("bos_token", &cfg.bos_token)?;
@@ -234,12 +197,7 @@ impl Tokenizer {
             Some(list) => list.clone(),
             None => {
                 let exists = |t: &str| self.token_to_id(t).is_some();
-                config::derive_stop_tokens(
-                    exists,
-                    cfg.eos_token.as_deref(),
-                    &[],
-                    cfg.chat_template.as_deref(),
-                )
+                config::derive_stop_tokens(exists, cfg.eos_token.as_deref(), &[], cfg.chat_template.as_deref())
             }
         };
         let mut stop_ids = Vec::with_capacity(stops.len());
@@ -267,10 +225,7 @@ impl Tokenizer {
 
     /// The id of a token string (added tokens first, then the model vocabulary).
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.added_ids
-            .get(token)
-            .or_else(|| self.bpe.vocab.get(token))
-            .copied()
+        self.added_ids.get(token).or_else(|| self.bpe.vocab.get(token)).copied()
     }
 
     /// The token string of an id, as the vocabulary writes it (`Ġhello`, `▁hello`, `<0x0A>`).
@@ -336,18 +291,10 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        let template = self
-            .chat_template
-            .as_deref()
-            .ok_or(TokenizerError::NoChatTemplate)?;
+        let template = self.chat_template.as_deref().ok_or(TokenizerError::NoChatTemplate)?;
         let format = ChatFormat::detect(template)?;
         let name = |id: Option<u32>| id.and_then(|i| self.id_to_token(i)).unwrap_or("");
-        format.render(
-            messages,
-            add_generation_prompt,
-            name(self.bos_id),
-            name(self.eos_id),
-        )
+        format.render(messages, add_generation_prompt, name(self.bos_id), name(self.eos_id))
     }
 }
 

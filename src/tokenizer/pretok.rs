@@ -62,11 +62,7 @@ static ASCII_K: [K; 128] = {
 fn kind(c: char, digits: Digits) -> K {
     if (c as u32) < 0x80 {
         let k = ASCII_K[c as usize];
-        return if k == K::N && digits != Digits::Off {
-            K::Digit
-        } else {
-            k
-        };
+        return if k == K::N && digits != Digits::Off { K::Digit } else { k };
     }
     kind_slow(c, digits)
 }
@@ -114,11 +110,7 @@ fn contraction_ci(s: &str, i: usize) -> Option<usize> {
         return None;
     }
     let (c, l) = char_at(s, i);
-    let second = |want: u8| {
-        s.as_bytes()
-            .get(i + 1)
-            .is_some_and(|b| b.to_ascii_lowercase() == want)
-    };
+    let second = |want: u8| s.as_bytes().get(i + 1).is_some_and(|b| b.to_ascii_lowercase() == want);
     match c {
         's' | 'S' | 'ſ' | 't' | 'T' | 'm' | 'M' | 'd' | 'D' => Some(l),
         'r' | 'R' | 'v' | 'V' if second(b'e') => Some(2),
@@ -162,11 +154,7 @@ fn gpt2_end(s: &str, i: usize, digits: Digits) -> usize {
     let (c0, l0) = char_at(s, i);
     let k0 = kind(c0, digits);
     if k0 == K::Digit {
-        return if digits == Digits::Contiguous {
-            run(s, i + l0, K::Digit, digits)
-        } else {
-            i + l0
-        };
+        return if digits == Digits::Contiguous { run(s, i + l0, K::Digit, digits) } else { i + l0 };
     }
     if c0 == '\'' {
         if let Some(len) = contraction(s.as_bytes(), i + 1) {
@@ -200,11 +188,7 @@ fn llama3_end(s: &str, i: usize) -> usize {
     if k0 == K::L {
         return run(s, i + l0, K::L, d);
     }
-    let next = if i + l0 < n {
-        Some(char_at(s, i + l0))
-    } else {
-        None
-    };
+    let next = if i + l0 < n { Some(char_at(s, i + l0)) } else { None };
     let k1 = next.map(|(c, _)| kind(c, d));
     // [^\r\n\p{L}\p{N}]?\p{L}+
     if k0 != K::N && c0 != '\r' && c0 != '\n' && k1 == Some(K::L) {
@@ -304,28 +288,16 @@ mod tests {
     #[test]
     fn gpt2_pieces() {
         assert_eq!(gpt2("Hello world", Digits::Off), ["Hello", " world"]);
-        assert_eq!(
-            gpt2("it's  a\n\nb   ", Digits::Off),
-            ["it", "'s", " ", " a", "\n", "\n", "b", "   "]
-        );
+        assert_eq!(gpt2("it's  a\n\nb   ", Digits::Off), ["it", "'s", " ", " a", "\n", "\n", "b", "   "]);
         assert_eq!(gpt2("x \n\ty", Digits::Off), ["x", " \n", "\t", "y"]);
         assert_eq!(gpt2("?'s 12ab", Digits::Off), ["?'", "s", " 12", "ab"]);
-        assert_eq!(
-            gpt2("a 12  3", Digits::Individual),
-            ["a", " ", "1", "2", "  ", "3"]
-        );
-        assert_eq!(
-            gpt2("a 12  3", Digits::Contiguous),
-            ["a", " ", "12", "  ", "3"]
-        );
+        assert_eq!(gpt2("a 12  3", Digits::Individual), ["a", " ", "1", "2", "  ", "3"]);
+        assert_eq!(gpt2("a 12  3", Digits::Contiguous), ["a", " ", "12", "  ", "3"]);
     }
 
     #[test]
     fn llama3_pieces() {
-        assert_eq!(
-            llama3("Hello, world!!\n\nOK"),
-            ["Hello", ",", " world", "!!\n\n", "OK"]
-        );
+        assert_eq!(llama3("Hello, world!!\n\nOK"), ["Hello", ",", " world", "!!\n\n", "OK"]);
         assert_eq!(llama3("12345 x"), ["123", "45", " x"]);
         assert_eq!(llama3("  \n  hi"), ["  \n", " ", " hi"]);
         assert_eq!(llama3("I'M 'ſ \tab"), ["I", "'M", " '", "ſ", " ", "\tab"]);

@@ -8,9 +8,9 @@ use std::process::Command;
 /// The GGUF: `$OMEX_SMOLLM2_GGUF`, else the fetch script's cache path. Panics with the fix if it is missing.
 pub fn smollm2_gguf() -> PathBuf {
     let path = std::env::var_os("OMEX_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("OMEX_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/omex")
-        });
+        let home = std::env::var_os("OMEX_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/omex"));
         home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
     });
     assert!(path.is_file(), "{} is missing: run scripts/fetch-model.sh (or set OMEX_SMOLLM2_GGUF)", path.display());
@@ -26,7 +26,8 @@ pub fn omex_bin() -> PathBuf {
 pub fn smollm2_omex(quant: &str) -> PathBuf {
     let bin = omex_bin();
     let meta = std::fs::metadata(&bin).expect("omex binary");
-    let stamp = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+    let stamp =
+        meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-models");
     let dir = root.join(format!("smollm2-{quant}-{}-{stamp}.omex", meta.len()));
     if dir.join("metadata.json").is_file() {
@@ -34,9 +35,18 @@ pub fn smollm2_omex(quant: &str) -> PathBuf {
     }
     std::fs::create_dir_all(&root).unwrap();
     // Convert into a private name, then rename: concurrent tests never see a half-written model.
-    let tmp = root.join(format!("tmp-{quant}-{}-{:?}.omex", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
+    let tmp = root.join(
+        format!("tmp-{quant}-{}-{:?}.omex", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""),
+    );
     let _ = std::fs::remove_dir_all(&tmp);
-    let out = Command::new(&bin).arg("convert").arg(smollm2_gguf()).arg("-o").arg(&tmp).args(["--quant", quant]).output().unwrap();
+    let out = Command::new(&bin)
+        .arg("convert")
+        .arg(smollm2_gguf())
+        .arg("-o")
+        .arg(&tmp)
+        .args(["--quant", quant])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "omex convert --quant {quant} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     if std::fs::rename(&tmp, &dir).is_err() {
         // Another test won the race; its copy is identical.

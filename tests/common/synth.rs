@@ -128,29 +128,15 @@ impl GgufBuilder {
     }
 
     pub fn tensor(mut self, name: &str, dims: &[u64], ty: u32, data: Vec<u8>) -> Self {
-        self.tensors.push(GT {
-            name: name.to_string(),
-            dims: dims.to_vec(),
-            ty,
-            data,
-            offset: None,
-        });
+        self.tensors.push(GT { name: name.to_string(), dims: dims.to_vec(), ty, data, offset: None });
         self
     }
 
     pub fn build(&self) -> Vec<u8> {
         let mut out = b"GGUF".to_vec();
         out.extend(self.version.to_le_bytes());
-        out.extend(
-            self.n_tensors_override
-                .unwrap_or(self.tensors.len() as u64)
-                .to_le_bytes(),
-        );
-        out.extend(
-            self.n_kv_override
-                .unwrap_or(self.kv.len() as u64)
-                .to_le_bytes(),
-        );
+        out.extend(self.n_tensors_override.unwrap_or(self.tensors.len() as u64).to_le_bytes());
+        out.extend(self.n_kv_override.unwrap_or(self.kv.len() as u64).to_le_bytes());
         for (k, v) in &self.kv {
             out.extend(gstr(k));
             v.encode(&mut out);
@@ -166,10 +152,7 @@ impl GgufBuilder {
             offsets.push(offset);
             offset = (offset + t.data.len() as u64).div_ceil(self.alignment) * self.alignment;
         }
-        out.resize(
-            (out.len() as u64).div_ceil(self.alignment) as usize * self.alignment as usize,
-            0,
-        );
+        out.resize((out.len() as u64).div_ceil(self.alignment) as usize * self.alignment as usize, 0);
         let base = out.len();
         for (t, off) in self.tensors.iter().zip(offsets) {
             out.resize(base + off as usize, 0);
@@ -185,7 +168,10 @@ pub fn safetensors(tensors: &[(String, &str, Vec<u64>, Vec<u8>)]) -> Vec<u8> {
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut at = 0usize;
     for (name, dtype, shape, data) in tensors {
-        header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [at, at + data.len()]}));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [at, at + data.len()]}),
+        );
         at += data.len();
     }
     let mut h = serde_json::to_vec(&header).unwrap();
@@ -198,8 +184,7 @@ pub fn safetensors(tensors: &[(String, &str, Vec<u64>, Vec<u8>)]) -> Vec<u8> {
 
 /// GPT-2's byte -> printable character map.
 pub fn byte_chars() -> Vec<char> {
-    let printable =
-        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut extra = 0;
     (0u32..256)
         .map(|b| {
@@ -227,11 +212,8 @@ pub fn tiny_vocab() -> (Vec<String>, Vec<String>) {
 /// The tiny vocabulary as a Hugging Face tokenizer.json.
 pub fn tiny_tokenizer_json() -> String {
     let (tokens, merges) = tiny_vocab();
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), serde_json::json!(i)))
-        .collect();
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
     serde_json::json!({
         "version": "1.0", "truncation": null, "padding": null,
         "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": false, "lstrip": false, "rstrip": false,
@@ -264,21 +246,9 @@ pub mod ty {
 /// Random data of ggml type `t` for `n` values, with finite, moderate block parameters.
 pub fn ggml_data(rng: &mut Rng, t: u32, n: usize) -> Vec<u8> {
     let (block_values, block_bytes, params): (usize, usize, &[usize]) = match t {
-        ty::F32 => {
-            return rng
-                .f32s(n, 0.5)
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect()
-        }
+        ty::F32 => return rng.f32s(n, 0.5).iter().flat_map(|v| v.to_le_bytes()).collect(),
         ty::F16 => return rng.f32s(n, 0.5).iter().flat_map(|v| f16_bits(*v)).collect(),
-        ty::BF16 => {
-            return rng
-                .f32s(n, 0.5)
-                .iter()
-                .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
-                .collect()
-        }
+        ty::BF16 => return rng.f32s(n, 0.5).iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect(),
         ty::Q4_0 => (32, 18, &[0]),
         ty::Q4_1 => (32, 20, &[0, 2]),
         ty::Q5_0 => (32, 22, &[0]),
@@ -311,30 +281,10 @@ pub const LAYERS: usize = 2;
 pub fn tiny_llama_tensors(untied: bool) -> Vec<(String, Vec<u64>, u32)> {
     let vocab = tiny_vocab().0.len() as u64;
     let kv = HIDDEN / HEADS as u64 * KV_HEADS as u64;
-    let mut v = vec![(
-        "token_embd.weight".to_string(),
-        vec![HIDDEN, vocab],
-        ty::Q8_0,
-    )];
+    let mut v = vec![("token_embd.weight".to_string(), vec![HIDDEN, vocab], ty::Q8_0)];
     let per_layer = [
-        [
-            ty::Q4_0,
-            ty::Q4_1,
-            ty::F16,
-            ty::F32,
-            ty::Q4_K,
-            ty::Q5_K,
-            ty::Q6_K,
-        ],
-        [
-            ty::Q4_1,
-            ty::Q5_0,
-            ty::BF16,
-            ty::Q8_0,
-            ty::Q4_1,
-            ty::Q4_1,
-            ty::Q4_1,
-        ],
+        [ty::Q4_0, ty::Q4_1, ty::F16, ty::F32, ty::Q4_K, ty::Q5_K, ty::Q6_K],
+        [ty::Q4_1, ty::Q5_0, ty::BF16, ty::Q8_0, ty::Q4_1, ty::Q4_1, ty::Q4_1],
     ];
     for (i, types) in per_layer.iter().enumerate() {
         let n = |s: &str| format!("blk.{i}.{s}.weight");
@@ -370,14 +320,7 @@ pub fn tiny_llama_gguf(seed: u64, untied: bool) -> GgufBuilder {
         .kv("llama.attention.layer_norm_rms_epsilon", GV::F32(1e-5))
         .kv("tokenizer.ggml.model", GV::Str("gpt2".into()))
         .kv("tokenizer.ggml.pre", GV::Str("gpt2".into()))
-        .kv(
-            "tokenizer.ggml.token_type",
-            GV::I32s(
-                (0..tokens.len())
-                    .map(|i| if i == 0 { 3 } else { 1 })
-                    .collect(),
-            ),
-        )
+        .kv("tokenizer.ggml.token_type", GV::I32s((0..tokens.len()).map(|i| if i == 0 { 3 } else { 1 }).collect()))
         .kv("tokenizer.ggml.tokens", GV::Strs(tokens))
         .kv("tokenizer.ggml.merges", GV::Strs(merges))
         .kv("tokenizer.ggml.bos_token_id", GV::U32(0))
@@ -409,10 +352,7 @@ pub fn tmp_dir(name: &str) -> std::path::PathBuf {
 
 /// Runs the omex binary; returns (success, stdout, stderr).
 pub fn omex(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_omex"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_omex")).args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -489,18 +429,12 @@ pub fn gguf_tensor_table(b: &[u8]) -> Vec<(String, Vec<u64>, u32, usize)> {
         infos.push((name, dims, t, off));
     }
     let data = (at as u64).div_ceil(alignment) * alignment;
-    infos
-        .into_iter()
-        .map(|(n, d, t, o)| (n, d, t, (data + o) as usize))
-        .collect()
+    infos.into_iter().map(|(n, d, t, o)| (n, d, t, (data + o) as usize)).collect()
 }
 
 /// A tensor of a converted model, dequantized with the kernels' scalar reference (`Matrix::dequant_row`);
 /// 1-D F32 tensors are read directly. Returns (dtype, shape, values).
-pub fn omex_values(
-    dir: &omex::format::ModelDir,
-    name: &str,
-) -> (omex::format::DType, Vec<u32>, Vec<f32>) {
+pub fn omex_values(dir: &omex::format::ModelDir, name: &str) -> (omex::format::DType, Vec<u32>, Vec<f32>) {
     use kernels_cpu::{Matrix, Weights};
     use omex::format::{DType, SectionKind};
     let t = dir.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -512,19 +446,9 @@ pub fn omex_values(
     let w = match t.entry.dtype {
         DType::F32 => Weights::F32(bytemuck::cast_slice(data)),
         DType::F16 => Weights::F16(bytemuck::cast_slice(data)),
-        DType::Int8 => Weights::Int8 {
-            q: bytemuck::cast_slice(data),
-            scales: u16s(SectionKind::Scales),
-        },
-        DType::Int4 => Weights::Int4 {
-            q: data,
-            scales: u16s(SectionKind::Scales),
-            mins: u16s(SectionKind::Mins),
-        },
-        DType::Ternary => Weights::Ternary {
-            q: data,
-            scales: u16s(SectionKind::Scales),
-        },
+        DType::Int8 => Weights::Int8 { q: bytemuck::cast_slice(data), scales: u16s(SectionKind::Scales) },
+        DType::Int4 => Weights::Int4 { q: data, scales: u16s(SectionKind::Scales), mins: u16s(SectionKind::Mins) },
+        DType::Ternary => Weights::Ternary { q: data, scales: u16s(SectionKind::Scales) },
         DType::Bf16 => panic!("{name}: bf16 record"),
     };
     let m = Matrix::new(rows, cols, w).unwrap();
@@ -540,11 +464,7 @@ pub fn omex_values(
 pub fn quant_bound(dtype: omex::format::DType, group: &[f32]) -> Option<f32> {
     use omex::format::DType;
     let absmax = group.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let (mn, mx) = group
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
+    let (mn, mx) = group.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     // f16 rounding: a relative 2^-10 at most (round up or down), or 2^-24 absolute for subnormals.
     let (rel, abs) = (1.0 + 2f32.powi(-10), 2f32.powi(-24));
     let slack = 1.0 + 1e-5;

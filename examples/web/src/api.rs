@@ -26,9 +26,7 @@ const DEFAULT_CONTEXT: usize = 2048;
 
 #[wasm_bindgen(start)]
 pub fn start() {
-    std::panic::set_hook(Box::new(|info| {
-        web_sys::console::error_1(&format!("omex panicked: {info}").into())
-    }));
+    std::panic::set_hook(Box::new(|info| web_sys::console::error_1(&format!("omex panicked: {info}").into())));
 }
 
 /// The files of one model directory, added one by one as they arrive.
@@ -74,46 +72,19 @@ impl ModelFiles {
 /// `checksums` (verify every file's SHA-256 first, default false).
 #[wasm_bindgen(js_name = loadModel)]
 pub async fn load_model(files: ModelFiles, options: JsValue) -> Result<OmexModel, JsError> {
-    let kind: EngineKind = js::opt_str(&options, "engine")?
-        .as_deref()
-        .unwrap_or("gpu")
-        .parse()
-        .map_err(error)?;
+    let kind: EngineKind = js::opt_str(&options, "engine")?.as_deref().unwrap_or("gpu").parse().map_err(error)?;
     let activations: Activations = js::opt_str(&options, "activations")?
         .as_deref()
         .unwrap_or("f32")
         .parse()
         .map_err(|e: String| JsError::new(&e))?;
     let context_length = js::opt_usize(&options, "context")?.unwrap_or(DEFAULT_CONTEXT);
-    files
-        .0
-        .check(js::opt_bool(&options, "checksums")?.unwrap_or(false))
-        .map_err(error)?;
+    files.0.check(js::opt_bool(&options, "checksums")?.unwrap_or(false)).map_err(error)?;
     let model = files.0.open().map_err(error)?;
-    let engine = WebEngine::load(
-        &model,
-        &EngineConfig {
-            kind,
-            context_length,
-            activations,
-        },
-    )
-    .await
-    .map_err(error)?;
-    log::info!(
-        "omex: {} on {}",
-        model.dir.metadata.model_name,
-        engine.describe()
-    );
-    let state = State {
-        model,
-        engine,
-        conversation: Conversation::default(),
-    };
-    Ok(OmexModel {
-        state: Rc::new(RefCell::new(state)),
-        stop: Rc::new(Cell::new(false)),
-    })
+    let engine = WebEngine::load(&model, &EngineConfig { kind, context_length, activations }).await.map_err(error)?;
+    log::info!("omex: {} on {}", model.dir.metadata.model_name, engine.describe());
+    let state = State { model, engine, conversation: Conversation::default() };
+    Ok(OmexModel { state: Rc::new(RefCell::new(state)), stop: Rc::new(Cell::new(false)) })
 }
 
 struct State {
@@ -185,10 +156,7 @@ impl OmexModel {
             messages.push(ChatMessage::system(s));
         }
         messages.push(ChatMessage::user(text));
-        st.model
-            .tokenizer
-            .apply_chat_template(&messages, true)
-            .map_err(error)
+        st.model.tokenizer.apply_chat_template(&messages, true).map_err(error)
     }
 
     /// Generates a continuation of `prompt`, calling `onToken({id, piece, index, promptMs, decodeMs,
@@ -197,12 +165,7 @@ impl OmexModel {
     /// `seed`, `ignoreEos`. Resolves to `{promptIds, outputIds, text, stop, promptTokens, promptMs,
     /// decodeSteps, decodeMs, promptTokS, decodeTokS}`.
     #[allow(clippy::await_holding_refcell_ref)] // on purpose: see the borrow below
-    pub fn generate(
-        &self,
-        prompt: String,
-        options: JsValue,
-        on_token: js_sys::Function,
-    ) -> js_sys::Promise {
+    pub fn generate(&self, prompt: String, options: JsValue, on_token: js_sys::Function) -> js_sys::Promise {
         let state = self.state.clone();
         let stop = self.stop.clone();
         wasm_bindgen_futures::future_to_promise(async move {
@@ -213,16 +176,9 @@ impl OmexModel {
             stop.set(false);
             let tokenizer = st.model.tokenizer.clone();
             let ids = tokenizer.encode_with_specials(&prompt);
-            let State {
-                engine,
-                conversation,
-                ..
-            } = &mut *st;
+            let State { engine, conversation, .. } = &mut *st;
             let mut host = PageHost { on_token, stop };
-            let out = conversation
-                .generate(engine, &tokenizer, ids, &req, &mut host)
-                .await
-                .map_err(error)?;
+            let out = conversation.generate(engine, &tokenizer, ids, &req, &mut host).await.map_err(error)?;
             Ok(js::to_js(&out))
         })
     }
@@ -234,12 +190,7 @@ impl OmexModel {
 
     /// Forgets the conversation (the next prompt runs from position 0).
     pub fn reset(&self) -> Result<(), JsError> {
-        self.state
-            .try_borrow_mut()
-            .map_err(|_| busy())?
-            .conversation
-            .tokens
-            .clear();
+        self.state.try_borrow_mut().map_err(|_| busy())?.conversation.tokens.clear();
         Ok(())
     }
 }
@@ -255,8 +206,7 @@ fn request(o: &JsValue) -> Result<Request, JsError> {
         top_k: js::opt_usize(o, "topK")?.unwrap_or(d.top_k),
         top_p: js::opt_f64(o, "topP")?.map_or(d.top_p, |x| x as f32),
         min_p: js::opt_f64(o, "minP")?.map_or(d.min_p, |x| x as f32),
-        repetition_penalty: js::opt_f64(o, "repeatPenalty")?
-            .map_or(d.repetition_penalty, |x| x as f32),
+        repetition_penalty: js::opt_f64(o, "repeatPenalty")?.map_or(d.repetition_penalty, |x| x as f32),
         repeat_last_n: d.repeat_last_n,
         seed: js::opt_usize(o, "seed")?.map_or(d.seed, |x| x as u64),
     };

@@ -88,22 +88,9 @@ impl WebEngine {
                 #[allow(clippy::arc_with_non_send_sync)]
                 let ctx = Arc::new(GpuContext::open(&DeviceOptions { portable: true }).await?);
                 let adapter = summarize(&ctx);
-                let engine = GpuEngine::load(
-                    ctx,
-                    &model.dir,
-                    &model.config,
-                    GpuOptions::new(context_length),
-                )
-                .await?;
-                let name = if adapter.name.is_empty() {
-                    "WebGPU adapter"
-                } else {
-                    adapter.name.as_str()
-                };
-                let describe = format!(
-                    "gpu ({name}, {} kernels, f32 activations, f32 KV cache)",
-                    adapter.kernels
-                );
+                let engine = GpuEngine::load(ctx, &model.dir, &model.config, GpuOptions::new(context_length)).await?;
+                let name = if adapter.name.is_empty() { "WebGPU adapter" } else { adapter.name.as_str() };
+                let describe = format!("gpu ({name}, {} kernels, f32 activations, f32 KV cache)", adapter.kernels);
                 Ok(WebEngine {
                     inner: Inner::Gpu(Box::new(engine)),
                     kind: cfg.kind,
@@ -165,10 +152,7 @@ fn summarize(ctx: &GpuContext) -> AdapterSummary {
         name: gpu.info.name.clone(),
         backend: format!("{:?}", gpu.info.backend),
         device_type: format!("{:?}", gpu.info.device_type),
-        driver: [gpu.info.driver.as_str(), gpu.info.driver_info.as_str()]
-            .join(" ")
-            .trim()
-            .to_string(),
+        driver: [gpu.info.driver.as_str(), gpu.info.driver_info.as_str()].join(" ").trim().to_string(),
         kernels: gpu.tier.describe(),
         features: gpu
             .device

@@ -22,23 +22,15 @@ pub struct ModelFiles {
 
 impl ModelFiles {
     pub fn new(name: &str) -> ModelFiles {
-        ModelFiles {
-            name: name.to_string(),
-            files: HashMap::new(),
-        }
+        ModelFiles { name: name.to_string(), files: HashMap::new() }
     }
 
     /// Adds a file; `path` is relative to the model directory, with `/` separators.
     pub fn add(&mut self, path: &str, bytes: Vec<u8>) -> Result<()> {
         let path = path.trim_start_matches("./");
-        let clean = !path.is_empty()
-            && path
-                .split('/')
-                .all(|part| !part.is_empty() && part != "." && part != "..");
+        let clean = !path.is_empty() && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
         if !clean || path.contains('\\') {
-            return Err(Error::Usage(format!(
-                "{path:?} is not a path inside a model directory"
-            )));
+            return Err(Error::Usage(format!("{path:?} is not a path inside a model directory")));
         }
         self.files.insert(path.to_string(), bytes);
         Ok(())
@@ -64,10 +56,7 @@ impl ModelFiles {
     pub fn metadata(&self) -> Result<Metadata> {
         let path = self.path(METADATA_FILE);
         let bytes = self.files.get(METADATA_FILE).ok_or_else(|| {
-            Error::invalid(
-                &path,
-                "missing: pick the model directory itself (the folder holding metadata.json)",
-            )
+            Error::invalid(&path, "missing: pick the model directory itself (the folder holding metadata.json)")
         })?;
         serde_json::from_slice(bytes).map_err(|e| Error::json(&path, e))
     }
@@ -80,27 +69,18 @@ impl ModelFiles {
         for f in &meta.files {
             match self.files.get(&f.path) {
                 None => problems.push(format!("{}: missing", f.path)),
-                Some(b) if b.len() as u64 != f.bytes => problems.push(format!(
-                    "{}: {} bytes, metadata.json says {}",
-                    f.path,
-                    b.len(),
-                    f.bytes
-                )),
+                Some(b) if b.len() as u64 != f.bytes => {
+                    problems.push(format!("{}: {} bytes, metadata.json says {}", f.path, b.len(), f.bytes))
+                }
                 Some(b) if checksums && !hex_sha256(b).eq_ignore_ascii_case(&f.sha256) => problems
-                    .push(format!(
-                        "{}: SHA-256 differs from metadata.json (a damaged or mixed download)",
-                        f.path
-                    )),
+                    .push(format!("{}: SHA-256 differs from metadata.json (a damaged or mixed download)", f.path)),
                 Some(_) => {}
             }
         }
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::invalid(
-                self.path(METADATA_FILE),
-                problems.join("; "),
-            ))
+            Err(Error::invalid(self.path(METADATA_FILE), problems.join("; ")))
         }
     }
 
@@ -108,20 +88,13 @@ impl ModelFiles {
     /// the model (weight files become its blobs; nothing is copied twice at once beyond one file).
     pub fn open(mut self) -> Result<Model> {
         let tok_path = self.path(TOKENIZER_JSON);
-        let json = self
-            .files
-            .remove(TOKENIZER_JSON)
-            .ok_or_else(|| Error::invalid(&tok_path, "missing"))?;
-        let mut tokenizer =
-            Tokenizer::from_hf_json(&json).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let json = self.files.remove(TOKENIZER_JSON).ok_or_else(|| Error::invalid(&tok_path, "missing"))?;
+        let mut tokenizer = Tokenizer::from_hf_json(&json).map_err(|e| Error::Tokenizer(e.to_string()))?;
         drop(json);
         if let Some(cfg) = self.files.remove(TOKENIZER_CONFIG) {
             let file = self.path(TOKENIZER_CONFIG).display().to_string();
-            let cfg = TokenizerConfig::from_json(&cfg, &file)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
-            tokenizer
-                .apply_config(&cfg, &file)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            let cfg = TokenizerConfig::from_json(&cfg, &file).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            tokenizer.apply_config(&cfg, &file).map_err(|e| Error::Tokenizer(e.to_string()))?;
         }
         let dir = ModelDir::from_memory(&self.name, self.files)?;
         Model::from_dir(dir, tokenizer)
@@ -129,10 +102,7 @@ impl ModelFiles {
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -165,18 +135,14 @@ mod tests {
                 {"path": "weights/a.bin", "bytes": 4, "sha256": "00"},
             ]
         });
-        m.add(METADATA_FILE, serde_json::to_vec(&meta).unwrap())
-            .unwrap();
+        m.add(METADATA_FILE, serde_json::to_vec(&meta).unwrap()).unwrap();
         m.add("graph.json", b"abc".to_vec()).unwrap();
         assert!(m.metadata().is_ok(), "{:?}", m.metadata().err());
         let err = m.check(true).unwrap_err().to_string();
         assert!(err.contains("weights/a.bin: missing"), "{err}");
         m.add("weights/a.bin", vec![0; 3]).unwrap();
         let err = m.check(false).unwrap_err().to_string();
-        assert!(
-            err.contains("weights/a.bin: 3 bytes, metadata.json says 4"),
-            "{err}"
-        );
+        assert!(err.contains("weights/a.bin: 3 bytes, metadata.json says 4"), "{err}");
         m.add("weights/a.bin", vec![0; 4]).unwrap();
         assert!(m.check(false).is_ok());
         let err = m.check(true).unwrap_err().to_string();

@@ -123,13 +123,7 @@ impl Conversation {
             )));
         }
         // Reuse the cached prefix; at least the last prompt token runs again to give its logits.
-        let common = self
-            .tokens
-            .iter()
-            .zip(&ids)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(ids.len() - 1);
+        let common = self.tokens.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
         self.tokens.truncate(common);
 
         let t0 = host.now_ms();
@@ -150,14 +144,8 @@ impl Conversation {
             out_ids.push(id);
             let piece = stream.push(id).unwrap_or_default();
             text.push_str(&piece);
-            let event = TokenEvent {
-                id: Some(id),
-                piece,
-                index: out_ids.len() - 1,
-                prompt_ms,
-                decode_ms,
-                decode_steps,
-            };
+            let event =
+                TokenEvent { id: Some(id), piece, index: out_ids.len() - 1, prompt_ms, decode_ms, decode_steps };
             if !host.on_token(&event) {
                 break StopReason::Cancelled;
             }
@@ -180,14 +168,7 @@ impl Conversation {
         };
         if let Some(rest) = stream.finish() {
             text.push_str(&rest);
-            let event = TokenEvent {
-                id: None,
-                piece: rest,
-                index: out_ids.len(),
-                prompt_ms,
-                decode_ms,
-                decode_steps,
-            };
+            let event = TokenEvent { id: None, piece: rest, index: out_ids.len(), prompt_ms, decode_ms, decode_steps };
             host.on_token(&event);
         }
         Ok(Output {
@@ -223,18 +204,11 @@ mod tests {
         }
 
         async fn forward(&mut self, ids: &[u32], pos: usize, _logits: Logits) -> Result<Vec<f32>> {
-            assert!(
-                pos <= self.cache.len(),
-                "position {pos} leaves a gap after {} cached tokens",
-                self.cache.len()
-            );
+            assert!(pos <= self.cache.len(), "position {pos} leaves a gap after {} cached tokens", self.cache.len());
             self.calls.push((pos, ids.len()));
             self.cache.truncate(pos);
             self.cache.extend_from_slice(ids);
-            let h = self
-                .cache
-                .iter()
-                .fold(7u64, |h, &t| h.wrapping_mul(31).wrapping_add(t as u64));
+            let h = self.cache.iter().fold(7u64, |h, &t| h.wrapping_mul(31).wrapping_add(t as u64));
             let mut logits = vec![0.0; self.vocab];
             logits[300 + (h % 200) as usize] = 1.0;
             Ok(logits)
@@ -270,66 +244,29 @@ mod tests {
         n: usize,
         stop_after: usize,
     ) -> Output {
-        let req = Request {
-            max_tokens: n,
-            sampler: SamplerOptions::default(),
-            ignore_eos: true,
-        };
-        let mut host = Quiet {
-            t: 0.0,
-            stop_after,
-            seen: Vec::new(),
-        };
-        let out = futures::executor::block_on(conv.generate(
-            engine,
-            tok,
-            prompt.to_vec(),
-            &req,
-            &mut host,
-        ))
-        .unwrap();
-        assert_eq!(
-            host.seen, out.output_ids,
-            "every token reaches the page, in order"
-        );
+        let req = Request { max_tokens: n, sampler: SamplerOptions::default(), ignore_eos: true };
+        let mut host = Quiet { t: 0.0, stop_after, seen: Vec::new() };
+        let out = futures::executor::block_on(conv.generate(engine, tok, prompt.to_vec(), &req, &mut host)).unwrap();
+        assert_eq!(host.seen, out.output_ids, "every token reaches the page, in order");
         out
     }
 
     #[test]
     fn a_repeated_prompt_reuses_the_cache_and_gives_the_same_tokens() {
-        let tok = Tokenizer::from_hf_json(include_bytes!(
-            "../../../tests/data/tokenizer/gpt2_tokenizer.json"
-        ))
-        .unwrap();
-        let fake = || Fake {
-            vocab: tok.vocab_size(),
-            cache: Vec::new(),
-            calls: Vec::new(),
-        };
+        let tok = Tokenizer::from_hf_json(include_bytes!("../../../tests/data/tokenizer/gpt2_tokenizer.json")).unwrap();
+        let fake = || Fake { vocab: tok.vocab_size(), cache: Vec::new(), calls: Vec::new() };
         let prompt = [10, 20, 30, 40, 50];
         let (mut conv, mut engine) = (Conversation::default(), fake());
         let first = run(&mut conv, &mut engine, &tok, &prompt, 6, usize::MAX);
         assert_eq!(first.output_ids.len(), 6);
         assert_eq!(first.stop, "max_tokens");
-        assert_eq!(
-            (first.prompt_tokens, first.decode_steps),
-            (5, 5),
-            "no forward pass for the unused last token"
-        );
+        assert_eq!((first.prompt_tokens, first.decode_steps), (5, 5), "no forward pass for the unused last token");
         assert_eq!(engine.calls[0], (0, 5));
-        assert_eq!(
-            conv.tokens.len(),
-            10,
-            "the cache holds the prompt and the tokens fed back"
-        );
+        assert_eq!(conv.tokens.len(), 10, "the cache holds the prompt and the tokens fed back");
 
         engine.calls.clear();
         let again = run(&mut conv, &mut engine, &tok, &prompt, 6, usize::MAX);
-        assert_eq!(
-            engine.calls[0],
-            (4, 1),
-            "only the last prompt token runs again"
-        );
+        assert_eq!(engine.calls[0], (4, 1), "only the last prompt token runs again");
         assert_eq!(again.prompt_tokens, 1);
         assert_eq!(again.output_ids, first.output_ids);
 
@@ -339,42 +276,17 @@ mod tests {
         engine.calls.clear();
         let cont = run(&mut conv, &mut engine, &tok, &longer, 3, usize::MAX);
         assert_eq!(engine.calls[0], (7, 1));
-        let fresh = run(
-            &mut Conversation::default(),
-            &mut fake(),
-            &tok,
-            &longer,
-            3,
-            usize::MAX,
-        );
+        let fresh = run(&mut Conversation::default(), &mut fake(), &tok, &longer, 3, usize::MAX);
         assert_eq!(cont.output_ids, fresh.output_ids);
     }
 
     #[test]
     fn the_page_can_stop_generation() {
-        let tok = Tokenizer::from_hf_json(include_bytes!(
-            "../../../tests/data/tokenizer/gpt2_tokenizer.json"
-        ))
-        .unwrap();
-        let mut engine = Fake {
-            vocab: tok.vocab_size(),
-            cache: Vec::new(),
-            calls: Vec::new(),
-        };
-        let out = run(
-            &mut Conversation::default(),
-            &mut engine,
-            &tok,
-            &[1, 2, 3],
-            50,
-            2,
-        );
+        let tok = Tokenizer::from_hf_json(include_bytes!("../../../tests/data/tokenizer/gpt2_tokenizer.json")).unwrap();
+        let mut engine = Fake { vocab: tok.vocab_size(), cache: Vec::new(), calls: Vec::new() };
+        let out = run(&mut Conversation::default(), &mut engine, &tok, &[1, 2, 3], 50, 2);
         assert_eq!(out.stop, "cancelled");
         assert_eq!(out.output_ids.len(), 2);
-        assert_eq!(
-            engine.calls.len(),
-            2,
-            "the prompt and one decode step, nothing after the stop"
-        );
+        assert_eq!(engine.calls.len(), 2, "the prompt and one decode step, nothing after the stop");
     }
 }

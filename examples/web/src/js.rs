@@ -6,10 +6,7 @@ use wasm_bindgen::JsCast;
 
 /// `performance.now()`, or `Date.now()` where there is no window (a worker without `performance`).
 pub fn now_ms() -> f64 {
-    web_sys::window()
-        .and_then(|w| w.performance())
-        .map(|p| p.now())
-        .unwrap_or_else(js_sys::Date::now)
+    web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or_else(js_sys::Date::now)
 }
 
 /// Resolves on a later macrotask (`setTimeout(0)`), so the page can paint and handle input in between.
@@ -33,28 +30,20 @@ fn field(obj: &JsValue, key: &str) -> Option<JsValue> {
     if !obj.is_object() {
         return None;
     }
-    js_sys::Reflect::get(obj, &key.into())
-        .ok()
-        .filter(|v| !v.is_undefined() && !v.is_null())
+    js_sys::Reflect::get(obj, &key.into()).ok().filter(|v| !v.is_undefined() && !v.is_null())
 }
 
 /// `obj[key]` as a string, if set.
 pub fn opt_str(obj: &JsValue, key: &str) -> Result<Option<String>, JsError> {
     field(obj, key)
-        .map(|v| {
-            v.as_string()
-                .ok_or_else(|| JsError::new(&format!("option {key} must be a string")))
-        })
+        .map(|v| v.as_string().ok_or_else(|| JsError::new(&format!("option {key} must be a string"))))
         .transpose()
 }
 
 /// `obj[key]` as a number, if set.
 pub fn opt_f64(obj: &JsValue, key: &str) -> Result<Option<f64>, JsError> {
     field(obj, key)
-        .map(|v| {
-            v.as_f64()
-                .ok_or_else(|| JsError::new(&format!("option {key} must be a number")))
-        })
+        .map(|v| v.as_f64().ok_or_else(|| JsError::new(&format!("option {key} must be a number"))))
         .transpose()
 }
 
@@ -62,9 +51,7 @@ pub fn opt_f64(obj: &JsValue, key: &str) -> Result<Option<f64>, JsError> {
 pub fn opt_usize(obj: &JsValue, key: &str) -> Result<Option<usize>, JsError> {
     match opt_f64(obj, key)? {
         Some(x) if x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64 => Ok(Some(x as usize)),
-        Some(x) => Err(JsError::new(&format!(
-            "option {key} must be a whole number >= 0, not {x}"
-        ))),
+        Some(x) => Err(JsError::new(&format!("option {key} must be a whole number >= 0, not {x}"))),
         None => Ok(None),
     }
 }
@@ -72,10 +59,7 @@ pub fn opt_usize(obj: &JsValue, key: &str) -> Result<Option<usize>, JsError> {
 /// `obj[key]` as a boolean, if set.
 pub fn opt_bool(obj: &JsValue, key: &str) -> Result<Option<bool>, JsError> {
     field(obj, key)
-        .map(|v| {
-            v.as_bool()
-                .ok_or_else(|| JsError::new(&format!("option {key} must be true or false")))
-        })
+        .map(|v| v.as_bool().ok_or_else(|| JsError::new(&format!("option {key} must be true or false"))))
         .transpose()
 }
 

@@ -19,7 +19,11 @@ use crate::runtime::budget::Budget;
 use crate::runtime::planner::{self, PlanInput};
 use std::sync::Arc;
 #[cfg(not(target_arch = "wasm32"))]
-use {crate::runtime::memory_trace::{SpanKind, TraceRecorder, TraceUnit}, std::path::PathBuf, std::sync::Mutex};
+use {
+    crate::runtime::memory_trace::{SpanKind, TraceRecorder, TraceUnit},
+    std::path::PathBuf,
+    std::sync::Mutex,
+};
 
 /// Options of the GPU engine.
 #[derive(Clone, Debug)]
@@ -156,11 +160,10 @@ fn attention_splits(opts: &GpuOptions) -> u32 {
 /// holds at most 64 MiB of rows.
 fn chunk_sizes(cfg: &Transformer, opts: &GpuOptions, max_binding: u64) -> (u32, u32) {
     let vocab_bytes = 4 * cfg.vocab_size as u64;
-    let widest = 4
-        * [cfg.hidden_size, 2 * cfg.intermediate_size, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim]
-            .into_iter()
-            .max()
-            .unwrap_or(1) as u64;
+    let widest = 4 * [cfg.hidden_size, 2 * cfg.intermediate_size, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim]
+        .into_iter()
+        .max()
+        .unwrap_or(1) as u64;
     let max_batch = (opts.max_batch.max(1) as u64).min(max_binding / widest).max(1) as u32;
     let logit_rows = (max_batch as u64).min((64 << 20).min(max_binding) / vocab_bytes).max(1) as u32;
     (max_batch, logit_rows)

@@ -27,10 +27,18 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UnitKind {
     /// The token embedding file; `tied`: it also holds the output head.
-    Embedding { file: String, tied: bool },
-    Block { index: usize, file: String },
+    Embedding {
+        file: String,
+        tied: bool,
+    },
+    Block {
+        index: usize,
+        file: String,
+    },
     /// The output head matrix, in a file of its own.
-    Head { file: String },
+    Head {
+        file: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -83,7 +91,8 @@ impl RowLayout {
     /// The most rows a slot of `slot` bytes holds (0 if not even one).
     pub fn rows_per_slot(&self, slot: u64) -> u32 {
         let per: u64 = self.sections.iter().map(|s| s.2).sum();
-        let mut rows = (slot.saturating_sub(SLOT_ALIGN * self.sections.len() as u64) / per.max(1)).min(self.rows as u64) as u32;
+        let mut rows =
+            (slot.saturating_sub(SLOT_ALIGN * self.sections.len() as u64) / per.max(1)).min(self.rows as u64) as u32;
         while rows > 0 && self.slot_bytes(rows) > slot {
             rows -= 1;
         }
@@ -116,7 +125,17 @@ pub fn units(dir: &ModelDir, cfg: &Transformer) -> Result<Vec<Unit>> {
     // Each block must own its file: it is uploaded whole, and nothing else may need it meanwhile.
     let mut owner: HashMap<String, usize> = HashMap::new();
     for (index, b) in cfg.blocks.iter().enumerate() {
-        let names = [&b.attn_norm, &b.attn_q, &b.attn_k, &b.attn_v, &b.attn_output, &b.ffn_norm, &b.ffn_gate, &b.ffn_up, &b.ffn_down];
+        let names = [
+            &b.attn_norm,
+            &b.attn_q,
+            &b.attn_k,
+            &b.attn_v,
+            &b.attn_output,
+            &b.ffn_norm,
+            &b.ffn_gate,
+            &b.ffn_up,
+            &b.ffn_down,
+        ];
         let biases = b.attn_qkv_bias.iter().flatten();
         let mut file = None;
         for name in names.into_iter().chain(biases) {
@@ -129,15 +148,25 @@ pub fn units(dir: &ModelDir, cfg: &Transformer) -> Result<Vec<Unit>> {
         }
         let file = file.expect("a block has tensors");
         if let Some(other) = owner.insert(file.clone(), index) {
-            return Err(Error::Unsupported(format!("blocks {other} and {index} share {file}; streaming needs one file per block")));
+            return Err(Error::Unsupported(format!(
+                "blocks {other} and {index} share {file}; streaming needs one file per block"
+            )));
         }
         let bytes = file_bytes(&file)?;
-        units.push(Unit { kind: UnitKind::Block { index, file: file.clone() }, cost: LayerCost { file, bytes, moved: bytes, splittable: false } });
+        units.push(Unit {
+            kind: UnitKind::Block { index, file: file.clone() },
+            cost: LayerCost { file, bytes, moved: bytes, splittable: false },
+        });
     }
     if !tied {
         units.push(Unit {
             kind: UnitKind::Head { file: head.file.clone() },
-            cost: LayerCost { file: head.file.clone(), bytes: file_bytes(&head.file)?, moved: head_rows.total_bytes(), splittable: true },
+            cost: LayerCost {
+                file: head.file.clone(),
+                bytes: file_bytes(&head.file)?,
+                moved: head_rows.total_bytes(),
+                splittable: true,
+            },
         });
     }
     Ok(units)
