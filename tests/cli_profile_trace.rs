@@ -114,14 +114,14 @@ fn profile_measures_once_and_caches_under_omex_home() {
         None => assert!(!cached.gpu_error.as_deref().unwrap_or("").is_empty(), "no GPU numbers and no reason"),
     }
 
-    // The second call shows the cache; the table names it.
-    let out = omex(&["profile"], Some(&home));
+    // --cached shows the cache without measuring; the table names it.
+    let out = omex(&["profile", "--cached"], Some(&home));
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("host memory") && table.contains("profile.json"), "{table}");
 
     std::fs::write(home.join("profile.json"), "{ not json").unwrap();
-    let out = omex(&["profile", "--json"], Some(&home));
+    let out = omex(&["profile", "--cached", "--json"], Some(&home));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("profile.json"), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(&home);

@@ -98,10 +98,17 @@ pub fn plan_memory(
     opts: &GpuOptions,
     max_binding: u64,
 ) -> Result<(Vec<streaming::Unit>, MemoryPlan)> {
-    let units = streaming::units(dir, cfg)?;
+    // Without a budget nothing streams, so a model whose weights could not stream still runs (its units are
+    // then only listed when they can be worked out).
+    let (units, other, min_slot) = match streaming::units(dir, cfg) {
+        Ok(units) => {
+            let other = streaming::other_bytes(dir, cfg, &units)?;
+            (units, other, streaming::min_slot(dir, cfg)?)
+        }
+        Err(_) if opts.budget.is_none() => (Vec::new(), 0, 0),
+        Err(e) => return Err(e),
+    };
     let splits = attention_splits(opts);
-    let other = streaming::other_bytes(dir, cfg, &units)?;
-    let min_slot = streaming::min_slot(dir, cfg)?;
     let (max_batch, logit_rows) = chunk_sizes(cfg, opts, max_binding);
     let mut sizes = vec![sizes_for_budget(cfg, opts, max_batch, logit_rows)];
     if opts.budget.is_some() && sizes[0] != (1, 1) {
@@ -360,15 +367,14 @@ impl GpuEngine {
         self.ctx.write(&self.bufs.x, 0, bytemuck::cast_slice(&x));
     }
 
-    /// Runs one forward pass of `n` tokens: the embedding, `blocks`, then `head` and `extra` when given, and
-    /// finally copies `readback` bytes of `from` into the readback buffer. Everything in one command buffer
+    /// Runs one forward pass of `n` tokens: the embedding, `blocks`, then `head`, and finally copies `readback`
+    /// bytes of `from` into the readback buffer. Everything in one command buffer
     /// when the weights are resident; otherwise streamed (see [`GpuEngine::stream`]).
     fn submit_forward(
         &self,
         n: u32,
         blocks: &[Stage],
         head: &[Stage],
-        extra: &[&[super::context::Dispatch]],
         readback: Option<(&super::buffers::GpuBuffer, u64)>,
     ) {
         self.forwards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -378,14 +384,13 @@ impl GpuEngine {
                 let mut encoder = self.ctx.encoder();
                 let mut lists: Vec<&[super::context::Dispatch]> = vec![&self.plan.embed];
                 lists.extend(stages.iter().map(|s| s.dispatches.as_slice()));
-                lists.extend_from_slice(extra);
                 self.ctx.record(&mut encoder, &lists, n);
                 if let Some((from, bytes)) = readback {
                     encoder.copy_buffer_to_buffer(from.raw(), 0, self.staging.raw(), 0, bytes);
                 }
                 self.ctx.gpu.queue.submit([encoder.finish()]);
             }
-            Some(slots) => self.stream(slots, n, &stages, extra, readback),
+            Some(slots) => self.stream(slots, n, &stages, readback),
         }
     }
 
@@ -394,14 +399,7 @@ impl GpuEngine {
     /// copy after the work that last read the slot). With overlap, the host writes piece k while the GPU runs
     /// the submission before it, and waits only for the work that last used piece k's slot, so at most
     /// `slots` pieces are in flight; without, it waits for the GPU before every upload.
-    fn stream(
-        &self,
-        slots: &Slots,
-        n: u32,
-        stages: &[&Stage],
-        extra: &[&[super::context::Dispatch]],
-        readback: Option<(&super::buffers::GpuBuffer, u64)>,
-    ) {
+    fn stream(&self, slots: &Slots, n: u32, stages: &[&Stage], readback: Option<(&super::buffers::GpuBuffer, u64)>) {
         let ring = slots.files.len();
         let mut lists: Vec<&[super::context::Dispatch]> = vec![&self.plan.embed];
         // The submission that ran each piece of this pass, in order.
@@ -467,7 +465,6 @@ impl GpuEngine {
             }
             lists.push(&stage.dispatches);
         }
-        lists.extend_from_slice(extra);
         flush(&mut lists, &mut waiting, &mut ran, true);
     }
 
@@ -512,9 +509,9 @@ impl GpuEngine {
             };
             match rows {
                 Some((head, rows)) => {
-                    self.submit_forward(n, blocks, head, &[], Some((&self.bufs.logits, rows as u64 * row_bytes)));
+                    self.submit_forward(n, blocks, head, Some((&self.bufs.logits, rows as u64 * row_bytes)));
                 }
-                None => self.submit_forward(n, blocks, &[], &[], None),
+                None => self.submit_forward(n, blocks, &[], None),
             }
             if let Some((_, rows)) = rows {
                 let data = self.read_back(rows as u64 * row_bytes).await?;
