@@ -22,8 +22,8 @@ pub struct EngineArgs {
     /// Default: OMEX_GPU_MEM, else [device] gpu_memory_limit in ~/.omex/config.toml, else no cap
     #[arg(long, value_name = "SIZE")]
     pub gpu_mem: Option<String>,
-    /// Upload slots when weights stream (2: double buffering)
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    /// Upload slots when weights stream (2: double buffering; 3: up to two pieces uploaded ahead)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub stream_slots: u32,
     /// Upload streamed weights and compute one after the other instead of overlapping them
     #[arg(long)]

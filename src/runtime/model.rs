@@ -45,7 +45,7 @@ pub struct EngineOptions {
     pub kv: KvType,
     /// The GPU memory budget as the user wrote it (`--gpu-mem`); `None`: `OMEX_GPU_MEM`, else the config file.
     pub gpu_mem: Option<String>,
-    /// Upload slots when weights stream (2: double buffering).
+    /// Upload slots when weights stream (2: double buffering; 3, the default, uploads two pieces ahead).
     pub stream_slots: usize,
     /// Overlap uploads with compute when weights stream.
     pub overlap: bool,
@@ -62,7 +62,7 @@ impl Default for EngineOptions {
             activations: Activations::default(),
             kv: KvType::default(),
             gpu_mem: None,
-            stream_slots: 2,
+            stream_slots: 3,
             overlap: true,
             memory_trace: None,
         }

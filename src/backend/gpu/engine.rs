@@ -36,7 +36,8 @@ pub struct GpuOptions {
     pub device: DeviceOptions,
     /// Cap on the GPU memory omex allocates (`--gpu-mem`); weights stream when the model does not fit.
     pub budget: Option<Budget>,
-    /// Upload slots when streaming: 2 is double buffering.
+    /// Upload slots when streaming: 2 is double buffering; 3 (the default) uploads up to two pieces ahead,
+    /// which measured 7% faster than 2 on an H200 (SmolLM2 at a quarter of its weights).
     pub slots: usize,
     /// Upload the next piece while the GPU runs the current one (off: upload, then compute, in turn).
     pub overlap: bool,
@@ -53,7 +54,7 @@ impl GpuOptions {
             attention_splits: 0,
             device: DeviceOptions::default(),
             budget: None,
-            slots: 2,
+            slots: 3,
             overlap: true,
             #[cfg(not(target_arch = "wasm32"))]
             memory_trace: None,
