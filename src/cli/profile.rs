@@ -105,18 +105,8 @@ fn table(p: &MachineProfile) -> String {
 
 /// "2026-11-22 14:03 UTC" from seconds since the Unix epoch.
 fn utc(secs: u64) -> String {
-    // Howard Hinnant's civil-from-days.
-    let z = (secs / 86400) as i64 + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m) = (secs % 86400 / 3600, secs % 3600 / 60);
-    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02} UTC")
+    let t = omex::format::metadata::rfc3339(secs); // YYYY-MM-DDTHH:MM:SSZ
+    format!("{} {} UTC", &t[..10], &t[11..16])
 }
 
 #[cfg(test)]
