@@ -87,7 +87,7 @@ fn check_streamed(
 
 /// The real model at 40% and 25% of its weight bytes: the 40% run keeps the tied embedding/head resident
 /// or not as the planner decides; the 25% run must stream the output head in pieces and gather embedding
-/// rows on the host. Both with double buffering; the 25% one also serially.
+/// rows on the host. Both with the default upload slots and overlap; the 25% one also serially.
 #[test]
 fn smollm2_streamed_matches_the_resident_engine() {
     let Some(gpu) = fresh_gpu() else { return };

@@ -405,9 +405,10 @@ impl GpuEngine {
         let mut lists: Vec<&[super::context::Dispatch]> = vec![&self.plan.embed];
         // The submission that ran each piece of this pass, in order.
         let mut ran: Vec<wgpu::SubmissionIndex> = Vec::new();
-        let mut waiting: Vec<usize> = Vec::new();
+        // The piece recorded since the last submission (every piece starts a submission of its own).
+        let mut waiting: Option<usize> = None;
         let flush = |lists: &mut Vec<&[super::context::Dispatch]>,
-                     waiting: &mut Vec<usize>,
+                     waiting: &mut Option<usize>,
                      ran: &mut Vec<wgpu::SubmissionIndex>,
                      last: bool| {
             let mut encoder = self.ctx.encoder();
@@ -420,12 +421,12 @@ impl GpuEngine {
             let index = self.ctx.gpu.queue.submit([encoder.finish()]);
             #[cfg(not(target_arch = "wasm32"))]
             if let (Some((_, trace)), Some(start)) = (&self.trace, start) {
-                let unit = match waiting.first() {
-                    Some(&k) => slots.pieces[k].name.clone(),
+                let unit = match *waiting {
+                    Some(k) => slots.pieces[k].name.clone(),
                     None => "resident weights".to_string(),
                 };
                 let (shared, forward) = (trace.clone(), self.forwards());
-                let slot = waiting.first().map(|&k| slots.pieces[k].slot);
+                let slot = waiting.map(|k| slots.pieces[k].slot);
                 self.ctx.gpu.queue.on_submitted_work_done(move || {
                     let mut t = shared.lock().expect("trace lock");
                     let end = t.now_us();
@@ -434,7 +435,9 @@ impl GpuEngine {
                 let m = self.ctx.pool.report();
                 trace.lock().expect("trace lock").sample(m.in_use, m.peak);
             }
-            ran.extend(waiting.drain(..).map(|_| index.clone()));
+            if waiting.take().is_some() {
+                ran.push(index);
+            }
             lists.clear();
         };
         for stage in stages {
@@ -462,13 +465,15 @@ impl GpuEngine {
                     let end = t.now_us();
                     t.span(SpanKind::Upload, &piece.name, Some(piece.slot), self.forwards(), start, end, piece.bytes());
                 }
-                waiting.push(k);
+                waiting = Some(k);
             }
             lists.push(&stage.dispatches);
         }
         flush(&mut lists, &mut waiting, &mut ran, true);
     }
 
+    /// Forward passes so far, for the trace (native only).
+    #[cfg(not(target_arch = "wasm32"))]
     fn forwards(&self) -> u64 {
         self.forwards.load(std::sync::atomic::Ordering::Relaxed)
     }
