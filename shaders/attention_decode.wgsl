@@ -105,15 +105,17 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
             run_m[tid] = mt;
         }
         workgroupBarrier();
-        let keys = min(TILE, end - t0);
+        // A whole tile every time (keys past `end` weigh 0 and read the last key again), so the loop has a
+        // constant trip count, unrolls, and keeps the V loads in flight together.
         for (var k = 0u; k < 4u; k++) {
             let e = tid + k * TILE;
             if e < width {
                 let r = e / hd4;
                 let d = e % hd4;
                 var acc = o[k] * alpha[r];
-                for (var j = 0u; j < keys; j++) {
-                    acc += sc[r * TILE + j] * vc[(t0 + j) * kvd4 + kvh * hd4 + d];
+                for (var j = 0u; j < TILE; j++) {
+                    let kp = min(t0 + j, end - 1u);
+                    acc += sc[r * TILE + j] * vc[kp * kvd4 + kvh * hd4 + d];
                 }
                 o[k] = acc;
             }

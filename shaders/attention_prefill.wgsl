@@ -1,10 +1,13 @@
 // Prefill attention, portable: causal GQA attention of st.n queries (positions st.pos + i) over the KV cache,
 // in tiles with an online softmax (flash attention).
 //
-// One workgroup per (tile of 8 queries, query head). Per tile of 8 keys the K and V rows go to shared memory
-// once for the 8 queries; thread (i, j) scores query i against key j, thread j = 0 of each query row updates
-// that row's running max and sum, and each thread accumulates head_dim / 8 output values of its query row.
-// Query i attends keys 0 ..= st.pos + i.
+// One workgroup of 64 threads per (block of BQ = 16 queries, query head). Thread (qi, s) = (tid % 16,
+// tid / 16) holds its query and its output in registers and takes every S-th key (S = 4 lanes per query),
+// so the longest chain of work (the last block's ~pos keys) is cut by four and no scores cross threads.
+// The K and V rows of a tile of KT keys go to shared memory once for the block's 16 queries; a lane scores
+// its KT / S keys of the tile, rescales its output once per tile and accumulates the probabilities times V.
+// At the end the S lanes of a query merge their (max, sum, output) through shared memory.
+// Query i attends keys 0 ..= st.pos + i. Scores are `scale * q . k` in f32, as in kernels-cpu's attention.
 
 struct Params {
     n_heads: u32,
@@ -24,110 +27,117 @@ struct Step {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> st: Step;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> kc: array<f32>;
-@group(0) @binding(4) var<storage, read> vc: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> kc: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> vc: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
 
-const B: u32 = 8u;
-const MAX_HD: u32 = 128u;
+// head_dim / 4, so the loops over a head unroll.
+override HD4: u32 = 16u;
+const BQ: u32 = 16u;
+const S: u32 = 4u;
+// The K tile and the V tile share 1024 vec4 (16 KiB, WebGPU's default limit): KT keys of HD4 each.
+const TILE4: u32 = 512u;
+const MAX_HD4: u32 = 32u;
+const MAX_PER: u32 = 8u;
 const NEG: f32 = -3.0e38;
 
-var<workgroup> qs: array<f32, 1024>; // B x MAX_HD
-var<workgroup> ks: array<f32, 1024>;
-var<workgroup> vs: array<f32, 1024>;
-var<workgroup> pr: array<f32, 64>; // B x B scores, then probabilities
-var<workgroup> alpha: array<f32, 8>;
-var<workgroup> run_m: array<f32, 8>;
-var<workgroup> run_l: array<f32, 8>;
+var<workgroup> kv: array<vec4<f32>, 1024>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let n = st.n;
     let pos0 = st.pos;
-    let q0 = wg.x * B;
+    let q0 = wg.x * BQ;
     let qh = wg.y;
-    let hd = p.head_dim;
-    let qd = p.n_heads * hd;
-    let kvd = p.n_kv * hd;
+    let qd4 = p.n_heads * HD4;
+    let kvd4 = p.n_kv * HD4;
     let kvh = qh / (p.n_heads / p.n_kv);
-    let qi = tid / B;
-    let sub = tid % B;
-    for (var e = tid; e < B * hd; e += 64u) {
-        let row = q0 + e / hd;
-        qs[e] = select(0.0, q[row * qd + qh * hd + e % hd], row < n);
-    }
-    if tid < B {
-        run_m[tid] = NEG;
-        run_l[tid] = 0.0;
-    }
-    var o: array<f32, 16>;
-    // Keys up to the tile's last query (exclusive bound).
-    let kend = pos0 + min(q0 + B, n);
-    let my_pos = pos0 + q0 + qi;
-    for (var k0 = 0u; k0 < kend; k0 += B) {
-        for (var e = tid; e < B * hd; e += 64u) {
-            let key = k0 + e / hd;
-            var kv = 0.0;
-            var vv = 0.0;
-            if key < kend {
-                let at = key * kvd + kvh * hd + e % hd;
-                kv = kc[at];
-                vv = vc[at];
-            }
-            ks[e] = kv;
-            vs[e] = vv;
-        }
-        workgroupBarrier();
-        let key = k0 + sub;
-        var s = NEG;
-        if key <= my_pos && key < kend {
-            var d = 0.0;
-            for (var i = 0u; i < hd; i++) {
-                d += qs[qi * hd + i] * ks[sub * hd + i];
-            }
-            s = p.scale * d;
-        }
-        pr[tid] = s;
-        workgroupBarrier();
-        if sub == 0u {
-            var mt = run_m[qi];
-            for (var j = 0u; j < B; j++) {
-                mt = max(mt, pr[qi * B + j]);
-            }
-            var sum = 0.0;
-            for (var j = 0u; j < B; j++) {
-                let e = exp(pr[qi * B + j] - mt);
-                pr[qi * B + j] = e;
-                sum += e;
-            }
-            let a = exp(run_m[qi] - mt);
-            alpha[qi] = a;
-            run_l[qi] = run_l[qi] * a + sum;
-            run_m[qi] = mt;
-        }
-        workgroupBarrier();
-        for (var k = 0u; k < 16u; k++) {
-            let d = sub + k * B;
-            if d < hd {
-                var acc = o[k] * alpha[qi];
-                for (var j = 0u; j < B; j++) {
-                    acc += pr[qi * B + j] * vs[j * hd + d];
-                }
-                o[k] = acc;
-            }
-        }
-        workgroupBarrier();
-    }
+    // Keys per tile, a multiple of S: 32 for a head dim of 64, 16 for 128.
+    let kt = min(TILE4 / HD4, S * MAX_PER) / S * S;
+    let per = kt / S;
+    let qi = tid % BQ;
+    let s = tid / BQ;
     let row = q0 + qi;
-    if row >= n {
-        return;
+    let my_pos = pos0 + row;
+
+    var qr: array<vec4<f32>, MAX_HD4>;
+    var o: array<vec4<f32>, MAX_HD4>;
+    for (var d = 0u; d < HD4; d++) {
+        qr[d] = select(vec4<f32>(0.0), q[min(row, n - 1u) * qd4 + qh * HD4 + d], row < n);
+        o[d] = vec4<f32>(0.0);
     }
-    let l = run_l[qi];
-    for (var k = 0u; k < 16u; k++) {
-        let d = sub + k * B;
-        if d < hd {
-            out[row * qd + qh * hd + d] = o[k] / l;
+    var m = NEG;
+    var l = 0.0;
+    // Keys up to the block's last query (exclusive bound).
+    let kend = pos0 + min(q0 + BQ, n);
+    for (var k0 = 0u; k0 < kend; k0 += kt) {
+        for (var e = tid; e < kt * HD4; e += 64u) {
+            let key = k0 + e / HD4;
+            let at = min(key, kend - 1u) * kvd4 + kvh * HD4 + e % HD4;
+            let live = key < kend;
+            kv[e] = select(vec4<f32>(0.0), kc[at], live);
+            kv[TILE4 + e] = select(vec4<f32>(0.0), vc[at], live);
+        }
+        workgroupBarrier();
+        // This lane's keys of the tile: k0 + s + S j.
+        var sc: array<f32, MAX_PER>;
+        var mt = m;
+        for (var j = 0u; j < per; j++) {
+            let kk = s + S * j;
+            var d4 = vec4<f32>(0.0);
+            for (var d = 0u; d < HD4; d++) {
+                d4 += qr[d] * kv[kk * HD4 + d];
+            }
+            let v = select(NEG, p.scale * (d4.x + d4.y + d4.z + d4.w), k0 + kk <= my_pos);
+            sc[j] = v;
+            mt = max(mt, v);
+        }
+        let alpha = exp(m - mt);
+        l *= alpha;
+        for (var d = 0u; d < HD4; d++) {
+            o[d] *= alpha;
+        }
+        for (var j = 0u; j < per; j++) {
+            // Masked keys weigh exactly 0 (exp(NEG - NEG) would be 1 while nothing is unmasked yet).
+            let pj = select(0.0, exp(sc[j] - mt), sc[j] > NEG);
+            l += pj;
+            let kk = s + S * j;
+            for (var d = 0u; d < HD4; d++) {
+                o[d] += pj * kv[TILE4 + kk * HD4 + d];
+            }
+        }
+        m = mt;
+        workgroupBarrier();
+    }
+
+    // Merge the S lanes of each query into lane 0, one lane at a time: lane s writes (m, l) and its output
+    // to the tile memory (BQ x (HD4 + 1) vec4), lane 0 folds it in.
+    for (var t = 1u; t < S; t++) {
+        let at = qi * (HD4 + 1u);
+        if s == t {
+            kv[at] = vec4<f32>(m, l, 0.0, 0.0);
+            for (var d = 0u; d < HD4; d++) {
+                kv[at + 1u + d] = o[d];
+            }
+        }
+        workgroupBarrier();
+        if s == 0u {
+            let other = kv[at];
+            let mm = max(m, other.x);
+            let a = exp(m - mm);
+            let b = exp(other.x - mm);
+            l = l * a + other.y * b;
+            for (var d = 0u; d < HD4; d++) {
+                o[d] = o[d] * a + kv[at + 1u + d] * b;
+            }
+            m = mm;
+        }
+        workgroupBarrier();
+    }
+    if s == 0u && row < n {
+        for (var d = 0u; d < HD4; d++) {
+            out[row * qd4 + qh * HD4 + d] = o[d] / l;
         }
     }
 }

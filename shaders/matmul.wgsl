@@ -13,6 +13,9 @@ override LAYOUT: u32 = 0u;
 override NORM: bool = false;
 override MODE: u32 = 0u;
 override TN: u32 = 4u;
+// cols % 32 == 0: a 32-column step of a row is one whole quantization group, which a pair of threads
+// dequantizes with a few word loads and one scale (and min) load, instead of element by element.
+override GROUPED: bool = false;
 
 struct Params {
     cols: u32,
@@ -45,6 +48,70 @@ var<workgroup> ws: array<f32, 1056>; // 32 rows x 33 (padded against bank confli
 var<workgroup> xs: array<f32, 1056>; // up to 32 tokens x 33
 var<workgroup> rs: array<f32, 32>;
 var<workgroup> part: array<f32, 64>;
+
+// Values 16 h .. 16 h + 15 (h = tid % 2) of the group at column c0 of row r into the weight tile, row
+// tid / 2. Rows past the matrix load zeros.
+fn load_group_half(mat: vec4<u32>, r: u32, c0: u32, tid: u32) {
+    let h = tid % 2u;
+    let at = (tid / 2u) * 33u + 16u * h;
+    if r >= mat.x {
+        for (var i = 0u; i < 16u; i++) {
+            ws[at + i] = 0.0;
+        }
+        return;
+    }
+    let e = r * p.cols + c0 + 16u * h; // first element
+    let g = e >> 5u;
+    switch LAYOUT {
+        case 0u: {
+            for (var i = 0u; i < 16u; i++) {
+                ws[at + i] = bitcast<f32>(w[mat.y + e + i]);
+            }
+        }
+        case 1u: {
+            for (var i = 0u; i < 8u; i++) {
+                let pair = unpack2x16float(w[mat.y + (e >> 1u) + i]);
+                ws[at + 2u * i] = pair.x;
+                ws[at + 2u * i + 1u] = pair.y;
+            }
+        }
+        case 2u: {
+            let d = f16_at(mat.z, g);
+            for (var i = 0u; i < 4u; i++) {
+                let word = w[mat.y + (e >> 2u) + i];
+                for (var b = 0u; b < 4u; b++) {
+                    ws[at + 4u * i + b] = d * sbyte(word, b);
+                }
+            }
+        }
+        case 3u: {
+            // Byte i of the group holds value i in its low nibble and value i + 16 in its high one.
+            let d = f16_at(mat.z, g);
+            let m = f16_at(mat.w, g);
+            let shift = 4u * h;
+            for (var i = 0u; i < 4u; i++) {
+                let word = w[mat.y + g * 4u + i] >> shift;
+                for (var b = 0u; b < 4u; b++) {
+                    ws[at + 4u * i + b] = d * f32((word >> (8u * b)) & 15u) + m;
+                }
+            }
+        }
+        default: {
+            // Byte b of the group holds value 8 j + b in bits 2 j .. 2 j + 2: this half is j = 2 h, 2 h + 1.
+            let d = f16_at(mat.z, g);
+            let lo = w[mat.y + g * 2u];
+            let hi = w[mat.y + g * 2u + 1u];
+            for (var jj = 0u; jj < 2u; jj++) {
+                let j = 2u * h + jj;
+                for (var b = 0u; b < 8u; b++) {
+                    let word = select(lo, hi, b >= 4u);
+                    let code = (word >> (8u * (b & 3u) + 2u * j)) & 3u;
+                    ws[at + 8u * jj + b] = d * (f32(code) - 1.0);
+                }
+            }
+        }
+    }
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -81,18 +148,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 
     let tr = tid % 8u;
     let tt = tid / 8u;
-    var acc: array<f32, 16>;
+    // Accumulators for rows tr + 8 i (acc_i), one vec4 lane per token tt + 8 j: named vectors rather than an
+    // array indexed in loops, which a driver may leave in local memory.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var c0 = 0u; c0 < cols; c0 += T) {
-        for (var e = tid; e < T * T; e += 64u) {
-            let lr = e / T;
-            let k = e % T;
-            let r = r0 + lr;
-            let c = c0 + k;
-            var wv = 0.0;
-            if r < mat.x && c < cols {
-                wv = dequant(LAYOUT, mat.y, mat.z, mat.w, r * cols + c);
+        if GROUPED {
+            load_group_half(mat, r0 + tid / 2u, c0, tid);
+        } else {
+            for (var e = tid; e < T * T; e += 64u) {
+                let lr = e / T;
+                let k = e % T;
+                let r = r0 + lr;
+                let c = c0 + k;
+                var wv = 0.0;
+                if r < mat.x && c < cols {
+                    wv = dequant(LAYOUT, mat.y, mat.z, mat.w, r * cols + c);
+                }
+                ws[lr * 33u + k] = wv;
             }
-            ws[lr * 33u + k] = wv;
         }
         for (var e = tid; e < tt_count * T; e += 64u) {
             let lt = e / T;
@@ -110,45 +186,44 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         }
         workgroupBarrier();
         for (var k = 0u; k < T; k++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = ws[(tr + 8u * i) * 33u + k];
+            var bv = vec4<f32>(xs[tt * 33u + k], 0.0, 0.0, 0.0);
+            if TN == 4u {
+                bv = vec4<f32>(bv.x, xs[(tt + 8u) * 33u + k], xs[(tt + 16u) * 33u + k], xs[(tt + 24u) * 33u + k]);
             }
-            for (var j = 0u; j < TN; j++) {
-                b[j] = xs[(tt + 8u * j) * 33u + k];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < TN; j++) {
-                    acc[4u * i + j] += a[i] * b[j];
-                }
-            }
+            acc0 += ws[tr * 33u + k] * bv;
+            acc1 += ws[(tr + 8u) * 33u + k] * bv;
+            acc2 += ws[(tr + 16u) * 33u + k] * bv;
+            acc3 += ws[(tr + 24u) * 33u + k] * bv;
         }
         workgroupBarrier();
     }
 
+    store_row(mi, r0 + tr, t0 + tt, acc0);
+    store_row(mi, r0 + tr + 8u, t0 + tt, acc1);
+    store_row(mi, r0 + tr + 16u, t0 + tt, acc2);
+    store_row(mi, r0 + tr + 24u, t0 + tt, acc3);
+}
+
+// Row r of matrix mi for tokens tok + 8 j (lane j of v, j < TN): plus the bias, stored or added into y.
+fn store_row(mi: u32, r: u32, tok: u32, v: vec4<f32>) {
+    if r >= p.mats[mi].x {
+        return;
+    }
     let out = p.outs[mi];
-    for (var i = 0u; i < 4u; i++) {
-        let r = r0 + tr + 8u * i;
-        if r >= mat.x {
+    var bias = 0.0;
+    if out.z == 1u {
+        bias = bitcast<f32>(w[out.y + r]);
+    }
+    for (var j = 0u; j < TN; j++) {
+        let t = tok + 8u * j;
+        if t >= st.n {
             continue;
         }
-        var bias = 0.0;
-        if out.z == 1u {
-            bias = bitcast<f32>(w[out.y + r]);
-        }
-        for (var j = 0u; j < TN; j++) {
-            let tok = t0 + tt + 8u * j;
-            if tok >= n {
-                continue;
-            }
-            let at = tok * p.y_stride + out.x + r;
-            let v = acc[4u * i + j] + bias;
-            if MODE == 0u {
-                y[at] = v;
-            } else {
-                y[at] += v;
-            }
+        let at = t * p.y_stride + out.x + r;
+        if MODE == 0u {
+            y[at] = v[j] + bias;
+        } else {
+            y[at] += v[j] + bias;
         }
     }
 }

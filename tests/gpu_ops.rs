@@ -300,7 +300,7 @@ fn attention_prefill(b: &dyn Ops) {
         Heads { n_heads: 9, n_kv: 3, head_dim: 64 },
     ];
     for heads in shapes {
-        for (pos0, n) in [(0, 13), (5, 9), (0, 1), (17, 3)] {
+        for (pos0, n) in [(0, 13), (5, 9), (0, 1), (17, 3), (30, 41)] {
             let c = attn_case(&mut rng, heads, pos0, n, 0);
             let what = format!("prefill attention {heads:?} pos={pos0} n={n}");
             check(b, &what, &b.attention(&c), &attention_ref(&c), 1e-5);

@@ -159,7 +159,8 @@ fn mb_up(bytes: u64) -> String {
 
 fn attention_splits(opts: &GpuOptions) -> u32 {
     match opts.attention_splits {
-        0 => (opts.context_length as u32).div_ceil(128).clamp(1, 64),
+        // A split per 64 keys (a tile of the kernel), so short contexts still spread over the GPU.
+        0 => (opts.context_length as u32).div_ceil(64).clamp(1, 64),
         s => s,
     }
 }

@@ -80,6 +80,9 @@ pub async fn decode(
     Ok((partial, combine))
 }
 
+/// Queries per workgroup of the prefill kernel.
+const PREFILL_QUERIES: u32 = 16;
+
 /// Prefill attention of the chunk's `n` queries (positions `pos..pos + n`), `q` `[n, q_dim]`, into `out`.
 #[allow(clippy::too_many_arguments)]
 pub async fn prefill(
@@ -94,11 +97,11 @@ pub async fn prefill(
 ) -> Result<Dispatch> {
     check(h)?;
     let p = params(h, 0, scale);
-    let pipeline = ctx.pipelines.get(&ATTN_PREFILL, &[]).await?;
+    let pipeline = ctx.pipelines.get(&ATTN_PREFILL, &[("HD4", (h.head_dim / 4) as f64)]).await?;
     let pbuf = ctx.pool.uniform("attention prefill", bytemuck::bytes_of(&p))?;
     let bg = ctx.bind(
         &pipeline,
         &[pbuf.binding(), step.binding(), q.binding(), k_cache.binding(), v_cache.binding(), out.binding()],
     );
-    Ok(Dispatch { pipeline, bind_group: bg, grid: Grid::TokensX { per: 8, y: h.n_heads }, params: Some(pbuf) })
+    Ok(Dispatch { pipeline, bind_group: bg, grid: Grid::TokensX { per: PREFILL_QUERIES, y: h.n_heads }, params: Some(pbuf) })
 }

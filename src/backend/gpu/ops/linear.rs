@@ -196,6 +196,7 @@ impl<'a> Linear<'a> {
                 )));
             }
             constants.push(("TN", (tokens / 8) as f64));
+            constants.push(("GROUPED", (cols % 32 == 0) as u32 as f64));
         }
         let pipeline = ctx.pipelines.get(kernel, &constants).await?;
         let params = ctx.pool.uniform(kernel.name, bytemuck::bytes_of(&p))?;
