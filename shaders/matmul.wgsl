@@ -6,7 +6,9 @@
 // all 32 rows); each of the 64 threads accumulates 4 rows x TN tokens. TN = 4 for long chunks, 1 for short ones
 // (fewer padded tokens). (A 64 x 64 tile with 8 x 8 per thread measured 2.5x slower on an H100.)
 //
-// NORM: each token's row of X is RMS-normed on load (x * r * norm[c], r per token, as the CPU twin rounds it).
+// NORM: each token's row of X is RMS-normed: the tile holds x * norm[c], and the token's 1 / rms, which
+// factors out of the sum, scales the result. Its sum of squares is gathered while the tiles load (each thread
+// owns a (token, column % 32) slot of `ssq`), so the norm costs no pass of its own over X.
 // MODE 0: store; MODE 1: add into Y (the residual add).
 
 override LAYOUT: u32 = 0u;
@@ -47,7 +49,7 @@ const T: u32 = 32u;
 var<workgroup> ws: array<f32, 1056>; // 32 rows x 33 (padded against bank conflicts)
 var<workgroup> xs: array<f32, 1056>; // up to 32 tokens x 33
 var<workgroup> rs: array<f32, 32>;
-var<workgroup> part: array<f32, 64>;
+var<workgroup> ssq: array<f32, 1024>; // up to 32 tokens x 32 column lanes
 
 // Values 16 h .. 16 h + 15 (h = tid % 2) of the group at column c0 of row r into the weight tile, row
 // tid / 2. Rows past the matrix load zeros.
@@ -129,23 +131,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     let r0 = first * T;
 
     if NORM {
-        // Two threads per token.
-        let tok = t0 + tid / 2u;
-        var ss = 0.0;
-        if tid / 2u < tt_count && tok < n {
-            for (var c = tid % 2u; c < cols; c += 2u) {
-                let v = x[tok * cols + c];
-                ss += v * v;
-            }
+        // The slots this thread will own (the same e as the tile loads below).
+        for (var e = tid; e < tt_count * T; e += 64u) {
+            ssq[e] = 0.0;
         }
-        part[tid] = ss;
-        workgroupBarrier();
-        if tid < tt_count {
-            rs[tid] = 1.0 / sqrt((part[2u * tid] + part[2u * tid + 1u]) / f32(cols) + p.eps);
-        }
-        workgroupBarrier();
     }
-
     let tr = tid % 8u;
     let tt = tid / 8u;
     // Accumulators for rows tr + 8 i (acc_i), one vec4 lane per token tt + 8 j: named vectors rather than an
@@ -179,7 +169,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
             if tok < n && c < cols {
                 xv = x[tok * cols + c];
                 if NORM {
-                    xv = xv * rs[lt] * bitcast<f32>(nw[p.norm + c]);
+                    ssq[e] += xv * xv;
+                    xv *= bitcast<f32>(nw[p.norm + c]);
                 }
             }
             xs[lt * 33u + k] = xv;
@@ -198,6 +189,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         workgroupBarrier();
     }
 
+    var scale = vec4<f32>(1.0);
+    if NORM {
+        if tid < tt_count {
+            var ss = 0.0;
+            for (var k = 0u; k < T; k++) {
+                ss += ssq[tid * T + k];
+            }
+            rs[tid] = 1.0 / sqrt(ss / f32(cols) + p.eps);
+        }
+        workgroupBarrier();
+        scale.x = rs[tt];
+        if TN == 4u {
+            scale = vec4<f32>(scale.x, rs[tt + 8u], rs[tt + 16u], rs[tt + 24u]);
+        }
+    }
+    acc0 *= scale;
+    acc1 *= scale;
+    acc2 *= scale;
+    acc3 *= scale;
     store_row(mi, r0 + tr, t0 + tt, acc0);
     store_row(mi, r0 + tr + 8u, t0 + tt, acc1);
     store_row(mi, r0 + tr + 16u, t0 + tt, acc2);
