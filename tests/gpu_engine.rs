@@ -1,6 +1,7 @@
 //! The GPU engine against the CPU engine (f32 activations, f32 KV cache): logits of a prompt, of decode steps
 //! and of chunked prefill, and the greedy tokens, on random tiny models in every layout and on the real
-//! SmolLM2-135M converted by `omex convert`.
+//! SmolLM2-135M converted by `omex convert`; and, on the real model, sampling chained on the GPU against the
+//! host's sampler.
 
 mod common;
 mod gpu_common;
@@ -13,8 +14,10 @@ use omex::backend::{Activations, Engine, KvType, Logits};
 use omex::format::graph::GRAPH_FILE;
 use omex::format::{DType, ModelDir};
 use omex::graph::{RopeStyle, Transformer};
+use omex::runtime::{GenerateOptions, Sampler, SamplerOptions, Session};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tiny_model::{write_tiny_model, TinySpec};
 
 fn gpu_ctx() -> Option<Arc<GpuContext>> {
@@ -156,6 +159,42 @@ fn tiny_mha_context_past_tiles() {
     let _ = std::fs::remove_dir_all(&path);
 }
 
+/// More sampled steps than one submission holds (64), chained on the GPU, against the host's sampler fed the GPU's
+/// logits step by step: the draw numbers carry on across submissions.
+#[test]
+fn tiny_sampled_chain_past_one_submission() {
+    let Some(gpu) = gpu_ctx() else { return };
+    let path = tmp("sampled");
+    let spec = TinySpec { context: 128, ..TinySpec::small() };
+    let cfg = write_tiny_model(&path, &spec, 11);
+    let dir = ModelDir::open(&path).unwrap();
+    let mut g = gpu_engine(gpu, &dir, &cfg, 128, 128);
+    let prompt = [3, 14, 15, 92, 65];
+    let (steps, draw) = (70, 1000);
+    // A high temperature: the tiny model's logits are peaked (the top one some 8 above the next).
+    let opts = SamplerOptions { temperature: 6.0, top_k: 50, top_p: 0.97, min_p: 0.01, seed: 5, ..Default::default() };
+    let first = argmax(&g.forward(&prompt, 0, Logits::Last).unwrap());
+    let chained = pollster::block_on(g.decode_steps(first, prompt.len(), steps, &opts, draw)).unwrap();
+    let mut host = Sampler::new(opts);
+    host.skip_draws(draw);
+    let mut id = first;
+    let mut near = 0;
+    for (s, &want) in chained.iter().enumerate() {
+        let mut logits = g.forward(&[id], prompt.len() + s, Logits::Last).unwrap();
+        id = host.sample(&mut logits, &[]);
+        if id != want {
+            // Only a draw within f32 rounding of a boundary may differ; then follow the GPU's token.
+            near += 1;
+            id = want;
+        }
+    }
+    let distinct = chained.iter().collect::<std::collections::HashSet<_>>().len();
+    eprintln!("{distinct} distinct tokens in {steps} draws, {near} differing from the host's");
+    assert!(near <= 1, "{near} of {steps} sampled tokens differ");
+    assert!(distinct > 10, "the draws chose {distinct} distinct tokens");
+    let _ = std::fs::remove_dir_all(&path);
+}
+
 #[test]
 fn positions_past_the_context_are_refused() {
     let Some(gpu) = gpu_ctx() else { return };
@@ -186,4 +225,70 @@ fn smollm2_matches_the_cpu_engine() {
         let tokens = compare(&mut cpu, &mut g, &ids, 3, 2e-4, prompt, i == 0);
         eprintln!("{prompt:?} -> {tokens:?}");
     }
+}
+
+/// The GPU engine behind a counter of the chains it runs; with `chains` off it offers none, so a session samples
+/// every token on the host from the GPU's logits (kept in `rows`).
+struct Counted {
+    inner: GpuEngine,
+    chains: bool,
+    chained: Arc<AtomicUsize>,
+    rows: Arc<Mutex<Vec<Vec<f32>>>>,
+}
+
+impl Engine for Counted {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+    fn forward(&mut self, ids: &[u32], pos: usize, logits: Logits) -> omex::Result<Vec<f32>> {
+        let out = self.inner.forward(ids, pos, logits)?;
+        self.rows.lock().unwrap().push(out.clone());
+        Ok(out)
+    }
+    fn sample_steps(
+        &mut self,
+        first: u32,
+        pos: usize,
+        steps: usize,
+        opts: &SamplerOptions,
+        draw: u32,
+    ) -> Option<omex::Result<Vec<u32>>> {
+        if !self.chains {
+            return None;
+        }
+        let ids = self.inner.sample_steps(first, pos, steps, opts, draw)?;
+        self.chained.fetch_add(1, Ordering::Relaxed);
+        Some(ids)
+    }
+}
+
+/// Sampling chained on the GPU (the sample kernel, draws numbered on from the session's sampler) gives the tokens
+/// the host's sampler draws from the same GPU logits. A few tokens only: lavapipe runs the model slowly.
+#[test]
+fn smollm2_sampling_chained_on_the_gpu_matches_host_sampling() {
+    let Some(gpu) = gpu_ctx() else { return };
+    let path = common::smollm2_omex("keep");
+    let model = omex::runtime::Model::load(&path).unwrap();
+    let sampler = SamplerOptions { temperature: 0.8, top_k: 40, top_p: 0.9, seed: 7, ..Default::default() };
+    let opts = GenerateOptions { max_tokens: 5, ignore_eos: true, sampler, ..Default::default() };
+    let run = |chains: bool| {
+        let (chained, rows) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let inner = gpu_engine(gpu.clone(), &model.dir, &model.config, 64, 64);
+        let engine = Counted { inner, chains, chained: chained.clone(), rows: rows.clone() };
+        let mut session = Session::new(Box::new(engine), model.tokenizer.clone());
+        let g = session.generate("My favourite animal is", &opts, &mut |_| true).unwrap();
+        let rows = rows.lock().unwrap().clone();
+        (g.output_ids, chained.load(Ordering::Relaxed), rows)
+    };
+    let (host, none, rows) = run(false);
+    let (chained, chains, _) = run(true);
+    eprintln!("sampled on the host {host:?}, chained on the GPU {chained:?} ({chains} chains)");
+    assert_eq!(none, 0);
+    assert!(chains > 0, "the session did not chain");
+    assert_eq!(chained, host, "tokens sampled on the GPU against the host's from the same logits");
+    // The draws mattered: some token is not its row's argmax.
+    assert!(host.iter().zip(&rows).any(|(&id, row)| id != argmax(row)), "every token was the argmax: {host:?}");
 }

@@ -6,8 +6,10 @@
 mod gpu_common;
 
 use gpu_common::ops::{AttnCase, Cpu, Gpu, LinearCase, Ops, RopeCase};
+use gpu_common::sample_ref::{self, Pick};
 use gpu_common::*;
 use omex::backend::gpu::ops::{Heads, Output};
+use omex::runtime::SamplerOptions;
 
 macro_rules! both {
     ($($body:ident),* $(,)?) => {$(
@@ -38,6 +40,7 @@ both!(
     silu_mul_and_add,
     embed_every_layout,
     argmax_ties_and_nans,
+    sample_matches_the_reference,
 );
 
 fn rms_ref(x: &[f32], w: &[f32], eps: f32) -> Vec<f64> {
@@ -348,4 +351,77 @@ fn argmax_ties_and_nans(b: &dyn Ops) {
     }
     assert_eq!(b.argmax(&[f32::NAN, f32::NAN]), 0, "{} argmax of NaNs", b.name());
     assert_eq!(b.argmax(&[f32::NEG_INFINITY, -3.0]), 1, "{} argmax with -inf", b.name());
+}
+
+/// A row of logits: spread, peaked (a few far above the rest), in ties (five values), or spread with NaNs and
+/// infinities.
+fn logit_row(rng: &mut Rng, len: usize, kind: usize) -> Vec<f32> {
+    let mut x = rng.vec(len, -5.0, 5.0);
+    match kind {
+        0 => {}
+        1 => {
+            for _ in 0..1 + rng.below(4) {
+                x[rng.below(len as u64) as usize] = rng.range(8.0, 14.0);
+            }
+        }
+        2 => x.iter_mut().for_each(|v| *v = (*v * 0.5).round() * 0.75),
+        _ => {
+            for v in x.iter_mut() {
+                match rng.below(40) {
+                    0 => *v = f32::NAN,
+                    1 => *v = f32::NEG_INFINITY,
+                    _ => {}
+                }
+            }
+        }
+    }
+    x
+}
+
+fn sample_opts(rng: &mut Rng, len: usize) -> SamplerOptions {
+    let mut one = |xs: &[f64]| xs[rng.below(xs.len() as u64) as usize];
+    SamplerOptions {
+        temperature: one(&[0.3, 0.7, 1.0, 1.8]) as f32,
+        top_k: one(&[0.0, 0.0, 1.0, 3.0, 40.0, (len / 3) as f64, (len + 3) as f64]) as usize,
+        top_p: one(&[1.0, 1.0, 0.95, 0.8, 0.5, 0.1]) as f32,
+        min_p: one(&[0.0, 0.0, 0.05, 0.3]) as f32,
+        seed: rng.next_u64(),
+        ..Default::default()
+    }
+}
+
+/// Six chained draws per row against the f64 reference, for many rows and settings; picks within 1e-5 of a
+/// boundary that f32 rounding could move are skipped (and counted: they must be rare).
+fn sample_matches_the_reference(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_000c);
+    let (mut checked, mut skipped) = (0, 0);
+    for len in [1usize, 7, 1000, 49152] {
+        let rows = if len == 49152 { 12 } else { 40 };
+        for row in 0..rows {
+            let logits = logit_row(&mut rng, len, row % 4);
+            let opts = sample_opts(&mut rng, len);
+            // Draw numbers anywhere, across the wrap at 2^32 too.
+            let draw = if row % 10 == 9 { u32::MAX - 2 } else { rng.next_u64() as u32 };
+            let got = b.sample(&logits, &opts, draw, 6);
+            for (k, &id) in got.iter().enumerate() {
+                match sample_ref::pick(&logits, &opts, draw.wrapping_add(k as u32), 1e-5) {
+                    Pick::Id(want) => {
+                        assert_eq!(
+                            id,
+                            want,
+                            "{} sample: {len} logits (row {row}), draw {k} of {draw}, {opts:?}",
+                            b.name()
+                        );
+                        checked += 1;
+                    }
+                    Pick::Near => skipped += 1,
+                }
+            }
+        }
+    }
+    eprintln!("{} sample: {checked} picks checked, {skipped} skipped within rounding of a boundary", b.name());
+    assert!(skipped * 100 <= checked, "{} sample: {skipped} skipped of {checked}", b.name());
+    // Nothing but NaNs: id 0, as argmax.
+    let opts = SamplerOptions { temperature: 1.0, ..Default::default() };
+    assert_eq!(b.sample(&[f32::NAN; 5], &opts, 0, 2), [0, 0], "{} sample of NaNs", b.name());
 }

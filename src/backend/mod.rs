@@ -9,6 +9,7 @@ mod weights;
 pub use weights::WeightRef;
 
 use crate::error::Result;
+use crate::runtime::SamplerOptions;
 
 /// Which rows of logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,11 +75,20 @@ pub trait Engine {
     /// rewinding is passing a smaller `pos`.
     fn forward(&mut self, ids: &[u32], pos: usize, logits: Logits) -> Result<Vec<f32>>;
 
-    /// Greedy decoding kept on the device, for engines that can chain steps without reading logits back:
-    /// feeds `first` at `pos`, then each chosen id at the next position, and returns the `steps` ids chosen
-    /// (argmax, lowest id on ties). The cache then holds positions `pos..pos + steps`; the last id returned
-    /// has not been fed. `None`: the engine has no such path (callers use [`Engine::forward`]).
-    fn greedy_steps(&mut self, _first: u32, _pos: usize, _steps: usize) -> Option<Result<Vec<u32>>> {
+    /// Decoding kept on the device, for engines that can chain steps without reading logits back: feeds
+    /// `first` at `pos`, then each chosen id at the next position, and returns the `steps` ids chosen as a
+    /// [`Sampler`](crate::runtime::Sampler) with `opts` would choose them from the same logits: greedy (argmax,
+    /// lowest id on ties) or at a temperature with draw numbers `draw, draw + 1, ...`. The cache then holds
+    /// positions `pos..pos + steps`; the last id returned has not been fed. `None`: the engine has no such path
+    /// for these options (callers use [`Engine::forward`] and sample on the host).
+    fn sample_steps(
+        &mut self,
+        _first: u32,
+        _pos: usize,
+        _steps: usize,
+        _opts: &SamplerOptions,
+        _draw: u32,
+    ) -> Option<Result<Vec<u32>>> {
         None
     }
 }

@@ -7,7 +7,7 @@
 use super::engine_args::EngineArgs;
 use clap::Args;
 use omex::backend::{Engine, Logits};
-use omex::runtime::Model;
+use omex::runtime::{Model, SamplerOptions};
 use omex::Result;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -66,7 +66,7 @@ fn time_pp(engine: &mut dyn Engine, ids: &[u32]) -> Result<f64> {
 
 fn time_tg(engine: &mut dyn Engine, ids: &[u32]) -> Result<f64> {
     let t = Instant::now();
-    if let Some(chosen) = engine.greedy_steps(ids[0], 0, ids.len()) {
+    if let Some(chosen) = engine.sample_steps(ids[0], 0, ids.len(), &SamplerOptions::default(), 0) {
         chosen?;
         return Ok(ids.len() as f64 / t.elapsed().as_secs_f64());
     }
@@ -78,7 +78,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let ctx = args.n_prompt.max(args.n_gen).max(1);
     let mut engine = model.engine(&args.engine.options(Some(ctx)))?;
     let mut describe = engine.describe();
-    if args.n_gen > 0 && !args.no_chain && engine.greedy_steps(ids_probe(&model), 0, 1).is_some() {
+    let greedy = SamplerOptions::default();
+    if args.n_gen > 0 && !args.no_chain && engine.sample_steps(ids_probe(&model), 0, 1, &greedy, 0).is_some() {
         describe.push_str(", tg chained on the device");
     }
     let ids = tokens(ctx, model.config.vocab_size);

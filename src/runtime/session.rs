@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Steps of the first device-side greedy chain (short, so the first words show quickly), and the most the
-/// chain grows to.
+/// Steps of the first device-side chain (short, so the first words show quickly), and the most the chain
+/// grows to.
 const FIRST_CHAIN: usize = 8;
 const MAX_CHAIN: usize = 64;
 
@@ -163,10 +163,12 @@ impl Session {
         let mut text = String::new();
         let mut emitted = 0; // bytes of `text` already handed to the callback
         let t1 = Instant::now();
-        // Greedy decoding without a repetition penalty can stay on the device in chains of steps (only ids come
-        // back). `chained` holds the ids of the current chain still to hand out, with whether the engine has
-        // already fed each one (all but the chain's last).
-        let can_chain = opts.sampler.is_greedy() && opts.sampler.repetition_penalty == 1.0;
+        // Without a repetition penalty (which needs the history, on the host) decoding can stay on the device in
+        // chains of steps, greedy or sampled (only ids come back). The device samples as `sampler` would, with
+        // the draw numbers `sampler` would use next, and `sampler` then moves past them: a chained run gives
+        // the tokens a host-sampled one does. `chained` holds the ids of the current chain still to hand out,
+        // with whether the engine has already fed each one (all but the chain's last).
+        let can_chain = opts.sampler.repetition_penalty == 1.0;
         let mut chained: VecDeque<(u32, bool)> = VecDeque::new();
         let mut chain_len = FIRST_CHAIN;
         let stop = loop {
@@ -210,8 +212,9 @@ impl Session {
             }
             let steps = (opts.max_tokens - out_ids.len()).min(ctx - pos).min(chain_len);
             if can_chain {
-                if let Some(ids) = self.engine.greedy_steps(id, pos, steps) {
+                if let Some(ids) = self.engine.sample_steps(id, pos, steps, &opts.sampler, sampler.draws()) {
                     let ids = ids?;
+                    sampler.skip_draws(ids.len() as u32);
                     let last = ids.len().saturating_sub(1);
                     chained.extend(ids.into_iter().enumerate().map(|(i, id)| (id, i < last)));
                     chain_len = (chain_len * 2).min(MAX_CHAIN);
@@ -262,9 +265,17 @@ mod tests {
     /// An engine whose logits always favour token `(last id + 1) % vocab`, recording every forward call.
     struct Recorder {
         vocab: usize,
-        /// Offer device-side greedy chains.
+        /// Offer device-side chains.
         chains: bool,
         calls: Calls,
+    }
+
+    impl Recorder {
+        fn logits(&self, last: u32) -> Vec<f32> {
+            let mut logits = vec![0.0; self.vocab];
+            logits[(last as usize + 1) % self.vocab] = 10.0;
+            logits
+        }
     }
 
     impl Engine for Recorder {
@@ -276,16 +287,31 @@ mod tests {
         }
         fn forward(&mut self, ids: &[u32], pos: usize, _: Logits) -> Result<Vec<f32>> {
             self.calls.borrow_mut().push((ids.to_vec(), pos));
-            let mut logits = vec![0.0; self.vocab];
-            logits[(*ids.last().unwrap() as usize + 1) % self.vocab] = 10.0;
-            Ok(logits)
+            Ok(self.logits(*ids.last().unwrap()))
         }
-        fn greedy_steps(&mut self, first: u32, pos: usize, steps: usize) -> Option<Result<Vec<u32>>> {
-            if !self.chains {
+        /// Samples as a device would: a sampler of its own, from the draw number it is given.
+        fn sample_steps(
+            &mut self,
+            first: u32,
+            pos: usize,
+            steps: usize,
+            opts: &SamplerOptions,
+            draw: u32,
+        ) -> Option<Result<Vec<u32>>> {
+            if !self.chains || opts.repetition_penalty != 1.0 {
                 return None;
             }
             self.calls.borrow_mut().push((vec![first; steps], pos));
-            Some(Ok((1..=steps as u32).map(|k| (first + k) % self.vocab as u32).collect()))
+            let mut device = Sampler::new(opts.clone());
+            device.skip_draws(draw);
+            let mut id = first;
+            let ids = (0..steps)
+                .map(|_| {
+                    id = device.sample(&mut self.logits(id), &[]);
+                    id
+                })
+                .collect();
+            Some(Ok(ids))
         }
     }
 
@@ -352,5 +378,31 @@ mod tests {
         chained.reset();
         chained.generate_from_ids(vec![0, 1], &penalised, &mut |_| true).unwrap();
         assert!(calls.borrow().iter().all(|(ids, _)| ids.len() <= 2));
+    }
+
+    #[test]
+    fn sampled_chains_draw_what_host_sampling_draws() {
+        let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let mut plain =
+            Session::new(Box::new(Recorder { vocab: 6, chains: false, calls: calls.clone() }), tiny_tokenizer());
+        let chained_calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let mut chained =
+            Session::new(Box::new(Recorder { vocab: 6, chains: true, calls: chained_calls.clone() }), tiny_tokenizer());
+        // Temperature 8 flattens the favoured token's lead (10 / 8) so that draws matter.
+        let mut opts = GenerateOptions { max_tokens: 40, ignore_eos: true, ..Default::default() };
+        opts.sampler = SamplerOptions { temperature: 8.0, top_k: 4, top_p: 0.95, seed: 11, ..Default::default() };
+        let a = plain.generate_from_ids(vec![0, 1], &opts, &mut |_| true).unwrap();
+        let b = chained.generate_from_ids(vec![0, 1], &opts, &mut |_| true).unwrap();
+        assert_eq!(a.output_ids, b.output_ids);
+        assert_eq!(plain.tokens, chained.tokens);
+        // The chained session took chains (the prompt is its only forward pass), and the tokens are not the
+        // greedy ones (each would be the last + 1).
+        assert!(chained_calls.borrow().len() > 1 && chained_calls.borrow()[1..].iter().all(|(ids, _)| ids.len() > 1));
+        assert!(a.output_ids.windows(2).any(|w| w[1] != (w[0] + 1) % 6), "{:?}", a.output_ids);
+        // Another seed, other tokens.
+        opts.sampler.seed = 12;
+        chained.reset();
+        let c = chained.generate_from_ids(vec![0, 1], &opts, &mut |_| true).unwrap();
+        assert_ne!(c.output_ids, b.output_ids);
     }
 }

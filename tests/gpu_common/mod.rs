@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod ops;
+pub mod sample_ref;
 
 use half::f16;
 use kernels_cpu::layout::{pack_int4_group, pack_ternary_group};

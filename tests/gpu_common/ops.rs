@@ -9,6 +9,7 @@ use omex::backend::gpu::ops::{
 };
 use omex::backend::gpu::weights::{GpuFile, GpuMatrix};
 use omex::backend::gpu::{Dispatch, Region};
+use omex::runtime::{Sampler, SamplerOptions};
 use std::sync::Arc;
 
 /// A fused matrix product: up to three matrices (same layout and cols) with optional biases, an optional RMS
@@ -69,6 +70,8 @@ pub trait Ops {
     fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32>;
     fn embed(&self, e: &OwnedMatrix, ids: &[u32]) -> Vec<f32>;
     fn argmax(&self, x: &[f32]) -> u32;
+    /// The tokens of draws `draw..draw + n` from `logits` (temperature > 0, no repetition penalty).
+    fn sample(&self, logits: &[f32], opts: &SamplerOptions, draw: u32, n: usize) -> Vec<u32>;
 }
 
 pub struct Cpu;
@@ -187,6 +190,13 @@ impl Ops for Cpu {
 
     fn argmax(&self, x: &[f32]) -> u32 {
         ops::argmax(x) as u32
+    }
+
+    /// The host's sampler (the CPU engine has no sampling of its own).
+    fn sample(&self, logits: &[f32], opts: &SamplerOptions, draw: u32, n: usize) -> Vec<u32> {
+        let mut s = Sampler::new(opts.clone());
+        s.skip_draws(draw);
+        (0..n).map(|_| s.sample(&mut logits.to_vec(), &[])).collect()
     }
 }
 
@@ -427,5 +437,28 @@ impl Ops for Gpu {
         assert_eq!(id[0], tok[2], "argmax writes the same id to ids[0] and tokens[slot]");
         assert_eq!(&tok[..2], &[u32::MAX, u32::MAX], "argmax writes only its slot");
         id[0]
+    }
+
+    /// `n` chained steps in one pass, as the engine records them: the sample kernel then `advance`, so step k
+    /// draws number `draw + k` into `tokens[slot + k]`. The row is row 1 of two, the other one all NaN.
+    fn sample(&self, logits: &[f32], opts: &SamplerOptions, draw: u32, n: usize) -> Vec<u32> {
+        let ctx = self.0;
+        let vocab = logits.len() as u32;
+        let rows: Vec<f32> = vec![f32::NAN; logits.len()].into_iter().chain(logits.iter().copied()).collect();
+        let (xb, ids, tokens) = (upload_f32(ctx, &rows), poisoned(ctx, 1), poisoned(ctx, n + 1));
+        let st = step(ctx, 1, 0);
+        let params = misc::SampleParams::new(vocab, 1, 1, opts, draw);
+        let d = pollster::block_on(misc::sample(ctx, &params, &st, &xb, &ids, &tokens)).unwrap();
+        let adv = pollster::block_on(misc::advance(ctx, &st)).unwrap();
+        let steps: Vec<&Dispatch> = (0..n).flat_map(|_| [&d, &adv]).collect();
+        self.run(&steps, 1);
+        let (id, tok) = (
+            pollster::block_on(ctx.read_u32(&ids, 0, 1)).unwrap(),
+            pollster::block_on(ctx.read_u32(&tokens, 0, n + 1)).unwrap(),
+        );
+        ctx.gpu.check().unwrap();
+        assert_eq!(tok[0], u32::MAX, "sample writes only its slots");
+        assert_eq!(id[0], tok[n], "sample writes the last id to ids[0] too");
+        tok[1..].to_vec()
     }
 }

@@ -1,7 +1,7 @@
 //! The GPU engine: the model's weight files uploaded once, the forward pass compiled into dispatch lists
 //! ([`super::plan`]), one command buffer per forward chunk, and only the requested logits rows read back.
-//! [`GpuEngine::decode_greedy`] chains decode steps on the GPU (the sampled id feeds the next step's embedding
-//! gather), reading back only the token ids.
+//! [`GpuEngine::decode_steps`] chains decode steps on the GPU (the id sampled there, greedily or at a
+//! temperature, feeds the next step's embedding gather), reading back only the token ids.
 //!
 //! Under a GPU memory budget too small for the model, the planner keeps some weight units resident and the
 //! rest stream through upload slots ([`super::streaming`]): a forward pass is then one submission per
@@ -9,6 +9,7 @@
 
 use super::context::GpuContext;
 use super::device::DeviceOptions;
+use super::ops::misc::{self, SampleParams};
 use super::plan::{Buffers, Model, Plan, Residency, Stage, MAX_STEPS};
 use super::streaming::{self, Slots};
 use crate::backend::{Engine, Logits, WeightRef};
@@ -17,6 +18,7 @@ use crate::format::ModelDir;
 use crate::graph::{Activation, Transformer};
 use crate::runtime::budget::Budget;
 use crate::runtime::planner::{self, PlanInput};
+use crate::runtime::{Sampler, SamplerOptions};
 use std::sync::Arc;
 #[cfg(not(target_arch = "wasm32"))]
 use {
@@ -530,32 +532,60 @@ impl GpuEngine {
         Ok(out)
     }
 
-    /// Greedy decoding on the GPU: feeds `first` at `pos`, then each sampled id at the next position, `steps`
-    /// times, recording up to 64 steps into one command buffer and reading back only the sampled ids. The KV
-    /// cache then holds positions `pos..pos + steps`; the last id returned has not been fed yet. With streamed
-    /// weights each step is its own forward pass, its argmax taken on the host.
+    /// Greedy decoding on the GPU: [`GpuEngine::decode_steps`] with the argmax.
     pub async fn decode_greedy(&mut self, first: u32, pos: usize, steps: usize) -> Result<Vec<u32>> {
+        self.decode_steps(first, pos, steps, &SamplerOptions::default(), 0).await
+    }
+
+    /// Decoding on the GPU: feeds `first` at `pos`, then each sampled id at the next position, `steps` times,
+    /// recording up to 64 steps into one command buffer and reading back only the sampled ids. Each step
+    /// samples as [`Sampler`] does on the host: greedy (the argmax) or, at a temperature, with draw numbers
+    /// `draw, draw + 1, ...`, so the same seed and draws give the same tokens on either side. The KV cache then
+    /// holds positions `pos..pos + steps`; the last id returned has not been fed yet. The repetition penalty
+    /// needs the history, which stays on the host: refused. With streamed weights each step is its own forward
+    /// pass, sampled on the host (as are vocabularies of 2^24 tokens and more at a temperature).
+    pub async fn decode_steps(
+        &mut self,
+        first: u32,
+        pos: usize,
+        steps: usize,
+        opts: &SamplerOptions,
+        draw: u32,
+    ) -> Result<Vec<u32>> {
+        opts.check().map_err(Error::Usage)?;
+        if opts.repetition_penalty != 1.0 {
+            return Err(Error::Usage("the repetition penalty is applied on the host: decode step by step".into()));
+        }
         self.check_span(&[first], pos + steps.saturating_sub(1))?;
         let mut out = Vec::with_capacity(steps);
-        if self.model.slots.is_some() {
+        // Streamed weights (or a vocabulary too large for the sample kernel): sample on the host.
+        if self.model.slots.is_some() || (!opts.is_greedy() && self.plan.sample.is_empty()) {
+            let mut sampler = Sampler::new(opts.clone());
+            sampler.skip_draws(draw);
             let mut id = first;
             for i in 0..steps {
-                let logits = self.forward_async(&[id], pos + i, Logits::Last).await?;
-                id = crate::runtime::sampler::argmax(&logits) as u32;
+                let mut logits = self.forward_async(&[id], pos + i, Logits::Last).await?;
+                id = sampler.sample(&mut logits, &[]);
                 out.push(id);
             }
             return Ok(out);
         }
+        let sample = if opts.is_greedy() { &self.plan.argmax } else { &self.plan.sample };
         self.ctx.write(&self.bufs.ids, 0, bytemuck::cast_slice(&[first]));
         let mut at = pos as u32;
         while out.len() < steps {
             let k = (steps - out.len()).min(MAX_STEPS as usize) as u32;
             self.set_step(1, at);
+            if !opts.is_greedy() {
+                // Step k of this submission draws number draw + out.len() + k.
+                let params = SampleParams::new(self.cfg.vocab_size, 0, 0, opts, draw.wrapping_add(out.len() as u32));
+                misc::set_sample_params(&self.ctx, &sample[0], &params);
+            }
             let mut encoder = self.ctx.encoder();
             let plan = &self.plan;
             let mut lists: Vec<&[super::context::Dispatch]> = vec![&plan.embed];
             lists.extend(plan.decode.iter().chain(&plan.head_last).map(|s| s.dispatches.as_slice()));
-            lists.push(&plan.sample);
+            lists.push(sample);
             for _ in 0..k {
                 self.ctx.record(&mut encoder, &lists, 1);
             }
@@ -610,12 +640,21 @@ impl Engine for GpuEngine {
         pollster::block_on(self.forward_async(ids, pos, logits))
     }
 
-    fn greedy_steps(&mut self, first: u32, pos: usize, steps: usize) -> Option<Result<Vec<u32>>> {
-        // Streamed weights take a forward pass per token anyway: nothing to chain.
-        if self.model.slots.is_some() {
+    fn sample_steps(
+        &mut self,
+        first: u32,
+        pos: usize,
+        steps: usize,
+        opts: &SamplerOptions,
+        draw: u32,
+    ) -> Option<Result<Vec<u32>>> {
+        // Streamed weights take a forward pass per token anyway: nothing to chain. The repetition penalty needs
+        // the history, on the host. Nor does a vocabulary too large for the sample kernel chain.
+        let no_kernel = !opts.is_greedy() && self.plan.sample.is_empty();
+        if self.model.slots.is_some() || opts.repetition_penalty != 1.0 || no_kernel {
             return None;
         }
-        Some(pollster::block_on(self.decode_greedy(first, pos, steps)))
+        Some(pollster::block_on(self.decode_steps(first, pos, steps, opts, draw)))
     }
 }
 

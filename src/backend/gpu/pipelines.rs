@@ -100,12 +100,12 @@ pub const ADD: Kernel =
     Kernel { name: "elementwise", entry: "add", bindings: ELEMENTWISE, source: shader!("elementwise.wgsl") };
 pub const SILU_MUL: Kernel =
     Kernel { name: "elementwise", entry: "silu_mul", bindings: ELEMENTWISE, source: shader!("elementwise.wgsl") };
-pub const ARGMAX: Kernel = Kernel {
-    name: "sample",
-    entry: "argmax",
-    bindings: &[(0, Uniform), (1, Read), (2, ReadWrite), (3, ReadWrite), (4, Read)],
-    source: shader!("sample.wgsl"),
-};
+/// Parameters, logits, ids, tokens, step: the bindings of both samplers.
+const SAMPLER: &[(u32, Access)] = &[(0, Uniform), (1, Read), (2, ReadWrite), (3, ReadWrite), (4, Read)];
+pub const ARGMAX: Kernel =
+    Kernel { name: "sample", entry: "argmax", bindings: SAMPLER, source: shader!("sample.wgsl") };
+pub const SAMPLE: Kernel =
+    Kernel { name: "sample", entry: "sample", bindings: SAMPLER, source: shader!("sample.wgsl") };
 pub const ADVANCE: Kernel =
     Kernel { name: "sample", entry: "advance", bindings: &[(5, ReadWrite)], source: shader!("sample.wgsl") };
 

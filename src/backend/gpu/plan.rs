@@ -11,6 +11,7 @@ use crate::backend::WeightRef;
 use crate::error::{Error, Result};
 use crate::format::{DType, ModelDir, SectionKind};
 use crate::graph::{Norm as NormKind, RopeStyle, Transformer};
+use crate::runtime::SamplerOptions;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -350,7 +351,11 @@ pub(super) struct Plan {
     pub head_last: Vec<Stage>,
     /// Logits of every token of the chunk.
     pub head_all: Vec<Stage>,
-    /// Argmax of logits row 0 into ids[0] and tokens[k], then the step moved on.
+    /// Greedy decoding: the argmax of logits row 0 into ids[0] and tokens[k], then the step moved on.
+    pub argmax: Vec<Dispatch>,
+    /// Sampling at a temperature: the sample kernel on logits row 0 into ids[0] and tokens[k], then the step
+    /// moved on. Its settings and first draw number are written before each submission (`set_sample_params`).
+    /// Empty for vocabularies the kernel cannot count exactly (2^24 and more): those sample on the host.
     pub sample: Vec<Dispatch>,
 }
 
@@ -418,6 +423,16 @@ impl Plan {
             head_last.push(Stage { piece: *piece, dispatches: last });
             head_all.push(Stage { piece: *piece, dispatches: all });
         }
+        // Placeholder settings: the engine writes the real ones before it runs the dispatch.
+        let sampling =
+            misc::SampleParams::new(vocab, 0, 0, &SamplerOptions { temperature: 1.0, ..Default::default() }, 0);
+        let sample = match vocab < misc::SAMPLE_MAX_VOCAB {
+            true => vec![
+                misc::sample(ctx, &sampling, st, &b.logits, &b.ids, &b.tokens).await?,
+                misc::advance(ctx, st).await?,
+            ],
+            false => Vec::new(),
+        };
         let embed = match &w.embed {
             Some(e) => vec![misc::embed(ctx, e, st, &b.ids, &b.x).await?],
             None => Vec::new(),
@@ -429,10 +444,11 @@ impl Plan {
             prefill,
             head_last,
             head_all,
-            sample: vec![
+            argmax: vec![
                 misc::argmax(ctx, vocab, 0, 0, st, &b.logits, &b.ids, &b.tokens).await?,
                 misc::advance(ctx, st).await?,
             ],
+            sample,
         })
     }
 

@@ -103,5 +103,10 @@ pub async fn prefill(
         &pipeline,
         &[pbuf.binding(), step.binding(), q.binding(), k_cache.binding(), v_cache.binding(), out.binding()],
     );
-    Ok(Dispatch { pipeline, bind_group: bg, grid: Grid::TokensX { per: PREFILL_QUERIES, y: h.n_heads }, params: Some(pbuf) })
+    Ok(Dispatch {
+        pipeline,
+        bind_group: bg,
+        grid: Grid::TokensX { per: PREFILL_QUERIES, y: h.n_heads },
+        params: Some(pbuf),
+    })
 }

@@ -1,11 +1,13 @@
-//! The small ops: embedding gather, RoPE with the KV store, RMS norm, element-wise add and SwiGLU, argmax.
+//! The small ops: embedding gather, RoPE with the KV store, RMS norm, element-wise add and SwiGLU, and the
+//! samplers (argmax, and sampling at a temperature with top-k, top-p and min-p).
 
 use crate::backend::gpu::buffers::GpuBuffer;
 use crate::backend::gpu::context::{Dispatch, GpuContext, Grid};
-use crate::backend::gpu::pipelines::{Kernel, ADD, ADVANCE, ARGMAX, EMBED, RMSNORM, ROPE, SILU_MUL};
+use crate::backend::gpu::pipelines::{Kernel, ADD, ADVANCE, ARGMAX, EMBED, RMSNORM, ROPE, SAMPLE, SILU_MUL};
 use crate::backend::gpu::weights::GpuMatrix;
-use crate::error::Result;
-use bytemuck::Pod;
+use crate::error::{Error, Result};
+use crate::runtime::SamplerOptions;
+use bytemuck::{Pod, Zeroable};
 
 async fn dispatch<P: Pod>(
     ctx: &GpuContext,
@@ -146,6 +148,54 @@ fn rows_grid(len: u32, rows: u32) -> Grid {
     }
 }
 
+/// The uniform block of both samplers (`Params` in shaders/sample.wgsl): which logits row, where the id goes,
+/// and, for `sample`, the sampling settings and the number of the first draw.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct SampleParams {
+    pub vocab: u32,
+    pub row: u32,
+    pub slot: u32,
+    /// 0: off.
+    pub top_k: u32,
+    pub temperature: f32,
+    /// 1: off.
+    pub top_p: f32,
+    /// 0: off.
+    pub min_p: f32,
+    /// The draw number of step `k = 0`; step `k` draws number `draw + k`.
+    pub draw: u32,
+    /// The seed's low and high halves.
+    pub seed: [u32; 2],
+    pub _pad: [u32; 2],
+}
+
+impl SampleParams {
+    /// Greedy: the argmax of logits row `row` into `tokens[slot + k]`.
+    pub fn greedy(vocab: u32, row: u32, slot: u32) -> SampleParams {
+        SampleParams { vocab, row, slot, ..Default::default() }
+    }
+
+    /// The sampler's settings (temperature > 0; the repetition penalty is not the kernel's) for draws
+    /// `draw, draw + 1, ...` from logits row `row`, into `tokens[slot + k]`.
+    pub fn new(vocab: u32, row: u32, slot: u32, opts: &SamplerOptions, draw: u32) -> SampleParams {
+        // top-k at or past the vocabulary keeps everything: off, which saves its passes.
+        let top_k = if opts.top_k < vocab as usize { opts.top_k as u32 } else { 0 };
+        SampleParams {
+            vocab,
+            row,
+            slot,
+            top_k,
+            temperature: opts.temperature,
+            top_p: opts.top_p,
+            min_p: opts.min_p,
+            draw,
+            seed: [opts.seed as u32, (opts.seed >> 32) as u32],
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Greedy sampling: the argmax of logits row `row` into `ids[0]` and `tokens[slot + k]` (`k` the step
 /// buffer's step counter).
 #[allow(clippy::too_many_arguments)]
@@ -160,7 +210,35 @@ pub async fn argmax(
     tokens: &GpuBuffer,
 ) -> Result<Dispatch> {
     let res = [logits.binding(), ids.binding(), tokens.binding(), step.binding()];
-    dispatch(ctx, &ARGMAX, &[], &[vocab, row, slot, 0], &res, Grid::Fixed([1, 1, 1])).await
+    dispatch(ctx, &ARGMAX, &[], &SampleParams::greedy(vocab, row, slot), &res, Grid::Fixed([1, 1, 1])).await
+}
+
+/// The `sample` kernel counts candidates in f32, exact below 2^24: vocabularies from this size on are refused.
+pub const SAMPLE_MAX_VOCAB: u32 = 1 << 24;
+
+/// Sampling at a temperature with top-k, top-p and min-p, as [`crate::runtime::Sampler`] picks on the host:
+/// draw number `params.draw + k` from logits row `params.row` into `ids[0]` and `tokens[params.slot + k]` (`k`
+/// the step buffer's step counter). [`set_sample_params`] changes the settings of the dispatch afterwards.
+pub async fn sample(
+    ctx: &GpuContext,
+    params: &SampleParams,
+    step: &GpuBuffer,
+    logits: &GpuBuffer,
+    ids: &GpuBuffer,
+    tokens: &GpuBuffer,
+) -> Result<Dispatch> {
+    if params.vocab >= SAMPLE_MAX_VOCAB {
+        return Err(Error::Unsupported(format!("sampling on the GPU over a vocabulary of {}", params.vocab)));
+    }
+    let res = [logits.binding(), ids.binding(), tokens.binding(), step.binding()];
+    dispatch(ctx, &SAMPLE, &[], params, &res, Grid::Fixed([1, 1, 1])).await
+}
+
+/// Rewrites the settings of a [`sample`] dispatch (its uniform block) for the submissions that follow.
+pub fn set_sample_params(ctx: &GpuContext, d: &Dispatch, params: &SampleParams) {
+    debug_assert_eq!(d.pipeline.kernel.entry, SAMPLE.entry);
+    let block = d.params.as_ref().expect("a sample dispatch owns its parameters");
+    ctx.write(block, 0, bytemuck::bytes_of(params));
 }
 
 /// Moves the step buffer on by one decoded token (`pos + 1`, `k + 1`).
