@@ -532,6 +532,13 @@ impl GpuEngine {
         Ok(out)
     }
 
+    /// Whether decode steps sampled with `opts` chain on the device. Not with streamed weights (each token is a
+    /// forward pass anyway), nor at a temperature without the sample kernel (vocabularies of 2^24 and more):
+    /// those sample on the host.
+    fn chains(&self, opts: &SamplerOptions) -> bool {
+        self.model.slots.is_none() && (opts.is_greedy() || !self.plan.sample.is_empty())
+    }
+
     /// Greedy decoding on the GPU: [`GpuEngine::decode_steps`] with the argmax.
     pub async fn decode_greedy(&mut self, first: u32, pos: usize, steps: usize) -> Result<Vec<u32>> {
         self.decode_steps(first, pos, steps, &SamplerOptions::default(), 0).await
@@ -558,8 +565,7 @@ impl GpuEngine {
         }
         self.check_span(&[first], pos + steps.saturating_sub(1))?;
         let mut out = Vec::with_capacity(steps);
-        // Streamed weights (or a vocabulary too large for the sample kernel): sample on the host.
-        if self.model.slots.is_some() || (!opts.is_greedy() && self.plan.sample.is_empty()) {
+        if !self.chains(opts) {
             let mut sampler = Sampler::new(opts.clone());
             sampler.skip_draws(draw);
             let mut id = first;
@@ -648,10 +654,8 @@ impl Engine for GpuEngine {
         opts: &SamplerOptions,
         draw: u32,
     ) -> Option<Result<Vec<u32>>> {
-        // Streamed weights take a forward pass per token anyway: nothing to chain. The repetition penalty needs
-        // the history, on the host. Nor does a vocabulary too large for the sample kernel chain.
-        let no_kernel = !opts.is_greedy() && self.plan.sample.is_empty();
-        if self.model.slots.is_some() || opts.repetition_penalty != 1.0 || no_kernel {
+        // The repetition penalty needs the history, on the host.
+        if !self.chains(opts) || opts.repetition_penalty != 1.0 {
             return None;
         }
         Some(pollster::block_on(self.decode_steps(first, pos, steps, opts, draw)))
