@@ -263,6 +263,43 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 }
 
+/// The int8-activation matvecs (shaders/matvec_q8.wgsl) on the 4096x4096 matrices of `kernels`, to compare
+/// with its f32-activation `Groups` lines.
+fn kernels_q8(c: &mut Criterion) {
+    let ctx = match GpuContext::open_blocking(&DeviceOptions::default()) {
+        Ok(c) => c,
+        Err(e) => return eprintln!("no GPU: {e}"),
+    };
+    let mut rng = Rng(1);
+    let (rows, cols) = (4096usize, 4096usize);
+    let x = storage(&ctx, &(0..cols).map(|_| rng.f32()).collect::<Vec<_>>());
+    let y = storage(&ctx, &vec![0.0; rows]);
+    let st = storage(&ctx, &[0.0; 4]);
+    ctx.write(&st, 0, bytemuck::cast_slice(&[1u32, 0, 0, 0]));
+    let mut g = c.benchmark_group("gpu");
+    g.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).sample_size(10);
+    for dtype in [DType::Int8, DType::Int4, DType::Ternary] {
+        let d = data(dtype, rows * cols, &mut rng);
+        let m = matrix(dtype, rows, cols, &d);
+        let gm = GpuMatrix::upload(&ctx, "bench", &m, 0).unwrap();
+        let mats = vec![Mat { m: &gm, out: 0, bias: None }];
+        let (step, x, y) = (&st, &x, &y);
+        let l = Linear { mats, norm: None, output: Output::Store, step, x, y, x_last: false, y_stride: rows as u32 };
+        g.throughput(Throughput::Bytes(m.weight_bytes() as u64 * REPS as u64));
+        let mut kernels = vec![MatvecKernel::Int8];
+        if ctx.gpu.tier.subgroups {
+            kernels.push(MatvecKernel::Int8Subgroup);
+        }
+        for k in kernels {
+            let mv = pollster::block_on(l.matvec_with(&ctx, k)).unwrap();
+            g.bench_function(BenchmarkId::new(format!("matvec {dtype} {k:?}"), format!("{rows}x{cols}")), |b| {
+                b.iter_custom(|iters| timed(&ctx, std::slice::from_ref(&mv), 1, iters))
+            });
+        }
+    }
+    g.finish();
+}
+
 /// Decode steps of synthetic int4 models: SmolLM2-135M's shapes and a 1B-class shape (8 of its layers).
 fn decode(c: &mut Criterion) {
     let ctx = match GpuContext::open_blocking(&DeviceOptions::default()) {
@@ -338,5 +375,5 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, floor, kernels, decode);
+criterion_group!(benches, floor, kernels, kernels_q8, decode);
 criterion_main!(benches);

@@ -5,7 +5,7 @@
 
 mod gpu_common;
 
-use gpu_common::ops::{AttnCase, Cpu, Gpu, LinearCase, Ops, RopeCase};
+use gpu_common::ops::{AttnCase, Cpu, DecodeCase, Gpu, LinearCase, Ops, RopeCase};
 use gpu_common::sample_ref::{self, Pick};
 use gpu_common::*;
 use omex::backend::gpu::ops::{Heads, Output};
@@ -162,6 +162,176 @@ fn matvec_fused(b: &dyn Ops) {
     }
 }
 
+both!(matvec_q8_int_layouts);
+
+/// Row `r` of a quantized matrix as integers `q` per column (`w = d q + m`) and `(d, m)` per group, decoded from
+/// the layout's bytes as kernels-cpu/src/layout.rs documents them.
+fn int_row(m: &kernels_cpu::Matrix, r: usize) -> (Vec<i32>, Vec<(f64, f64)>) {
+    use kernels_cpu::{Weights, GROUP};
+    let gpr = m.cols / GROUP;
+    let h = |bits: u16| half::f16::from_bits(bits).to_f64();
+    let mut q = Vec::with_capacity(m.cols);
+    let mut dm = Vec::with_capacity(gpr);
+    for g in r * gpr..(r + 1) * gpr {
+        match m.w {
+            Weights::Int8 { q: w, scales } => {
+                q.extend(w[g * GROUP..(g + 1) * GROUP].iter().map(|&v| v as i32));
+                dm.push((h(scales[g]), 0.0));
+            }
+            Weights::Int4 { q: w, scales, mins } => {
+                let bytes = &w[g * 16..(g + 1) * 16];
+                q.extend(bytes.iter().map(|&b| (b & 15) as i32).chain(bytes.iter().map(|&b| (b >> 4) as i32)));
+                dm.push((h(scales[g]), h(mins[g])));
+            }
+            Weights::Ternary { q: w, scales } => {
+                let bytes = &w[g * 8..(g + 1) * 8];
+                q.extend((0..GROUP).map(|k| ((bytes[k % 8] >> (2 * (k / 8))) & 3) as i32 - 1));
+                dm.push((h(scales[g]), 0.0));
+            }
+            _ => unreachable!("int8 activations are for quantized weights"),
+        }
+    }
+    (q, dm)
+}
+
+/// The reference of a matvec with int8 activations: x normed by kernels-cpu's rmsnorm (as the CPU engine norms
+/// it) and quantized by kernels-cpu's rule, then exact integer dots scaled in f64. Returns y and, per value, the
+/// error allowed: 4e-6 of the sum of the magnitudes of its terms (f32 arithmetic), and, with a norm, one quant
+/// step of every activation whose scaled value lies within 2^-17 (relative) of a rounding boundary: the GPU
+/// norms with its own sum of squares, which may move such a value across. Without a norm the quants must match
+/// exactly.
+fn q8_ref(c: &LinearCase) -> (Vec<f64>, Vec<f64>) {
+    let cols = c.mats[0].cols;
+    let gpr = cols / kernels_cpu::GROUP;
+    let h = match &c.norm {
+        Some((w, eps)) => {
+            let mut h = vec![0f32; cols];
+            kernels_cpu::ops::rmsnorm(&c.x, w, *eps, &mut h);
+            h
+        }
+        None => c.x.clone(),
+    };
+    let xq = kernels_cpu::quantize(&h, 1);
+    let (qx, dx) = (xq.quants(), xq.scales());
+    let near: Vec<bool> = h
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let d = dx[i / kernels_cpu::GROUP] as f64;
+            let t = (v as f64 / d).abs();
+            c.norm.is_some() && d > 0.0 && (t.fract() - 0.5).abs() < t * 2f64.powi(-17)
+        })
+        .collect();
+    let prods: Vec<Vec<(f64, f64)>> = c
+        .mats
+        .iter()
+        .zip(&c.biases)
+        .map(|(m, bias)| {
+            let mm = m.matrix();
+            (0..m.rows)
+                .map(|r| {
+                    let (q, dm) = int_row(&mm, r);
+                    let (mut y, mut l1, mut slack) = (0f64, 0f64, 0f64);
+                    for (g, &(dw, mw)) in dm.iter().enumerate().take(gpr) {
+                        let span = g * 32..(g + 1) * 32;
+                        let isum: i64 = span.clone().map(|i| q[i] as i64 * qx[i] as i64).sum();
+                        let qsum: i64 = span.clone().map(|i| qx[i] as i64).sum();
+                        let d = dx[g] as f64;
+                        let (a, b) = (dw * d * isum as f64, mw * d * qsum as f64);
+                        y += a + b;
+                        l1 += a.abs() + b.abs();
+                        slack += span.filter(|&i| near[i]).map(|i| d * (dw * q[i] as f64 + mw).abs()).sum::<f64>();
+                    }
+                    let b = bias.as_ref().map_or(0.0, |b| b[r] as f64);
+                    (y + b, 4e-6 * (l1 + b.abs()) + slack)
+                })
+                .collect()
+        })
+        .collect();
+    let mut want: Vec<f64> = c.y0.iter().map(|&v| v as f64).collect();
+    let mut tol = vec![0f64; want.len()];
+    if c.output == Output::SwiGlu {
+        for (r, (&(g, tg), &(u, tu))) in prods[0].iter().zip(&prods[1]).enumerate() {
+            want[r] = silu_ref(g) * u;
+            // |silu'| < 1.1
+            tol[r] = 1.1 * tg * (u.abs() + tu) + silu_ref(g).abs() * tu;
+        }
+    } else {
+        for (i, (p, t)) in prods.concat().into_iter().enumerate() {
+            want[i] = if c.output == Output::Add { want[i] + p } else { p };
+            tol[i] = t;
+        }
+    }
+    for (t, w) in tol.iter_mut().zip(&want) {
+        *t += 1e-6 * w.abs();
+    }
+    (want, tol)
+}
+
+/// x with exact rounding ties: each group holds +-127/128 (so d = 1/128 and 1/d = 128 exactly) and otherwise
+/// (k + 1/2)/128, which the rule rounds to the even neighbour; one group is all zeros (d = 0).
+fn tie_row(rng: &mut Rng, cols: usize) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..cols).map(|_| (rng.below(254) as f32 - 127.0 + 0.5) / 128.0).collect();
+    for g in x.chunks_exact_mut(32) {
+        let at = rng.below(32) as usize;
+        g[at] = if rng.below(2) == 0 { 127.0 / 128.0 } else { -127.0 / 128.0 };
+    }
+    x[32..64].fill(0.0);
+    x
+}
+
+/// The decode matvec with int8 activations (int8, int4, ternary weights) against the q8 reference, in every
+/// kernel variant: odd rows, 1-3 fused matrices, biases, norm on and off, every output, rows longer than the
+/// GPU kernel's 4096-column chunk, and activations spread over many magnitudes (scaled per group by 2^-12 to
+/// 2^12).
+fn matvec_q8_int_layouts(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0108);
+    // cols, rows of each matrix, norm, output, biases
+    let shapes: [(usize, &[usize], bool, Output, bool); 9] = [
+        (32, &[3], false, Output::Store, false),
+        (64, &[67, 5, 9], true, Output::Store, true),
+        (96, &[33], false, Output::Add, false),
+        (576, &[129, 65], true, Output::Store, true),
+        (576, &[77, 77], true, Output::SwiGlu, false),
+        (1024, &[41], false, Output::Add, false),
+        (1536, &[35, 3, 11], false, Output::Add, true),
+        (1536, &[19, 19], true, Output::SwiGlu, false),
+        (4160, &[7], true, Output::Store, false),
+    ];
+    for layout in [Layout::Int8, Layout::Int4, Layout::Ternary] {
+        let mut cases = Vec::new();
+        for (cols, rows, norm, output, bias) in shapes {
+            let mut c = linear_case(&mut rng, layout, rows, cols, 1, output);
+            for g in c.x.chunks_exact_mut(32) {
+                let s = 2f32.powi(rng.below(25) as i32 - 12);
+                g.iter_mut().for_each(|v| *v *= s);
+            }
+            if norm {
+                c.norm = Some((rng.vec(cols, 0.5, 1.5), 1e-5));
+            }
+            if bias {
+                c.biases = c.mats.iter().map(|m| Some(rng.vec(m.rows, -0.5, 0.5))).collect();
+            }
+            let what = format!("{cols} cols, rows {rows:?}, norm {norm}, {output:?}");
+            cases.push((what, c));
+        }
+        let mut ties = linear_case(&mut rng, layout, &[21], 256, 1, Output::Store);
+        ties.x = tie_row(&mut rng, 256);
+        cases.push(("exact ties".into(), ties));
+        for (what, c) in cases {
+            let (want, tol) = q8_ref(&c);
+            for (kernel, got) in b.linear_q8(&c) {
+                for (i, ((&g, &w), &t)) in got.iter().zip(&want).zip(&tol).enumerate() {
+                    let err = (g as f64 - w).abs();
+                    let n = want.len();
+                    let case = format!("{} {kernel} q8 matvec {layout:?} {what}", b.name());
+                    assert!(err <= t, "{case}: value {i} of {n}: got {g}, want {w} (error {err:.3e} > {t:.3e})");
+                }
+            }
+        }
+    }
+}
+
 fn matmul_every_layout(b: &dyn Ops) {
     let mut rng = Rng::new(0x5eed_0003);
     for layout in LAYOUTS {
@@ -264,7 +434,7 @@ fn attention_ref(c: &AttnCase) -> Vec<f32> {
     out
 }
 
-fn attn_case(rng: &mut Rng, heads: Heads, pos0: usize, n: usize, splits: u32) -> AttnCase {
+fn attn_case(rng: &mut Rng, heads: Heads, pos0: usize, n: usize) -> AttnCase {
     let ctx = pos0 + n + 3;
     let (qd, kvd) = (heads.q_dim() as usize, heads.kv_dim() as usize);
     AttnCase {
@@ -275,22 +445,89 @@ fn attn_case(rng: &mut Rng, heads: Heads, pos0: usize, n: usize, splits: u32) ->
         pos0,
         n,
         scale: 1.0 / (heads.head_dim as f32).sqrt() * 2.0,
-        splits,
     }
+}
+
+/// RoPE of the heads of `x` (`hd` values each, the first `dims` rotated) at `pos`, in f64 from the f32 angle.
+fn rope_ref(x: &[f32], hd: usize, dims: usize, half: bool, pos: usize, inv_freq: &[f32]) -> Vec<f32> {
+    let mut out = x.to_vec();
+    for (s, d) in x.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+        for (i, &f) in inv_freq.iter().enumerate() {
+            let th = (pos as f32 * f) as f64;
+            let (ia, ib) = if half { (i, i + dims / 2) } else { (2 * i, 2 * i + 1) };
+            let (a, b) = (s[ia] as f64, s[ib] as f64);
+            d[ia] = (a * th.cos() - b * th.sin()) as f32;
+            d[ib] = (a * th.sin() + b * th.cos()) as f32;
+        }
+    }
+    out
+}
+
+/// The token at `pos` over caches whose earlier rows hold keys rotated at their own positions; row `pos` and
+/// the rows after it are NaN, so a missing store or a read past `pos` shows.
+fn decode_case(rng: &mut Rng, heads: Heads, dims: usize, half: bool, pos: usize, splits: u32) -> DecodeCase {
+    let ctx = pos + 4;
+    let (qd, kvd, hd) = (heads.q_dim() as usize, heads.kv_dim() as usize, heads.head_dim as usize);
+    let inv_freq: Vec<f32> = (0..dims / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / dims as f32)).collect();
+    let mut k = vec![f32::NAN; ctx * kvd];
+    let mut v = vec![f32::NAN; ctx * kvd];
+    for p in 0..pos {
+        let row = rope_ref(&rng.vec(kvd, -1.0, 1.0), hd, dims, half, p, &inv_freq);
+        k[p * kvd..(p + 1) * kvd].copy_from_slice(&row);
+        v[p * kvd..(p + 1) * kvd].copy_from_slice(&rng.vec(kvd, -1.0, 1.0));
+    }
+    let qkv = rng.vec(qd + 2 * kvd, -1.0, 1.0);
+    let scale = 1.0 / (hd as f32).sqrt() * 2.0;
+    DecodeCase { heads, dims, half, inv_freq, qkv, k, v, pos, scale, splits }
+}
+
+/// (output, K cache, V cache): rope, the store at `pos` and attention, each from its formula.
+fn decode_ref(c: &DecodeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (qd, kvd, hd) = (c.heads.q_dim() as usize, c.heads.kv_dim() as usize, c.heads.head_dim as usize);
+    let rot = |x: &[f32]| rope_ref(x, hd, c.dims, c.half, c.pos, &c.inv_freq);
+    let (mut k, mut v) = (c.k.clone(), c.v.clone());
+    k[c.pos * kvd..(c.pos + 1) * kvd].copy_from_slice(&rot(&c.qkv[qd..qd + kvd]));
+    v[c.pos * kvd..(c.pos + 1) * kvd].copy_from_slice(&c.qkv[qd + kvd..]);
+    let a = AttnCase { heads: c.heads, q: rot(&c.qkv[..qd]), k, v, pos0: c.pos, n: 1, scale: c.scale };
+    (attention_ref(&a), a.k, a.v)
 }
 
 fn attention_decode(b: &dyn Ops) {
     let mut rng = Rng::new(0x5eed_0007);
+    // (heads, RoPE dims): SmolLM2's 9/3, 2 KV heads x 3 of head dim 8 rotating half of it, 8 query heads per KV
+    // head with halves that straddle vec4s (12 of 40), the widest head, the most query heads per KV head.
     let shapes = [
-        Heads { n_heads: 6, n_kv: 2, head_dim: 16 },
-        Heads { n_heads: 4, n_kv: 4, head_dim: 64 },
-        Heads { n_heads: 8, n_kv: 1, head_dim: 40 },
+        (Heads { n_heads: 9, n_kv: 3, head_dim: 64 }, 64),
+        (Heads { n_heads: 6, n_kv: 2, head_dim: 8 }, 4),
+        (Heads { n_heads: 8, n_kv: 1, head_dim: 40 }, 12),
+        (Heads { n_heads: 2, n_kv: 2, head_dim: 128 }, 128),
+        (Heads { n_heads: 16, n_kv: 1, head_dim: 64 }, 32),
     ];
-    for heads in shapes {
-        for (pos0, splits) in [(0, 1), (5, 4), (70, 1), (200, 3), (129, 8)] {
-            let c = attn_case(&mut rng, heads, pos0, 1, splits);
-            let what = format!("decode attention {heads:?} pos={pos0} splits={splits}");
-            check(b, &what, &b.attention(&c), &attention_ref(&c), 1e-5);
+    // (pos, splits): key `pos` first or last of its split of 64-key tiles, alone in it, in a later tile of it,
+    // and splits left empty.
+    let steps = [(0, 1), (0, 4), (63, 1), (63, 3), (64, 2), (200, 3), (200, 8), (255, 4), (300, 2)];
+    for half in [false, true] {
+        for (heads, dims) in shapes {
+            for (pos, splits) in steps {
+                let c = decode_case(&mut rng, heads, dims, half, pos, splits);
+                let (want, want_k, want_v) = decode_ref(&c);
+                let (out, k, v) = b.decode_attention(&c);
+                let what = format!("decode attention {heads:?} dims={dims} half={half} pos={pos} splits={splits}");
+                check(b, &what, &out, &want, 1e-5);
+                let row = pos * heads.kv_dim() as usize..(pos + 1) * heads.kv_dim() as usize;
+                check(b, &format!("{what}: k stored"), &k[row.clone()], &want_k[row.clone()], 1e-6);
+                check(b, &format!("{what}: v stored"), &v[row.clone()], &want_v[row.clone()], 0.0);
+                // Every other row as it was, bit for bit (the NaNs too).
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                for (name, got, was) in [("k", &k, &c.k), ("v", &v, &c.v)] {
+                    let same = |r: std::ops::Range<usize>| bits(&got[r.clone()]) == bits(&was[r]);
+                    assert!(
+                        same(0..row.start) && same(row.end..was.len()),
+                        "{} {what}: the {name} cache changed outside row {pos}",
+                        b.name()
+                    );
+                }
+            }
         }
     }
 }
@@ -304,7 +541,7 @@ fn attention_prefill(b: &dyn Ops) {
     ];
     for heads in shapes {
         for (pos0, n) in [(0, 13), (5, 9), (0, 1), (17, 3), (30, 41)] {
-            let c = attn_case(&mut rng, heads, pos0, n, 0);
+            let c = attn_case(&mut rng, heads, pos0, n);
             let what = format!("prefill attention {heads:?} pos={pos0} n={n}");
             check(b, &what, &b.attention(&c), &attention_ref(&c), 1e-5);
         }

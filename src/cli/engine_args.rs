@@ -12,9 +12,10 @@ pub struct EngineArgs {
     /// CPU threads (default: one per core)
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
-    /// Activation precision of the CPU matrix products: int8 (fast, llama.cpp-like) or f32 (reference-exact)
-    #[arg(long, default_value = "int8")]
-    pub activations: Activations,
+    /// Activation precision of the matrix products: int8 (fast, llama.cpp-like) or f32 (reference-exact).
+    /// Default: int8 on the CPU; f32 on the GPU (where int8 covers the decode matvecs of quantized weights)
+    #[arg(long)]
+    pub activations: Option<Activations>,
     /// KV cache element type: f16 or f32
     #[arg(long, default_value = "f16")]
     pub kv: KvType,
@@ -33,11 +34,14 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// The engine options, with a KV cache of `context_length` tokens (`None`: the model's default).
     pub fn options(&self, context_length: Option<usize>) -> EngineOptions {
+        let defaults = EngineOptions::default();
         EngineOptions {
             backend: self.backend,
             threads: self.threads,
             context_length,
-            activations: self.activations,
+            // Each engine keeps its own default unless the flag is given.
+            activations: self.activations.unwrap_or(defaults.activations),
+            gpu_activations: self.activations.unwrap_or(defaults.gpu_activations),
             kv: self.kv,
             gpu_mem: self.gpu_mem.clone(),
             stream_slots: self.stream_slots as usize,

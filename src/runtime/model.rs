@@ -41,7 +41,11 @@ pub struct EngineOptions {
     pub threads: usize,
     /// KV cache length; `None`: the model's context, capped at 4096.
     pub context_length: Option<usize>,
+    /// Activation precision of the CPU engine's matrix products (int8 by default).
     pub activations: Activations,
+    /// Activation precision of the GPU engine's decode matvecs: f32 by default (int8 is not its default until
+    /// it is measured on hardware); int8 applies to matrices with int8, int4 or ternary weights.
+    pub gpu_activations: Activations,
     pub kv: KvType,
     /// The GPU memory budget as the user wrote it (`--gpu-mem`); `None`: `OMEX_GPU_MEM`, else the config file.
     pub gpu_mem: Option<String>,
@@ -60,6 +64,7 @@ impl Default for EngineOptions {
             threads: 0,
             context_length: None,
             activations: Activations::default(),
+            gpu_activations: Activations::F32,
             kv: KvType::default(),
             gpu_mem: None,
             stream_slots: 3,
@@ -110,6 +115,7 @@ impl Model {
         gpu.budget = crate::runtime::budget::resolve_default(opts.gpu_mem.as_deref())?;
         gpu.slots = opts.stream_slots.max(1);
         gpu.overlap = opts.overlap;
+        gpu.activations = opts.gpu_activations;
         #[cfg(not(target_arch = "wasm32"))]
         {
             gpu.memory_trace = opts.memory_trace.clone();

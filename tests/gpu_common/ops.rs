@@ -5,7 +5,7 @@
 use super::*;
 use kernels_cpu::ops::{self, RopeStyle};
 use omex::backend::gpu::ops::{
-    attention, misc, Heads, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT,
+    attention, misc, Heads, Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT,
 };
 use omex::backend::gpu::weights::{GpuFile, GpuMatrix};
 use omex::backend::gpu::{Dispatch, Region};
@@ -44,7 +44,23 @@ pub struct AttnCase {
     pub pos0: usize,
     pub n: usize,
     pub scale: f32,
-    /// GPU: the split decode kernel (n == 1) with this many splits, or the prefill kernel when 0.
+}
+
+/// Decode attention as the engine runs it: the one token at `pos` arrives as its fused projection row
+/// `q | k | v`; q and k are rotated, k and v stored into the caches at `pos` (the GPU's `rope` dispatch), then q
+/// attends to cache rows `0..=pos` (the split kernel and its combine).
+pub struct DecodeCase {
+    pub heads: Heads,
+    pub dims: usize,
+    pub half: bool,
+    pub inv_freq: Vec<f32>,
+    pub qkv: Vec<f32>,
+    /// The caches `[ctx, kv_dim]` before the step (row `pos` is overwritten).
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub pos: usize,
+    pub scale: f32,
+    /// GPU: the workgroups per KV head of the split kernel.
     pub splits: u32,
 }
 
@@ -65,13 +81,19 @@ pub trait Ops {
     fn rmsnorm(&self, x: &[f32], w: &[f32], eps: f32) -> Vec<f32>;
     /// (rotated q `[n, q_dim]`, K cache, V cache `[ctx, kv_dim]`; rows outside `pos0..pos0 + n` are zero).
     fn rope_store(&self, c: &RopeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>);
+    /// GPU: the prefill kernel.
     fn attention(&self, c: &AttnCase) -> Vec<f32>;
+    /// (attention output `[q_dim]`, K cache, V cache after the step).
+    fn decode_attention(&self, c: &DecodeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>);
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32>;
     fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32>;
     fn embed(&self, e: &OwnedMatrix, ids: &[u32]) -> Vec<f32>;
     fn argmax(&self, x: &[f32]) -> u32;
     /// The tokens of draws `draw..draw + n` from `logits` (temperature > 0, no repetition penalty).
     fn sample(&self, logits: &[f32], opts: &SamplerOptions, draw: u32, n: usize) -> Vec<u32>;
+    /// The matvec `c` (one token) with int8 activations, labelled by what ran it: kernels-cpu's q8 path as
+    /// the CPU engine runs it, or each int8-activation matvec kernel the GPU adapter has.
+    fn linear_q8(&self, c: &LinearCase) -> Vec<(String, Vec<f32>)>;
 }
 
 pub struct Cpu;
@@ -83,6 +105,29 @@ fn silu(g: f32) -> f32 {
 impl Ops for Cpu {
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn linear_q8(&self, c: &LinearCase) -> Vec<(String, Vec<f32>)> {
+        assert_eq!(c.n, 1, "the q8 matvec takes one token");
+        let h = match &c.norm {
+            Some((w, eps)) => self.rmsnorm(&c.x, w, *eps),
+            None => c.x.clone(),
+        };
+        let xq = kernels_cpu::quantize(&h, 1);
+        let outs: Vec<Vec<f32>> = c
+            .mats
+            .iter()
+            .zip(&c.biases)
+            .map(|(m, b)| {
+                let mut y = vec![0f32; m.rows];
+                kernels_cpu::matvec_q8(&m.matrix(), &xq, &mut y);
+                if let Some(b) = b {
+                    ops::add_assign(&mut y, b);
+                }
+                y
+            })
+            .collect();
+        vec![("kernels-cpu q8".to_string(), output_row(c, &outs))]
     }
 
     fn linear(&self, c: &LinearCase) -> Vec<f32> {
@@ -165,6 +210,25 @@ impl Ops for Cpu {
         let (nh, nkv, hd) = (h.n_heads as usize, h.n_kv as usize, h.head_dim as usize);
         kernels_cpu::attention(&c.q, &c.k, &c.v, c.pos0, c.n, nh, nkv, hd, c.scale, &mut out);
         out
+    }
+
+    /// The twin: rope (as [`Cpu::rope_store`] does) then attention.
+    fn decode_attention(&self, c: &DecodeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let h = c.heads;
+        let (qd, kvd, hd) = (h.q_dim() as usize, h.kv_dim() as usize, h.head_dim as usize);
+        let style = if c.half { RopeStyle::Half } else { RopeStyle::Interleaved };
+        let mut q = c.qkv[..qd].to_vec();
+        let (mut kc, mut vc) = (c.k.clone(), c.v.clone());
+        let kt = &mut kc[c.pos * kvd..(c.pos + 1) * kvd];
+        kt.copy_from_slice(&c.qkv[qd..qd + kvd]);
+        for head in q.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
+            ops::rope(&mut head[..c.dims], 1, c.dims, c.pos, &c.inv_freq, style);
+        }
+        vc[c.pos * kvd..(c.pos + 1) * kvd].copy_from_slice(&c.qkv[qd + kvd..]);
+        let mut out = vec![0f32; qd];
+        let (nh, nkv) = (h.n_heads as usize, h.n_kv as usize);
+        kernels_cpu::attention(&q, &kc, &vc, c.pos, 1, nh, nkv, hd, c.scale, &mut out);
+        (out, kc, vc)
     }
 
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
@@ -265,6 +329,30 @@ impl Ops for Gpu {
         "gpu"
     }
 
+    fn linear_q8(&self, c: &LinearCase) -> Vec<(String, Vec<f32>)> {
+        assert!(c.matvec && c.n == 1, "the q8 matvec takes one token");
+        let ctx = self.0;
+        let u = Uploaded::new(ctx, c);
+        let l = u.linear(c);
+        let mut kernels = vec![MatvecKernel::Int8];
+        if ctx.gpu.tier.subgroups {
+            kernels.push(MatvecKernel::Int8Subgroup);
+        }
+        kernels.push(MatvecKernel::Int8Auto);
+        let mut results = Vec::new();
+        for k in kernels {
+            let y0: Vec<u32> =
+                if c.output == Output::Add { bytemuck::cast_slice(&c.y0).to_vec() } else { vec![u32::MAX; c.y0.len()] };
+            ctx.write(&u.y, 0, bytemuck::cast_slice(&y0));
+            let d = pollster::block_on(l.matvec_with(ctx, k)).unwrap();
+            let name = d.pipeline.kernel.name;
+            assert!(name.starts_with("matvec_q8"), "{k:?} runs {name}, not an int8-activation kernel");
+            self.run(&[&d], 1);
+            results.push((format!("{k:?} ({name})"), self.read(&u.y, c.y0.len())));
+        }
+        results
+    }
+
     fn linear(&self, c: &LinearCase) -> Vec<f32> {
         let ctx = self.0;
         let mut file = FileBuilder(vec![0; 256]);
@@ -312,9 +400,20 @@ impl Ops for Gpu {
             Linear { mats, norm, output: c.output, step: &st, x: &x, y: &y, x_last: false, y_stride: c.width() as u32 };
         let tile = if c.n <= 8 { MATMUL_TOKENS_SHORT } else { MATMUL_TOKENS };
         if !c.matvec {
-            let d = pollster::block_on(l.matmul(ctx, tile)).unwrap();
+            let d = pollster::block_on(l.matmul_with(ctx, tile, MatmulKernel::Tiled)).unwrap();
             self.run(&[&d], c.n as u32);
-            return self.read(&y, c.y0.len());
+            let tiled = self.read(&y, c.y0.len());
+            // Where the adapter has tensor cores, the cooperative kernel too, from the same initial y: its f16
+            // products must agree with the f32 kernel to f16 precision (the test body checks the tiled one).
+            if ctx.gpu.tier.cooperative_matrix && c.mats[0].cols % 32 == 0 && tile == MATMUL_TOKENS {
+                ctx.write(&y, 0, bytemuck::cast_slice(&c.y0));
+                let d = pollster::block_on(l.matmul_with(ctx, tile, MatmulKernel::Cooperative)).unwrap();
+                self.run(&[&d], c.n as u32);
+                let coop = self.read(&y, c.y0.len());
+                let scale = 1.0 + tiled.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert_close("cooperative matmul vs tiled", &coop, &tiled, 4e-3 * scale, 0.0);
+            }
+            return tiled;
         }
         // Every matvec kernel the shape and adapter allow, each from the same initial y; they must agree with
         // the generic one, and the automatic choice is returned for the test body to check.
@@ -373,18 +472,26 @@ impl Ops for Gpu {
         let (q, k, v) = (upload_f32(ctx, &c.q), upload_f32(ctx, &c.k), upload_f32(ctx, &c.v));
         let out = poisoned(ctx, c.q.len());
         let st = step(ctx, c.n as u32, c.pos0 as u32);
-        if c.splits > 0 {
-            let part = attention::partials(ctx, c.heads, c.splits).unwrap();
-            let (a, b) =
-                pollster::block_on(attention::decode(ctx, c.heads, c.splits, c.scale, &st, &q, &k, &v, &part, &out))
-                    .unwrap();
-            self.run(&[&a, &b], 1);
-            self.read(&out, c.q.len())
-        } else {
-            let d = pollster::block_on(attention::prefill(ctx, c.heads, c.scale, &st, &q, &k, &v, &out)).unwrap();
-            self.run(&[&d], c.n as u32);
-            self.read(&out, c.q.len())
-        }
+        let d = pollster::block_on(attention::prefill(ctx, c.heads, c.scale, &st, &q, &k, &v, &out)).unwrap();
+        self.run(&[&d], c.n as u32);
+        self.read(&out, c.q.len())
+    }
+
+    fn decode_attention(&self, c: &DecodeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let ctx = self.0;
+        let h = c.heads;
+        let table = misc::cos_sin_table(&c.inv_freq, c.pos + 1);
+        let cos_sin = upload_f32(ctx, bytemuck::cast_slice(&table));
+        let (qkv, k, v) = (upload_f32(ctx, &c.qkv), upload_f32(ctx, &c.k), upload_f32(ctx, &c.v));
+        let qd = h.q_dim() as usize;
+        let (q, out, st) = (poisoned(ctx, qd), poisoned(ctx, qd), step(ctx, 1, c.pos as u32));
+        let part = attention::partials(ctx, h, c.splits).unwrap();
+        let r = misc::rope_store(ctx, h, c.dims as u32, c.half, &st, &qkv, &cos_sin, &q, &k, &v);
+        let r = pollster::block_on(r).unwrap();
+        let (a, b) =
+            pollster::block_on(attention::decode(ctx, h, c.splits, c.scale, &st, &q, &k, &v, &part, &out)).unwrap();
+        self.run(&[&r, &a, &b], 1);
+        (self.read(&out, qd), self.read(&k, c.k.len()), self.read(&v, c.v.len()))
     }
 
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
@@ -460,5 +567,97 @@ impl Ops for Gpu {
         assert_eq!(tok[0], u32::MAX, "sample writes only its slots");
         assert_eq!(id[0], tok[n], "sample writes the last id to ids[0] too");
         tok[1..].to_vec()
+    }
+}
+
+/// The matvec outputs `outs` (one per matrix, biases added) written into `c.y0` as `c.output` says.
+fn output_row(c: &LinearCase, outs: &[Vec<f32>]) -> Vec<f32> {
+    let mut y = c.y0.clone();
+    if c.output == Output::SwiGlu {
+        ops::silu_mul(&outs[0], &outs[1], &mut y);
+        return y;
+    }
+    let mut at = 0;
+    for o in outs {
+        let dst = &mut y[at..at + o.len()];
+        if c.output == Output::Add {
+            ops::add_assign(dst, o);
+        } else {
+            dst.copy_from_slice(o);
+        }
+        at += o.len();
+    }
+    y
+}
+
+/// A [`LinearCase`] on the GPU: its matrices, biases and norm weight packed into one weight file, x, y (the
+/// caller fills it) and the step buffer.
+struct Uploaded {
+    file: Arc<GpuFile>,
+    mats: Vec<GpuMatrix>,
+    biases: Vec<Option<(u64, u64)>>,
+    norm_at: Option<(u64, u64)>,
+    x: GpuBuffer,
+    y: GpuBuffer,
+    step: GpuBuffer,
+}
+
+impl Uploaded {
+    fn new(ctx: &GpuContext, c: &LinearCase) -> Uploaded {
+        let mut file = FileBuilder(vec![0; 256]);
+        let sections: Vec<_> = c.mats.iter().map(|m| file.matrix(&m.matrix())).collect();
+        let biases = c.biases.iter().map(|b| b.as_ref().map(|b| file.put(bytemuck::cast_slice(b)))).collect();
+        let norm_at = c.norm.as_ref().map(|(w, _)| file.put(bytemuck::cast_slice(w)));
+        file.0.resize(file.0.len().div_ceil(256) * 256, 0);
+        let file = Arc::new(GpuFile::upload(ctx, "test.bin", &file.0).unwrap());
+        let mats = c
+            .mats
+            .iter()
+            .zip(&sections)
+            .enumerate()
+            .map(|(i, (m, s))| GpuMatrix {
+                name: format!("m{i}"),
+                file: file.clone(),
+                dtype: dtype(&m.matrix()),
+                rows: m.rows as u32,
+                cols: m.cols as u32,
+                data: s[0].unwrap(),
+                scales: s[1],
+                mins: s[2],
+            })
+            .collect();
+        let (x, y, step) = (upload_f32(ctx, &c.x), poisoned(ctx, c.y0.len()), step(ctx, c.n as u32, 0));
+        Uploaded { file, mats, biases, norm_at, x, y, step }
+    }
+
+    fn linear(&self, c: &LinearCase) -> Linear<'_> {
+        let mut out = 0;
+        let mats = self
+            .mats
+            .iter()
+            .zip(&self.biases)
+            .map(|(m, &bias)| {
+                let at = out;
+                if c.output != Output::SwiGlu {
+                    out += m.rows;
+                }
+                Mat { m, out: at, bias }
+            })
+            .collect();
+        let norm = c.norm.as_ref().zip(self.norm_at).map(|((_, eps), at)| Norm {
+            region: Region::covering(&self.file.buffer, &[at]),
+            offset: at.0,
+            eps: *eps,
+        });
+        Linear {
+            mats,
+            norm,
+            output: c.output,
+            step: &self.step,
+            x: &self.x,
+            y: &self.y,
+            x_last: false,
+            y_stride: c.width() as u32,
+        }
     }
 }

@@ -15,7 +15,8 @@ pub struct Tier {
     pub subgroup_max: u32,
     /// `f16` arithmetic in shaders.
     pub f16: bool,
-    /// Cooperative matrices (detected and reported; no kernel uses them yet).
+    /// 16x16x16 cooperative matrices with f16 inputs and f32 accumulators (tensor cores), with f16 and
+    /// 32-wide subgroups beside them: the prefill matmul's fast kernel (shaders/matmul_coop.wgsl).
     pub cooperative_matrix: bool,
 }
 
@@ -82,6 +83,23 @@ async fn request_adapter(backends: wgpu::Backends) -> Result<wgpu::Adapter> {
     instance.request_adapter(&options).await.map_err(no_adapter)
 }
 
+/// Whether the adapter multiplies 16x16x16 f16 cooperative matrices into f32 ones, and has the f16 and the
+/// fixed 32-wide subgroups the cooperative matmul is written for.
+fn coop_f16_f32(adapter: &wgpu::Adapter, tier: &Tier) -> bool {
+    use wgpu::CooperativeScalarType as S;
+    if !adapter.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        || !tier.f16
+        || !tier.subgroups
+        || (tier.subgroup_min, tier.subgroup_max) != (32, 32)
+    {
+        return false;
+    }
+    adapter
+        .cooperative_matrix_properties()
+        .iter()
+        .any(|c| (c.m_size, c.n_size, c.k_size) == (16, 16, 16) && c.ab_type == S::F16 && c.cr_type == S::F32)
+}
+
 impl GpuDevice {
     /// Opens the preferred adapter. Backends follow `WGPU_BACKEND` (e.g. `vulkan`, `gl`), the adapter
     /// `WGPU_ADAPTER_NAME`, as wgpu reads them.
@@ -106,14 +124,18 @@ impl GpuDevice {
             subgroup_min: info.subgroup_min_size,
             subgroup_max: info.subgroup_max_size,
             f16: !portable && offered.contains(wgpu::Features::SHADER_F16),
-            cooperative_matrix: offered.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            cooperative_matrix: false,
         };
+        let tier = Tier { cooperative_matrix: !portable && coop_f16_f32(&adapter, &tier), ..tier };
         let mut features = wgpu::Features::empty();
         if tier.subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
         if tier.f16 {
             features |= wgpu::Features::SHADER_F16;
+        }
+        if tier.cooperative_matrix {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
         features |= super::timer::KernelTimer::wanted_features() & offered;
         let limits = adapter.limits();
@@ -122,7 +144,13 @@ impl GpuDevice {
                 label: Some("omex"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                // SAFETY: wgpu gates cooperative matrices behind this token because the feature is new; we
+                // ask for it only when the adapter lists the exact configuration our kernel uses, and every
+                // cooperative load and store of that kernel stays inside shared-memory tiles it sizes itself.
+                experimental_features: match tier.cooperative_matrix {
+                    true => unsafe { wgpu::ExperimentalFeatures::enabled() },
+                    false => wgpu::ExperimentalFeatures::disabled(),
+                },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })

@@ -12,7 +12,7 @@ use super::device::DeviceOptions;
 use super::ops::misc::{self, SampleParams};
 use super::plan::{Buffers, Model, Plan, Residency, Stage, MAX_STEPS};
 use super::streaming::{self, Slots};
-use crate::backend::{Engine, Logits, WeightRef};
+use crate::backend::{Activations, Engine, Logits, WeightRef};
 use crate::error::{Error, Result};
 use crate::format::ModelDir;
 use crate::graph::{Activation, Transformer};
@@ -36,6 +36,9 @@ pub struct GpuOptions {
     /// Splits of the decode attention over the cache (0: from the context length).
     pub attention_splits: u32,
     pub device: DeviceOptions,
+    /// Activations of the decode matvecs: f32 (the default), or int8 quantized as the CPU engine's int8 path
+    /// does, for matrices with int8, int4 or ternary weights (others stay f32). Prefill matmuls take f32.
+    pub activations: Activations,
     /// Cap on the GPU memory omex allocates (`--gpu-mem`); weights stream when the model does not fit.
     pub budget: Option<Budget>,
     /// Upload slots when streaming: 2 is double buffering; 3 (the default) uploads up to two pieces ahead,
@@ -55,6 +58,8 @@ impl GpuOptions {
             max_batch: 512,
             attention_splits: 0,
             device: DeviceOptions::default(),
+            // Not `Activations::default()` (the CPU engine's int8): f32 until int8 is measured on hardware.
+            activations: Activations::F32,
             budget: None,
             slots: 3,
             overlap: true,
@@ -247,7 +252,7 @@ impl GpuEngine {
             None => Some(WeightRef::load(dir, &cfg.token_embedding, &[cfg.vocab_size, cfg.hidden_size])?),
         };
         let bufs = Buffers::new(&ctx, cfg, opts.context_length, max_batch, logit_rows, splits)?;
-        let plan = Plan::build(&ctx, cfg, &model, &bufs, splits).await?;
+        let plan = Plan::build(&ctx, cfg, &model, &bufs, splits, opts.activations).await?;
         let vocab_bytes = 4 * cfg.vocab_size as u64;
         let staging = ctx.pool.readback("readback", (logit_rows as u64 * vocab_bytes).max(4 * MAX_STEPS as u64))?;
         ctx.gpu.check()?;
@@ -608,6 +613,14 @@ impl GpuEngine {
     pub fn describe_device(&self) -> String {
         self.ctx.gpu.describe()
     }
+
+    /// Matvecs of a decode step that take int8 activations, and all its matvecs.
+    pub fn int8_matvecs(&self) -> (usize, usize) {
+        let stages = self.plan.decode.iter().chain(&self.plan.head_last);
+        let names: Vec<&str> = stages.flat_map(|s| &s.dispatches).map(|d| d.pipeline.kernel.name).collect();
+        let matvecs = names.iter().filter(|n| n.starts_with("matvec")).count();
+        (names.iter().filter(|n| n.starts_with("matvec_q8")).count(), matvecs)
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -635,7 +648,14 @@ impl Drop for GpuEngine {
 #[cfg(not(target_arch = "wasm32"))]
 impl Engine for GpuEngine {
     fn describe(&self) -> String {
-        format!("gpu ({}, f32 activations, f32 KV cache)", self.ctx.gpu.describe())
+        let activations = match self.opts.activations {
+            Activations::F32 => "f32 activations".to_string(),
+            Activations::Int8 => {
+                let (int8, all) = self.int8_matvecs();
+                format!("int8 activations in {int8} of {all} decode matvecs, f32 elsewhere")
+            }
+        };
+        format!("gpu ({}, {activations}, f32 KV cache)", self.ctx.gpu.describe())
     }
 
     fn context_length(&self) -> usize {

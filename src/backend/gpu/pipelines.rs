@@ -59,6 +59,14 @@ pub const MATVEC_GROUPS_SG: Kernel = Kernel {
 };
 pub const MATMUL: Kernel =
     Kernel { name: "matmul", entry: "main", bindings: WEIGHT_OP, source: shader!(quant "matmul.wgsl") };
+/// The prefill matmul on cooperative matrices (its `enable` directives must open the module, so the layout
+/// prelude follows it).
+pub const MATMUL_COOP: Kernel = Kernel {
+    name: "matmul_coop",
+    entry: "main",
+    bindings: WEIGHT_OP,
+    source: shader!("matmul_coop.wgsl" + "quant.wgsl"),
+};
 pub const EMBED: Kernel = Kernel {
     name: "embed",
     entry: "main",
@@ -108,6 +116,21 @@ pub const SAMPLE: Kernel =
     Kernel { name: "sample", entry: "sample", bindings: SAMPLER, source: shader!("sample.wgsl") };
 pub const ADVANCE: Kernel =
     Kernel { name: "sample", entry: "advance", bindings: &[(5, ReadWrite)], source: shader!("sample.wgsl") };
+/// The decode matvec with int8 activations (`dot4I8Packed`; int8, int4 and ternary weights) and the portable
+/// shared-memory reduction.
+pub const MATVEC_Q8: Kernel = Kernel {
+    name: "matvec_q8",
+    entry: "main",
+    bindings: WEIGHT_OP,
+    source: shader!("matvec_q8.wgsl" + "reduce_shared.wgsl"),
+};
+/// The int8-activation matvec with subgroup-shuffle reductions (needs the SUBGROUP feature).
+pub const MATVEC_Q8_SG: Kernel = Kernel {
+    name: "matvec_q8_subgroup",
+    entry: "main",
+    bindings: WEIGHT_OP,
+    source: shader!("matvec_q8.wgsl" + "reduce_subgroup.wgsl"),
+};
 
 impl Kernel {
     pub fn source(&self) -> &'static str {

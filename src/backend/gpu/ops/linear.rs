@@ -1,12 +1,19 @@
 //! Matrix products over the weight layouts: the decode matvec (shaders/matvec.wgsl) and the prefill matmul
 //! (shaders/matmul.wgsl), for up to three matrices of one weight file at once, with the RMS norm fused into
-//! the activation load and the residual add or SwiGLU fused into the output.
+//! the activation load and the residual add or SwiGLU fused into the output. Decode matvecs over quantized
+//! weights can also run on int8 activations (shaders/matvec_q8.wgsl, [`MatvecKernel::Int8Auto`]), as the
+//! CPU engine's `Activations::Int8` does; prefill matmuls always take f32 activations.
 
 use crate::backend::gpu::buffers::GpuBuffer;
 use crate::backend::gpu::context::{Dispatch, GpuContext, Grid, Region};
-use crate::backend::gpu::pipelines::{Kernel, MATMUL, MATVEC, MATVEC_GROUPS, MATVEC_GROUPS_SG};
+use crate::backend::gpu::pipelines::{
+    Kernel, MATMUL, MATMUL_COOP, MATVEC, MATVEC_GROUPS, MATVEC_GROUPS_SG, MATVEC_Q8, MATVEC_Q8_SG,
+};
 use crate::backend::gpu::weights::GpuMatrix;
+use crate::backend::gpu::Tier;
+use crate::backend::Activations;
 use crate::error::{Error, Result};
+use crate::format::DType;
 use bytemuck::{Pod, Zeroable};
 
 /// What the product does with its result.
@@ -80,6 +87,52 @@ pub enum MatvecKernel {
     Groups,
     /// matvec_groups.wgsl with subgroup reductions: `cols % 32 == 0`, needs subgroups.
     GroupsSubgroup,
+    /// Int8 activations where the weights allow them (int8, int4 or ternary, `cols % 32 == 0`), with subgroup
+    /// reductions where the adapter has them; else as `Auto` (f32 activations).
+    Int8Auto,
+    /// matvec_q8.wgsl: x quantized to int8 per group of 32 as kernels-cpu's q8 path does, `dot4I8Packed`
+    /// products, shared-memory reductions; int8, int4 or ternary weights, `cols % 32 == 0`, portable.
+    Int8,
+    /// matvec_q8.wgsl with subgroup reductions: as `Int8`, needs subgroups.
+    Int8Subgroup,
+}
+
+impl MatvecKernel {
+    /// The automatic choice for an engine's activation precision.
+    pub fn for_activations(activations: Activations) -> MatvecKernel {
+        match activations {
+            Activations::F32 => MatvecKernel::Auto,
+            Activations::Int8 => MatvecKernel::Int8Auto,
+        }
+    }
+
+    /// The concrete kernel for a product of `dtype` weights with `cols` columns on an adapter of `tier`, or why
+    /// the one asked for cannot run it.
+    fn resolve(self, dtype: DType, cols: u32, tier: Tier) -> Result<MatvecKernel> {
+        let grouped = cols % 32 == 0;
+        let int8 = grouped && matches!(dtype, DType::Int8 | DType::Int4 | DType::Ternary);
+        let v = match self {
+            MatvecKernel::Int8Auto if int8 && tier.subgroups => MatvecKernel::Int8Subgroup,
+            MatvecKernel::Int8Auto if int8 => MatvecKernel::Int8,
+            MatvecKernel::Auto | MatvecKernel::Int8Auto if !grouped => MatvecKernel::Generic,
+            MatvecKernel::Auto | MatvecKernel::Int8Auto if tier.subgroups => MatvecKernel::GroupsSubgroup,
+            MatvecKernel::Auto | MatvecKernel::Int8Auto => MatvecKernel::Groups,
+            MatvecKernel::Int8 | MatvecKernel::Int8Subgroup if !int8 => {
+                return Err(Error::Gpu(format!(
+                    "the int8-activation matvec needs int8, int4 or ternary weights and cols % 32 == 0, not \
+                     {dtype:?} with {cols} cols"
+                )))
+            }
+            v => v,
+        };
+        if matches!(v, MatvecKernel::GroupsSubgroup | MatvecKernel::Int8Subgroup) && !tier.subgroups {
+            return Err(Error::Gpu("the subgroup matvec needs an adapter with subgroups".into()));
+        }
+        if v != MatvecKernel::Generic && !grouped {
+            return Err(Error::Gpu(format!("the group matvec needs cols % 32 == 0, not {cols}")));
+        }
+        Ok(v)
+    }
 }
 
 /// Lanes per team of the group matvec: about the groups of a row, a power of two in 4..=64.
@@ -87,8 +140,24 @@ fn team_size(cols: u32) -> u32 {
     let gpr = (cols / 32).max(1);
     (1u32 << (31 - gpr.leading_zeros())).clamp(4, 64)
 }
+/// Which matmul kernel runs a prefill product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// The cooperative-matrix kernel where the adapter, shape and tile allow it, else the tiled one.
+    Auto,
+    /// matmul.wgsl: f32 arithmetic, any shape, portable.
+    Tiled,
+    /// matmul_coop.wgsl: f16 products on tensor cores, f32 sums; `cols % 32 == 0`, an adapter with cooperative
+    /// matrices (`Tier::cooperative_matrix`). Serves the long chunks ([`MATMUL_TOKENS`]-token tiles of the
+    /// tiled kernel) in tiles of its own, [`MATMUL_COOP_TOKENS`] tokens.
+    Cooperative,
+}
+
 /// Rows per workgroup tile of the matmul.
 pub const MATMUL_TILE: u32 = 32;
+/// Rows and tokens per workgroup tile of the cooperative matmul.
+pub const MATMUL_COOP_TILE: u32 = 64;
+pub const MATMUL_COOP_TOKENS: u32 = 64;
 /// Tokens per workgroup tile of the matmul: long chunks, short chunks (less padding).
 pub const MATMUL_TOKENS: u32 = 32;
 pub const MATMUL_TOKENS_SHORT: u32 = 8;
@@ -150,27 +219,33 @@ impl<'a> Linear<'a> {
     }
 
     /// `tokens`: tokens per matmul tile ([`MATMUL_TOKENS`] or [`MATMUL_TOKENS_SHORT`]); 0 for the matvec.
-    async fn build(&self, ctx: &GpuContext, tokens: u32, variant: MatvecKernel) -> Result<Dispatch> {
+    async fn build(&self, ctx: &GpuContext, tokens: u32, variant: MatvecKernel, mm: MatmulKernel) -> Result<Dispatch> {
         let matvec = tokens == 0;
         let cols = self.mats.first().map_or(0, |m| m.m.cols);
         let tier = ctx.gpu.tier;
-        let variant = match variant {
-            MatvecKernel::Auto if cols % 32 != 0 => MatvecKernel::Generic,
-            MatvecKernel::Auto if tier.subgroups => MatvecKernel::GroupsSubgroup,
-            MatvecKernel::Auto => MatvecKernel::Groups,
-            MatvecKernel::GroupsSubgroup if !tier.subgroups => {
-                return Err(Error::Gpu("the subgroup matvec needs an adapter with subgroups".into()))
+        let coop_fits = tier.cooperative_matrix && cols % 32 == 0 && tokens == MATMUL_TOKENS;
+        let coop = match mm {
+            MatmulKernel::Auto => !matvec && coop_fits,
+            MatmulKernel::Tiled => false,
+            MatmulKernel::Cooperative if !coop_fits => {
+                return Err(Error::Gpu(format!(
+                    "the cooperative matmul needs an adapter with 16x16 f16 cooperative matrices, cols % 32 == 0 \
+                     and {MATMUL_TOKENS}-token tiles (cols {cols}, tiles of {tokens})"
+                )))
             }
-            v => v,
+            MatmulKernel::Cooperative => true,
         };
-        if variant != MatvecKernel::Generic && cols % 32 != 0 {
-            return Err(Error::Gpu(format!("the group matvec needs cols % 32 == 0, not {cols}")));
-        }
+        // The prefill matmul ignores the matvec variant: it always takes f32 activations.
+        let dtype = self.mats.first().map_or(DType::F32, |m| m.m.dtype);
+        let variant = if matvec { variant.resolve(dtype, cols, tier)? } else { MatvecKernel::Auto };
         let ts = team_size(cols);
         let (rows_per_block, kernel): (u32, &Kernel) = match (matvec, variant) {
+            (false, _) if coop => (MATMUL_COOP_TILE, &MATMUL_COOP),
             (false, _) => (MATMUL_TILE, &MATMUL),
             (true, MatvecKernel::Generic) => (MATVEC_ROWS, &MATVEC),
             (true, MatvecKernel::GroupsSubgroup) => (MATVEC_ROWS * 64 / ts, &MATVEC_GROUPS_SG),
+            (true, MatvecKernel::Int8) => (MATVEC_ROWS * 64 / ts, &MATVEC_Q8),
+            (true, MatvecKernel::Int8Subgroup) => (MATVEC_ROWS * 64 / ts, &MATVEC_Q8_SG),
             (true, _) => (MATVEC_ROWS * 64 / ts, &MATVEC_GROUPS),
         };
         let (region, mut p, total) = self.prepare(ctx, rows_per_block)?;
@@ -181,7 +256,7 @@ impl<'a> Linear<'a> {
             } else {
                 constants.push(("TS", ts as f64));
             }
-            if variant == MatvecKernel::GroupsSubgroup {
+            if matches!(variant, MatvecKernel::GroupsSubgroup | MatvecKernel::Int8Subgroup) {
                 constants.push(("SG", tier.subgroup_min.max(1) as f64));
             }
             p.extra = self.x_last as u32;
@@ -195,8 +270,10 @@ impl<'a> Linear<'a> {
                     "matmul tiles hold {MATMUL_TOKENS} or {MATMUL_TOKENS_SHORT} tokens, not {tokens}"
                 )));
             }
-            constants.push(("TN", (tokens / 8) as f64));
-            constants.push(("GROUPED", (cols % 32 == 0) as u32 as f64));
+            if !coop {
+                constants.push(("TN", (tokens / 8) as f64));
+                constants.push(("GROUPED", (cols % 32 == 0) as u32 as f64));
+            }
         }
         let pipeline = ctx.pipelines.get(kernel, &constants).await?;
         let params = ctx.pool.uniform(kernel.name, bytemuck::bytes_of(&p))?;
@@ -212,23 +289,29 @@ impl<'a> Linear<'a> {
                 self.y.binding(),
             ],
         );
-        let grid = if matvec { Grid::Fixed(ctx.grid_1d(total)) } else { Grid::TokensX { per: tokens, y: total } };
+        let per = if coop { MATMUL_COOP_TOKENS } else { tokens };
+        let grid = if matvec { Grid::Fixed(ctx.grid_1d(total)) } else { Grid::TokensX { per, y: total } };
         Ok(Dispatch { pipeline, bind_group, grid, params: Some(params) })
     }
 
     /// The decode dispatch (one activation row).
     pub async fn matvec(&self, ctx: &GpuContext) -> Result<Dispatch> {
-        self.build(ctx, 0, MatvecKernel::Auto).await
+        self.build(ctx, 0, MatvecKernel::Auto, MatmulKernel::Auto).await
     }
 
     /// The decode dispatch with a chosen matvec kernel (tests and benches compare them).
     pub async fn matvec_with(&self, ctx: &GpuContext, kernel: MatvecKernel) -> Result<Dispatch> {
-        self.build(ctx, 0, kernel).await
+        self.build(ctx, 0, kernel, MatmulKernel::Auto).await
     }
 
     /// The prefill dispatch (the chunk's `n` activation rows, `n` read from the step buffer), in tiles of
     /// `tokens` tokens ([`MATMUL_TOKENS`], or [`MATMUL_TOKENS_SHORT`] for chunks of a few tokens).
     pub async fn matmul(&self, ctx: &GpuContext, tokens: u32) -> Result<Dispatch> {
-        self.build(ctx, tokens, MatvecKernel::Auto).await
+        self.build(ctx, tokens, MatvecKernel::Auto, MatmulKernel::Auto).await
+    }
+
+    /// The prefill dispatch with a chosen matmul kernel (tests and benches compare them).
+    pub async fn matmul_with(&self, ctx: &GpuContext, tokens: u32, kernel: MatmulKernel) -> Result<Dispatch> {
+        self.build(ctx, tokens, MatvecKernel::Auto, kernel).await
     }
 }
