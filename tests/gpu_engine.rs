@@ -302,9 +302,9 @@ fn tiny_int8_activations_match_the_cpu_engine() {
 
 /// The real model with int8 activations: the CPU engine's greedy tokens, and logits within 0.1 of the largest.
 /// A loose bound, because int8 quantization turns last-bit differences into visible ones on this model: the
-/// CPU engine itself, with AVX2 and with portable kernels, differs by up to 5e-2 from the first token on (the
-/// GPU matches the portable CPU to 2e-6 until such a difference first appears). The tight checks are
-/// tests/gpu_ops.rs's `matvec_q8_int_layouts` and the tiny models above.
+/// CPU engine itself, with its x86 SIMD kernels and with the portable ones (`OMEX_CPU_ISA=portable`), differs
+/// by up to 5e-2 from the first token on (the GPU matched the portable CPU to 2e-6 until such a difference
+/// first appeared). The tight checks are tests/gpu_ops.rs's `matvec_q8_int_layouts` and the tiny models above.
 #[test]
 fn smollm2_int8_activations_match_the_cpu_engine() {
     let Some(gpu) = gpu_ctx() else { return };
