@@ -355,61 +355,23 @@ impl Ops for Gpu {
 
     fn linear(&self, c: &LinearCase) -> Vec<f32> {
         let ctx = self.0;
-        let mut file = FileBuilder(vec![0; 256]);
-        let sections: Vec<_> = c.mats.iter().map(|m| file.matrix(&m.matrix())).collect();
-        let biases: Vec<_> = c.biases.iter().map(|b| b.as_ref().map(|b| file.put(bytemuck::cast_slice(b)))).collect();
-        let norm_at = c.norm.as_ref().map(|(w, _)| file.put(bytemuck::cast_slice(w)));
-        file.0.resize(file.0.len().div_ceil(256) * 256, 0);
-        let gf = Arc::new(GpuFile::upload(ctx, "test.bin", &file.0).unwrap());
-        let gms: Vec<GpuMatrix> = c
-            .mats
-            .iter()
-            .zip(&sections)
-            .enumerate()
-            .map(|(i, (m, s))| GpuMatrix {
-                name: format!("m{i}"),
-                file: gf.clone(),
-                dtype: dtype(&m.matrix()),
-                rows: m.rows as u32,
-                cols: m.cols as u32,
-                data: s[0].unwrap(),
-                scales: s[1],
-                mins: s[2],
-            })
-            .collect();
-        let mut out = 0;
-        let mats: Vec<Mat> = gms
-            .iter()
-            .zip(&biases)
-            .map(|(m, &bias)| {
-                let at = out;
-                if c.output != Output::SwiGlu {
-                    out += m.rows;
-                }
-                Mat { m, out: at, bias }
-            })
-            .collect();
-        let norm = c.norm.as_ref().map(|(_, eps)| {
-            let at = norm_at.unwrap();
-            Norm { region: Region::covering(&gf.buffer, &[at]), offset: at.0, eps: *eps }
-        });
-        let x = upload_f32(ctx, &c.x);
-        let y = if c.output == Output::Add { upload_f32(ctx, &c.y0) } else { poisoned(ctx, c.y0.len()) };
-        let st = step(ctx, c.n as u32, 0);
-        let l =
-            Linear { mats, norm, output: c.output, step: &st, x: &x, y: &y, x_last: false, y_stride: c.width() as u32 };
+        let u = Uploaded::new(ctx, c);
+        let (l, y) = (u.linear(c), &u.y);
+        if c.output == Output::Add {
+            ctx.write(y, 0, bytemuck::cast_slice(&c.y0));
+        }
         let tile = if c.n <= 8 { MATMUL_TOKENS_SHORT } else { MATMUL_TOKENS };
         if !c.matvec {
             let d = pollster::block_on(l.matmul_with(ctx, tile, MatmulKernel::Tiled)).unwrap();
             self.run(&[&d], c.n as u32);
-            let tiled = self.read(&y, c.y0.len());
+            let tiled = self.read(y, c.y0.len());
             // Where the adapter has tensor cores, the cooperative kernel too, from the same initial y: its f16
             // products must agree with the f32 kernel to f16 precision (the test body checks the tiled one).
             if ctx.gpu.tier.cooperative_matrix && c.mats[0].cols % 32 == 0 && tile == MATMUL_TOKENS {
-                ctx.write(&y, 0, bytemuck::cast_slice(&c.y0));
+                ctx.write(y, 0, bytemuck::cast_slice(&c.y0));
                 let d = pollster::block_on(l.matmul_with(ctx, tile, MatmulKernel::Cooperative)).unwrap();
                 self.run(&[&d], c.n as u32);
-                let coop = self.read(&y, c.y0.len());
+                let coop = self.read(y, c.y0.len());
                 let scale = 1.0 + tiled.iter().fold(0f32, |m, v| m.max(v.abs()));
                 assert_close("cooperative matmul vs tiled", &coop, &tiled, 4e-3 * scale, 0.0);
             }
@@ -429,10 +391,10 @@ impl Ops for Gpu {
         for k in kernels {
             let y0: Vec<u32> =
                 if c.output == Output::Add { bytemuck::cast_slice(&c.y0).to_vec() } else { vec![u32::MAX; c.y0.len()] };
-            ctx.write(&y, 0, bytemuck::cast_slice(&y0));
+            ctx.write(y, 0, bytemuck::cast_slice(&y0));
             let d = pollster::block_on(l.matvec_with(ctx, k)).unwrap();
             self.run(&[&d], 1);
-            let got = self.read(&y, c.y0.len());
+            let got = self.read(y, c.y0.len());
             if let Some(first) = results.first() {
                 let scale = 1.0 + first.iter().fold(0f32, |m, v| m.max(v.abs()));
                 assert_close(&format!("matvec kernel {k:?} against the generic one"), &got, first, 2e-5 * scale, 0.0);
