@@ -1,6 +1,7 @@
 // Decode matvec over whole groups with vec4 loads: y = W x for up to three matrices of one weight region, for
-// `cols % 32 == 0` (every quantized layout; f32/f16 with such shapes). Needs a reduction (reduce_shared.wgsl,
-// portable, or reduce_subgroup.wgsl) after it; same parameters, bindings and MODEs as matvec.wgsl.
+// `cols % 32 == 0` (every quantized layout; f32/f16 with such shapes). Needs matvec_teams.wgsl (parameters,
+// bindings and MODEs of matvec.wgsl, row blocks, the norm, the store) and a reduction (reduce_shared.wgsl,
+// portable, or reduce_subgroup.wgsl) after it.
 //
 // The workgroup's WG threads form WG / TS teams of TS lanes; a team owns 4 rows (accumulated in a vec4, and
 // a second vec4 for the up rows of MODE 2: no private arrays indexed at run time). Lane l takes groups
@@ -10,48 +11,6 @@
 // lane busy. Everything is read as vec4: the weight file's sections are 256-byte aligned.
 
 override LAYOUT: u32 = 0u;
-override WG: u32 = 64u;
-override TS: u32 = 64u;
-override NORM: bool = false;
-override MODE: u32 = 0u;
-
-struct Params {
-    cols: u32,
-    n_mats: u32,
-    norm: u32,
-    eps: f32,
-    blocks1: u32,
-    blocks2: u32,
-    x_last: u32,
-    _pad: u32,
-    mats: array<vec4<u32>, 3>,
-    outs: array<vec4<u32>, 3>,
-}
-
-struct Step {
-    n: u32,
-    pos: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> st: Step;
-@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(3) var<storage, read> nw: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
-
-const ROWS: u32 = 4u;
-var<workgroup> norm_scale: f32;
-
-fn word_at(i: u32) -> u32 {
-    return w[i >> 2u][i & 3u];
-}
-
-// f16 number `i` of the array starting at word `base`.
-fn half_at(base: u32, i: u32) -> f32 {
-    let pair = unpack2x16float(word_at(base + (i >> 1u)));
-    return select(pair.x, pair.y, (i & 1u) == 1u);
-}
 
 fn sbytes(word: u32) -> vec4<f32> {
     let v = vec4<i32>(bitcast<i32>(word << 24u), bitcast<i32>(word << 16u), bitcast<i32>(word << 8u), bitcast<i32>(word));
@@ -113,46 +72,21 @@ fn group_dot(m: vec4<u32>, r: u32, g: u32, gpr: u32, xg: array<vec4<f32>, 8>, xs
     return a;
 }
 
-fn silu(v: f32) -> f32 {
-    return v / (1.0 + exp(-v));
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
     let block = wg.x + wg.y * nwg.x;
     let cols = p.cols;
     let x0 = select(0u, (st.n - 1u) * cols, p.x_last == 1u) / 4u;
-    var mi = 0u;
-    var first = block;
-    if MODE != 2u && block >= p.blocks1 {
-        mi = select(1u, 2u, block >= p.blocks2);
-        first = block - select(p.blocks1, p.blocks2, block >= p.blocks2);
-    }
-    let mat = p.mats[mi];
+    let rb = row_block(block);
+    let mat = p.mats[rb.mi];
     let team = tid / TS;
     let lane = tid % TS;
-    let r0 = (first * (WG / TS) + team) * ROWS;
+    let r0 = (rb.first * (WG / TS) + team) * ROWS;
     let slots = select(ROWS, 2u * ROWS, MODE == 2u);
 
     if NORM {
-        var ss = 0.0;
-        for (var c = tid; c < cols / 4u; c += WG) {
-            let v = x[x0 + c];
-            ss += dot(v, v);
-        }
-        red[tid] = ss;
-        workgroupBarrier();
-        for (var h = WG / 2u; h > 0u; h >>= 1u) {
-            if tid < h {
-                red[tid] += red[tid + h];
-            }
-            workgroupBarrier();
-        }
-        if tid == 0u {
-            norm_scale = 1.0 / sqrt(red[0] / f32(cols) + p.eps);
-        }
-        workgroupBarrier();
+        gather_norm_scale(x0, tid);
     }
 
     var acc = vec4<f32>(0.0);
@@ -183,37 +117,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     reduce(acc, acc_up, tid, lane, team, slots);
 
-    // sums[team * slots + k] holds slot k of the team's rows.
-    if tid >= (WG / TS) * ROWS {
-        return;
-    }
-    let t = tid / ROWS;
-    let k = tid % ROWS;
-    let r = (first * (WG / TS) + t) * ROWS + k;
-    if r >= mat.x {
-        return;
-    }
-    var v = sums[t * slots + k];
-    if NORM {
-        v *= norm_scale;
-    }
-    let out = p.outs[mi];
-    if out.z == 1u {
-        v += bitcast<f32>(word_at(out.y + r));
-    }
-    if MODE == 0u {
-        y[out.x + r] = v;
-    } else if MODE == 1u {
-        y[out.x + r] += v;
-    } else {
-        var up = sums[t * slots + ROWS + k];
-        if NORM {
-            up *= norm_scale;
-        }
-        let o1 = p.outs[1];
-        if o1.z == 1u {
-            up += bitcast<f32>(word_at(o1.y + r));
-        }
-        y[out.x + r] = silu(v) * up;
-    }
+    store_team_rows(tid, rb, slots, select(1.0, norm_scale, NORM));
 }

@@ -1,7 +1,7 @@
 // Decode matvec with int8 activations, the twin of kernels-cpu's q8 path (kernels-cpu/src/q8/): y = W x for up
-// to three matrices of one weight region with int8, int4 or ternary weights and `cols % 32 == 0`. Same
-// parameters, bindings, MODEs, teams and reductions (reduce_shared.wgsl or reduce_subgroup.wgsl after it) as
-// matvec_groups.wgsl.
+// to three matrices of one weight region with int8, int4 or ternary weights and `cols % 32 == 0`. Shares
+// matvec_teams.wgsl (parameters, bindings, MODEs, row blocks, the store) and the reductions (reduce_shared.wgsl
+// or reduce_subgroup.wgsl) with matvec_groups.wgsl, concatenated after it.
 //
 // The workgroup first quantizes x into workgroup memory, CHUNK groups of 32 at a time, one group per thread,
 // by kernels-cpu's rule: `d = amax / 127`, `q = round_ties_even(x * (1 / d))` clamped to -128..=127, and the
@@ -16,37 +16,7 @@
 //   ternary: d_w d_x (sum(c q_x) - sum(q_x)), codes c = 0, 1, 2
 
 override LAYOUT: u32 = 2u;
-override WG: u32 = 64u;
-override TS: u32 = 64u;
-override NORM: bool = false;
-override MODE: u32 = 0u;
 
-struct Params {
-    cols: u32,
-    n_mats: u32,
-    norm: u32,
-    eps: f32,
-    blocks1: u32,
-    blocks2: u32,
-    x_last: u32,
-    _pad: u32,
-    mats: array<vec4<u32>, 3>,
-    outs: array<vec4<u32>, 3>,
-}
-
-struct Step {
-    n: u32,
-    pos: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> st: Step;
-@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(3) var<storage, read> nw: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
-
-const ROWS: u32 = 4u;
 // Groups of x quantized per pass (4096 columns, 5 KiB).
 const CHUNK: u32 = 128u;
 
@@ -54,17 +24,6 @@ const CHUNK: u32 = 128u;
 var<workgroup> xq: array<vec4<u32>, 256>;
 var<workgroup> xd: array<f32, CHUNK>;
 var<workgroup> xn: array<i32, CHUNK>;
-var<workgroup> norm_scale: f32;
-
-fn word_at(i: u32) -> u32 {
-    return w[i >> 2u][i & 3u];
-}
-
-// f16 number `i` of the array starting at word `base`.
-fn half_at(base: u32, i: u32) -> f32 {
-    let pair = unpack2x16float(word_at(base + (i >> 1u)));
-    return select(pair.x, pair.y, (i & 1u) == 1u);
-}
 
 // `a / 127` rounded to nearest, as the CPU's f32 division gives it, for `a >= 0`; 0 below 2^-119, where the
 // CPU's scale would be subnormal. With a's 24-bit mantissa m, a / 127 = (m << s) / 127 * 2^(e - 150 - s),
@@ -188,45 +147,21 @@ fn group_dot(m: vec4<u32>, r: u32, g: u32, gpr: u32, a: vec4<u32>, b: vec4<u32>,
     return v;
 }
 
-fn silu(v: f32) -> f32 {
-    return v / (1.0 + exp(-v));
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
     let block = wg.x + wg.y * nwg.x;
     let cols = p.cols;
     let x0 = select(0u, (st.n - 1u) * cols, p.x_last == 1u) / 4u;
-    var mi = 0u;
-    var first = block;
-    if MODE != 2u && block >= p.blocks1 {
-        mi = select(1u, 2u, block >= p.blocks2);
-        first = block - select(p.blocks1, p.blocks2, block >= p.blocks2);
-    }
-    let mat = p.mats[mi];
+    let rb = row_block(block);
+    let mat = p.mats[rb.mi];
     let team = tid / TS;
     let lane = tid % TS;
-    let r0 = (first * (WG / TS) + team) * ROWS;
+    let r0 = (rb.first * (WG / TS) + team) * ROWS;
     let slots = select(ROWS, 2u * ROWS, MODE == 2u);
 
     if NORM {
-        var ss = 0.0;
-        for (var c = tid; c < cols / 4u; c += WG) {
-            let v = x[x0 + c];
-            ss += dot(v, v);
-        }
-        red[tid] = ss;
-        workgroupBarrier();
-        for (var h = WG / 2u; h > 0u; h >>= 1u) {
-            if tid < h {
-                red[tid] += red[tid + h];
-            }
-            workgroupBarrier();
-        }
-        if tid == 0u {
-            norm_scale = 1.0 / sqrt(red[0] / f32(cols) + p.eps);
-        }
+        gather_norm_scale(x0, tid);
     }
 
     var acc = vec4<f32>(0.0);
@@ -264,31 +199,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     reduce(acc, acc_up, tid, lane, team, slots);
 
-    // sums[team * slots + k] holds slot k of the team's rows.
-    if tid >= (WG / TS) * ROWS {
-        return;
-    }
-    let t = tid / ROWS;
-    let k = tid % ROWS;
-    let r = (first * (WG / TS) + t) * ROWS + k;
-    if r >= mat.x {
-        return;
-    }
-    var v = sums[t * slots + k];
-    let out = p.outs[mi];
-    if out.z == 1u {
-        v += bitcast<f32>(word_at(out.y + r));
-    }
-    if MODE == 0u {
-        y[out.x + r] = v;
-    } else if MODE == 1u {
-        y[out.x + r] += v;
-    } else {
-        var up = sums[t * slots + ROWS + k];
-        let o1 = p.outs[1];
-        if o1.z == 1u {
-            up += bitcast<f32>(word_at(o1.y + r));
-        }
-        y[out.x + r] = silu(v) * up;
-    }
+    store_team_rows(tid, rb, slots, 1.0);
 }

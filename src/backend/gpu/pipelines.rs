@@ -33,8 +33,11 @@ macro_rules! shader {
     (quant $file:literal) => {
         concat!(include_str!("../../../shaders/quant.wgsl"), include_str!(concat!("../../../shaders/", $file)))
     };
-    ($file:literal + $reduce:literal) => {
-        concat!(include_str!(concat!("../../../shaders/", $file)), include_str!(concat!("../../../shaders/", $reduce)))
+    ($first:literal $(+ $rest:literal)+) => {
+        concat!(
+            include_str!(concat!("../../../shaders/", $first)),
+            $(include_str!(concat!("../../../shaders/", $rest))),+
+        )
     };
 }
 
@@ -48,14 +51,14 @@ pub const MATVEC_GROUPS: Kernel = Kernel {
     name: "matvec_groups",
     entry: "main",
     bindings: WEIGHT_OP,
-    source: shader!("matvec_groups.wgsl" + "reduce_shared.wgsl"),
+    source: shader!("matvec_groups.wgsl" + "matvec_teams.wgsl" + "reduce_shared.wgsl"),
 };
 /// The group matvec with subgroup-shuffle reductions (needs the SUBGROUP feature).
 pub const MATVEC_GROUPS_SG: Kernel = Kernel {
     name: "matvec_groups_subgroup",
     entry: "main",
     bindings: WEIGHT_OP,
-    source: shader!("matvec_groups.wgsl" + "reduce_subgroup.wgsl"),
+    source: shader!("matvec_groups.wgsl" + "matvec_teams.wgsl" + "reduce_subgroup.wgsl"),
 };
 pub const MATMUL: Kernel =
     Kernel { name: "matmul", entry: "main", bindings: WEIGHT_OP, source: shader!(quant "matmul.wgsl") };
@@ -122,14 +125,14 @@ pub const MATVEC_Q8: Kernel = Kernel {
     name: "matvec_q8",
     entry: "main",
     bindings: WEIGHT_OP,
-    source: shader!("matvec_q8.wgsl" + "reduce_shared.wgsl"),
+    source: shader!("matvec_q8.wgsl" + "matvec_teams.wgsl" + "reduce_shared.wgsl"),
 };
 /// The int8-activation matvec with subgroup-shuffle reductions (needs the SUBGROUP feature).
 pub const MATVEC_Q8_SG: Kernel = Kernel {
     name: "matvec_q8_subgroup",
     entry: "main",
     bindings: WEIGHT_OP,
-    source: shader!("matvec_q8.wgsl" + "reduce_subgroup.wgsl"),
+    source: shader!("matvec_q8.wgsl" + "matvec_teams.wgsl" + "reduce_subgroup.wgsl"),
 };
 
 impl Kernel {
