@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod files;
 pub mod format;
 pub mod graph;
 #[cfg(not(target_arch = "wasm32"))]

@@ -148,10 +148,7 @@ fn check_records(r: &mut Report, dir: &Path, ix: &WeightIndex) {
             continue;
         }
         let path = dir.join("weights").join(file);
-        let map = match std::fs::File::open(&path).and_then(|f| {
-            // SAFETY: read-only mapping of a file we do not modify; see `format::reader`.
-            unsafe { memmap2::Mmap::map(&f) }
-        }) {
+        let map = match crate::files::map_regular(&path) {
             Ok(m) => m,
             Err(e) => {
                 r.problem(format!("{rel}: cannot be read ({e}); {} tensors of {INDEX_FILE} live in it", entries.len()));
@@ -229,7 +226,8 @@ fn check_values(r: &mut Report, rel: &str, e: &TensorEntry, file: &[u8]) {
 
 fn check_tokenizer(r: &mut Report, dir: &Path, model: Option<&Transformer>) {
     let tdir = dir.join("tokenizer");
-    if !tdir.join("tokenizer.json").is_file() {
+    let json = tdir.join("tokenizer.json");
+    if !json.exists() {
         r.problem("tokenizer/tokenizer.json: missing (the model has no tokenizer)");
         return;
     }
@@ -249,6 +247,18 @@ fn check_tokenizer(r: &mut Report, dir: &Path, model: Option<&Transformer>) {
     }
 }
 
+/// Only the checksums: every file `metadata.json` lists is there with its size and sha256 (what `omex run
+/// --verify` asks for before loading). Returns the number of files checked, or every problem found.
+pub fn verify_files(dir: &Path, m: &Metadata) -> std::result::Result<usize, Vec<String>> {
+    let mut r = Report::default();
+    check_files(&mut r, dir, m);
+    if r.problems.is_empty() {
+        Ok(r.files_checked)
+    } else {
+        Err(r.problems)
+    }
+}
+
 /// Every file of `metadata.files` is there with its size and sha256; files nobody lists are warnings.
 fn check_files(r: &mut Report, dir: &Path, m: &Metadata) {
     let mut listed = BTreeSet::new();
@@ -262,7 +272,7 @@ fn check_files(r: &mut Report, dir: &Path, m: &Metadata) {
             continue;
         }
         let path = dir.join(&f.path);
-        if !path.is_file() {
+        if !path.exists() {
             r.problem(format!("{}: listed in {METADATA_FILE} but missing", f.path));
             continue;
         }

@@ -3,7 +3,6 @@
 use super::engine_args::EngineArgs;
 use clap::Args;
 use omex::runtime::perplexity::perplexity;
-use omex::runtime::Model;
 use omex::{Error, Result};
 use std::path::PathBuf;
 
@@ -24,8 +23,9 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.file).map_err(|e| Error::io(&args.file, e))?;
-    let model = Model::load(&args.model)?;
+    let text = omex::files::read_regular_string(&args.file, omex::files::MAX_TEXT_FILE)
+        .map_err(|e| Error::io(&args.file, e))?;
+    let model = args.engine.load(&args.model)?;
     let mut engine = model.engine(&args.engine.options(Some(args.chunk)))?;
     let tokens = model.tokenizer.encode(&text);
     eprintln!(
@@ -38,8 +38,8 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let mut progress = |i: usize, n: usize, ppl: f64| eprintln!("[{i}/{n}] running perplexity {ppl:.4}");
     let p = perplexity(engine.as_mut(), &tokens, args.chunk, &mut progress)?;
     if args.json {
-        println!("{}", serde_json::to_string(&p).expect("serializable"));
+        outln!("{}", serde_json::to_string(&p).expect("serializable"));
     }
-    println!("perplexity: {:.4}", p.perplexity);
+    outln!("perplexity: {:.4}", p.perplexity);
     Ok(())
 }

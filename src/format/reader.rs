@@ -72,19 +72,40 @@ impl TensorView {
     }
 }
 
+fn read_text(path: &Path) -> Result<Vec<u8>> {
+    crate::files::read_regular(path, crate::files::MAX_TEXT_FILE).map_err(|e| Error::io(path, e))
+}
+
+/// The message for a path that is not a model directory, with the conversion that makes one: a source model
+/// given where a model directory belongs is suggested an output beside it, never its own path.
+fn not_a_model_dir(root: &Path) -> String {
+    let is_source = root.is_file()
+        && root.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf") || e.eq_ignore_ascii_case("safetensors"));
+    if is_source {
+        let out = root.with_extension("omex");
+        format!(
+            "{}: is a source model, not an omex model directory; convert it first with `omex convert {} -o {}`",
+            root.display(),
+            root.display(),
+            out.display()
+        )
+    } else {
+        format!(
+            "{}: no omex model directory here; create one with `omex convert MODEL.gguf -o DIR.omex`",
+            root.display()
+        )
+    }
+}
+
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_text(path)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::json(path, e))
 }
 
 impl ModelDir {
     pub fn open(root: &Path) -> Result<ModelDir> {
         if !root.is_dir() {
-            return Err(Error::Usage(format!(
-                "{}: no omex model directory here; create one with `omex convert MODEL.gguf -o {}`",
-                root.display(),
-                root.display()
-            )));
+            return Err(Error::Usage(not_a_model_dir(root)));
         }
         let metadata = read_json(&root.join(METADATA_FILE))?;
         let graph = read_json(&root.join(GRAPH_FILE))?;
@@ -171,10 +192,7 @@ impl ModelDir {
 
 #[cfg(not(target_arch = "wasm32"))]
 fn map_file(path: &Path) -> Result<Blob> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: the model files are opened read-only and omex never writes them while mapped; a file truncated
-    // by another process underneath us is the one case mmap cannot defend against (as with every mmap reader).
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+    let map = crate::files::map_regular(path).map_err(|e| Error::io(path, e))?;
     Ok(Blob::Mmap(map))
 }
 

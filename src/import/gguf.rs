@@ -287,10 +287,7 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile> {
-        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the source file is opened read-only; as for every mmap reader, a file truncated by another
-        // process while mapped is the one case that cannot be defended against.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+        let map = crate::files::map_regular(path).map_err(|e| Error::io(path, e))?;
         Self::from_blob(path, Blob::Mmap(map))
     }
 

@@ -80,7 +80,7 @@ impl SourceModel {
         let mut magic = [0u8; 4];
         let n = {
             use std::io::Read;
-            let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let mut f = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
             f.read(&mut magic).map_err(|e| Error::io(path, e))?
         };
         if n == 4 && magic == gguf::MAGIC {

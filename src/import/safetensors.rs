@@ -143,9 +143,7 @@ pub struct SafetensorsFile {
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
-        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: opened read-only; see `GgufFile::open`.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+        let map = crate::files::map_regular(path).map_err(|e| Error::io(path, e))?;
         let header = Header::parse(&map).map_err(|e| Error::parse(path, e))?;
         Ok(SafetensorsFile { path: path.to_path_buf(), header, blob: Blob::Mmap(map) })
     }

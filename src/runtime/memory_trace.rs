@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 #[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
+/// The most upload slots a trace may name (`--stream-slots` allows 16).
+pub const MAX_SLOTS: usize = 64;
+
 /// Everything recorded during one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryTrace {
@@ -76,8 +79,30 @@ impl MemoryTrace {
     /// Reads a trace [`MemoryTrace::save`] wrote; errors name the file.
     pub fn load(path: impl AsRef<Path>) -> Result<MemoryTrace> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::json(path, e))
+        let bytes = crate::files::read_regular(path, crate::files::MAX_TEXT_FILE).map_err(|e| Error::io(path, e))?;
+        let trace: MemoryTrace = serde_json::from_slice(&bytes).map_err(|e| Error::json(path, e))?;
+        trace.check().map_err(|what| Error::invalid(path, what))?;
+        Ok(trace)
+    }
+
+    /// What drawing the trace relies on: slot numbers within [`MAX_SLOTS`] (each is a lane of the picture)
+    /// and finite times.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.slots > MAX_SLOTS {
+            return Err(format!("slots {} is above the {MAX_SLOTS} a run can have", self.slots));
+        }
+        for (i, s) in self.spans.iter().enumerate() {
+            if s.slot.is_some_and(|slot| slot >= MAX_SLOTS) {
+                return Err(format!("spans[{i}].slot {} is above the {MAX_SLOTS} a run can have", s.slot.unwrap_or(0)));
+            }
+            if !(s.start_us.is_finite() && s.end_us.is_finite()) {
+                return Err(format!("spans[{i}]: start_us and end_us must be finite"));
+            }
+        }
+        if let Some(i) = self.memory.iter().position(|m| !m.t_us.is_finite()) {
+            return Err(format!("memory[{i}].t_us must be finite"));
+        }
+        Ok(())
     }
 }
 

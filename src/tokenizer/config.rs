@@ -49,7 +49,7 @@ fn template_field(v: Option<&Value>) -> Option<String> {
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>, TokenizerError> {
-    let bytes = match fs::read(path) {
+    let bytes = match crate::files::read_regular(path, crate::files::MAX_TEXT_FILE) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(TokenizerError::Io { path: path.to_path_buf(), source }),
@@ -148,10 +148,11 @@ pub(crate) fn derive_stop_tokens(
 /// `tokenizer_config.json`, `chat_template.jinja` / `chat_template.json` and `generation_config.json`.
 pub fn copy_hf_tokenizer(src_dir: &Path, dst_dir: &Path) -> Result<(), TokenizerError> {
     let src = src_dir.join("tokenizer.json");
-    let bytes = fs::read(&src).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => TokenizerError::MissingFile { path: src.clone(), what: "the tokenizer" },
-        _ => TokenizerError::Io { path: src.clone(), source },
-    })?;
+    let bytes =
+        crate::files::read_regular(&src, crate::files::MAX_TEXT_FILE).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => TokenizerError::MissingFile { path: src.clone(), what: "the tokenizer" },
+            _ => TokenizerError::Io { path: src.clone(), source },
+        })?;
     let tok = Tokenizer::parse_named(&bytes, &src.display().to_string())?;
 
     let cfg_path = src_dir.join("tokenizer_config.json");

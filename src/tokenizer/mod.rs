@@ -93,7 +93,7 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TokenizerError> {
-    std::fs::read(path).map_err(|source| match source.kind() {
+    crate::files::read_regular(path, crate::files::MAX_TEXT_FILE).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => TokenizerError::MissingFile { path: path.to_path_buf(), what },
         _ => TokenizerError::Io { path: path.to_path_buf(), source },
     })
