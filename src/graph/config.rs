@@ -145,6 +145,19 @@ impl BlockWeights {
     }
 }
 
+/// Upper bounds on the hyper-parameters omex accepts from a file: far above any model in use (Llama 3 405B has
+/// 126 blocks, 128 heads of 128, a 16384 hidden size and a 128k vocabulary), and low enough that every size
+/// derived from them fits a u64 and is checked against memory before it is allocated.
+pub mod limits {
+    pub const MAX_BLOCKS: usize = 1024;
+    pub const MAX_VOCAB: u64 = 1 << 22;
+    pub const MAX_DIM: u64 = 1 << 16;
+    pub const MAX_FFN: u64 = 1 << 18;
+    pub const MAX_HEADS: u64 = 1024;
+    pub const MAX_HEAD_DIM: u64 = 1024;
+    pub const MAX_CONTEXT: u64 = 1 << 22;
+}
+
 /// A decoder-only transformer: every hyper-parameter the runtime needs, and the tensor each op reads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transformer {
@@ -321,8 +334,58 @@ impl Transformer {
         Ok(t)
     }
 
-    /// Consistency of the hyper-parameters among themselves.
+    /// Consistency of the hyper-parameters among themselves, and each within [`limits`]: every size the
+    /// runtime derives from them (weights, KV cache, rope tables) is then computable without overflow and
+    /// bounded before anything is allocated; every float is finite and in its domain.
     pub fn check(&self) -> std::result::Result<(), String> {
+        use limits::*;
+        let bounded: [(&str, u64, u64); 8] = [
+            ("vocab_size", self.vocab_size as u64, MAX_VOCAB),
+            ("hidden_size", self.hidden_size as u64, MAX_DIM),
+            ("intermediate_size", self.intermediate_size as u64, MAX_FFN),
+            ("num_attention_heads", self.n_heads as u64, MAX_HEADS),
+            ("num_key_value_heads", self.n_kv_heads as u64, MAX_HEADS),
+            ("attention_head_size", self.head_dim as u64, MAX_HEAD_DIM),
+            ("context_length", self.context_length as u64, MAX_CONTEXT),
+            ("blocks", self.blocks.len() as u64, MAX_BLOCKS as u64),
+        ];
+        if let Some((k, v, max)) = bounded.iter().find(|(_, v, max)| v > max) {
+            return Err(format!("{k} {v} is above the {max} omex accepts"));
+        }
+        if self.n_heads as u64 * self.head_dim as u64 > MAX_DIM {
+            return Err(format!(
+                "num_attention_heads {} x attention_head_size {} is above the {MAX_DIM} omex accepts",
+                self.n_heads, self.head_dim
+            ));
+        }
+        let eps = match self.norm {
+            Norm::RmsNorm { eps } | Norm::LayerNorm { eps } => eps,
+        };
+        if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+            return Err(format!("norm eps {eps} must be a finite number in (0, 1)"));
+        }
+        let base = self.rope.base;
+        if !(base.is_finite() && base > 1.0) {
+            return Err(format!("rope base {base} must be a finite number above 1"));
+        }
+        match self.rope.scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => {
+                if !(factor.is_finite() && factor > 0.0) {
+                    return Err(format!("rope scaling factor {factor} must be finite and positive"));
+                }
+            }
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) => {
+                let ok = [factor, low_freq_factor, high_freq_factor].iter().all(|f| f.is_finite() && *f > 0.0);
+                if !ok || high_freq_factor <= low_freq_factor || original_context_length == 0 {
+                    return Err(format!(
+                        "llama3 rope scaling needs finite positive factors with high_freq_factor > \
+                         low_freq_factor and a non-zero original_context_length (got factor {factor}, \
+                         low {low_freq_factor}, high {high_freq_factor}, original {original_context_length})"
+                    ));
+                }
+            }
+        }
         let nonzero = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),

@@ -4,4 +4,4 @@
 
 mod config;
 
-pub use config::{Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer};
+pub use config::{limits, Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer};

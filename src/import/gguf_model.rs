@@ -8,6 +8,7 @@
 use super::gguf::{GgufFile, Value};
 use super::{dims_u32, Loc, SourceModel, SourceTensor, Store, TokenizerSource};
 use crate::error::{Error, Result};
+use crate::graph::limits;
 use crate::graph::{Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer};
 use crate::quant::{dequant, GgmlType};
 use crate::tokenizer::GgufVocab;
@@ -51,6 +52,15 @@ pub fn open(path: &Path) -> Result<SourceModel> {
     let key = |k: &str| format!("{arch}.{k}");
     let bad = |what: String| Error::parse(path, what);
     let n_layers = file.req_u32(&key("block_count"))?;
+    // Bounded before the per-block names are built: every block needs its own tensors in the file.
+    let max_layers = (file.header.tensors.len() / BLOCK_TENSORS.len()).min(limits::MAX_BLOCKS);
+    if n_layers as usize > max_layers {
+        return Err(bad(format!(
+            "{} {n_layers} is more than the file's {} tensors can hold (at most {max_layers} blocks)",
+            key("block_count"),
+            file.header.tensors.len()
+        )));
+    }
     let hidden = file.req_u32(&key("embedding_length"))?;
     let ffn = file.req_u32(&key("feed_forward_length"))?;
     let n_heads = file.req_u32(&key("attention.head_count"))?;
