@@ -59,19 +59,13 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
-    println!(
-        "converted {} ({}) -> {} with --quant {}",
-        args.input.display(),
-        s.source_format,
-        s.out.display(),
-        s.target
-    );
-    println!("  tensors     {} ({} parameters)", s.tensors, s.parameters);
+    outln!("converted {} ({}) -> {} with --quant {}", args.input.display(), s.source_format, s.out.display(), s.target);
+    outln!("  tensors     {} ({} parameters)", s.tensors, s.parameters);
     for (dtype, (n, bytes)) in &s.by_dtype {
-        println!("  {dtype:<11} {n:>4} tensors, {}", human_bytes(*bytes));
+        outln!("  {dtype:<11} {n:>4} tensors, {}", human_bytes(*bytes));
     }
-    println!("  weights     {} ({} bytes)", human_bytes(s.weight_bytes), s.weight_bytes);
-    println!("  total       {} ({} bytes)", human_bytes(s.total_bytes), s.total_bytes);
-    println!("  time        {:.2} s", s.seconds);
+    outln!("  weights     {} ({} bytes)", human_bytes(s.weight_bytes), s.weight_bytes);
+    outln!("  total       {} ({} bytes)", human_bytes(s.total_bytes), s.total_bytes);
+    outln!("  time        {:.2} s", s.seconds);
     Ok(())
 }

@@ -106,10 +106,15 @@ fn check_tensors(model: &SourceModel) -> Result<()> {
         }
     }
     if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::invalid(&model.path, problems.join("; ")))
+        return Ok(());
     }
+    const SHOWN: usize = 8;
+    let more = problems.len().saturating_sub(SHOWN);
+    problems.truncate(SHOWN);
+    if more > 0 {
+        problems.push(format!("and {more} more"));
+    }
+    Err(Error::invalid(&model.path, problems.join("; ")))
 }
 
 /// Removes the temporary output unless the conversion completed.
@@ -126,11 +131,44 @@ impl Drop for Staging {
     }
 }
 
-pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMut(Event)) -> Result<Summary> {
-    let start = Instant::now();
-    if out.exists() && !opts.force {
+/// Refuses an output path that would lose something the user owns: the input itself (or a directory holding
+/// it), or, even with `--force`, anything that is not an omex model directory or an empty directory.
+pub(crate) fn check_output(input: &Path, out: &Path, force: bool) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(out) else { return Ok(()) };
+    if let (Ok(i), Ok(o)) = (input.canonicalize(), out.canonicalize()) {
+        if i.starts_with(&o) {
+            return Err(Error::Usage(format!(
+                "{}: is the input {} or holds it; omex never replaces its input (choose another -o)",
+                out.display(),
+                input.display()
+            )));
+        }
+    }
+    if !force {
         return Err(Error::Usage(format!("{}: already exists (pass --force to replace it)", out.display())));
     }
+    let is_empty_dir = meta.is_dir() && std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+    let is_model = meta.is_dir() && is_omex_model(out);
+    if !(is_empty_dir || is_model) {
+        let what = if meta.is_dir() { "a directory that is not an omex model" } else { "not a directory" };
+        return Err(Error::Usage(format!(
+            "{}: is {what}; --force only replaces an omex model directory (one with metadata.json naming an \
+             omex_version) or an empty directory",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `dir` holds an omex model: a metadata.json that parses with an `omex_version`.
+fn is_omex_model(dir: &Path) -> bool {
+    crate::format::reader::read_json::<serde_json::Value>(&dir.join(METADATA_FILE))
+        .is_ok_and(|v| v.get("omex_version").is_some_and(|v| v.is_string()))
+}
+
+pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMut(Event)) -> Result<Summary> {
+    let start = Instant::now();
+    check_output(input, out, opts.force)?;
     let model = SourceModel::open(input)?;
     check_tensors(&model)?;
     let mut warnings = model.warnings.clone();
@@ -159,6 +197,7 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
     let files = plan(&model.transformer);
     progress(Event::Begin { tensors: files.iter().map(|f| f.tensors.len()).sum() });
     let mut index = WeightIndex::new(opts.target.name());
+    let mut ternary_error = QuantError::default();
     for fp in &files {
         let mut w = LayerFileWriter::create(&weights, &fp.file, fp.layer_id)?;
         for name in &fp.tensors {
@@ -171,6 +210,16 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
             if let Some(n) = note {
                 warnings.push(format!("tensor {}: {n}", t.name));
             }
+            let bad = packed.non_finite();
+            if bad > 0 {
+                return Err(Error::invalid(
+                    &model.path,
+                    format!("tensor {}: {bad} values (or their scales) are NaN or infinite", t.source_name),
+                ));
+            }
+            if opts.target == Target::Ternary && t.shape.len() == 2 && packed.dtype == DType::Ternary {
+                ternary_error.add(t.ty, bytes, &packed, &t.shape)?;
+            }
             let mut entry = w.write_tensor(name, packed.dtype, &t.shape, &packed.sections())?;
             entry.source = Some(model.source_json(t));
             index.tensors.push(entry);
@@ -178,6 +227,9 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
         w.finish()?;
     }
     progress(Event::Finishing);
+    if let Some(w) = ternary_error.warning() {
+        warnings.push(w);
+    }
     write_json(&tmp.join(INDEX_FILE), &index)?;
     let name = opts.name.clone().unwrap_or_else(|| model.name.clone());
     let graph = model.transformer.to_graph(&format!("{}_graph", slug(&name)));
@@ -221,6 +273,7 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
     write_json(&tmp.join(METADATA_FILE), &metadata)?;
     let total_bytes = total_bytes + std::fs::metadata(tmp.join(METADATA_FILE)).map_err(|e| Error::io(&tmp, e))?.len();
 
+    check_output(input, out, opts.force)?; // again: the path may have changed during the conversion
     install(&tmp, out)?;
     let mut staging = staging;
     staging.done = true;
@@ -242,6 +295,47 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
         seconds: start.elapsed().as_secs_f64(),
         warnings,
     })
+}
+
+/// How far a quantization moved the weights: the relative RMS error over every matrix, sum(e^2) / sum(w^2).
+#[derive(Default)]
+struct QuantError {
+    err2: f64,
+    norm2: f64,
+}
+
+impl QuantError {
+    fn add(
+        &mut self,
+        ty: crate::quant::GgmlType,
+        bytes: &[u8],
+        packed: &crate::quant::Packed,
+        shape: &[u32],
+    ) -> Result<()> {
+        let (rows, cols) = (shape[0] as usize, shape[1] as usize);
+        let mut src = vec![0f32; rows * cols];
+        crate::quant::dequant::dequantize(ty, bytes, &mut src).map_err(|e| Error::Unsupported(e.to_string()))?;
+        let got = packed.dequantize(rows, cols).map_err(Error::Unsupported)?;
+        for (a, b) in src.iter().zip(&got) {
+            self.err2 += ((a - b) as f64).powi(2);
+            self.norm2 += (*a as f64).powi(2);
+        }
+        Ok(())
+    }
+
+    /// A warning when ternary weights are far from the source: absmean ternary keeps a model only if it was
+    /// trained for it (BitNet b1.58 reaches a few percent); an ordinary model lands near 50% and is useless.
+    fn warning(&self) -> Option<String> {
+        let rel = (self.err2 / self.norm2.max(f64::MIN_POSITIVE)).sqrt();
+        (self.norm2 > 0.0 && rel > 0.1).then(|| {
+            format!(
+                "--quant ternary moved the weights by {:.0}% (relative RMS error): this model was not trained for \
+                 ternary weights (as BitNet b1.58 models are) and will likely produce garbage; check it with \
+                 `omex perplexity`, or use --quant int4 or int8",
+                rel * 100.0
+            )
+        })
+    }
 }
 
 fn fmt_shape(s: &[u32]) -> String {

@@ -46,6 +46,28 @@ impl Packed {
         (self.data.len() + 2 * (self.scales.len() + self.mins.len())) as u64
     }
 
+    /// How many stored numbers are NaN or infinite: float values, and the f16 scales and mins of quantized
+    /// layouts (a quantized value is finite exactly when its parameters are).
+    pub fn non_finite(&self) -> usize {
+        let f16s = |v: &[u16]| v.iter().filter(|&&b| !half::f16::from_bits(b).is_finite()).count();
+        let params = f16s(&self.scales) + f16s(&self.mins);
+        params
+            + match self.dtype {
+                DType::F32 => self
+                    .data
+                    .chunks_exact(4)
+                    .filter(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+                    .count(),
+                DType::F16 => {
+                    self.data.chunks_exact(2).filter(|b| !half::f16::from_le_bytes([b[0], b[1]]).is_finite()).count()
+                }
+                DType::Bf16 => {
+                    self.data.chunks_exact(2).filter(|b| !half::bf16::from_le_bytes([b[0], b[1]]).is_finite()).count()
+                }
+                _ => 0,
+            }
+    }
+
     /// Dequantizes the tensor as a `[rows, cols]` matrix with the kernels' scalar reference
     /// (`Matrix::dequant_row`): what the runtime will compute from these bytes.
     pub fn dequantize(&self, rows: usize, cols: usize) -> Result<Vec<f32>, String> {
