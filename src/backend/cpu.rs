@@ -106,6 +106,9 @@ impl CpuEngine {
             )));
         }
         let ctx = opts.context_length;
+        let elem = if opts.kv == KvType::F32 { 4 } else { 2 };
+        let kv_bytes = 2 * blocks.len() as u64 * ctx as u64 * kvd as u64 * elem;
+        super::check_host_alloc(&format!("a KV cache of {ctx} tokens"), kv_bytes, "lower --ctx")?;
         let per_layer = ctx * kvd as usize;
         let kv = match opts.kv {
             KvType::F32 => {
@@ -315,6 +318,14 @@ fn thread_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
+        // More threads than cores only adds contention (and thousands would exhaust the system): cap them.
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = if threads > cores {
+            log::warn!("--threads {threads} is more than this machine's {cores} cores: using {cores}");
+            cores
+        } else {
+            threads
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()

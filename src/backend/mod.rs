@@ -11,6 +11,29 @@ pub use weights::WeightRef;
 use crate::error::Result;
 use crate::runtime::SamplerOptions;
 
+/// Bytes of host memory the system can give without swapping (`MemAvailable` of `/proc/meminfo`); `None`
+/// where that is unknown (other systems, the browser).
+pub fn host_memory_available() -> Option<u64> {
+    let text = crate::files::read_regular_string(std::path::Path::new("/proc/meminfo"), 1 << 20).ok()?;
+    let kib: u64 =
+        text.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Refuses to allocate `bytes` of host memory for `what` when the system does not have them, with the size it
+/// would take and what to change (`hint`): a clear error instead of an abort in the allocator.
+pub fn check_host_alloc(what: &str, bytes: u64, hint: &str) -> Result<()> {
+    let fmt = crate::format::metadata::human_bytes;
+    match host_memory_available() {
+        Some(avail) if bytes > avail => Err(crate::Error::Usage(format!(
+            "{what} needs {} and this machine has {} available: {hint}",
+            fmt(bytes),
+            fmt(avail)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Which rows of logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {

@@ -74,7 +74,7 @@ fn time_tg(engine: &mut dyn Engine, ids: &[u32]) -> Result<f64> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let model = Model::load(&args.model)?;
+    let model = args.engine.load(&args.model)?;
     let ctx = args.n_prompt.max(args.n_gen).max(1);
     let mut engine = model.engine(&args.engine.options(Some(ctx)))?;
     let mut describe = engine.describe();
@@ -103,16 +103,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "pp_tok_s": pp.as_ref().map(|p| p.0), "pp_sd": pp.as_ref().map(|p| p.1), "pp_samples": pp.as_ref().map(|p| &p.2),
             "tg_tok_s": tg.as_ref().map(|t| t.0), "tg_sd": tg.as_ref().map(|t| t.1), "tg_samples": tg.as_ref().map(|t| &t.2),
         });
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!("| model | engine | test | t/s |");
-        println!("|---|---|---|---|");
+        outln!("| model | engine | test | t/s |");
+        outln!("|---|---|---|---|");
         let name = args.model.display();
         if let Some((m, sd, _)) = pp {
-            println!("| {name} | {describe} | pp{} | {m:.2} ± {sd:.2} |", args.n_prompt);
+            outln!("| {name} | {describe} | pp{} | {m:.2} ± {sd:.2} |", args.n_prompt);
         }
         if let Some((m, sd, _)) = tg {
-            println!("| {name} | {describe} | tg{} | {m:.2} ± {sd:.2} |", args.n_gen);
+            outln!("| {name} | {describe} | tg{} | {m:.2} ± {sd:.2} |", args.n_gen);
         }
     }
     Ok(())

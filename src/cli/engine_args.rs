@@ -2,7 +2,7 @@
 
 use clap::Args;
 use omex::backend::{Activations, KvType};
-use omex::runtime::{BackendChoice, EngineOptions};
+use omex::runtime::{BackendChoice, EngineOptions, Model};
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
@@ -29,9 +29,23 @@ pub struct EngineArgs {
     /// Upload streamed weights and compute one after the other instead of overlapping them
     #[arg(long)]
     pub no_overlap: bool,
+    /// Check every file's sha256 against metadata.json before running (about 1 s per GB; off by default
+    /// because loading only maps the files). Also on with OMEX_VERIFY=1
+    #[arg(long)]
+    pub verify: bool,
 }
 
 impl EngineArgs {
+    /// Loads the model, verifying its checksums first when `--verify` or `OMEX_VERIFY=1` asks for it.
+    pub fn load(&self, path: &std::path::Path) -> omex::Result<Model> {
+        let model = Model::load(path)?;
+        if self.verify || std::env::var("OMEX_VERIFY").is_ok_and(|v| v == "1") {
+            let n = model.verify()?;
+            log::info!("--verify: {n} files match metadata.json");
+        }
+        Ok(model)
+    }
+
     /// The engine options, with a KV cache of `context_length` tokens (`None`: the model's default).
     pub fn options(&self, context_length: Option<usize>) -> EngineOptions {
         let defaults = EngineOptions::default();

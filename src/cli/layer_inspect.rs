@@ -93,7 +93,7 @@ pub fn run(args: LayerInspectArgs) -> Result<()> {
         files,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Usage(e.to_string()))?);
+        outln!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Usage(e.to_string()))?);
         return Ok(());
     }
     let layer = |id: u32| match id {
@@ -102,21 +102,23 @@ pub fn run(args: LayerInspectArgs) -> Result<()> {
         n => n.to_string(),
     };
     for f in &out.files {
-        println!("weights/{}  (layer {}, {} on disk)", f.file, layer(f.layer_id), human_bytes(f.file_bytes));
-        println!("  {:<28} {:<8} {:>14} {:>12} {:>12} {:>12}", "tensor", "dtype", "shape", "params", "disk", "gpu");
+        outln!("weights/{}  (layer {}, {} on disk)", f.file, layer(f.layer_id), human_bytes(f.file_bytes));
+        outln!("  {:<28} {:<8} {:>14} {:>12} {:>12} {:>12}", "tensor", "dtype", "shape", "params", "disk", "gpu");
         for t in &f.tensors {
             let shape = t.shape.iter().map(u32::to_string).collect::<Vec<_>>().join("x");
-            println!(
+            outln!(
                 "  {:<28} {:<8} {:>14} {:>12} {:>12} {:>12}",
-                t.name, t.dtype, shape, t.parameters, t.disk_bytes, t.gpu_bytes
+                t.name,
+                t.dtype,
+                shape,
+                t.parameters,
+                t.disk_bytes,
+                t.gpu_bytes
             );
         }
-        println!(
-            "  {:<28} {:<8} {:>14} {:>12} {:>12} {:>12}",
-            "total", "", "", f.parameters, f.disk_bytes, f.gpu_bytes
-        );
+        outln!("  {:<28} {:<8} {:>14} {:>12} {:>12} {:>12}", "total", "", "", f.parameters, f.disk_bytes, f.gpu_bytes);
     }
-    println!(
+    outln!(
         "{} files, {} tensors, {} parameters, {} on disk, {} on a GPU",
         out.files.len(),
         out.tensors,

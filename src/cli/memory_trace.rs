@@ -22,7 +22,7 @@ pub fn run(args: MemoryTraceArgs) -> Result<()> {
         return Err(Error::Usage(format!("{}: the SVG would overwrite the trace; pass -o OUT.svg", out.display())));
     }
     std::fs::write(&out, render_svg(&trace)).map_err(|e| Error::io(&out, e))?;
-    println!(
+    outln!(
         "{}: {} spans, {} memory samples, {} units",
         out.display(),
         trace.spans.len(),

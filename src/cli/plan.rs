@@ -58,15 +58,15 @@ pub fn run(args: PlanArgs) -> Result<()> {
             "profile": device,
             "prediction": prediction,
         });
-        println!("{}", serde_json::to_string_pretty(&out).expect("serializable"));
+        outln!("{}", serde_json::to_string_pretty(&out).expect("serializable"));
         return Ok(());
     }
     match &opts.budget {
-        Some(b) => println!("budget      {} ({})", mb(b.bytes), b.source),
-        None => println!("budget      none (--gpu-mem, OMEX_GPU_MEM or ~/.omex/config.toml set one)"),
+        Some(b) => outln!("budget      {} ({})", mb(b.bytes), b.source),
+        None => outln!("budget      none (--gpu-mem, OMEX_GPU_MEM or ~/.omex/config.toml set one)"),
     }
-    println!("context     {} tokens\n", opts.context_length);
-    println!("{:<48} {:>12}  where", "unit", "bytes");
+    outln!("context     {} tokens\n", opts.context_length);
+    outln!("{:<48} {:>12}  where", "unit", "bytes");
     for (u, r) in memory.units.iter().zip(&p.resident) {
         let place = match (r, u.moved) {
             (true, _) => "resident",
@@ -74,30 +74,33 @@ pub fn run(args: PlanArgs) -> Result<()> {
             (false, _) if u.splittable => "streamed in pieces",
             (false, _) => "streamed",
         };
-        println!("{:<48} {:>12}  {place}", u.file, mb(u.bytes));
+        outln!("{:<48} {:>12}  {place}", u.file, mb(u.bytes));
     }
-    println!();
-    println!("resident weights  {}", mb(p.resident_bytes));
-    println!("upload slots      {} x {}", p.slots, mb(p.slot_bytes));
-    println!("KV cache          {}", mb(p.kv_bytes));
-    println!("activations etc.  {} (prefill chunks of {} tokens)", mb(p.activation_bytes), memory.max_batch);
-    println!("total             {}", mb(p.total_bytes));
-    println!("moved per token   {} (decode; once per chunk in prefill)", mb(p.streamed_bytes_per_token));
+    outln!();
+    outln!("resident weights  {}", mb(p.resident_bytes));
+    outln!("upload slots      {} x {}", p.slots, mb(p.slot_bytes));
+    outln!("KV cache          {}", mb(p.kv_bytes));
+    outln!("activations etc.  {} (prefill chunks of {} tokens)", mb(p.activation_bytes), memory.max_batch);
+    outln!("total             {}", mb(p.total_bytes));
+    outln!("moved per token   {} (decode; once per chunk in prefill)", mb(p.streamed_bytes_per_token));
     match (&prediction, &device) {
         (Some(pr), Some(d)) => {
-            println!(
+            outln!(
                 "\npredicted decode  {:.1} tok/s with overlap, {:.1} tok/s serial (compute {:.2} ms, upload {:.2} ms a token)",
                 pr.decode_tok_s, pr.decode_tok_s_serial, pr.compute_ms_per_token, pr.upload_ms_per_token
             );
             if let Some(bound) = pr.prefill_tok_s_upload_bound {
-                println!("prefill           at most {bound:.0} tok/s (uploads of {}-token chunks)", memory.max_batch);
+                outln!("prefill           at most {bound:.0} tok/s (uploads of {}-token chunks)", memory.max_batch);
             }
-            println!(
+            outln!(
                 "from the profile of {}: upload {:.2} GB/s, matvec {:.0} GB/s, {:.1} us a dispatch",
-                d.adapter, d.upload_gbs, d.matvec_gbs, d.dispatch_us
+                d.adapter,
+                d.upload_gbs,
+                d.matvec_gbs,
+                d.dispatch_us
             );
         }
-        _ => println!("\nno prediction: run `omex profile` once to measure this machine's bandwidths"),
+        _ => outln!("\nno prediction: run `omex profile` once to measure this machine's bandwidths"),
     }
     Ok(())
 }

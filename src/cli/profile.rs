@@ -30,13 +30,13 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     };
     let path = if fresh { Some(profile::save(&p)?) } else { profile::cache_path() };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&p).map_err(|e| Error::Usage(e.to_string()))?);
+        outln!("{}", serde_json::to_string_pretty(&p).map_err(|e| Error::Usage(e.to_string()))?);
         return Ok(());
     }
-    print!("{}", table(&p));
+    out!("{}", table(&p));
     if let Some(path) = path {
         let how = if fresh { "saved to" } else { "cached in" };
-        println!(
+        outln!(
             "{how} {}{}",
             path.display(),
             if fresh { "" } else { " (without --cached, omex profile measures again)" }

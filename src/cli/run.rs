@@ -2,7 +2,7 @@
 
 use super::engine_args::EngineArgs;
 use clap::Args;
-use omex::runtime::{GenerateOptions, Model, SamplerOptions};
+use omex::runtime::{GenerateOptions, SamplerOptions};
 use omex::tokenizer::ChatMessage;
 use omex::{Error, Result};
 use std::io::Write;
@@ -65,7 +65,7 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> Result<()> {
     let t0 = Instant::now();
-    let model = Model::load(&args.model)?;
+    let model = args.engine.load(&args.model)?;
     let mut opts = args.engine.options(args.ctx);
     opts.memory_trace = args.memory_trace.clone();
     let mut session = model.session(&opts)?;

@@ -26,9 +26,9 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
     if let Some(text) = &args.text {
         let ids = tok.encode(text);
         if args.json {
-            println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
+            outln!("{}", serde_json::to_string(&ids).expect("ids serialize"));
         } else {
-            println!("{}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
+            outln!("{}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
             eprintln!("{} tokens", ids.len());
         }
         return Ok(());
@@ -41,9 +41,9 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
         .collect::<Result<Vec<u32>>>()?;
     let text = tok.decode_checked(&ids).map_err(|e| Error::Tokenizer(e.to_string()))?;
     if args.json {
-        println!("{}", serde_json::to_string(&text).expect("strings serialize"));
+        outln!("{}", serde_json::to_string(&text).expect("strings serialize"));
     } else {
-        println!("{text}");
+        outln!("{text}");
     }
     Ok(())
 }

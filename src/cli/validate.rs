@@ -17,16 +17,16 @@ pub struct ValidateArgs {
 pub fn run(args: ValidateArgs) -> Result<()> {
     let r = omex::validate::validate(&args.model);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r).map_err(|e| Error::Usage(e.to_string()))?);
+        outln!("{}", serde_json::to_string_pretty(&r).map_err(|e| Error::Usage(e.to_string()))?);
     } else {
         for p in &r.problems {
-            println!("problem: {p}");
+            outln!("problem: {p}");
         }
         for w in &r.warnings {
-            println!("warning: {w}");
+            outln!("warning: {w}");
         }
         if r.ok {
-            println!(
+            outln!(
                 "{}: valid ({} tensors, {} files checked, {} warnings)",
                 args.model.display(),
                 r.tensors_checked,

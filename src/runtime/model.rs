@@ -92,6 +92,15 @@ impl Model {
         Ok(Model { dir, config, tokenizer: Arc::new(tokenizer) })
     }
 
+    /// Checks every file `metadata.json` lists against its size and sha256, so a corrupted download or a
+    /// damaged disk is an error naming the file instead of silent garbage. Not done by `load`: hashing reads
+    /// every byte (about a second per GB), while loading maps the files and reads only what runs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn verify(&self) -> Result<usize> {
+        crate::validate::verify_files(&self.dir.root, &self.dir.metadata)
+            .map_err(|problems| Error::invalid(&self.dir.root, format!("--verify: {}", problems.join("; "))))
+    }
+
     /// A model from a directory already opened, e.g. with [`ModelDir::from_memory`] over files fetched in a
     /// browser, and its tokenizer.
     pub fn from_dir(dir: ModelDir, tokenizer: Tokenizer) -> Result<Model> {

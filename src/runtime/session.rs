@@ -136,6 +136,11 @@ impl Session {
             return Err(Error::Usage("the prompt is empty (no tokens)".into()));
         }
         let ctx = self.engine.context_length();
+        if ctx < 2 {
+            return Err(Error::Usage(format!(
+                "a context of {ctx} token cannot generate: it needs at least 2 (a prompt token and the next)"
+            )));
+        }
         if ids.len() >= ctx {
             if !opts.truncate_prompt {
                 return Err(Error::Usage(format!(
@@ -194,10 +199,13 @@ impl Session {
             }
             // Hold back a tail that could still become a stop string.
             let safe = safe_prefix_len(&text, &opts.stop_strings).max(emitted);
-            if safe > emitted && !on_text(&text[emitted..safe]) {
-                break StopReason::Cancelled;
+            if safe > emitted {
+                let go_on = on_text(&text[emitted..safe]);
+                emitted = safe;
+                if !go_on {
+                    break StopReason::Cancelled;
+                }
             }
-            emitted = safe;
             // The last token is not run: its logits would go unused.
             if out_ids.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
@@ -227,7 +235,8 @@ impl Session {
         };
         if stop != StopReason::StopString {
             text.extend(stream.finish());
-            if emitted < text.len() {
+            // A cancelled caller asked for no more text; the rest stays in `text`.
+            if stop != StopReason::Cancelled && emitted < text.len() {
                 on_text(&text[emitted..]);
             }
         }
