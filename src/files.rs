@@ -125,3 +125,11 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// omex's own directory for its config and caches: `$OMEX_HOME`, else `$HOME/.omex`; none without either.
+pub fn omex_home() -> Option<std::path::PathBuf> {
+    match std::env::var_os("OMEX_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => Some(dir.into()),
+        None => Some(std::path::PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".omex")),
+    }
+}

@@ -404,3 +404,79 @@ fn a_cancelled_generation_emits_each_piece_once() {
     assert!(g.text.starts_with(&pieces[0]), "{pieces:?} {:?}", g.text);
     assert_eq!(format!("{:?}", g.stop), "Cancelled");
 }
+
+#[test]
+fn flags_outside_their_domain_are_refused() {
+    let tmp = synth::tmp_dir("harden-flags");
+    let dir = tiny_model(&tmp);
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), dir.as_os_str(), "-p".as_ref(), "hi".as_ref()];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        omex_within(&args, 30)
+    };
+    for (flags, names) in [
+        (&["--system", "be brief"][..], &["--system", "--chat"][..]),
+        (&["--top-p", "0"], &["--top-p"]),
+        (&["--min-p", "1.5"], &["--min-p"]),
+        (&["--temp", "NaN"], &["--temp"]),
+        (&["--repeat-penalty", "0"], &["--repeat-penalty"]),
+    ] {
+        let (ok, _, stderr) = run(flags);
+        clean_error(ok, &stderr, names);
+    }
+    let (ok, _, stderr) = omex_within(&["bench".as_ref(), dir.as_os_str(), "-r".as_ref(), "0".as_ref()], 30);
+    assert!(!ok && stderr.contains("repetitions"), "{stderr}");
+    // `plan` does not run anything on the CPU, so it has no --threads.
+    let (ok, _, stderr) = omex_within(&["plan".as_ref(), dir.as_os_str(), "--threads".as_ref(), "2".as_ref()], 30);
+    assert!(!ok && stderr.contains("--threads"), "{stderr}");
+}
+
+#[test]
+fn counts_of_one_are_singular() {
+    let tmp = synth::tmp_dir("harden-plural");
+    let dir = tiny_model(&tmp);
+    // Exactly one problem: a space of graph.json's indentation turned into a tab keeps the JSON and its size
+    // but not its checksum.
+    let file = dir.join("graph.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\n  "), "graph.json is indented");
+    std::fs::write(&file, text.replacen("\n  ", "\n \t", 1)).unwrap();
+    let (ok, stdout, stderr) = omex_within(&["validate".as_ref(), dir.as_os_str()], 30);
+    assert!(!ok, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("problem:")).count(), 1, "{stdout}");
+    assert!(stderr.contains("1 problem found"), "{stderr}");
+}
+
+#[test]
+fn perplexity_json_is_one_document() {
+    let tmp = synth::tmp_dir("harden-ppl");
+    let dir = tiny_model(&tmp);
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/perplexity.txt");
+    let (ok, stdout, stderr) = omex_within(
+        &["perplexity", dir.to_str().unwrap(), "--backend", "cpu", "-f", file, "--ctx", "32", "--json"]
+            .map(std::ffi::OsStr::new),
+        120,
+    );
+    assert!(ok, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(v["perplexity"].as_f64().unwrap().is_finite(), "{v}");
+}
+
+#[test]
+fn omex_home_moves_the_config() {
+    let tmp = synth::tmp_dir("harden-home");
+    let dir = tiny_model(&tmp);
+    let home = tmp.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("config.toml"), "[device]\ngpu_memory_limit = \"3MB\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_omex"))
+        .args(["plan".as_ref(), dir.as_os_str(), "--json".as_ref()])
+        .env("OMEX_HOME", &home)
+        .env_remove("OMEX_GPU_MEM")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["budget_bytes"], 3_000_000, "{v}");
+    assert!(v["budget_source"].as_str().unwrap().contains("config.toml"), "{v}");
+}

@@ -21,9 +21,10 @@ pub struct BenchArgs {
     /// Tokens per generation run (0: skip)
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     pub n_gen: usize,
-    /// Repetitions
-    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
-    pub reps: usize,
+    /// Timed runs of each test, after one warm-up run (at least 1)
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub reps: u32,
+    /// Print one JSON object (means, standard deviations and every sample) instead of the table
     #[arg(long)]
     pub json: bool,
     /// Generate with one forward per token even when the engine can chain greedy steps on the device
@@ -83,19 +84,34 @@ pub fn run(args: BenchArgs) -> Result<()> {
         describe.push_str(", tg chained on the device");
     }
     let ids = tokens(ctx, model.config.vocab_size);
-    let reps = args.reps.max(1);
+    let reps = args.reps as usize;
+    let tests = usize::from(args.n_prompt > 0) + usize::from(args.n_gen > 0);
+    let bar = super::progress(((reps + 1) * tests) as u64, "warm-up and timed runs");
     let mut measure =
         |n: usize, f: fn(&mut dyn Engine, &[u32]) -> Result<f64>| -> Result<Option<(f64, f64, Vec<f64>)>> {
             if n == 0 {
                 return Ok(None);
             }
-            f(engine.as_mut(), &ids[..n])?; // warm-up
-            let samples = (0..reps).map(|_| f(engine.as_mut(), &ids[..n])).collect::<Result<Vec<_>>>()?;
+            let mut timed = |label: &str| {
+                if let Some(b) = &bar {
+                    b.set_message(label.to_string());
+                }
+                let r = f(engine.as_mut(), &ids[..n]);
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
+                r
+            };
+            timed("warm-up")?;
+            let samples = (0..reps).map(|i| timed(&format!("run {}/{reps}", i + 1))).collect::<Result<Vec<_>>>()?;
             let (mean, sd) = stats(&samples);
             Ok(Some((mean, sd, samples)))
         };
     let pp = measure(args.n_prompt, time_pp)?;
     let tg = measure(args.n_gen, if args.no_chain { time_tg_unchained } else { time_tg })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     if args.json {
         let v = serde_json::json!({
             "model": args.model.display().to_string(), "engine": describe, "n_prompt": args.n_prompt, "n_gen": args.n_gen,

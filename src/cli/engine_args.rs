@@ -1,4 +1,5 @@
-//! Flags shared by every command that runs a model (`run`, `bench`, `perplexity`).
+//! Flags shared by every command that runs a model (`run`, `bench`, `perplexity`); `plan` takes only the
+//! memory ones.
 
 use clap::Args;
 use omex::backend::{Activations, KvType};
@@ -9,9 +10,23 @@ pub struct EngineArgs {
     /// Where to run: cpu, gpu, or auto (the GPU when a hardware adapter exists)
     #[arg(long, default_value = "auto")]
     pub backend: BackendChoice,
-    /// CPU threads (default: one per core)
+    /// CPU threads (default: one per core; more than the cores is capped with a warning)
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
+    /// Upload streamed weights and compute one after the other instead of overlapping them
+    #[arg(long)]
+    pub no_overlap: bool,
+    /// Check every file's sha256 against metadata.json before running (about 1 s per GB; off by default
+    /// because loading only maps the files). Also on with OMEX_VERIFY=1
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// What decides the memory a model takes: precisions, the KV cache type and the GPU budget.
+#[derive(Args, Debug, Clone)]
+pub struct MemoryArgs {
     /// Activation precision of the matrix products: int8 (fast, llama.cpp-like) or f32 (reference-exact).
     /// Default: int8 on the CPU; f32 on the GPU (where int8 covers the decode matvecs of quantized weights)
     #[arg(long)]
@@ -20,19 +35,30 @@ pub struct EngineArgs {
     #[arg(long, default_value = "f16")]
     pub kv: KvType,
     /// Cap on GPU memory (48MB, 2GiB, bytes): weights that do not fit stream from the mapped files.
-    /// Default: OMEX_GPU_MEM, else [device] gpu_memory_limit in ~/.omex/config.toml, else no cap
+    /// Default: OMEX_GPU_MEM, else [device] gpu_memory_limit in $OMEX_HOME/config.toml (default ~/.omex), else no cap
     #[arg(long, value_name = "SIZE")]
     pub gpu_mem: Option<String>,
     /// Upload slots when weights stream (2: double buffering; 3: up to two pieces uploaded ahead)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub stream_slots: u32,
-    /// Upload streamed weights and compute one after the other instead of overlapping them
-    #[arg(long)]
-    pub no_overlap: bool,
-    /// Check every file's sha256 against metadata.json before running (about 1 s per GB; off by default
-    /// because loading only maps the files). Also on with OMEX_VERIFY=1
-    #[arg(long)]
-    pub verify: bool,
+}
+
+impl MemoryArgs {
+    /// Engine options with these memory settings and a KV cache of `context_length` tokens (`None`: the
+    /// model's default); the rest at their defaults.
+    pub fn options(&self, context_length: Option<usize>) -> EngineOptions {
+        let defaults = EngineOptions::default();
+        EngineOptions {
+            context_length,
+            // Each engine keeps its own default unless the flag is given.
+            activations: self.activations.unwrap_or(defaults.activations),
+            gpu_activations: self.activations.unwrap_or(defaults.gpu_activations),
+            kv: self.kv,
+            gpu_mem: self.gpu_mem.clone(),
+            stream_slots: self.stream_slots as usize,
+            ..defaults
+        }
+    }
 }
 
 impl EngineArgs {
@@ -48,19 +74,11 @@ impl EngineArgs {
 
     /// The engine options, with a KV cache of `context_length` tokens (`None`: the model's default).
     pub fn options(&self, context_length: Option<usize>) -> EngineOptions {
-        let defaults = EngineOptions::default();
         EngineOptions {
             backend: self.backend,
             threads: self.threads,
-            context_length,
-            // Each engine keeps its own default unless the flag is given.
-            activations: self.activations.unwrap_or(defaults.activations),
-            gpu_activations: self.activations.unwrap_or(defaults.gpu_activations),
-            kv: self.kv,
-            gpu_mem: self.gpu_mem.clone(),
-            stream_slots: self.stream_slots as usize,
             overlap: !self.no_overlap,
-            memory_trace: None,
+            ..self.memory.options(context_length)
         }
     }
 }

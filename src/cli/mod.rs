@@ -18,6 +18,33 @@ pub fn write_out(args: std::fmt::Arguments) -> omex::Result<()> {
     out.write_fmt(args).and_then(|()| out.flush()).map_err(|e| omex::Error::io("stdout", e))
 }
 
+/// `n` and the noun, plural unless `n` is 1: "1 token", "2 tokens".
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// A progress bar on stderr, or `None` when stderr is not a terminal (logs and pipes stay clean). `len` 0 is
+/// a spinner.
+pub fn progress(len: u64, msg: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let (bar, template) = if len == 0 {
+        (indicatif::ProgressBar::new_spinner(), "{spinner} [{elapsed_precise}] {msg}")
+    } else {
+        (indicatif::ProgressBar::new(len), "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template"));
+    bar.set_message(msg.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(bar)
+}
+
 pub mod bench;
 pub mod convert;
 pub mod engine_args;

@@ -15,7 +15,7 @@ pub struct PerplexityArgs {
     /// Tokens per chunk
     #[arg(long = "ctx", default_value_t = 512)]
     pub chunk: usize,
-    /// Print a JSON object (then the perplexity line)
+    /// Print one JSON object on stdout (perplexity, per-chunk values, token counts) instead of the text line
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -29,17 +29,18 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let mut engine = model.engine(&args.engine.options(Some(args.chunk)))?;
     let tokens = model.tokenizer.encode(&text);
     eprintln!(
-        "{}: {} tokens, {} chunks of {}",
+        "{}: {}, {} of {}",
         args.file.display(),
-        tokens.len(),
-        tokens.len() / args.chunk,
+        super::count(tokens.len(), "token"),
+        super::count(tokens.len() / args.chunk, "chunk"),
         args.chunk
     );
     let mut progress = |i: usize, n: usize, ppl: f64| eprintln!("[{i}/{n}] running perplexity {ppl:.4}");
     let p = perplexity(engine.as_mut(), &tokens, args.chunk, &mut progress)?;
     if args.json {
-        outln!("{}", serde_json::to_string(&p).expect("serializable"));
+        outln!("{}", serde_json::to_string(&p).map_err(|e| Error::Usage(e.to_string()))?);
+    } else {
+        outln!("perplexity: {:.4}", p.perplexity);
     }
-    outln!("perplexity: {:.4}", p.perplexity);
     Ok(())
 }

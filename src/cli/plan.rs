@@ -1,7 +1,7 @@
 //! `omex plan`: what a GPU memory budget means for a model: which weight units stay resident and which stream,
 //! the bytes moved per token, and the speed the bandwidth model predicts from `omex profile`'s numbers.
 
-use super::engine_args::EngineArgs;
+use super::engine_args::MemoryArgs;
 use clap::Args;
 use omex::backend::gpu::{plan_memory, profile};
 use omex::runtime::planner::{predict, Prediction};
@@ -20,7 +20,7 @@ pub struct PlanArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub engine: EngineArgs,
+    pub memory: MemoryArgs,
 }
 
 fn mb(bytes: u64) -> String {
@@ -29,7 +29,7 @@ fn mb(bytes: u64) -> String {
 
 pub fn run(args: PlanArgs) -> Result<()> {
     let model = Model::load(&args.model)?;
-    let opts = model.gpu_options(&args.engine.options(args.ctx))?;
+    let opts = model.gpu_options(&args.memory.options(args.ctx))?;
     // No adapter is opened: the plan assumes bindings of up to 2 GiB (every desktop GPU's).
     let (_, memory) = plan_memory(&model.dir, &model.config, &opts, 2 << 30)?;
     let cached = profile::load_cached()?;
@@ -63,7 +63,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     }
     match &opts.budget {
         Some(b) => outln!("budget      {} ({})", mb(b.bytes), b.source),
-        None => outln!("budget      none (--gpu-mem, OMEX_GPU_MEM or ~/.omex/config.toml set one)"),
+        None => outln!("budget      none (--gpu-mem, OMEX_GPU_MEM or $OMEX_HOME/config.toml set one)"),
     }
     outln!("context     {} tokens\n", opts.context_length);
     outln!("{:<48} {:>12}  where", "unit", "bytes");

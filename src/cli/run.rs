@@ -24,14 +24,19 @@ pub struct RunArgs {
     /// Sampling temperature; 0 is greedy
     #[arg(long = "temp", default_value_t = 0.0)]
     pub temperature: f32,
+    /// Sample only among the K most likely tokens; 0 keeps them all
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens whose probabilities sum to P (0 < P <= 1; 1 keeps all)
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one (0 <= P < 1; 0 keeps all)
     #[arg(long, default_value_t = 0.0)]
     pub min_p: f32,
+    /// Divide the logits of tokens already in the context by this (> 0; 1 is off, 1.1 is a common choice)
     #[arg(long = "repeat-penalty", default_value_t = 1.0)]
     pub repetition_penalty: f32,
+    /// Random seed of the sampler: the same seed, prompt and flags give the same text
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Wrap the prompt in the model's chat template as a user message
@@ -63,7 +68,31 @@ pub struct RunArgs {
     pub engine: EngineArgs,
 }
 
+/// Refuses sampling flags outside their domain before anything is loaded.
+fn check_sampling(args: &RunArgs) -> Result<()> {
+    let bad = |flag: &str, v: f32, domain: &str| Err(Error::Usage(format!("{flag} {v}: must be {domain}")));
+    if !args.temperature.is_finite() || args.temperature < 0.0 {
+        return bad("--temp", args.temperature, "a finite number >= 0 (0 is greedy)");
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        return bad("--top-p", args.top_p, "in (0, 1]");
+    }
+    if !(0.0..1.0).contains(&args.min_p) {
+        return bad("--min-p", args.min_p, "in [0, 1)");
+    }
+    if !(args.repetition_penalty.is_finite() && args.repetition_penalty > 0.0) {
+        return bad("--repeat-penalty", args.repetition_penalty, "a finite number > 0 (1 is off)");
+    }
+    Ok(())
+}
+
 pub fn run(args: RunArgs) -> Result<()> {
+    check_sampling(&args)?;
+    if args.system.is_some() && !args.chat {
+        return Err(Error::Usage(
+            "--system applies only with --chat (the system message goes into the chat template)".into(),
+        ));
+    }
     let t0 = Instant::now();
     let model = args.engine.load(&args.model)?;
     let mut opts = args.engine.options(args.ctx);
@@ -129,10 +158,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     } else {
         writeln!(out).map_err(|e| Error::io("stdout", e))?;
         eprintln!(
-            "load {load_ms:.0} ms | prompt {} tokens, {:.1} tok/s | decode {} tokens, {:.1} tok/s | stop: {:?}",
-            t.prompt_tokens,
+            "load {load_ms:.0} ms | prompt {}, {:.1} tok/s | decode {}, {:.1} tok/s | stop: {:?}",
+            super::count(t.prompt_tokens, "token"),
             t.prompt_tok_s(),
-            t.decode_tokens,
+            super::count(t.decode_tokens, "token"),
             t.decode_tok_s(),
             g.stop
         );

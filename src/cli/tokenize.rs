@@ -29,7 +29,7 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
             outln!("{}", serde_json::to_string(&ids).expect("ids serialize"));
         } else {
             outln!("{}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
-            eprintln!("{} tokens", ids.len());
+            eprintln!("{}", super::count(ids.len(), "token"));
         }
         return Ok(());
     }

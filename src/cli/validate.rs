@@ -15,7 +15,11 @@ pub struct ValidateArgs {
 }
 
 pub fn run(args: ValidateArgs) -> Result<()> {
+    let bar = super::progress(0, "checking sizes, checksums and values");
     let r = omex::validate::validate(&args.model);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&r).map_err(|e| Error::Usage(e.to_string()))?);
     } else {
@@ -27,17 +31,17 @@ pub fn run(args: ValidateArgs) -> Result<()> {
         }
         if r.ok {
             outln!(
-                "{}: valid ({} tensors, {} files checked, {} warnings)",
+                "{}: valid ({}, {} checked, {})",
                 args.model.display(),
-                r.tensors_checked,
-                r.files_checked,
-                r.warnings.len()
+                super::count(r.tensors_checked, "tensor"),
+                super::count(r.files_checked, "file"),
+                super::count(r.warnings.len(), "warning")
             );
         }
     }
     if r.ok {
         Ok(())
     } else {
-        Err(Error::invalid(&args.model, format!("{} problems found", r.problems.len())))
+        Err(Error::invalid(&args.model, format!("{} found", super::count(r.problems.len(), "problem"))))
     }
 }

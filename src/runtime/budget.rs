@@ -1,5 +1,5 @@
 //! The GPU memory budget a user gives: `--gpu-mem SIZE`, else `OMEX_GPU_MEM`, else `gpu_memory_limit` in the
-//! `[device]` section of `~/.omex/config.toml`. Sizes are `48MB`, `2GiB`, `1.5GB` or a plain number of bytes.
+//! `[device]` section of `$OMEX_HOME/config.toml` (default `~/.omex/config.toml`). Sizes are `48MB`, `2GiB`, `1.5GB` or a plain number of bytes.
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -57,14 +57,14 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
-/// `~/.omex/config.toml`, if HOME is set.
+/// `$OMEX_HOME/config.toml`, else `~/.omex/config.toml`; none without either variable.
 pub fn default_config_path() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|h| Path::new(&h).join(".omex/config.toml"))
+    Some(crate::files::omex_home()?.join("config.toml"))
 }
 
 /// Reads `[device] gpu_memory_limit` (a size string or an integer of bytes) from a config file.
 pub fn budget_from_config(path: &Path) -> Result<Option<u64>> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::files::read_regular_string(path, 1 << 20) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(path, e)),

@@ -693,6 +693,10 @@ pub fn open_engine(dir: &ModelDir, cfg: &Transformer, opts: GpuOptions) -> Resul
 /// is none (no adapter, a software one such as lavapipe, or a model the GPU engine does not run).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn auto_engine(dir: &ModelDir, cfg: &Transformer, opts: GpuOptions) -> Result<Option<Box<dyn Engine>>> {
+    if !may_have_hardware_gpu() {
+        log::info!("backend auto: the CPU engine (no GPU device node: no /dev/dri/renderD*, /dev/nvidiaN or /dev/dxg)");
+        return Ok(None);
+    }
     let ctx = match GpuContext::open_blocking(&opts.device) {
         Ok(c) => c,
         Err(e) => {
@@ -718,6 +722,21 @@ pub fn auto_engine(dir: &ModelDir, cfg: &Transformer, opts: GpuOptions) -> Resul
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether a hardware adapter can exist, from the device nodes alone. Opening a wgpu instance costs about
+/// 250 ms (and software drivers print to stderr), so on Linux `--backend auto` skips it when there is no GPU
+/// device node at all; elsewhere it always asks wgpu.
+#[cfg(not(target_arch = "wasm32"))]
+fn may_have_hardware_gpu() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let any = |dir: &str, node: &dyn Fn(&str) -> bool| {
+        std::fs::read_dir(dir).map(|rd| rd.flatten().any(|e| node(&e.file_name().to_string_lossy()))).unwrap_or(false)
+    };
+    let nvidia = |n: &str| n.strip_prefix("nvidia").is_some_and(|i| i.parse::<u32>().is_ok());
+    any("/dev/dri", &|n| n.starts_with("renderD")) || any("/dev", &|n| nvidia(n) || n == "dxg")
 }
 
 /// `--backend gpu` in the browser build: the blocking [`Engine`] is native only.

@@ -75,17 +75,13 @@ mod native {
 
     /// `$OMEX_HOME/profile.json`, else `$HOME/.omex/profile.json`; none without either variable.
     pub fn cache_path() -> Option<PathBuf> {
-        let home = match std::env::var_os("OMEX_HOME").filter(|v| !v.is_empty()) {
-            Some(dir) => PathBuf::from(dir),
-            None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".omex"),
-        };
-        Some(home.join("profile.json"))
+        Some(crate::files::omex_home()?.join("profile.json"))
     }
 
     /// The cached profile, or none when there is no cache file. A file that does not parse is an error naming it.
     pub fn load_cached() -> Result<Option<MachineProfile>> {
         let Some(path) = cache_path() else { return Ok(None) };
-        let text = match std::fs::read_to_string(&path) {
+        let text = match crate::files::read_regular_string(&path, 1 << 20) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
