@@ -133,7 +133,8 @@ fn edit_graph(model: &Path, edit: impl Fn(&mut Value)) {
 fn graph_hyper_parameters_are_bounded_and_finite() {
     let tmp = synth::tmp_dir("harden-graph");
     let base = tiny_model(&tmp);
-    let cases: [(&str, fn(&mut Value), &str); 5] = [
+    type Case = (&'static str, fn(&mut Value), &'static str);
+    let cases: [Case; 5] = [
         // 65536 x 65536 wraps u32 to 0: it used to validate, then abort in run.
         (
             "wrap",
@@ -411,7 +412,7 @@ fn flags_outside_their_domain_are_refused() {
     let dir = tiny_model(&tmp);
     let run = |extra: &[&str]| {
         let mut args: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), dir.as_os_str(), "-p".as_ref(), "hi".as_ref()];
-        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         omex_within(&args, 30)
     };
     for (flags, names) in [

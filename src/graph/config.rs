@@ -370,11 +370,10 @@ impl Transformer {
         }
         match self.rope.scaling {
             None => {}
-            Some(RopeScaling::Linear { factor }) => {
-                if !(factor.is_finite() && factor > 0.0) {
-                    return Err(format!("rope scaling factor {factor} must be finite and positive"));
-                }
+            Some(RopeScaling::Linear { factor }) if !(factor.is_finite() && factor > 0.0) => {
+                return Err(format!("rope scaling factor {factor} must be finite and positive"));
             }
+            Some(RopeScaling::Linear { .. }) => {}
             Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) => {
                 let ok = [factor, low_freq_factor, high_freq_factor].iter().all(|f| f.is_finite() && *f > 0.0);
                 if !ok || high_freq_factor <= low_freq_factor || original_context_length == 0 {
