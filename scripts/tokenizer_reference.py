@@ -9,9 +9,17 @@ Modes:
                      merges with tokenizers' own components), for small synthetic GPT-2, Llama-3 and
                      SentencePiece-byte-fallback tokenizers trained here on the corpus, decode cases, and chat
                      templates rendered with jinja2 the way transformers renders them.
+  --qwen2            write tests/data/tokenizer/qwen2_expected.json: reference ids for Qwen2.5 (built from the
+                     Qwen2.5-Coder-0.5B GGUF's vocab and merges as Qwen2.5's tokenizer.json defines it: NFC,
+                     the Qwen2 Split regex, ByteLevel) on the corpus and on tricky strings, and the GGUF's chat
+                     template rendered with jinja2 (the path comes from $OMEX_QWEN05_GGUF, default
+                     ~/.cache/omex/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf; scripts/fetch-model.sh
+                     qwen2.5-coder-0.5b fetches it).
   --bench            time HF `encode` / `encode_batch` on the same ~1 MiB text as benches/tokenizer.rs.
   --gen-tables       write src/tokenizer/unicode_tables.rs: the \\p{L}, \\p{N}, \\s classes exactly as the
                      regex engine inside `tokenizers` (Oniguruma) sees them, and the digit set of its `Digits`.
+  --gen-nfc          write src/tokenizer/nfc_tables.rs: canonical classes, decompositions and compositions for
+                     the NFC normalizer (Qwen2), checked against the NFC of `tokenizers`.
   --check-dir DIR    load DIR/tokenizer.json (one omex wrote) with HF and compare its ids with the expected
                      ids (--expected NAME, default smollm2): proves HF reads what `write_tokenizer_dir` writes.
                      The Rust tests keep what they write under $OMEX_TOKENIZER_OUT when it is set.
@@ -41,6 +49,11 @@ SMOLLM2_JSON = ROOT / "target" / "tokenizer-reference" / "smollm2-tokenizer.json
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# Qwen2.5's tokenizer.json: Llama-3's regex with single digits (`\p{N}`).
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+DEFAULT_QWEN05 = Path.home() / ".cache/omex/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
 LLAMA2_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
@@ -246,7 +259,7 @@ def dump(path, obj):
     print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size} bytes)")
 
 
-def render_chats(v):
+def chat_env():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from jinja2.exceptions import TemplateError
     import jinja2.ext
@@ -257,7 +270,11 @@ def render_chats(v):
     # transformers' settings for chat templates
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.globals["raise_exception"] = raise_exception
-    convs = [
+    return env
+
+
+def chat_conversations():
+    return [
         [{"role": "user", "content": "Hello!"}],
         [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"},
          {"role": "assistant", "content": "Arr!"}, {"role": "user", "content": "Where's the treasure?"}],
@@ -271,6 +288,12 @@ def render_chats(v):
         [{"role": "user", "content": "q"}, {"role": "tool", "content": "tool output"}],
         [],
     ]
+
+
+def render_chats(v):
+    from jinja2.exceptions import TemplateError
+    env = chat_env()
+    convs = chat_conversations()
     templates = [("smollm2", v["chat_template"], "<|im_start|>", "<|im_end|>"),
                  ("llama2", LLAMA2_TEMPLATE, "<s>", "</s>"),
                  ("llama3", LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|eot_id|>")]
@@ -410,6 +433,82 @@ def gen_tables():
           f"{len(ranges(spaces))} space ranges, {len(digits - numbers)} extra digits")
 
 
+def gen_nfc():
+    """src/tokenizer/nfc_tables.rs from Python's unicodedata, checked against HF's NFC/NFD code point by code
+    point (the tables must describe the normalizer inside `tokenizers`, not just some Unicode version)."""
+    import unicodedata as ud
+    cps = [c for c in range(0x110000) if not (0xD800 <= c < 0xE000)]
+    hangul = lambda c: 0xAC00 <= c <= 0xD7A3
+    hf_nfc, hf_nfd = normalizers.NFC(), normalizers.NFD()
+    bad = [c for c in cps if hf_nfc.normalize_str(chr(c)) != ud.normalize("NFC", chr(c))
+           or hf_nfd.normalize_str(chr(c)) != ud.normalize("NFD", chr(c))]
+    # Code points unassigned in one Unicode version and assigned in the other; reported, and left out.
+    print(f"unicodedata {ud.unidata_version}: {len(bad)} code points normalize differently in tokenizers "
+          f"{__import__('tokenizers').__version__}: {[hex(c) for c in bad[:12]]}")
+    bad = set(bad)
+    ccc = [(c, ud.combining(chr(c))) for c in cps if ud.combining(chr(c)) and c not in bad]
+    ccc_ranges = []
+    for c, k in ccc:
+        if ccc_ranges and ccc_ranges[-1][1] == c - 1 and ccc_ranges[-1][2] == k:
+            ccc_ranges[-1][1] = c
+        else:
+            ccc_ranges.append([c, c, k])
+    decomp = [(c, ud.normalize("NFD", chr(c))) for c in cps
+              if not hangul(c) and c not in bad and ud.normalize("NFD", chr(c)) != chr(c)]
+    compose = []
+    for c in cps:
+        d = ud.decomposition(chr(c))
+        if c in bad or hangul(c) or not d or d.startswith("<"):
+            continue
+        parts = [int(x, 16) for x in d.split()]
+        if len(parts) == 2 and ud.normalize("NFC", chr(c)) == chr(c):  # a primary composite
+            compose.append((parts[0], parts[1], c))
+    compose.sort()
+    seconds = {b for _, b, _ in compose}
+    # Code points that can make NFC differ from the input: not NFC themselves, non-starters, or the second
+    # half of a composition (Hangul V and T jamo included); text without any of them is already NFC.
+    maybe = sorted({c for c in cps if c not in bad and (ud.normalize("NFC", chr(c)) != chr(c)
+                    or ud.combining(chr(c)) or c in seconds)} | set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3)))
+    flat, index = [], []
+    for c, d in decomp:
+        index.append((c, len(flat), len(d)))
+        flat.extend(ord(x) for x in d)
+
+    def rows(items, fmt, per):
+        out, row = [], []
+        for it in items:
+            row.append(fmt(it))
+            if len(row) == per:
+                out.append("    " + ", ".join(row) + ",")
+                row = []
+        if row:
+            out.append("    " + ", ".join(row) + ",")
+        return "\n".join(out)
+
+    src = (
+        "//! Generated by `scripts/tokenizer_reference.py --gen-nfc` from Python's unicodedata "
+        f"{ud.unidata_version},\n//! checked code point by code point against the NFC and NFD of Hugging Face "
+        f"`tokenizers` {__import__('tokenizers').__version__}. Do not edit by hand.\n\n"
+        "/// Canonical combining classes: inclusive ranges `(lo, hi, class)` of the non-zero ones.\n"
+        "pub(crate) static CCC: &[(u32, u32, u8)] = &[\n"
+        + rows(ccc_ranges, lambda r: f"(0x{r[0]:X}, 0x{r[1]:X}, {r[2]})", 5) + "\n];\n\n"
+        "/// Full canonical decompositions (Hangul syllables aside): `(code point, start, len)` in `DECOMP_CHARS`.\n"
+        "pub(crate) static DECOMP: &[(u32, u16, u8)] = &[\n"
+        + rows(index, lambda r: f"(0x{r[0]:X}, {r[1]}, {r[2]})", 6) + "\n];\n\n"
+        "pub(crate) static DECOMP_CHARS: &[u32] = &[\n"
+        + rows(flat, lambda c: f"0x{c:X}", 10) + "\n];\n\n"
+        "/// Primary composites (Hangul aside): `(first, second, composite)`, sorted.\n"
+        "pub(crate) static COMPOSE: &[(u32, u32, u32)] = &[\n"
+        + rows(compose, lambda r: f"(0x{r[0]:X}, 0x{r[1]:X}, 0x{r[2]:X})", 4) + "\n];\n\n"
+        "/// Code points that can make NFC differ from the input: inclusive ranges.\n"
+        "pub(crate) static MAYBE: &[(u32, u32)] = &[\n"
+        + rows(ranges(maybe), lambda r: f"(0x{r[0]:X}, 0x{r[1]:X})", 6) + "\n];\n")
+    out = ROOT / "src" / "tokenizer" / "nfc_tables.rs"
+    out.write_text(src)
+    print(f"wrote {out.relative_to(ROOT)}: {len(ccc_ranges)} class ranges, {len(index)} decompositions, "
+          f"{len(compose)} compositions, {len(ranges(maybe))} maybe ranges")
+
+
 def check_dir(d, name):
     tok = Tokenizer.from_file(str(Path(d) / "tokenizer.json"))
     exp = json.loads((DATA / f"{name}_expected.json").read_text(encoding="utf-8"))
@@ -425,17 +524,116 @@ def check_dir(d, name):
     sys.exit(1 if bad else 0)
 
 
+QWEN2_EXTRA = [
+    "12345", "3.14159 + 2.71828 = 5.85987", "v1.2.3-rc4", "0x1F600", "1,000,000", "²³¹ ½ ⅓ ٣٤ ३४",
+    "don't won't I'M YOU'RE we'Ve they'LL he'D it'S", "'s 'd 'll", "ſ'ſ",
+    "def add(a, b):\n    return a + b\n", "\tindented\n\t\tmore\n", "if (x) {\r\n  y();\r\n}\r\n",
+    "fn main() { println!(\"{}\", 1 << 20); }", "<div class=\"x\">&nbsp;</div>", "#include <stdio.h>",
+    "  leading", "   leading three", "trailing  ", "a  b   c    d", "\n\n\n", " \n \n ", "\t\t", " \t x",
+    "line1\nline2\r\nline3\rline4", "   \n\n   x", "\u3000full\u3000width", "\u00a0nbsp\u00a0",
+    "你好，世界！", "日本語のテキスト", "한국어 텍스트", "Привет, мир!", "مرحبا بالعالم", "ελληνικά",
+    "😀😃😄 👨‍👩‍👧‍👦 🇺🇸 👍🏽", "emoji😀inside", "→ ∑ ∞ ≠ ≤", "a\u200db", "\x00\x01\x7f",
+    "<|im_start|>user\nhi<|im_end|>\n", "<|endoftext|>tail", "x<|im_end|>y<|im_start|>",
+    "<tool_call>\n{\"name\": \"f\"}\n</tool_call>", "<|fim_prefix|>def f():<|fim_suffix|>\n<|fim_middle|>",
+    "<|im_start|", "<|im_end|><|im_end|>", "[PAD151665]", "",
+]
+# Text that NFC changes (or that looks like it might): decomposed accents, Hangul jamo, reordered marks.
+QWEN2_NFC = [
+    "e\u0301", "cafe\u0301 re\u0301sume\u0301", "A\u030a\u212b\u00c5", "\u1100\u1161\u11a8 \u1112\u1161\u11ab",
+    "a\u0323\u0307 a\u0307\u0323", "\u1e9b\u0323", "\u0958\u0915\u093c", "Ω\u2126 K\u212a",
+    "o\u0308\u0304 \u01eb\u0304", "\u0061\u0315\u0300\u05ae\u0300\u0062", "\uf900\u2f800",
+    "x\u0301\u0301\u0301", "\u0301start", "ﬁ ﬃ ² ①", "\uac00\u11a8 \uac01",
+]
+
+
+def qwen2_path():
+    return Path(os.environ.get("OMEX_QWEN05_GGUF", DEFAULT_QWEN05))
+
+
+def build_qwen2(v):
+    """Qwen2.5's tokenizer from GGUF data, as its tokenizer.json defines it, from `tokenizers` components."""
+    assert v["model"] == "gpt2" and v["pre"] == "qwen2", (v["model"], v["pre"])
+    # Every GGUF token goes in the vocabulary (the [PAD...] ones too, which no merge makes), so the added
+    # tokens below keep their GGUF ids.
+    vocab = {t: i for i, t in enumerate(v["tokens"])}
+    merges = [tuple(m.split(" ")) for m in v["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre.Sequence([
+        pre.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    # Control tokens are special, user-defined ones (<tool_call>) plain added tokens, as in tokenizer.json.
+    tok.add_tokens([AddedToken(t, special=v["token_types"][i] == 3, normalized=False)
+                    for i, t in enumerate(v["tokens"]) if v["token_types"][i] in (3, 4)])
+    assert tok.get_vocab_size(with_added_tokens=True) == len(v["tokens"])
+    return tok
+
+
+def render_qwen2_chats(template):
+    from jinja2.exceptions import TemplateError
+    t = chat_env().from_string(template)
+    convs = chat_conversations() + [
+        [{"role": "system", "content": ""}, {"role": "user", "content": "empty system"}],
+        [{"role": "user", "content": "a"}, {"role": "system", "content": "late system"}],
+        [{"role": "user", "content": "call"}, {"role": "tool", "content": "r1"}, {"role": "tool", "content": "r2"},
+         {"role": "assistant", "content": "done"}],
+        [{"role": "tool", "content": "first"}],
+        [{"role": "user", "content": "<|im_end|> inside"}, {"role": "observer", "content": "dropped"}],
+    ]
+    cases = []
+    for conv in convs:
+        for gen in (False, True):
+            case = {"messages": conv, "add_generation_prompt": gen}
+            try:
+                case["expected"] = t.render(messages=conv, add_generation_prompt=gen, tools=None)
+            except TemplateError as e:
+                case["error"] = str(e)
+            cases.append(case)
+    return cases
+
+
+def write_qwen2():
+    path = qwen2_path()
+    if not path.exists():
+        sys.exit(f"GGUF not found: {path} (set OMEX_QWEN05_GGUF, or run scripts/fetch-model.sh qwen2.5-coder-0.5b)")
+    v = read_gguf_vocab(path)
+    tok = build_qwen2(v)
+    chats = render_qwen2_chats(v["chat_template"])
+    texts = load_corpus() + QWEN2_EXTRA + [c["expected"] for c in chats if "expected" in c]
+    out = expected(tok, texts, "qwen2")
+    out["nfc_cases"] = [{"text": s, "ids": tok.encode(s).ids} for s in QWEN2_NFC]
+    out["chat_template"] = v["chat_template"]
+    out["chat"] = chats
+    out["eos_id"], out["bos_id"] = v["eos_id"], v["bos_id"]
+    # ignore_merges is off in Qwen2.5's tokenizer.json; list the strings where turning it on would differ.
+    d = json.loads(tok.to_str())
+    d["model"]["ignore_merges"] = True
+    other = Tokenizer.from_str(json.dumps(d))
+    diff = [s for s in texts if other.encode(s).ids != tok.encode(s).ids]
+    print(f"qwen2: {len(texts)} strings, {len(QWEN2_NFC)} NFC strings, {len(chats)} chats; "
+          f"{len(diff)} strings would differ with ignore_merges on")
+    dump(DATA / "qwen2_expected.json", out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--qwen2", action="store_true")
     ap.add_argument("--gen-tables", action="store_true")
+    ap.add_argument("--gen-nfc", action="store_true")
     ap.add_argument("--check-dir", metavar="DIR")
     ap.add_argument("--expected", default="smollm2", help="which *_expected.json --check-dir compares with")
     a = ap.parse_args()
     if a.bench:
         bench()
+    elif a.qwen2:
+        write_qwen2()
     elif a.gen_tables:
         gen_tables()
+    elif a.gen_nfc:
+        gen_nfc()
     elif a.check_dir:
         check_dir(a.check_dir, a.expected)
     else:

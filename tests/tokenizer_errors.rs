@@ -61,8 +61,8 @@ fn unknown_configurations_are_refused() {
     let err = Tokenizer::from_hf_json(&with(v.clone(), "pre_tokenizer", regex)).unwrap_err();
     assert!(matches!(err, TokenizerError::UnknownPreTokenizer { .. }), "{err}");
 
-    let nfc = serde_json::json!({"type": "NFC"});
-    let err = Tokenizer::from_hf_json(&with(v.clone(), "normalizer", nfc)).unwrap_err();
+    let nfkc = serde_json::json!({"type": "NFKC"});
+    let err = Tokenizer::from_hf_json(&with(v.clone(), "normalizer", nfkc)).unwrap_err();
     assert!(matches!(err, TokenizerError::UnknownNormalizer { .. }), "{err}");
 
     let wp = serde_json::json!({"type": "WordPiece"});
@@ -141,7 +141,7 @@ fn bad_gguf_vocabularies_are_errors() {
 
     let cases: Vec<(GgufVocab, &str)> = vec![
         (GgufVocab { eos_id: Some(9), ..base.clone() }, "tokenizer.ggml.eos_token_id"),
-        (GgufVocab { pre: Some("qwen2".into()), ..base.clone() }, "tokenizer.ggml.pre"),
+        (GgufVocab { pre: Some("deepseek-coder".into()), ..base.clone() }, "tokenizer.ggml.pre"),
         (GgufVocab { model: "bert".into(), ..base.clone() }, "tokenizer.ggml.model"),
         (GgufVocab { merges: vec!["a c".into()], ..base.clone() }, "tokenizer.ggml.merges"),
         (GgufVocab { token_types: vec![1], ..base.clone() }, "tokenizer.ggml.token_type"),

@@ -155,3 +155,15 @@ pub fn read_vocab(path: &Path) -> io::Result<GgufVocab> {
         chat_template: s("tokenizer.chat_template"),
     })
 }
+
+/// The Qwen2.5-Coder-0.5B GGUF: `$OMEX_QWEN05_GGUF`, else the omex model cache
+/// (`scripts/fetch-model.sh qwen2.5-coder-0.5b` puts it there).
+pub fn qwen05_path() -> PathBuf {
+    match std::env::var_os("OMEX_QWEN05_GGUF") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            home.join(".cache/omex/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+        }
+    }
+}

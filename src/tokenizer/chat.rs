@@ -39,7 +39,14 @@ pub enum ChatFormat {
     Llama2,
     /// Llama-3 instruct: `<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>`.
     Llama3,
+    /// Qwen2 / Qwen2.5 (ChatML, rendered as its template renders without `tools`): a system message first
+    /// (the conversation's own, else `default_system`); `user`, `assistant` and later `system` messages as
+    /// ChatML; runs of `tool` messages in one `user` turn of `<tool_response>` blocks; other roles dropped.
+    Qwen2 { default_system: String },
 }
+
+/// Qwen2.5's system message for conversations that bring none.
+pub const QWEN2_DEFAULT_SYSTEM: &str = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
 fn unsupported(hint: impl Into<String>) -> TokenizerError {
     TokenizerError::UnsupportedChatTemplate { hint: hint.into() }
@@ -85,12 +92,37 @@ fn chatml_default_system(t: &str) -> Option<String> {
     Some(unescape(&after[..end]))
 }
 
+/// The default system message of a Qwen2.5 template: the `<|im_start|>system\n...<|im_end|>` literal
+/// that is text only (the other one concatenates `messages[0]['content']`).
+fn qwen2_default_system(t: &str) -> Option<String> {
+    let marker = "<|im_start|>system\\n";
+    t.match_indices(marker).find_map(|(at, _)| {
+        let after = &t[at + marker.len()..];
+        let body = &after[..after.find("<|im_end|>")?];
+        (!body.contains(['\'', '"', '{', '}'])).then(|| unescape(body))
+    })
+}
+
+/// Whether a ChatML template is Qwen2.5's (tool calls as `<tool_call>`, results as `<tool_response>`).
+fn is_qwen2_template(t: &str) -> bool {
+    t.contains("if tools") && t.contains("<tool_response>") && t.contains("messages[0]['role'] == 'system'")
+}
+
 impl ChatFormat {
+    /// The format of Qwen2 models whose GGUF brings no template: Qwen2.5's.
+    pub fn qwen2() -> ChatFormat {
+        ChatFormat::Qwen2 { default_system: QWEN2_DEFAULT_SYSTEM.to_string() }
+    }
+
     /// Recognises the format of a Jinja chat template.
     pub fn detect(template: &str) -> Result<ChatFormat, TokenizerError> {
         let has = |s: &str| template.contains(s);
         let reads_content = has("message['content']") || has("message.content") || has("message[\"content\"]");
         if has("<|im_start|>") && has("<|im_end|>") {
+            if is_qwen2_template(template) {
+                let default_system = qwen2_default_system(template).unwrap_or_else(|| QWEN2_DEFAULT_SYSTEM.into());
+                return Ok(ChatFormat::Qwen2 { default_system });
+            }
             if has("tool") {
                 return Err(unsupported("a ChatML template with tool calls"));
             }
@@ -163,6 +195,7 @@ impl ChatFormat {
                     }
                 }
             }
+            ChatFormat::Qwen2 { default_system } => render_qwen2(&mut out, messages, default_system)?,
             ChatFormat::Llama3 => {
                 for (i, m) in messages.iter().enumerate() {
                     if i == 0 {
@@ -176,8 +209,39 @@ impl ChatFormat {
                 }
             }
         }
+        if add_generation_prompt && matches!(self, ChatFormat::Qwen2 { .. }) {
+            out.push_str("<|im_start|>assistant\n");
+        }
         Ok(out)
     }
+}
+
+/// Qwen2.5's template without tools (see [`ChatFormat::Qwen2`]); the generation prompt is added by the caller.
+fn render_qwen2(out: &mut String, messages: &[ChatMessage], default_system: &str) -> Result<(), TokenizerError> {
+    let first = messages
+        .first()
+        .ok_or_else(|| TokenizerError::ChatMessages("the Qwen2 template needs at least one message".into()))?;
+    let system = if first.role == "system" { first.content.as_str() } else { default_system };
+    out.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
+    for (i, m) in messages.iter().enumerate() {
+        match m.role.as_str() {
+            "user" | "assistant" => {}
+            "system" if i > 0 => {}
+            "tool" => {
+                if i == 0 || messages[i - 1].role != "tool" {
+                    out.push_str("<|im_start|>user");
+                }
+                out.push_str(&format!("\n<tool_response>\n{}\n</tool_response>", m.content));
+                if messages.get(i + 1).is_none_or(|n| n.role != "tool") {
+                    out.push_str("<|im_end|>\n");
+                }
+                continue;
+            }
+            _ => continue,
+        }
+        out.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -192,6 +256,21 @@ mod tests {
         let f = ChatFormat::detect(t).unwrap();
         assert_eq!(f, ChatFormat::ChatMl { default_system: Some("You are nice".into()) });
         assert!(matches!(ChatFormat::detect("{{ messages }}"), Err(TokenizerError::UnsupportedChatTemplate { .. })));
+    }
+
+    #[test]
+    fn detects_qwen2_default_system() {
+        let t = "{%- if tools %}{{- '<|im_start|>system\\n' }}{%- else %}{%- if messages[0]['role'] == 'system' %}\
+                 {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}\
+                 {{- '<|im_start|>system\\nBe Qwen.<|im_end|>\\n' }}{%- endif %}{%- endif %}\
+                 {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' }}<tool_response>";
+        assert_eq!(ChatFormat::detect(t).unwrap(), ChatFormat::Qwen2 { default_system: "Be Qwen.".into() });
+        let got = ChatFormat::qwen2().render(&[ChatMessage::user("hi")], true, "", "").unwrap();
+        let want = format!(
+            "<|im_start|>system\n{QWEN2_DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n\
+                            <|im_start|>assistant\n"
+        );
+        assert_eq!(got, want);
     }
 
     #[test]

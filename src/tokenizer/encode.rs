@@ -4,7 +4,7 @@
 use super::added::Piece;
 use super::bpe::Scratch;
 use super::hash::{fast_map, FastMap};
-use super::pretok::{split_gpt2, split_llama3, split_metaspace, Digits};
+use super::pretok::{split_gpt2, split_llama3, split_metaspace, split_qwen2, Digits};
 use super::Tokenizer;
 
 /// The normalizers omex implements.
@@ -13,6 +13,8 @@ pub(crate) enum Normalizer {
     None,
     /// `Sequence[Prepend("▁"), Replace(" ", "▁")]`: Llama-2 / TinyLlama SentencePiece.
     SpPrepend,
+    /// `NFC`: Qwen2.
+    Nfc,
 }
 
 /// How the regex step of a byte-level pre-tokenizer splits.
@@ -24,6 +26,8 @@ pub(crate) enum Split {
     Gpt2(Digits),
     /// The Llama-3 regex.
     Llama3,
+    /// The Qwen2 regex (Llama-3's with single digits).
+    Qwen2,
 }
 
 /// When `Metaspace` prepends `▁`.
@@ -169,6 +173,7 @@ impl Tokenizer {
     fn encode_text(&self, text: &str, first: bool, out: &mut Vec<u32>, st: &mut EncodeState) {
         match self.normalizer {
             Normalizer::None => self.encode_normalized(text, first, out, st),
+            Normalizer::Nfc => self.encode_normalized(&super::nfc::nfc(text), first, out, st),
             Normalizer::SpPrepend => {
                 if text.is_empty() {
                     return;
@@ -210,6 +215,7 @@ impl Tokenizer {
                     Split::None => self.word(text, true, out, st),
                     Split::Gpt2(d) => split_gpt2(text, d, &mut |p| self.word(p, true, out, st)),
                     Split::Llama3 => split_llama3(text, &mut |p| self.word(p, true, out, st)),
+                    Split::Qwen2 => split_qwen2(text, &mut |p| self.word(p, true, out, st)),
                 }
             }
             PreTokenizer::Metaspace { prepend, split } => {

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::config::{derive_stop_tokens, TokenizerConfig};
-use super::hf_pipeline::LLAMA3_PATTERN;
+use super::hf_pipeline::{LLAMA3_PATTERN, QWEN2_PATTERN};
 use super::{Tokenizer, TokenizerError};
 
 /// GGUF token types (`tokenizer.ggml.token_type`).
@@ -118,10 +118,13 @@ fn gpt2_pre_tokenizer(pre: Option<&str>) -> Result<Value, TokenizerError> {
         "llama-bpe" | "llama3" | "llama-v3" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": false},
             byte_level(false)]}),
+        "qwen2" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated", "invert": false},
+            byte_level(false)]}),
         other => {
             return Err(gguf_err(
                 "tokenizer.ggml.pre",
-                format!("`{other}` is not supported (omex knows default, gpt2, smollm, llama-bpe)"),
+                format!("`{other}` is not supported (omex knows default, gpt2, smollm, llama-bpe, qwen2)"),
             ))
         }
     })
@@ -177,7 +180,8 @@ fn pipeline(vocab: &GgufVocab, unk: Option<u32>) -> Result<Pipeline, TokenizerEr
             ignore_merges: false,
         }),
         "gpt2" => Ok(Pipeline {
-            normalizer: Value::Null,
+            // Qwen2's tokenizer.json normalizes to NFC (llama.cpp does not).
+            normalizer: if vocab.pre.as_deref() == Some("qwen2") { json!({"type": "NFC"}) } else { Value::Null },
             pre_tokenizer: gpt2_pre_tokenizer(vocab.pre.as_deref())?,
             decoder: json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
                             "use_regex": true}),
@@ -271,6 +275,11 @@ pub fn write_tokenizer_dir(vocab: &GgufVocab, dir: &Path) -> Result<(), Tokenize
     let named = |id: Option<u32>, on: bool| id.filter(|_| on).map(|i| (vocab.tokens[i as usize].as_str(), i));
     let post = post_processor(named(vocab.bos_id, add_bos), named(vocab.eos_id, add_eos));
     let json = tokenizer_json(vocab, &first_id, &merges, &p, post);
+    // Qwen2 GGUFs name `<|im_end|>` as EOS; Qwen2.5's generation_config.json also stops at `<|endoftext|>`.
+    let extra_stops: Vec<String> = match vocab.pre.as_deref() {
+        Some("qwen2") => vec!["<|endoftext|>".into()],
+        _ => Vec::new(),
+    };
 
     let cfg = TokenizerConfig {
         bos_token: vocab.name(vocab.bos_id),
@@ -283,7 +292,7 @@ pub fn write_tokenizer_dir(vocab: &GgufVocab, dir: &Path) -> Result<(), Tokenize
         stop_tokens: Some(derive_stop_tokens(
             |t| first_id.contains_key(t),
             vocab.name(vocab.eos_id).as_deref(),
-            &[],
+            &extra_stops,
             vocab.chat_template.as_deref(),
         )),
     };

@@ -12,6 +12,8 @@ use super::TokenizerError;
 
 pub(crate) const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 pub(crate) const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn is_string_pattern(v: &Value, want: &str) -> bool {
     v.get("pattern").and_then(|p| p.get("String")).and_then(Value::as_str) == Some(want)
@@ -31,6 +33,7 @@ pub(crate) fn parse_normalizer(v: &Value, file: &str) -> Result<Normalizer, Toke
     };
     match steps.as_slice() {
         [] => Ok(Normalizer::None),
+        [n] if type_of(n) == "NFC" => Ok(Normalizer::Nfc),
         [a, b] if (is_prepend(a) && is_replace(b)) || (is_replace(a) && is_prepend(b)) => Ok(Normalizer::SpPrepend),
         _ => Err(TokenizerError::UnknownNormalizer { file: file.to_string(), config: show(v) }),
     }
@@ -72,6 +75,9 @@ pub(crate) fn parse_pre(v: &Value, file: &str) -> Result<PreTokenizer, Tokenizer
                     match pattern {
                         Some(LLAMA3_PATTERN) if isolated => {
                             Ok(PreTokenizer::ByteLevel { split: Split::Llama3, add_prefix_space: false })
+                        }
+                        Some(QWEN2_PATTERN) if isolated => {
+                            Ok(PreTokenizer::ByteLevel { split: Split::Qwen2, add_prefix_space: false })
                         }
                         Some(GPT2_PATTERN) if isolated => {
                             Ok(PreTokenizer::ByteLevel { split: Split::Gpt2(Digits::Off), add_prefix_space: false })

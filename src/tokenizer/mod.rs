@@ -33,6 +33,9 @@ mod gguf_vocab;
 mod hash;
 mod hf_json;
 mod hf_pipeline;
+mod nfc;
+#[rustfmt::skip]
+mod nfc_tables;
 mod pretok;
 mod unicode;
 #[rustfmt::skip]
@@ -41,7 +44,7 @@ mod unicode_tables;
 use std::path::Path;
 use std::sync::Mutex;
 
-pub use chat::{ChatFormat, ChatMessage};
+pub use chat::{ChatFormat, ChatMessage, QWEN2_DEFAULT_SYSTEM};
 pub use config::{copy_hf_tokenizer, TokenizerConfig};
 pub use decode::StreamDecoder;
 pub use error::TokenizerError;
@@ -144,6 +147,7 @@ impl Tokenizer {
         let raw_added = Matcher::new(p.added.iter().filter(|t| !t.normalized).map(|t| (t, t.content.clone())));
         let normalize = |s: &str| match p.normalizer {
             Normalizer::None => s.to_string(),
+            Normalizer::Nfc => nfc::nfc(s).into_owned(),
             Normalizer::SpPrepend => {
                 std::iter::once('▁').chain(s.chars().map(|c| if c == ' ' { '▁' } else { c })).collect()
             }

@@ -1,9 +1,10 @@
-//! Hand-written scanners with exactly the semantics of the pre-tokenizer regexes of GPT-2 and Llama-3
-//! (leftmost-first alternation, greedy runs, the `\s+(?!\S)` look-ahead), plus the `Digits` and
+//! Hand-written scanners with exactly the semantics of the pre-tokenizer regexes of GPT-2, Llama-3 and
+//! Qwen2 (leftmost-first alternation, greedy runs, the `\s+(?!\S)` look-ahead), plus the `Digits` and
 //! `Metaspace` splits. No regex engine runs at encode time.
 //!
 //! GPT-2:   `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
 //! Llama-3: `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+//! Qwen2:   the Llama-3 regex with `\p{N}` for `\p{N}{1,3}` (every digit alone).
 
 use super::unicode::{class_of, is_digit, Class};
 
@@ -175,7 +176,8 @@ fn gpt2_end(s: &str, i: usize, digits: Digits) -> usize {
     space_piece(s, i, end, last, digits)
 }
 
-fn llama3_end(s: &str, i: usize) -> usize {
+/// End of the Llama-3-family piece at `i`; `max_digits` is 3 for Llama-3 (`\p{N}{1,3}`), 1 for Qwen2.
+fn llama3_end(s: &str, i: usize, max_digits: usize) -> usize {
     let n = s.len();
     let d = Digits::Off;
     let (c0, l0) = char_at(s, i);
@@ -195,10 +197,10 @@ fn llama3_end(s: &str, i: usize) -> usize {
         let l1 = next.map_or(0, |(_, l)| l);
         return run(s, i + l0 + l1, K::L, d);
     }
-    // \p{N}{1,3}
+    // \p{N}{1,3} (Llama-3) or \p{N} (Qwen2)
     if k0 == K::N {
         let mut j = i + l0;
-        for _ in 0..2 {
+        for _ in 1..max_digits {
             if j >= n {
                 break;
             }
@@ -250,7 +252,18 @@ pub(crate) fn split_gpt2<'a>(s: &'a str, digits: Digits, f: &mut impl FnMut(&'a 
 pub(crate) fn split_llama3<'a>(s: &'a str, f: &mut impl FnMut(&'a str)) {
     let mut i = 0;
     while i < s.len() {
-        let e = llama3_end(s, i);
+        let e = llama3_end(s, i, 3);
+        f(&s[i..e]);
+        i = e;
+    }
+}
+
+/// Calls `f` on each piece of `s` under the Qwen2 regex.
+#[inline]
+pub(crate) fn split_qwen2<'a>(s: &'a str, f: &mut impl FnMut(&'a str)) {
+    let mut i = 0;
+    while i < s.len() {
+        let e = llama3_end(s, i, 1);
         f(&s[i..e]);
         i = e;
     }
@@ -302,6 +315,22 @@ mod tests {
         assert_eq!(llama3("  \n  hi"), ["  \n", " ", " hi"]);
         assert_eq!(llama3("I'M 'ſ \tab"), ["I", "'M", " '", "ſ", " ", "\tab"]);
         assert_eq!(llama3("(hi) \n"), ["(hi", ")", " \n"]);
+    }
+
+    #[test]
+    fn qwen2_pieces() {
+        let qwen2 = |s| {
+            let mut v = Vec::new();
+            split_qwen2(s, &mut |p| v.push(p));
+            v
+        };
+        assert_eq!(qwen2("12345 x"), ["1", "2", "3", "4", "5", " x"]);
+        assert_eq!(qwen2("v2.0: x=10;"), ["v", "2", ".", "0", ":", " x", "=", "1", "0", ";"]);
+        assert_eq!(qwen2("Hello, world!!\n\nOK"), ["Hello", ",", " world", "!!\n\n", "OK"]);
+        assert_eq!(qwen2("  \n  hi\tthere"), ["  \n", " ", " hi", "\tthere"]);
+        assert_eq!(qwen2("I'M don't 'ſ"), ["I", "'M", " don", "'t", " '", "ſ"]);
+        assert_eq!(qwen2("²³ 你好😀!"), ["²", "³", " 你好", "😀!"]);
+        assert_eq!(qwen2("def f():\n    return 1\n"), ["def", " f", "():\n", "   ", " return", " ", "1", "\n"]);
     }
 
     #[test]
