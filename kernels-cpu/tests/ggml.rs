@@ -3,7 +3,7 @@
 //! that dequantization, and the layout checks of `Matrix::new`.
 
 mod common;
-use common::{isas, Rng};
+use common::{isas, random_blocks, Rng};
 use half::f16;
 use kernels_cpu::ggml::{self, GgmlBlock};
 use kernels_cpu::q8::{self, Q8Activations};
@@ -74,35 +74,16 @@ fn matmul_dequantization_is_exact_on_every_isa() {
     }
 }
 
-/// Random blocks of `kind` for `[rows, cols]`: random bytes, with every f16 parameter set to a moderate finite
-/// value (random bytes there could be NaN or huge).
-fn random_blocks(kind: GgmlBlock, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
-    let n_blocks = rows * cols / kind.block_values();
-    let params: &[usize] = match kind {
-        GgmlBlock::Q8_0 | GgmlBlock::Q5_0 => &[0],
-        GgmlBlock::Q5_1 | GgmlBlock::Q4K | GgmlBlock::Q5K => &[0, 2],
-        GgmlBlock::Q6K => &[208],
-    };
-    let mut out = Vec::new();
-    for _ in 0..n_blocks {
-        let mut b: Vec<u8> = (0..kind.block_bytes()).map(|_| rng.below(256) as u8).collect();
-        for &at in params {
-            let v = f16::from_f32(rng.range(-0.05, 0.05)).to_bits().to_le_bytes();
-            b[at..at + 2].copy_from_slice(&v);
-        }
-        out.extend_from_slice(&b);
-    }
-    out
-}
-
-/// `|b|` of every group of 32 of row `r` (`w = a q + b`): the min term the q8 kernels add separately, whose
-/// size (not only `|w|`) sets their rounding. Read straight from the block bytes.
+/// `|b|` of every group of 32 of row `r` (`w = a q + b`): the min term the q8 kernels may add separately,
+/// whose size (not only `|w|`) sets their rounding. Read straight from the block bytes.
 fn min_terms(kind: GgmlBlock, bytes: &[u8], cols: usize, r: usize) -> Vec<f64> {
     let row = &bytes[r * kind.bytes_for(cols)..];
     let h = |at: usize| f16::from_bits(u16::from_le_bytes([row[at], row[at + 1]])).to_f32() as f64;
     (0..cols / GROUP)
         .map(|g| match kind {
             GgmlBlock::Q5_1 => h(g * 24 + 2).abs(),
+            // The AVX2 kernel reads Q5_0's `d (q - 16)` as `d q - 16 d`.
+            GgmlBlock::Q5_0 => 16.0 * h(g * 22).abs(),
             GgmlBlock::Q4K | GgmlBlock::Q5K => {
                 let (blk, j) = ((g / 8) * kind.block_bytes(), g % 8);
                 let s = &row[blk + 4..blk + 16];

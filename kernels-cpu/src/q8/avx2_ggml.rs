@@ -4,7 +4,8 @@
 //! (row, token) and the min term `b s_x` one FMA straight into the accumulator. Per group the weight quants
 //! are unpacked to 32 bytes once and reused for `T` tokens: `maddubs` (u8 x i8 -> i16 pairs) then `madd`
 //! (-> i32), by ones, or by Q6_K's two sub-block scales (|pair| <= 2 * 32 * 127, times |sc| <= 128, fits i32).
-//! Signed quants (Q8_0, Q5_0, Q6_K) go as `|q|` with their sign moved onto `x` (`_mm256_sign_epi8`).
+//! Signed quants (Q8_0, Q6_K) go as `|q|` with their sign moved onto `x` (`_mm256_sign_epi8`); Q5_0 goes as
+//! unsigned `q` with a min term `b = -16 d`, which saves the sign and absolute value per group.
 
 use super::Q8Activations;
 use crate::ggml::{k_scales, GgmlBlock, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES};
@@ -47,12 +48,12 @@ const fn groups_per_block(l: u8) -> usize {
 
 /// Quants with a sign (moved onto `x`), rather than unsigned with a min.
 const fn signed(l: u8) -> bool {
-    matches!(l, Q6K | Q5_0 | Q8_0)
+    matches!(l, Q6K | Q8_0)
 }
 
 /// A min term `b s_x`.
 const fn has_min(l: u8) -> bool {
-    matches!(l, Q4K | Q5K | Q5_1)
+    matches!(l, Q4K | Q5K | Q5_0 | Q5_1)
 }
 
 /// Raw view of a validated matrix of blocks.
@@ -63,13 +64,16 @@ struct Rows {
     cols: usize,
 }
 
-/// The f16 at `p` as f32.
+/// The f16 at `p` broadcast to 8 f32 lanes, by F16C (`half` would test for F16C at run time on every call,
+/// which cost a third of a Q4_K matvec).
 ///
 /// # Safety
-/// `p` valid for 2 reads.
-#[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    half::f16::from_bits(std::ptr::read_unaligned(p as *const u16)).to_f32()
+/// AVX2/F16C; `p` valid for 2 reads.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn f16_splat(p: *const u8) -> __m256 {
+    let h = _mm_set1_epi16(std::ptr::read_unaligned(p as *const i16));
+    _mm256_cvtph_ps(h)
 }
 
 /// Eight bytes (one per lane) as f32 lanes.
@@ -94,10 +98,12 @@ unsafe fn factors<const L: u8>(row: *const u8, g0: usize, ng: usize) -> (__m256,
         Q4K | Q5K => {
             let blk = row.add(g0 / 8 * bb);
             let (sc, mn) = k_scales(std::slice::from_raw_parts(blk.add(4), 12));
-            let a = _mm256_mul_ps(_mm256_set1_ps(f16_at(blk)), bytes_f32(sc));
-            (a, _mm256_mul_ps(_mm256_set1_ps(-f16_at(blk.add(2))), bytes_f32(mn)))
+            let a = _mm256_mul_ps(f16_splat(blk), bytes_f32(sc));
+            // -(dmin mn): negating the exact product or a factor is the same.
+            let neg = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+            (a, _mm256_mul_ps(_mm256_xor_ps(f16_splat(blk.add(2)), neg), bytes_f32(mn)))
         }
-        Q6K => (_mm256_set1_ps(f16_at(row.add(g0 / 8 * bb + 208))), _mm256_setzero_ps()),
+        Q6K => (f16_splat(row.add(g0 / 8 * bb + 208)), _mm256_setzero_ps()),
         _ => {
             // d (and Q5_1's m) of ng blocks, assembled in general registers (see x86::load_f16x8).
             let (mut d, mut m) = ([0u64; 2], [0u64; 2]);
@@ -109,7 +115,9 @@ unsafe fn factors<const L: u8>(row: *const u8, g0: usize, ng: usize) -> (__m256,
                 }
             }
             let cvt = |v: [u64; 2]| _mm256_cvtph_ps(_mm_set_epi64x(v[1] as i64, v[0] as i64));
-            (cvt(d), if L == Q5_1 { cvt(m) } else { _mm256_setzero_ps() })
+            let d = cvt(d);
+            // Q5_0's `d (q - 16)` as `d q + b` with `b = -16 d` (exact): unsigned quants and a min term.
+            (d, if L == Q5_1 { cvt(m) } else { _mm256_mul_ps(d, _mm256_set1_ps(-16.0)) })
         }
     }
 }
@@ -130,58 +138,71 @@ unsafe fn fifth_bits(qh: u32) -> __m256i {
     _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10))
 }
 
-/// Group `g` of the row at `row` as `(|q| or q unsigned, q with its sign, madd multipliers)`; the second is
-/// only meaningful for signed kinds.
+/// Sub-block `J` (k-quants) of the block at `blk`, or the whole small block at `blk`, as `(|q| or q unsigned,
+/// q with its sign, madd multipliers)`; the second is only meaningful for signed kinds. `q6` is
+/// [`q6_scales`] of a Q6_K block.
 ///
 /// # Safety
-/// AVX2; group `g` of the row readable.
+/// AVX2; the block readable.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn group<const L: u8>(row: *const u8, g: usize) -> (__m256i, __m256i, __m256i) {
-    let blk = row.add(g / groups_per_block(L) * block_bytes(L));
-    let j = g % groups_per_block(L);
+unsafe fn group<const L: u8, const J: usize>(blk: *const u8, q6: &[__m256i; 2]) -> (__m256i, __m256i, __m256i) {
     let ones = _mm256_set1_epi16(1);
     let m0f = _mm256_set1_epi8(0x0F);
     let load = |at: usize| _mm256_loadu_si256(blk.add(at) as *const __m256i);
-    // Nibbles of sub-block j of a Q4_K/Q5_K block: bytes 32 (j / 2).., low nibbles for even j.
+    // Nibbles of sub-block J of a Q4_K/Q5_K block: bytes 32 (J / 2).., low nibbles for even J.
     let nibbles = |at: usize| {
-        let v = load(at + 32 * (j / 2));
-        _mm256_and_si256(if j % 2 == 1 { _mm256_srli_epi16(v, 4) } else { v }, m0f)
+        let v = load(at + 32 * (J / 2));
+        _mm256_and_si256(if J % 2 == 1 { _mm256_srli_epi16(v, 4) } else { v }, m0f)
     };
     match L {
         Q4K => (nibbles(16), _mm256_setzero_si256(), ones),
         Q5K => {
-            let bit = _mm256_set1_epi8(1 << j);
+            let bit = _mm256_set1_epi8(1 << J);
             let hi = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(load(16), bit), bit), _mm256_set1_epi8(0x10));
             (_mm256_or_si256(nibbles(48), hi), _mm256_setzero_si256(), ones)
         }
         Q6K => {
-            let (h, k) = (j / 4, j % 4);
+            let (h, k) = (J / 4, J % 4);
             let ql = load(64 * h + 32 * (k % 2));
-            let lo = _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (k / 2) as i32)), m0f);
-            let qh = _mm256_srl_epi16(load(128 + 32 * h), _mm_cvtsi32_si128(2 * k as i32));
+            let lo = if k / 2 == 1 { _mm256_srli_epi16(ql, 4) } else { ql };
+            let lo = _mm256_and_si256(lo, m0f);
+            let qh = load(128 + 32 * h);
+            let qh = match k {
+                0 => qh,
+                1 => _mm256_srli_epi16(qh, 2),
+                2 => _mm256_srli_epi16(qh, 4),
+                _ => _mm256_srli_epi16(qh, 6),
+            };
             // Two bits per byte, then moved up to bits 4..6 (nothing crosses a byte once masked).
             let hi = _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4);
             let q = _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));
-            let sc = |i: usize| _mm_set1_epi16(*blk.add(192 + 2 * j + i) as i8 as i16);
-            (_mm256_abs_epi8(q), q, _mm256_set_m128i(sc(1), sc(0)))
+            // i16 lanes 0..8 take scale 2J, lanes 8..16 scale 2J + 1 (each 128-bit half of `q6` holds 8).
+            let pick = |i: usize| (((2 * (i % 8) + 1) << 8) | (2 * (i % 8))) as i16;
+            let mask = _mm256_set_m128i(_mm_set1_epi16(pick(2 * J + 1)), _mm_set1_epi16(pick(2 * J)));
+            (_mm256_abs_epi8(q), q, _mm256_shuffle_epi8(q6[J / 4], mask))
         }
         Q5_0 | Q5_1 => {
             let at = if L == Q5_0 { 2 } else { 4 };
             let qh = std::ptr::read_unaligned(blk.add(at) as *const u32);
-            let q = _mm256_or_si256(unpack_int4(blk.add(at + 4)), fifth_bits(qh));
-            if L == Q5_0 {
-                let q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
-                (_mm256_abs_epi8(q), q, ones)
-            } else {
-                (q, _mm256_setzero_si256(), ones)
-            }
+            (_mm256_or_si256(unpack_int4(blk.add(at + 4)), fifth_bits(qh)), _mm256_setzero_si256(), ones)
         }
         _ => {
             let q = load(2);
             (_mm256_abs_epi8(q), q, ones)
         }
     }
+}
+
+/// A Q6_K block's 16 i8 scales as i16: scales 0..8 in both 128-bit halves, then scales 8..16 in both.
+///
+/// # Safety
+/// AVX2; the block readable.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q6_scales(blk: *const u8) -> [__m256i; 2] {
+    let s = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192) as *const __m128i));
+    [_mm256_permute4x64_epi64(s, 0b01_00_01_00), _mm256_permute4x64_epi64(s, 0b11_10_11_10)]
 }
 
 /// Dot products of weight rows `r..r+R` with activation rows `t..t+T`.
@@ -255,21 +276,65 @@ unsafe fn chunk<const L: u8, const R: usize, const T: usize, const FULL: bool>(
             off += 64;
         }
     }
-    for k in 0..ng {
-        let g = g0 + k;
-        let mut wa = [_mm256_setzero_si256(); R];
-        let mut ws = [_mm256_setzero_si256(); R];
-        let mut mul = [_mm256_setzero_si256(); R];
+    if groups_per_block(L) == 8 {
+        let mut blk = [std::ptr::null::<u8>(); R];
+        let mut q6 = [[_mm256_setzero_si256(); 2]; R];
         for i in 0..R {
-            (wa[i], ws[i], mul[i]) = group::<L>(w.p.add((r + i) * w.row_bytes), g);
-        }
-        for j in 0..T {
-            let xv = _mm256_loadu_si256(xq.qs.as_ptr().add((t + j) * w.cols + g * GROUP) as *const __m256i);
-            for i in 0..R {
-                let x = if signed(L) { _mm256_sign_epi8(xv, ws[i]) } else { xv };
-                let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[i], x), mul[i]);
-                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_broadcast_ss(&sc[i][j][k]), acc[i][j]);
+            blk[i] = w.p.add((r + i) * w.row_bytes + g0 / 8 * block_bytes(L));
+            if L == Q6K {
+                q6[i] = q6_scales(blk[i]);
             }
+        }
+        step::<L, R, T, 0>(w, &blk, &q6, xq, t, g0, &sc, acc);
+        step::<L, R, T, 1>(w, &blk, &q6, xq, t, g0 + 1, &sc, acc);
+        step::<L, R, T, 2>(w, &blk, &q6, xq, t, g0 + 2, &sc, acc);
+        step::<L, R, T, 3>(w, &blk, &q6, xq, t, g0 + 3, &sc, acc);
+        step::<L, R, T, 4>(w, &blk, &q6, xq, t, g0 + 4, &sc, acc);
+        step::<L, R, T, 5>(w, &blk, &q6, xq, t, g0 + 5, &sc, acc);
+        step::<L, R, T, 6>(w, &blk, &q6, xq, t, g0 + 6, &sc, acc);
+        step::<L, R, T, 7>(w, &blk, &q6, xq, t, g0 + 7, &sc, acc);
+    } else {
+        let q6 = [[_mm256_setzero_si256(); 2]; R];
+        for k in 0..ng {
+            let mut blk = [std::ptr::null::<u8>(); R];
+            for i in 0..R {
+                blk[i] = w.p.add((r + i) * w.row_bytes + (g0 + k) * block_bytes(L));
+            }
+            step::<L, R, T, 0>(w, &blk, &q6, xq, t, g0 + k, &sc, acc);
+        }
+    }
+}
+
+/// Group `g` (sub-block `J` of the blocks at `blk` for k-quants, else the small blocks at `blk`) of `R` rows
+/// against `T` tokens; `sc[i][j][g % 8]` is its combined scale `a d_x`.
+///
+/// # Safety
+/// As [`chunk`], with `blk` the rows' blocks holding group `g`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn step<const L: u8, const R: usize, const T: usize, const J: usize>(
+    w: &Rows,
+    blk: &[*const u8; R],
+    q6: &[[__m256i; 2]; R],
+    xq: &Q8Activations,
+    t: usize,
+    g: usize,
+    sc: &[[[f32; 8]; T]; R],
+    acc: &mut [[__m256; T]; R],
+) {
+    let mut wa = [_mm256_setzero_si256(); R];
+    let mut ws = [_mm256_setzero_si256(); R];
+    let mut mul = [_mm256_setzero_si256(); R];
+    for i in 0..R {
+        (wa[i], ws[i], mul[i]) = group::<L, J>(blk[i], &q6[i]);
+    }
+    for j in 0..T {
+        let xv = _mm256_loadu_si256(xq.qs.as_ptr().add((t + j) * w.cols + g * GROUP) as *const __m256i);
+        for i in 0..R {
+            let x = if signed(L) { _mm256_sign_epi8(xv, ws[i]) } else { xv };
+            let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[i], x), mul[i]);
+            acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_broadcast_ss(&sc[i][j][g % 8]), acc[i][j]);
         }
     }
 }
