@@ -8,7 +8,7 @@ mod common;
 
 use common::{Layout, Owned, Rng};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kernels_cpu::{matvec, q8};
+use kernels_cpu::{matvec, q8, GgmlBlock};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,13 @@ fn bench(c: &mut Criterion) {
         cases.extend(SHAPES.iter().map(|&s| (layout, s)));
     }
     cases.push((Layout::Int8, LM_HEAD));
+    // Raw GGUF blocks; k-quants need cols % 256 == 0, which of these shapes only 576 x 1536 has.
+    for kind in [GgmlBlock::Q5_0, GgmlBlock::Q8_0] {
+        cases.extend(SHAPES.iter().map(|&s| (Layout::Ggml(kind), s)));
+    }
+    for kind in [GgmlBlock::Q4K, GgmlBlock::Q5K, GgmlBlock::Q6K] {
+        cases.push((Layout::Ggml(kind), (576, 1536)));
+    }
     for (layout, (rows, cols)) in cases {
         let o = Owned::random(layout, rows, cols, &mut rng);
         let m = o.matrix();

@@ -1,12 +1,12 @@
 //! Quick timing loop for profiling one kernel: `cargo run -p kernels-cpu --release --example kbench --
-//! <matvec|matvec_q8|matmul|matmul_q8> <int4|int8|f16|ternary|f32> ROWS COLS [N] [THREADS] [SECONDS]`.
+//! <matvec|matvec_q8|matmul|matmul_q8> <int4|int8|f16|ternary|f32|q4k|q5k|q6k|q5_0|q5_1|q8_0> ROWS COLS [N] [THREADS] [SECONDS]`.
 //! Prints GB/s of weights (matvec) or GFLOP/s (matmul).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use common::{Layout, Owned, Rng};
-use kernels_cpu::{matmul, matvec, q8};
+use kernels_cpu::{matmul, matvec, q8, GgmlBlock};
 use std::time::Instant;
 
 fn main() {
@@ -17,6 +17,12 @@ fn main() {
         "f16" => Layout::F16,
         "f32" => Layout::F32,
         "ternary" => Layout::Ternary,
+        "q4k" => Layout::Ggml(GgmlBlock::Q4K),
+        "q5k" => Layout::Ggml(GgmlBlock::Q5K),
+        "q6k" => Layout::Ggml(GgmlBlock::Q6K),
+        "q5_0" => Layout::Ggml(GgmlBlock::Q5_0),
+        "q5_1" => Layout::Ggml(GgmlBlock::Q5_1),
+        "q8_0" => Layout::Ggml(GgmlBlock::Q8_0),
         _ => Layout::Int4,
     };
     let num = |i: usize, d: usize| a.get(i).map_or(d, |s| s.parse().unwrap());

@@ -22,7 +22,20 @@
 //!
 //! All arithmetic of a dequantized value is done in f32 as written in the table (`d * q + m` is a
 //! multiplication then an addition, each rounded), which is what makes a Q4_1 repack bit-exact.
+//!
+//! Raw GGUF blocks are read in place too, the whole matrix one byte array of blocks, row-major (each row
+//! `cols / values` blocks, parameters inside each block; byte layouts and value formulas in [`crate::ggml`]):
+//!
+//! | layout | values per block | bytes per block | cols a multiple of | bits/weight |
+//! |--------|------------------|-----------------|--------------------|-------------|
+//! | Q4K    | 256              | 144             | 256                | 4.5         |
+//! | Q5K    | 256              | 176             | 256                | 5.5         |
+//! | Q6K    | 256              | 210             | 256                | 6.5625      |
+//! | Q5_0   | 32               | 22              | 32                 | 5.5         |
+//! | Q5_1   | 32               | 24              | 32                 | 6           |
+//! | Q8_0   | 32               | 34              | 32                 | 8.5         |
 
+use crate::ggml::{self, GgmlBlock};
 use half::f16;
 
 /// Values per quantization group, in every quantized layout.
@@ -41,9 +54,58 @@ pub const TERNARY_GROUP_BYTES: usize = GROUP / 4;
 pub enum Weights<'a> {
     F32(&'a [f32]),
     F16(&'a [u16]),
-    Int8 { q: &'a [i8], scales: &'a [u16] },
-    Int4 { q: &'a [u8], scales: &'a [u16], mins: &'a [u16] },
-    Ternary { q: &'a [u8], scales: &'a [u16] },
+    Int8 {
+        q: &'a [i8],
+        scales: &'a [u16],
+    },
+    Int4 {
+        q: &'a [u8],
+        scales: &'a [u16],
+        mins: &'a [u16],
+    },
+    Ternary {
+        q: &'a [u8],
+        scales: &'a [u16],
+    },
+    /// Raw GGUF Q4_K blocks of the whole matrix.
+    Q4K(&'a [u8]),
+    /// Raw GGUF Q5_K blocks.
+    Q5K(&'a [u8]),
+    /// Raw GGUF Q6_K blocks.
+    Q6K(&'a [u8]),
+    /// Raw GGUF Q5_0 blocks.
+    Q5_0(&'a [u8]),
+    /// Raw GGUF Q5_1 blocks.
+    Q5_1(&'a [u8]),
+    /// Raw GGUF Q8_0 blocks (f16 d and 32 i8 together, unlike [`Weights::Int8`]'s separate arrays).
+    Q8_0(&'a [u8]),
+}
+
+impl<'a> Weights<'a> {
+    /// Raw GGUF blocks of `kind`.
+    pub fn ggml(kind: GgmlBlock, bytes: &'a [u8]) -> Weights<'a> {
+        match kind {
+            GgmlBlock::Q4K => Weights::Q4K(bytes),
+            GgmlBlock::Q5K => Weights::Q5K(bytes),
+            GgmlBlock::Q6K => Weights::Q6K(bytes),
+            GgmlBlock::Q5_0 => Weights::Q5_0(bytes),
+            GgmlBlock::Q5_1 => Weights::Q5_1(bytes),
+            GgmlBlock::Q8_0 => Weights::Q8_0(bytes),
+        }
+    }
+
+    /// The block type and bytes of a raw GGUF layout; `None` for the omex layouts.
+    pub fn as_ggml(&self) -> Option<(GgmlBlock, &'a [u8])> {
+        Some(match *self {
+            Weights::Q4K(b) => (GgmlBlock::Q4K, b),
+            Weights::Q5K(b) => (GgmlBlock::Q5K, b),
+            Weights::Q6K(b) => (GgmlBlock::Q6K, b),
+            Weights::Q5_0(b) => (GgmlBlock::Q5_0, b),
+            Weights::Q5_1(b) => (GgmlBlock::Q5_1, b),
+            Weights::Q8_0(b) => (GgmlBlock::Q8_0, b),
+            _ => return None,
+        })
+    }
 }
 
 /// A `[rows, cols]` row-major weight matrix.
@@ -71,6 +133,22 @@ impl<'a> Matrix<'a> {
     pub fn new(rows: usize, cols: usize, w: Weights<'a>) -> Result<Self, LayoutError> {
         let n = rows.checked_mul(cols).ok_or_else(|| LayoutError(format!("{rows} x {cols} overflows")))?;
         let groups = n / GROUP;
+        if let Some((kind, bytes)) = w.as_ggml() {
+            let bv = kind.block_values();
+            if cols % bv != 0 {
+                return Err(LayoutError(format!("{kind} matrix needs cols % {bv} == 0, got {cols}")));
+            }
+            let want = (n / bv)
+                .checked_mul(kind.block_bytes())
+                .ok_or_else(|| LayoutError(format!("{rows} x {cols} overflows")))?;
+            if bytes.len() != want {
+                return Err(LayoutError(format!(
+                    "{kind} blocks: {} bytes, layout of {rows}x{cols} needs {want}",
+                    bytes.len()
+                )));
+            }
+            return Ok(Matrix { rows, cols, w });
+        }
         let quantized = !matches!(w, Weights::F32(_) | Weights::F16(_));
         if quantized && cols % GROUP != 0 {
             return Err(LayoutError(format!("quantized matrix needs cols % {GROUP} == 0, got {cols}")));
@@ -98,6 +176,7 @@ impl<'a> Matrix<'a> {
                 check("ternary quant bytes", q.len(), groups * TERNARY_GROUP_BYTES)?;
                 check("ternary scales", scales.len(), groups)?;
             }
+            _ => unreachable!("raw GGUF blocks are checked above"),
         }
         Ok(Matrix { rows, cols, w })
     }
@@ -107,7 +186,8 @@ impl<'a> Matrix<'a> {
         Matrix::new(self.rows, self.cols, self.w).map(|_| ())
     }
 
-    /// Quantization groups per row (`cols / GROUP`; 0 for F32/F16, which have none).
+    /// Quantization groups per row (`cols / GROUP`; 0 for F32/F16, which have none; for raw GGUF blocks, the
+    /// groups of 32 the q8 activations are cut into, whatever the block size).
     pub fn groups_per_row(&self) -> usize {
         match self.w {
             Weights::F32(_) | Weights::F16(_) => 0,
@@ -124,6 +204,7 @@ impl<'a> Matrix<'a> {
             Weights::Int8 { .. } => self.cols + 2 * g,
             Weights::Int4 { .. } => g * (INT4_GROUP_BYTES + 4),
             Weights::Ternary { .. } => g * (TERNARY_GROUP_BYTES + 2),
+            _ => self.w.as_ggml().map_or(0, |(kind, _)| kind.bytes_for(self.cols)),
         }
     }
 
@@ -176,6 +257,11 @@ impl<'a> Matrix<'a> {
                         }
                     }
                 }
+            }
+            _ => {
+                let (kind, bytes) = self.w.as_ggml().expect("every other layout is matched above");
+                let rb = kind.bytes_for(self.cols);
+                ggml::dequantize_row(kind, &bytes[r * rb..(r + 1) * rb], out);
             }
         }
     }

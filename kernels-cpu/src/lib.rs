@@ -3,6 +3,7 @@
 //! WGSL kernel.
 //!
 //! - [`layout`]: the weight layouts (the contract with the converter and the GPU).
+//! - [`ggml`]: raw GGUF blocks (Q4_K, Q5_K, Q6_K, Q5_0, Q5_1, Q8_0): geometry and bit-exact dequantization.
 //! - [`isa`]: run-time ISA detection and the `OMEX_CPU_ISA` override.
 //! - [`matvec`], [`matmul`]: float-activation products for every layout (decode, prefill).
 //! - [`q8`]: int8-quantized activations and the integer-dot products (the fast path for Int8/Int4/Ternary).
@@ -17,6 +18,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod attention;
+pub mod ggml;
 pub mod isa;
 pub mod layout;
 pub mod matmul;
@@ -28,6 +30,7 @@ pub mod q8;
 mod x86;
 
 pub use attention::{attention, kv_store, KvElem};
+pub use ggml::GgmlBlock;
 pub use isa::Isa;
 pub use layout::{Matrix, Weights, GROUP};
 pub use matmul::matmul;

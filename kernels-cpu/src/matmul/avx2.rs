@@ -77,6 +77,12 @@ pub unsafe fn dequant_rows(m: &Matrix, r0: usize, out: &mut [f32]) {
                 }
             }
         }
+        _ => {
+            // The scalar dequantization, inlined here and so vectorised with AVX2 (still bit-exact).
+            let (kind, bytes) = m.w.as_ggml().expect("every other layout is matched above");
+            let rb = kind.bytes_for(cols);
+            crate::ggml::dequantize_blocks(kind, &bytes[r0 * rb..(r0 + nr) * rb], out);
+        }
     }
 }
 

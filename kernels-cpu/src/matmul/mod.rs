@@ -66,7 +66,7 @@ fn tile(isa: Isa, m: &Matrix, x: &[f32], r0: usize, t0: usize, outs: &mut [&mut 
 }
 
 /// Rows `r0..r0 + out.len() / cols` of `m` as f32.
-fn dequant_rows(isa: Isa, m: &Matrix, r0: usize, out: &mut [f32]) {
+pub(crate) fn dequant_rows(isa: Isa, m: &Matrix, r0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa.uses_avx2() {
         // SAFETY: AVX2/FMA/F16C present (see `tile`); `m` was validated and `dequant_rows` asserts that the

@@ -42,6 +42,7 @@ pub unsafe fn rows(m: &Matrix, x: &[f32], xsum: &[f32], r0: usize, y: &mut [f32]
             (INT4, q.as_ptr(), scales, mins)
         }
         Weights::Ternary { q, scales } => (TERN, q.as_ptr(), scales, none),
+        _ => unreachable!("raw GGUF blocks are dequantized to f32 rows first (matvec::ggml_rows)"),
     };
     let v = View { w, scales: scales.as_ptr(), mins: mins.as_ptr(), cols: m.cols, gpr };
     match kind {

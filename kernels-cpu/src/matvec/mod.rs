@@ -4,6 +4,9 @@
 //! Quantized layouts never materialise dequantized weights: per group the kernel forms `sum(q x)` and scales it
 //! once (`d * sum(q x)`); int4's min term is `m * sum(x)` with the group sums of `x` computed once per call;
 //! ternary adds, subtracts or skips each `x` and multiplies by the group scale once.
+//!
+//! Raw GGUF blocks are the exception: a few rows at a time are dequantized (bit-exactly) into a per-thread f32
+//! scratch and dotted by the F32 kernel. Decode should use [`crate::q8`], which reads the blocks in place.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -12,6 +15,15 @@ pub(crate) mod portable;
 use crate::isa::{self, Isa};
 use crate::layout::{Matrix, Weights, GROUP};
 use crate::par;
+use std::cell::RefCell;
+
+/// Rows of raw GGUF blocks dequantized at a time by the float path (reused from L1 for the dot).
+const GGML_ROWS: usize = 4;
+
+thread_local! {
+    /// Dequantized rows of raw GGUF blocks.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// `y[r] = sum_c W[r, c] x[c]` with the detected ISA.
 pub fn matvec(m: &Matrix, x: &[f32], y: &mut [f32]) {
@@ -26,6 +38,9 @@ pub fn matvec_with(isa: Isa, m: &Matrix, x: &[f32], y: &mut [f32]) {
     }
     assert_eq!(x.len(), m.cols, "matvec: x has {} values, matrix has {} cols", x.len(), m.cols);
     assert_eq!(y.len(), m.rows, "matvec: y has {} values, matrix has {} rows", y.len(), m.rows);
+    if m.w.as_ggml().is_some() {
+        return par::for_row_chunks(y, m.row_bytes(), |r0, ych| ggml_rows(isa, m, x, r0, ych));
+    }
     let xsum = group_sums(m, x);
     par::for_row_chunks(y, m.row_bytes(), |r0, ych| rows(isa, m, x, &xsum, r0, ych));
 }
@@ -48,4 +63,19 @@ fn rows(isa: Isa, m: &Matrix, x: &[f32], xsum: &[f32], r0: usize, y: &mut [f32])
     }
     let _ = isa;
     portable::rows(m, x, xsum, r0, y)
+}
+
+/// `y[i] = W[r0 + i] . x` for raw GGUF blocks: `GGML_ROWS` rows dequantized, then the F32 kernel.
+fn ggml_rows(isa: Isa, m: &Matrix, x: &[f32], r0: usize, y: &mut [f32]) {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        s.resize(GGML_ROWS * m.cols, 0.0);
+        for (k, ych) in y.chunks_mut(GGML_ROWS).enumerate() {
+            let r = r0 + k * GGML_ROWS;
+            let w = &mut s[..ych.len() * m.cols];
+            crate::matmul::dequant_rows(isa, m, r, w);
+            let f = Matrix { rows: ych.len(), cols: m.cols, w: Weights::F32(w) };
+            rows(isa, &f, x, &[], 0, ych);
+        }
+    });
 }

@@ -82,6 +82,7 @@ pub fn rows(m: &Matrix, x: &[f32], xsum: &[f32], r0: usize, y: &mut [f32]) {
                 }
                 acc
             }
+            _ => unreachable!("raw GGUF blocks are dequantized to f32 rows first (matvec::ggml_rows)"),
         };
     }
 }

@@ -68,6 +68,7 @@ impl Rows {
             Weights::Int4 { q, scales, mins } => (INT4, q.as_ptr(), INT4_GROUP_BYTES, scales, mins),
             Weights::Ternary { q, scales } => (TERN, q.as_ptr(), TERNARY_GROUP_BYTES, scales, scales),
             Weights::F32(_) | Weights::F16(_) => unreachable!("float weights take the float path"),
+            _ => unreachable!("raw GGUF blocks take q8::avx2_ggml"),
         };
         (kind, Rows { q, group_bytes, scales: scales.as_ptr(), mins: mins.as_ptr(), gpr, cols: m.cols })
     }

@@ -7,11 +7,17 @@
 //! - Int4:    `d_w d_x sum(q_w q_x) + m_w s_x`  (from `w = d_w q_w + m_w`)
 //! - Ternary: `d_w d_x sum(sign(c - 1) q_x)`, the inner sum by add/subtract/skip (`_mm256_sign_epi8`)
 //!
+//! - raw GGUF blocks: per group of 32, `a d_x sum(q q_x) + b s_x` with `w = a q + b`: Q8_0 `a = d`; Q5_0
+//!   `a = d`, `q` in -16..16; Q5_1 `a = d`, `b = m`; Q4_K/Q5_K `a = d sc`, `b = -dmin mn` of the group's
+//!   sub-block; Q6_K `a = d` with the two 16-value sub-block scales multiplied into the integer sum.
+//!
 //! F32 and F16 weights take the float path on the unquantized copy of `x` that [`Q8Activations`] keeps.
 //! Quantization itself is bit-identical on every ISA (round to nearest, ties to even).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_ggml;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod portable;
@@ -174,12 +180,16 @@ fn check_shapes(m: &Matrix, xq: &Q8Activations, n: usize, y: &[f32]) {
 fn tile(isa: Isa, m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]], matvec: bool) {
     #[cfg(target_arch = "x86_64")]
     if isa.uses_avx2() {
+        if m.w.as_ggml().is_some() {
+            // SAFETY: as below.
+            return unsafe { avx2_ggml::tile(m, xq, r0, t0, outs, matvec) };
+        }
         // SAFETY: AVX2/FMA/F16C are present (see `quantize_group`); `m` was validated, and the tile lies inside
         // `[rows, n]` because `outs` are pieces of `y`, whose length was checked against `n * rows`.
         return unsafe { avx2::tile(m, xq, r0, t0, outs, matvec) };
     }
     #[cfg(target_arch = "aarch64")]
-    if isa == Isa::Neon {
+    if isa == Isa::Neon && m.w.as_ggml().is_none() {
         // SAFETY: `isa.check()` ran, so NEON is present; bounds as above.
         return unsafe { neon::tile(m, xq, r0, t0, outs, matvec) };
     }

@@ -135,6 +135,7 @@ pub unsafe fn tile(m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &
         Weights::Int4 { q, scales, mins } => (INT4, q.as_ptr(), INT4_GROUP_BYTES, scales, mins),
         Weights::Ternary { q, scales } => (TERN, q.as_ptr(), TERNARY_GROUP_BYTES, scales, scales),
         Weights::F32(_) | Weights::F16(_) => unreachable!("float weights take the float path"),
+        _ => unreachable!("raw GGUF blocks take the portable q8 path on NEON"),
     };
     let w = Rows { q, group_bytes, scales: scales.as_ptr(), mins: mins.as_ptr(), gpr, cols: m.cols };
     match kind {

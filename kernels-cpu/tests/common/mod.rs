@@ -4,7 +4,7 @@
 
 use half::f16;
 use kernels_cpu::layout::{pack_int4_group, pack_ternary_group, INT4_GROUP_BYTES, TERNARY_GROUP_BYTES};
-use kernels_cpu::{Matrix, Weights, GROUP};
+use kernels_cpu::{GgmlBlock, Matrix, Weights, GROUP};
 
 /// SplitMix64.
 pub struct Rng(u64);
@@ -43,6 +43,8 @@ pub enum Layout {
     Int8,
     Int4,
     Ternary,
+    /// Raw GGUF blocks.
+    Ggml(GgmlBlock),
 }
 
 pub const LAYOUTS: [Layout; 5] = [Layout::F32, Layout::F16, Layout::Int8, Layout::Int4, Layout::Ternary];
@@ -101,6 +103,10 @@ impl Owned {
                 }
                 o.scales = (0..groups).map(|_| h(rng.range(0.01, 0.5))).collect();
             }
+            Layout::Ggml(kind) => {
+                o.q = random_blocks(kind, rows, cols, rng);
+                return o;
+            }
         }
         assert_eq!(
             o.q.len(),
@@ -123,6 +129,7 @@ impl Owned {
             Layout::Int8 => Weights::Int8 { q: &self.i8q, scales: &self.scales },
             Layout::Int4 => Weights::Int4 { q: &self.q, scales: &self.scales, mins: &self.mins },
             Layout::Ternary => Weights::Ternary { q: &self.q, scales: &self.scales },
+            Layout::Ggml(kind) => Weights::ggml(kind, &self.q),
         };
         Matrix::new(self.rows, self.cols, w).unwrap()
     }
@@ -165,4 +172,25 @@ pub fn reference(o: &Owned, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
 
 pub fn isas() -> Vec<kernels_cpu::Isa> {
     kernels_cpu::isa::available()
+}
+
+/// Random blocks of `kind` for `[rows, cols]`: random bytes, with every f16 parameter set to a moderate finite
+/// value (random bytes there could be NaN or huge).
+pub fn random_blocks(kind: GgmlBlock, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let n_blocks = rows * cols / kind.block_values();
+    let params: &[usize] = match kind {
+        GgmlBlock::Q8_0 | GgmlBlock::Q5_0 => &[0],
+        GgmlBlock::Q5_1 | GgmlBlock::Q4K | GgmlBlock::Q5K => &[0, 2],
+        GgmlBlock::Q6K => &[208],
+    };
+    let mut out = Vec::with_capacity(n_blocks * kind.block_bytes());
+    for _ in 0..n_blocks {
+        let at = out.len();
+        out.extend((0..kind.block_bytes()).map(|_| rng.below(256) as u8));
+        for &p in params {
+            let v = f16::from_f32(rng.range(-0.05, 0.05)).to_bits().to_le_bytes();
+            out[at + p..at + p + 2].copy_from_slice(&v);
+        }
+    }
+    out
 }
