@@ -215,7 +215,10 @@ fn check_values(r: &mut Report, rel: &str, e: &TensorEntry, file: &[u8]) {
             data.chunks_exact(4).filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()).count()
         }
         DType::F16 => bad_f16(data),
-        _ => 0,
+        d => match crate::quant::kept_ggml(d) {
+            Some(_) => crate::quant::Packed::new(d, data.to_vec()).non_finite(),
+            None => 0,
+        },
     };
     if bad > 0 {
         let what =

@@ -63,6 +63,11 @@ impl WeightRef {
                     self.name()
                 )))
             }
+            DType::Q4K => Weights::Q4K(data),
+            DType::Q5K => Weights::Q5K(data),
+            DType::Q6K => Weights::Q6K(data),
+            DType::Q5_0 => Weights::Q5_0(data),
+            DType::Q5_1 => Weights::Q5_1(data),
         })
     }
 

@@ -40,7 +40,7 @@ pub struct TensorEntry {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct QuantLayout {
-    /// `int8`, `int4` or `ternary`.
+    /// `int8`, `int4`, `ternary`, or a GGUF block kept as it is (`q4_k`, `q5_k`, `q6_k`, `q5_0`, `q5_1`).
     pub scheme: DType,
     pub group_size: u32,
     pub scale_dtype: DType,
@@ -61,12 +61,14 @@ pub struct SectionEntry {
 impl TensorEntry {
     /// The index entry of `rec`, written at byte `offset` of `file`.
     pub fn from_record(rec: &Record, file: &str, offset: u64) -> TensorEntry {
-        let quantization = rec.dtype.is_quantized().then(|| QuantLayout {
+        // GGUF blocks: the scales (and mins) live inside each block; `group_size` is the block's values.
+        let with_min = matches!(rec.dtype, DType::Int4 | DType::Q4K | DType::Q5K | DType::Q5_1);
+        let quantization = (rec.dtype.is_quantized() || rec.dtype.ggml_block().is_some()).then(|| QuantLayout {
             scheme: rec.dtype,
             group_size: rec.group_size,
             scale_dtype: DType::F16,
-            symmetric: rec.dtype != DType::Int4,
-            zero_point: if rec.dtype == DType::Int4 { "min" } else { "none" }.to_string(),
+            symmetric: !with_min,
+            zero_point: if with_min { "min" } else { "none" }.to_string(),
             bits_per_weight: rec.dtype.bits_per_weight(),
         });
         TensorEntry {

@@ -11,7 +11,8 @@
 //!  16     4  ndim (u32, 1..=4)
 //!  20     4  element count (u32)
 //!  24  4*nd  shape (u32 each, outermost first; a matrix is [rows, cols], row-major)
-//!   .     4  group size (u32; 32 for quantized dtypes, 0 otherwise)
+//!   .     4  group size (u32; 32 for omex's grouped dtypes, the block's values for a GGUF block dtype (256 for
+//!              the K-quants, 32 for Q5_0/Q5_1), 0 for floats)
 //!   .     4  name length (u32, <= 256), then the UTF-8 name, zero-padded to 4 bytes
 //!   .     4  section count (u32, 1..=3)
 //!   .  24*n  sections: kind u32 (0 data, 1 scales, 2 mins), dtype u32, offset u64, bytes u64
@@ -71,8 +72,8 @@ impl Record {
         }
         let numel = shape.iter().try_fold(1u32, |acc, &d| acc.checked_mul(d));
         let numel = numel.ok_or_else(|| format!("tensor {name}: shape {shape:?} has more than 2^32 elements"))?;
-        let group_size = if dtype.is_quantized() { kernels_cpu::GROUP as u32 } else { 0 };
-        if dtype.is_quantized() && shape.last().copied().unwrap_or(0) % group_size != 0 {
+        let group_size = dtype.group_size();
+        if group_size > 0 && shape.last().copied().unwrap_or(0) % group_size != 0 {
             return Err(format!("tensor {name}: {dtype} needs the last dimension to be a multiple of {group_size}"));
         }
         let groups = numel as u64 / kernels_cpu::GROUP as u64;

@@ -6,8 +6,9 @@ use crate::quant::{dequant, pack, repack, GgmlType, Packed, Target};
 /// Encodes one source tensor (`bytes` of ggml type `ty`, shape outermost first) into an omex layout for
 /// `target`. Returns the packed sections and, where the target could not be honoured exactly, a note.
 ///
-/// 1-D tensors (norm weights, biases) are always F32. Matrices: see [`Target`]; `keep` repacks Q8_0, Q4_0 and
-/// Q4_1 losslessly and copies F32/F16; every other case dequantizes to f32 and quantizes to the target.
+/// 1-D tensors (norm weights, biases) are always F32. Matrices: see [`Target`]; `keep` copies Q4_K, Q5_K,
+/// Q6_K, Q5_0, Q5_1, F32 and F16 byte for byte and repacks Q8_0, Q4_0 and Q4_1 losslessly; every other case
+/// dequantizes to f32 and quantizes to the target.
 /// A quantized target needs `cols % 32 == 0`; a matrix that does not have it is stored as F16 with a note.
 pub fn encode(
     ty: GgmlType,
@@ -45,8 +46,15 @@ pub fn encode(
         (Target::Keep | Target::F16, GgmlType::F16) => return copy(DType::F16),
         (Target::Keep, GgmlType::F32) => return copy(DType::F32),
         (Target::Keep, GgmlType::BF16) => DType::F32,
-        (Target::Keep, GgmlType::Q4_K) => DType::Int4,
-        (Target::Keep, GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q5_0 | GgmlType::Q5_1) => DType::Int8,
+        (Target::Keep, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q5_0 | GgmlType::Q5_1) => {
+            // Blocks never straddle rows when the row is a whole number of blocks; else requantize.
+            let cols = *shape.last().expect("2-D") as usize;
+            if cols % ty.block_values() == 0 {
+                return copy(crate::quant::keeping_dtype(ty).expect("a kept GGUF type"));
+            }
+            note = Some(format!("{cols} columns are not a whole number of {ty} blocks: requantized to int8"));
+            DType::Int8
+        }
         (Target::Keep, other) => return Err(format!("ggml type {other} is not supported (omex converts F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)")),
         (Target::F16, _) => DType::F16,
         (Target::Int8, _) => DType::Int8,
@@ -82,6 +90,11 @@ mod tests {
         let (p, note) = encode(GgmlType::F32, &f, &[3, 40], Target::Int4).unwrap();
         assert_eq!(p.dtype, DType::F16);
         assert!(note.is_some());
+        let q4k = vec![0u8; 144 * 2];
+        let (p, note) = encode(GgmlType::Q4_K, &q4k, &[2, 256], Target::Keep).unwrap();
+        assert_eq!((p.dtype, p.data.as_slice(), note), (DType::Q4K, q4k.as_slice(), None));
+        let (p, _) = encode(GgmlType::Q4_K, &q4k, &[2, 256], Target::Int4).unwrap();
+        assert_eq!(p.dtype, DType::Int4);
         let (p, _) = encode(GgmlType::F16, &f[..80], &[40], Target::Keep).unwrap();
         assert_eq!(p.dtype, DType::F32);
         assert!(encode(GgmlType::IQ2_XS, &[0; 74], &[1, 256], Target::Keep).is_err());

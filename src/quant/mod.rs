@@ -13,11 +13,29 @@ pub mod repack;
 pub use ggml::GgmlType;
 pub use pack::{quantize, Packed};
 
+/// The GGUF type whose blocks a GGUF block dtype keeps, byte for byte.
+pub fn kept_ggml(dtype: crate::format::DType) -> Option<GgmlType> {
+    use crate::format::DType;
+    Some(match dtype {
+        DType::Q4K => GgmlType::Q4_K,
+        DType::Q5K => GgmlType::Q5_K,
+        DType::Q6K => GgmlType::Q6_K,
+        DType::Q5_0 => GgmlType::Q5_0,
+        DType::Q5_1 => GgmlType::Q5_1,
+        _ => return None,
+    })
+}
+
+/// The GGUF block dtype that keeps `ty`'s blocks as they are, if omex has one.
+pub fn keeping_dtype(ty: GgmlType) -> Option<crate::format::DType> {
+    crate::format::DType::ALL.into_iter().find(|&d| kept_ggml(d) == Some(ty))
+}
+
 /// What `omex convert --quant` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
-    /// Keep the source layout where omex has it (Q8_0 -> Int8, Q4_0/Q4_1 -> Int4 losslessly, F32/F16 as
-    /// they are); requantize only what omex cannot hold (K-quants, BF16).
+    /// Keep the source layout: Q4_K, Q5_K, Q6_K, Q5_0 and Q5_1 blocks byte for byte, Q8_0 -> Int8 and
+    /// Q4_0/Q4_1 -> Int4 losslessly, F32/F16 as they are; BF16 is widened to F32.
     Keep,
     F16,
     Int8,

@@ -49,6 +49,14 @@ impl Packed {
     /// How many stored numbers are NaN or infinite: float values, and the f16 scales and mins of quantized
     /// layouts (a quantized value is finite exactly when its parameters are).
     pub fn non_finite(&self) -> usize {
+        if let Some(ty) = super::kept_ggml(self.dtype) {
+            let n = self.data.len() / ty.block_bytes() * ty.block_values();
+            let mut values = vec![0f32; n];
+            return match super::dequant::dequantize(ty, &self.data, &mut values) {
+                Ok(()) => values.iter().filter(|v| !v.is_finite()).count(),
+                Err(_) => n,
+            };
+        }
         let f16s = |v: &[u16]| v.iter().filter(|&&b| !half::f16::from_bits(b).is_finite()).count();
         let params = f16s(&self.scales) + f16s(&self.mins);
         params
@@ -71,6 +79,11 @@ impl Packed {
     /// Dequantizes the tensor as a `[rows, cols]` matrix with the kernels' scalar reference
     /// (`Matrix::dequant_row`): what the runtime will compute from these bytes.
     pub fn dequantize(&self, rows: usize, cols: usize) -> Result<Vec<f32>, String> {
+        if let Some(ty) = super::kept_ggml(self.dtype) {
+            let mut out = vec![0f32; rows * cols];
+            super::dequant::dequantize(ty, &self.data, &mut out)?;
+            return Ok(out);
+        }
         let f32s: Vec<f32>;
         let u16s: Vec<u16>;
         let i8s: Vec<i8>;
@@ -90,6 +103,7 @@ impl Packed {
             DType::Int4 => Weights::Int4 { q: &self.data, scales: &self.scales, mins: &self.mins },
             DType::Ternary => Weights::Ternary { q: &self.data, scales: &self.scales },
             DType::Bf16 => return Err("bf16 is not a kernel layout".into()),
+            _ => unreachable!("GGUF block dtypes returned above"),
         };
         let m = Matrix::new(rows, cols, w).map_err(|e| e.to_string())?;
         let mut out = vec![0f32; rows * cols];
@@ -122,7 +136,7 @@ pub fn quantize(values: &[f32], dtype: DType) -> Result<Packed, String> {
     if dtype.is_quantized() && values.len() % GROUP != 0 {
         return Err(format!("{} values are not a whole number of groups of {GROUP}", values.len()));
     }
-    Ok(match dtype {
+Ok(match dtype {
         DType::F32 => Packed::new(dtype, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         DType::F16 => {
             if let Some(v) = values.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
@@ -160,6 +174,9 @@ pub fn quantize(values: &[f32], dtype: DType) -> Result<Packed, String> {
             }
         }
         DType::Bf16 => return Err("bf16 is not a target layout (omex widens bf16 to f32)".into()),
+        DType::Q4K | DType::Q5K | DType::Q6K | DType::Q5_0 | DType::Q5_1 => {
+            return Err(format!("omex does not quantize to {dtype}: GGUF blocks are only kept as they are"))
+        }
     })
 }
 

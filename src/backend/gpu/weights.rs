@@ -16,7 +16,7 @@ pub fn layout_code(dtype: DType) -> Option<u32> {
         DType::Int8 => Some(2),
         DType::Int4 => Some(3),
         DType::Ternary => Some(4),
-        DType::Bf16 => None,
+        DType::Bf16 | DType::Q4K | DType::Q5K | DType::Q6K | DType::Q5_0 | DType::Q5_1 => None,
     }
 }
 
@@ -51,6 +51,13 @@ pub struct GpuMatrix {
 impl GpuMatrix {
     /// The tensor of an index entry, whose file is `file`.
     pub fn from_entry(file: Arc<GpuFile>, e: &TensorEntry) -> Result<GpuMatrix> {
+        if e.dtype.ggml_block().is_some() {
+            return Err(Error::Unsupported(format!(
+                "tensor {}: the GPU engine has no kernels for GGUF {} blocks yet; run it with --backend cpu, or \
+                 convert with --quant int4 or int8 for the GPU",
+                e.name, e.dtype
+            )));
+        }
         if layout_code(e.dtype).is_none() {
             return Err(Error::Unsupported(format!(
                 "tensor {}: {} weights are not executable; convert again",
@@ -96,6 +103,10 @@ impl GpuMatrix {
                 (DType::Int4, q, Some(put(bytemuck::cast_slice(scales))), Some(put(bytemuck::cast_slice(mins))))
             }
             Weights::Ternary { q, scales } => (DType::Ternary, put(q), Some(put(bytemuck::cast_slice(scales))), None),
+            other => {
+                let kind = other.as_ggml().map(|(k, _)| k.name()).unwrap_or("this");
+                return Err(Error::Unsupported(format!("{name}: the GPU engine has no kernels for {kind} blocks yet")));
+            }
         };
         bytes.resize(bytes.len().div_ceil(256) * 256, 0);
         let file = Arc::new(GpuFile::upload(ctx, name, &bytes)?);
