@@ -26,8 +26,13 @@ fn convert(input: &Path, out: &Path, quant: &str) {
 fn expected_dtype(src: u32, quant: &str) -> DType {
     match quant {
         "keep" => match src {
-            ty::Q8_0 | ty::Q5_K | ty::Q6_K | ty::Q5_0 => DType::Int8,
-            ty::Q4_0 | ty::Q4_1 | ty::Q4_K => DType::Int4,
+            ty::Q8_0 => DType::Int8,
+            ty::Q4_0 | ty::Q4_1 => DType::Int4,
+            // GGUF blocks omex reads as they are.
+            ty::Q4_K => DType::Q4K,
+            ty::Q5_K => DType::Q5K,
+            ty::Q6_K => DType::Q6K,
+            ty::Q5_0 => DType::Q5_0,
             ty::F16 => DType::F16,
             _ => DType::F32,
         },
@@ -74,10 +79,17 @@ fn tiny_gguf_every_type_every_target() {
                 let name = t.name.strip_suffix(".weight").unwrap();
                 let one_d = t.dims.len() == 1;
                 let want = if one_d { DType::F32 } else { expected_dtype(t.ty, quant) };
+                let kept_blocks = [ty::Q4_K, ty::Q5_K, ty::Q6_K, ty::Q5_0];
                 let lossless = one_d
                     || (quant == "keep" && [ty::Q8_0, ty::Q4_0, ty::Q4_1, ty::F32, ty::F16, ty::BF16].contains(&t.ty))
+                    || (quant == "keep" && kept_blocks.contains(&t.ty))
                     || (quant == "f16" && t.ty == ty::F16);
                 check_tensor(&dir, name, &src, want, lossless);
+                if quant == "keep" && !one_d && kept_blocks.contains(&t.ty) {
+                    let view = dir.tensor(name).unwrap();
+                    assert!(view.data() == t.data.as_slice(), "{name}: the kept blocks are not the GGUF's bytes");
+                    assert_eq!(view.entry.sections.len(), 1, "{name}: a kept block tensor has its data section only");
+                }
                 let e = dir.index.get(name).unwrap();
                 let source = e.source.as_ref().unwrap();
                 assert_eq!(source["format"], "gguf");

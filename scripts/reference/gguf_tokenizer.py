@@ -10,9 +10,16 @@ special tokens that are matched whole in the input text.
 
 No BOS/EOS is added (tokenizer.ggml.add_bos_token = false), so `encode`
 returns exactly the ids of the text.
+
+A qwen2 GGUF (tokenizer.ggml.pre = "qwen2") gets Qwen2.5's tokenizer instead
+(NFC, the Qwen2 split regex, ByteLevel), built by `build_qwen2` of
+scripts/tokenizer_reference.py, the source of omex's tokenizer test data.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 from gguf import GGUFReader
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
@@ -26,6 +33,8 @@ def build_tokenizer(reader: GGUFReader) -> Tokenizer:
 
     if field("tokenizer.ggml.model") != "gpt2":
         raise ValueError("expected a byte-level BPE (gpt2) tokenizer")
+    if field("tokenizer.ggml.pre") == "qwen2":
+        return build_qwen2_tokenizer(reader)
     if field("tokenizer.ggml.pre") != "smollm":
         raise ValueError(f"unexpected pre-tokenizer {field('tokenizer.ggml.pre')!r}")
     if field("tokenizer.ggml.add_bos_token"):
@@ -51,6 +60,23 @@ def build_tokenizer(reader: GGUFReader) -> Tokenizer:
     for t in specials:
         assert tok.token_to_id(t.content) == vocab[t.content]
     return tok
+
+
+def build_qwen2_tokenizer(reader: GGUFReader) -> Tokenizer:
+    """Qwen2.5's tokenizer from the GGUF's vocab and merges (scripts/tokenizer_reference.py's `build_qwen2`)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tokenizer_reference import build_qwen2
+
+    def field(key):
+        return reader.fields[key].contents()
+
+    if field("tokenizer.ggml.add_bos_token"):
+        raise ValueError("this reference does not add BOS; the file asks for it")
+    return build_qwen2({
+        "model": field("tokenizer.ggml.model"), "pre": field("tokenizer.ggml.pre"),
+        "tokens": field("tokenizer.ggml.tokens"), "token_types": field("tokenizer.ggml.token_type"),
+        "merges": field("tokenizer.ggml.merges"),
+    })
 
 
 def encode(tok: Tokenizer, text: str) -> list[int]:

@@ -1,14 +1,16 @@
-"""Reading a llama-architecture GGUF file into numpy arrays.
+"""Reading a llama- or qwen2-architecture GGUF file into numpy arrays.
 
 This module holds the two pieces of the reference that are about the file
 format rather than the model:
 
 * our own numpy dequantization of the tensor types in the SmolLM2 file
   (F32, Q8_0, Q4_1), written from the ggml block layouts, and a check of it
-  against ``gguf.quants.dequantize`` (the gguf-py implementation);
-* ``load_config`` / ``load_weights``: hyper-parameters from the metadata and
-  the weights as dense float arrays in the row-major [out, in] orientation that
-  ``y = x @ W.T`` expects.
+  against ``gguf.quants.dequantize`` (the gguf-py implementation); the other
+  types (Q4_K, Q5_0, Q6_K, ... in the Qwen2.5 Q4_K_M file) are expanded by
+  ``gguf.quants.dequantize`` itself, which is independent of omex too;
+* ``Config.from_reader`` / ``load_weights``: hyper-parameters from the
+  ``{general.architecture}.*`` metadata and the weights as dense float arrays
+  in the row-major [out, in] orientation that ``y = x @ W.T`` expects.
 
 Shapes: gguf-py reports ``tensor.shape`` in ggml order (ne0 first, ne0 being
 the contiguous "input" dimension), i.e. reversed with respect to numpy. The
@@ -61,13 +63,19 @@ def dequantize_q4_1(raw: np.ndarray, n_cols: int) -> np.ndarray:
     return (d * q.astype(np.float64) + m).reshape(-1, n_cols)
 
 
+# Tensor types whose dequantization is written here; the rest go to gguf.quants.
+OWN_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_1)
+
+
 def dequantize(tensor) -> np.ndarray:
     """Dequantize a gguf-py ReaderTensor to float64, numpy shape = reversed ggml shape.
 
-    All values are computed exactly in float64 (an f16 scale times a 4- or
-    8-bit integer plus an f16 min needs far fewer than 53 mantissa bits), so
-    casting the result to float32 gives the same numbers as ggml's own
-    float32 dequantization, which rounds once after an exact product.
+    For OWN_TYPES all values are computed exactly in float64 (an f16 scale
+    times a 4- or 8-bit integer plus an f16 min needs far fewer than 53
+    mantissa bits), so casting the result to float32 gives the same numbers as
+    ggml's own float32 dequantization, which rounds once after an exact
+    product. Other types come from gguf.quants.dequantize (float32; the
+    k-quants' two-level scales make that differ from ggml by at most an ulp).
     """
     shape = tuple(int(n) for n in reversed(tensor.shape))    # numpy order
     n_cols = shape[-1]
@@ -79,18 +87,20 @@ def dequantize(tensor) -> np.ndarray:
     elif kind == GGMLQuantizationType.Q4_1:
         out = dequantize_q4_1(np.asarray(tensor.data), n_cols)
     else:
-        raise NotImplementedError(f"{tensor.name}: tensor type {kind.name} not supported")
+        out = np.asarray(gguf_dequantize(tensor.data, kind), dtype=np.float32).astype(np.float64)
     return out.reshape(shape)
 
 
 def check_dequantization(reader: GGUFReader, verbose: bool = True) -> dict:
-    """Compare our dequantization with gguf.quants.dequantize on every tensor.
+    """Compare our dequantization with gguf.quants.dequantize on every tensor of OWN_TYPES.
 
     Returns {type_name: number_of_tensors_checked}; raises AssertionError on
     the first mismatch. The comparison is bit-exact in float32.
     """
     checked: dict[str, int] = {}
     for t in reader.tensors:
+        if t.tensor_type not in OWN_TYPES:
+            continue
         ours = dequantize(t).astype(np.float32)
         theirs = np.asarray(gguf_dequantize(t.data, t.tensor_type), dtype=np.float32)
         theirs = theirs.reshape(ours.shape)
@@ -101,14 +111,21 @@ def check_dequantization(reader: GGUFReader, verbose: bool = True) -> dict:
     if verbose:
         summary = ", ".join(f"{k}: {v} tensors" for k, v in sorted(checked.items()))
         print(f"dequantization matches gguf.quants.dequantize bit-exactly ({summary})")
+        others = sorted({t.tensor_type.name for t in reader.tensors if t.tensor_type not in OWN_TYPES})
+        if others:
+            print(f"taken from gguf.quants.dequantize unchecked: {', '.join(others)}")
     return checked
 
 
 # ---------------------------------------------------------------------------
 # Hyper-parameters and weights
 # ---------------------------------------------------------------------------
+SUPPORTED_ARCHS = ("llama", "qwen2")
+
+
 @dataclass(frozen=True)
 class Config:
+    arch: str              # general.architecture: "llama" or "qwen2"
     n_layers: int
     dim: int
     ffn_dim: int
@@ -120,27 +137,34 @@ class Config:
     rms_eps: float
     context_length: int
 
+    @property
+    def rope_neox(self) -> bool:
+        """Whether RoPE rotates the halves (x[i], x[i+d/2]) of a head (ggml's NEOX mode) instead of adjacent
+        pairs. llama.cpp permutes llama's Q/K weights at conversion for adjacent pairs, not qwen2's."""
+        return self.arch == "qwen2"
+
     @staticmethod
     def from_reader(reader: GGUFReader) -> "Config":
         def field(key):
             return reader.fields[key].contents()
 
         arch = field("general.architecture")
-        if arch != "llama":
-            raise ValueError(f"expected a llama-architecture GGUF, got {arch!r}")
-        dim = int(field("llama.embedding_length"))
-        n_heads = int(field("llama.attention.head_count"))
+        if arch not in SUPPORTED_ARCHS:
+            raise ValueError(f"expected one of {SUPPORTED_ARCHS} as general.architecture, got {arch!r}")
+        dim = int(field(f"{arch}.embedding_length"))
+        n_heads = int(field(f"{arch}.attention.head_count"))
         return Config(
-            n_layers=int(field("llama.block_count")),
+            arch=arch,
+            n_layers=int(field(f"{arch}.block_count")),
             dim=dim,
-            ffn_dim=int(field("llama.feed_forward_length")),
+            ffn_dim=int(field(f"{arch}.feed_forward_length")),
             n_heads=n_heads,
-            n_kv_heads=int(field("llama.attention.head_count_kv")),
+            n_kv_heads=int(field(f"{arch}.attention.head_count_kv")),
             head_dim=dim // n_heads,
             vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
-            rope_base=float(field("llama.rope.freq_base")),
-            rms_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
-            context_length=int(field("llama.context_length")),
+            rope_base=float(field(f"{arch}.rope.freq_base")),
+            rms_eps=float(field(f"{arch}.attention.layer_norm_rms_epsilon")),
+            context_length=int(field(f"{arch}.context_length")),
         )
 
 

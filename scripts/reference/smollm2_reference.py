@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Independent numpy reference of the llama forward pass, for SmolLM2-135M (GGUF).
 
-Read this file top to bottom: the whole model is `Model.forward`.
+Read this file top to bottom: the whole model is `Model.forward`. The same
+`Model` also runs qwen2 GGUFs (Q/K/V biases, NEOX RoPE); qwen2_reference.py
+is the command line for those.
 
     python3 scripts/reference/smollm2_reference.py generate "The capital of France is"
     python3 scripts/reference/smollm2_reference.py generate --chat "What is 2+2?" --float64
@@ -68,6 +70,12 @@ def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(mean_sq + x.dtype.type(eps)) * weight
 
 
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """x @ weight.T (+ bias): weight is [out, in]."""
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (x.dtype.type(1) + np.exp(-x))
 
@@ -86,6 +94,21 @@ def rope_tables(positions: np.ndarray, head_dim: int, base: float, dtype):
     inv_freq = base ** (-2.0 * i / head_dim)
     angles = positions.astype(np.float64)[:, None] * inv_freq[None, :]
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def apply_rope_neox(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate the pairs (x[i], x[i + head_dim/2]) of every head by angle theta_i.
+
+    x: [T, n_heads, head_dim]; cos/sin: [T, head_dim/2].
+    ggml's NEOX rope mode = HF's rotate_half; qwen2 GGUFs keep HF's Q/K
+    layout (llama.cpp does not permute them), so they need this one.
+    """
+    half = x.shape[-1] // 2
+    x0 = x[..., :half]
+    x1 = x[..., half:]
+    c = cos[:, None, :]
+    s = sin[:, None, :]
+    return np.concatenate([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1)
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -138,6 +161,10 @@ class Model:
                 "wq": w[p + "attn_q.weight"],                    # [n_heads*head_dim, dim]
                 "wk": w[p + "attn_k.weight"],                    # [n_kv*head_dim, dim]
                 "wv": w[p + "attn_v.weight"],                    # [n_kv*head_dim, dim]
+                # qwen2 only: biases of the Q/K/V projections (None for llama)
+                "bq": w.get(p + "attn_q.bias"),                  # [n_heads*head_dim]
+                "bk": w.get(p + "attn_k.bias"),                  # [n_kv*head_dim]
+                "bv": w.get(p + "attn_v.bias"),                  # [n_kv*head_dim]
                 "wo": w[p + "attn_output.weight"],               # [dim, n_heads*head_dim]
                 "ffn_norm": w[p + "ffn_norm.weight"],            # [dim]
                 "w_gate": w[p + "ffn_gate.weight"],              # [ffn, dim]
@@ -168,8 +195,9 @@ class Model:
         assert end <= cache.k.shape[1], "KV cache too small"
         positions = np.arange(start, end)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_base, dt)
+        rope = apply_rope_neox if cfg.rope_neox else apply_rope
 
-        group = cfg.n_heads // cfg.n_kv_heads      # query heads per kv head (3)
+        group = cfg.n_heads // cfg.n_kv_heads      # query heads per kv head (3; qwen2-0.5B: 7)
         scale = dt.type(1.0 / np.sqrt(cfg.head_dim))
         # causal mask: new token t (at position start+t) sees cached positions s <= start+t
         visible = np.arange(end)[None, :] <= positions[:, None]       # [T, end]
@@ -178,11 +206,10 @@ class Model:
         for l, layer in enumerate(self.layers):
             # ---- attention ----
             h = rmsnorm(x, layer["attn_norm"], cfg.rms_eps)
-            q = (h @ layer["wq"].T).reshape(T, cfg.n_heads, cfg.head_dim)
-            k = (h @ layer["wk"].T).reshape(T, cfg.n_kv_heads, cfg.head_dim)
-            v = (h @ layer["wv"].T).reshape(T, cfg.n_kv_heads, cfg.head_dim)
-            q = apply_rope(q, cos, sin)
-            k = apply_rope(k, cos, sin)
+            q, k, v = (linear(h, layer["w" + n], layer["b" + n]) for n in "qkv")
+            q = rope(q.reshape(T, cfg.n_heads, cfg.head_dim), cos, sin)
+            k = rope(k.reshape(T, cfg.n_kv_heads, cfg.head_dim), cos, sin)
+            v = v.reshape(T, cfg.n_kv_heads, cfg.head_dim)
             cache.k[l, start:end] = k
             cache.v[l, start:end] = v
             keys = cache.k[l, :end].transpose(1, 2, 0)                 # [n_kv, head_dim, end]

@@ -310,7 +310,7 @@ mod tests {
             Record::decode(&b).unwrap_err()
         };
         assert!(corrupt(0, 0).contains("magic"));
-        assert!(corrupt(12, 9).contains("dtype"));
+        assert!(corrupt(12, 99).contains("dtype"));
         assert!(corrupt(16, 7).contains("ndim"));
         assert!(corrupt(24, 0x10000).contains("element count"));
         // Two dimensions whose product overflows u32.

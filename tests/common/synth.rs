@@ -450,6 +450,11 @@ pub fn omex_values(dir: &omex::format::ModelDir, name: &str) -> (omex::format::D
         DType::Int4 => Weights::Int4 { q: data, scales: u16s(SectionKind::Scales), mins: u16s(SectionKind::Mins) },
         DType::Ternary => Weights::Ternary { q: data, scales: u16s(SectionKind::Scales) },
         DType::Bf16 => panic!("{name}: bf16 record"),
+        DType::Q4K => Weights::Q4K(data),
+        DType::Q5K => Weights::Q5K(data),
+        DType::Q6K => Weights::Q6K(data),
+        DType::Q5_0 => Weights::Q5_0(data),
+        DType::Q5_1 => Weights::Q5_1(data),
     };
     let m = Matrix::new(rows, cols, w).unwrap();
     let mut out = vec![0f32; rows * cols];
