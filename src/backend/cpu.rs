@@ -219,7 +219,9 @@ impl CpuEngine {
 }
 
 /// A matrix product over `n` activation rows, in the engine's activation precision. For int8 the rows are
-/// quantized once by `prepare` and reused by every matrix that reads them (q, k and v; gate and up).
+/// quantized once by `prepare` and reused by every matrix that reads them (q, k and v; gate and up). Rows whose
+/// width is not a whole number of q8 groups (a model whose matrices are stored f16 for that reason) take the
+/// float path.
 struct Linear<'a> {
     x: &'a [f32],
     n: usize,
@@ -228,7 +230,8 @@ struct Linear<'a> {
 
 impl<'a> Linear<'a> {
     fn prepare(act: Activations, x: &'a [f32], n: usize, xq: &mut Q8Activations) -> Linear<'a> {
-        let int8 = act == Activations::Int8;
+        let width = x.len() / n.max(1);
+        let int8 = act == Activations::Int8 && width % kernels_cpu::GROUP == 0;
         if int8 {
             xq.quantize_into(x, n);
         }

@@ -156,6 +156,8 @@ pub mod limits {
     pub const MAX_HEADS: u64 = 1024;
     pub const MAX_HEAD_DIM: u64 = 1024;
     pub const MAX_CONTEXT: u64 = 1 << 22;
+    /// Rope scaling factors: real models use 1 to 64; outside this range the rope table overflows.
+    pub const ROPE_FACTOR: std::ops::RangeInclusive<f32> = 1.0 / 1024.0..=65536.0;
 }
 
 /// A decoder-only transformer: every hyper-parameter the runtime needs, and the tensor each op reads.
@@ -370,17 +372,28 @@ impl Transformer {
         }
         match self.rope.scaling {
             None => {}
-            Some(RopeScaling::Linear { factor }) if !(factor.is_finite() && factor > 0.0) => {
-                return Err(format!("rope scaling factor {factor} must be finite and positive"));
+            Some(RopeScaling::Linear { factor }) if !limits::ROPE_FACTOR.contains(&factor) => {
+                return Err(format!(
+                    "rope scaling factor {factor} must be in [{}, {}]",
+                    limits::ROPE_FACTOR.start(),
+                    limits::ROPE_FACTOR.end()
+                ));
             }
             Some(RopeScaling::Linear { .. }) => {}
             Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) => {
-                let ok = [factor, low_freq_factor, high_freq_factor].iter().all(|f| f.is_finite() && *f > 0.0);
-                if !ok || high_freq_factor <= low_freq_factor || original_context_length == 0 {
+                let ok = [factor, low_freq_factor, high_freq_factor].iter().all(|f| limits::ROPE_FACTOR.contains(f));
+                if !ok
+                    || high_freq_factor <= low_freq_factor
+                    || original_context_length == 0
+                    || original_context_length as u64 > limits::MAX_CONTEXT
+                {
                     return Err(format!(
-                        "llama3 rope scaling needs finite positive factors with high_freq_factor > \
-                         low_freq_factor and a non-zero original_context_length (got factor {factor}, \
-                         low {low_freq_factor}, high {high_freq_factor}, original {original_context_length})"
+                        "llama3 rope scaling needs factors in [{}, {}] with high_freq_factor > low_freq_factor \
+                         and an original_context_length in 1..={} (got factor {factor}, low {low_freq_factor}, \
+                         high {high_freq_factor}, original {original_context_length})",
+                        limits::ROPE_FACTOR.start(),
+                        limits::ROPE_FACTOR.end(),
+                        limits::MAX_CONTEXT
                     ));
                 }
             }
