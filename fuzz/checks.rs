@@ -103,7 +103,8 @@ pub fn metadata(data: &[u8], dir: &Path) -> Result<Metadata, String> {
     assert_eq!(m.omex_version, OMEX_VERSION);
     assert!(!m.model_name.trim().is_empty());
     for f in &m.files {
-        let inside = !f.path.starts_with('/') && !f.path.contains('\\') && !f.path.split('/').any(|c| c.is_empty() || c == "..");
+        let inside =
+            !f.path.starts_with('/') && !f.path.contains('\\') && !f.path.split('/').any(|c| c.is_empty() || c == "..");
         assert!(inside, "valid with a file path {:?} that leaves the directory", f.path);
         let len = std::fs::metadata(dir.join(&f.path)).map(|m| m.len());
         assert_eq!(len.ok(), Some(f.bytes), "valid with {} listed at {} bytes", f.path, f.bytes);
