@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Writes the seed inputs of the `gguf` and `safetensors` fuzz targets into fuzz/seeds/ (small, valid files of
-every shape the readers handle). The `record` and `index` seeds come from `examples/make_seeds.rs`."""
+"""Writes the seed inputs of every fuzz target into fuzz/seeds/<target>/: small, valid files of every shape the
+readers handle (GGUF, safetensors, omex records, the index), and tiny models for `graph`, `metadata` and
+`model_dir`. Also writes dicts/*.dict, the JSON field names of those three targets."""
+import hashlib
 import json
 import struct
 import tempfile
@@ -133,3 +135,160 @@ index = {"format": "omex-weights", "record_version": 1, "alignment": 256, "targe
 index["tensors"][1] = dict(index["tensors"][1], offset=index["tensors"][1]["offset"] + 256)
 (root / "index" / "shifted.json").write_text(json.dumps(index))
 print(f"wrote record and index seeds under {root}")
+
+# --- tiny models: graph.json, metadata.json and whole model directories ------------------------------------
+# The layout of checks.rs: five parts separated by PART_SEP, every tensor in weights/layer_0.bin.
+PART_SEP = b"\0OMEX-PART\0"
+FILL = {"f32": 0x3C, "f16": 0x2C, "int8": 0x11, "int4": 0x3A, "ternary": 0x24}  # finite scales, valid codes
+
+
+def tokenizer_json(n):
+    """A byte-level BPE tokenizer of `n` tokens: the end-of-text token, letters, and merges of letters."""
+    letters = [chr(ord("a") + i) for i in range(min(n - 1, 26))]
+    merges = [f"{a} {b}" for a, b in zip(letters, letters[1:])][: n - 1 - len(letters)]
+    tokens = ["<|endoftext|>"] + letters + [m.replace(" ", "") for m in merges]
+    special = {"id": 0, "content": tokens[0], "single_word": False, "lstrip": False, "rstrip": False,
+               "normalized": False, "special": True}
+    return json.dumps({
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [special], "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges}}).encode()
+
+
+def tiny_model(vocab=48, hidden=32, ffn=64, heads=2, kv_heads=1, head_dim=16, layers=1, ctx=32, mats="int8",
+               embed="int8", head=None, bias=False, rope=None, norm=None, activation="silu", checksums=False):
+    """(metadata, graph, index, weight file, tokenizer) of a llama as `Transformer::to_graph` writes it."""
+    d, f, q, kv = hidden, ffn, heads * head_dim, kv_heads * head_dim
+    tensors = [("token_embd", embed, (vocab, d))]
+    blocks = []
+    for i in range(layers):
+        n = lambda s: f"blk.{i}.{s}"
+        b = {"file": "layer_0.bin", "attn_norm": n("attn_norm"), "attn_q": n("attn_q"), "attn_k": n("attn_k"),
+             "attn_v": n("attn_v"), "attn_output": n("attn_output"), "ffn_norm": n("ffn_norm"),
+             "ffn_gate": n("ffn_gate"), "ffn_up": n("ffn_up"), "ffn_down": n("ffn_down")}
+        tensors += [(b["attn_norm"], "f32", (d,)), (b["attn_q"], mats, (q, d)), (b["attn_k"], mats, (kv, d)),
+                    (b["attn_v"], mats, (kv, d)), (b["attn_output"], mats, (d, q)), (b["ffn_norm"], "f32", (d,)),
+                    (b["ffn_gate"], mats, (f, d)), (b["ffn_up"], mats, (f, d)), (b["ffn_down"], mats, (d, f))]
+        if bias:
+            b["attn_qkv_bias"] = [n("attn_q.bias"), n("attn_k.bias"), n("attn_v.bias")]
+            tensors += [(b["attn_qkv_bias"][0], "f32", (q,)), (b["attn_qkv_bias"][1], "f32", (kv,)),
+                        (b["attn_qkv_bias"][2], "f32", (kv,))]
+        blocks.append(b)
+    tensors.append(("output_norm", "f32", (d,)))
+    if head:
+        tensors.append(("output", head, (vocab, d)))
+    weights, entries = b"", []
+    for name, dtype, shape in tensors:
+        rec, desc = record(0, name, dtype, shape, FILL[dtype])
+        quant = None
+        if desc["quantized"]:
+            quant = {"scheme": dtype, "group_size": 32, "scale_dtype": "f16", "symmetric": dtype != "int4",
+                     "zero_point": "min" if dtype == "int4" else "none",
+                     "bits_per_weight": {"int8": 8.5, "int4": 5.0, "ternary": 2.5}[dtype]}
+        sections = [{"kind": k, "dtype": [n for n, (c, _) in DTYPES.items() if c == sd][0],
+                     "offset": len(weights) + off, "bytes": size} for k, sd, off, size in desc["sections"]]
+        entries.append({"name": name, "file": "layer_0.bin", "layer_id": 0, "offset": len(weights),
+                        "record_bytes": desc["record_bytes"], "dtype": dtype, "shape": list(shape),
+                        "quantization": quant, "sections": sections})
+        weights += rec
+    index = {"format": "omex-weights", "record_version": 1, "alignment": 256, "target": mats, "tensors": entries}
+    norm = norm or {"type": "rmsnorm", "eps": 1e-5}
+    rope = rope or {"base": 10000.0, "style": "half", "dims": head_dim, "scaling": None}
+    nodes = [{"id": "embedding", "type": "embedding", "inputs": ["input_ids"], "outputs": ["hidden"],
+              "config": {"vocab_size": vocab, "embedding_dim": d, "weight": "token_embd", "file": "layer_0.bin"}}]
+    edges, prev = [], "embedding.hidden"
+    for i, b in enumerate(blocks):
+        nodes.append({"id": f"transformer_block_{i}", "type": "transformer_block", "inputs": ["input"],
+                      "outputs": ["output"], "config": {
+                          "layer": i, "hidden_size": d, "intermediate_size": f, "num_attention_heads": heads,
+                          "num_key_value_heads": kv_heads, "attention_head_size": head_dim, "norm": norm,
+                          "rope": rope, "activation": activation, "context_length": ctx, "weights": b}})
+        edges.append({"from": prev, "to": f"transformer_block_{i}.input"})
+        prev = f"transformer_block_{i}.output"
+    nodes.append({"id": "final_norm", "type": "norm", "inputs": ["input"], "outputs": ["output"],
+                  "config": {"norm": norm, "dim": d, "weight": "output_norm", "file": "layer_0.bin"}})
+    nodes.append({"id": "lm_head", "type": "linear", "inputs": ["input"], "outputs": ["logits"],
+                  "config": {"in_features": d, "out_features": vocab, "weight": "output" if head else "token_embd",
+                             "file": "layer_0.bin", "tied_embeddings": not head}})
+    edges += [{"from": prev, "to": "final_norm.input"}, {"from": "final_norm.output", "to": "lm_head.input"}]
+    graph = json.dumps({"graph_id": "tiny", "graph_type": "transformer/llama", "nodes": nodes, "edges": edges,
+                        "entry_points": {"default": {"inputs": ["input_ids"], "outputs": ["logits"]}}},
+                       indent=1).encode()
+    index_b, tok = json.dumps(index, indent=1).encode(), tokenizer_json(min(vocab, 40))
+    files = []
+    if checksums:
+        for path, data in [("graph.json", graph), ("tokenizer/tokenizer.json", tok),
+                           ("weights/layer_0.bin", weights), ("weights/quantization.json", index_b)]:
+            files.append({"path": path, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    req = {"ram": "1 MB", "compute": "any", "storage": "1 MB"}
+    metadata = json.dumps({
+        "omex_version": "1.0", "model_name": "tiny", "model_version": "1.0", "model_architecture": "llama",
+        "parameters": "0K", "parameter_count": 0, "creation_date": "2026-01-01T00:00:00Z",
+        "created_by": "fuzz/make_seeds.py", "license": "Apache-2.0", "description": "a tiny llama",
+        "source_format": "synthetic", "quantization": {"type": mats, "method": "fill", "symmetric": True},
+        "hardware_targets": ["cpu"], "minimum_requirements": req, "recommended_requirements": req,
+        "files": files}, indent=1).encode()
+    return metadata, graph, index_b, weights, tok
+
+
+models = {
+    # checks.rs's metadata target uses `int8` as its fixture: keep it valid.
+    "int8": tiny_model(checksums=True),
+    "int4-gqa": tiny_model(heads=4, kv_heads=2, head_dim=8, ffn=96, layers=2, mats="int4",
+                           rope={"base": 500000.0, "style": "interleaved", "dims": 8,
+                                 "scaling": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                             "high_freq_factor": 4.0, "original_context_length": 16}}),
+    "f32-bias": tiny_model(mats="f32", embed="f16", head="f16", bias=True,
+                           rope={"base": 10000.0, "style": "half", "dims": 8,
+                                 "scaling": {"type": "linear", "factor": 2.0}}),
+    "ternary": tiny_model(mats="ternary", embed="f32", heads=1, kv_heads=1, head_dim=32, ffn=32),
+}
+for target in ["graph", "metadata", "model_dir"]:
+    (root / target).mkdir(exist_ok=True)
+for name, parts in models.items():
+    assert all(PART_SEP not in p for p in parts)
+    (root / "model_dir" / name).write_bytes(PART_SEP.join(parts))
+    (root / "graph" / f"{name}.json").write_bytes(parts[1])
+    (root / "metadata" / f"{name}.json").write_bytes(parts[0])
+# Graphs the engines refuse but `check` accepts: LayerNorm, GeGLU.
+(root / "graph" / "layernorm-gelu.json").write_bytes(
+    tiny_model(norm={"type": "layernorm", "eps": 1e-6}, activation="gelu")[1])
+(root / "model_dir" / "layernorm-gelu").write_bytes(
+    PART_SEP.join(tiny_model(norm={"type": "layernorm", "eps": 1e-6}, activation="gelu")))
+
+GRAPH_WORDS = ["graph_id", "graph_type", "nodes", "edges", "entry_points", "id", "type", "inputs", "outputs",
+               "config", "from", "to", "transformer/llama", "embedding", "transformer_block", "transformer_block_0",
+               "final_norm", "lm_head", "norm", "linear", "vocab_size", "embedding_dim", "weight", "file", "layer",
+               "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+               "attention_head_size", "rope", "base", "style", "dims", "scaling", "half", "interleaved", "llama3",
+               "factor", "low_freq_factor", "high_freq_factor", "original_context_length", "activation", "silu",
+               "gelu", "context_length", "weights", "rmsnorm", "layernorm", "eps", "tied_embeddings",
+               "attn_qkv_bias", "in_features", "out_features", "embedding.hidden", "final_norm.input",
+               "lm_head.input", "layer_0.bin"]
+METADATA_WORDS = ["omex_version", "1.0", "model_name", "model_version", "model_architecture", "parameters",
+                  "parameter_count", "creation_date", "created_by", "license", "description", "source_format",
+                  "quantization", "type", "method", "symmetric", "hardware_targets", "minimum_requirements",
+                  "recommended_requirements", "ram", "compute", "storage", "files", "path", "bytes", "sha256",
+                  "graph.json", "weights/layer_0.bin", "tokenizer/tokenizer.json", "../", "/", "\\\\"]
+INDEX_WORDS = ["format", "omex-weights", "record_version", "alignment", "target", "tensors", "name", "layer_id",
+               "offset", "record_bytes", "dtype", "shape", "scheme", "group_size", "scale_dtype", "zero_point",
+               "bits_per_weight", "sections", "kind", "data", "scales", "mins", "f32", "f16", "bf16", "int8",
+               "int4", "ternary", "min", "none", "model", "vocab", "merges", "added_tokens", "BPE", "ByteLevel"]
+NUMBERS = ["0", "1", "-1", "2", "32", "1e-45", "1e-5", "1e38", "3.4028235e38", "65536", "65537", "1024", "1025",
+           "4194304", "4194305", "262144", "4294967295", "4294967296", "true", "false", "null"]
+(Path(__file__).resolve().parent / "dicts").mkdir(exist_ok=True)
+
+
+def write_dict(name, words, extra=()):
+    lines = [f'"\\"{w}\\""' for w in words] + [f'"{n}"' for n in NUMBERS] + list(extra)
+    (Path(__file__).resolve().parent / "dicts" / f"{name}.dict").write_text("\n".join(lines) + "\n")
+
+
+write_dict("graph", GRAPH_WORDS)
+write_dict("metadata", METADATA_WORDS)
+write_dict("model_dir", GRAPH_WORDS + METADATA_WORDS + INDEX_WORDS, ['"\\x00OMEX-PART\\x00"', '"OMEX"'])
+print(f"wrote graph, metadata and model_dir seeds under {root}, dictionaries under dicts/")

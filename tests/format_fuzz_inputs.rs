@@ -1,6 +1,10 @@
 //! The fuzz targets' checks (fuzz/fuzz_targets/*.rs), run on stable over the committed seeds
 //! (fuzz/seeds/<target>/) and every input a fuzzing run found crashing (fuzz/regressions/<target>/), plus a
-//! deterministic random-mutation loop over the seeds, so `cargo test` keeps those inputs fixed.
+//! deterministic random-mutation loop over the seeds, so `cargo test` keeps those inputs fixed. The `graph`,
+//! `metadata` and `model_dir` targets' checks are fuzz/checks.rs itself, included here.
+
+#[path = "../fuzz/checks.rs"]
+mod checks;
 
 use omex::format::{DType, ModelDir, Record, SectionKind};
 use omex::import::gguf::GgufFile;
@@ -139,37 +143,48 @@ fn seeds_and_regressions() {
     }
 }
 
-/// A libFuzzer-free stand-in: random byte mutations of every seed through the same checks.
-#[test]
-fn mutated_seeds_never_panic() {
-    let mut s = 0x9E3779B97F4A7C15u64;
-    let mut next = || {
+/// xorshift64, the mutation loops' generator.
+fn rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed;
+    move || {
         s ^= s << 13;
         s ^= s >> 7;
         s ^= s << 17;
         s
-    };
+    }
+}
+
+/// One to three random byte edits of `seed`: overwrite, truncate or insert.
+fn mutate(seed: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
+    let mut d = seed.to_vec();
+    for _ in 0..1 + next() % 3 {
+        match next() % 3 {
+            0 if !d.is_empty() => {
+                let at = (next() % d.len() as u64) as usize;
+                d[at] = next() as u8;
+            }
+            1 if !d.is_empty() => {
+                let at = (next() % d.len() as u64) as usize;
+                d.truncate(at);
+            }
+            _ => {
+                let at = (next() % (d.len() as u64 + 1)) as usize;
+                d.insert(at, next() as u8);
+            }
+        }
+    }
+    d
+}
+
+/// A libFuzzer-free stand-in: random byte mutations of every seed through the same checks.
+#[test]
+fn mutated_seeds_never_panic() {
+    let mut next = rng(0x9E3779B97F4A7C15);
     let fixture = index_fixture();
     for target in ["gguf", "safetensors", "record", "index"] {
         for (_, seed) in inputs(target) {
             for _ in 0..2000 {
-                let mut d = seed.clone();
-                for _ in 0..1 + next() % 3 {
-                    match next() % 3 {
-                        0 if !d.is_empty() => {
-                            let at = (next() % d.len() as u64) as usize;
-                            d[at] = next() as u8;
-                        }
-                        1 if !d.is_empty() => {
-                            let at = (next() % d.len() as u64) as usize;
-                            d.truncate(at);
-                        }
-                        _ => {
-                            let at = (next() % (d.len() as u64 + 1)) as usize;
-                            d.insert(at, next() as u8);
-                        }
-                    }
-                }
+                let d = mutate(&seed, &mut next);
                 match target {
                     "gguf" => drop(check_gguf(&d)),
                     "safetensors" => drop(check_safetensors(&d)),
@@ -188,4 +203,104 @@ fn nonzero_name_padding_is_rejected() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/record/nonzero-name-padding");
     let e = Record::decode(&std::fs::read(path).unwrap()).unwrap_err();
     assert!(e.contains("padding"), "{e}");
+}
+
+/// The model directory of the `int8` seed (the `metadata` target's fixture), written under `what`.
+fn model_fixture(what: &str) -> PathBuf {
+    let dir = checks::scratch_dir(what);
+    let seed = inputs("model_dir").into_iter().find(|(p, _)| p.ends_with("seeds/model_dir/int8")).unwrap();
+    checks::write_model_dir(&seed.1, &dir).unwrap();
+    dir
+}
+
+#[test]
+fn graph_metadata_and_model_dir_seeds_and_regressions() {
+    let graphs = inputs("graph");
+    assert!(graphs.len() >= 5);
+    for (p, d) in &graphs {
+        let r = checks::graph(d);
+        assert!(r.is_ok() || p.to_string_lossy().contains("regressions"), "{}: {r:?}", p.display());
+    }
+    let dir = model_fixture("test-seeds-metadata");
+    for (p, d) in &inputs("metadata") {
+        let r = checks::metadata(d, &dir);
+        assert!(r.is_ok() || p.to_string_lossy().contains("regressions"), "{}: {r:?}", p.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir = checks::scratch_dir("test-seeds-model_dir");
+    for (p, d) in &inputs("model_dir") {
+        let r = checks::model_dir(d, &dir);
+        if p.to_string_lossy().contains("regressions") {
+            continue;
+        }
+        if p.ends_with("layernorm-gelu") {
+            // Valid (validate passes), but the CPU engine runs neither GeGLU nor LayerNorm.
+            let e = r.unwrap_err();
+            assert!(e.contains("activation") || e.contains("LayerNorm"), "{e}");
+            continue;
+        }
+        let runs = r.unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(runs.len(), 2, "{}: int8 and f32 activations both ran", p.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The committed seeds of `target`, without its regressions.
+fn seeds(target: &str) -> Vec<Vec<u8>> {
+    inputs(target).into_iter().filter(|(p, _)| !p.to_string_lossy().contains("regressions")).map(|(_, d)| d).collect()
+}
+
+/// The mutation loop for the model targets, over their seeds only: fewer rounds, as each validates (and may
+/// run) a model.
+#[test]
+fn mutated_model_seeds_never_panic() {
+    let mut next = rng(0x2545F4914F6CDD1D);
+    for seed in seeds("graph") {
+        for _ in 0..2000 {
+            let _ = checks::graph(&mutate(&seed, &mut next));
+        }
+    }
+    let dir = model_fixture("test-mutated-metadata");
+    for seed in seeds("metadata") {
+        for _ in 0..200 {
+            let _ = checks::metadata(&mutate(&seed, &mut next), &dir);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir = checks::scratch_dir("test-mutated-model_dir");
+    for seed in seeds("model_dir") {
+        for _ in 0..100 {
+            let _ = checks::model_dir(&mutate(&seed, &mut next), &dir);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// For the model_dir target, from reading the CPU engine, then replayed through the harness: a model whose f32
+/// or f16 matrices are not a multiple of 32 wide (hidden size 48; 1 head of 16) validates, and the CPU engine's
+/// default int8 activations panic in `Q8Activations::quantize_into` ("cols = 48 must be a positive multiple of
+/// 32"). Fails until the engine refuses such a model with an error, or runs it.
+#[test]
+fn matrix_widths_not_a_multiple_of_32_do_not_panic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/model_dir");
+    for name in ["q8-cols-hidden-48", "q8-cols-attention-16"] {
+        let dir = checks::scratch_dir(&format!("test-{name}"));
+        let r = checks::model_dir(&std::fs::read(root.join(name)).unwrap(), &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = r {
+            assert!(e.contains("32"), "{name}: refused without naming the multiple of 32: {e}");
+        }
+    }
+}
+
+/// For the graph target, from reading `Transformer::check`, then replayed through the harness (10 minutes of
+/// libFuzzer did not reach it): a linear rope scaling factor that is positive and finite but tiny (1e-45, a
+/// subnormal) passes `check`, and `RopeConfig::inv_freq` divides by it to an infinite frequency, so RoPE turns
+/// every query and key into NaN. Fails until `check` refuses the factor (naming the rope) or the table stays
+/// finite.
+#[test]
+fn a_rope_factor_that_overflows_the_rope_table_is_refused() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/graph/rope-linear-factor-1e-45.json");
+    let e = checks::graph(&std::fs::read(path).unwrap()).unwrap_err();
+    assert!(e.contains("rope"), "{e}");
 }
