@@ -287,6 +287,7 @@ impl FileBuilder {
                 [Some(self.put(q)), Some(self.put(c(scales))), Some(self.put(c(mins)))]
             }
             Weights::Ternary { q, scales } => [Some(self.put(q)), Some(self.put(c(scales))), None],
+            _ => unreachable!("the GPU engine has no kernels for raw GGUF blocks"),
         }
     }
 }
@@ -299,6 +300,7 @@ fn dtype(m: &Matrix) -> omex::format::DType {
         Weights::Int8 { .. } => DType::Int8,
         Weights::Int4 { .. } => DType::Int4,
         Weights::Ternary { .. } => DType::Ternary,
+        _ => unreachable!("the GPU engine has no kernels for raw GGUF blocks"),
     }
 }
 
