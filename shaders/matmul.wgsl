@@ -98,7 +98,7 @@ fn load_group_half(mat: vec4<u32>, r: u32, c0: u32, tid: u32) {
                 }
             }
         }
-        default: {
+        case 4u: {
             // Byte b of the group holds value 8 j + b in bits 2 j .. 2 j + 2: this half is j = 2 h, 2 h + 1.
             let d = f16_at(mat.z, g);
             let lo = w[mat.y + g * 2u];
@@ -110,6 +110,13 @@ fn load_group_half(mat: vec4<u32>, r: u32, c0: u32, tid: u32) {
                     let code = (word >> (8u * (b & 3u) + 2u * j)) & 3u;
                     ws[at + 8u * jj + b] = d * (f32(code) - 1.0);
                 }
+            }
+        }
+        default: {
+            // GGUF blocks: the 16 values decoded together (a block's scales and high bits are shared by them).
+            let v = ggml16(LAYOUT, mat.y, e);
+            for (var i = 0u; i < 16u; i++) {
+                ws[at + i] = v[i];
             }
         }
     }

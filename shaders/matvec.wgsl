@@ -2,7 +2,7 @@
 // one activation row. Needs quant.wgsl before it.
 //
 // A workgroup owns ROWS rows (of one matrix; in MODE 2 the same ROWS rows of matrices 0 and 1). The row is cut
-// into units (one data word of a quantized layout, four values of f32/f16); thread t takes units t, t + WG, ...,
+// into units (one data word of a quantized layout, four values of f32/f16, sixteen values of a GGUF block); thread t takes units t, t + WG, ...,
 // loads the unit's activations once and multiplies them with every row it owns, then the workgroup sums the
 // threads' partials in shared memory.
 //
@@ -60,6 +60,9 @@ fn xload(x0: u32, c: u32) -> f32 {
 }
 
 fn units_per_row(cols: u32) -> u32 {
+    if is_ggml(LAYOUT) {
+        return cols / 16u;
+    }
     switch LAYOUT {
         case 2u: { return cols / 4u; }
         case 3u: { return cols / 8u; }
@@ -71,6 +74,12 @@ fn units_per_row(cols: u32) -> u32 {
 // The activations a unit multiplies, in the order `unit_dot` expects them.
 fn gather(x0: u32, u: u32, cols: u32) -> array<f32, 16> {
     var xv: array<f32, 16>;
+    if is_ggml(LAYOUT) {
+        for (var i = 0u; i < 16u; i++) {
+            xv[i] = xload(x0, 16u * u + i);
+        }
+        return xv;
+    }
     switch LAYOUT {
         case 3u: {
             let b = (u >> 2u) * 32u + 4u * (u & 3u);
@@ -103,6 +112,13 @@ fn unit_dot(mat: vec4<u32>, r: u32, u: u32, cols: u32, xv: array<f32, 16>) -> f3
     let s = mat.z;
     let gpr = cols / 32u;
     var acc = 0.0;
+    if is_ggml(LAYOUT) {
+        let v = ggml16(LAYOUT, q, r * cols + 16u * u);
+        for (var i = 0u; i < 16u; i++) {
+            acc += v[i] * xv[i];
+        }
+        return acc;
+    }
     switch LAYOUT {
         case 0u: {
             for (var i = 0u; i < 4u; i++) {
@@ -137,7 +153,7 @@ fn unit_dot(mat: vec4<u32>, r: u32, u: u32, cols: u32, xv: array<f32, 16>) -> f3
             }
             acc = f16_at(s, gi) * acc + f16_at(mat.w, gi) * xs;
         }
-        default: {
+        case 4u: {
             let word = w[q + r * (cols / 16u) + u];
             for (var j = 0u; j < 4u; j++) {
                 for (var i = 0u; i < 4u; i++) {
@@ -148,6 +164,7 @@ fn unit_dot(mat: vec4<u32>, r: u32, u: u32, cols: u32, xv: array<f32, 16>) -> f3
             }
             acc *= f16_at(s, r * gpr + (u >> 1u));
         }
+        default: {}
     }
     return acc;
 }

@@ -162,6 +162,73 @@ fn matvec_fused(b: &dyn Ops) {
     }
 }
 
+both!(gguf_matvec, gguf_matmul, gguf_embed);
+
+/// Shapes for a GGUF layout: rows of one to four blocks, odd row counts.
+fn gguf_shapes(layout: Layout) -> Vec<(usize, usize)> {
+    let bv = layout.block_values().expect("a GGUF layout");
+    vec![(67, bv), (3, 2 * bv), (9, 4 * bv)]
+}
+
+/// The GGUF block layouts as `--quant keep` stores them: every shape plus the fused products (q|k|v with
+/// bias and norm, the residual add, SwiGLU), decode on the generic matvec.
+fn gguf_matvec(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0101);
+    for layout in GGUF_LAYOUTS {
+        for (rows, cols) in gguf_shapes(layout) {
+            let c = linear_case(&mut rng, layout, &[rows], cols, 1, Output::Store);
+            check(b, &format!("matvec {layout:?} {rows}x{cols}"), &b.linear(&c), &linear_ref(&c), 2e-5);
+        }
+        for (what, c) in gguf_fused_cases(&mut rng, layout, 1) {
+            check(b, &format!("matvec {layout:?} {what}"), &b.linear(&c), &linear_ref(&c), 2e-5);
+        }
+    }
+}
+
+fn gguf_fused_cases(rng: &mut Rng, layout: Layout, n: usize) -> Vec<(&'static str, LinearCase)> {
+    let cols = layout.block_values().expect("a GGUF layout");
+    let mut qkv = linear_case(rng, layout, &[40, 24, 24], cols, n, Output::Store);
+    qkv.biases = qkv.mats.iter().map(|m| Some(rng.vec(m.rows, -0.5, 0.5))).collect();
+    qkv.norm = Some((rng.vec(cols, 0.5, 1.5), 1e-5));
+    let o = linear_case(rng, layout, &[33], cols, n, Output::Add);
+    let mut cases = vec![("q|k|v + bias, normed", qkv), ("residual add", o)];
+    if n == 1 {
+        let mut gu = linear_case(rng, layout, &[44, 44], cols, n, Output::SwiGlu);
+        gu.norm = Some((rng.vec(cols, 0.5, 1.5), 1e-5));
+        cases.push(("gate/up SwiGLU, normed", gu));
+    }
+    cases
+}
+
+fn gguf_matmul(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0102);
+    for layout in GGUF_LAYOUTS {
+        let cols = 2 * layout.block_values().expect("a GGUF layout");
+        for (rows, n) in [(45, 2), (33, 33), (64, 1)] {
+            let mut c = linear_case(&mut rng, layout, &[rows], cols, n, Output::Store);
+            c.matvec = false;
+            check(b, &format!("matmul {layout:?} {rows}x{cols} n={n}"), &b.linear(&c), &linear_ref(&c), 2e-5);
+        }
+        for (what, mut c) in gguf_fused_cases(&mut rng, layout, 35) {
+            c.matvec = false;
+            check(b, &format!("matmul {layout:?} n=35 {what}"), &b.linear(&c), &linear_ref(&c), 2e-5);
+        }
+    }
+}
+
+fn gguf_embed(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0103);
+    for layout in GGUF_LAYOUTS {
+        let cols = layout.block_values().expect("a GGUF layout");
+        let e = OwnedMatrix::random(layout, 20, cols, &mut rng);
+        let ids = [3u32, 19, 0, 3, 11];
+        let dense = e.dense();
+        let want: Vec<f32> =
+            ids.iter().flat_map(|&i| dense[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
+        check(b, &format!("embed {layout:?}"), &b.embed(&e, &ids), &want, 0.0);
+    }
+}
+
 both!(matvec_q8_int_layouts);
 
 /// Row `r` of a quantized matrix as integers `q` per column (`w = d q + m`) and `(d, m)` per group, decoded from

@@ -67,7 +67,7 @@ fn flipped_byte_is_a_checksum_error_naming_the_file() {
     assert!(has(&problems, &["weights/layer_0.bin", "checksum mismatch"]), "{problems:?}");
     let (ok, stdout, stderr) = omex!("validate", dir);
     assert!(!ok && stdout.contains("problem: weights/layer_0.bin: checksum mismatch"), "{stdout}");
-    assert!(stderr.contains("1 problems found"), "{stderr}");
+    assert!(stderr.contains("1 problem found"), "{stderr}");
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod sample_ref;
 
 use half::f16;
 use kernels_cpu::layout::{pack_int4_group, pack_ternary_group};
+use kernels_cpu::ggml::GgmlBlock;
 use kernels_cpu::{Matrix, Weights, GROUP};
 use omex::backend::gpu::buffers::{GpuBuffer, Purpose};
 use omex::backend::gpu::{DeviceOptions, GpuContext};
@@ -45,14 +46,56 @@ pub enum Layout {
     Int8,
     Int4,
     Ternary,
+    /// Raw GGUF blocks, as `--quant keep` stores them.
+    Ggml(GgmlBlock),
 }
 
 pub const LAYOUTS: [Layout; 5] = [Layout::F32, Layout::F16, Layout::Int8, Layout::Int4, Layout::Ternary];
 
+/// The GGUF block layouts the GPU reads directly (q8_0 is stored as int8).
+pub const GGUF_LAYOUTS: [Layout; 5] = [
+    Layout::Ggml(GgmlBlock::Q4K),
+    Layout::Ggml(GgmlBlock::Q5K),
+    Layout::Ggml(GgmlBlock::Q6K),
+    Layout::Ggml(GgmlBlock::Q5_0),
+    Layout::Ggml(GgmlBlock::Q5_1),
+];
+
 impl Layout {
     pub fn quantized(self) -> bool {
-        matches!(self, Layout::Int8 | Layout::Int4 | Layout::Ternary)
+        !matches!(self, Layout::F32 | Layout::F16)
     }
+
+    /// Values per block of a GGUF layout (a row holds whole blocks).
+    pub fn block_values(self) -> Option<usize> {
+        match self {
+            Layout::Ggml(k) => Some(k.block_values()),
+            _ => None,
+        }
+    }
+}
+
+/// Random whole blocks of `kind` for `values` values: random quant and scale bytes, with the f16 block
+/// scales (and mins) set to small finite values so that the dequantized weights stay near [-1, 1].
+pub fn random_ggml(kind: GgmlBlock, values: usize, rng: &mut Rng) -> Vec<u8> {
+    let bytes = kind.bytes_for(values);
+    let mut b: Vec<u8> = (0..bytes).map(|_| rng.below(256) as u8).collect();
+    for block in b.chunks_exact_mut(kind.block_bytes()) {
+        let mut set = |at: usize, v: f32| block[at..at + 2].copy_from_slice(&h(v).to_le_bytes());
+        match kind {
+            GgmlBlock::Q4K | GgmlBlock::Q5K => {
+                set(0, rng.range(0.0005, 0.002));
+                set(2, rng.range(0.0005, 0.002));
+            }
+            GgmlBlock::Q6K => set(208, rng.range(0.0002, 0.001)),
+            GgmlBlock::Q5_0 | GgmlBlock::Q8_0 => set(0, rng.range(0.01, 0.05)),
+            GgmlBlock::Q5_1 => {
+                set(0, rng.range(0.01, 0.05));
+                set(2, rng.range(-0.5, 0.0));
+            }
+        }
+    }
+    b
 }
 
 fn h(v: f32) -> u16 {
@@ -110,6 +153,7 @@ impl OwnedMatrix {
                 }
                 m.scales = scales(rng);
             }
+            Layout::Ggml(kind) => m.q = random_ggml(kind, n, rng),
         }
         m
     }
@@ -121,6 +165,7 @@ impl OwnedMatrix {
             Layout::Int8 => Weights::Int8 { q: &self.i, scales: &self.scales },
             Layout::Int4 => Weights::Int4 { q: &self.q, scales: &self.scales, mins: &self.mins },
             Layout::Ternary => Weights::Ternary { q: &self.q, scales: &self.scales },
+            Layout::Ggml(kind) => Weights::ggml(kind, &self.q),
         };
         Matrix::new(self.rows, self.cols, w).expect("random matrix has the right lengths")
     }

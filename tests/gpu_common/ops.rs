@@ -287,7 +287,7 @@ impl FileBuilder {
                 [Some(self.put(q)), Some(self.put(c(scales))), Some(self.put(c(mins)))]
             }
             Weights::Ternary { q, scales } => [Some(self.put(q)), Some(self.put(c(scales))), None],
-            _ => unreachable!("the GPU engine has no kernels for raw GGUF blocks"),
+            raw => [Some(self.put(raw.as_ggml().expect("the GGUF layouts remain").1)), None, None],
         }
     }
 }
@@ -300,7 +300,12 @@ fn dtype(m: &Matrix) -> omex::format::DType {
         Weights::Int8 { .. } => DType::Int8,
         Weights::Int4 { .. } => DType::Int4,
         Weights::Ternary { .. } => DType::Ternary,
-        _ => unreachable!("the GPU engine has no kernels for raw GGUF blocks"),
+        Weights::Q4K(_) => DType::Q4K,
+        Weights::Q5K(_) => DType::Q5K,
+        Weights::Q6K(_) => DType::Q6K,
+        Weights::Q5_0(_) => DType::Q5_0,
+        Weights::Q5_1(_) => DType::Q5_1,
+        Weights::Q8_0(_) => unreachable!("GGUF q8_0 is stored as int8"),
     }
 }
 
@@ -382,7 +387,9 @@ impl Ops for Gpu {
         // Every matvec kernel the shape and adapter allow, each from the same initial y; they must agree with
         // the generic one, and the automatic choice is returned for the test body to check.
         let mut kernels = vec![MatvecKernel::Generic];
-        if c.mats[0].cols % 32 == 0 {
+        // The group matvecs read the omex layouts only; GGUF blocks run on the generic one.
+        let omex_layout = c.mats[0].matrix().w.as_ggml().is_none();
+        if c.mats[0].cols % 32 == 0 && omex_layout {
             kernels.push(MatvecKernel::Groups);
             if ctx.gpu.tier.subgroups {
                 kernels.push(MatvecKernel::GroupsSubgroup);

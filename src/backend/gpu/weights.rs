@@ -16,7 +16,12 @@ pub fn layout_code(dtype: DType) -> Option<u32> {
         DType::Int8 => Some(2),
         DType::Int4 => Some(3),
         DType::Ternary => Some(4),
-        DType::Bf16 | DType::Q4K | DType::Q5K | DType::Q6K | DType::Q5_0 | DType::Q5_1 => None,
+        DType::Q4K => Some(5),
+        DType::Q5K => Some(6),
+        DType::Q6K => Some(7),
+        DType::Q5_0 => Some(8),
+        DType::Q5_1 => Some(9),
+        DType::Bf16 => None,
     }
 }
 
@@ -51,13 +56,6 @@ pub struct GpuMatrix {
 impl GpuMatrix {
     /// The tensor of an index entry, whose file is `file`.
     pub fn from_entry(file: Arc<GpuFile>, e: &TensorEntry) -> Result<GpuMatrix> {
-        if e.dtype.ggml_block().is_some() {
-            return Err(Error::Unsupported(format!(
-                "tensor {}: the GPU engine has no kernels for GGUF {} blocks yet; run it with --backend cpu, or \
-                 convert with --quant int4 or int8 for the GPU",
-                e.name, e.dtype
-            )));
-        }
         if layout_code(e.dtype).is_none() {
             return Err(Error::Unsupported(format!(
                 "tensor {}: {} weights are not executable; convert again",
@@ -103,9 +101,15 @@ impl GpuMatrix {
                 (DType::Int4, q, Some(put(bytemuck::cast_slice(scales))), Some(put(bytemuck::cast_slice(mins))))
             }
             Weights::Ternary { q, scales } => (DType::Ternary, put(q), Some(put(bytemuck::cast_slice(scales))), None),
-            other => {
-                let kind = other.as_ggml().map(|(k, _)| k.name()).unwrap_or("this");
-                return Err(Error::Unsupported(format!("{name}: the GPU engine has no kernels for {kind} blocks yet")));
+            Weights::Q4K(b) => (DType::Q4K, put(b), None, None),
+            Weights::Q5K(b) => (DType::Q5K, put(b), None, None),
+            Weights::Q6K(b) => (DType::Q6K, put(b), None, None),
+            Weights::Q5_0(b) => (DType::Q5_0, put(b), None, None),
+            Weights::Q5_1(b) => (DType::Q5_1, put(b), None, None),
+            Weights::Q8_0(_) => {
+                return Err(Error::Unsupported(format!(
+                    "{name}: GGUF q8_0 blocks are stored as int8 (their scales apart); the GPU reads that layout"
+                )))
             }
         };
         bytes.resize(bytes.len().div_ceil(256) * 256, 0);

@@ -111,7 +111,14 @@ impl MatvecKernel {
     fn resolve(self, dtype: DType, cols: u32, tier: Tier) -> Result<MatvecKernel> {
         let grouped = cols % 32 == 0;
         let int8 = grouped && matches!(dtype, DType::Int8 | DType::Int4 | DType::Ternary);
+        // GGUF blocks: only the generic matvec decodes them (sixteen values per unit).
+        let ggml = dtype.ggml_block().is_some();
         let v = match self {
+            MatvecKernel::Auto | MatvecKernel::Int8Auto if ggml => MatvecKernel::Generic,
+            MatvecKernel::Generic => MatvecKernel::Generic,
+            _ if ggml => {
+                return Err(Error::Gpu(format!("{dtype} weights run on the generic matvec only, not {self:?}")))
+            }
             MatvecKernel::Int8Auto if int8 && tier.subgroups => MatvecKernel::Int8Subgroup,
             MatvecKernel::Int8Auto if int8 => MatvecKernel::Int8,
             MatvecKernel::Auto | MatvecKernel::Int8Auto if !grouped => MatvecKernel::Generic,
@@ -223,20 +230,24 @@ impl<'a> Linear<'a> {
         let matvec = tokens == 0;
         let cols = self.mats.first().map_or(0, |m| m.m.cols);
         let tier = ctx.gpu.tier;
-        let coop_fits = tier.cooperative_matrix && cols % 32 == 0 && tokens == MATMUL_TOKENS;
+        let dtype = self.mats.first().map_or(DType::F32, |m| m.m.dtype);
+        // The cooperative matmul has no GGUF block decoders yet: those run on the tiled one.
+        let coop_fits = tier.cooperative_matrix
+            && cols % 32 == 0
+            && tokens == MATMUL_TOKENS
+            && dtype.ggml_block().is_none();
         let coop = match mm {
             MatmulKernel::Auto => !matvec && coop_fits,
             MatmulKernel::Tiled => false,
             MatmulKernel::Cooperative if !coop_fits => {
                 return Err(Error::Gpu(format!(
-                    "the cooperative matmul needs an adapter with 16x16 f16 cooperative matrices, cols % 32 == 0 \
-                     and {MATMUL_TOKENS}-token tiles (cols {cols}, tiles of {tokens})"
+                    "the cooperative matmul needs an adapter with 16x16 f16 cooperative matrices, cols % 32 == 0, \
+                     {MATMUL_TOKENS}-token tiles and omex layouts (cols {cols}, tiles of {tokens}, {dtype})"
                 )))
             }
             MatmulKernel::Cooperative => true,
         };
         // The prefill matmul ignores the matvec variant: it always takes f32 activations.
-        let dtype = self.mats.first().map_or(DType::F32, |m| m.m.dtype);
         let variant = if matvec { variant.resolve(dtype, cols, tier)? } else { MatvecKernel::Auto };
         let ts = team_size(cols);
         let (rows_per_block, kernel): (u32, &Kernel) = match (matvec, variant) {
