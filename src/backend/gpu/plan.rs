@@ -76,6 +76,24 @@ impl Model {
             }
             slots = Some(s);
         }
+        // An embedding or head larger than one storage binding (lavapipe and browsers allow 128 MiB; a 151,936
+        // x 896 int8 head is 145 MB) is not uploaded whole: the embedding stays on the host, the head goes up
+        // in row pieces that each fit a binding.
+        let max_binding = ctx.gpu.limits.max_storage_buffer_binding_size;
+        let mut split_head = false;
+        for (name, is_head) in [(&cfg.token_embedding, false), (&cfg.output, true)] {
+            let view = dir.tensor(name)?;
+            if streamed.contains_key(&view.entry.file) || span_bytes(&view.entry) <= max_binding {
+                continue;
+            }
+            log::info!(
+                "{name}: {} bytes exceed the largest storage binding ({max_binding} bytes): {}",
+                span_bytes(&view.entry),
+                if is_head { "uploaded in row pieces" } else { "rows gathered on the host" }
+            );
+            split_head |= is_head;
+            streamed.insert(view.entry.file.clone(), None);
+        }
         let mut files: HashMap<String, Arc<GpuFile>> = HashMap::new();
         let mut get = |name: &str, shape: &[u32]| -> Result<Option<GpuMatrix>> {
             let w = WeightRef::load(dir, name, shape)?;
@@ -129,6 +147,7 @@ impl Model {
         let embed = get(&cfg.token_embedding, &[cfg.vocab_size, d])?;
         let head = match get(&cfg.output, &[cfg.vocab_size, d])? {
             Some(m) => vec![(m, 0, None)],
+            None if split_head => resident_head_pieces(ctx, dir, &cfg.output, d, max_binding)?,
             None => {
                 let s = slots.as_mut().expect("only a streamed file is left out");
                 head_pieces(dir, &cfg.output, cfg.vocab_size, d, s)?
@@ -147,40 +166,96 @@ impl Model {
     }
 }
 
-/// The output head as pieces of rows, each filling a slot.
-fn head_pieces(dir: &ModelDir, name: &str, rows: u32, cols: u32, slots: &mut Slots) -> Result<HeadParts> {
+/// Bytes from the first of a tensor's sections to the end of the last: what one binding of it covers.
+fn span_bytes(e: &crate::format::TensorEntry) -> u64 {
+    let secs = [SectionKind::Data, SectionKind::Scales, SectionKind::Mins].map(|k| e.section(k));
+    let lo = secs.iter().flatten().map(|s| s.offset).min().unwrap_or(0);
+    let hi = secs.iter().flatten().map(|s| s.offset + s.bytes).max().unwrap_or(0);
+    hi - lo
+}
+
+/// A piece of rows `r0..r0 + n` of a matrix, its sections packed one after another (each 256-aligned): the
+/// copies from the file that fill it and the matrix over the piece's buffer.
+struct RowPiece {
+    r0: u32,
+    copies: Vec<Copy>,
+    bytes: u64,
+    label: String,
+}
+
+/// `name` cut into pieces of at most `per_piece` rows.
+fn row_pieces(dir: &ModelDir, name: &str, piece_bytes: u64) -> Result<(Vec<RowPiece>, RowLayout)> {
     let view = dir.tensor(name)?;
     let entry = &view.entry;
     let layout = RowLayout::of(entry)?;
-    let per_piece = layout.rows_per_slot(slots.bytes);
+    let per_piece = layout.rows_per_slot(piece_bytes);
     if per_piece == 0 {
-        return Err(Error::Unsupported(format!("tensor {name}: one row does not fit an upload slot")));
+        return Err(Error::Unsupported(format!("tensor {name}: one row does not fit {piece_bytes} bytes")));
     }
-    let mut parts = Vec::new();
+    let mut pieces = Vec::new();
     let mut r0 = 0;
-    while r0 < rows {
-        let n = per_piece.min(rows - r0);
+    while r0 < layout.rows {
+        let n = per_piece.min(layout.rows - r0);
         let (mut copies, mut at) = (Vec::new(), 0u64);
-        let mut placed: HashMap<SectionKind, (u64, u64)> = HashMap::new();
-        for &(kind, offset, per_row) in &layout.sections {
+        for &(_, offset, per_row) in &layout.sections {
             let (start, len) = (offset + per_row * r0 as u64, per_row * n as u64);
             copies.push(Copy { blob: view.blob.clone(), src: start as usize..(start + len) as usize, dst: at });
-            placed.insert(kind, (at, len));
             at += len.div_ceil(256) * 256;
         }
-        let (k, slot) = slots.push(format!("{} rows {r0}..{}", entry.file, r0 + n), copies);
-        let m = GpuMatrix {
-            name: format!("{name} rows {r0}..{}", r0 + n),
-            file: slot,
-            dtype: entry.dtype,
+        pieces.push(RowPiece { r0, copies, bytes: at, label: format!("{} rows {r0}..{}", entry.file, r0 + n) });
+        r0 += n;
+    }
+    Ok((pieces, layout))
+}
+
+impl RowPiece {
+    /// The piece as a matrix of `file` (a slot, or a buffer of its own).
+    fn matrix(&self, name: &str, layout: &RowLayout, dtype: DType, cols: u32, file: Arc<GpuFile>) -> GpuMatrix {
+        let n = (self.copies[0].src.len() as u64 / layout.sections[0].2) as u32;
+        let placed: HashMap<SectionKind, (u64, u64)> = layout
+            .sections
+            .iter()
+            .zip(&self.copies)
+            .map(|(&(kind, _, _), c)| (kind, (c.dst, c.src.len() as u64)))
+            .collect();
+        GpuMatrix {
+            name: format!("{name} rows {}..{}", self.r0, self.r0 + n),
+            file,
+            dtype,
             rows: n,
             cols,
             data: placed[&SectionKind::Data],
             scales: placed.get(&SectionKind::Scales).copied(),
             mins: placed.get(&SectionKind::Mins).copied(),
-        };
-        parts.push((m, r0, Some(k)));
-        r0 += n;
+        }
+    }
+}
+
+/// The output head as pieces of rows, each filling a slot.
+fn head_pieces(dir: &ModelDir, name: &str, rows: u32, cols: u32, slots: &mut Slots) -> Result<HeadParts> {
+    let (pieces, layout) = row_pieces(dir, name, slots.bytes)?;
+    debug_assert_eq!(layout.rows, rows);
+    let dtype = dir.tensor(name)?.entry.dtype;
+    let mut parts = Vec::new();
+    for p in pieces {
+        let (k, slot) = slots.push(p.label.clone(), p.copies.clone());
+        parts.push((p.matrix(name, &layout, dtype, cols, slot), p.r0, Some(k)));
+    }
+    Ok(parts)
+}
+
+/// The output head as resident pieces of rows, each a buffer of its own that fits one binding.
+fn resident_head_pieces(ctx: &GpuContext, dir: &ModelDir, name: &str, cols: u32, max: u64) -> Result<HeadParts> {
+    let (pieces, layout) = row_pieces(dir, name, max)?;
+    let dtype = dir.tensor(name)?.entry.dtype;
+    let mut parts = Vec::new();
+    for p in pieces {
+        let mut bytes = vec![0u8; p.bytes as usize];
+        for c in &p.copies {
+            bytes[c.dst as usize..c.dst as usize + c.src.len()].copy_from_slice(&c.blob.bytes()[c.src.clone()]);
+        }
+        let file = Arc::new(GpuFile::upload(ctx, &p.label, &bytes)?);
+        parts.push((p.matrix(name, &layout, dtype, cols, file), p.r0, None));
     }
     Ok(parts)
 }

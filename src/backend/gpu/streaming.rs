@@ -189,6 +189,7 @@ pub fn min_slot(dir: &ModelDir, cfg: &Transformer) -> Result<u64> {
 }
 
 /// One copy from a mapped weight file into a slot.
+#[derive(Clone)]
 pub struct Copy {
     pub blob: Arc<Blob>,
     pub src: std::ops::Range<usize>,
