@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite, as CI runs it: fetches the real models (SmolLM2-135M and Qwen2.5-Coder-0.5B, cached outside
+# The test suite, as CI runs it: fetches the real models (SmolLM2-135M, Qwen2.5-Coder-0.5B and 1.5B, cached outside
 # the repository), builds in release
 # (the tests share the binary's build), runs every test of the workspace, checks that the library builds for
 # the browser (wasm32), then runs the browser test (scripts/browser-test.sh: the real model in headless
@@ -11,6 +11,8 @@ OMEX_SMOLLM2_GGUF="$(scripts/fetch-model.sh | tail -n 1)"
 export OMEX_SMOLLM2_GGUF
 OMEX_QWEN05_GGUF="$(scripts/fetch-model.sh qwen2.5-coder-0.5b | tail -n 1)"
 export OMEX_QWEN05_GGUF
+OMEX_QWEN15_GGUF="$(scripts/fetch-model.sh qwen2.5-coder-1.5b | tail -n 1)"
+export OMEX_QWEN15_GGUF
 cargo build --release --bins
 cargo test --release --workspace
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then

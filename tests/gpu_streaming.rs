@@ -108,6 +108,43 @@ fn smollm2_streamed_matches_the_resident_engine() {
     }
 }
 
+/// Qwen2.5-Coder-1.5B Q4_K_M (1.1 GB of Q4_K and Q6_K blocks as the GGUF holds them) under a 256 MB budget: the
+/// same logits and greedy tokens as resident, and those tokens the CPU engine's. On lavapipe this takes about
+/// a minute (a 5-token prompt, 2 steps, twice).
+#[test]
+fn qwen15_streams_under_256_mb_like_resident() {
+    let Some(gguf) = common::qwen_gguf("1.5b") else { return };
+    let Some(gpu) = fresh_gpu() else { return };
+    let path = common::converted(&gguf, "qwen15", "keep");
+    let model = omex::runtime::Model::load(&path).unwrap();
+    let (dir, cfg) = (&model.dir, &model.config);
+    let ctx_len = 64;
+    let prompt = model.tokenizer.encode("The capital of France is");
+    let steps = 2;
+    let mut resident = GpuEngine::load_blocking(gpu, dir, cfg, options(ctx_len, None, true)).unwrap();
+    let want = run(&mut resident, &prompt, steps);
+    drop(resident);
+    let cpu_opts = omex::runtime::EngineOptions {
+        backend: omex::runtime::BackendChoice::Cpu,
+        context_length: Some(ctx_len),
+        activations: omex::backend::Activations::F32,
+        kv: omex::backend::KvType::F32,
+        ..Default::default()
+    };
+    let mut cpu = model.engine(&cpu_opts).unwrap();
+    let mut cpu_tokens = Vec::new();
+    let mut row = cpu.forward(&prompt, 0, Logits::Last).unwrap();
+    for s in 0..=steps {
+        cpu_tokens.push(kernels_cpu::ops::argmax(&row) as u32);
+        if s < steps {
+            row = cpu.forward(&cpu_tokens[s..s + 1], prompt.len() + s, Logits::Last).unwrap();
+        }
+    }
+    assert_eq!(want.1, cpu_tokens, "resident GPU greedy tokens against the CPU engine's");
+    drop(cpu);
+    check_streamed(dir, cfg, ctx_len, 256_000_000, true, &prompt, steps, &want, "Qwen2.5-Coder-1.5B at 256 MB");
+}
+
 fn tiny(name: &str, spec: &TinySpec) -> (std::path::PathBuf, ModelDir, Transformer) {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gpu-streaming-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&path);

@@ -1,4 +1,4 @@
-//! The CPU engine on Qwen2.5-Coder-0.5B-Instruct Q4_K_M against the independent numpy reference
+//! The CPU and GPU engines on Qwen2.5-Coder-0.5B-Instruct Q4_K_M against the independent numpy reference
 //! (scripts/reference/qwen2_reference.py, goldens from scripts/reference/make_qwen_goldens.py in
 //! tests/golden/qwen05_*.json). Skipped, saying why, when the GGUF is absent: `$OMEX_QWEN05_GGUF`, else
 //! `~/.cache/omex/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf` (scripts/fetch-model.sh qwen2.5-coder-0.5b).
@@ -50,56 +50,10 @@ const INT8_NEAR_TIE: f64 = 1.0;
 /// and generated ones add f16 KV cache drift).
 const INT8_GREEDY_NEAR_TIE: f64 = 0.5;
 
-/// The GGUF, or `None` (with the reason on stderr) when it is not on this machine.
-fn qwen05_gguf() -> Option<PathBuf> {
-    let path = std::env::var_os("OMEX_QWEN05_GGUF").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("OMEX_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/omex"));
-        home.join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
-    });
-    if path.is_file() {
-        return Some(path);
-    }
-    eprintln!(
-        "skipped: {} is missing (run scripts/fetch-model.sh qwen2.5-coder-0.5b, or set OMEX_QWEN05_GGUF)",
-        path.display()
-    );
-    None
-}
-
-/// The GGUF converted with `--quant keep` under `target/test-models/` (named after the omex binary's size and
-/// time, like common::smollm2_omex), once per test process; `None` when the GGUF is absent.
+/// The GGUF converted with `--quant keep`, once per build; `None` when the GGUF is absent.
 fn qwen05_omex() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let gguf = qwen05_gguf()?;
-        let meta = std::fs::metadata(omex_bin()).expect("omex binary");
-        let stamp =
-            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-models");
-        let dir = root.join(format!("qwen05-keep-{}-{stamp}.omex", meta.len()));
-        if dir.join("metadata.json").is_file() {
-            return Some(dir);
-        }
-        std::fs::create_dir_all(&root).unwrap();
-        // Convert into a private name, then rename: another test binary never sees a half-written model.
-        let tmp = root.join(format!("tmp-qwen05-{}.omex", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let out = Command::new(omex_bin()).arg("convert").arg(&gguf).arg("-o").arg(&tmp).output().unwrap();
-        assert!(
-            out.status.success(),
-            "omex convert {} failed:\n{}",
-            gguf.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if std::fs::rename(&tmp, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        assert!(dir.join("metadata.json").is_file());
-        Some(dir)
-    })
-    .as_deref()
+    DIR.get_or_init(|| Some(common::converted(&common::qwen_gguf("0.5b")?, "qwen05", "keep"))).as_deref()
 }
 
 fn options(activations: Activations, kv: KvType) -> EngineOptions {
