@@ -134,8 +134,9 @@ fn matvec_every_layout(b: &dyn Ops) {
     }
 }
 
-fn fused_cases(rng: &mut Rng, layout: Layout, n: usize) -> Vec<(&'static str, LinearCase)> {
-    let cols = 64;
+/// Fused products over `cols` columns: q|k|v with bias and norm, the residual add, a normed single matrix, and
+/// (decode) gate/up SwiGLU.
+fn fused_cases(rng: &mut Rng, layout: Layout, n: usize, cols: usize) -> Vec<(&'static str, LinearCase)> {
     let mut qkv = linear_case(rng, layout, &[40, 24, 24], cols, n, Output::Store);
     qkv.biases = qkv.mats.iter().map(|m| Some(rng.vec(m.rows, -0.5, 0.5))).collect();
     qkv.norm = Some((rng.vec(cols, 0.5, 1.5), 1e-5));
@@ -156,7 +157,7 @@ fn fused_cases(rng: &mut Rng, layout: Layout, n: usize) -> Vec<(&'static str, Li
 fn matvec_fused(b: &dyn Ops) {
     let mut rng = Rng::new(0x5eed_0002);
     for layout in LAYOUTS {
-        for (what, c) in fused_cases(&mut rng, layout, 1) {
+        for (what, c) in fused_cases(&mut rng, layout, 1, 64) {
             check(b, &format!("matvec {layout:?} {what}"), &b.linear(&c), &linear_ref(&c), 2e-5);
         }
     }
@@ -179,25 +180,10 @@ fn gguf_matvec(b: &dyn Ops) {
             let c = linear_case(&mut rng, layout, &[rows], cols, 1, Output::Store);
             check(b, &format!("matvec {layout:?} {rows}x{cols}"), &b.linear(&c), &linear_ref(&c), 2e-5);
         }
-        for (what, c) in gguf_fused_cases(&mut rng, layout, 1) {
+        for (what, c) in fused_cases(&mut rng, layout, 1, layout.block_values().expect("a GGUF layout")) {
             check(b, &format!("matvec {layout:?} {what}"), &b.linear(&c), &linear_ref(&c), 2e-5);
         }
     }
-}
-
-fn gguf_fused_cases(rng: &mut Rng, layout: Layout, n: usize) -> Vec<(&'static str, LinearCase)> {
-    let cols = layout.block_values().expect("a GGUF layout");
-    let mut qkv = linear_case(rng, layout, &[40, 24, 24], cols, n, Output::Store);
-    qkv.biases = qkv.mats.iter().map(|m| Some(rng.vec(m.rows, -0.5, 0.5))).collect();
-    qkv.norm = Some((rng.vec(cols, 0.5, 1.5), 1e-5));
-    let o = linear_case(rng, layout, &[33], cols, n, Output::Add);
-    let mut cases = vec![("q|k|v + bias, normed", qkv), ("residual add", o)];
-    if n == 1 {
-        let mut gu = linear_case(rng, layout, &[44, 44], cols, n, Output::SwiGlu);
-        gu.norm = Some((rng.vec(cols, 0.5, 1.5), 1e-5));
-        cases.push(("gate/up SwiGLU, normed", gu));
-    }
-    cases
 }
 
 fn gguf_matmul(b: &dyn Ops) {
@@ -209,7 +195,7 @@ fn gguf_matmul(b: &dyn Ops) {
             c.matvec = false;
             check(b, &format!("matmul {layout:?} {rows}x{cols} n={n}"), &b.linear(&c), &linear_ref(&c), 2e-5);
         }
-        for (what, mut c) in gguf_fused_cases(&mut rng, layout, 35) {
+        for (what, mut c) in fused_cases(&mut rng, layout, 35, cols / 2) {
             c.matvec = false;
             check(b, &format!("matmul {layout:?} n=35 {what}"), &b.linear(&c), &linear_ref(&c), 2e-5);
         }
@@ -415,7 +401,7 @@ fn matmul_fused(b: &dyn Ops) {
     let mut rng = Rng::new(0x5eed_0004);
     for layout in LAYOUTS {
         for n in [3, 35] {
-            for (what, mut c) in fused_cases(&mut rng, layout, n) {
+            for (what, mut c) in fused_cases(&mut rng, layout, n, 64) {
                 c.matvec = false;
                 check(b, &format!("matmul {layout:?} n={n} {what}"), &b.linear(&c), &linear_ref(&c), 2e-5);
             }

@@ -136,7 +136,7 @@ pub fn quantize(values: &[f32], dtype: DType) -> Result<Packed, String> {
     if dtype.is_quantized() && values.len() % GROUP != 0 {
         return Err(format!("{} values are not a whole number of groups of {GROUP}", values.len()));
     }
-Ok(match dtype {
+    Ok(match dtype {
         DType::F32 => Packed::new(dtype, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         DType::F16 => {
             if let Some(v) = values.iter().find(|v| v.abs() > f16::MAX.to_f32()) {

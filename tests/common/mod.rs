@@ -30,10 +30,7 @@ pub fn qwen_gguf(size: &str) -> Option<PathBuf> {
     if path.is_file() {
         return Some(path);
     }
-    eprintln!(
-        "skipped: {} is missing (run scripts/fetch-model.sh qwen2.5-coder-{size}, or set {var})",
-        path.display()
-    );
+    eprintln!("skipped: {} is missing (run scripts/fetch-model.sh qwen2.5-coder-{size}, or set {var})", path.display());
     None
 }
 
@@ -66,7 +63,8 @@ pub fn converted(gguf: &Path, label: &str, quant: &str) -> PathBuf {
             .replace(['(', ')'], ""),
     );
     let _ = std::fs::remove_dir_all(&tmp);
-    let out = Command::new(&bin).arg("convert").arg(gguf).arg("-o").arg(&tmp).args(["--quant", quant]).output().unwrap();
+    let out =
+        Command::new(&bin).arg("convert").arg(gguf).arg("-o").arg(&tmp).args(["--quant", quant]).output().unwrap();
     assert!(
         out.status.success(),
         "omex convert {} --quant {quant} failed:\n{}",

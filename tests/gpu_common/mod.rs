@@ -6,8 +6,8 @@ pub mod ops;
 pub mod sample_ref;
 
 use half::f16;
-use kernels_cpu::layout::{pack_int4_group, pack_ternary_group};
 use kernels_cpu::ggml::GgmlBlock;
+use kernels_cpu::layout::{pack_int4_group, pack_ternary_group};
 use kernels_cpu::{Matrix, Weights, GROUP};
 use omex::backend::gpu::buffers::{GpuBuffer, Purpose};
 use omex::backend::gpu::{DeviceOptions, GpuContext};

@@ -150,7 +150,7 @@ impl Model {
             None if split_head => resident_head_pieces(ctx, dir, &cfg.output, d, max_binding)?,
             None => {
                 let s = slots.as_mut().expect("only a streamed file is left out");
-                head_pieces(dir, &cfg.output, cfg.vocab_size, d, s)?
+                head_pieces(dir, &cfg.output, d, s)?
             }
         };
         // The output norm is read by every head piece: when its file streams (or stays on the host), it gets
@@ -183,8 +183,8 @@ struct RowPiece {
     label: String,
 }
 
-/// `name` cut into pieces of at most `per_piece` rows.
-fn row_pieces(dir: &ModelDir, name: &str, piece_bytes: u64) -> Result<(Vec<RowPiece>, RowLayout)> {
+/// `name` cut into pieces of at most `piece_bytes` bytes each, with its row layout and dtype.
+fn row_pieces(dir: &ModelDir, name: &str, piece_bytes: u64) -> Result<(Vec<RowPiece>, RowLayout, DType)> {
     let view = dir.tensor(name)?;
     let entry = &view.entry;
     let layout = RowLayout::of(entry)?;
@@ -205,7 +205,7 @@ fn row_pieces(dir: &ModelDir, name: &str, piece_bytes: u64) -> Result<(Vec<RowPi
         pieces.push(RowPiece { r0, copies, bytes: at, label: format!("{} rows {r0}..{}", entry.file, r0 + n) });
         r0 += n;
     }
-    Ok((pieces, layout))
+    Ok((pieces, layout, entry.dtype))
 }
 
 impl RowPiece {
@@ -232,10 +232,8 @@ impl RowPiece {
 }
 
 /// The output head as pieces of rows, each filling a slot.
-fn head_pieces(dir: &ModelDir, name: &str, rows: u32, cols: u32, slots: &mut Slots) -> Result<HeadParts> {
-    let (pieces, layout) = row_pieces(dir, name, slots.bytes)?;
-    debug_assert_eq!(layout.rows, rows);
-    let dtype = dir.tensor(name)?.entry.dtype;
+fn head_pieces(dir: &ModelDir, name: &str, cols: u32, slots: &mut Slots) -> Result<HeadParts> {
+    let (pieces, layout, dtype) = row_pieces(dir, name, slots.bytes)?;
     let mut parts = Vec::new();
     for p in pieces {
         let (k, slot) = slots.push(p.label.clone(), p.copies.clone());
@@ -246,8 +244,7 @@ fn head_pieces(dir: &ModelDir, name: &str, rows: u32, cols: u32, slots: &mut Slo
 
 /// The output head as resident pieces of rows, each a buffer of its own that fits one binding.
 fn resident_head_pieces(ctx: &GpuContext, dir: &ModelDir, name: &str, cols: u32, max: u64) -> Result<HeadParts> {
-    let (pieces, layout) = row_pieces(dir, name, max)?;
-    let dtype = dir.tensor(name)?.entry.dtype;
+    let (pieces, layout, dtype) = row_pieces(dir, name, max)?;
     let mut parts = Vec::new();
     for p in pieces {
         let mut bytes = vec![0u8; p.bytes as usize];

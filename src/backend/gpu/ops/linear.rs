@@ -232,10 +232,8 @@ impl<'a> Linear<'a> {
         let tier = ctx.gpu.tier;
         let dtype = self.mats.first().map_or(DType::F32, |m| m.m.dtype);
         // The cooperative matmul has no GGUF block decoders yet: those run on the tiled one.
-        let coop_fits = tier.cooperative_matrix
-            && cols % 32 == 0
-            && tokens == MATMUL_TOKENS
-            && dtype.ggml_block().is_none();
+        let coop_fits =
+            tier.cooperative_matrix && cols % 32 == 0 && tokens == MATMUL_TOKENS && dtype.ggml_block().is_none();
         let coop = match mm {
             MatmulKernel::Auto => !matvec && coop_fits,
             MatmulKernel::Tiled => false,
