@@ -1,5 +1,6 @@
 //! omex: a GPU-first model format and runtime. The bytes on disk are the bytes the kernels read.
 
+pub mod arch;
 pub mod backend;
 pub mod error;
 pub mod files;

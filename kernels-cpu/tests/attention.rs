@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use half::f16;
-use kernels_cpu::attention::{attention_with, kv_store, KvElem};
+use kernels_cpu::attention::{attention_window_with, attention_with, kv_store, KvElem};
 
 #[allow(clippy::too_many_arguments)]
 fn reference<E: KvElem>(
@@ -16,17 +16,23 @@ fn reference<E: KvElem>(
     nkv: usize,
     hd: usize,
     scale: f32,
+    window: Option<usize>,
 ) -> Vec<f64> {
     let mut out = vec![0f64; n_q * nh * hd];
     for i in 0..n_q {
         for h in 0..nh {
             let kh = h / (nh / nkv);
             let len = pos0 + i + 1;
+            let first = window.map_or(0, |w| len.saturating_sub(w));
             let qr = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+            // Positions before the window weigh nothing.
             let s: Vec<f64> = (0..len)
-                .map(|j| {
-                    scale as f64
-                        * (0..hd).map(|d| qr[d] as f64 * k[(j * nkv + kh) * hd + d].to_f32() as f64).sum::<f64>()
+                .map(|j| match j < first {
+                    true => f64::NEG_INFINITY,
+                    false => {
+                        scale as f64
+                            * (0..hd).map(|d| qr[d] as f64 * k[(j * nkv + kh) * hd + d].to_f32() as f64).sum::<f64>()
+                    }
                 })
                 .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -41,7 +47,7 @@ fn reference<E: KvElem>(
     out
 }
 
-fn run<E: KvElem>(seed: u64) {
+fn run<E: KvElem>(seed: u64, window: Option<usize>) {
     let mut rng = Rng::new(seed);
     for isa in isas() {
         for (nh, nkv, hd) in [(9, 3, 64), (4, 4, 8), (2, 1, 33)] {
@@ -62,12 +68,15 @@ fn run<E: KvElem>(seed: u64) {
                 let q = rng.vec(n_q * nh * hd, -2.0, 2.0);
                 let scale = 1.0 / (hd as f32).sqrt();
                 let mut out = vec![f32::NAN; q.len()];
-                attention_with(isa, &q, &k, &v, pos0, n_q, nh, nkv, hd, scale, &mut out);
-                let want = reference(&q, &k, &v, pos0, n_q, nh, nkv, hd, scale);
+                match window {
+                    None => attention_with(isa, &q, &k, &v, pos0, n_q, nh, nkv, hd, scale, &mut out),
+                    w => attention_window_with(isa, &q, &k, &v, pos0, n_q, nh, nkv, hd, scale, w, &mut out),
+                }
+                let want = reference(&q, &k, &v, pos0, n_q, nh, nkv, hd, scale, window);
                 for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         (g as f64 - w).abs() <= 2e-5,
-                        "{isa} nh {nh} nkv {nkv} hd {hd} pos0 {pos0} n_q {n_q} [{i}]: {g} vs {w}"
+                        "{isa} nh {nh} nkv {nkv} hd {hd} pos0 {pos0} n_q {n_q} window {window:?} [{i}]: {g} vs {w}"
                     );
                 }
             }
@@ -77,12 +86,21 @@ fn run<E: KvElem>(seed: u64) {
 
 #[test]
 fn attention_f32_cache() {
-    run::<f32>(30);
+    run::<f32>(30, None);
+}
+
+#[test]
+fn attention_sliding_window() {
+    // Windows shorter than, equal to and longer than the positions attended.
+    for window in [1, 4, 41, 500] {
+        run::<f32>(32 + window as u64, Some(window));
+        run::<f16>(33 + window as u64, Some(window));
+    }
 }
 
 #[test]
 fn attention_f16_cache() {
-    run::<f16>(31);
+    run::<f16>(31, None);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! layer files. It is also the reference the GPU engine is tested against.
 
 use super::{Activations, Engine, KvType, Logits, WeightRef};
+use crate::arch::{self, Buf, Op, Program, QkPart};
 use crate::error::{Error, Result};
 use crate::format::ModelDir;
 use crate::graph::{Activation, Norm, RopeStyle, Transformer};
@@ -20,17 +21,83 @@ pub struct CpuOptions {
     pub max_batch: usize,
 }
 
-struct Block {
-    attn_norm: WeightRef,
-    q: WeightRef,
-    k: WeightRef,
-    v: WeightRef,
-    o: WeightRef,
-    qkv_bias: Option<[Vec<f32>; 3]>,
-    ffn_norm: WeightRef,
-    gate: WeightRef,
-    up: WeightRef,
-    down: WeightRef,
+/// A norm with its weights read into f32.
+struct LoadedNorm {
+    layer: bool,
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    eps: f32,
+}
+
+impl LoadedNorm {
+    fn load(dir: &ModelDir, n: &arch::NormOp, width: u32) -> Result<LoadedNorm> {
+        let bias = n.bias.as_ref().map(|b| WeightRef::load(dir, b, &[width])).transpose()?;
+        Ok(LoadedNorm {
+            layer: matches!(n.kind, Norm::LayerNorm { .. }),
+            weight: WeightRef::load(dir, &n.weight, &[width])?.to_f32(),
+            bias: bias.map(|b| b.to_f32()),
+            eps: n.eps(),
+        })
+    }
+
+    /// Normalises each row of `width` values of `x` into `out`.
+    fn rows(&self, x: &[f32], out: &mut [f32]) {
+        let w = self.weight.len();
+        for (xr, or) in x.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
+            match self.layer {
+                false => ops::rmsnorm(xr, &self.weight, self.eps, or),
+                true => ops::layernorm(xr, &self.weight, self.bias.as_deref(), self.eps, or),
+            }
+        }
+    }
+}
+
+/// An op of the program with its weights mapped.
+enum Step {
+    Linear { input: Buf, norm: Option<LoadedNorm>, mats: Vec<(WeightRef, Option<Vec<f32>>)>, output: Buf, add: bool },
+    HeadNorm { offset: usize, heads: usize, norm: LoadedNorm },
+    RopeStore { rope: usize },
+    Attention { window: Option<usize> },
+    Glu { act: Activation },
+    Norm { buf: Buf, norm: LoadedNorm },
+    Add { from: Buf, to: Buf },
+}
+
+impl Step {
+    fn lower(dir: &ModelDir, p: &Program, op: &Op) -> Result<Step> {
+        let h = p.heads;
+        Ok(match op {
+            Op::Linear { input, norm, mats, output, add } => Step::Linear {
+                input: *input,
+                norm: norm.as_ref().map(|n| LoadedNorm::load(dir, n, p.width(*input))).transpose()?,
+                mats: mats
+                    .iter()
+                    .map(|m| {
+                        let bias = m.bias.as_ref().map(|b| WeightRef::load(dir, b, &[m.rows])).transpose()?;
+                        Ok((WeightRef::load(dir, &m.weight, &[m.rows, m.cols])?, bias.map(|b| b.to_f32())))
+                    })
+                    .collect::<Result<_>>()?,
+                output: *output,
+                add: *add,
+            },
+            Op::HeadNorm { part, norm } => {
+                let (offset, heads) = match part {
+                    QkPart::Q => (0, h.n_heads),
+                    QkPart::K => (h.q_dim(), h.n_kv),
+                };
+                Step::HeadNorm {
+                    offset: offset as usize,
+                    heads: heads as usize,
+                    norm: LoadedNorm::load(dir, norm, h.head_dim)?,
+                }
+            }
+            Op::RopeStore { rope } => Step::RopeStore { rope: *rope },
+            Op::Attention { window } => Step::Attention { window: window.map(|w| w as usize) },
+            Op::Glu { act } => Step::Glu { act: *act },
+            Op::Norm { buf, norm } => Step::Norm { buf: *buf, norm: LoadedNorm::load(dir, norm, p.width(*buf))? },
+            Op::Add { from, to } => Step::Add { from: *from, to: *to },
+        })
+    }
 }
 
 /// Per-layer K and V caches, `[ctx, kv_dim]` each.
@@ -39,32 +106,25 @@ enum KvCache {
     F16(Vec<(Vec<f16>, Vec<f16>)>),
 }
 
-/// Reusable activation buffers, sized for `max_batch` tokens.
+/// Reusable activation buffers, sized for `max_batch` tokens: the program's buffers, the normed input of a
+/// linear op, one matrix's output, and the quantized activations.
 #[derive(Default)]
 struct Scratch {
-    x: Vec<f32>,
-    h: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    o: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    /// silu(gate) * up
-    act: Vec<f32>,
+    bufs: [Vec<f32>; Buf::ALL.len()],
+    normed: Vec<f32>,
+    part: Vec<f32>,
     xq: Q8Activations,
 }
 
 pub struct CpuEngine {
-    cfg: Transformer,
+    program: Program,
+    context_limit: u32,
     opts: CpuOptions,
     pool: std::sync::Arc<rayon::ThreadPool>,
     embed: WeightRef,
-    output_norm: Vec<f32>,
+    final_norm: LoadedNorm,
     head: WeightRef,
-    blocks: Vec<Block>,
-    inv_freq: Vec<f32>,
+    blocks: Vec<Vec<Step>>,
     kv: KvCache,
     s: Scratch,
 }
@@ -72,44 +132,19 @@ pub struct CpuEngine {
 impl CpuEngine {
     pub fn load(dir: &ModelDir, cfg: &Transformer, opts: CpuOptions) -> Result<CpuEngine> {
         let pool = thread_pool(opts.threads)?;
-        let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-        let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
-        let w = |name: &str, shape: &[u32]| WeightRef::load(dir, name, shape);
-        let mut blocks = Vec::with_capacity(cfg.blocks.len());
-        for b in &cfg.blocks {
-            let qkv_bias = match &b.attn_qkv_bias {
-                Some([bq, bk, bv]) => Some([w(bq, &[qd])?.to_f32(), w(bk, &[kvd])?.to_f32(), w(bv, &[kvd])?.to_f32()]),
-                None => None,
-            };
-            blocks.push(Block {
-                attn_norm: w(&b.attn_norm, &[d])?,
-                q: w(&b.attn_q, &[qd, d])?,
-                k: w(&b.attn_k, &[kvd, d])?,
-                v: w(&b.attn_v, &[kvd, d])?,
-                o: w(&b.attn_output, &[d, qd])?,
-                qkv_bias,
-                ffn_norm: w(&b.ffn_norm, &[d])?,
-                gate: w(&b.ffn_gate, &[f, d])?,
-                up: w(&b.ffn_up, &[f, d])?,
-                down: w(&b.ffn_down, &[d, f])?,
-            });
-            for norm in [&blocks.last().unwrap().attn_norm, &blocks.last().unwrap().ffn_norm] {
-                if norm.f32_slice().is_none() {
-                    return Err(Error::Unsupported(format!("norm weight {} must be f32", norm.name())));
-                }
-            }
-        }
-        if cfg.activation != Activation::Silu {
-            return Err(Error::Unsupported(format!(
-                "activation {:?}: the CPU engine runs SwiGLU models",
-                cfg.activation
-            )));
-        }
+        let program = arch::program(cfg)?;
+        let p = &program;
+        let blocks = p
+            .blocks
+            .iter()
+            .map(|b| b.ops.iter().map(|op| Step::lower(dir, p, op)).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
         let ctx = opts.context_length;
+        let kvd = p.heads.kv_dim() as usize;
         let elem = if opts.kv == KvType::F32 { 4 } else { 2 };
         let kv_bytes = 2 * blocks.len() as u64 * ctx as u64 * kvd as u64 * elem;
         super::check_host_alloc(&format!("a KV cache of {ctx} tokens"), kv_bytes, "lower --ctx")?;
-        let per_layer = ctx * kvd as usize;
+        let per_layer = ctx * kvd;
         let kv = match opts.kv {
             KvType::F32 => {
                 KvCache::F32((0..blocks.len()).map(|_| (vec![0.0; per_layer], vec![0.0; per_layer])).collect())
@@ -119,11 +154,11 @@ impl CpuEngine {
             ),
         };
         Ok(CpuEngine {
-            embed: w(&cfg.token_embedding, &[cfg.vocab_size, d])?,
-            output_norm: w(&cfg.output_norm, &[d])?.to_f32(),
-            head: w(&cfg.output, &[cfg.vocab_size, d])?,
-            inv_freq: cfg.rope.inv_freq(),
-            cfg: cfg.clone(),
+            embed: WeightRef::load(dir, &p.embedding, &[p.vocab, p.hidden])?,
+            final_norm: LoadedNorm::load(dir, &p.final_norm, p.hidden)?,
+            head: WeightRef::load(dir, &p.head, &[p.vocab, p.hidden])?,
+            context_limit: cfg.context_length,
+            program,
             opts,
             pool,
             blocks,
@@ -132,90 +167,196 @@ impl CpuEngine {
         })
     }
 
-    /// Runs one chunk of at most `max_batch` tokens, leaving its final normed hidden states `[n, d]` in `s.h`.
+    /// Runs one chunk of at most `max_batch` tokens, leaving its final normed hidden states `[n, d]` in
+    /// `s.normed`.
     fn forward_chunk(&mut self, ids: &[u32], pos: usize) -> Result<()> {
         let n = ids.len();
-        let cfg = &self.cfg;
-        let (d, f) = (cfg.hidden_size as usize, cfg.intermediate_size as usize);
-        let (nh, nkv, hd) = (cfg.n_heads as usize, cfg.n_kv_heads as usize, cfg.head_dim as usize);
-        let (qd, kvd) = (nh * hd, nkv * hd);
-        let eps = match cfg.norm {
-            Norm::RmsNorm { eps } => eps,
-            Norm::LayerNorm { .. } => return Err(Error::Unsupported("LayerNorm graphs on the CPU engine".into())),
-        };
-        let style = match cfg.rope.style {
-            RopeStyle::Interleaved => ops::RopeStyle::Interleaved,
-            RopeStyle::Half => ops::RopeStyle::Half,
-        };
-        let rope_dims = cfg.rope.dims as usize;
+        let p = &self.program;
+        let d = p.hidden as usize;
         let s = &mut self.s;
-        for buf in [&mut s.x, &mut s.h, &mut s.o] {
-            buf.resize(n * d, 0.0);
+        for buf in p.buffers() {
+            s.bufs[buf as usize].resize(n * p.width(buf) as usize, 0.0);
         }
-        s.q.resize(n * qd, 0.0);
-        s.att.resize(n * qd, 0.0);
-        s.k.resize(n * kvd, 0.0);
-        s.v.resize(n * kvd, 0.0);
-        s.gate.resize(n * f, 0.0);
-        s.up.resize(n * f, 0.0);
-        s.act.resize(n * f, 0.0);
-
+        let x = &mut s.bufs[Buf::Hidden as usize];
         let embed = self.embed.matrix();
-        for (row, &id) in s.x.chunks_exact_mut(d).zip(ids) {
-            if id >= cfg.vocab_size {
-                return Err(Error::Usage(format!("token id {id} is outside the vocabulary ({})", cfg.vocab_size)));
+        for (row, &id) in x.chunks_exact_mut(d).zip(ids) {
+            if id >= p.vocab {
+                return Err(Error::Usage(format!("token id {id} is outside the vocabulary ({})", p.vocab)));
             }
             embed.dequant_row(id as usize, row);
+            if let Some(scale) = p.embed_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
         }
         let act = self.opts.activations;
-        let scale = 1.0 / (hd as f32).sqrt();
-        for (l, b) in self.blocks.iter().enumerate() {
-            rmsnorm_rows(&s.x, b.attn_norm.f32_slice().expect("checked at load"), eps, &mut s.h, d);
-            let lin = Linear::prepare(act, &s.h, n, &mut s.xq);
-            lin.apply(&b.q.matrix(), &s.xq, &mut s.q);
-            lin.apply(&b.k.matrix(), &s.xq, &mut s.k);
-            lin.apply(&b.v.matrix(), &s.xq, &mut s.v);
-            if let Some([bq, bk, bv]) = &b.qkv_bias {
-                add_bias(&mut s.q, bq);
-                add_bias(&mut s.k, bk);
-                add_bias(&mut s.v, bv);
+        for (l, steps) in self.blocks.iter().enumerate() {
+            for step in steps {
+                run_step(p, step, act, s, &mut self.kv, l, pos, n);
             }
-            for i in 0..n {
-                rope_heads(&mut s.q[i * qd..(i + 1) * qd], nh, hd, rope_dims, pos + i, &self.inv_freq, style);
-                rope_heads(&mut s.k[i * kvd..(i + 1) * kvd], nkv, hd, rope_dims, pos + i, &self.inv_freq, style);
-            }
-            match &mut self.kv {
-                KvCache::F32(layers) => attend(&mut layers[l], s, pos, n, nh, nkv, hd, scale),
-                KvCache::F16(layers) => attend(&mut layers[l], s, pos, n, nh, nkv, hd, scale),
-            }
-            let lin = Linear::prepare(act, &s.att, n, &mut s.xq);
-            lin.apply(&b.o.matrix(), &s.xq, &mut s.o);
-            ops::add_assign(&mut s.x, &s.o);
-
-            rmsnorm_rows(&s.x, b.ffn_norm.f32_slice().expect("checked at load"), eps, &mut s.h, d);
-            let lin = Linear::prepare(act, &s.h, n, &mut s.xq);
-            lin.apply(&b.gate.matrix(), &s.xq, &mut s.gate);
-            lin.apply(&b.up.matrix(), &s.xq, &mut s.up);
-            ops::silu_mul(&s.gate, &s.up, &mut s.act);
-            let lin = Linear::prepare(act, &s.act, n, &mut s.xq);
-            lin.apply(&b.down.matrix(), &s.xq, &mut s.o);
-            ops::add_assign(&mut s.x, &s.o);
         }
-        rmsnorm_rows(&s.x, &self.output_norm, eps, &mut s.h, d);
+        let x = &s.bufs[Buf::Hidden as usize];
+        s.normed.resize(x.len(), 0.0);
+        self.final_norm.rows(x, &mut s.normed);
         Ok(())
     }
 
     /// Logits of the normed hidden rows `first..n` of the last chunk.
     fn head_logits(&mut self, first: usize, n: usize, out: &mut Vec<f32>) {
-        let d = self.cfg.hidden_size as usize;
-        let vocab = self.cfg.vocab_size as usize;
+        let d = self.program.hidden as usize;
+        let vocab = self.program.vocab as usize;
         let rows = n - first;
         let start = out.len();
         out.resize(start + rows * vocab, 0.0);
-        let h = &self.s.h[first * d..n * d];
+        let h = &self.s.normed[first * d..n * d];
         let lin = Linear::prepare(self.opts.activations, h, rows, &mut self.s.xq);
         lin.apply(&self.head.matrix(), &self.s.xq, &mut out[start..]);
     }
+}
+
+/// Runs one op of block `l` over the chunk's `n` tokens at positions `pos..`.
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    p: &Program,
+    step: &Step,
+    act: Activations,
+    s: &mut Scratch,
+    kv: &mut KvCache,
+    l: usize,
+    pos: usize,
+    n: usize,
+) {
+    let h = p.heads;
+    let (nh, nkv, hd) = (h.n_heads as usize, h.n_kv as usize, h.head_dim as usize);
+    let (qd, kvd) = (nh * hd, nkv * hd);
+    match step {
+        Step::Linear { input, norm, mats, output, add } => {
+            // The output is taken out of the scratch while the input (another buffer) is read.
+            let mut out = std::mem::take(&mut s.bufs[*output as usize]);
+            let x = &s.bufs[*input as usize];
+            let x = match norm {
+                Some(nm) => {
+                    s.normed.resize(x.len(), 0.0);
+                    nm.rows(x, &mut s.normed);
+                    &s.normed
+                }
+                None => x,
+            };
+            let lin = Linear::prepare(act, x, n, &mut s.xq);
+            linear(&lin, mats, *add, n, &s.xq, &mut s.part, &mut out);
+            s.bufs[*output as usize] = out;
+        }
+        Step::HeadNorm { offset, heads, norm } => {
+            let qkv = &mut s.bufs[Buf::Qkv as usize];
+            let mut tmp = vec![0f32; hd];
+            for row in qkv.chunks_exact_mut(qd + 2 * kvd) {
+                for head in row[*offset..offset + heads * hd].chunks_exact_mut(hd) {
+                    norm.rows(head, &mut tmp);
+                    head.copy_from_slice(&tmp);
+                }
+            }
+        }
+        Step::RopeStore { rope } => {
+            let r = &p.ropes[*rope];
+            let style = match r.style {
+                RopeStyle::Interleaved => ops::RopeStyle::Interleaved,
+                RopeStyle::Half => ops::RopeStyle::Half,
+            };
+            let [qkv, q] = s.bufs.get_disjoint_mut([Buf::Qkv as usize, Buf::Q as usize]).expect("distinct buffers");
+            for (i, (row, qrow)) in qkv.chunks_exact_mut(qd + 2 * kvd).zip(q.chunks_exact_mut(qd)).enumerate() {
+                qrow.copy_from_slice(&row[..qd]);
+                rope_heads(qrow, nh, hd, r.dims as usize, pos + i, &r.inv_freq, style);
+                rope_heads(&mut row[qd..qd + kvd], nkv, hd, r.dims as usize, pos + i, &r.inv_freq, style);
+                let (k, v) = (&row[qd..qd + kvd], &row[qd + kvd..]);
+                match kv {
+                    KvCache::F32(layers) => store(&mut layers[l], pos + i, k, v),
+                    KvCache::F16(layers) => store(&mut layers[l], pos + i, k, v),
+                }
+            }
+        }
+        Step::Attention { window } => {
+            let [q, att] = s.bufs.get_disjoint_mut([Buf::Q as usize, Buf::Attn as usize]).expect("distinct buffers");
+            let scale = p.attention_scale;
+            match kv {
+                KvCache::F32(layers) => {
+                    let (kc, vc) = &layers[l];
+                    kernels_cpu::attention_window(q, kc, vc, pos, n, nh, nkv, hd, scale, *window, att)
+                }
+                KvCache::F16(layers) => {
+                    let (kc, vc) = &layers[l];
+                    kernels_cpu::attention_window(q, kc, vc, pos, n, nh, nkv, hd, scale, *window, att)
+                }
+            }
+        }
+        Step::Glu { act } => {
+            let f = p.ffn as usize;
+            let [gu, out] =
+                s.bufs.get_disjoint_mut([Buf::GateUp as usize, Buf::Act as usize]).expect("distinct buffers");
+            for (g, o) in gu.chunks_exact(2 * f).zip(out.chunks_exact_mut(f)) {
+                let (gate, up) = g.split_at(f);
+                match act {
+                    Activation::Silu => ops::silu_mul(gate, up, o),
+                    Activation::Gelu => {
+                        o.copy_from_slice(gate);
+                        ops::gelu(o);
+                        o.iter_mut().zip(up).for_each(|(a, &u)| *a *= u);
+                    }
+                }
+            }
+        }
+        Step::Norm { buf, norm } => {
+            let x = &mut s.bufs[*buf as usize];
+            s.normed.resize(x.len(), 0.0);
+            norm.rows(x, &mut s.normed);
+            x.copy_from_slice(&s.normed);
+        }
+        Step::Add { from, to } => {
+            let [a, b] = s.bufs.get_disjoint_mut([*to as usize, *from as usize]).expect("distinct buffers");
+            ops::add_assign(a, b);
+        }
+    }
+}
+
+/// `out = x @ [m0 | m1 | ..]^T + biases` (or `out +=` with `add`), each output row the matrices' rows side by
+/// side. A lone matrix stored writes straight into `out`; otherwise each goes through `part`.
+fn linear(
+    lin: &Linear,
+    mats: &[(WeightRef, Option<Vec<f32>>)],
+    add: bool,
+    n: usize,
+    xq: &Q8Activations,
+    part: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    if let ([(m, bias)], false) = (mats, add) {
+        lin.apply(&m.matrix(), xq, out);
+        if let Some(b) = bias {
+            add_bias(out, b);
+        }
+        return;
+    }
+    let width = out.len() / n.max(1);
+    let mut col = 0;
+    for (m, bias) in mats {
+        let rows = m.view().entry.shape[0] as usize;
+        part.resize(n * rows, 0.0);
+        lin.apply(&m.matrix(), xq, part);
+        if let Some(b) = bias {
+            add_bias(part, b);
+        }
+        for (src, dst) in part.chunks_exact(rows).zip(out.chunks_exact_mut(width)) {
+            let dst = &mut dst[col..col + rows];
+            match add {
+                true => ops::add_assign(dst, src),
+                false => dst.copy_from_slice(src),
+            }
+        }
+        col += rows;
+    }
+}
+
+fn store<E: KvElem>(cache: &mut (Vec<E>, Vec<E>), pos: usize, k: &[f32], v: &[f32]) {
+    kernels_cpu::kv_store(&mut cache.0, pos, k);
+    kernels_cpu::kv_store(&mut cache.1, pos, v);
 }
 
 /// A matrix product over `n` activation rows, in the engine's activation precision. For int8 the rows are
@@ -248,12 +389,6 @@ impl<'a> Linear<'a> {
     }
 }
 
-fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], d: usize) {
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        ops::rmsnorm(xr, w, eps, or);
-    }
-}
-
 fn add_bias(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {
         ops::add_assign(row, bias);
@@ -277,25 +412,6 @@ fn rope_heads(
             ops::rope(&mut head[..dims], 1, dims, pos, inv_freq, style);
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn attend<E: KvElem>(
-    cache: &mut (Vec<E>, Vec<E>),
-    s: &mut Scratch,
-    pos: usize,
-    n: usize,
-    nh: usize,
-    nkv: usize,
-    hd: usize,
-    scale: f32,
-) {
-    let kvd = nkv * hd;
-    for i in 0..n {
-        kernels_cpu::kv_store(&mut cache.0, pos + i, &s.k[i * kvd..(i + 1) * kvd]);
-        kernels_cpu::kv_store(&mut cache.1, pos + i, &s.v[i * kvd..(i + 1) * kvd]);
-    }
-    kernels_cpu::attention(&s.q, &cache.0, &cache.1, pos, n, nh, nkv, hd, scale, &mut s.att);
 }
 
 fn thread_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
@@ -356,7 +472,7 @@ impl Engine for CpuEngine {
         if end > self.opts.context_length {
             return Err(Error::Usage(format!(
                 "{end} tokens do not fit the context of {} (raise --ctx, up to the model's {})",
-                self.opts.context_length, self.cfg.context_length
+                self.opts.context_length, self.context_limit
             )));
         }
         let pool = self.pool.clone();

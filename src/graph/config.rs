@@ -88,6 +88,22 @@ pub enum Activation {
     Gelu,
 }
 
+/// Local attention (gemma3): most blocks attend to the last `window` positions only, with their own rope base;
+/// every `global_every`-th block (the last of each group) attends to the whole context with the model's rope.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlidingWindow {
+    pub window: u32,
+    pub global_every: u32,
+    pub local_rope_base: f32,
+}
+
+impl SlidingWindow {
+    /// Whether block `layer` attends locally.
+    pub fn is_local(&self, layer: usize) -> bool {
+        (layer + 1) % self.global_every as usize != 0
+    }
+}
+
 /// The tensor names one transformer block reads (from its own layer file).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BlockWeights {
@@ -105,6 +121,12 @@ pub struct BlockWeights {
     /// Q/K/V biases (qwen2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attn_qkv_bias: Option<[String; 3]>,
+    /// Per-head RMS norms of the queries and keys before RoPE (gemma3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_qk_norm: Option<[String; 2]>,
+    /// Norms of the attention and FFN outputs before their residual adds (gemma3's "sandwich" norms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_norms: Option<[String; 2]>,
 }
 
 impl BlockWeights {
@@ -123,6 +145,18 @@ impl BlockWeights {
             ffn_up: n("ffn_up"),
             ffn_down: n("ffn_down"),
             attn_qkv_bias: with_bias.then(|| [n("attn_q.bias"), n("attn_k.bias"), n("attn_v.bias")]),
+            attn_qk_norm: None,
+            post_norms: None,
+        }
+    }
+
+    /// [`BlockWeights::standard`] with gemma3's q/k norms and post norms.
+    pub fn gemma3(i: usize) -> BlockWeights {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        BlockWeights {
+            attn_qk_norm: Some([n("attn_q_norm"), n("attn_k_norm")]),
+            post_norms: Some([n("post_attention_norm"), n("post_ffw_norm")]),
+            ..BlockWeights::standard(i, false)
         }
     }
 
@@ -138,9 +172,9 @@ impl BlockWeights {
             &self.ffn_up,
             &self.ffn_down,
         ];
-        if let Some(b) = &self.attn_qkv_bias {
-            v.extend(b.iter());
-        }
+        v.extend(self.attn_qkv_bias.iter().flatten());
+        v.extend(self.attn_qk_norm.iter().flatten());
+        v.extend(self.post_norms.iter().flatten());
         v.into_iter().map(String::as_str).collect()
     }
 }
@@ -182,6 +216,8 @@ pub struct Transformer {
     pub head_file: String,
     pub tied_embeddings: bool,
     pub blocks: Vec<BlockWeights>,
+    /// `None`: every block attends to the whole context.
+    pub sliding_window: Option<SlidingWindow>,
 }
 
 /// Reads a typed field of a node's config, naming the node and field when it is missing or mistyped.
@@ -221,6 +257,7 @@ impl Transformer {
                     "num_attention_heads": self.n_heads, "num_key_value_heads": self.n_kv_heads,
                     "attention_head_size": self.head_dim, "norm": self.norm, "rope": self.rope,
                     "activation": self.activation, "context_length": self.context_length, "weights": b,
+                    "sliding_window": self.sliding_window,
                 }),
             });
             edges.push(Edge { from: prev, to: format!("{id}.input") });
@@ -302,6 +339,7 @@ impl Transformer {
                 "num_attention_heads",
                 "num_key_value_heads",
                 "attention_head_size",
+                "sliding_window",
             ] {
                 if n.config.get(key) != first.config.get(key) {
                     return Err(bad(format!(
@@ -331,6 +369,10 @@ impl Transformer {
             head_file: field(path, final_norm, "file")?,
             tied_embeddings: field(path, head, "tied_embeddings")?,
             blocks,
+            sliding_window: match first.config.get("sliding_window") {
+                None => None,
+                Some(_) => field(path, first, "sliding_window")?,
+            },
         };
         t.check().map_err(bad)?;
         Ok(t)
@@ -422,6 +464,17 @@ impl Transformer {
         if self.head_dim % 2 != 0 {
             return Err(format!("head dim {} is odd", self.head_dim));
         }
+        if let Some(w) = &self.sliding_window {
+            if w.window == 0 || w.window as u64 > MAX_CONTEXT || w.global_every == 0 {
+                return Err(format!(
+                    "sliding window {} every {} must be positive and at most {MAX_CONTEXT}",
+                    w.window, w.global_every
+                ));
+            }
+            if !(w.local_rope_base.is_finite() && w.local_rope_base > 1.0) {
+                return Err(format!("local rope base {} must be a finite number above 1", w.local_rope_base));
+            }
+        }
         Ok(())
     }
 
@@ -447,6 +500,12 @@ impl Transformer {
                 v.push((bq.clone(), vec![q]));
                 v.push((bk.clone(), vec![kv]));
                 v.push((bv.clone(), vec![kv]));
+            }
+            for name in b.attn_qk_norm.iter().flatten() {
+                v.push((name.clone(), vec![hd]));
+            }
+            for name in b.post_norms.iter().flatten() {
+                v.push((name.clone(), vec![d]));
             }
         }
         v

@@ -4,4 +4,6 @@
 
 mod config;
 
-pub use config::{limits, Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer};
+pub use config::{
+    limits, Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, SlidingWindow, Transformer,
+};

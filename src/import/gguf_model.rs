@@ -1,15 +1,15 @@
-//! A GGUF llama (also Mistral, which llama.cpp writes as llama) or qwen2 file as a [`SourceModel`]: the
+//! A GGUF llama (also Mistral, which llama.cpp writes as llama), qwen2 or gemma3 file as a [`SourceModel`]: the
 //! hyper-parameters from the `{arch}.*` keys, the tokenizer from `tokenizer.ggml.*`, the tensors renamed to
 //! omex's names (GGUF's without the `.weight` suffix) and their ggml dims reversed to `[rows, cols]`.
 //!
 //! RoPE: llama.cpp's converter permutes llama's Q and K rows so that the rotated pairs are adjacent, so a
-//! GGUF llama uses [`RopeStyle::Interleaved`]; qwen2 is not permuted and uses [`RopeStyle::Half`].
+//! GGUF llama uses [`RopeStyle::Interleaved`]; qwen2 and gemma3 are not permuted and use [`RopeStyle::Half`].
 
 use super::gguf::{GgufFile, Value};
 use super::{dims_u32, Loc, SourceModel, SourceTensor, Store, TokenizerSource};
 use crate::error::{Error, Result};
 use crate::graph::limits;
-use crate::graph::{Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer};
+use crate::graph::{Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, SlidingWindow, Transformer};
 use crate::quant::{dequant, GgmlType};
 use crate::tokenizer::GgufVocab;
 use std::path::Path;
@@ -18,8 +18,16 @@ use std::path::Path;
 const BLOCK_TENSORS: [&str; 9] =
     ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
 
-/// The omex name of a GGUF tensor, or `None` if a llama/qwen2 model has no such tensor.
-fn omex_name(gguf: &str, n_layers: u32) -> Option<String> {
+/// The per-block tensors gemma3 has besides those.
+const GEMMA3_TENSORS: [&str; 4] = ["attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm"];
+
+/// Gemma 3's local attention, which its GGUF does not spell out: llama.cpp's loader fixes five local blocks
+/// per global one and a local rope base of 10,000 (as the Hugging Face config does).
+const GEMMA3_GLOBAL_EVERY: u32 = 6;
+const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
+
+/// The omex name of a GGUF tensor, or `None` if a model of `arch` has no such tensor.
+fn omex_name(gguf: &str, arch: &str, n_layers: u32) -> Option<String> {
     match gguf {
         "token_embd.weight" => return Some("token_embd".into()),
         "output_norm.weight" => return Some("output_norm".into()),
@@ -30,7 +38,8 @@ fn omex_name(gguf: &str, n_layers: u32) -> Option<String> {
     let (i, rest) = rest.split_once('.')?;
     let layer: u32 = i.parse::<u32>().ok().filter(|&l| l < n_layers && i == l.to_string())?;
     if let Some(base) = rest.strip_suffix(".weight") {
-        return BLOCK_TENSORS.contains(&base).then(|| format!("blk.{layer}.{base}"));
+        let known = BLOCK_TENSORS.contains(&base) || (arch == "gemma3" && GEMMA3_TENSORS.contains(&base));
+        return known.then(|| format!("blk.{layer}.{base}"));
     }
     let base = rest.strip_suffix(".bias")?;
     ["attn_q", "attn_k", "attn_v"].contains(&base).then(|| format!("blk.{layer}.{base}.bias"))
@@ -41,10 +50,10 @@ pub fn open(path: &Path) -> Result<SourceModel> {
     let arch = file.req_str("general.architecture")?.to_string();
     let style = match arch.as_str() {
         "llama" => RopeStyle::Interleaved,
-        "qwen2" => RopeStyle::Half,
+        "qwen2" | "gemma3" => RopeStyle::Half,
         other => {
             return Err(Error::Unsupported(format!(
-                "{}: GGUF architecture {other:?} is not supported (omex converts llama, mistral and qwen2)",
+                "{}: GGUF architecture {other:?} is not supported (omex converts llama, mistral, qwen2 and gemma3)",
                 path.display()
             )))
         }
@@ -87,7 +96,7 @@ pub fn open(path: &Path) -> Result<SourceModel> {
             rope_freqs = Some(i);
             continue;
         }
-        let name = omex_name(&t.name, n_layers).ok_or_else(|| {
+        let name = omex_name(&t.name, &arch, n_layers).ok_or_else(|| {
             Error::Unsupported(format!(
                 "{}: tensor {:?} is not part of a {arch} model; omex cannot place it",
                 path.display(),
@@ -105,6 +114,13 @@ pub fn open(path: &Path) -> Result<SourceModel> {
     let vocab_size = embd.shape[0];
     let tied = !tensors.iter().any(|t| t.name == "output");
     let with_bias = tensors.iter().any(|t| t.name == "blk.0.attn_q.bias");
+    let gemma3 = arch == "gemma3";
+    let sliding_window = match (gemma3, file.opt_u32(&key("attention.sliding_window"))?) {
+        (true, Some(window)) => {
+            Some(SlidingWindow { window, global_every: GEMMA3_GLOBAL_EVERY, local_rope_base: GEMMA3_LOCAL_ROPE_BASE })
+        }
+        _ => None,
+    };
     let transformer = Transformer {
         architecture: arch.clone(),
         vocab_size,
@@ -116,14 +132,17 @@ pub fn open(path: &Path) -> Result<SourceModel> {
         context_length,
         norm: Norm::RmsNorm { eps },
         rope,
-        activation: Activation::Silu,
+        activation: if gemma3 { Activation::Gelu } else { Activation::Silu },
         token_embedding: "token_embd".into(),
         embedding_file: "embedding.bin".into(),
         output_norm: "output_norm".into(),
         output: if tied { "token_embd".into() } else { "output".into() },
         head_file: "head.bin".into(),
         tied_embeddings: tied,
-        blocks: (0..n_layers as usize).map(|i| BlockWeights::standard(i, with_bias)).collect(),
+        blocks: (0..n_layers as usize)
+            .map(|i| if gemma3 { BlockWeights::gemma3(i) } else { BlockWeights::standard(i, with_bias) })
+            .collect(),
+        sliding_window,
     };
     transformer.check().map_err(bad)?;
 
@@ -250,12 +269,12 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(omex_name("blk.3.attn_q.weight", 30).as_deref(), Some("blk.3.attn_q"));
-        assert_eq!(omex_name("blk.3.attn_k.bias", 30).as_deref(), Some("blk.3.attn_k.bias"));
-        assert_eq!(omex_name("blk.30.attn_q.weight", 30), None);
-        assert_eq!(omex_name("blk.03.attn_q.weight", 30), None);
-        assert_eq!(omex_name("blk.1.attn_norm.bias", 30), None);
-        assert_eq!(omex_name("token_embd.weight", 30).as_deref(), Some("token_embd"));
-        assert_eq!(omex_name("pos_embd.weight", 30), None);
+        assert_eq!(omex_name("blk.3.attn_q.weight", "llama", 30).as_deref(), Some("blk.3.attn_q"));
+        assert_eq!(omex_name("blk.3.attn_k.bias", "llama", 30).as_deref(), Some("blk.3.attn_k.bias"));
+        assert_eq!(omex_name("blk.30.attn_q.weight", "llama", 30), None);
+        assert_eq!(omex_name("blk.03.attn_q.weight", "llama", 30), None);
+        assert_eq!(omex_name("blk.1.attn_norm.bias", "llama", 30), None);
+        assert_eq!(omex_name("token_embd.weight", "llama", 30).as_deref(), Some("token_embd"));
+        assert_eq!(omex_name("pos_embd.weight", "llama", 30), None);
     }
 }

@@ -210,6 +210,7 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
         head_file: "head.bin".into(),
         tied_embeddings: tied,
         blocks: (0..n_layers as usize).map(|i| BlockWeights::standard(i, with_bias)).collect(),
+        sliding_window: None,
     };
     transformer.check().map_err(|e| Error::invalid(&cfg_path, e))?;
     let name = cfg.v.get("_name_or_path").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);

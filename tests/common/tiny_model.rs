@@ -143,6 +143,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, seed: u64) -> Transformer {
         head_file: "head.bin".into(),
         tied_embeddings: spec.tied,
         blocks,
+        sliding_window: None,
     };
     let json = |path: &Path, v: &dyn erased::Json| std::fs::write(path, v.json()).unwrap();
     json(&dir.join(GRAPH_FILE), &cfg.to_graph("tiny_graph"));

@@ -64,7 +64,46 @@ pub fn attention_with<E: KvElem>(
     scale: f32,
     out: &mut [f32],
 ) {
+    attention_window_with(isa, q, k, v, pos0, n_q, n_heads, n_kv_heads, head_dim, scale, None, out)
+}
+
+/// Sliding-window attention with the detected ISA; see [`attention_window_with`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_window<E: KvElem>(
+    q: &[f32],
+    k: &[E],
+    v: &[E],
+    pos0: usize,
+    n_q: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    window: Option<usize>,
+    out: &mut [f32],
+) {
+    attention_window_with(isa::detect(), q, k, v, pos0, n_q, n_heads, n_kv_heads, head_dim, scale, window, out)
+}
+
+/// [`attention_with`] where, with `Some(window)`, the query at position `p` attends to cache rows
+/// `p + 1 - window..=p` only (the last `window` positions, its own included).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_window_with<E: KvElem>(
+    isa: Isa,
+    q: &[f32],
+    k: &[E],
+    v: &[E],
+    pos0: usize,
+    n_q: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    window: Option<usize>,
+    out: &mut [f32],
+) {
     isa.check();
+    assert!(window != Some(0), "attention: a window of 0 positions");
     assert!(head_dim > 0 && n_kv_heads > 0, "attention: head_dim and n_kv_heads must be positive");
     assert!(n_heads % n_kv_heads == 0, "attention: n_heads = {n_heads} not a multiple of n_kv_heads = {n_kv_heads}");
     let qw = n_heads * head_dim;
@@ -83,11 +122,13 @@ pub fn attention_with<E: KvElem>(
     let min_len = (1usize << 16).div_ceil(unit_work).max(1);
     out.par_chunks_mut(rep * head_dim).enumerate().with_min_len(min_len).for_each(|(u, o)| {
         let (i, h) = (u / n_kv_heads, u % n_kv_heads);
-        let len = pos0 + i + 1;
+        let end = pos0 + i + 1;
+        let start = window.map_or(0, |w| end.saturating_sub(w));
+        let len = end - start;
         let qs = &q[i * qw + h * rep * head_dim..i * qw + (h + 1) * rep * head_dim];
         let mut scores = vec![0f32; rep * len];
         for j in 0..len {
-            let krow = &k[j * kvw + h * head_dim..j * kvw + (h + 1) * head_dim];
+            let krow = &k[(start + j) * kvw + h * head_dim..(start + j) * kvw + (h + 1) * head_dim];
             for r in 0..rep {
                 scores[r * len + j] = scale * E::dot(isa, &qs[r * head_dim..(r + 1) * head_dim], krow);
             }
@@ -97,7 +138,7 @@ pub fn attention_with<E: KvElem>(
         }
         o.fill(0.0);
         for j in 0..len {
-            let vrow = &v[j * kvw + h * head_dim..j * kvw + (h + 1) * head_dim];
+            let vrow = &v[(start + j) * kvw + h * head_dim..(start + j) * kvw + (h + 1) * head_dim];
             for r in 0..rep {
                 E::axpy(isa, scores[r * len + j], vrow, &mut o[r * head_dim..(r + 1) * head_dim]);
             }

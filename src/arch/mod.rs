@@ -1,0 +1,307 @@
+//! The op program: what a model computes, as a short list of typed ops per block over a few named buffers.
+//! One file per architecture builds it from the graph ([`program`]); each engine lowers it (the CPU engine
+//! onto `kernels-cpu`, the GPU engine into dispatch lists) and knows no architecture. Fusion is the
+//! lowering's business: the program says "norm, then these matrices, then add into the hidden state", and an
+//! engine may do that in one kernel or three.
+//!
+//! A block reads and writes these buffers, each `[tokens, width]` f32:
+//!
+//! | buffer | width | holds |
+//! |---|---|---|
+//! | `Hidden` | hidden | the residual stream |
+//! | `Qkv` | q + 2 kv | the fused q, k, v projections |
+//! | `Q` | q | the rotated queries ([`Op::RopeStore`] writes them; K and V go to the block's cache) |
+//! | `Attn` | q | the attention output |
+//! | `GateUp` | 2 ffn | gate and up projections |
+//! | `Act` | ffn | the gated activation |
+//! | `Out` | hidden | a block output before its residual add (post-norm architectures) |
+
+mod gemma3;
+mod llama;
+mod qwen2;
+
+use crate::error::{Error, Result};
+use crate::graph::{Activation, Norm, RopeStyle, Transformer};
+
+/// The buffers ops read and write; see the module table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Buf {
+    Hidden,
+    Qkv,
+    Q,
+    Attn,
+    GateUp,
+    Act,
+    Out,
+}
+
+impl Buf {
+    pub const ALL: [Buf; 7] = [Buf::Hidden, Buf::Qkv, Buf::Q, Buf::Attn, Buf::GateUp, Buf::Act, Buf::Out];
+}
+
+/// A normalisation over rows (or heads) with its weight (and, for LayerNorm, bias) tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NormOp {
+    pub kind: Norm,
+    pub weight: String,
+    pub bias: Option<String>,
+}
+
+impl NormOp {
+    pub fn eps(&self) -> f32 {
+        match self.kind {
+            Norm::RmsNorm { eps } | Norm::LayerNorm { eps } => eps,
+        }
+    }
+}
+
+/// One matrix of a [`Op::Linear`]: `rows` outputs of `cols` inputs, with an optional bias of `rows`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mat {
+    pub weight: String,
+    pub bias: Option<String>,
+    pub rows: u32,
+    pub cols: u32,
+}
+
+/// The first of q and k in the `Qkv` buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QkPart {
+    Q,
+    K,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// `output = [norm(input)] @ [m0 | m1 | ..]^T (+ biases)`, the matrices' outputs side by side in each row;
+    /// with `add`, added into `output` instead of stored (the residual).
+    Linear { input: Buf, norm: Option<NormOp>, mats: Vec<Mat>, output: Buf, add: bool },
+    /// A norm over each head of q or k in `Qkv`, in place (weight of `head_dim`).
+    HeadNorm { part: QkPart, norm: NormOp },
+    /// RoPE with table `rope` on q and k of `Qkv`: q into `Q`, k and v into this block's KV cache.
+    RopeStore { rope: usize },
+    /// Causal attention of `Q` over this block's cache into `Attn`; with a window, over the last `window`
+    /// positions only (the query's own included).
+    Attention { window: Option<u32> },
+    /// `Act = act(gate) * up` from `GateUp`.
+    Glu { act: Activation },
+    /// `buf = norm(buf)`.
+    Norm { buf: Buf, norm: NormOp },
+    /// `to += from`.
+    Add { from: Buf, to: Buf },
+}
+
+/// One block: the layer file its weights live in and its ops.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Block {
+    pub file: String,
+    pub ops: Vec<Op>,
+}
+
+/// A RoPE table: the frequencies of `dims` rotated dimensions per head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    pub inv_freq: Vec<f32>,
+    pub dims: u32,
+    pub style: RopeStyle,
+}
+
+/// Attention shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub n_heads: u32,
+    pub n_kv: u32,
+    pub head_dim: u32,
+}
+
+impl Heads {
+    pub fn q_dim(&self) -> u32 {
+        self.n_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> u32 {
+        self.n_kv * self.head_dim
+    }
+}
+
+/// A whole model: embedding, blocks, final norm and head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    pub architecture: String,
+    pub vocab: u32,
+    pub hidden: u32,
+    pub ffn: u32,
+    pub heads: Heads,
+    /// Scores are `attention_scale * q . k`.
+    pub attention_scale: f32,
+    /// The token embedding `[vocab, hidden]`, its rows multiplied by `embed_scale` when set.
+    pub embedding: String,
+    pub embed_scale: Option<f32>,
+    pub ropes: Vec<Rope>,
+    pub blocks: Vec<Block>,
+    pub final_norm: NormOp,
+    /// The head `[vocab, hidden]` (the embedding itself when tied).
+    pub head: String,
+}
+
+impl Program {
+    /// Values per token of `buf`.
+    pub fn width(&self, buf: Buf) -> u32 {
+        let h = self.heads;
+        match buf {
+            Buf::Hidden | Buf::Out => self.hidden,
+            Buf::Qkv => h.q_dim() + 2 * h.kv_dim(),
+            Buf::Q | Buf::Attn => h.q_dim(),
+            Buf::GateUp => 2 * self.ffn,
+            Buf::Act => self.ffn,
+        }
+    }
+
+    /// The buffers some op of the program touches.
+    pub fn buffers(&self) -> Vec<Buf> {
+        let mut used = vec![Buf::Hidden];
+        for op in self.blocks.iter().flat_map(|b| &b.ops) {
+            used.extend(match op {
+                Op::Linear { input, output, .. } => vec![*input, *output],
+                Op::HeadNorm { .. } => vec![Buf::Qkv],
+                Op::RopeStore { .. } => vec![Buf::Qkv, Buf::Q],
+                Op::Attention { .. } => vec![Buf::Q, Buf::Attn],
+                Op::Glu { .. } => vec![Buf::GateUp, Buf::Act],
+                Op::Norm { buf, .. } => vec![*buf],
+                Op::Add { from, to } => vec![*from, *to],
+            });
+        }
+        used.sort();
+        used.dedup();
+        used
+    }
+
+    /// Checks what every engine relies on: matrix shapes add up to the buffers they write, reads come after
+    /// writes within a block, and tables exist. `Err` names the block and op.
+    fn check(&self) -> std::result::Result<(), String> {
+        for (l, b) in self.blocks.iter().enumerate() {
+            let mut written = vec![Buf::Hidden];
+            for (i, op) in b.ops.iter().enumerate() {
+                let at = |what: String| format!("block {l}, op {i} ({op:?}): {what}");
+                let (reads, writes): (Vec<Buf>, Vec<Buf>) = match op {
+                    Op::Linear { input, norm: _, mats, output, add } => {
+                        let cols_ok = mats.iter().all(|m| m.cols == self.width(*input));
+                        let rows: u32 = mats.iter().map(|m| m.rows).sum();
+                        if mats.is_empty() || !cols_ok || rows != self.width(*output) {
+                            return Err(at(format!(
+                                "matrices do not map {:?} ({}) to {:?} ({})",
+                                input,
+                                self.width(*input),
+                                output,
+                                self.width(*output)
+                            )));
+                        }
+                        (if *add { vec![*input, *output] } else { vec![*input] }, vec![*output])
+                    }
+                    Op::HeadNorm { .. } => (vec![Buf::Qkv], vec![Buf::Qkv]),
+                    Op::RopeStore { rope } => {
+                        let r = self.ropes.get(*rope).ok_or_else(|| at("no such rope table".into()))?;
+                        if r.dims > self.heads.head_dim || r.dims % 2 != 0 {
+                            return Err(at(format!("rope dims {} for head dim {}", r.dims, self.heads.head_dim)));
+                        }
+                        (vec![Buf::Qkv], vec![Buf::Q])
+                    }
+                    Op::Attention { window } => {
+                        if *window == Some(0) {
+                            return Err(at("a window of 0 positions".into()));
+                        }
+                        (vec![Buf::Q], vec![Buf::Attn])
+                    }
+                    Op::Glu { .. } => (vec![Buf::GateUp], vec![Buf::Act]),
+                    Op::Norm { buf, .. } => (vec![*buf], vec![*buf]),
+                    Op::Add { from, to } => (vec![*from, *to], vec![*to]),
+                };
+                if let Some(r) = reads.iter().find(|r| !written.contains(r)) {
+                    return Err(at(format!("reads {r:?} before any op of the block writes it")));
+                }
+                written.extend(writes);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The op program of `t`, by its architecture.
+pub fn program(t: &Transformer) -> Result<Program> {
+    let p = match t.architecture.as_str() {
+        "llama" | "mistral" => llama::program(t),
+        "qwen2" => qwen2::program(t),
+        "gemma3" => gemma3::program(t),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "architecture {other:?}: omex runs llama, mistral, qwen2 and gemma3 graphs"
+            )))
+        }
+    }?;
+    p.check().map_err(|e| Error::Unsupported(format!("the {} op program is inconsistent: {e}", p.architecture)))?;
+    Ok(p)
+}
+
+/// The parts every architecture shares: shapes, the embedding, the final norm and the head.
+fn skeleton(t: &Transformer, ropes: Vec<Rope>, blocks: Vec<Block>) -> Program {
+    let heads = Heads { n_heads: t.n_heads, n_kv: t.n_kv_heads, head_dim: t.head_dim };
+    Program {
+        architecture: t.architecture.clone(),
+        vocab: t.vocab_size,
+        hidden: t.hidden_size,
+        ffn: t.intermediate_size,
+        heads,
+        attention_scale: 1.0 / (t.head_dim as f32).sqrt(),
+        embedding: t.token_embedding.clone(),
+        embed_scale: None,
+        ropes,
+        blocks,
+        final_norm: NormOp { kind: t.norm, weight: t.output_norm.clone(), bias: None },
+        head: t.output.clone(),
+    }
+}
+
+/// The model's own RoPE table.
+fn model_rope(t: &Transformer) -> Rope {
+    Rope { inv_freq: t.rope.inv_freq(), dims: t.rope.dims, style: t.rope.style }
+}
+
+fn norm(t: &Transformer, weight: &str) -> NormOp {
+    NormOp { kind: t.norm, weight: weight.to_string(), bias: None }
+}
+
+fn mat(weight: &str, bias: Option<&String>, rows: u32, cols: u32) -> Mat {
+    Mat { weight: weight.to_string(), bias: bias.cloned(), rows, cols }
+}
+
+/// `Qkv = norm(Hidden) @ [q | k | v]`, with the q, k, v biases when given.
+fn qkv_projection(t: &Transformer, b: &crate::graph::BlockWeights, bias: Option<&[String; 3]>) -> Op {
+    let (d, q, kv) = (t.hidden_size, t.n_heads * t.head_dim, t.n_kv_heads * t.head_dim);
+    let bias = |i: usize| bias.map(|b| &b[i]);
+    Op::Linear {
+        input: Buf::Hidden,
+        norm: Some(norm(t, &b.attn_norm)),
+        mats: vec![mat(&b.attn_q, bias(0), q, d), mat(&b.attn_k, bias(1), kv, d), mat(&b.attn_v, bias(2), kv, d)],
+        output: Buf::Qkv,
+        add: false,
+    }
+}
+
+/// `GateUp = norm(Hidden) @ [gate | up]`.
+fn gate_up_projection(t: &Transformer, b: &crate::graph::BlockWeights) -> Op {
+    let (d, f) = (t.hidden_size, t.intermediate_size);
+    Op::Linear {
+        input: Buf::Hidden,
+        norm: Some(norm(t, &b.ffn_norm)),
+        mats: vec![mat(&b.ffn_gate, None, f, d), mat(&b.ffn_up, None, f, d)],
+        output: Buf::GateUp,
+        add: false,
+    }
+}
+
+/// Refuses block tensors an architecture does not read, so that a graph is never run without part of itself.
+fn refuse_extra(t: &Transformer, what: &str, present: impl Fn(&crate::graph::BlockWeights) -> bool) -> Result<()> {
+    match t.blocks.iter().position(present) {
+        Some(l) => Err(Error::Unsupported(format!("{} graphs have no {what} (block {l} has)", t.architecture))),
+        None => Ok(()),
+    }
+}
