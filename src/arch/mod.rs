@@ -186,6 +186,9 @@ impl Program {
                     Op::Linear { input, norm: _, mats, output, add } => {
                         let cols_ok = mats.iter().all(|m| m.cols == self.width(*input));
                         let rows: u32 = mats.iter().map(|m| m.rows).sum();
+                        if input == output {
+                            return Err(at("reads and writes one buffer".into()));
+                        }
                         if mats.is_empty() || !cols_ok || rows != self.width(*output) {
                             return Err(at(format!(
                                 "matrices do not map {:?} ({}) to {:?} ({})",
@@ -213,6 +216,7 @@ impl Program {
                     }
                     Op::Glu { .. } => (vec![Buf::GateUp], vec![Buf::Act]),
                     Op::Norm { buf, .. } => (vec![*buf], vec![*buf]),
+                    Op::Add { from, to } if from == to => return Err(at("adds a buffer to itself".into())),
                     Op::Add { from, to } => (vec![*from, *to], vec![*to]),
                 };
                 if let Some(r) = reads.iter().find(|r| !written.contains(r)) {

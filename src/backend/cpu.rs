@@ -261,7 +261,7 @@ fn run_step(
                 RopeStyle::Interleaved => ops::RopeStyle::Interleaved,
                 RopeStyle::Half => ops::RopeStyle::Half,
             };
-            let [qkv, q] = s.bufs.get_disjoint_mut([Buf::Qkv as usize, Buf::Q as usize]).expect("distinct buffers");
+            let (qkv, q) = two_mut(&mut s.bufs, Buf::Qkv as usize, Buf::Q as usize);
             for (i, (row, qrow)) in qkv.chunks_exact_mut(qd + 2 * kvd).zip(q.chunks_exact_mut(qd)).enumerate() {
                 qrow.copy_from_slice(&row[..qd]);
                 rope_heads(qrow, nh, hd, r.dims as usize, pos + i, &r.inv_freq, style);
@@ -274,7 +274,7 @@ fn run_step(
             }
         }
         Step::Attention { window } => {
-            let [q, att] = s.bufs.get_disjoint_mut([Buf::Q as usize, Buf::Attn as usize]).expect("distinct buffers");
+            let (q, att) = two_mut(&mut s.bufs, Buf::Q as usize, Buf::Attn as usize);
             let scale = p.attention_scale;
             match kv {
                 KvCache::F32(layers) => {
@@ -289,8 +289,7 @@ fn run_step(
         }
         Step::Glu { act } => {
             let f = p.ffn as usize;
-            let [gu, out] =
-                s.bufs.get_disjoint_mut([Buf::GateUp as usize, Buf::Act as usize]).expect("distinct buffers");
+            let (gu, out) = two_mut(&mut s.bufs, Buf::GateUp as usize, Buf::Act as usize);
             for (g, o) in gu.chunks_exact(2 * f).zip(out.chunks_exact_mut(f)) {
                 let (gate, up) = g.split_at(f);
                 match act {
@@ -310,7 +309,7 @@ fn run_step(
             x.copy_from_slice(&s.normed);
         }
         Step::Add { from, to } => {
-            let [a, b] = s.bufs.get_disjoint_mut([*to as usize, *from as usize]).expect("distinct buffers");
+            let (a, b) = two_mut(&mut s.bufs, *to as usize, *from as usize);
             ops::add_assign(a, b);
         }
     }
@@ -351,6 +350,18 @@ fn linear(
             }
         }
         col += rows;
+    }
+}
+
+/// Two distinct buffers of the scratch, both writable.
+fn two_mut(bufs: &mut [Vec<f32>], a: usize, b: usize) -> (&mut Vec<f32>, &mut Vec<f32>) {
+    assert_ne!(a, b, "two_mut: one buffer twice");
+    if a < b {
+        let (lo, hi) = bufs.split_at_mut(b);
+        (&mut lo[a], &mut hi[0])
+    } else {
+        let (lo, hi) = bufs.split_at_mut(a);
+        (&mut hi[0], &mut lo[b])
     }
 }
 
