@@ -168,7 +168,7 @@ fn floor(c: &mut Criterion) {
     let n = 1usize << 24;
     let a = storage(&ctx, &vec![1.0; n]);
     let out = storage(&ctx, &vec![0.0; n]);
-    let add = pollster::block_on(misc::add(&ctx, 4096, (n / 4096) as u32, &st, &a, &a, &out)).unwrap();
+    let add = pollster::block_on(misc::add_assign(&ctx, 4096, (n / 4096) as u32, &st, &a, &out)).unwrap();
     // The copy engine's ceiling: a buffer-to-buffer copy of 64 MiB (read + write counted).
     g.throughput(Throughput::Bytes(2 * 4 * n as u64 * REPS as u64));
     g.bench_function("copy 64 MiB x20", |b| {
@@ -253,7 +253,7 @@ fn kernels(c: &mut Criterion) {
     for splits in [8u32, 32, 64] {
         let part = attention::partials(&ctx, h, splits).unwrap();
         let (p, cmb) =
-            pollster::block_on(attention::decode(&ctx, h, splits, 0.1, &st, &q, &kc, &vc, &part, &out)).unwrap();
+            pollster::block_on(attention::decode(&ctx, h, splits, 0.1, None, &st, &q, &kc, &vc, &part, &out)).unwrap();
         let list = [p, cmb];
         g.throughput(Throughput::Bytes(2 * 4 * (ctx_len * h.kv_dim()) as u64 * REPS as u64));
         g.bench_function(BenchmarkId::new("attention decode", format!("ctx {ctx_len} splits {splits}")), |b| {

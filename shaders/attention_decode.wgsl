@@ -7,7 +7,8 @@
 // `combine`: one workgroup per query head merges the partials of the splits that held keys into the attention
 // output.
 //
-// Scores are `scale * q . k` in f32, as in kernels-cpu's attention.
+// Scores are `scale * q . k` in f32, as in kernels-cpu's attention. With a window (p.window > 0) the keys are
+// the last `window` positions only, and the splits share those.
 
 struct Params {
     n_heads: u32,
@@ -15,7 +16,7 @@ struct Params {
     head_dim: u32,
     splits: u32,
     scale: f32,
-    _pad0: u32,
+    window: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -45,6 +46,11 @@ var<workgroup> alpha: array<f32, 16>;
 var<workgroup> run_m: array<f32, 16>;
 var<workgroup> run_l: array<f32, 16>;
 
+// The first key the query at st.pos attends.
+fn first_key() -> u32 {
+    return select(0u, st.pos + 1u - min(p.window, st.pos + 1u), p.window > 0u);
+}
+
 // Keys per split: the keys spread over the splits, in whole tiles.
 fn chunk_len(len: u32) -> u32 {
     let c = (len + p.splits - 1u) / p.splits;
@@ -58,9 +64,10 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let hd4 = HD4;
     let rep = p.n_heads / p.n_kv;
     let kvd4 = p.n_kv * hd4;
+    let first = first_key();
     let len = st.pos + 1u;
-    let chunk = chunk_len(len);
-    let start = s * chunk;
+    let chunk = chunk_len(len - first);
+    let start = first + s * chunk;
     let end = min(start + chunk, len);
     let width = rep * hd4;
     for (var e = tid; e < width; e += TILE) {
@@ -152,9 +159,9 @@ fn combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let hd = p.head_dim;
     let row = hd + 2u;
     // Only the splits that held keys (the others wrote max -inf, sum 0).
-    let len = st.pos + 1u;
-    let chunk = chunk_len(len);
-    let used = min(p.splits, (len + chunk - 1u) / chunk);
+    let keys = st.pos + 1u - first_key();
+    let chunk = chunk_len(keys);
+    let used = min(p.splits, (keys + chunk - 1u) / chunk);
     var m = NEG;
     for (var s = 0u; s < used; s++) {
         m = max(m, part_in[(s * p.n_heads + qh) * row + hd]);

@@ -7,7 +7,8 @@
 // The K and V rows of a tile of KT keys go to shared memory once for the block's 16 queries; a lane scores
 // its KT / S keys of the tile, rescales its output once per tile and accumulates the probabilities times V.
 // At the end the S lanes of a query merge their (max, sum, output) through shared memory.
-// Query i attends keys 0 ..= st.pos + i. Scores are `scale * q . k` in f32, as in kernels-cpu's attention.
+// Query i attends keys 0 ..= st.pos + i (with a window, p.window > 0, only the last `window` of them). Scores
+// are `scale * q . k` in f32, as in kernels-cpu's attention.
 
 struct Params {
     n_heads: u32,
@@ -15,7 +16,7 @@ struct Params {
     head_dim: u32,
     _pad0: u32,
     scale: f32,
-    _pad1: u32,
+    window: u32,
     _pad2: u32,
     _pad3: u32,
 }
@@ -69,9 +70,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     }
     var m = NEG;
     var l = 0.0;
-    // Keys up to the block's last query (exclusive bound).
+    // Keys up to the block's last query (exclusive bound), from the first its first query sees.
     let kend = pos0 + min(q0 + BQ, n);
-    for (var k0 = 0u; k0 < kend; k0 += kt) {
+    let first = pos0 + q0 + 1u;
+    let kstart = select(0u, first - min(p.window, first), p.window > 0u);
+    // The first key this lane's query sees.
+    let my_first = select(0u, my_pos + 1u - min(p.window, my_pos + 1u), p.window > 0u);
+    for (var k0 = kstart; k0 < kend; k0 += kt) {
         for (var e = tid; e < kt * HD4; e += 64u) {
             let key = k0 + e / HD4;
             let at = min(key, kend - 1u) * kvd4 + kvh * HD4 + e % HD4;
@@ -89,7 +94,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
             for (var d = 0u; d < HD4; d++) {
                 d4 += qr[d] * kv[kk * HD4 + d];
             }
-            let v = select(NEG, p.scale * (d4.x + d4.y + d4.z + d4.w), k0 + kk <= my_pos);
+            let v = select(NEG, p.scale * (d4.x + d4.y + d4.z + d4.w), k0 + kk <= my_pos && k0 + kk >= my_first);
             sc[j] = v;
             mt = max(mt, v);
         }

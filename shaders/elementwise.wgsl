@@ -1,8 +1,9 @@
 // Element-wise ops over `rows` rows of `len` values (rows = st.n, the chunk's tokens, when p.rows is 0); thread
 // (x, y) = (value, row).
-// `add`: out = a + b (the residual add where no matvec fuses it).
 // `silu_mul`: SwiGLU, out[t, c] = silu(g) * u with g = a[t * stride + c], u = a[t * stride + up + c]: the fused
 // gate|up projection of a prefill chunk (the decode matvec fuses SwiGLU itself).
+// `gelu_mul`: GeGLU the same way, with GELU's tanh approximation (as kernels-cpu's gelu).
+// `add_assign`: out += b (a residual add no product's epilogue took; `a` is not read).
 
 struct Params {
     len: u32,
@@ -29,18 +30,29 @@ fn in_range(gid: vec3<u32>) -> bool {
 }
 
 @compute @workgroup_size(64)
-fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if in_range(gid) {
-        let i = gid.y * p.len + gid.x;
-        out[i] = a[i] + b[i];
-    }
-}
-
-@compute @workgroup_size(64)
 fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
     if in_range(gid) {
         let g = a[gid.y * p.stride + gid.x];
         let u = a[gid.y * p.stride + p.up + gid.x];
         out[gid.y * p.len + gid.x] = g / (1.0 + exp(-g)) * u;
+    }
+}
+
+@compute @workgroup_size(64)
+fn gelu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if in_range(gid) {
+        let g = a[gid.y * p.stride + gid.x];
+        let u = a[gid.y * p.stride + p.up + gid.x];
+        // x * (1 + tanh(k)) / 2 = x / (1 + exp(-2k)); the clamp keeps exp finite for very negative x.
+        let k = 0.7978846 * (g + 0.044715 * g * g * g);
+        out[gid.y * p.len + gid.x] = g / (1.0 + exp(min(-2.0 * k, 80.0))) * u;
+    }
+}
+
+@compute @workgroup_size(64)
+fn add_assign(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if in_range(gid) {
+        let i = gid.y * p.len + gid.x;
+        out[i] += b[i];
     }
 }

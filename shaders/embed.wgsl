@@ -8,6 +8,11 @@ struct Params {
     q: u32,
     s: u32,
     m: u32,
+    // Every value is multiplied by it (gemma3 scales its embedding by sqrt(hidden)).
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct Step {
@@ -28,5 +33,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if c >= p.cols || t >= st.n {
         return;
     }
-    out[t * p.cols + c] = dequant(LAYOUT, p.q, p.s, p.m, ids[t] * p.cols + c);
+    out[t * p.cols + c] = p.scale * dequant(LAYOUT, p.q, p.s, p.m, ids[t] * p.cols + c);
 }

@@ -1,24 +1,40 @@
-// RMS norm, one workgroup per row: out = x / sqrt(mean(x^2) + eps) * weight, as kernels-cpu's rmsnorm.
-// (The engine fuses the norm into the following matvec / matmul; this standalone kernel serves the rest.)
+// RMS norm in place over groups of `cols` values: for each of the chunk's st.n tokens, groups g = 0..groups
+// starting at `t * stride + offset + g * cols` of x. One workgroup per (group, token). The whole row of a
+// buffer (groups 1) or each query or key head of the fused qkv rows (gemma3's q/k norms) are such groups.
+// out = x / sqrt(mean(x^2) + eps) * weight, as kernels-cpu's rmsnorm. (A norm before a matrix product is fused
+// into the product's kernel; this one serves the norms that are not.)
 
 struct Params {
     cols: u32,
-    rows: u32,
+    groups: u32,
+    stride: u32,
+    offset: u32,
+    // Word offset of the weight in its binding.
+    w_off: u32,
     eps: f32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct Step {
+    n: u32,
+    pos: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> st: Step;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> x: array<f32>;
 
 var<workgroup> red: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let row = wg.x;
-    let base = row * p.cols;
+    let t = wg.y;
+    if t >= st.n {
+        return;
+    }
+    let base = t * p.stride + p.offset + wg.x * p.cols;
     var ss = 0.0;
     for (var c = tid; c < p.cols; c += 64u) {
         let v = x[base + c];
@@ -34,6 +50,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     }
     let r = 1.0 / sqrt(red[0] / f32(p.cols) + p.eps);
     for (var c = tid; c < p.cols; c += 64u) {
-        out[base + c] = x[base + c] * r * weight[c];
+        x[base + c] = x[base + c] * r * weight[p.w_off + c];
     }
 }

@@ -34,10 +34,12 @@ both!(
     matmul_every_layout,
     matmul_fused,
     rmsnorm_rows,
+    rmsnorm_heads,
     rope_both_styles,
     attention_decode,
     attention_prefill,
     silu_mul_and_add,
+    gelu_mul,
     embed_every_layout,
     argmax_ties_and_nans,
     sample_matches_the_reference,
@@ -460,6 +462,33 @@ fn rope_both_styles(b: &dyn Ops) {
     }
 }
 
+/// The q and k heads of fused qkv rows normed in place, each by the same `head_dim` weight (gemma3), the
+/// v part untouched; 3 token rows, the norm applied to the first 2.
+fn rmsnorm_heads(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0015);
+    for (nh, nkv, hd) in [(4, 1, 256), (3, 3, 40), (2, 1, 12)] {
+        let stride = (nh + 2 * nkv) * hd;
+        let x = rng.vec(3 * stride, -2.0, 2.0);
+        let w = rng.vec(hd, 0.5, 1.5);
+        for (offset, groups) in [(0, nh), (nh * hd, nkv)] {
+            let at = omex::backend::gpu::ops::misc::NormGroups {
+                cols: hd as u32,
+                groups: groups as u32,
+                stride: stride as u32,
+                offset: offset as u32,
+            };
+            let mut want = x.clone();
+            for row in want.chunks_exact_mut(stride).take(2) {
+                let part = &mut row[offset..offset + groups * hd];
+                let normed = rms_ref(part, &w, 1e-6);
+                part.iter_mut().zip(normed).for_each(|(v, r)| *v = r as f32);
+            }
+            let what = format!("head norm {nh}/{nkv}x{hd} at {offset}");
+            check(b, &what, &b.rmsnorm_groups(&x, &w, 1e-6, at, 2), &want, 1e-5);
+        }
+    }
+}
+
 fn attention_ref(c: &AttnCase) -> Vec<f32> {
     let (nh, nkv, hd) = (c.heads.n_heads as usize, c.heads.n_kv as usize, c.heads.head_dim as usize);
     let (qd, kvd) = (nh * hd, nkv * hd);
@@ -469,10 +498,15 @@ fn attention_ref(c: &AttnCase) -> Vec<f32> {
             let kvh = h / (nh / nkv);
             let q = &c.q[i * qd + h * hd..i * qd + (h + 1) * hd];
             let len = c.pos0 + i + 1;
+            // Keys before the window weigh nothing.
+            let first = c.window.map_or(0, |w| len.saturating_sub(w as usize));
             let s: Vec<f64> = (0..len)
-                .map(|j| {
-                    c.scale as f64
-                        * q.iter().zip(&c.k[j * kvd + kvh * hd..]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                .map(|j| match j < first {
+                    true => f64::NEG_INFINITY,
+                    false => {
+                        c.scale as f64
+                            * q.iter().zip(&c.k[j * kvd + kvh * hd..]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                    }
                 })
                 .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -487,7 +521,7 @@ fn attention_ref(c: &AttnCase) -> Vec<f32> {
     out
 }
 
-fn attn_case(rng: &mut Rng, heads: Heads, pos0: usize, n: usize) -> AttnCase {
+fn attn_case(rng: &mut Rng, heads: Heads, pos0: usize, n: usize, window: Option<u32>) -> AttnCase {
     let ctx = pos0 + n + 3;
     let (qd, kvd) = (heads.q_dim() as usize, heads.kv_dim() as usize);
     AttnCase {
@@ -498,6 +532,7 @@ fn attn_case(rng: &mut Rng, heads: Heads, pos0: usize, n: usize) -> AttnCase {
         pos0,
         n,
         scale: 1.0 / (heads.head_dim as f32).sqrt() * 2.0,
+        window,
     }
 }
 
@@ -518,7 +553,15 @@ fn rope_ref(x: &[f32], hd: usize, dims: usize, half: bool, pos: usize, inv_freq:
 
 /// The token at `pos` over caches whose earlier rows hold keys rotated at their own positions; row `pos` and
 /// the rows after it are NaN, so a missing store or a read past `pos` shows.
-fn decode_case(rng: &mut Rng, heads: Heads, dims: usize, half: bool, pos: usize, splits: u32) -> DecodeCase {
+fn decode_case(
+    rng: &mut Rng,
+    heads: Heads,
+    dims: usize,
+    half: bool,
+    pos: usize,
+    splits: u32,
+    window: Option<u32>,
+) -> DecodeCase {
     let ctx = pos + 4;
     let (qd, kvd, hd) = (heads.q_dim() as usize, heads.kv_dim() as usize, heads.head_dim as usize);
     let inv_freq: Vec<f32> = (0..dims / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / dims as f32)).collect();
@@ -531,7 +574,7 @@ fn decode_case(rng: &mut Rng, heads: Heads, dims: usize, half: bool, pos: usize,
     }
     let qkv = rng.vec(qd + 2 * kvd, -1.0, 1.0);
     let scale = 1.0 / (hd as f32).sqrt() * 2.0;
-    DecodeCase { heads, dims, half, inv_freq, qkv, k, v, pos, scale, splits }
+    DecodeCase { heads, dims, half, inv_freq, qkv, k, v, pos, scale, splits, window }
 }
 
 /// (output, K cache, V cache): rope, the store at `pos` and attention, each from its formula.
@@ -541,7 +584,8 @@ fn decode_ref(c: &DecodeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (mut k, mut v) = (c.k.clone(), c.v.clone());
     k[c.pos * kvd..(c.pos + 1) * kvd].copy_from_slice(&rot(&c.qkv[qd..qd + kvd]));
     v[c.pos * kvd..(c.pos + 1) * kvd].copy_from_slice(&c.qkv[qd + kvd..]);
-    let a = AttnCase { heads: c.heads, q: rot(&c.qkv[..qd]), k, v, pos0: c.pos, n: 1, scale: c.scale };
+    let a =
+        AttnCase { heads: c.heads, q: rot(&c.qkv[..qd]), k, v, pos0: c.pos, n: 1, scale: c.scale, window: c.window };
     (attention_ref(&a), a.k, a.v)
 }
 
@@ -562,10 +606,13 @@ fn attention_decode(b: &dyn Ops) {
     for half in [false, true] {
         for (heads, dims) in shapes {
             for (pos, splits) in steps {
-                let c = decode_case(&mut rng, heads, dims, half, pos, splits);
+                // A window of 70 keys: all of them early on, then fewer than the position, across split edges.
+                let window = (!half && pos > 0).then_some(70);
+                let c = decode_case(&mut rng, heads, dims, half, pos, splits, window);
                 let (want, want_k, want_v) = decode_ref(&c);
                 let (out, k, v) = b.decode_attention(&c);
-                let what = format!("decode attention {heads:?} dims={dims} half={half} pos={pos} splits={splits}");
+                let what =
+                    format!("decode attention {heads:?} dims={dims} half={half} pos={pos} splits={splits} {window:?}");
                 check(b, &what, &out, &want, 1e-5);
                 let row = pos * heads.kv_dim() as usize..(pos + 1) * heads.kv_dim() as usize;
                 check(b, &format!("{what}: k stored"), &k[row.clone()], &want_k[row.clone()], 1e-6);
@@ -594,9 +641,11 @@ fn attention_prefill(b: &dyn Ops) {
     ];
     for heads in shapes {
         for (pos0, n) in [(0, 13), (5, 9), (0, 1), (17, 3), (30, 41)] {
-            let c = attn_case(&mut rng, heads, pos0, n);
-            let what = format!("prefill attention {heads:?} pos={pos0} n={n}");
-            check(b, &what, &b.attention(&c), &attention_ref(&c), 1e-5);
+            for window in [None, Some(1), Some(7), Some(40)] {
+                let c = attn_case(&mut rng, heads, pos0, n, window);
+                let what = format!("prefill attention {heads:?} pos={pos0} n={n} window={window:?}");
+                check(b, &what, &b.attention(&c), &attention_ref(&c), 1e-5);
+            }
         }
     }
 }
@@ -609,6 +658,14 @@ fn silu_mul_and_add(b: &dyn Ops) {
     let (x, y) = (rng.vec(131, -1.0, 1.0), rng.vec(131, -1.0, 1.0));
     let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
     check(b, "add", &b.add(&x, &y), &want, 0.0);
+}
+
+fn gelu_mul(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0016);
+    let (g, u) = (rng.vec(70, -12.0, 12.0), rng.vec(70, -2.0, 2.0));
+    let gelu = |x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+    let want: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| (gelu(g as f64) * u as f64) as f32).collect();
+    check(b, "gelu_mul", &b.gelu_mul(&g, &u), &want, 1e-5);
 }
 
 fn embed_every_layout(b: &dyn Ops) {

@@ -44,6 +44,8 @@ pub struct AttnCase {
     pub pos0: usize,
     pub n: usize,
     pub scale: f32,
+    /// Attend to the last `window` positions only.
+    pub window: Option<u32>,
 }
 
 /// Decode attention as the engine runs it: the one token at `pos` arrives as its fused projection row
@@ -62,6 +64,7 @@ pub struct DecodeCase {
     pub scale: f32,
     /// GPU: the workgroups per KV head of the split kernel.
     pub splits: u32,
+    pub window: Option<u32>,
 }
 
 pub struct RopeCase {
@@ -79,6 +82,8 @@ pub trait Ops {
     fn name(&self) -> &'static str;
     fn linear(&self, c: &LinearCase) -> Vec<f32>;
     fn rmsnorm(&self, x: &[f32], w: &[f32], eps: f32) -> Vec<f32>;
+    /// RMS norm in place of `at`'s groups of each of the `n` token rows of `x` (gemma3's q/k head norms).
+    fn rmsnorm_groups(&self, x: &[f32], w: &[f32], eps: f32, at: misc::NormGroups, n: usize) -> Vec<f32>;
     /// (rotated q `[n, q_dim]`, K cache, V cache `[ctx, kv_dim]`; rows outside `pos0..pos0 + n` are zero).
     fn rope_store(&self, c: &RopeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>);
     /// GPU: the prefill kernel.
@@ -86,6 +91,7 @@ pub trait Ops {
     /// (attention output `[q_dim]`, K cache, V cache after the step).
     fn decode_attention(&self, c: &DecodeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>);
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32>;
+    fn gelu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32>;
     fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32>;
     fn embed(&self, e: &OwnedMatrix, ids: &[u32]) -> Vec<f32>;
     fn argmax(&self, x: &[f32]) -> u32;
@@ -183,6 +189,18 @@ impl Ops for Cpu {
         out
     }
 
+    fn rmsnorm_groups(&self, x: &[f32], w: &[f32], eps: f32, at: misc::NormGroups, n: usize) -> Vec<f32> {
+        let mut out = x.to_vec();
+        let (cols, stride, offset) = (at.cols as usize, at.stride as usize, at.offset as usize);
+        for row in out.chunks_exact_mut(stride).take(n) {
+            for g in row[offset..offset + at.groups as usize * cols].chunks_exact_mut(cols) {
+                let src = g.to_vec();
+                ops::rmsnorm(&src, w, eps, g);
+            }
+        }
+        out
+    }
+
     fn rope_store(&self, c: &RopeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (qd, kvd, hd) = (c.heads.q_dim() as usize, c.heads.kv_dim() as usize, c.heads.head_dim as usize);
         let stride = qd + 2 * kvd;
@@ -208,7 +226,8 @@ impl Ops for Cpu {
         let h = c.heads;
         let mut out = vec![0f32; c.n * h.q_dim() as usize];
         let (nh, nkv, hd) = (h.n_heads as usize, h.n_kv as usize, h.head_dim as usize);
-        kernels_cpu::attention(&c.q, &c.k, &c.v, c.pos0, c.n, nh, nkv, hd, c.scale, &mut out);
+        let window = c.window.map(|w| w as usize);
+        kernels_cpu::attention_window(&c.q, &c.k, &c.v, c.pos0, c.n, nh, nkv, hd, c.scale, window, &mut out);
         out
     }
 
@@ -227,13 +246,21 @@ impl Ops for Cpu {
         vc[c.pos * kvd..(c.pos + 1) * kvd].copy_from_slice(&c.qkv[qd + kvd..]);
         let mut out = vec![0f32; qd];
         let (nh, nkv) = (h.n_heads as usize, h.n_kv as usize);
-        kernels_cpu::attention(&q, &kc, &vc, c.pos, 1, nh, nkv, hd, c.scale, &mut out);
+        let window = c.window.map(|w| w as usize);
+        kernels_cpu::attention_window(&q, &kc, &vc, c.pos, 1, nh, nkv, hd, c.scale, window, &mut out);
         (out, kc, vc)
     }
 
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; gate.len()];
         ops::silu_mul(gate, up, &mut out);
+        out
+    }
+
+    fn gelu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
+        let mut out = gate.to_vec();
+        ops::gelu(&mut out);
+        out.iter_mut().zip(up).for_each(|(o, &u)| *o *= u);
         out
     }
 
@@ -310,6 +337,28 @@ fn dtype(m: &Matrix) -> omex::format::DType {
 }
 
 impl Gpu {
+    /// Rows of 7 values, gate and up side by side in one buffer as the fused projection writes them.
+    fn glu(&self, gate: &[f32], up: &[f32], gelu: bool) -> Vec<f32> {
+        let ctx = self.0;
+        let len = 7.min(gate.len());
+        let rows = gate.len() / len;
+        let mut gu = Vec::new();
+        for (g, u) in gate.chunks_exact(len).zip(up.chunks_exact(len)) {
+            gu.extend_from_slice(g);
+            gu.extend_from_slice(u);
+        }
+        let (gub, out) = (upload_f32(ctx, &gu), poisoned(ctx, gate.len()));
+        let st = step(ctx, rows as u32, 0);
+        let (len, stride) = (len as u32, 2 * len as u32);
+        let d = match gelu {
+            false => pollster::block_on(misc::silu_mul(ctx, len, 0, stride, len, &st, &gub, &out)),
+            true => pollster::block_on(misc::gelu_mul(ctx, len, 0, stride, len, &st, &gub, &out)),
+        };
+        let d = d.unwrap();
+        self.run(&[&d], rows as u32);
+        self.read(&out, gate.len())
+    }
+
     fn run(&self, dispatches: &[&Dispatch], n: u32) {
         let mut enc = self.0.encoder();
         {
@@ -414,12 +463,21 @@ impl Ops for Gpu {
     }
 
     fn rmsnorm(&self, x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+        let cols = w.len() as u32;
+        self.rmsnorm_groups(x, w, eps, misc::NormGroups { cols, groups: 1, stride: cols, offset: 0 }, x.len() / w.len())
+    }
+
+    fn rmsnorm_groups(&self, x: &[f32], w: &[f32], eps: f32, at: misc::NormGroups, n: usize) -> Vec<f32> {
         let ctx = self.0;
-        let (xb, wb, out) = (upload_f32(ctx, x), upload_f32(ctx, w), poisoned(ctx, x.len()));
-        let rows = (x.len() / w.len()) as u32;
-        let d = pollster::block_on(misc::rmsnorm(ctx, w.len() as u32, rows, eps, &xb, &wb, &out)).unwrap();
-        self.run(&[&d], 1);
-        self.read(&out, x.len())
+        // The weight 256 bytes into its buffer, as a norm weight sits inside a layer file.
+        let mut words = vec![f32::NAN; 64];
+        words.extend_from_slice(w);
+        let (xb, wb) = (upload_f32(ctx, x), upload_f32(ctx, &words));
+        let region = Region::covering(&wb, &[(256, 4 * w.len() as u64)]);
+        let st = step(ctx, n as u32, 0);
+        let d = pollster::block_on(misc::rmsnorm(ctx, at, eps, &st, region, 256, &xb)).unwrap();
+        self.run(&[&d], n as u32);
+        self.read(&xb, x.len())
     }
 
     fn rope_store(&self, c: &RopeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -443,7 +501,7 @@ impl Ops for Gpu {
         let (q, k, v) = (upload_f32(ctx, &c.q), upload_f32(ctx, &c.k), upload_f32(ctx, &c.v));
         let out = poisoned(ctx, c.q.len());
         let st = step(ctx, c.n as u32, c.pos0 as u32);
-        let d = pollster::block_on(attention::prefill(ctx, c.heads, c.scale, &st, &q, &k, &v, &out)).unwrap();
+        let d = pollster::block_on(attention::prefill(ctx, c.heads, c.scale, c.window, &st, &q, &k, &v, &out)).unwrap();
         self.run(&[&d], c.n as u32);
         self.read(&out, c.q.len())
     }
@@ -459,45 +517,35 @@ impl Ops for Gpu {
         let part = attention::partials(ctx, h, c.splits).unwrap();
         let r = misc::rope_store(ctx, h, c.dims as u32, c.half, &st, &qkv, &cos_sin, &q, &k, &v);
         let r = pollster::block_on(r).unwrap();
-        let (a, b) =
-            pollster::block_on(attention::decode(ctx, h, c.splits, c.scale, &st, &q, &k, &v, &part, &out)).unwrap();
+        let d = attention::decode(ctx, h, c.splits, c.scale, c.window, &st, &q, &k, &v, &part, &out);
+        let (a, b) = pollster::block_on(d).unwrap();
         self.run(&[&r, &a, &b], 1);
         (self.read(&out, qd), self.read(&k, c.k.len()), self.read(&v, c.v.len()))
     }
 
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
-        // Rows of 7 values, gate and up side by side in one buffer as the fused projection writes them.
-        let ctx = self.0;
-        let len = 7.min(gate.len());
-        let rows = gate.len() / len;
-        let mut gu = Vec::new();
-        for (g, u) in gate.chunks_exact(len).zip(up.chunks_exact(len)) {
-            gu.extend_from_slice(g);
-            gu.extend_from_slice(u);
-        }
-        let (gub, out) = (upload_f32(ctx, &gu), poisoned(ctx, gate.len()));
-        let st = step(ctx, rows as u32, 0);
-        let d = pollster::block_on(misc::silu_mul(ctx, len as u32, 0, 2 * len as u32, len as u32, &st, &gub, &out))
-            .unwrap();
-        self.run(&[&d], rows as u32);
-        self.read(&out, gate.len())
+        self.glu(gate, up, false)
+    }
+
+    fn gelu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
+        self.glu(gate, up, true)
     }
 
     fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32> {
+        // `out += b` in place, on a buffer that holds `a`.
         let ctx = self.0;
-        let (ab, bb, out) = (upload_f32(ctx, a), upload_f32(ctx, b), poisoned(ctx, a.len()));
+        let (bb, out) = (upload_f32(ctx, b), upload_f32(ctx, a));
         let st = step(ctx, 1, 0);
-        let d = pollster::block_on(misc::add(ctx, a.len() as u32, 1, &st, &ab, &bb, &out)).unwrap();
+        let d = pollster::block_on(misc::add_assign(ctx, a.len() as u32, 1, &st, &bb, &out)).unwrap();
         self.run(&[&d], 1);
         self.read(&out, a.len())
     }
-
     fn embed(&self, e: &OwnedMatrix, ids: &[u32]) -> Vec<f32> {
         let ctx = self.0;
         let m = GpuMatrix::upload(ctx, "embedding", &e.matrix(), 512).unwrap();
         let (idb, out) = (upload_u32(ctx, ids), poisoned(ctx, ids.len() * e.cols));
         let st = step(ctx, ids.len() as u32, 0);
-        let d = pollster::block_on(misc::embed(ctx, &m, &st, &idb, &out)).unwrap();
+        let d = pollster::block_on(misc::embed(ctx, &m, 1.0, &st, &idb, &out)).unwrap();
         self.run(&[&d], ids.len() as u32);
         self.read(&out, ids.len() * e.cols)
     }

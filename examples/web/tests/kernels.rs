@@ -14,7 +14,7 @@ use omex::backend::gpu::buffers::{GpuBuffer, Purpose};
 use omex::backend::gpu::ops::misc::{self, Heads};
 use omex::backend::gpu::ops::{attention, Linear, Mat, MatvecKernel, Output};
 use omex::backend::gpu::weights::GpuMatrix;
-use omex::backend::gpu::{DeviceOptions, GpuContext};
+use omex::backend::gpu::{DeviceOptions, GpuContext, Region};
 use std::rc::Rc;
 use wasm_bindgen_test::*;
 
@@ -89,10 +89,11 @@ async fn rmsnorm_matches_kernels_cpu() {
     let mut rng = Rng(0x5eed_0101);
     for (rows, cols) in [(1usize, 576usize), (3, 100), (2, 1537)] {
         let (x, w) = (rng.vec(rows * cols, -2.0, 2.0), rng.vec(cols, 0.5, 1.5));
-        let (xb, wb, out) = (upload_f32(&ctx, &x), upload_f32(&ctx, &w), poisoned(&ctx, x.len()));
-        let d = misc::rmsnorm(&ctx, cols as u32, rows as u32, 1e-5, &xb, &wb, &out).await.unwrap();
-        ctx.run(&[d], 1);
-        let got = ctx.read_f32(&out, 0, x.len()).await.unwrap();
+        let (xb, wb, st) = (upload_f32(&ctx, &x), upload_f32(&ctx, &w), step(&ctx, rows as u32, 0));
+        let at = misc::NormGroups { cols: cols as u32, groups: 1, stride: cols as u32, offset: 0 };
+        let d = misc::rmsnorm(&ctx, at, 1e-5, &st, Region::whole(&wb), 0, &xb).await.unwrap();
+        ctx.run(&[d], rows as u32);
+        let got = ctx.read_f32(&xb, 0, x.len()).await.unwrap();
         let mut want = vec![0f32; x.len()];
         for (xr, yr) in x.chunks_exact(cols).zip(want.chunks_exact_mut(cols)) {
             kernels_cpu::ops::rmsnorm(xr, &w, 1e-5, yr);
@@ -162,7 +163,8 @@ async fn decode_attention_matches_kernels_cpu() {
             let (qb, kb, vb) = (upload_f32(&ctx, &q), upload_f32(&ctx, &k), upload_f32(&ctx, &v));
             let (out, st) = (poisoned(&ctx, qd), step(&ctx, 1, pos as u32));
             let part = attention::partials(&ctx, h, splits).unwrap();
-            let (a, b) = attention::decode(&ctx, h, splits, scale, &st, &qb, &kb, &vb, &part, &out).await.unwrap();
+            let (a, b) =
+                attention::decode(&ctx, h, splits, scale, None, &st, &qb, &kb, &vb, &part, &out).await.unwrap();
             ctx.run(&[a, b], 1);
             let got = ctx.read_f32(&out, 0, qd).await.unwrap();
             assert_close(&format!("decode attention {h:?} pos={pos} splits={splits}"), &got, &want, 1e-5);

@@ -12,10 +12,11 @@ use super::device::DeviceOptions;
 use super::ops::misc::{self, SampleParams};
 use super::plan::{Buffers, Model, Plan, Residency, Stage, MAX_STEPS};
 use super::streaming::{self, Slots};
+use crate::arch::Program;
 use crate::backend::{Activations, Engine, Logits, WeightRef};
 use crate::error::{Error, Result};
 use crate::format::ModelDir;
-use crate::graph::{Activation, Transformer};
+use crate::graph::Transformer;
 use crate::runtime::budget::Budget;
 use crate::runtime::planner::{self, PlanInput};
 use crate::runtime::{Sampler, SamplerOptions};
@@ -86,14 +87,14 @@ fn params_reserve(cfg: &Transformer) -> u64 {
 }
 
 /// The batch and logits rows a budget allows: activations within an eighth of it.
-fn sizes_for_budget(cfg: &Transformer, opts: &GpuOptions, max_batch: u32, logit_rows: u32) -> (u32, u32) {
+fn sizes_for_budget(program: &Program, opts: &GpuOptions, max_batch: u32, logit_rows: u32) -> (u32, u32) {
     let Some(budget) = opts.budget.as_ref().map(|b| b.bytes) else { return (max_batch, logit_rows) };
     let share = budget / 8;
     let mut batch = max_batch;
-    while batch > 1 && Buffers::bytes(cfg, 1, batch, 1, 1).1 > share {
+    while batch > 1 && Buffers::bytes(program, 1, batch, 1, 1).1 > share {
         batch /= 2;
     }
-    let row = 4 * cfg.vocab_size as u64;
+    let row = 4 * program.vocab as u64;
     (batch, ((share / 2 / row) as u32).clamp(1, batch.min(logit_rows)))
 }
 
@@ -116,15 +117,16 @@ pub fn plan_memory(
         Err(_) if opts.budget.is_none() => (Vec::new(), 0, 0),
         Err(e) => return Err(e),
     };
+    let program = crate::arch::program(cfg)?;
     let splits = attention_splits(opts);
     let (max_batch, logit_rows) = chunk_sizes(cfg, opts, max_binding);
-    let mut sizes = vec![sizes_for_budget(cfg, opts, max_batch, logit_rows)];
+    let mut sizes = vec![sizes_for_budget(&program, opts, max_batch, logit_rows)];
     if opts.budget.is_some() && sizes[0] != (1, 1) {
         sizes.push((1, 1));
     }
     let mut refusal = None;
     for (max_batch, logit_rows) in sizes {
-        let (kv, activations) = Buffers::bytes(cfg, opts.context_length, max_batch, logit_rows, splits);
+        let (kv, activations) = Buffers::bytes(&program, opts.context_length, max_batch, logit_rows, splits);
         let readback = (logit_rows as u64 * 4 * cfg.vocab_size as u64).max(4 * MAX_STEPS as u64).div_ceil(16) * 16;
         let input = PlanInput {
             layers: units.iter().map(|u| u.cost.clone()).collect(),
@@ -135,7 +137,7 @@ pub fn plan_memory(
         };
         match planner::plan(&input, opts.budget.as_ref().map(|b| b.bytes)) {
             Ok(plan) => {
-                let dispatches_per_token = 7 * cfg.blocks.len() + 2;
+                let dispatches_per_token = program.blocks.iter().map(|b| b.ops.len()).sum::<usize>() + 2;
                 let memory = MemoryPlan { units: input.layers, plan, max_batch, logit_rows, dispatches_per_token };
                 return Ok((units, memory));
             }
@@ -188,6 +190,8 @@ fn chunk_sizes(cfg: &Transformer, opts: &GpuOptions, max_binding: u64) -> (u32, 
 pub struct GpuEngine {
     ctx: Arc<GpuContext>,
     cfg: Transformer,
+    /// The program's embedding scale (applied where the rows are gathered on the host).
+    embed_scale: Option<f32>,
     opts: GpuOptions,
     max_batch: u32,
     /// Logits rows the logits buffer holds (`Logits::All` reads a chunk in pieces of this many rows at most).
@@ -211,12 +215,6 @@ pub struct GpuEngine {
 impl GpuEngine {
     /// Uploads the model and compiles its forward pass on `ctx`.
     pub async fn load(ctx: Arc<GpuContext>, dir: &ModelDir, cfg: &Transformer, opts: GpuOptions) -> Result<GpuEngine> {
-        if cfg.activation != Activation::Silu {
-            return Err(Error::Unsupported(format!(
-                "activation {:?}: the GPU engine runs SwiGLU models",
-                cfg.activation
-            )));
-        }
         if opts.context_length == 0 || opts.context_length > cfg.context_length as usize {
             return Err(Error::Usage(format!(
                 "context length {} is outside 1..={} (the model's)",
@@ -246,13 +244,14 @@ impl GpuEngine {
             slots: p.slots,
             slot_bytes: p.slot_bytes,
         });
-        let model = Model::upload(&ctx, dir, cfg, residency)?;
+        let program = crate::arch::program(cfg)?;
+        let model = Model::upload(&ctx, dir, &program, residency)?;
         let host_embed = match model.embed {
             Some(_) => None,
             None => Some(WeightRef::load(dir, &cfg.token_embedding, &[cfg.vocab_size, cfg.hidden_size])?),
         };
-        let bufs = Buffers::new(&ctx, cfg, opts.context_length, max_batch, logit_rows, splits)?;
-        let plan = Plan::build(&ctx, cfg, &model, &bufs, splits, opts.activations).await?;
+        let bufs = Buffers::new(&ctx, &program, opts.context_length, max_batch, logit_rows, splits)?;
+        let plan = Plan::build(&ctx, &program, &model, &bufs, splits, opts.activations).await?;
         let vocab_bytes = 4 * cfg.vocab_size as u64;
         let staging = ctx.pool.readback("readback", (logit_rows as u64 * vocab_bytes).max(4 * MAX_STEPS as u64))?;
         ctx.gpu.check()?;
@@ -295,6 +294,7 @@ impl GpuEngine {
         Ok(GpuEngine {
             ctx,
             cfg: cfg.clone(),
+            embed_scale: program.embed_scale,
             opts,
             max_batch,
             logit_rows,
@@ -372,6 +372,9 @@ impl GpuEngine {
         let mut x = vec![0f32; ids.len() * d];
         for (row, &id) in x.chunks_exact_mut(d).zip(ids) {
             m.dequant_row(id as usize, row);
+            if let Some(scale) = self.embed_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
         }
         self.ctx.write(&self.bufs.x, 0, bytemuck::cast_slice(&x));
     }

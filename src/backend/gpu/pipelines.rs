@@ -107,10 +107,16 @@ pub const RMSNORM: Kernel = Kernel {
     source: shader!("norm.wgsl"),
 };
 const ELEMENTWISE: &[(u32, Access)] = &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, ReadWrite)];
-pub const ADD: Kernel =
-    Kernel { name: "elementwise", entry: "add", bindings: ELEMENTWISE, source: shader!("elementwise.wgsl") };
 pub const SILU_MUL: Kernel =
     Kernel { name: "elementwise", entry: "silu_mul", bindings: ELEMENTWISE, source: shader!("elementwise.wgsl") };
+pub const GELU_MUL: Kernel =
+    Kernel { name: "elementwise", entry: "gelu_mul", bindings: ELEMENTWISE, source: shader!("elementwise.wgsl") };
+pub const ADD_ASSIGN: Kernel = Kernel {
+    name: "elementwise",
+    entry: "add_assign",
+    bindings: &[(0, Uniform), (1, Read), (3, Read), (4, ReadWrite)],
+    source: shader!("elementwise.wgsl"),
+};
 /// Parameters, logits, ids, tokens, step: the bindings of both samplers.
 const SAMPLER: &[(u32, Access)] = &[(0, Uniform), (1, Read), (2, ReadWrite), (3, ReadWrite), (4, Read)];
 pub const ARGMAX: Kernel =

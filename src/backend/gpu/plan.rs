@@ -1,31 +1,33 @@
-//! The transformer compiled into static dispatch lists: the weights as uploaded files, the buffers every
-//! forward reuses, and per list the bound dispatches in order. Only the step buffer (tokens and position) and
-//! the token ids change between forwards.
+//! The op program lowered into static dispatch lists: the weights as uploaded files, the buffers every forward
+//! reuses, and per list the bound dispatches in order. Only the step buffer (tokens and position) and the
+//! token ids change between forwards. Fusion is decided here: a norm before a product goes into the product's
+//! prologue, a residual add into its epilogue, and in decode a SwiGLU into the gate|up matvec.
 
 use super::buffers::{GpuBuffer, Purpose};
 use super::context::{Dispatch, GpuContext, Region};
-use super::ops::{attention, misc, Heads, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT};
+use super::ops::{attention, misc, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT};
 use super::streaming::{Copy, RowLayout, Slots, Unit, UnitKind};
 use super::weights::{GpuFile, GpuMatrix};
+use crate::arch::{Buf, NormOp, Op, Program, QkPart};
 use crate::backend::{Activations, WeightRef};
 use crate::error::{Error, Result};
 use crate::format::{DType, ModelDir, SectionKind};
-use crate::graph::{Norm as NormKind, RopeStyle, Transformer};
+use crate::graph::{Activation, Norm as NormKind, RopeStyle};
 use crate::runtime::SamplerOptions;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The weights of one block's ops, by tensor name.
 pub(super) struct Layer {
-    attn_norm: GpuMatrix,
-    qkv: [GpuMatrix; 3],
-    bias: Option<[GpuMatrix; 3]>,
-    o: GpuMatrix,
-    ffn_norm: GpuMatrix,
-    gate: GpuMatrix,
-    up: GpuMatrix,
-    down: GpuMatrix,
+    weights: HashMap<String, GpuMatrix>,
     /// The streamed piece that uploads this block's file into its slot (`None`: resident).
     piece: Option<usize>,
+}
+
+impl Layer {
+    fn get(&self, name: &str) -> &GpuMatrix {
+        &self.weights[name]
+    }
 }
 
 /// The output head: the whole matrix, or pieces of rows `(matrix, first row, piece)`.
@@ -52,11 +54,11 @@ pub(super) struct Residency<'a> {
 impl Model {
     /// Uploads every weight file the graph reads, once, as it is on disk; with `residency`, only the resident
     /// units, and the rest become pieces streamed through the slots.
-    pub fn upload(ctx: &GpuContext, dir: &ModelDir, cfg: &Transformer, residency: Option<Residency>) -> Result<Model> {
+    pub fn upload(ctx: &GpuContext, dir: &ModelDir, p: &Program, residency: Option<Residency>) -> Result<Model> {
         // Files that are not uploaded: their tensors are found in a slot (or on the host).
         let mut streamed: HashMap<String, Option<Arc<GpuFile>>> = HashMap::new();
         let mut slots = None;
-        let mut block_piece = vec![None; cfg.blocks.len()];
+        let mut block_piece = vec![None; p.blocks.len()];
         if let Some(r) = &residency {
             let mut s = Slots::new(ctx, r.slots, r.slot_bytes)?;
             for (unit, &resident) in r.units.iter().zip(r.resident) {
@@ -81,7 +83,7 @@ impl Model {
         // in row pieces that each fit a binding.
         let max_binding = ctx.gpu.limits.max_storage_buffer_binding_size;
         let mut split_head = false;
-        for (name, is_head) in [(&cfg.token_embedding, false), (&cfg.output, true)] {
+        for (name, is_head) in [(&p.embedding, false), (&p.head, true)] {
             let view = dir.tensor(name)?;
             if streamed.contains_key(&view.entry.file) || span_bytes(&view.entry) <= max_binding {
                 continue;
@@ -113,8 +115,6 @@ impl Model {
         let mut must = |name: &str, shape: &[u32]| -> Result<GpuMatrix> {
             get(name, shape)?.ok_or_else(|| Error::Unsupported(format!("tensor {name} cannot stream")))
         };
-        let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-        let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
         let f32_only = |m: GpuMatrix| -> Result<GpuMatrix> {
             if m.dtype != DType::F32 {
                 return Err(Error::Unsupported(format!(
@@ -124,46 +124,62 @@ impl Model {
             }
             Ok(m)
         };
-        let mut layers = Vec::with_capacity(cfg.blocks.len());
-        for (b, piece) in cfg.blocks.iter().zip(block_piece) {
-            let bias = match &b.attn_qkv_bias {
-                Some([bq, bk, bv]) => {
-                    Some([f32_only(must(bq, &[qd])?)?, f32_only(must(bk, &[kvd])?)?, f32_only(must(bv, &[kvd])?)?])
-                }
-                None => None,
-            };
-            layers.push(Layer {
-                attn_norm: f32_only(must(&b.attn_norm, &[d])?)?,
-                qkv: [must(&b.attn_q, &[qd, d])?, must(&b.attn_k, &[kvd, d])?, must(&b.attn_v, &[kvd, d])?],
-                bias,
-                o: must(&b.attn_output, &[d, qd])?,
-                ffn_norm: f32_only(must(&b.ffn_norm, &[d])?)?,
-                gate: must(&b.ffn_gate, &[f, d])?,
-                up: must(&b.ffn_up, &[f, d])?,
-                down: must(&b.ffn_down, &[d, f])?,
-                piece,
-            });
+        let d = p.hidden;
+        let mut layers = Vec::with_capacity(p.blocks.len());
+        for (block, piece) in p.blocks.iter().zip(block_piece) {
+            let mut weights = HashMap::new();
+            for (name, shape, is_f32) in tensors(p, &block.ops) {
+                let m = must(&name, &shape)?;
+                weights.insert(name, if is_f32 { f32_only(m)? } else { m });
+            }
+            layers.push(Layer { weights, piece });
         }
-        let embed = get(&cfg.token_embedding, &[cfg.vocab_size, d])?;
-        let head = match get(&cfg.output, &[cfg.vocab_size, d])? {
+        let embed = get(&p.embedding, &[p.vocab, d])?;
+        let head = match get(&p.head, &[p.vocab, d])? {
             Some(m) => vec![(m, 0, None)],
-            None if split_head => resident_head_pieces(ctx, dir, &cfg.output, d, max_binding)?,
+            None if split_head => resident_head_pieces(ctx, dir, &p.head, d, max_binding)?,
             None => {
                 let s = slots.as_mut().expect("only a streamed file is left out");
-                head_pieces(dir, &cfg.output, d, s)?
+                head_pieces(dir, &p.head, d, s)?
             }
         };
         // The output norm is read by every head piece: when its file streams (or stays on the host), it gets
         // a buffer of its own.
-        let output_norm = match get(&cfg.output_norm, &[d])? {
+        let output_norm = match get(&p.final_norm.weight, &[d])? {
             Some(m) => m,
             None => {
-                let w = WeightRef::load(dir, &cfg.output_norm, &[d])?;
+                let w = WeightRef::load(dir, &p.final_norm.weight, &[d])?;
                 GpuMatrix::upload(ctx, "output norm", &w.matrix(), 0)?
             }
         };
         Ok(Model { embed, output_norm: f32_only(output_norm)?, head, layers, slots })
     }
+}
+
+/// Every tensor `ops` read: (name, shape, whether the GPU engine needs it in f32: norms and biases).
+fn tensors(p: &Program, ops: &[Op]) -> Vec<(String, Vec<u32>, bool)> {
+    let mut out = Vec::new();
+    let norm = |n: &NormOp, width: u32, out: &mut Vec<(String, Vec<u32>, bool)>| {
+        out.push((n.weight.clone(), vec![width], true));
+        out.extend(n.bias.iter().map(|b| (b.clone(), vec![width], true)));
+    };
+    for op in ops {
+        match op {
+            Op::Linear { input, norm: n, mats, .. } => {
+                if let Some(n) = n {
+                    norm(n, p.width(*input), &mut out);
+                }
+                for m in mats {
+                    out.push((m.weight.clone(), vec![m.rows, m.cols], false));
+                    out.extend(m.bias.iter().map(|b| (b.clone(), vec![m.rows], true)));
+                }
+            }
+            Op::HeadNorm { norm: n, .. } => norm(n, p.heads.head_dim, &mut out),
+            Op::Norm { buf, norm: n } => norm(n, p.width(*buf), &mut out),
+            Op::RopeStore { .. } | Op::Attention { .. } | Op::Glu { .. } | Op::Add { .. } => {}
+        }
+    }
+    out
 }
 
 /// Bytes from the first of a tensor's sections to the end of the last: what one binding of it covers.
@@ -263,15 +279,14 @@ pub(super) struct Buffers {
     pub step: GpuBuffer,
     pub ids: GpuBuffer,
     pub tokens: GpuBuffer,
+    /// The hidden state (the program's `Hidden`).
     pub x: GpuBuffer,
-    qkv: GpuBuffer,
-    q: GpuBuffer,
-    att: GpuBuffer,
-    gu: GpuBuffer,
-    act: GpuBuffer,
+    /// The program's other buffers.
+    scratch: HashMap<Buf, GpuBuffer>,
     pub logits: GpuBuffer,
     part: GpuBuffer,
-    cos_sin: GpuBuffer,
+    /// One table per rope of the program.
+    cos_sin: Vec<GpuBuffer>,
     kv: Vec<(GpuBuffer, GpuBuffer)>,
 }
 
@@ -280,36 +295,33 @@ pub(super) const MAX_STEPS: u32 = 64;
 
 impl Buffers {
     /// The bytes [`Buffers::new`] allocates, without allocating: (KV cache, everything else).
-    pub fn bytes(cfg: &Transformer, ctx_len: usize, max_batch: u32, logit_rows: u32, splits: u32) -> (u64, u64) {
+    pub fn bytes(p: &Program, ctx_len: usize, max_batch: u32, logit_rows: u32, splits: u32) -> (u64, u64) {
         let w = |bytes: u64| bytes.div_ceil(16).max(1) * 16;
-        let (d, f, b) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, max_batch as u64);
-        let h = heads(cfg);
-        let (qd, kvd) = (h.q_dim() as u64, h.kv_dim() as u64);
-        let kv = 2 * cfg.blocks.len() as u64 * w(4 * ctx_len as u64 * kvd);
-        let rope = 8 * ctx_len as u64 * cfg.rope.inv_freq().len() as u64;
-        let activations = [16, 4 * b, 4 * MAX_STEPS as u64, 4 * b * d, 4 * b * (qd + 2 * kvd), 4 * b * qd, 4 * b * qd]
+        let b = max_batch as u64;
+        let kv = 2 * p.blocks.len() as u64 * w(4 * ctx_len as u64 * p.heads.kv_dim() as u64);
+        let ropes = p.ropes.iter().map(|r| w(8 * ctx_len as u64 * r.inv_freq.len() as u64));
+        let activations = [16, 4 * b, 4 * MAX_STEPS as u64, 4 * logit_rows as u64 * p.vocab as u64]
             .into_iter()
-            .chain([4 * b * 2 * f, 4 * b * f, 4 * logit_rows as u64 * cfg.vocab_size as u64])
-            .chain([attention::partials_bytes(h, splits), rope])
+            .chain(p.buffers().into_iter().map(|buf| 4 * b * p.width(buf) as u64))
+            .chain([attention::partials_bytes(p.heads, splits)])
             .map(w)
+            .chain(ropes)
             .sum();
         (kv, activations)
     }
 
     pub fn new(
         ctx: &GpuContext,
-        cfg: &Transformer,
+        p: &Program,
         ctx_len: usize,
         max_batch: u32,
         logit_rows: u32,
         splits: u32,
     ) -> Result<Buffers> {
         let act = |label: &str, values: u64| ctx.pool.storage(label, 4 * values, Purpose::Activations);
-        let (d, f, b) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, max_batch as u64);
-        let h = heads(cfg);
-        let (qd, kvd) = (h.q_dim() as u64, h.kv_dim() as u64);
-        let table = misc::cos_sin_table(&cfg.rope.inv_freq(), ctx_len);
-        let kv = (0..cfg.blocks.len())
+        let b = max_batch as u64;
+        let kvd = p.heads.kv_dim() as u64;
+        let kv = (0..p.blocks.len())
             .map(|l| {
                 let bytes = 4 * ctx_len as u64 * kvd;
                 Ok((
@@ -318,42 +330,65 @@ impl Buffers {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
+        let cos_sin = p
+            .ropes
+            .iter()
+            .map(|r| {
+                let table = misc::cos_sin_table(&r.inv_freq, ctx_len);
+                ctx.pool.init(
+                    "rope cos/sin",
+                    bytemuck::cast_slice(&table),
+                    wgpu::BufferUsages::STORAGE,
+                    Purpose::Params,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut scratch = HashMap::new();
+        for buf in p.buffers().into_iter().filter(|&buf| buf != Buf::Hidden) {
+            scratch.insert(buf, act(&format!("{buf:?}"), b * p.width(buf) as u64)?);
+        }
         Ok(Buffers {
             step: ctx.pool.storage("step", 16, Purpose::Activations)?,
             ids: ctx.pool.storage("ids", 4 * b, Purpose::Activations)?,
             tokens: ctx.pool.storage("tokens", 4 * MAX_STEPS as u64, Purpose::Activations)?,
-            x: act("x", b * d)?,
-            qkv: act("qkv", b * (qd + 2 * kvd))?,
-            q: act("q", b * qd)?,
-            att: act("attention", b * qd)?,
-            gu: act("gate|up", b * 2 * f)?,
-            act: act("swiglu", b * f)?,
-            logits: act("logits", logit_rows as u64 * cfg.vocab_size as u64)?,
-            part: attention::partials(ctx, h, splits)?,
-            cos_sin: ctx.pool.init(
-                "rope cos/sin",
-                bytemuck::cast_slice(&table),
-                wgpu::BufferUsages::STORAGE,
-                Purpose::Params,
-            )?,
+            x: act("x", b * p.hidden as u64)?,
+            scratch,
+            logits: act("logits", logit_rows as u64 * p.vocab as u64)?,
+            part: attention::partials(ctx, p.heads, splits)?,
+            cos_sin,
             kv,
         })
     }
+
+    fn get(&self, buf: Buf) -> &GpuBuffer {
+        match buf {
+            Buf::Hidden => &self.x,
+            other => &self.scratch[&other],
+        }
+    }
 }
 
-pub(super) fn heads(cfg: &Transformer) -> Heads {
-    Heads { n_heads: cfg.n_heads, n_kv: cfg.n_kv_heads, head_dim: cfg.head_dim }
-}
-
-fn eps(cfg: &Transformer) -> Result<f32> {
-    match cfg.norm {
+/// The fused prologue of a product: only RMS norms fuse (and only RMS norms run on the GPU engine yet).
+fn rms_eps(n: &NormOp) -> Result<f32> {
+    match n.kind {
         NormKind::RmsNorm { eps } => Ok(eps),
-        NormKind::LayerNorm { .. } => Err(Error::Unsupported("LayerNorm graphs on the GPU engine".into())),
+        NormKind::LayerNorm { .. } => Err(Error::Unsupported(format!(
+            "norm {}: LayerNorm does not run on the GPU engine yet (use --backend cpu)",
+            n.weight
+        ))),
     }
 }
 
 fn norm_of(m: &GpuMatrix, eps: f32) -> Norm<'_> {
     Norm { region: Region::covering(&m.file.buffer, &[m.data]), offset: m.data.0, eps }
+}
+
+/// Whether gate and up can be read by one fused SwiGLU matvec: one layout, one file, one binding.
+fn fusable(ctx: &GpuContext, gate: &GpuMatrix, up: &GpuMatrix) -> bool {
+    gate.dtype == up.dtype
+        && Arc::ptr_eq(&gate.file, &up.file)
+        && Region::covering(&gate.file.buffer, &[gate.spans(), up.spans()].concat()).size()
+            <= ctx.gpu.limits.max_storage_buffer_binding_size
 }
 
 /// The products of `x` with `mats` (each `(matrix, out offset, bias)`), fused into as few dispatches as the
@@ -406,6 +441,111 @@ async fn products(
     Ok(out)
 }
 
+/// What lowering one op of block `l` needs: matvecs when `tokens` is 0, else matmuls of `tokens`-token tiles.
+struct Lowering<'a> {
+    ctx: &'a GpuContext,
+    p: &'a Program,
+    b: &'a Buffers,
+    layer: &'a Layer,
+    l: usize,
+    splits: u32,
+    tokens: u32,
+    mv: MatvecKernel,
+}
+
+impl Lowering<'_> {
+    /// Appends the dispatches of `op` to `list`. With `fuse_swiglu` (the next op is a SwiGLU and this is a
+    /// decode list), a gate|up product whose matrices allow it takes the SwiGLU into its epilogue: then the
+    /// answer is `true`, the next op done.
+    async fn op(&self, op: &Op, fuse_swiglu: bool, list: &mut Vec<Dispatch>) -> Result<bool> {
+        let (ctx, p, b, layer) = (self.ctx, self.p, self.b, self.layer);
+        let (st, h, tokens) = (&b.step, p.heads, self.tokens);
+        let (kc, vc) = &b.kv[self.l];
+        match op {
+            Op::Linear { input, norm, mats, output, add } => {
+                let norm = match norm {
+                    Some(n) => Some(norm_of(layer.get(&n.weight), rms_eps(n)?)),
+                    None => None,
+                };
+                let ms: Vec<_> =
+                    mats.iter().map(|m| (layer.get(&m.weight), m.bias.as_ref().map(|b| layer.get(b)))).collect();
+                if let ([(gate, None), (up, None)], true, Buf::GateUp) = (ms.as_slice(), fuse_swiglu, output) {
+                    if fusable(ctx, gate, up) {
+                        let gu = [(*gate, 0, None), (*up, 0, None)];
+                        let (x, y) = (b.get(*input), b.get(Buf::Act));
+                        list.extend(
+                            products(ctx, &gu, norm, Output::SwiGlu, st, x, y, p.ffn, 0, false, self.mv).await?,
+                        );
+                        return Ok(true);
+                    }
+                }
+                let mut at = 0;
+                let mut placed = Vec::new();
+                for (m, bias) in ms {
+                    placed.push((m, at, bias));
+                    at += m.rows;
+                }
+                let out = if *add { Output::Add } else { Output::Store };
+                let (x, y, stride) = (b.get(*input), b.get(*output), p.width(*output));
+                list.extend(products(ctx, &placed, norm, out, st, x, y, stride, tokens, false, self.mv).await?);
+            }
+            Op::HeadNorm { part, norm } => {
+                let (offset, groups) = match part {
+                    QkPart::Q => (0, h.n_heads),
+                    QkPart::K => (h.q_dim(), h.n_kv),
+                };
+                let at = misc::NormGroups { cols: h.head_dim, groups, stride: p.width(Buf::Qkv), offset };
+                list.push(self.rmsnorm(at, norm).await?);
+            }
+            Op::Norm { buf, norm } => {
+                let width = p.width(*buf);
+                let at = misc::NormGroups { cols: width, groups: 1, stride: width, offset: 0 };
+                let d = self.rmsnorm_into(at, norm, b.get(*buf)).await?;
+                list.push(d);
+            }
+            Op::RopeStore { rope } => {
+                let r = &p.ropes[*rope];
+                let (qkv, q, table) = (b.get(Buf::Qkv), b.get(Buf::Q), &b.cos_sin[*rope]);
+                let half = r.style == RopeStyle::Half;
+                // RoPE and the KV store stay a dispatch of their own: folded into the decode attention, they made
+                // it 16 us slower per block on an H200 (the caches it reads become read_write), for 9 us saved.
+                list.push(misc::rope_store(ctx, h, r.dims, half, st, qkv, table, q, kc, vc).await?);
+            }
+            Op::Attention { window } => {
+                let (q, att, scale) = (b.get(Buf::Q), b.get(Buf::Attn), p.attention_scale);
+                if tokens == 0 {
+                    let (pa, co) =
+                        attention::decode(ctx, h, self.splits, scale, *window, st, q, kc, vc, &b.part, att).await?;
+                    list.extend([pa, co]);
+                } else {
+                    list.push(attention::prefill(ctx, h, scale, *window, st, q, kc, vc, att).await?);
+                }
+            }
+            Op::Glu { act } => {
+                let (gu, out, f) = (b.get(Buf::GateUp), b.get(Buf::Act), p.ffn);
+                list.push(match act {
+                    Activation::Silu => misc::silu_mul(ctx, f, 0, 2 * f, f, st, gu, out).await?,
+                    Activation::Gelu => misc::gelu_mul(ctx, f, 0, 2 * f, f, st, gu, out).await?,
+                });
+            }
+            Op::Add { from, to } => {
+                list.push(misc::add_assign(ctx, p.width(*to), 0, st, b.get(*from), b.get(*to)).await?);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn rmsnorm(&self, at: misc::NormGroups, norm: &NormOp) -> Result<Dispatch> {
+        self.rmsnorm_into(at, norm, self.b.get(Buf::Qkv)).await
+    }
+
+    async fn rmsnorm_into(&self, at: misc::NormGroups, norm: &NormOp, x: &GpuBuffer) -> Result<Dispatch> {
+        let w = self.layer.get(&norm.weight);
+        let region = Region::covering(&w.file.buffer, &[w.data]);
+        misc::rmsnorm(self.ctx, at, rms_eps(norm)?, &self.b.step, region, w.data.0, x).await
+    }
+}
+
 /// Dispatches that run together; when streaming, right after their piece is uploaded into its slot.
 pub(super) struct Stage {
     pub piece: Option<usize>,
@@ -437,71 +577,33 @@ impl Plan {
     /// `activations`: the precision of the decode matvecs' activations (prefill matmuls take f32).
     pub async fn build(
         ctx: &GpuContext,
-        cfg: &Transformer,
+        p: &Program,
         w: &Model,
         b: &Buffers,
         splits: u32,
         activations: Activations,
     ) -> Result<Plan> {
         let mv = MatvecKernel::for_activations(activations);
-        let eps = eps(cfg)?;
-        let h = heads(cfg);
-        let (qd, kvd, d, f) = (h.q_dim(), h.kv_dim(), cfg.hidden_size, cfg.intermediate_size);
-        let scale = 1.0 / (h.head_dim as f32).sqrt();
-        let half = cfg.rope.style == RopeStyle::Half;
-        let (st, vocab) = (&b.step, cfg.vocab_size);
+        let (st, vocab) = (&b.step, p.vocab);
         let mut lists: [Vec<Stage>; 3] = Default::default();
-        for (l, layer) in w.layers.iter().enumerate() {
-            let (kc, vc) = &b.kv[l];
-            let bias = |i: usize| layer.bias.as_ref().map(|b| &b[i]);
-            let qkv = [(&layer.qkv[0], 0, bias(0)), (&layer.qkv[1], qd, bias(1)), (&layer.qkv[2], qd + kvd, bias(2))];
-            let an = Some(norm_of(&layer.attn_norm, eps));
-            let fnorm = Some(norm_of(&layer.ffn_norm, eps));
+        for (l, (block, layer)) in p.blocks.iter().zip(&w.layers).enumerate() {
             for (stages, tokens) in lists.iter_mut().zip([0, MATMUL_TOKENS_SHORT, MATMUL_TOKENS]) {
-                let matvec = tokens == 0;
                 let mut list = Vec::new();
-                list.extend(
-                    products(ctx, &qkv, an, Output::Store, st, &b.x, &b.qkv, qd + 2 * kvd, tokens, false, mv).await?,
-                );
-                // RoPE and the KV store stay a dispatch of their own: folded into the decode attention, they made
-                // it 16 us slower per block on an H200 (the caches it reads become read_write), for 9 us saved.
-                list.push(misc::rope_store(ctx, h, cfg.rope.dims, half, st, &b.qkv, &b.cos_sin, &b.q, kc, vc).await?);
-                if matvec {
-                    let (p, c) = attention::decode(ctx, h, splits, scale, st, &b.q, kc, vc, &b.part, &b.att).await?;
-                    list.extend([p, c]);
-                } else {
-                    list.push(attention::prefill(ctx, h, scale, st, &b.q, kc, vc, &b.att).await?);
+                let mut ops = block.ops.iter().peekable();
+                while let Some(op) = ops.next() {
+                    let fuse_swiglu = tokens == 0 && matches!(ops.peek(), Some(Op::Glu { act: Activation::Silu }));
+                    let lowered = Lowering { ctx, p, b, layer, l, splits, tokens, mv };
+                    if lowered.op(op, fuse_swiglu, &mut list).await? {
+                        ops.next();
+                    }
                 }
-                list.extend(
-                    products(ctx, &[(&layer.o, 0, None)], None, Output::Add, st, &b.att, &b.x, d, tokens, false, mv)
-                        .await?,
-                );
-                let gu = [(&layer.gate, 0, None), (&layer.up, f, None)];
-                let fused = matvec
-                    && layer.gate.dtype == layer.up.dtype
-                    && Arc::ptr_eq(&layer.gate.file, &layer.up.file)
-                    && Region::covering(&layer.gate.file.buffer, &[layer.gate.spans(), layer.up.spans()].concat())
-                        .size()
-                        <= ctx.gpu.limits.max_storage_buffer_binding_size;
-                if fused {
-                    let gu = [(&layer.gate, 0, None), (&layer.up, 0, None)];
-                    list.extend(products(ctx, &gu, fnorm, Output::SwiGlu, st, &b.x, &b.act, f, 0, false, mv).await?);
-                } else {
-                    list.extend(
-                        products(ctx, &gu, fnorm, Output::Store, st, &b.x, &b.gu, 2 * f, tokens, false, mv).await?,
-                    );
-                    list.push(misc::silu_mul(ctx, f, 0, 2 * f, f, st, &b.gu, &b.act).await?);
-                }
-                list.extend(
-                    products(ctx, &[(&layer.down, 0, None)], None, Output::Add, st, &b.act, &b.x, d, tokens, false, mv)
-                        .await?,
-                );
                 stages.push(Stage { piece: layer.piece, dispatches: list });
             }
         }
         let [decode, prefill_short, prefill] = lists;
         let mut head_last = Vec::new();
         let mut head_all = Vec::new();
+        let eps = rms_eps(&p.final_norm)?;
         for (m, row0, piece) in &w.head {
             let on = Some(norm_of(&w.output_norm, eps));
             let part = [(m, *row0, None)];
@@ -522,7 +624,7 @@ impl Plan {
             false => Vec::new(),
         };
         let embed = match &w.embed {
-            Some(e) => vec![misc::embed(ctx, e, st, &b.ids, &b.x).await?],
+            Some(e) => vec![misc::embed(ctx, e, p.embed_scale.unwrap_or(1.0), st, &b.ids, &b.x).await?],
             None => Vec::new(),
         };
         Ok(Plan {

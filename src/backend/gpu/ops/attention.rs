@@ -25,8 +25,12 @@ fn check(h: Heads) -> Result<()> {
     Ok(())
 }
 
-fn params(h: Heads, splits: u32, scale: f32) -> [u32; 8] {
-    [h.n_heads, h.n_kv, h.head_dim, splits, scale.to_bits(), 0, 0, 0]
+/// `window`: attend to the last `window` positions only (`None`: every position; 0 in the kernels).
+fn params(h: Heads, splits: u32, scale: f32, window: Option<u32>) -> Result<[u32; 8]> {
+    if window == Some(0) {
+        return Err(Error::Unsupported("attention over a window of 0 positions".into()));
+    }
+    Ok([h.n_heads, h.n_kv, h.head_dim, splits, scale.to_bits(), window.unwrap_or(0), 0, 0])
 }
 
 /// Bytes of the partials buffer [`decode`] needs.
@@ -41,13 +45,14 @@ pub fn partials(ctx: &GpuContext, h: Heads, splits: u32) -> Result<GpuBuffer> {
 
 /// Decode attention of the one query at position `pos` (from the step buffer): `splits` workgroups per KV
 /// head each attend a slice of the cache and write their partials into `part` (see [`partials`]), then one
-/// workgroup per query head combines them into `out`.
+/// workgroup per query head combines them into `out`. With a `window`, only the last `window` positions.
 #[allow(clippy::too_many_arguments)]
 pub async fn decode(
     ctx: &GpuContext,
     h: Heads,
     splits: u32,
     scale: f32,
+    window: Option<u32>,
     step: &GpuBuffer,
     q: &GpuBuffer,
     k_cache: &GpuBuffer,
@@ -64,7 +69,7 @@ pub async fn decode(
             partials_bytes(h, splits)
         )));
     }
-    let p = params(h, splits, scale);
+    let p = params(h, splits, scale, window)?;
     // The head size as a constant, so the per-key loops unroll.
     let pipeline = ctx.pipelines.get(&ATTN_DECODE, &[("HD4", (h.head_dim / 4) as f64)]).await?;
     let pbuf = ctx.pool.uniform("attention", bytemuck::bytes_of(&p))?;
@@ -83,12 +88,14 @@ pub async fn decode(
 /// Queries per workgroup of the prefill kernel.
 const PREFILL_QUERIES: u32 = 16;
 
-/// Prefill attention of the chunk's `n` queries (positions `pos..pos + n`), `q` `[n, q_dim]`, into `out`.
+/// Prefill attention of the chunk's `n` queries (positions `pos..pos + n`), `q` `[n, q_dim]`, into `out`; with
+/// a `window`, each over its last `window` positions only.
 #[allow(clippy::too_many_arguments)]
 pub async fn prefill(
     ctx: &GpuContext,
     h: Heads,
     scale: f32,
+    window: Option<u32>,
     step: &GpuBuffer,
     q: &GpuBuffer,
     k_cache: &GpuBuffer,
@@ -96,7 +103,7 @@ pub async fn prefill(
     out: &GpuBuffer,
 ) -> Result<Dispatch> {
     check(h)?;
-    let p = params(h, 0, scale);
+    let p = params(h, 0, scale, window)?;
     let pipeline = ctx.pipelines.get(&ATTN_PREFILL, &[("HD4", (h.head_dim / 4) as f64)]).await?;
     let pbuf = ctx.pool.uniform("attention prefill", bytemuck::bytes_of(&p))?;
     let bg = ctx.bind(

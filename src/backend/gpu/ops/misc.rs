@@ -2,8 +2,10 @@
 //! samplers (argmax, and sampling at a temperature with top-k, top-p and min-p).
 
 use crate::backend::gpu::buffers::GpuBuffer;
-use crate::backend::gpu::context::{Dispatch, GpuContext, Grid};
-use crate::backend::gpu::pipelines::{Kernel, ADD, ADVANCE, ARGMAX, EMBED, RMSNORM, ROPE, SAMPLE, SILU_MUL};
+use crate::backend::gpu::context::{Dispatch, GpuContext, Grid, Region};
+use crate::backend::gpu::pipelines::{
+    Kernel, ADD_ASSIGN, ADVANCE, ARGMAX, EMBED, GELU_MUL, RMSNORM, ROPE, SAMPLE, SILU_MUL,
+};
 use crate::backend::gpu::weights::GpuMatrix;
 use crate::error::{Error, Result};
 use crate::runtime::SamplerOptions;
@@ -25,10 +27,13 @@ async fn dispatch<P: Pod>(
     Ok(Dispatch { pipeline, bind_group, grid, params: Some(params) })
 }
 
-/// `out[i, :] = E[ids[i], :]` for the chunk's `n` ids, dequantized from the embedding's layout.
+pub use crate::arch::Heads;
+
+/// `out[i, :] = scale * E[ids[i], :]` for the chunk's `n` ids, dequantized from the embedding's layout.
 pub async fn embed(
     ctx: &GpuContext,
     e: &GpuMatrix,
+    scale: f32,
     step: &GpuBuffer,
     ids: &GpuBuffer,
     out: &GpuBuffer,
@@ -36,27 +41,10 @@ pub async fn embed(
     let region = e.region();
     ctx.check_binding(&format!("embedding {}", e.name), &region)?;
     let [_, q, s, m] = e.words(&region);
-    let p = [e.cols, q, s, m];
+    let p = [e.cols, q, s, m, scale.to_bits(), 0, 0, 0];
     let constants = [("LAYOUT", e.layout() as f64)];
     let res = [step.binding(), region.binding(), ids.binding(), out.binding()];
     dispatch(ctx, &EMBED, &constants, &p, &res, Grid::TokensY { x: e.cols.div_ceil(64) }).await
-}
-
-/// Shapes of the attention heads.
-#[derive(Clone, Copy, Debug)]
-pub struct Heads {
-    pub n_heads: u32,
-    pub n_kv: u32,
-    pub head_dim: u32,
-}
-
-impl Heads {
-    pub fn q_dim(&self) -> u32 {
-        self.n_heads * self.head_dim
-    }
-    pub fn kv_dim(&self) -> u32 {
-        self.n_kv * self.head_dim
-    }
 }
 
 /// RoPE and the KV store: from `qkv` (`[n, q | k | v]`), the rotated q into `q` (`[n, q_dim]`), the rotated k
@@ -94,33 +82,59 @@ pub fn cos_sin_table(inv_freq: &[f32], positions: usize) -> Vec<[f32; 2]> {
     t
 }
 
-/// RMS norm of `rows` rows of `weight.len()` values.
-pub async fn rmsnorm(
-    ctx: &GpuContext,
-    cols: u32,
-    rows: u32,
-    eps: f32,
-    x: &GpuBuffer,
-    weight: &GpuBuffer,
-    out: &GpuBuffer,
-) -> Result<Dispatch> {
-    let p = (cols, rows, eps, 0u32);
-    let p: [u32; 4] = [p.0, p.1, p.2.to_bits(), p.3];
-    dispatch(ctx, &RMSNORM, &[], &p, &[x.binding(), weight.binding(), out.binding()], Grid::Fixed([rows, 1, 1])).await
+/// Where an in-place RMS norm applies: groups of `cols` values starting at `offset + g * cols` (g < `groups`)
+/// in each token row of `stride` values.
+#[derive(Clone, Copy, Debug)]
+pub struct NormGroups {
+    pub cols: u32,
+    pub groups: u32,
+    pub stride: u32,
+    pub offset: u32,
 }
 
-/// `out = a + b` over `rows` rows of `len` (`rows == 0`: the chunk's `n` rows).
-pub async fn add(
+/// RMS norm in place over `at`'s groups of each of the chunk's token rows of `x`, the weight (`cols` f32) at
+/// byte `w_offset` of `weight`.
+pub async fn rmsnorm(
+    ctx: &GpuContext,
+    at: NormGroups,
+    eps: f32,
+    step: &GpuBuffer,
+    weight: Region<'_>,
+    w_offset: u64,
+    x: &GpuBuffer,
+) -> Result<Dispatch> {
+    let p = [at.cols, at.groups, at.stride, at.offset, weight.word(w_offset), eps.to_bits(), 0, 0];
+    let res = [step.binding(), weight.binding(), x.binding()];
+    dispatch(ctx, &RMSNORM, &[], &p, &res, Grid::TokensY { x: at.groups }).await
+}
+
+/// `out += b` over `rows` rows of `len` (`rows == 0`: the chunk's `n` rows).
+pub async fn add_assign(
     ctx: &GpuContext,
     len: u32,
     rows: u32,
     step: &GpuBuffer,
-    a: &GpuBuffer,
     b: &GpuBuffer,
     out: &GpuBuffer,
 ) -> Result<Dispatch> {
-    let res = [step.binding(), a.binding(), b.binding(), out.binding()];
-    dispatch(ctx, &ADD, &[], &[len, rows, 0, 0], &res, rows_grid(len, rows)).await
+    let res = [step.binding(), b.binding(), out.binding()];
+    dispatch(ctx, &ADD_ASSIGN, &[], &[len, rows, 0, 0], &res, rows_grid(len, rows)).await
+}
+
+/// GeGLU `out[t, c] = gelu(gu[t, c]) * gu[t, up + c]` (tanh approximation), laid out as [`silu_mul`]'s.
+#[allow(clippy::too_many_arguments)]
+pub async fn gelu_mul(
+    ctx: &GpuContext,
+    len: u32,
+    rows: u32,
+    stride: u32,
+    up: u32,
+    step: &GpuBuffer,
+    gu: &GpuBuffer,
+    out: &GpuBuffer,
+) -> Result<Dispatch> {
+    let res = [step.binding(), gu.binding(), gu.binding(), out.binding()];
+    dispatch(ctx, &GELU_MUL, &[], &[len, rows, stride, up], &res, rows_grid(len, rows)).await
 }
 
 /// SwiGLU `out[t, c] = silu(gu[t, c]) * gu[t, up + c]`, `gu` rows of `stride` values, over `rows` rows of `len`
