@@ -39,7 +39,7 @@ const BQ: u32 = 16u;
 const S: u32 = 4u;
 // The K tile and the V tile share 1024 vec4 (16 KiB, WebGPU's default limit): KT keys of HD4 each.
 const TILE4: u32 = 512u;
-const MAX_HD4: u32 = 32u;
+const MAX_HD4: u32 = 64u;
 const MAX_PER: u32 = 8u;
 const NEG: f32 = -3.0e38;
 
@@ -116,29 +116,37 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         workgroupBarrier();
     }
 
-    // Merge the S lanes of each query into lane 0, one lane at a time: lane s writes (m, l) and its output
-    // to the tile memory (BQ x (HD4 + 1) vec4), lane 0 folds it in.
+    // Merge the S lanes of each query into lane 0, one lane at a time and each output in two halves (so that a
+    // head dim of 256 fits the tile memory): lane t writes (m, l) and half of its output to the tile memory,
+    // lane 0 folds it in; m and l move on once both halves are folded.
+    let half = (HD4 + 1u) / 2u;
     for (var t = 1u; t < S; t++) {
-        let at = qi * (HD4 + 1u);
-        if s == t {
-            kv[at] = vec4<f32>(m, l, 0.0, 0.0);
-            for (var d = 0u; d < HD4; d++) {
-                kv[at + 1u + d] = o[d];
+        var other = vec4<f32>(0.0);
+        for (var c0 = 0u; c0 < HD4; c0 += half) {
+            let c1 = min(c0 + half, HD4);
+            if s == t {
+                kv[BQ * half + qi] = vec4<f32>(m, l, 0.0, 0.0);
+                for (var d = c0; d < c1; d++) {
+                    kv[qi * half + d - c0] = o[d];
+                }
             }
+            workgroupBarrier();
+            if s == 0u {
+                other = kv[BQ * half + qi];
+                let mm = max(m, other.x);
+                let a = exp(m - mm);
+                let b = exp(other.x - mm);
+                for (var d = c0; d < c1; d++) {
+                    o[d] = o[d] * a + kv[qi * half + d - c0] * b;
+                }
+            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
         if s == 0u {
-            let other = kv[at];
             let mm = max(m, other.x);
-            let a = exp(m - mm);
-            let b = exp(other.x - mm);
-            l = l * a + other.y * b;
-            for (var d = 0u; d < HD4; d++) {
-                o[d] = o[d] * a + kv[at + 1u + d] * b;
-            }
+            l = l * exp(m - mm) + other.y * exp(other.x - mm);
             m = mm;
         }
-        workgroupBarrier();
     }
     if s == 0u && row < n {
         for (var d = 0u; d < HD4; d++) {

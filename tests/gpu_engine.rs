@@ -142,6 +142,16 @@ fn tiny_mixed_layouts_bias_interleaved_partial_rope() {
     run_tiny(&spec, "mixed");
 }
 
+/// Gemma 3's block: q/k head norms, post norms, GeGLU, the scaled embedding, and local attention over a
+/// window of 5 (with its own rope base) in every block but each third, decoded past the window.
+#[test]
+fn tiny_gemma3_sliding_window() {
+    let window = omex::graph::SlidingWindow { window: 5, global_every: 3, local_rope_base: 100.0 };
+    let spec =
+        TinySpec { layers: 3, n_heads: 4, n_kv_heads: 1, head_dim: 32, gemma3: Some(window), ..TinySpec::small() };
+    run_tiny(&spec, "gemma3");
+}
+
 #[test]
 fn tiny_mha_context_past_tiles() {
     // Positions past 64 exercise several key tiles of the decode attention and several splits.

@@ -599,6 +599,7 @@ fn attention_decode(b: &dyn Ops) {
         (Heads { n_heads: 8, n_kv: 1, head_dim: 40 }, 12),
         (Heads { n_heads: 2, n_kv: 2, head_dim: 128 }, 128),
         (Heads { n_heads: 16, n_kv: 1, head_dim: 64 }, 32),
+        (Heads { n_heads: 4, n_kv: 1, head_dim: 256 }, 256),
     ];
     // (pos, splits): key `pos` first or last of its split of 64-key tiles, alone in it, in a later tile of it,
     // and splits left empty.
@@ -638,6 +639,8 @@ fn attention_prefill(b: &dyn Ops) {
         Heads { n_heads: 6, n_kv: 2, head_dim: 24 },
         Heads { n_heads: 2, n_kv: 2, head_dim: 128 },
         Heads { n_heads: 9, n_kv: 3, head_dim: 64 },
+        // Gemma 3 270M's.
+        Heads { n_heads: 4, n_kv: 1, head_dim: 256 },
     ];
     for heads in shapes {
         for (pos0, n) in [(0, 13), (5, 9), (0, 1), (17, 3), (30, 41)] {

@@ -294,4 +294,11 @@ fn gpu_engine_matches_the_reference() {
         row = engine.forward(&[next], ids.len() - 1, Logits::Last).unwrap();
     }
     assert_eq!(ours, want[..steps], "prompt {}: GPU greedy against the reference", p["name"]);
+
+    // The decode loop `omex run` uses (chained on the device where it can; here the embedding, larger than a
+    // lavapipe binding, is gathered on the host every step).
+    let prompt = u32s(&p["token_ids"]);
+    let first = argmax(&engine.forward(&prompt, 0, Logits::Last).unwrap()) as u32;
+    let rest = pollster::block_on(engine.decode_greedy(first, prompt.len(), steps - 1)).unwrap();
+    assert_eq!([&[first], &rest[..]].concat(), want[..steps], "prompt {}: GPU decode loop", p["name"]);
 }

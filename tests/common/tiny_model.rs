@@ -1,4 +1,4 @@
-//! A random tiny llama written as a `model.omex/` directory with `LayerFileWriter` and `Transformer::to_graph`,
+//! A random tiny llama (or gemma3) written as a `model.omex/` directory with `LayerFileWriter` and `Transformer::to_graph`,
 //! every matrix role in a chosen layout, for engine tests that need no converter and no download.
 #![allow(dead_code)]
 
@@ -6,7 +6,7 @@ use omex::format::graph::GRAPH_FILE;
 use omex::format::metadata::{Metadata, QuantSummary, Requirements, METADATA_FILE, OMEX_VERSION};
 use omex::format::record::{EMBEDDING_LAYER, HEAD_LAYER};
 use omex::format::{DType, LayerFileWriter, WeightIndex};
-use omex::graph::{Activation, BlockWeights, Norm, RopeConfig, RopeStyle, Transformer};
+use omex::graph::{Activation, BlockWeights, Norm, RopeConfig, RopeStyle, SlidingWindow, Transformer};
 use std::path::Path;
 
 /// The shape and layouts of a tiny model.
@@ -30,6 +30,8 @@ pub struct TinySpec {
     pub attn: DType,
     pub ffn: DType,
     pub head: DType,
+    /// A gemma3 block (q/k norms, post norms, GeGLU, a scaled embedding) with this sliding window.
+    pub gemma3: Option<SlidingWindow>,
 }
 
 impl TinySpec {
@@ -52,6 +54,7 @@ impl TinySpec {
             attn: DType::Int4,
             ffn: DType::Int4,
             head: DType::F16,
+            gemma3: None,
         }
     }
 }
@@ -97,7 +100,10 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, seed: u64) -> Transformer {
 
     let mut blocks = Vec::new();
     for i in 0..spec.layers {
-        let b = BlockWeights::standard(i, spec.qkv_bias);
+        let b = match spec.gemma3 {
+            Some(_) => BlockWeights::gemma3(i),
+            None => BlockWeights::standard(i, spec.qkv_bias),
+        };
         let mut w = LayerFileWriter::create(&weights, &b.file, i as u32).unwrap();
         put(&mut w, &mut index, &b.attn_norm, DType::F32, &[d], &rng.vec(d as usize, 0.3, 1.0));
         put(&mut w, &mut index, &b.attn_q, spec.attn, &[qd, d], &mat(&mut rng, qd, d));
@@ -113,6 +119,12 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, seed: u64) -> Transformer {
         put(&mut w, &mut index, &b.ffn_gate, spec.ffn, &[f, d], &mat(&mut rng, f, d));
         put(&mut w, &mut index, &b.ffn_up, spec.ffn, &[f, d], &mat(&mut rng, f, d));
         put(&mut w, &mut index, &b.ffn_down, spec.ffn, &[d, f], &mat(&mut rng, d, f));
+        for name in b.attn_qk_norm.iter().flatten() {
+            put(&mut w, &mut index, name, DType::F32, &[hd], &rng.vec(hd as usize, 0.3, 1.0));
+        }
+        for name in b.post_norms.iter().flatten() {
+            put(&mut w, &mut index, name, DType::F32, &[d], &rng.vec(d as usize, 0.3, 1.0));
+        }
         w.finish().unwrap();
         blocks.push(b);
     }
@@ -125,7 +137,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, seed: u64) -> Transformer {
     w.finish().unwrap();
 
     let cfg = Transformer {
-        architecture: "llama".into(),
+        architecture: if spec.gemma3.is_some() { "gemma3" } else { "llama" }.into(),
         vocab_size: spec.vocab,
         hidden_size: d,
         intermediate_size: f,
@@ -135,7 +147,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, seed: u64) -> Transformer {
         context_length: spec.context,
         norm: Norm::RmsNorm { eps: 1e-5 },
         rope: RopeConfig { base: 10000.0, style: spec.rope_style, dims: spec.rope_dims, scaling: None },
-        activation: Activation::Silu,
+        activation: if spec.gemma3.is_some() { Activation::Gelu } else { Activation::Silu },
         token_embedding: "token_embd".into(),
         embedding_file: "embedding.bin".into(),
         output_norm: "output_norm".into(),
@@ -143,7 +155,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, seed: u64) -> Transformer {
         head_file: "head.bin".into(),
         tied_embeddings: spec.tied,
         blocks,
-        sliding_window: None,
+        sliding_window: spec.gemma3,
     };
     let json = |path: &Path, v: &dyn erased::Json| std::fs::write(path, v.json()).unwrap();
     json(&dir.join(GRAPH_FILE), &cfg.to_graph("tiny_graph"));

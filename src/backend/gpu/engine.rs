@@ -541,10 +541,11 @@ impl GpuEngine {
     }
 
     /// Whether decode steps sampled with `opts` chain on the device. Not with streamed weights (each token is a
-    /// forward pass anyway), nor at a temperature without the sample kernel (vocabularies of 2^24 and more):
-    /// those sample on the host.
+    /// forward pass anyway), nor with the embedding gathered on the host (the next token's row is written from
+    /// there), nor at a temperature without the sample kernel (vocabularies of 2^24 and more): those sample on
+    /// the host.
     fn chains(&self, opts: &SamplerOptions) -> bool {
-        self.model.slots.is_none() && (opts.is_greedy() || !self.plan.sample.is_empty())
+        self.model.slots.is_none() && self.host_embed.is_none() && (opts.is_greedy() || !self.plan.sample.is_empty())
     }
 
     /// Greedy decoding on the GPU: [`GpuEngine::decode_steps`] with the argmax.

@@ -83,9 +83,11 @@ impl Model {
         // in row pieces that each fit a binding.
         let max_binding = ctx.gpu.limits.max_storage_buffer_binding_size;
         let mut split_head = false;
+        // (A tied head is the embedding: both are looked at, the file left out once.)
+        let streams: Vec<String> = streamed.keys().cloned().collect();
         for (name, is_head) in [(&p.embedding, false), (&p.head, true)] {
             let view = dir.tensor(name)?;
-            if streamed.contains_key(&view.entry.file) || span_bytes(&view.entry) <= max_binding {
+            if streams.contains(&view.entry.file) || span_bytes(&view.entry) <= max_binding {
                 continue;
             }
             log::info!(

@@ -8,7 +8,7 @@ use crate::backend::gpu::pipelines::{ATTN_COMBINE, ATTN_DECODE, ATTN_PREFILL};
 use crate::error::{Error, Result};
 
 /// Largest head dim the attention kernels hold in shared memory and registers.
-pub const MAX_HEAD_DIM: u32 = 128;
+pub const MAX_HEAD_DIM: u32 = 256;
 
 fn check(h: Heads) -> Result<()> {
     let rep = h.n_heads / h.n_kv.max(1);
