@@ -3,7 +3,7 @@
 // `argmax`: greedy; the index of the largest logit of row `row` (lowest index on ties, NaNs ignored, 0 when there
 // is none, as kernels-cpu's argmax), by one workgroup of 256 threads.
 // `sample`: one draw at a temperature with top-k, top-p and min-p, by one workgroup of 256 threads, with the
-// threshold semantics of runtime/sampler.rs (see `Sampler`), so that the host and the GPU pick the same token
+// threshold semantics of src/sampling/mod.rs (see `Sampler`), so that the host and the GPU pick the same token
 // from the same logits and the same uniform. Weights are w = exp((l - max) / T) (1 at the max); NaNs are never
 // kept; top-k keeps the logits >= the k-th largest (ties all kept); top-p keeps the logits >= the largest cut
 // whose weight from the top reaches top_p of the top-k weight; min-p keeps w >= min_p; the draw walks the kept
@@ -103,7 +103,7 @@ fn argmax(@builtin(local_invocation_index) tid: u32) {
 
 // ---- sample ----
 
-// lowbias32 and the uniform of draw n: runtime/sampler.rs's `uniform`, bit for bit.
+// lowbias32 and the uniform of draw n: src/sampling/mod.rs's `uniform`, bit for bit.
 fn lowbias32(x0: u32) -> u32 {
     var x = x0;
     x ^= x >> 16u;

@@ -8,8 +8,10 @@ pub mod format;
 pub mod graph;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod import;
+pub mod memory;
 pub mod quant;
 pub mod runtime;
+pub mod sampling;
 pub mod tokenizer;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod validate;

@@ -9,7 +9,7 @@ use gpu_common::ops::{AttnCase, Cpu, DecodeCase, Gpu, LinearCase, Ops, RopeCase}
 use gpu_common::sample_ref::{self, Pick};
 use gpu_common::*;
 use omex::backend::gpu::ops::{Heads, Output};
-use omex::runtime::SamplerOptions;
+use omex::sampling::SamplerOptions;
 
 macro_rules! both {
     ($($body:ident),* $(,)?) => {$(

@@ -13,7 +13,7 @@ use omex::backend::{Engine, Logits};
 use omex::format::graph::GRAPH_FILE;
 use omex::format::ModelDir;
 use omex::graph::Transformer;
-use omex::runtime::budget::{Budget, BudgetSource};
+use omex::memory::budget::{Budget, BudgetSource};
 use std::path::Path;
 use std::sync::Arc;
 use tiny_model::{write_tiny_model, TinySpec};

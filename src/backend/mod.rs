@@ -9,7 +9,7 @@ mod weights;
 pub use weights::WeightRef;
 
 use crate::error::Result;
-use crate::runtime::SamplerOptions;
+use crate::sampling::SamplerOptions;
 
 /// Bytes of host memory the system can give without swapping (`MemAvailable` of `/proc/meminfo`); `None`
 /// where that is unknown (other systems, the browser).
@@ -100,7 +100,7 @@ pub trait Engine {
 
     /// Decoding kept on the device, for engines that can chain steps without reading logits back: feeds
     /// `first` at `pos`, then each chosen id at the next position, and returns the `steps` ids chosen as a
-    /// [`Sampler`](crate::runtime::Sampler) with `opts` would choose them from the same logits: greedy (argmax,
+    /// [`Sampler`](crate::sampling::Sampler) with `opts` would choose them from the same logits: greedy (argmax,
     /// lowest id on ties) or at a temperature with draw numbers `draw, draw + 1, ...`. The cache then holds
     /// positions `pos..pos + steps`; the last id returned has not been fed. `None`: the engine has no such path
     /// for these options (callers use [`Engine::forward`] and sample on the host).

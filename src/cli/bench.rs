@@ -7,7 +7,8 @@
 use super::engine_args::EngineArgs;
 use clap::Args;
 use omex::backend::{Engine, Logits};
-use omex::runtime::{Model, SamplerOptions};
+use omex::runtime::Model;
+use omex::sampling::SamplerOptions;
 use omex::Result;
 use std::path::PathBuf;
 use std::time::Instant;

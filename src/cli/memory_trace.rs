@@ -1,10 +1,13 @@
 //! `omex memory-trace TRACE.json [-o OUT.svg]`: draws a memory trace recorded with `omex run --memory-trace`
 //! (uploads per slot, compute, GPU memory and host RSS over time) as an SVG.
 
+mod svg;
+
 use clap::Args;
-use omex::runtime::memory_trace::{render_svg, MemoryTrace};
+use omex::memory::trace::MemoryTrace;
 use omex::{Error, Result};
 use std::path::PathBuf;
+use svg::render_svg;
 
 #[derive(Args, Debug)]
 pub struct MemoryTraceArgs {

@@ -4,7 +4,7 @@
 use super::engine_args::MemoryArgs;
 use clap::Args;
 use omex::backend::gpu::{plan_memory, profile};
-use omex::runtime::planner::{predict, Prediction};
+use omex::memory::planner::{predict, Prediction};
 use omex::runtime::Model;
 use omex::Result;
 use std::path::PathBuf;

@@ -2,7 +2,8 @@
 
 use super::engine_args::EngineArgs;
 use clap::Args;
-use omex::runtime::{GenerateOptions, SamplerOptions};
+use omex::runtime::GenerateOptions;
+use omex::sampling::SamplerOptions;
 use omex::tokenizer::ChatMessage;
 use omex::{Error, Result};
 use std::io::Write;

@@ -1,13 +1,10 @@
-//! Running a model: loading it, sessions (prompt, KV cache, generation loop, streaming) and sampling.
+//! Running a model: loading it, sessions (prompt, KV cache, generation loop, streaming) and perplexity. It sits
+//! above the engines (`crate::backend`) and the services they use (`crate::memory`, `crate::sampling`).
 
-pub mod budget;
-pub mod memory_trace;
 mod model;
 pub mod perplexity;
-pub mod planner;
-pub mod sampler;
 pub mod session;
 
+pub use crate::sampling::{Sampler, SamplerOptions};
 pub use model::{BackendChoice, EngineOptions, Model};
-pub use sampler::{Sampler, SamplerOptions};
 pub use session::{GenerateOptions, Generation, Session, StopReason, Timings};

@@ -121,7 +121,7 @@ impl Model {
     /// The GPU engine's options: the budget resolved (flag, environment, config file), streaming settings.
     pub fn gpu_options(&self, opts: &EngineOptions) -> Result<GpuOptions> {
         let mut gpu = GpuOptions::new(self.context_length(opts)?);
-        gpu.budget = crate::runtime::budget::resolve_default(opts.gpu_mem.as_deref())?;
+        gpu.budget = crate::memory::budget::resolve_default(opts.gpu_mem.as_deref())?;
         gpu.slots = opts.stream_slots.max(1);
         gpu.overlap = opts.overlap;
         gpu.activations = opts.gpu_activations;

@@ -1,9 +1,9 @@
 //! A conversation with a loaded model: the engine's KV cache holds `tokens`; `generate` feeds the new part of
 //! a prompt (reusing the cached prefix), then samples token by token, streaming text through a callback.
 
-use super::sampler::{Sampler, SamplerOptions};
 use crate::backend::{Engine, Logits};
 use crate::error::{Error, Result};
+use crate::sampling::{Sampler, SamplerOptions};
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::Arc;

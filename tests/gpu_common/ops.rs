@@ -9,7 +9,7 @@ use omex::backend::gpu::ops::{
 };
 use omex::backend::gpu::weights::{GpuFile, GpuMatrix};
 use omex::backend::gpu::{Dispatch, Region};
-use omex::runtime::{Sampler, SamplerOptions};
+use omex::sampling::{Sampler, SamplerOptions};
 use std::sync::Arc;
 
 /// A fused matrix product: up to three matrices (same layout and cols) with optional biases, an optional RMS

@@ -1,9 +1,9 @@
-//! The sampler's semantics in f64, written from the formulas (`omex::runtime::Sampler` documents them) and
+//! The sampler's semantics in f64, written from the formulas (`omex::sampling::Sampler` documents them) and
 //! sharing no code with the host sampler or the kernel: the whole candidate list is sorted, every cut is read off
 //! it directly. A pick whose inputs fall within `tol` (relative) of a boundary that f32 rounding could move is
 //! reported as [`Pick::Near`] instead of an id.
 
-use omex::runtime::SamplerOptions;
+use omex::sampling::SamplerOptions;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pick {

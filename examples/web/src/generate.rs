@@ -5,7 +5,8 @@
 
 use crate::engine::WebEngine;
 use omex::backend::Logits;
-use omex::runtime::{Sampler, SamplerOptions, StopReason};
+use omex::runtime::StopReason;
+use omex::sampling::{Sampler, SamplerOptions};
 use omex::tokenizer::Tokenizer;
 use omex::{Error, Result};
 

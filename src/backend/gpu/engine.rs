@@ -17,13 +17,13 @@ use crate::backend::{Activations, Engine, Logits, WeightRef};
 use crate::error::{Error, Result};
 use crate::format::ModelDir;
 use crate::graph::Transformer;
-use crate::runtime::budget::Budget;
-use crate::runtime::planner::{self, PlanInput};
-use crate::runtime::{Sampler, SamplerOptions};
+use crate::memory::budget::Budget;
+use crate::memory::planner::{self, PlanInput};
+use crate::sampling::{Sampler, SamplerOptions};
 use std::sync::Arc;
 #[cfg(not(target_arch = "wasm32"))]
 use {
-    crate::runtime::memory_trace::{SpanKind, TraceRecorder, TraceUnit},
+    crate::memory::trace::{SpanKind, TraceRecorder, TraceUnit},
     std::path::PathBuf,
     std::sync::Mutex,
 };

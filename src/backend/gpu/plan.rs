@@ -13,7 +13,7 @@ use crate::backend::{Activations, WeightRef};
 use crate::error::{Error, Result};
 use crate::format::{DType, ModelDir, SectionKind};
 use crate::graph::{Activation, Norm as NormKind, RopeStyle};
-use crate::runtime::SamplerOptions;
+use crate::sampling::SamplerOptions;
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@
 //! Each GPU number is timed at two repetition counts and taken from the difference, so the fixed cost of a
 //! submission and its wait cancels out; each count is the best of a few samples.
 
-use crate::runtime::planner::DeviceProfile;
+use crate::memory::planner::DeviceProfile;
 use serde::{Deserialize, Serialize};
 
 /// One adapter as wgpu reports it.

@@ -1,5 +1,5 @@
 //! Weights that stream: when the GPU memory budget cannot hold the whole model, the planner
-//! ([`crate::runtime::planner`]) keeps some weight units resident and streams the others through a ring of
+//! ([`crate::memory::planner`]) keeps some weight units resident and streams the others through a ring of
 //! upload slots, straight from the mapped weight files.
 //!
 //! The units of a llama-family model, in execution order:
@@ -19,7 +19,7 @@ use super::weights::GpuFile;
 use crate::error::{Error, Result};
 use crate::format::{Blob, ModelDir, SectionKind, TensorEntry};
 use crate::graph::Transformer;
-use crate::runtime::planner::LayerCost;
+use crate::memory::planner::LayerCost;
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@ use crate::backend::gpu::pipelines::{
 };
 use crate::backend::gpu::weights::GpuMatrix;
 use crate::error::{Error, Result};
-use crate::runtime::SamplerOptions;
+use crate::sampling::SamplerOptions;
 use bytemuck::{Pod, Zeroable};
 
 async fn dispatch<P: Pod>(
@@ -230,7 +230,7 @@ pub async fn argmax(
 /// The `sample` kernel counts candidates in f32, exact below 2^24: vocabularies from this size on are refused.
 pub const SAMPLE_MAX_VOCAB: u32 = 1 << 24;
 
-/// Sampling at a temperature with top-k, top-p and min-p, as [`crate::runtime::Sampler`] picks on the host:
+/// Sampling at a temperature with top-k, top-p and min-p, as [`crate::sampling::Sampler`] picks on the host:
 /// draw number `params.draw + k` from logits row `params.row` into `ids[0]` and `tokens[params.slot + k]` (`k`
 /// the step buffer's step counter). [`set_sample_params`] changes the settings of the dispatch afterwards.
 pub async fn sample(

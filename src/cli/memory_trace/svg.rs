@@ -4,8 +4,8 @@
 //! drawn only where they fit, and the memory lines thinned to a few points per pixel, so that a trace of many
 //! thousands of spans stays small and readable.
 
-use super::{MemorySample, MemoryTrace, SpanKind, TraceSpan};
-use crate::format::metadata::human_bytes;
+use omex::format::metadata::human_bytes;
+use omex::memory::trace::{MemorySample, MemoryTrace, SpanKind, TraceSpan};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
@@ -432,4 +432,156 @@ fn legend(s: &mut String, y: f64) {
         x += 27.0 + name.len() as f64 * CHAR_W + 22.0;
     }
     s.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omex::memory::trace::TraceUnit;
+
+    fn unit(name: &str, mb: u64, resident: bool) -> TraceUnit {
+        TraceUnit { name: name.into(), bytes: mb << 20, resident }
+    }
+
+    /// `forwards` forward passes over `units`: the resident one computed in place, each streamed one uploaded
+    /// into slot `i % 2` (overlapping the previous unit's compute) and then computed.
+    fn synthetic(units: &[TraceUnit], forwards: u64, us_per_unit: f64) -> MemoryTrace {
+        let mut spans = Vec::new();
+        let mut memory = Vec::new();
+        let mut t = 0.0;
+        for f in 0..forwards {
+            for (i, u) in units.iter().enumerate() {
+                let slot = (!u.resident).then_some(i % 2);
+                if !u.resident {
+                    let s = TraceSpan {
+                        kind: SpanKind::Upload,
+                        unit: u.name.clone(),
+                        slot,
+                        forward: f,
+                        start_us: t,
+                        end_us: t + 0.8 * us_per_unit,
+                        bytes: u.bytes,
+                    };
+                    spans.push(s);
+                }
+                let (start, end) = (t + 0.8 * us_per_unit, t + 1.8 * us_per_unit);
+                spans.push(TraceSpan {
+                    kind: SpanKind::Compute,
+                    unit: u.name.clone(),
+                    slot,
+                    forward: f,
+                    start_us: start,
+                    end_us: end,
+                    bytes: u.bytes,
+                });
+                let gpu = (100 + 10 * (i as u64 % 3)) << 20;
+                memory.push(MemorySample {
+                    t_us: end,
+                    gpu_bytes: gpu,
+                    gpu_peak_bytes: 120 << 20,
+                    host_rss_bytes: 300 << 20,
+                });
+                t = end;
+            }
+        }
+        MemoryTrace {
+            model: "tiny & <odd>".into(),
+            device: "llvmpipe (Vulkan)".into(),
+            budget_bytes: Some(128 << 20),
+            overlap: true,
+            slots: 2,
+            units: units.to_vec(),
+            spans,
+            memory,
+        }
+    }
+
+    /// Well-formedness: tags balance under one root, and every `&` starts an entity.
+    fn check_xml(s: &str) -> Result<(), String> {
+        fn text(t: &str) -> Result<(), String> {
+            for (i, _) in t.match_indices('&') {
+                let ok = ["amp;", "lt;", "gt;", "quot;", "apos;"].iter().any(|e| t[i + 1..].starts_with(e));
+                if !ok {
+                    return Err(format!("a bare & in {:?}", &t[i..(i + 20).min(t.len())]));
+                }
+            }
+            Ok(())
+        }
+        let (mut stack, mut roots, mut rest) = (Vec::<String>::new(), 0, s);
+        while let Some(i) = rest.find('<') {
+            text(&rest[..i])?;
+            let end = i + rest[i..].find('>').ok_or("a tag is not closed")?;
+            let tag = &rest[i + 1..end];
+            rest = &rest[end + 1..];
+            if tag.starts_with('?') {
+                continue;
+            }
+            if tag.contains('<') {
+                return Err(format!("a < inside the tag {tag:?}"));
+            }
+            text(tag)?;
+            if let Some(name) = tag.strip_prefix('/') {
+                let open = stack.pop().ok_or(format!("</{name}> closes nothing"))?;
+                if open != name.trim() {
+                    return Err(format!("<{open}> closed by </{name}>"));
+                }
+                continue;
+            }
+            let name = tag.split(|c: char| c.is_whitespace() || c == '/').next().unwrap_or("").to_string();
+            if stack.is_empty() {
+                roots += 1;
+            }
+            if !tag.ends_with('/') {
+                stack.push(name);
+            }
+        }
+        text(rest)?;
+        if !stack.is_empty() || roots != 1 || !rest.trim().is_empty() {
+            return Err(format!("unclosed {stack:?}, {roots} roots"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_small_trace_draws_every_span_with_escaped_names() {
+        let units = [unit("embedding", 40, true), unit("a<b&c", 20, false), unit("layer_1", 20, false)];
+        let trace = synthetic(&units, 3, 2000.0);
+        let svg = render_svg(&trace);
+        check_xml(&svg).unwrap();
+        assert_eq!(svg.matches("class=\"span ").count(), trace.spans.len(), "one rectangle per span");
+        assert_eq!(svg.matches("class=\"span upload").count(), 6);
+        assert_eq!(svg.matches("class=\"span compute resident").count(), 3);
+        assert!(svg.contains("a&lt;b&amp;c") && !svg.contains("a<b"), "names are escaped");
+        assert!(svg.contains("tiny &amp; &lt;odd&gt;"));
+        for needle in
+            ["upload slot 0", "upload slot 1", "compute", "budget 134 MB", "overlap on", "MB</text>", "layer_1</text>"]
+        {
+            assert!(svg.contains(needle), "{needle}");
+        }
+        check_xml("<a><b></a></b>").unwrap_err();
+        check_xml("<a>x & y</a>").unwrap_err();
+    }
+
+    #[test]
+    fn thousands_of_spans_stay_small_and_well_formed() {
+        let units: Vec<TraceUnit> = (0..30).map(|i| unit(&format!("layer_{i}"), 50, i < 2)).collect();
+        let trace = synthetic(&units, 64, 150.0);
+        assert!(trace.spans.len() > 3000);
+        let svg = render_svg(&trace);
+        check_xml(&svg).unwrap();
+        let rects = svg.matches("class=\"span ").count();
+        assert!(rects < trace.spans.len(), "sub-pixel spans are merged: {rects} rectangles");
+        assert!(svg.contains(" merged\""));
+        assert!(svg.len() < 2_000_000, "{} bytes", svg.len());
+    }
+
+    #[test]
+    fn empty_traces_render() {
+        let mut trace = synthetic(&[], 0, 1.0);
+        trace.budget_bytes = None;
+        trace.slots = 0;
+        let svg = render_svg(&trace);
+        check_xml(&svg).unwrap();
+        assert!(svg.contains("no memory samples") && svg.contains("no budget"));
+    }
 }

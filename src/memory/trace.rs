@@ -1,6 +1,7 @@
 //! A memory trace of a streamed run (`omex run --memory-trace`): which weight unit was uploaded into which slot
-//! and when, when each unit's compute ran, and GPU bytes and host RSS over time. [`render_svg`] draws it
-//! (`omex memory-trace`): a timeline with one lane per upload slot and one for compute, above a memory chart.
+//! and when, when each unit's compute ran, and GPU bytes and host RSS over time. [`TraceRecorder`] collects it
+//! and [`MemoryTrace`] saves and loads it as JSON; the CLI draws it (`omex memory-trace`): a timeline with one
+//! lane per upload slot and one for compute, above a memory chart.
 
 #[cfg(not(target_arch = "wasm32"))]
 use crate::error::{Error, Result};
@@ -186,9 +187,6 @@ pub fn host_rss_bytes() -> u64 {
     }
 }
 
-mod svg;
-pub use svg::render_svg;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,151 +195,14 @@ mod tests {
         TraceUnit { name: name.into(), bytes: mb << 20, resident }
     }
 
-    /// `forwards` forward passes over `units`: the resident one computed in place, each streamed one uploaded
-    /// into slot `i % 2` (overlapping the previous unit's compute) and then computed.
-    fn synthetic(units: &[TraceUnit], forwards: u64, us_per_unit: f64) -> MemoryTrace {
-        let mut spans = Vec::new();
-        let mut memory = Vec::new();
-        let mut t = 0.0;
-        for f in 0..forwards {
-            for (i, u) in units.iter().enumerate() {
-                let slot = (!u.resident).then_some(i % 2);
-                if !u.resident {
-                    let s = TraceSpan {
-                        kind: SpanKind::Upload,
-                        unit: u.name.clone(),
-                        slot,
-                        forward: f,
-                        start_us: t,
-                        end_us: t + 0.8 * us_per_unit,
-                        bytes: u.bytes,
-                    };
-                    spans.push(s);
-                }
-                let (start, end) = (t + 0.8 * us_per_unit, t + 1.8 * us_per_unit);
-                spans.push(TraceSpan {
-                    kind: SpanKind::Compute,
-                    unit: u.name.clone(),
-                    slot,
-                    forward: f,
-                    start_us: start,
-                    end_us: end,
-                    bytes: u.bytes,
-                });
-                let gpu = (100 + 10 * (i as u64 % 3)) << 20;
-                memory.push(MemorySample {
-                    t_us: end,
-                    gpu_bytes: gpu,
-                    gpu_peak_bytes: 120 << 20,
-                    host_rss_bytes: 300 << 20,
-                });
-                t = end;
-            }
-        }
-        MemoryTrace {
-            model: "tiny & <odd>".into(),
-            device: "llvmpipe (Vulkan)".into(),
-            budget_bytes: Some(128 << 20),
-            overlap: true,
-            slots: 2,
-            units: units.to_vec(),
-            spans,
-            memory,
-        }
-    }
-
-    /// Well-formedness: tags balance under one root, and every `&` starts an entity.
-    fn check_xml(s: &str) -> Result<(), String> {
-        fn text(t: &str) -> Result<(), String> {
-            for (i, _) in t.match_indices('&') {
-                let ok = ["amp;", "lt;", "gt;", "quot;", "apos;"].iter().any(|e| t[i + 1..].starts_with(e));
-                if !ok {
-                    return Err(format!("a bare & in {:?}", &t[i..(i + 20).min(t.len())]));
-                }
-            }
-            Ok(())
-        }
-        let (mut stack, mut roots, mut rest) = (Vec::<String>::new(), 0, s);
-        while let Some(i) = rest.find('<') {
-            text(&rest[..i])?;
-            let end = i + rest[i..].find('>').ok_or("a tag is not closed")?;
-            let tag = &rest[i + 1..end];
-            rest = &rest[end + 1..];
-            if tag.starts_with('?') {
-                continue;
-            }
-            if tag.contains('<') {
-                return Err(format!("a < inside the tag {tag:?}"));
-            }
-            text(tag)?;
-            if let Some(name) = tag.strip_prefix('/') {
-                let open = stack.pop().ok_or(format!("</{name}> closes nothing"))?;
-                if open != name.trim() {
-                    return Err(format!("<{open}> closed by </{name}>"));
-                }
-                continue;
-            }
-            let name = tag.split(|c: char| c.is_whitespace() || c == '/').next().unwrap_or("").to_string();
-            if stack.is_empty() {
-                roots += 1;
-            }
-            if !tag.ends_with('/') {
-                stack.push(name);
-            }
-        }
-        text(rest)?;
-        if !stack.is_empty() || roots != 1 || !rest.trim().is_empty() {
-            return Err(format!("unclosed {stack:?}, {roots} roots"));
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn a_small_trace_draws_every_span_with_escaped_names() {
-        let units = [unit("embedding", 40, true), unit("a<b&c", 20, false), unit("layer_1", 20, false)];
-        let trace = synthetic(&units, 3, 2000.0);
-        let svg = render_svg(&trace);
-        check_xml(&svg).unwrap();
-        assert_eq!(svg.matches("class=\"span ").count(), trace.spans.len(), "one rectangle per span");
-        assert_eq!(svg.matches("class=\"span upload").count(), 6);
-        assert_eq!(svg.matches("class=\"span compute resident").count(), 3);
-        assert!(svg.contains("a&lt;b&amp;c") && !svg.contains("a<b"), "names are escaped");
-        assert!(svg.contains("tiny &amp; &lt;odd&gt;"));
-        for needle in
-            ["upload slot 0", "upload slot 1", "compute", "budget 134 MB", "overlap on", "MB</text>", "layer_1</text>"]
-        {
-            assert!(svg.contains(needle), "{needle}");
-        }
-        check_xml("<a><b></a></b>").unwrap_err();
-        check_xml("<a>x & y</a>").unwrap_err();
-    }
-
-    #[test]
-    fn thousands_of_spans_stay_small_and_well_formed() {
-        let units: Vec<TraceUnit> = (0..30).map(|i| unit(&format!("layer_{i}"), 50, i < 2)).collect();
-        let trace = synthetic(&units, 64, 150.0);
-        assert!(trace.spans.len() > 3000);
-        let svg = render_svg(&trace);
-        check_xml(&svg).unwrap();
-        let rects = svg.matches("class=\"span ").count();
-        assert!(rects < trace.spans.len(), "sub-pixel spans are merged: {rects} rectangles");
-        assert!(svg.contains(" merged\""));
-        assert!(svg.len() < 2_000_000, "{} bytes", svg.len());
-    }
-
-    #[test]
-    fn empty_traces_render() {
-        let mut trace = synthetic(&[], 0, 1.0);
-        trace.budget_bytes = None;
-        trace.slots = 0;
-        let svg = render_svg(&trace);
-        check_xml(&svg).unwrap();
-        assert!(svg.contains("no memory samples") && svg.contains("no budget"));
-    }
-
     #[test]
     fn traces_round_trip_through_json_files() {
-        let trace = synthetic(&[unit("embedding", 40, true), unit("layer_0", 20, false)], 2, 100.0);
+        let mut r = TraceRecorder::new("m", "d", Some(64 << 20), true, 2, vec![unit("embedding", 40, true)]);
+        r.span(SpanKind::Upload, "layer_0", Some(1), 0, 0.0, 80.0, 20 << 20);
+        r.span(SpanKind::Compute, "layer_0", Some(1), 0, 80.0, 180.0, 20 << 20);
+        r.sample(60 << 20, 62 << 20);
+        let mut trace = r.finish();
+        trace.memory[0].t_us = 180.0; // a time that prints exactly, so that the JSON compares equal
         let json = serde_json::to_string(&trace).unwrap();
         assert!(json.contains("\"kind\":\"upload\"") && json.contains("\"kind\":\"compute\""));
         assert_eq!(serde_json::from_str::<MemoryTrace>(&json).unwrap(), trace);
