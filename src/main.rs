@@ -34,6 +34,8 @@ enum Command {
     Profile(cli::profile::ProfileArgs),
     /// Draw a memory trace recorded with `omex run --memory-trace` as an SVG
     MemoryTrace(cli::memory_trace::MemoryTraceArgs),
+    /// Draw a model's op program as an SVG: blocks, one expanded op by op, bytes and kernels
+    GraphVisualize(cli::graph_visualize::GraphVisualizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => cli::plan::run(args),
         Command::Profile(args) => cli::profile::run(args),
         Command::MemoryTrace(args) => cli::memory_trace::run(args),
+        Command::GraphVisualize(args) => cli::graph_visualize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

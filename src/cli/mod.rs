@@ -48,6 +48,7 @@ pub fn progress(len: u64, msg: &str) -> Option<indicatif::ProgressBar> {
 pub mod bench;
 pub mod convert;
 pub mod engine_args;
+pub mod graph_visualize;
 pub mod layer_inspect;
 pub mod memory_trace;
 pub mod perplexity;
