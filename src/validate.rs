@@ -62,7 +62,12 @@ pub fn validate(dir: &Path) -> Report {
         for p in g.problems() {
             r.problem(format!("{GRAPH_FILE}: {p}"));
         }
-        Transformer::from_graph(g, &dir.join(GRAPH_FILE)).map_err(|e| r.problem(e.to_string())).ok()
+        let t = Transformer::from_graph(g, &dir.join(GRAPH_FILE)).map_err(|e| r.problem(e.to_string())).ok()?;
+        // The op program every engine runs: the architecture is known and its ops fit together.
+        if let Err(e) = crate::arch::program(&t) {
+            r.problem(format!("{GRAPH_FILE}: {e}"));
+        }
+        Some(t)
     });
     let index: Option<WeightIndex> = read_json(&dir.join(INDEX_FILE)).map_err(|e| r.problem(e.to_string())).ok();
     if let Some(ix) = &index {

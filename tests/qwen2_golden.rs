@@ -20,7 +20,8 @@
 mod common;
 mod gpu_common;
 
-use common::{f64s, golden, omex_bin, u32s};
+use common::logits::{argmax, clear_steps, common_prefix, max_diff, mean_std, teacher_forced_top1};
+use common::{golden, omex_bin, u32s};
 use omex::backend::{Activations, Engine, KvType, Logits};
 use omex::runtime::{BackendChoice, EngineOptions, GenerateOptions, Model};
 use omex::tokenizer::ChatMessage;
@@ -65,29 +66,6 @@ fn options(activations: Activations, kv: KvType) -> EngineOptions {
         kv,
         ..Default::default()
     }
-}
-
-fn argmax(row: &[f32]) -> usize {
-    kernels_cpu::ops::argmax(row)
-}
-
-/// Largest |ours - reference| over the stored top-20 and fixed-id logits of a prompt's last position.
-fn max_diff(g: &Value, last: &Value, row: &[f32]) -> f64 {
-    let mut worst = 0f64;
-    for (ids, vals) in [(&last["top_ids"], &last["top_logits"]), (&g["fixed_token_ids"], &last["fixed_logits"])] {
-        for (id, v) in u32s(ids).into_iter().zip(f64s(vals)) {
-            worst = worst.max((row[id as usize] as f64 - v).abs());
-        }
-    }
-    worst
-}
-
-/// Mean and population standard deviation of a logit row.
-fn mean_std(row: &[f32]) -> (f64, f64) {
-    let n = row.len() as f64;
-    let mean = row.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean, var.sqrt())
 }
 
 /// Every logits-golden prompt run teacher-forced: `check(prompt, all logit rows, vocab)`.
@@ -135,17 +113,7 @@ fn float_activations_match_the_reference_logits() {
         assert!((mean - last["mean"].as_f64().unwrap()).abs() < F32_LOGIT_TOL, "prompt {}: mean {mean}", p["name"]);
         assert!((std - last["std"].as_f64().unwrap()).abs() < F32_LOGIT_TOL, "prompt {}: std {std}", p["name"]);
         // Teacher-forced top-1 at every prompt position whose margin is not a near-tie.
-        for (i, (top, margin)) in u32s(&p["argmax_ids"]).into_iter().zip(f64s(&p["top2_margins"])).enumerate() {
-            if margin > F32_NEAR_TIE {
-                assert_eq!(
-                    argmax(&logits[i * vocab..(i + 1) * vocab]) as u32,
-                    top,
-                    "prompt {} position {i}",
-                    p["name"]
-                );
-                checked += 1;
-            }
-        }
+        checked += teacher_forced_top1(p, logits, vocab, F32_NEAR_TIE);
     });
     eprintln!("f32 activations: max |logit - reference| = {worst:.2e}; top-1 equal at {checked} prompt positions");
 }
@@ -164,18 +132,8 @@ fn int8_activations_stay_close_to_the_reference_logits() {
         worst = worst.max(d);
         // The first generated token, whatever the margin.
         assert_eq!(argmax(row) as u32, u32s(&last["top_ids"])[0], "prompt {}: first generated token", p["name"]);
-        for (i, (top, margin)) in u32s(&p["argmax_ids"]).into_iter().zip(f64s(&p["top2_margins"])).enumerate() {
-            positions += 1;
-            if margin > INT8_NEAR_TIE {
-                assert_eq!(
-                    argmax(&logits[i * vocab..(i + 1) * vocab]) as u32,
-                    top,
-                    "prompt {} position {i}",
-                    p["name"]
-                );
-                checked += 1;
-            }
-        }
+        positions += logits.len() / vocab;
+        checked += teacher_forced_top1(p, logits, vocab, INT8_NEAR_TIE);
     });
     eprintln!(
         "int8 activations: max |logit - reference| = {worst:.3}; top-1 equal at {checked} of {positions} positions"
@@ -197,15 +155,6 @@ fn greedy(dir: &Path, activations: Activations, kv: KvType) -> Vec<(Value, Vec<u
         out.push((p.clone(), ids));
     }
     out
-}
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-/// Greedy steps of a golden prompt before the first one whose reference top-2 margin is below `near_tie`.
-fn clear_steps(p: &Value, near_tie: f64) -> usize {
-    f64s(&p["top2_margins"]).iter().take_while(|&&m| m >= near_tie).count()
 }
 
 #[test]

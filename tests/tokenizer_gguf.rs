@@ -152,6 +152,7 @@ pub fn read_vocab(path: &Path) -> io::Result<GgufVocab> {
         pad_id: id("tokenizer.ggml.padding_token_id"),
         add_bos: b("tokenizer.ggml.add_bos_token"),
         add_eos: b("tokenizer.ggml.add_eos_token"),
+        add_space_prefix: b("tokenizer.ggml.add_space_prefix"),
         chat_template: s("tokenizer.chat_template"),
     })
 }

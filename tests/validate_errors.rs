@@ -133,6 +133,23 @@ fn graph_and_index_disagreements() {
     assert!(has(&problems, &["graph.json", "nowhere"]), "{problems:?}");
 }
 
+/// The op program is checked: an architecture no file in src/arch/ builds, and a qwen2 graph whose blocks
+/// name no q/k/v biases.
+#[test]
+fn graph_without_an_op_program() {
+    let dir = model("arch", "keep");
+    let graph = dir.join("graph.json");
+    let original: Value = serde_json::from_slice(&std::fs::read(&graph).unwrap()).unwrap();
+    for (kind, expected) in [("transformer/gpt9", "architecture \"gpt9\""), ("transformer/qwen2", "biases")] {
+        let mut g = original.clone();
+        g["graph_type"] = Value::from(kind);
+        std::fs::write(&graph, serde_json::to_vec(&g).unwrap()).unwrap();
+        let (ok, problems, _) = validate(&dir);
+        assert!(!ok);
+        assert!(has(&problems, &["graph.json", expected]), "{kind}: {problems:?}");
+    }
+}
+
 #[test]
 fn ternary_codes_and_optional_folders() {
     let dir = model("ternary", "ternary");

@@ -259,6 +259,7 @@ fn read_vocab(file: &GgufFile) -> Result<GgufVocab> {
         pad_id: id("tokenizer.ggml.padding_token_id")?,
         add_bos: file.opt_bool("tokenizer.ggml.add_bos_token")?,
         add_eos: file.opt_bool("tokenizer.ggml.add_eos_token")?,
+        add_space_prefix: file.opt_bool("tokenizer.ggml.add_space_prefix")?,
         chat_template: file.opt_str("tokenizer.chat_template")?.map(str::to_string),
     })
 }

@@ -39,6 +39,9 @@ pub struct GgufVocab {
     pub pad_id: Option<u32>,
     pub add_bos: Option<bool>,
     pub add_eos: Option<bool>,
+    /// `tokenizer.ggml.add_space_prefix` ("llama" only): SentencePiece's dummy "▁" before the text. Absent
+    /// means on (Llama-2); Gemma's vocabularies say false.
+    pub add_space_prefix: Option<bool>,
     pub chat_template: Option<String>,
 }
 
@@ -165,6 +168,19 @@ struct Pipeline {
 
 fn pipeline(vocab: &GgufVocab, unk: Option<u32>) -> Result<Pipeline, TokenizerError> {
     match vocab.model.as_str() {
+        // Gemma: spaces become "▁" and nothing is prepended (a Metaspace that never prepends, rather than HF's
+        // Replace normalizer, which omex's tokenizer.json reader does not take), so the decoder strips nothing.
+        "llama" if vocab.add_space_prefix == Some(false) => Ok(Pipeline {
+            normalizer: Value::Null,
+            pre_tokenizer: json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never",
+                                  "split": false}),
+            decoder: json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]}),
+            unk_token: vocab.name(unk).map_or(Value::Null, Value::String),
+            sentencepiece: true,
+            ignore_merges: false,
+        }),
         // Llama-2 / TinyLlama: the `tokenizer.json` transformers writes for them.
         "llama" => Ok(Pipeline {
             normalizer: json!({"type": "Sequence", "normalizers": [

@@ -2,6 +2,8 @@
 //! scripts/fetch-model.sh) and their omex conversions, made once per build of the `omex` binary and reused by every test binary.
 #![allow(dead_code)]
 
+pub mod logits;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,6 +33,20 @@ pub fn qwen_gguf(size: &str) -> Option<PathBuf> {
         return Some(path);
     }
     eprintln!("skipped: {} is missing (run scripts/fetch-model.sh qwen2.5-coder-{size}, or set {var})", path.display());
+    None
+}
+
+/// The Gemma 3 270M GGUF, or `None` (with the reason on stderr) when it is not on this machine:
+/// `$OMEX_GEMMA3_GGUF`, else the fetch script's cache path.
+pub fn gemma3_gguf() -> Option<PathBuf> {
+    let path = cached_model("OMEX_GEMMA3_GGUF", "gemma-3-270m-q4_k_m.gguf");
+    if path.is_file() {
+        return Some(path);
+    }
+    eprintln!(
+        "skipped: {} is missing (run scripts/fetch-model.sh gemma3-270m, or set OMEX_GEMMA3_GGUF)",
+        path.display()
+    );
     None
 }
 
