@@ -18,6 +18,9 @@ REPS=${REPS:-3}
 bash $P/device.sh build >/dev/null
 bash $P/device.sh vulkan >/dev/null
 export LD_LIBRARY_PATH=/opt/vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# The NVIDIA Vulkan driver's manifest is not where the loader looks on these machines.
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f $icd ] && export VK_DRIVER_FILES=$icd
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 for m in "$@"; do
     echo "=== $m"
@@ -25,7 +28,7 @@ for m in "$@"; do
     rm -rf "/tmp/$m.omex"
     "$BIN" convert "/tmp/$m.gguf" -o "/tmp/$m.omex" --quant keep >/dev/null
     "$BIN" bench "/tmp/$m.omex" --backend gpu -p 512 -n 128 -r 1 >/dev/null 2>&1 || true
-    echo "== omex (before)"; "$BIN" bench "/tmp/$m.omex" --backend gpu -p 512 -n 128 -r "$REPS" 2>&1 | grep -v XDG
+    echo "== omex (before)"; "$BIN" bench "/tmp/$m.omex" --backend gpu -p 512 -n 128 -r "$REPS" 2>&1 | grep -v XDG || true
     bash $P/device.sh bench "/tmp/$m.gguf" -p 512 -n 128 -r "$REPS"
-    echo "== omex (after)"; "$BIN" bench "/tmp/$m.omex" --backend gpu -p 512 -n 128 -r "$REPS" 2>&1 | grep -v XDG
+    echo "== omex (after)"; "$BIN" bench "/tmp/$m.omex" --backend gpu -p 512 -n 128 -r "$REPS" 2>&1 | grep -v XDG || true
 done

@@ -233,12 +233,7 @@ fn graph_metadata_and_model_dir_seeds_and_regressions() {
         if p.to_string_lossy().contains("regressions") {
             continue;
         }
-        if p.ends_with("layernorm-gelu") {
-            // Valid (validate passes), but the CPU engine runs neither GeGLU nor LayerNorm.
-            let e = r.unwrap_err();
-            assert!(e.contains("activation") || e.contains("LayerNorm"), "{e}");
-            continue;
-        }
+        // (The `layernorm-gelu` seed runs too: the CPU engine lowers LayerNorm and GeGLU ops.)
         let runs = r.unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert_eq!(runs.len(), 2, "{}: int8 and f32 activations both ran", p.display());
     }
