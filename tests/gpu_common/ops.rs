@@ -9,6 +9,7 @@ use omex::backend::gpu::ops::{
 };
 use omex::backend::gpu::weights::{GpuFile, GpuMatrix};
 use omex::backend::gpu::{Dispatch, Region};
+use omex::graph::Activation;
 use omex::sampling::{Sampler, SamplerOptions};
 use std::sync::Arc;
 
@@ -350,11 +351,8 @@ impl Gpu {
         let (gub, out) = (upload_f32(ctx, &gu), poisoned(ctx, gate.len()));
         let st = step(ctx, rows as u32, 0);
         let (len, stride) = (len as u32, 2 * len as u32);
-        let d = match gelu {
-            false => pollster::block_on(misc::silu_mul(ctx, len, 0, stride, len, &st, &gub, &out)),
-            true => pollster::block_on(misc::gelu_mul(ctx, len, 0, stride, len, &st, &gub, &out)),
-        };
-        let d = d.unwrap();
+        let act = if gelu { Activation::Gelu } else { Activation::Silu };
+        let d = pollster::block_on(misc::glu(ctx, act, len, 0, stride, len, &st, &gub, &out)).unwrap();
         self.run(&[&d], rows as u32);
         self.read(&out, gate.len())
     }

@@ -525,10 +525,7 @@ impl Lowering<'_> {
             }
             Op::Glu { act } => {
                 let (gu, out, f) = (b.get(Buf::GateUp), b.get(Buf::Act), p.ffn);
-                list.push(match act {
-                    Activation::Silu => misc::silu_mul(ctx, f, 0, 2 * f, f, st, gu, out).await?,
-                    Activation::Gelu => misc::gelu_mul(ctx, f, 0, 2 * f, f, st, gu, out).await?,
-                });
+                list.push(misc::glu(ctx, *act, f, 0, 2 * f, f, st, gu, out).await?);
             }
             Op::Add { from, to } => {
                 list.push(misc::add_assign(ctx, p.width(*to), 0, st, b.get(*from), b.get(*to)).await?);

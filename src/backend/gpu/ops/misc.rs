@@ -8,6 +8,7 @@ use crate::backend::gpu::pipelines::{
 };
 use crate::backend::gpu::weights::GpuMatrix;
 use crate::error::{Error, Result};
+use crate::graph::Activation;
 use crate::sampling::SamplerOptions;
 use bytemuck::{Pod, Zeroable};
 
@@ -121,10 +122,12 @@ pub async fn add_assign(
     dispatch(ctx, &ADD_ASSIGN, &[], &[len, rows, 0, 0], &res, rows_grid(len, rows)).await
 }
 
-/// GeGLU `out[t, c] = gelu(gu[t, c]) * gu[t, up + c]` (tanh approximation), laid out as [`silu_mul`]'s.
+/// The gated activation `out[t, c] = act(gu[t, c]) * gu[t, up + c]` (SwiGLU, or GeGLU with GELU's tanh
+/// approximation), `gu` rows of `stride` values, over `rows` rows of `len` (`rows == 0`: the chunk's `n` rows).
 #[allow(clippy::too_many_arguments)]
-pub async fn gelu_mul(
+pub async fn glu(
     ctx: &GpuContext,
+    act: Activation,
     len: u32,
     rows: u32,
     stride: u32,
@@ -133,25 +136,12 @@ pub async fn gelu_mul(
     gu: &GpuBuffer,
     out: &GpuBuffer,
 ) -> Result<Dispatch> {
+    let kernel = match act {
+        Activation::Silu => &SILU_MUL,
+        Activation::Gelu => &GELU_MUL,
+    };
     let res = [step.binding(), gu.binding(), gu.binding(), out.binding()];
-    dispatch(ctx, &GELU_MUL, &[], &[len, rows, stride, up], &res, rows_grid(len, rows)).await
-}
-
-/// SwiGLU `out[t, c] = silu(gu[t, c]) * gu[t, up + c]`, `gu` rows of `stride` values, over `rows` rows of `len`
-/// (`rows == 0`: the chunk's `n` rows).
-#[allow(clippy::too_many_arguments)]
-pub async fn silu_mul(
-    ctx: &GpuContext,
-    len: u32,
-    rows: u32,
-    stride: u32,
-    up: u32,
-    step: &GpuBuffer,
-    gu: &GpuBuffer,
-    out: &GpuBuffer,
-) -> Result<Dispatch> {
-    let res = [step.binding(), gu.binding(), gu.binding(), out.binding()];
-    dispatch(ctx, &SILU_MUL, &[], &[len, rows, stride, up], &res, rows_grid(len, rows)).await
+    dispatch(ctx, kernel, &[], &[len, rows, stride, up], &res, rows_grid(len, rows)).await
 }
 
 fn rows_grid(len: u32, rows: u32) -> Grid {
