@@ -26,8 +26,14 @@ fn gpu_ctx() -> Option<Arc<GpuContext>> {
 }
 
 fn cpu_engine(dir: &ModelDir, cfg: &Transformer, ctx: usize) -> CpuEngine {
-    let opts =
-        CpuOptions { threads: 2, context_length: ctx, activations: Activations::F32, kv: KvType::F32, max_batch: 512 };
+    let opts = CpuOptions {
+        threads: 2,
+        context_length: ctx,
+        activations: Activations::F32,
+        kv: KvType::F32,
+        max_batch: 512,
+        kv_tokens: 0,
+    };
     CpuEngine::load(dir, cfg, opts).unwrap()
 }
 
@@ -245,8 +251,14 @@ fn smollm2_matches_the_cpu_engine() {
 /// same tokens): the gap int8 opens, which the first must stay well below.
 fn compare_int8(gpu: Arc<GpuContext>, dir: &ModelDir, cfg: &Transformer, prompt: &[u32], steps: usize) -> (f32, f32) {
     let ctx = prompt.len() + steps + 1;
-    let opts =
-        CpuOptions { threads: 2, context_length: ctx, activations: Activations::Int8, kv: KvType::F32, max_batch: 512 };
+    let opts = CpuOptions {
+        threads: 2,
+        context_length: ctx,
+        activations: Activations::Int8,
+        kv: KvType::F32,
+        max_batch: 512,
+        kv_tokens: 0,
+    };
     let mut cpu = CpuEngine::load(dir, cfg, opts).unwrap();
     let mut cpu_f32 = cpu_engine(dir, cfg, ctx);
     let mut opts = GpuOptions::new(ctx);

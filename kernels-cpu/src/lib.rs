@@ -29,7 +29,7 @@ pub mod q8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use attention::{attention, attention_window, kv_store, KvElem};
+pub use attention::{attention, attention_window, kv_store, KvElem, Pages};
 pub use ggml::GgmlBlock;
 pub use isa::Isa;
 pub use layout::{Matrix, Weights, GROUP};

@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use half::f16;
-use kernels_cpu::attention::{attention_window_with, attention_with, kv_store, KvElem};
+use kernels_cpu::attention::{attention_paged_with, attention_window_with, attention_with, kv_store, KvElem, Pages};
 
 #[allow(clippy::too_many_arguments)]
 fn reference<E: KvElem>(
@@ -101,6 +101,50 @@ fn attention_sliding_window() {
 #[test]
 fn attention_f16_cache() {
     run::<f16>(31, None);
+}
+
+/// A paged cache (positions scattered over blocks in a shuffled order, other blocks holding garbage) gives
+/// exactly what the same rows in a contiguous cache give.
+#[test]
+fn attention_paged_equals_contiguous() {
+    let mut rng = Rng::new(40);
+    let (nh, nkv, hd, bt): (usize, usize, usize, usize) = (6, 2, 16, 4);
+    let kvw = nkv * hd;
+    for (pos0, n_q, window) in
+        [(0usize, 1usize, None), (0, 9, None), (13, 1, None), (21, 6, Some(5)), (30, 2, Some(64))]
+    {
+        let len = pos0 + n_q;
+        let blocks = len.div_ceil(bt);
+        // Twice as many blocks as needed; the sequence takes every other one, backwards.
+        let total = 2 * blocks + 1;
+        let table: Vec<u32> = (0..blocks).map(|b| (2 * (blocks - 1 - b) + 1) as u32).collect();
+        let (mut kc, mut vc) = (vec![0f32; len * kvw], vec![0f32; len * kvw]);
+        let (mut kp, mut vp) = (vec![f32::NAN; total * bt * kvw], vec![f32::NAN; total * bt * kvw]);
+        let pages = Pages { table: &table, block_tokens: bt };
+        for p in 0..len {
+            let (kr, vr) = (rng.vec(kvw, -1.0, 1.0), rng.vec(kvw, -1.0, 1.0));
+            kv_store(&mut kc, p, &kr);
+            kv_store(&mut vc, p, &vr);
+            kv_store(&mut kp, Pages::row(Some(pages), p), &kr);
+            kv_store(&mut vp, Pages::row(Some(pages), p), &vr);
+        }
+        let q = rng.vec(n_q * nh * hd, -2.0, 2.0);
+        let isa = kernels_cpu::isa::detect();
+        let (mut want, mut got) = (vec![0f32; q.len()], vec![0f32; q.len()]);
+        attention_window_with(isa, &q, &kc, &vc, pos0, n_q, nh, nkv, hd, 0.25, window, &mut want);
+        attention_paged_with(isa, &q, &kp, &vp, Some(pages), pos0, n_q, nh, nkv, hd, 0.25, window, &mut got);
+        assert_eq!(got, want, "pos0 {pos0} n_q {n_q} window {window:?}");
+    }
+}
+
+#[test]
+#[should_panic(expected = "past the cache")]
+fn attention_rejects_a_block_past_the_cache() {
+    let k = vec![0f32; 4 * 8];
+    let mut out = vec![0f32; 8];
+    let pages = Pages { table: &[1], block_tokens: 4 };
+    let isa = kernels_cpu::Isa::Portable;
+    attention_paged_with(isa, &[0.0; 8], &k, &k, Some(pages), 2, 1, 1, 1, 8, 1.0, None, &mut out);
 }
 
 #[test]

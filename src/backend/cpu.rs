@@ -1,13 +1,13 @@
 //! The CPU engine: the transformer forward pass over `kernels-cpu`, reading weights straight from the mapped
 //! layer files. It is also the reference the GPU engine is tested against.
 
-use super::{Activations, Engine, KvType, Logits, WeightRef};
+use super::{Activations, Engine, KvBlocks, KvType, Logits, SeqChunk, WeightRef, KV_BLOCK_TOKENS};
 use crate::arch::{self, Buf, Op, Program, QkPart};
 use crate::error::{Error, Result};
 use crate::format::ModelDir;
 use crate::graph::{Activation, Norm, RopeStyle, Transformer};
 use half::f16;
-use kernels_cpu::{ops, KvElem, Matrix, Q8Activations};
+use kernels_cpu::{ops, KvElem, Matrix, Pages, Q8Activations};
 
 /// Options of the CPU engine.
 #[derive(Clone, Debug)]
@@ -19,6 +19,9 @@ pub struct CpuOptions {
     pub kv: KvType,
     /// Tokens per forward chunk during prefill (bounds the scratch memory).
     pub max_batch: usize,
+    /// Positions the KV cache holds over all sequences ([`Engine::forward_batch`]); 0 or less than
+    /// `context_length`: one context's worth.
+    pub kv_tokens: usize,
 }
 
 /// A norm with its weights read into f32.
@@ -100,7 +103,8 @@ impl Step {
     }
 }
 
-/// Per-layer K and V caches, `[ctx, kv_dim]` each.
+/// Per-layer K and V caches, `[blocks * KV_BLOCK_TOKENS, kv_dim]` each: a sequence's positions live in the
+/// blocks its table names.
 enum KvCache {
     F32(Vec<(Vec<f32>, Vec<f32>)>),
     F16(Vec<(Vec<f16>, Vec<f16>)>),
@@ -126,7 +130,22 @@ pub struct CpuEngine {
     head: WeightRef,
     blocks: Vec<Vec<Step>>,
     kv: KvCache,
+    kv_blocks: usize,
     s: Scratch,
+}
+
+/// One sequence's rows of a forward chunk: rows `start..start + len` at positions `pos..`, in cache `blocks`.
+struct Seg<'a> {
+    start: usize,
+    len: usize,
+    pos: usize,
+    blocks: &'a [u32],
+}
+
+impl Seg<'_> {
+    fn pages(&self) -> Pages<'_> {
+        Pages { table: self.blocks, block_tokens: KV_BLOCK_TOKENS }
+    }
 }
 
 impl CpuEngine {
@@ -140,11 +159,13 @@ impl CpuEngine {
             .map(|b| b.ops.iter().map(|op| Step::lower(dir, p, op)).collect::<Result<Vec<_>>>())
             .collect::<Result<Vec<_>>>()?;
         let ctx = opts.context_length;
+        let kv_blocks = opts.kv_tokens.max(ctx).div_ceil(KV_BLOCK_TOKENS);
+        let kv_rows = kv_blocks * KV_BLOCK_TOKENS;
         let kvd = p.heads.kv_dim() as usize;
         let elem = if opts.kv == KvType::F32 { 4 } else { 2 };
-        let kv_bytes = 2 * blocks.len() as u64 * ctx as u64 * kvd as u64 * elem;
-        super::check_host_alloc(&format!("a KV cache of {ctx} tokens"), kv_bytes, "lower --ctx")?;
-        let per_layer = ctx * kvd;
+        let kv_bytes = 2 * blocks.len() as u64 * kv_rows as u64 * kvd as u64 * elem;
+        super::check_host_alloc(&format!("a KV cache of {kv_rows} tokens"), kv_bytes, "lower --ctx")?;
+        let per_layer = kv_rows * kvd;
         let kv = match opts.kv {
             KvType::F32 => {
                 KvCache::F32((0..blocks.len()).map(|_| (vec![0.0; per_layer], vec![0.0; per_layer])).collect())
@@ -163,13 +184,14 @@ impl CpuEngine {
             pool,
             blocks,
             kv,
+            kv_blocks,
             s: Scratch::default(),
         })
     }
 
-    /// Runs one chunk of at most `max_batch` tokens, leaving its final normed hidden states `[n, d]` in
-    /// `s.normed`.
-    fn forward_chunk(&mut self, ids: &[u32], pos: usize) -> Result<()> {
+    /// Runs one chunk of at most `max_batch` tokens, the rows of the sequences `segs`, leaving its final normed
+    /// hidden states `[n, d]` in `s.normed`.
+    fn forward_chunk(&mut self, ids: &[u32], segs: &[Seg]) -> Result<()> {
         let n = ids.len();
         let p = &self.program;
         let d = p.hidden as usize;
@@ -191,7 +213,7 @@ impl CpuEngine {
         let act = self.opts.activations;
         for (l, steps) in self.blocks.iter().enumerate() {
             for step in steps {
-                run_step(p, step, act, s, &mut self.kv, l, pos, n);
+                run_step(p, step, act, s, &mut self.kv, l, segs, n);
             }
         }
         let x = &s.bufs[Buf::Hidden as usize];
@@ -203,17 +225,33 @@ impl CpuEngine {
     /// Logits of the normed hidden rows `first..n` of the last chunk.
     fn head_logits(&mut self, first: usize, n: usize, out: &mut Vec<f32>) {
         let d = self.program.hidden as usize;
-        let vocab = self.program.vocab as usize;
-        let rows = n - first;
-        let start = out.len();
-        out.resize(start + rows * vocab, 0.0);
         let h = &self.s.normed[first * d..n * d];
-        let lin = Linear::prepare(self.opts.activations, h, rows, &mut self.s.xq);
-        lin.apply(&self.head.matrix(), &self.s.xq, &mut out[start..]);
+        head_rows(&self.head, self.program.vocab as usize, self.opts.activations, h, n - first, &mut self.s.xq, out);
+    }
+
+    /// The cache blocks `0, 1, ..` that [`Engine::forward`]'s one sequence uses.
+    fn own_blocks(&self) -> Vec<u32> {
+        (0..self.opts.context_length.div_ceil(KV_BLOCK_TOKENS) as u32).collect()
     }
 }
 
-/// Runs one op of block `l` over the chunk's `n` tokens at positions `pos..`.
+/// Appends the logits of the `rows` hidden rows `h` to `out`.
+fn head_rows(
+    head: &WeightRef,
+    vocab: usize,
+    act: Activations,
+    h: &[f32],
+    rows: usize,
+    xq: &mut Q8Activations,
+    out: &mut Vec<f32>,
+) {
+    let start = out.len();
+    out.resize(start + rows * vocab, 0.0);
+    let lin = Linear::prepare(act, h, rows, xq);
+    lin.apply(&head.matrix(), xq, &mut out[start..]);
+}
+
+/// Runs one op of block `l` over the chunk's `n` tokens, the rows of the sequences `segs`.
 #[allow(clippy::too_many_arguments)]
 fn run_step(
     p: &Program,
@@ -222,7 +260,7 @@ fn run_step(
     s: &mut Scratch,
     kv: &mut KvCache,
     l: usize,
-    pos: usize,
+    segs: &[Seg],
     n: usize,
 ) {
     let h = p.heads;
@@ -262,29 +300,27 @@ fn run_step(
                 RopeStyle::Half => ops::RopeStyle::Half,
             };
             let (qkv, q) = two_mut(&mut s.bufs, Buf::Qkv as usize, Buf::Q as usize);
-            for (i, (row, qrow)) in qkv.chunks_exact_mut(qd + 2 * kvd).zip(q.chunks_exact_mut(qd)).enumerate() {
-                qrow.copy_from_slice(&row[..qd]);
-                rope_heads(qrow, nh, hd, r.dims as usize, pos + i, &r.inv_freq, style);
-                rope_heads(&mut row[qd..qd + kvd], nkv, hd, r.dims as usize, pos + i, &r.inv_freq, style);
-                let (k, v) = (&row[qd..qd + kvd], &row[qd + kvd..]);
-                match kv {
-                    KvCache::F32(layers) => store(&mut layers[l], pos + i, k, v),
-                    KvCache::F16(layers) => store(&mut layers[l], pos + i, k, v),
+            let mut rows = qkv.chunks_exact_mut(qd + 2 * kvd).zip(q.chunks_exact_mut(qd));
+            for seg in segs {
+                for (i, (row, qrow)) in rows.by_ref().take(seg.len).enumerate() {
+                    let pos = seg.pos + i;
+                    qrow.copy_from_slice(&row[..qd]);
+                    rope_heads(qrow, nh, hd, r.dims as usize, pos, &r.inv_freq, style);
+                    rope_heads(&mut row[qd..qd + kvd], nkv, hd, r.dims as usize, pos, &r.inv_freq, style);
+                    let (k, v) = (&row[qd..qd + kvd], &row[qd + kvd..]);
+                    let at = Pages::row(Some(seg.pages()), pos);
+                    match kv {
+                        KvCache::F32(layers) => store(&mut layers[l], at, k, v),
+                        KvCache::F16(layers) => store(&mut layers[l], at, k, v),
+                    }
                 }
             }
         }
         Step::Attention { window } => {
             let (q, att) = two_mut(&mut s.bufs, Buf::Q as usize, Buf::Attn as usize);
-            let scale = p.attention_scale;
             match kv {
-                KvCache::F32(layers) => {
-                    let (kc, vc) = &layers[l];
-                    kernels_cpu::attention_window(q, kc, vc, pos, n, nh, nkv, hd, scale, *window, att)
-                }
-                KvCache::F16(layers) => {
-                    let (kc, vc) = &layers[l];
-                    kernels_cpu::attention_window(q, kc, vc, pos, n, nh, nkv, hd, scale, *window, att)
-                }
+                KvCache::F32(layers) => attend(p, segs, q, &layers[l], *window, att),
+                KvCache::F16(layers) => attend(p, segs, q, &layers[l], *window, att),
             }
         }
         Step::Glu { act } => {
@@ -365,9 +401,46 @@ fn two_mut(bufs: &mut [Vec<f32>], a: usize, b: usize) -> (&mut Vec<f32>, &mut Ve
     }
 }
 
-fn store<E: KvElem>(cache: &mut (Vec<E>, Vec<E>), pos: usize, k: &[f32], v: &[f32]) {
-    kernels_cpu::kv_store(&mut cache.0, pos, k);
-    kernels_cpu::kv_store(&mut cache.1, pos, v);
+fn store<E: KvElem>(cache: &mut (Vec<E>, Vec<E>), row: usize, k: &[f32], v: &[f32]) {
+    kernels_cpu::kv_store(&mut cache.0, row, k);
+    kernels_cpu::kv_store(&mut cache.1, row, v);
+}
+
+/// Attention of each sequence's query rows over its own cache blocks; several sequences (a decode batch) run
+/// side by side.
+fn attend<E: KvElem>(
+    p: &Program,
+    segs: &[Seg],
+    q: &[f32],
+    cache: &(Vec<E>, Vec<E>),
+    window: Option<usize>,
+    att: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let h = p.heads;
+    let (nh, nkv, hd) = (h.n_heads as usize, h.n_kv as usize, h.head_dim as usize);
+    let qd = nh * hd;
+    let isa = kernels_cpu::isa::detect();
+    let mut outs = Vec::with_capacity(segs.len());
+    let mut rest = att;
+    for seg in segs {
+        let (o, r) = rest.split_at_mut(seg.len * qd);
+        outs.push(o);
+        rest = r;
+    }
+    let run = |(seg, o): (&Seg, &mut &mut [f32])| {
+        let q = &q[seg.start * qd..(seg.start + seg.len) * qd];
+        let (kc, vc) = cache;
+        let pages = Some(seg.pages());
+        let scale = p.attention_scale;
+        kernels_cpu::attention::attention_paged_with(
+            isa, q, kc, vc, pages, seg.pos, seg.len, nh, nkv, hd, scale, window, o,
+        )
+    };
+    match segs.len() {
+        1 => run((&segs[0], &mut outs[0])),
+        _ => segs.par_iter().zip(outs.par_iter_mut()).for_each(run),
+    }
 }
 
 /// A matrix product over `n` activation rows, in the engine's activation precision. For int8 the rows are
@@ -487,12 +560,13 @@ impl Engine for CpuEngine {
             )));
         }
         let pool = self.pool.clone();
+        let blocks = self.own_blocks();
         pool.install(|| {
             let mut out = Vec::new();
             let chunks: Vec<&[u32]> = ids.chunks(self.opts.max_batch.max(1)).collect();
             let mut at = pos;
             for (c, chunk) in chunks.iter().enumerate() {
-                self.forward_chunk(chunk, at)?;
+                self.forward_chunk(chunk, &[Seg { start: 0, len: chunk.len(), pos: at, blocks: &blocks }])?;
                 let last = c + 1 == chunks.len();
                 match logits {
                     Logits::All => self.head_logits(0, chunk.len(), &mut out),
@@ -500,6 +574,50 @@ impl Engine for CpuEngine {
                     _ => {}
                 }
                 at += chunk.len();
+            }
+            Ok(out)
+        })
+    }
+
+    fn kv_blocks(&self) -> Option<KvBlocks> {
+        Some(KvBlocks { blocks: self.kv_blocks, max_batch: self.opts.max_batch.max(1) })
+    }
+
+    fn forward_batch(&mut self, seqs: &[SeqChunk]) -> Result<Vec<f32>> {
+        let kv = self.kv_blocks().expect("the CPU engine has a paged cache");
+        super::check_batch(seqs, kv, self.program.vocab, self.opts.context_length)?;
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.ids.iter().copied()).collect();
+        let mut segs = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        for s in seqs {
+            segs.push(Seg { start, len: s.ids.len(), pos: s.pos, blocks: s.blocks });
+            start += s.ids.len();
+        }
+        let pool = self.pool.clone();
+        pool.install(|| {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.forward_chunk(&ids, &segs)?;
+            // The last row of each chunk that asks for logits, gathered.
+            let d = self.program.hidden as usize;
+            let mut h = Vec::new();
+            for (seg, _) in segs.iter().zip(seqs).filter(|(_, s)| s.logits) {
+                let last = seg.start + seg.len - 1;
+                h.extend_from_slice(&self.s.normed[last * d..(last + 1) * d]);
+            }
+            let mut out = Vec::new();
+            let rows = h.len() / d;
+            if rows > 0 {
+                head_rows(
+                    &self.head,
+                    self.program.vocab as usize,
+                    self.opts.activations,
+                    &h,
+                    rows,
+                    &mut self.s.xq,
+                    &mut out,
+                );
             }
             Ok(out)
         })

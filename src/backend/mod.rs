@@ -86,6 +86,31 @@ impl std::str::FromStr for KvType {
     }
 }
 
+/// Positions per block of a paged KV cache: the unit in which sequences are given cache space.
+pub const KV_BLOCK_TOKENS: usize = 16;
+
+/// How an engine's KV cache is shared by several sequences: `blocks` blocks of [`KV_BLOCK_TOKENS`] positions,
+/// any of which can hold any sequence's positions (see [`SeqChunk::blocks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvBlocks {
+    pub blocks: usize,
+    /// Tokens one [`Engine::forward_batch`] takes at most, over all its sequences.
+    pub max_batch: usize,
+}
+
+/// One sequence's part of a batched forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqChunk<'a> {
+    /// Tokens at positions `pos..pos + ids.len()` of the sequence.
+    pub ids: &'a [u32],
+    pub pos: usize,
+    /// The cache blocks of the sequence: block `i` holds its positions `i * KV_BLOCK_TOKENS..`; they must
+    /// cover `pos + ids.len()` positions. Blocks written here must not be another sequence's.
+    pub blocks: &'a [u32],
+    /// Return the logits of the last token.
+    pub logits: bool,
+}
+
 pub trait Engine {
     /// A one-line description for logs and `--json` output, e.g. "cpu (avx2, 2 threads)".
     fn describe(&self) -> String;
@@ -114,4 +139,54 @@ pub trait Engine {
     ) -> Option<Result<Vec<u32>>> {
         None
     }
+
+    /// The paged cache [`Engine::forward_batch`] runs over; `None`: the engine runs one sequence only.
+    fn kv_blocks(&self) -> Option<KvBlocks> {
+        None
+    }
+
+    /// Runs several sequences' tokens in one pass (their rows share every matrix product), each attending its
+    /// own cache blocks, and returns the logits rows of the chunks that ask for them, in order, `[rows,
+    /// vocab]`. [`Engine::forward`] uses blocks `0, 1, ..` as one sequence: an engine serves one caller or the
+    /// other.
+    fn forward_batch(&mut self, _seqs: &[SeqChunk]) -> Result<Vec<f32>> {
+        Err(crate::Error::Unsupported(format!("{} runs one sequence at a time", self.describe())))
+    }
+}
+
+/// Checks a batch against the engine's cache and vocabulary before anything runs: the blocks cover each
+/// chunk, name blocks of the cache, and no block is written by two chunks.
+pub fn check_batch(seqs: &[SeqChunk], kv: KvBlocks, vocab: u32, context: usize) -> Result<()> {
+    let total: usize = seqs.iter().map(|s| s.ids.len()).sum();
+    if total > kv.max_batch {
+        return Err(crate::Error::Usage(format!("a batch of {total} tokens is over the engine's {}", kv.max_batch)));
+    }
+    let mut written = std::collections::HashSet::new();
+    for s in seqs {
+        let end = s.pos + s.ids.len();
+        if s.ids.is_empty() || end > context {
+            return Err(crate::Error::Usage(format!(
+                "a chunk of {} tokens at position {} is empty or past the context of {context}",
+                s.ids.len(),
+                s.pos
+            )));
+        }
+        let need = end.div_ceil(KV_BLOCK_TOKENS);
+        if s.blocks.len() < need || s.blocks[..need].iter().any(|&b| b as usize >= kv.blocks) {
+            return Err(crate::Error::Usage(format!(
+                "a chunk ending at position {end} needs {need} cache blocks below {}; it has {:?}",
+                kv.blocks,
+                &s.blocks[..s.blocks.len().min(need)]
+            )));
+        }
+        for b in s.pos / KV_BLOCK_TOKENS..need {
+            if !written.insert(s.blocks[b]) {
+                return Err(crate::Error::Usage(format!("cache block {} is written by two chunks", s.blocks[b])));
+            }
+        }
+        if let Some(&id) = s.ids.iter().find(|&&id| id >= vocab) {
+            return Err(crate::Error::Usage(format!("token id {id} is outside the vocabulary ({vocab})")));
+        }
+    }
+    Ok(())
 }

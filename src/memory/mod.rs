@@ -3,5 +3,6 @@
 //! records ([`trace`]; the CLI's `omex memory-trace` draws it).
 
 pub mod budget;
+pub mod kv_blocks;
 pub mod planner;
 pub mod trace;

@@ -3,6 +3,7 @@
 
 mod model;
 pub mod perplexity;
+pub mod scheduler;
 pub mod session;
 
 pub use crate::sampling::{Sampler, SamplerOptions};

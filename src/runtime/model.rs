@@ -55,6 +55,8 @@ pub struct EngineOptions {
     pub overlap: bool,
     /// Write the GPU memory trace (uploads, compute, memory over time) here.
     pub memory_trace: Option<std::path::PathBuf>,
+    /// KV cache positions over all sequences of a batching engine (`omex serve`); 0: one context's worth.
+    pub kv_tokens: usize,
 }
 
 impl Default for EngineOptions {
@@ -70,6 +72,7 @@ impl Default for EngineOptions {
             stream_slots: 3,
             overlap: true,
             memory_trace: None,
+            kv_tokens: 0,
         }
     }
 }
@@ -153,6 +156,7 @@ impl Model {
                     activations: opts.activations,
                     kv: opts.kv,
                     max_batch: 512,
+                    kv_tokens: opts.kv_tokens,
                 };
                 Ok(Box::new(CpuEngine::load(&self.dir, &self.config, cpu)?))
             }

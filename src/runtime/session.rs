@@ -246,12 +246,12 @@ impl Session {
     }
 }
 
-fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
+pub(super) fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
     stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
 }
 
 /// The length of `text` that cannot be the start of a stop string still being generated.
-fn safe_prefix_len(text: &str, stops: &[String]) -> usize {
+pub(super) fn safe_prefix_len(text: &str, stops: &[String]) -> usize {
     let mut safe = text.len();
     for s in stops.iter().filter(|s| !s.is_empty()) {
         for k in (1..s.len().min(text.len() + 1)).rev() {

@@ -106,6 +106,7 @@ impl WebEngine {
                     activations: cfg.activations,
                     kv: KvType::F16,
                     max_batch: 64,
+                    kv_tokens: 0,
                 };
                 let engine = CpuEngine::load(&model.dir, &model.config, opts)?;
                 let describe = format!("{} in wasm", engine.describe());

@@ -102,6 +102,45 @@ pub fn attention_window_with<E: KvElem>(
     window: Option<usize>,
     out: &mut [f32],
 ) {
+    attention_paged_with(isa, q, k, v, None, pos0, n_q, n_heads, n_kv_heads, head_dim, scale, window, out)
+}
+
+/// A paged KV cache: the sequence's position `p` is cache row `table[p / block_tokens] * block_tokens + p %
+/// block_tokens`, so a sequence's positions live in fixed-size blocks anywhere in the cache.
+#[derive(Clone, Copy, Debug)]
+pub struct Pages<'a> {
+    pub table: &'a [u32],
+    pub block_tokens: usize,
+}
+
+impl Pages<'_> {
+    /// The cache row of position `p` (`p` itself without pages).
+    #[inline]
+    pub fn row(pages: Option<Pages>, p: usize) -> usize {
+        match pages {
+            None => p,
+            Some(pg) => pg.table[p / pg.block_tokens] as usize * pg.block_tokens + p % pg.block_tokens,
+        }
+    }
+}
+
+/// [`attention_window_with`] over a paged cache (`pages`; `None`: position `p` is row `p`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_paged_with<E: KvElem>(
+    isa: Isa,
+    q: &[f32],
+    k: &[E],
+    v: &[E],
+    pages: Option<Pages>,
+    pos0: usize,
+    n_q: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    window: Option<usize>,
+    out: &mut [f32],
+) {
     isa.check();
     assert!(window != Some(0), "attention: a window of 0 positions");
     assert!(head_dim > 0 && n_kv_heads > 0, "attention: head_dim and n_kv_heads must be positive");
@@ -112,7 +151,21 @@ pub fn attention_window_with<E: KvElem>(
     assert_eq!(out.len(), n_q * qw, "attention: out has {} values, needs n_q * n_heads * head_dim", out.len());
     assert_eq!(k.len(), v.len(), "attention: K and V caches differ in length");
     assert!(k.len() % kvw == 0, "attention: cache length {} is not rows of {kvw}", k.len());
-    assert!((pos0 + n_q) * kvw <= k.len(), "attention: positions up to {} are past the cache", pos0 + n_q);
+    match pages {
+        None => {
+            assert!((pos0 + n_q) * kvw <= k.len(), "attention: positions up to {} are past the cache", pos0 + n_q)
+        }
+        Some(pg) => {
+            assert!(pg.block_tokens > 0, "attention: blocks of 0 tokens");
+            let blocks = (pos0 + n_q).div_ceil(pg.block_tokens);
+            assert!(pg.table.len() >= blocks, "attention: {blocks} blocks needed, the table has {}", pg.table.len());
+            let rows = k.len() / kvw;
+            assert!(
+                pg.table[..blocks].iter().all(|&b| (b as usize + 1) * pg.block_tokens <= rows),
+                "attention: a block of the table is past the cache ({rows} rows)"
+            );
+        }
+    }
     if n_q == 0 || n_heads == 0 {
         return;
     }
@@ -128,7 +181,8 @@ pub fn attention_window_with<E: KvElem>(
         let qs = &q[i * qw + h * rep * head_dim..i * qw + (h + 1) * rep * head_dim];
         let mut scores = vec![0f32; rep * len];
         for j in 0..len {
-            let krow = &k[(start + j) * kvw + h * head_dim..(start + j) * kvw + (h + 1) * head_dim];
+            let r = Pages::row(pages, start + j) * kvw;
+            let krow = &k[r + h * head_dim..r + (h + 1) * head_dim];
             for r in 0..rep {
                 scores[r * len + j] = scale * E::dot(isa, &qs[r * head_dim..(r + 1) * head_dim], krow);
             }
@@ -138,7 +192,8 @@ pub fn attention_window_with<E: KvElem>(
         }
         o.fill(0.0);
         for j in 0..len {
-            let vrow = &v[(start + j) * kvw + h * head_dim..(start + j) * kvw + (h + 1) * head_dim];
+            let r = Pages::row(pages, start + j) * kvw;
+            let vrow = &v[r + h * head_dim..r + (h + 1) * head_dim];
             for r in 0..rep {
                 E::axpy(isa, scores[r * len + j], vrow, &mut o[r * head_dim..(r + 1) * head_dim]);
             }
