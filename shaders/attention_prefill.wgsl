@@ -1,5 +1,6 @@
-// Prefill attention, portable: causal GQA attention of st.n queries (positions st.pos + i) over the KV cache,
-// in tiles with an online softmax (flash attention).
+// Prefill attention, portable: causal GQA attention of st.n queries of one sequence (consecutive positions
+// from row 0's, cache rows from its block table: pages.wgsl) over the KV cache, in tiles with an online softmax
+// (flash attention).
 //
 // One workgroup of 64 threads per (block of BQ = 16 queries, query head). Thread (qi, s) = (tid % 16,
 // tid / 16) holds its query and its output in registers and takes every S-th key (S = 4 lanes per query),
@@ -21,17 +22,13 @@ struct Params {
     _pad3: u32,
 }
 
-struct Step {
-    n: u32,
-    pos: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> st: Step;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> kc: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> vc: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> seqmap: array<u32>;
 
 // head_dim / 4, so the loops over a head unroll.
 override HD4: u32 = 16u;
@@ -48,7 +45,7 @@ var<workgroup> kv: array<vec4<f32>, 1024>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let n = st.n;
-    let pos0 = st.pos;
+    let pos0 = row_position(0u);
     let q0 = wg.x * BQ;
     let qh = wg.y;
     let qd4 = p.n_heads * HD4;
@@ -79,7 +76,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     for (var k0 = kstart; k0 < kend; k0 += kt) {
         for (var e = tid; e < kt * HD4; e += 64u) {
             let key = k0 + e / HD4;
-            let at = min(key, kend - 1u) * kvd4 + kvh * HD4 + e % HD4;
+            let at = cache_row(0u, min(key, kend - 1u)) * kvd4 + kvh * HD4 + e % HD4;
             let live = key < kend;
             kv[e] = select(vec4<f32>(0.0), kc[at], live);
             kv[TILE4 + e] = select(vec4<f32>(0.0), vc[at], live);

@@ -1,5 +1,6 @@
-// RoPE and the KV-cache store, one thread per value: for each of the st.n tokens (at positions st.pos + i) of
-// the fused q|k|v projection, writes the rotated q to `q`, the rotated k and the v row into the caches.
+// RoPE and the KV-cache store, one thread per value: for each of the st.n token rows of the fused q|k|v
+// projection (at the positions and cache rows pages.wgsl gives), writes the rotated q to `q`, the rotated k and
+// the v row into the caches.
 //
 // Pair i (i < dims / 2) of a head is (2i, 2i + 1) when STYLE 0 (interleaved) or (i, i + dims / 2) when STYLE 1
 // (half); values past `dims` are not rotated. cos/sin come from a table `cs` of [positions, dims / 2] computed
@@ -20,11 +21,6 @@ struct Params {
     _pad: u32,
 }
 
-struct Step {
-    n: u32,
-    pos: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> st: Step;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
@@ -32,6 +28,7 @@ struct Step {
 @group(0) @binding(4) var<storage, read_write> q: array<f32>;
 @group(0) @binding(5) var<storage, read_write> kc: array<f32>;
 @group(0) @binding(6) var<storage, read_write> vc: array<f32>;
+@group(0) @binding(7) var<storage, read> seqmap: array<u32>;
 
 // Value `j` of the head starting at `base` of token row `row`, rotated for position `pos`.
 fn rotated(row: u32, base: u32, j: u32, pos: u32) -> f32 {
@@ -71,7 +68,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if t >= st.n || e >= qd + 2u * kvd {
         return;
     }
-    let pos = st.pos + t;
+    let pos = row_position(t);
     let row = t * p.stride;
     if e < qd {
         let j = e % hd;
@@ -79,9 +76,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     } else if e < qd + kvd {
         let f = e - qd;
         let j = f % hd;
-        kc[pos * kvd + f] = rotated(row, p.k_col + f - j, j, pos);
+        kc[cache_row(t, pos) * kvd + f] = rotated(row, p.k_col + f - j, j, pos);
     } else {
         let f = e - qd - kvd;
-        vc[pos * kvd + f] = qkv[row + p.v_col + f];
+        vc[cache_row(t, pos) * kvd + f] = qkv[row + p.v_col + f];
     }
 }

@@ -10,7 +10,7 @@ mod tiny_model;
 
 use omex::backend::cpu::{CpuEngine, CpuOptions};
 use omex::backend::gpu::{GpuContext, GpuEngine, GpuOptions};
-use omex::backend::{Activations, Engine, KvType, Logits};
+use omex::backend::{Activations, Engine, KvType, Logits, SeqChunk};
 use omex::format::graph::GRAPH_FILE;
 use omex::format::{DType, ModelDir};
 use omex::graph::{RopeStyle, Transformer};
@@ -173,6 +173,85 @@ fn tiny_mha_context_past_tiles() {
     opts.attention_splits = 3;
     let mut g = GpuEngine::load_blocking(gpu, &dir, &cfg, opts).unwrap();
     compare(&mut cpu, &mut g, &prompt, 8, 2e-4, "long context", true);
+    let _ = std::fs::remove_dir_all(&path);
+}
+
+/// The server's path: several sequences at once through `forward_batch` over shuffled blocks of one paged
+/// cache, GPU against CPU. Prompts of different lengths (one longer than a block, one of one token) go in as
+/// chunks of one pass; then greedy decode steps with all ten sequences in one pass (the batched matmul), three
+/// (the short batch), one (the decode matvec), and one step mixing a 3-token chunk with single tokens.
+#[test]
+fn tiny_batched_sequences_match_the_cpu_engine() {
+    const BT: usize = omex::backend::KV_BLOCK_TOKENS;
+    let Some(gpu) = gpu_ctx() else { return };
+    let path = tmp("batched");
+    let spec = TinySpec { qkv_bias: true, ..TinySpec::small() };
+    let cfg = write_tiny_model(&path, &spec, 23);
+    let dir = ModelDir::open(&path).unwrap();
+    let (ctx, seqs) = (64, 10);
+    let kv_tokens = seqs * ctx;
+    let mut cpu = CpuEngine::load(
+        &dir,
+        &cfg,
+        CpuOptions {
+            threads: 2,
+            context_length: ctx,
+            activations: Activations::F32,
+            kv: KvType::F32,
+            max_batch: 512,
+            kv_tokens,
+        },
+    )
+    .unwrap();
+    let mut opts = GpuOptions::new(ctx);
+    opts.kv_tokens = kv_tokens;
+    opts.max_seqs = 16;
+    let mut g = GpuEngine::load_blocking(gpu, &dir, &cfg, opts).unwrap();
+    assert_eq!(g.kv_blocks(), cpu.kv_blocks(), "both engines' paged caches");
+    // Each sequence gets 4 blocks (64 positions), handed out in a scrambled order.
+    let blocks = kv_tokens / BT;
+    let tables: Vec<Vec<u32>> =
+        (0..seqs).map(|s| (0..4).map(|i| ((s * 4 + i) * 7 % blocks) as u32).collect()).collect();
+    let mut history: Vec<Vec<u32>> = (0..seqs)
+        .map(|s| (0..[5, 1, 17, 3, 9, 2, 12, 4, 6, 20][s]).map(|i| ((s * 31 + i * 7) % 96) as u32).collect())
+        .collect();
+    let run = |cpu: &mut CpuEngine, g: &mut GpuEngine, chunks: &[(usize, usize)], history: &[Vec<u32>], what: &str| {
+        // (sequence, tokens fed now): the last `tokens` of its history.
+        let batch: Vec<SeqChunk> = chunks
+            .iter()
+            .map(|&(s, n)| {
+                let h = &history[s];
+                SeqChunk { ids: &h[h.len() - n..], pos: h.len() - n, blocks: &tables[s], logits: true }
+            })
+            .collect();
+        let c = cpu.forward_batch(&batch).unwrap();
+        let gl = g.forward_batch(&batch).unwrap();
+        let d = rel_max_diff(&gl, &c);
+        assert!(d < 2e-4, "{what}: batched logits differ by {d} (relative)");
+        let next: Vec<u32> = c.chunks_exact(96).map(argmax).collect();
+        assert_eq!(gl.chunks_exact(96).map(argmax).collect::<Vec<_>>(), next, "{what}: greedy tokens");
+        next
+    };
+    let all: Vec<(usize, usize)> = (0..seqs).map(|s| (s, history[s].len())).collect();
+    // Each sequence's greedy next token, not fed yet.
+    let mut pending = run(&mut cpu, &mut g, &all, &history, "prompts");
+    let steps: [Vec<(usize, usize)>; 4] = [
+        (0..seqs).map(|s| (s, 1)).collect(),
+        vec![(2, 1), (5, 1), (9, 1)],
+        vec![(7, 1)],
+        (0..seqs).map(|s| (s, if s == 4 { 3 } else { 1 })).collect(),
+    ];
+    for (i, chunks) in steps.iter().enumerate() {
+        for &(s, n) in chunks {
+            history[s].push(pending[s]);
+            // A chunk of 3: two more tokens after the pending one.
+            history[s].extend((1..n as u32).map(|k| 10 + k));
+        }
+        let next = run(&mut cpu, &mut g, chunks, &history, &format!("step {i}"));
+        for (&(s, _), t) in chunks.iter().zip(next) {
+            pending[s] = t;
+        }
+    }
     let _ = std::fs::remove_dir_all(&path);
 }
 

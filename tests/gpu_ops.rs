@@ -5,7 +5,7 @@
 
 mod gpu_common;
 
-use gpu_common::ops::{AttnCase, Cpu, DecodeCase, Gpu, LinearCase, Ops, RopeCase};
+use gpu_common::ops::{AttnCase, Cpu, DecodeCase, Gpu, LinearCase, Ops, PagedCase, RopeCase};
 use gpu_common::sample_ref::{self, Pick};
 use gpu_common::*;
 use omex::backend::gpu::ops::{Heads, Output};
@@ -38,6 +38,7 @@ both!(
     rope_both_styles,
     attention_decode,
     attention_prefill,
+    attention_paged_batch,
     silu_mul_and_add,
     gelu_mul,
     embed_every_layout,
@@ -625,6 +626,76 @@ fn attention_decode(b: &dyn Ops) {
                     assert!(
                         same(0..row.start) && same(row.end..was.len()),
                         "{} {what}: the {name} cache changed outside row {pos}",
+                        b.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The server's decode step: several sequences' tokens in one pass, each at its own position over its own
+/// blocks of a shared cache (tables shuffled, so a sequence's blocks are neither contiguous nor in order).
+/// Checked against each row's formula on a contiguous copy of its sequence; every cache row no step
+/// writes keeps its bits.
+fn attention_paged_batch(b: &dyn Ops) {
+    const BT: usize = omex::backend::KV_BLOCK_TOKENS;
+    let mut rng = Rng::new(0x5eed_000b);
+    let shapes = [(Heads { n_heads: 9, n_kv: 3, head_dim: 64 }, 64), (Heads { n_heads: 8, n_kv: 2, head_dim: 40 }, 12)];
+    // Positions of the batch's rows: first of a block, last of one, one past a 64-key tile, a long one.
+    let positions = [0usize, 15, 16, 65, 130, 7, 200];
+    for half in [false, true] {
+        for (heads, dims) in shapes {
+            for (splits, window) in [(1, None), (3, None), (2, Some(40))] {
+                let kvd = heads.kv_dim() as usize;
+                let qd = heads.q_dim() as usize;
+                let inv_freq: Vec<f32> =
+                    (0..dims / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / dims as f32)).collect();
+                let need: Vec<usize> = positions.iter().map(|p| (p + 1).div_ceil(BT)).collect();
+                let total = need.iter().sum::<usize>() + 3;
+                // Hand out the blocks in a shuffled order.
+                let mut order: Vec<u32> = (0..total as u32).collect();
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                let mut k = vec![f32::NAN; total * BT * kvd];
+                let mut v = vec![f32::NAN; total * BT * kvd];
+                let mut rows = Vec::new();
+                let mut contiguous = Vec::new();
+                let mut next = 0;
+                for (&pos, &n) in positions.iter().zip(&need) {
+                    let table = order[next..next + n].to_vec();
+                    next += n;
+                    let c = decode_case(&mut rng, heads, dims, half, pos, splits, window);
+                    for p in 0..pos {
+                        let r = (table[p / BT] as usize * BT + p % BT) * kvd;
+                        k[r..r + kvd].copy_from_slice(&c.k[p * kvd..(p + 1) * kvd]);
+                        v[r..r + kvd].copy_from_slice(&c.v[p * kvd..(p + 1) * kvd]);
+                    }
+                    rows.push((c.qkv.clone(), pos, table));
+                    contiguous.push(c);
+                }
+                let scale = contiguous[0].scale;
+                let c = PagedCase { heads, dims, half, inv_freq, rows, k, v, scale, splits, window };
+                let (out, kc, vc) = b.paged_decode(&c);
+                let mut written = vec![false; total * BT];
+                for (i, one) in contiguous.iter().enumerate() {
+                    let what = format!("paged batch {heads:?} half={half} splits={splits} {window:?}: row {i}");
+                    let (want, want_k, want_v) = decode_ref(one);
+                    check(b, &what, &out[i * qd..(i + 1) * qd], &want, 1e-5);
+                    let (pos, table) = (c.rows[i].1, &c.rows[i].2);
+                    let r = table[pos / BT] as usize * BT + pos % BT;
+                    written[r] = true;
+                    let at = pos * kvd..(pos + 1) * kvd;
+                    check(b, &format!("{what}: k stored"), &kc[r * kvd..(r + 1) * kvd], &want_k[at.clone()], 1e-6);
+                    check(b, &format!("{what}: v stored"), &vc[r * kvd..(r + 1) * kvd], &want_v[at], 0.0);
+                }
+                for (r, _) in written.iter().enumerate().filter(|(_, w)| !**w) {
+                    let span = r * kvd..(r + 1) * kvd;
+                    let same = |got: &[f32], was: &[f32]| got.iter().zip(was).all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(
+                        same(&kc[span.clone()], &c.k[span.clone()]) && same(&vc[span.clone()], &c.v[span.clone()]),
+                        "{}: paged batch changed cache row {r}, which no row of the step writes",
                         b.name()
                     );
                 }

@@ -57,6 +57,8 @@ pub struct EngineOptions {
     pub memory_trace: Option<std::path::PathBuf>,
     /// KV cache positions over all sequences of a batching engine (`omex serve`); 0: one context's worth.
     pub kv_tokens: usize,
+    /// Sequences a batching engine decodes in one pass at most (`omex serve --parallel`).
+    pub max_sequences: usize,
 }
 
 impl Default for EngineOptions {
@@ -73,6 +75,7 @@ impl Default for EngineOptions {
             overlap: true,
             memory_trace: None,
             kv_tokens: 0,
+            max_sequences: 1,
         }
     }
 }
@@ -128,6 +131,8 @@ impl Model {
         gpu.slots = opts.stream_slots.max(1);
         gpu.overlap = opts.overlap;
         gpu.activations = opts.gpu_activations;
+        gpu.kv_tokens = opts.kv_tokens;
+        gpu.max_seqs = opts.max_sequences.clamp(1, 256) as u32;
         #[cfg(not(target_arch = "wasm32"))]
         {
             gpu.memory_trace = opts.memory_trace.clone();

@@ -4,11 +4,13 @@
 
 use super::*;
 use kernels_cpu::ops::{self, RopeStyle};
+use kernels_cpu::Pages;
 use omex::backend::gpu::ops::{
     attention, misc, Heads, Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT,
 };
 use omex::backend::gpu::weights::{GpuFile, GpuMatrix};
 use omex::backend::gpu::{Dispatch, Region};
+use omex::backend::KV_BLOCK_TOKENS;
 use omex::graph::Activation;
 use omex::sampling::{Sampler, SamplerOptions};
 use std::sync::Arc;
@@ -68,6 +70,23 @@ pub struct DecodeCase {
     pub window: Option<u32>,
 }
 
+/// Several sequences' next tokens in one pass over a paged KV cache (the server's batched decode step): row
+/// `r` holds its sequence's q|k|v at position `rows[r].1`, whose blocks are `rows[r].2`
+/// (`backend::KV_BLOCK_TOKENS` positions each).
+pub struct PagedCase {
+    pub heads: Heads,
+    pub dims: usize,
+    pub half: bool,
+    pub inv_freq: Vec<f32>,
+    pub rows: Vec<(Vec<f32>, usize, Vec<u32>)>,
+    /// The caches `[blocks * KV_BLOCK_TOKENS, kv_dim]` before the step.
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub scale: f32,
+    pub splits: u32,
+    pub window: Option<u32>,
+}
+
 pub struct RopeCase {
     pub heads: Heads,
     pub dims: usize,
@@ -91,6 +110,8 @@ pub trait Ops {
     fn attention(&self, c: &AttnCase) -> Vec<f32>;
     /// (attention output `[q_dim]`, K cache, V cache after the step).
     fn decode_attention(&self, c: &DecodeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>);
+    /// (output rows, K cache, V cache) of the batched paged step `c`.
+    fn paged_decode(&self, c: &PagedCase) -> (Vec<f32>, Vec<f32>, Vec<f32>);
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32>;
     fn gelu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32>;
     fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32>;
@@ -249,6 +270,37 @@ impl Ops for Cpu {
         let (nh, nkv) = (h.n_heads as usize, h.n_kv as usize);
         let window = c.window.map(|w| w as usize);
         kernels_cpu::attention_window(&q, &kc, &vc, c.pos, 1, nh, nkv, hd, c.scale, window, &mut out);
+        (out, kc, vc)
+    }
+
+    fn paged_decode(&self, c: &PagedCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let h = c.heads;
+        let (qd, kvd, hd) = (h.q_dim() as usize, h.kv_dim() as usize, h.head_dim as usize);
+        let style = if c.half { RopeStyle::Half } else { RopeStyle::Interleaved };
+        let (mut kc, mut vc) = (c.k.clone(), c.v.clone());
+        let mut qs = Vec::new();
+        for (qkv, pos, table) in &c.rows {
+            let pages = Some(Pages { table, block_tokens: KV_BLOCK_TOKENS });
+            let row = Pages::row(pages, *pos) * kvd;
+            let mut q = qkv[..qd].to_vec();
+            let kt = &mut kc[row..row + kvd];
+            kt.copy_from_slice(&qkv[qd..qd + kvd]);
+            for head in q.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
+                ops::rope(&mut head[..c.dims], 1, c.dims, *pos, &c.inv_freq, style);
+            }
+            vc[row..row + kvd].copy_from_slice(&qkv[qd + kvd..]);
+            qs.push(q);
+        }
+        let mut out = vec![0f32; c.rows.len() * qd];
+        let (nh, nkv) = (h.n_heads as usize, h.n_kv as usize);
+        let window = c.window.map(|w| w as usize);
+        for ((q, (_, pos, table)), o) in qs.iter().zip(&c.rows).zip(out.chunks_exact_mut(qd)) {
+            let pages = Some(Pages { table, block_tokens: KV_BLOCK_TOKENS });
+            let isa = kernels_cpu::isa::detect();
+            kernels_cpu::attention::attention_paged_with(
+                isa, q, &kc, &vc, pages, *pos, 1, nh, nkv, hd, c.scale, window, o,
+            );
+        }
         (out, kc, vc)
     }
 
@@ -486,10 +538,21 @@ impl Ops for Gpu {
         let qkv = upload_f32(ctx, &c.qkv);
         let q = poisoned(ctx, c.n * qd);
         let (kc, vc) = (upload_f32(ctx, &vec![0.0; c.ctx * kvd]), upload_f32(ctx, &vec![0.0; c.ctx * kvd]));
-        let st = step(ctx, c.n as u32, c.pos0 as u32);
-        let d =
-            pollster::block_on(misc::rope_store(ctx, c.heads, c.dims as u32, c.half, &st, &qkv, &table, &q, &kc, &vc))
-                .unwrap();
+        let (st, map) = (step(ctx, c.n as u32, c.pos0 as u32), upload_u32(ctx, &[0]));
+        let d = pollster::block_on(misc::rope_store(
+            ctx,
+            c.heads,
+            c.dims as u32,
+            c.half,
+            &st,
+            &qkv,
+            &table,
+            &q,
+            &kc,
+            &vc,
+            &map,
+        ))
+        .unwrap();
         self.run(&[&d], c.n as u32);
         (self.read(&q, c.n * qd), self.read(&kc, c.ctx * kvd), self.read(&vc, c.ctx * kvd))
     }
@@ -498,8 +561,9 @@ impl Ops for Gpu {
         let ctx = self.0;
         let (q, k, v) = (upload_f32(ctx, &c.q), upload_f32(ctx, &c.k), upload_f32(ctx, &c.v));
         let out = poisoned(ctx, c.q.len());
-        let st = step(ctx, c.n as u32, c.pos0 as u32);
-        let d = pollster::block_on(attention::prefill(ctx, c.heads, c.scale, c.window, &st, &q, &k, &v, &out)).unwrap();
+        let (st, map) = (step(ctx, c.n as u32, c.pos0 as u32), upload_u32(ctx, &[0]));
+        let d = attention::prefill(ctx, c.heads, c.scale, c.window, &st, &q, &k, &v, &out, &map);
+        let d = pollster::block_on(d).unwrap();
         self.run(&[&d], c.n as u32);
         self.read(&out, c.q.len())
     }
@@ -512,13 +576,43 @@ impl Ops for Gpu {
         let (qkv, k, v) = (upload_f32(ctx, &c.qkv), upload_f32(ctx, &c.k), upload_f32(ctx, &c.v));
         let qd = h.q_dim() as usize;
         let (q, out, st) = (poisoned(ctx, qd), poisoned(ctx, qd), step(ctx, 1, c.pos as u32));
-        let part = attention::partials(ctx, h, c.splits).unwrap();
-        let r = misc::rope_store(ctx, h, c.dims as u32, c.half, &st, &qkv, &cos_sin, &q, &k, &v);
+        let part = attention::partials(ctx, h, c.splits, 1).unwrap();
+        let map = upload_u32(ctx, &[0]);
+        let r = misc::rope_store(ctx, h, c.dims as u32, c.half, &st, &qkv, &cos_sin, &q, &k, &v, &map);
         let r = pollster::block_on(r).unwrap();
-        let d = attention::decode(ctx, h, c.splits, c.scale, c.window, &st, &q, &k, &v, &part, &out);
+        let d = attention::decode(ctx, h, c.splits, c.scale, c.window, &st, &q, &k, &v, &part, &out, &map);
         let (a, b) = pollster::block_on(d).unwrap();
         self.run(&[&r, &a, &b], 1);
         (self.read(&out, qd), self.read(&k, c.k.len()), self.read(&v, c.v.len()))
+    }
+
+    fn paged_decode(&self, c: &PagedCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let ctx = self.0;
+        let h = c.heads;
+        let n = c.rows.len();
+        let last = c.rows.iter().map(|r| r.1).max().unwrap();
+        let table = misc::cos_sin_table(&c.inv_freq, last + 1);
+        let cos_sin = upload_f32(ctx, bytemuck::cast_slice(&table));
+        let qkv: Vec<f32> = c.rows.iter().flat_map(|r| r.0.iter().copied()).collect();
+        let (qkv, k, v) = (upload_f32(ctx, &qkv), upload_f32(ctx, &c.k), upload_f32(ctx, &c.v));
+        let qd = h.q_dim() as usize;
+        let (q, out) = (poisoned(ctx, n * qd), poisoned(ctx, n * qd));
+        // The seqmap as the engine writes it: (position, where the row's block table starts) per row, then the
+        // tables.
+        let mut map = vec![0u32; 2 * n];
+        for (r, (_, pos, blocks)) in c.rows.iter().enumerate() {
+            map[2 * r] = *pos as u32;
+            map[2 * r + 1] = map.len() as u32;
+            map.extend_from_slice(&blocks[..(pos + 1).div_ceil(KV_BLOCK_TOKENS)]);
+        }
+        let (map, st) = (upload_u32(ctx, &map), upload_u32(ctx, &[n as u32, 0, 0, 1]));
+        let part = attention::partials(ctx, h, c.splits, n as u32).unwrap();
+        let r = misc::rope_store(ctx, h, c.dims as u32, c.half, &st, &qkv, &cos_sin, &q, &k, &v, &map);
+        let r = pollster::block_on(r).unwrap();
+        let d = attention::decode(ctx, h, c.splits, c.scale, c.window, &st, &q, &k, &v, &part, &out, &map);
+        let (a, b) = pollster::block_on(d).unwrap();
+        self.run(&[&r, &a, &b], n as u32);
+        (self.read(&out, n * qd), self.read(&k, c.k.len()), self.read(&v, c.v.len()))
     }
 
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {

@@ -21,6 +21,11 @@ pub enum Grid {
     TokensY {
         x: u32,
     },
+    /// `x` and `y` fixed, `z = n`.
+    TokensZ {
+        x: u32,
+        y: u32,
+    },
 }
 
 impl Grid {
@@ -29,6 +34,7 @@ impl Grid {
             Grid::Fixed(g) => g,
             Grid::TokensX { per, y } => [n.div_ceil(per), y, 1],
             Grid::TokensY { x } => [x, n, 1],
+            Grid::TokensZ { x, y } => [x, y, n],
         }
     }
 }

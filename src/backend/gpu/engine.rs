@@ -10,10 +10,10 @@
 use super::context::GpuContext;
 use super::device::DeviceOptions;
 use super::ops::misc::{self, SampleParams};
-use super::plan::{Buffers, Model, Plan, Residency, Stage, MAX_STEPS};
+use super::plan::{Buffers, Model, Plan, Residency, Sizes, Stage, MAX_STEPS};
 use super::streaming::{self, Slots};
 use crate::arch::Program;
-use crate::backend::{Activations, Engine, Logits, WeightRef};
+use crate::backend::{Activations, Engine, KvBlocks, Logits, SeqChunk, WeightRef, KV_BLOCK_TOKENS};
 use crate::error::{Error, Result};
 use crate::format::ModelDir;
 use crate::graph::Transformer;
@@ -50,6 +50,11 @@ pub struct GpuOptions {
     /// Record the upload/compute timeline and memory use, written to this file when the engine is dropped.
     #[cfg(not(target_arch = "wasm32"))]
     pub memory_trace: Option<PathBuf>,
+    /// KV cache positions over all sequences of [`Engine::forward_batch`]; below `context_length`: one
+    /// context's worth.
+    pub kv_tokens: usize,
+    /// Sequences one batched decode pass takes at most (sizes the attention partials and block tables).
+    pub max_seqs: u32,
 }
 
 impl GpuOptions {
@@ -66,6 +71,24 @@ impl GpuOptions {
             overlap: true,
             #[cfg(not(target_arch = "wasm32"))]
             memory_trace: None,
+            kv_tokens: 0,
+            max_seqs: 1,
+        }
+    }
+
+    /// Blocks of the paged KV cache.
+    pub fn kv_blocks(&self) -> usize {
+        self.kv_tokens.max(self.context_length).div_ceil(KV_BLOCK_TOKENS)
+    }
+
+    fn sizes(&self, max_batch: u32, logit_rows: u32) -> Sizes {
+        Sizes {
+            ctx_len: self.context_length,
+            kv_rows: self.kv_blocks() * KV_BLOCK_TOKENS,
+            max_batch,
+            logit_rows,
+            splits: attention_splits(self),
+            max_seqs: self.max_seqs.max(1),
         }
     }
 }
@@ -91,7 +114,8 @@ fn sizes_for_budget(program: &Program, opts: &GpuOptions, max_batch: u32, logit_
     let Some(budget) = opts.budget.as_ref().map(|b| b.bytes) else { return (max_batch, logit_rows) };
     let share = budget / 8;
     let mut batch = max_batch;
-    while batch > 1 && Buffers::bytes(program, 1, batch, 1, 1).1 > share {
+    let sizes = |batch| Sizes { ctx_len: 1, kv_rows: 1, max_batch: batch, logit_rows: 1, splits: 1, max_seqs: 1 };
+    while batch > 1 && Buffers::bytes(program, &sizes(batch)).1 > share {
         batch /= 2;
     }
     let row = 4 * program.vocab as u64;
@@ -118,7 +142,6 @@ pub fn plan_memory(
         Err(e) => return Err(e),
     };
     let program = crate::arch::program(cfg)?;
-    let splits = attention_splits(opts);
     let (max_batch, logit_rows) = chunk_sizes(cfg, opts, max_binding);
     let mut sizes = vec![sizes_for_budget(&program, opts, max_batch, logit_rows)];
     if opts.budget.is_some() && sizes[0] != (1, 1) {
@@ -126,7 +149,7 @@ pub fn plan_memory(
     }
     let mut refusal = None;
     for (max_batch, logit_rows) in sizes {
-        let (kv, activations) = Buffers::bytes(&program, opts.context_length, max_batch, logit_rows, splits);
+        let (kv, activations) = Buffers::bytes(&program, &opts.sizes(max_batch, logit_rows));
         let readback = (logit_rows as u64 * 4 * cfg.vocab_size as u64).max(4 * MAX_STEPS as u64).div_ceil(16) * 16;
         let input = PlanInput {
             layers: units.iter().map(|u| u.cost.clone()).collect(),
@@ -250,7 +273,7 @@ impl GpuEngine {
             Some(_) => None,
             None => Some(WeightRef::load(dir, &cfg.token_embedding, &[cfg.vocab_size, cfg.hidden_size])?),
         };
-        let bufs = Buffers::new(&ctx, &program, opts.context_length, max_batch, logit_rows, splits)?;
+        let bufs = Buffers::new(&ctx, &program, &opts.sizes(max_batch, logit_rows))?;
         let plan = Plan::build(&ctx, &program, &model, &bufs, splits, opts.activations).await?;
         let vocab_bytes = 4 * cfg.vocab_size as u64;
         let staging = ctx.pool.readback("readback", (logit_rows as u64 * vocab_bytes).max(4 * MAX_STEPS as u64))?;
@@ -540,6 +563,71 @@ impl GpuEngine {
         Ok(out)
     }
 
+    /// [`Engine::forward_batch`]: the sequences' single next tokens run together, up to `max_seqs` rows per
+    /// pass (one row each, attention per row over its own blocks); each longer chunk (a prompt) runs as a pass
+    /// of its own over its blocks.
+    pub async fn forward_batch_async(&mut self, seqs: &[SeqChunk<'_>]) -> Result<Vec<f32>> {
+        let kv = self.kv_layout();
+        crate::backend::check_batch(seqs, kv, self.cfg.vocab_size, self.opts.context_length)?;
+        let row_bytes = 4 * self.cfg.vocab_size as u64;
+        let mut rows: Vec<Option<Vec<f32>>> = vec![None; seqs.len()];
+        let singles: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].ids.len() == 1).collect();
+        let per = self.opts.max_seqs.max(1).min(self.logit_rows).min(self.max_batch) as usize;
+        for group in singles.chunks(per) {
+            let n = group.len() as u32;
+            let ids: Vec<u32> = group.iter().map(|&i| seqs[i].ids[0]).collect();
+            let mut map = vec![0u32; 2 * group.len()];
+            for (r, &i) in group.iter().enumerate() {
+                let s = &seqs[i];
+                map[2 * r] = s.pos as u32;
+                map[2 * r + 1] = map.len() as u32;
+                map.extend_from_slice(&s.blocks[..(s.pos + 1).div_ceil(KV_BLOCK_TOKENS)]);
+            }
+            self.write_chunk(&ids, &map, n, 0);
+            let plan = &self.plan;
+            let (blocks, head) = match n {
+                1 => (&plan.decode, &plan.head_last),
+                2..=8 => (&plan.batch_short, &plan.head_all),
+                _ => (&plan.batch, &plan.head_all),
+            };
+            self.submit_forward(n, blocks, head, Some((&self.bufs.logits, n as u64 * row_bytes)));
+            let data = self.read_back(n as u64 * row_bytes).await?;
+            let logits: &[f32] = bytemuck::cast_slice(&data);
+            for (&i, row) in group.iter().zip(logits.chunks_exact(self.cfg.vocab_size as usize)) {
+                rows[i] = Some(row.to_vec());
+            }
+        }
+        for (i, s) in seqs.iter().enumerate().filter(|(_, s)| s.ids.len() > 1) {
+            let n = s.ids.len() as u32;
+            let mut map: Vec<u32> = (0..n).flat_map(|t| [s.pos as u32 + t, 2 * n]).collect();
+            map.extend_from_slice(&s.blocks[..(s.pos + s.ids.len()).div_ceil(KV_BLOCK_TOKENS)]);
+            self.write_chunk(s.ids, &map, n, s.pos as u32);
+            let blocks = if n <= 8 { &self.plan.prefill_short } else { &self.plan.prefill };
+            match s.logits {
+                true => {
+                    self.submit_forward(n, blocks, &self.plan.head_last, Some((&self.bufs.logits, row_bytes)));
+                    let data = self.read_back(row_bytes).await?;
+                    rows[i] = Some(bytemuck::cast_slice(&data).to_vec());
+                }
+                false => self.submit_forward(n, blocks, &[], None),
+            }
+        }
+        self.ctx.gpu.check()?;
+        Ok(seqs.iter().zip(rows).filter(|(s, _)| s.logits).flat_map(|(_, r)| r.expect("every chunk ran")).collect())
+    }
+
+    /// Writes a paged chunk's token ids (or their embedding rows), its seqmap and its step.
+    fn write_chunk(&self, ids: &[u32], map: &[u32], n: u32, pos: u32) {
+        self.ctx.write(&self.bufs.ids, 0, bytemuck::cast_slice(ids));
+        self.gather_on_host(ids);
+        self.ctx.write(&self.bufs.seqmap, 0, bytemuck::cast_slice(map));
+        self.ctx.write(&self.bufs.step, 0, bytemuck::cast_slice(&[n, pos, 0, 1]));
+    }
+
+    fn kv_layout(&self) -> KvBlocks {
+        KvBlocks { blocks: self.opts.kv_blocks(), max_batch: self.max_batch as usize }
+    }
+
     /// Whether decode steps sampled with `opts` chain on the device. Not with streamed weights (each token is a
     /// forward pass anyway), nor with the embedding gathered on the host (the next token's row is written from
     /// there), nor at a temperature without the sample kernel (vocabularies of 2^24 and more): those sample on
@@ -683,6 +771,15 @@ impl Engine for GpuEngine {
             return None;
         }
         Some(pollster::block_on(self.decode_steps(first, pos, steps, opts, draw)))
+    }
+
+    /// With streamed weights each pass reloads the blocks: no batching there yet.
+    fn kv_blocks(&self) -> Option<KvBlocks> {
+        self.model.slots.is_none().then(|| self.kv_layout())
+    }
+
+    fn forward_batch(&mut self, seqs: &[SeqChunk]) -> Result<Vec<f32>> {
+        pollster::block_on(self.forward_batch_async(seqs))
     }
 }
 

@@ -79,26 +79,35 @@ pub const EMBED: Kernel = Kernel {
 pub const ROPE: Kernel = Kernel {
     name: "rope",
     entry: "main",
-    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, ReadWrite), (5, ReadWrite), (6, ReadWrite)],
-    source: shader!("rope.wgsl"),
+    bindings: &[
+        (0, Uniform),
+        (1, Read),
+        (2, Read),
+        (3, Read),
+        (4, ReadWrite),
+        (5, ReadWrite),
+        (6, ReadWrite),
+        (7, Read),
+    ],
+    source: shader!("pages.wgsl" + "rope.wgsl"),
 };
 pub const ATTN_DECODE: Kernel = Kernel {
     name: "attention_decode",
     entry: "partial",
-    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
-    source: shader!("attention_decode.wgsl"),
+    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite), (8, Read)],
+    source: shader!("pages.wgsl" + "attention_decode.wgsl"),
 };
 pub const ATTN_COMBINE: Kernel = Kernel {
     name: "attention_decode",
     entry: "combine",
-    bindings: &[(0, Uniform), (1, Read), (6, ReadWrite), (7, Read)],
-    source: shader!("attention_decode.wgsl"),
+    bindings: &[(0, Uniform), (1, Read), (6, ReadWrite), (7, Read), (8, Read)],
+    source: shader!("pages.wgsl" + "attention_decode.wgsl"),
 };
 pub const ATTN_PREFILL: Kernel = Kernel {
     name: "attention_prefill",
     entry: "main",
-    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
-    source: shader!("attention_prefill.wgsl"),
+    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite), (6, Read)],
+    source: shader!("pages.wgsl" + "attention_prefill.wgsl"),
 };
 pub const RMSNORM: Kernel = Kernel {
     name: "norm",

@@ -277,8 +277,11 @@ fn resident_head_pieces(ctx: &GpuContext, dir: &ModelDir, name: &str, cols: u32,
 
 /// The buffers of a forward chunk of up to `max_batch` tokens.
 pub(super) struct Buffers {
-    /// `[n, pos, k, 0]`: tokens in the chunk, position of the first, decode steps taken (see sample.wgsl).
+    /// `[n, pos, k, paged]`: tokens in the chunk, position of the first, decode steps taken (see sample.wgsl),
+    /// and whether `seqmap` places the rows (see shaders/pages.wgsl).
     pub step: GpuBuffer,
+    /// With a paged step: each token row's position and block table, then the tables.
+    pub seqmap: GpuBuffer,
     pub ids: GpuBuffer,
     pub tokens: GpuBuffer,
     /// The hidden state (the program's `Hidden`).
@@ -296,36 +299,35 @@ pub(super) struct Buffers {
 pub(super) const MAX_STEPS: u32 = 64;
 
 impl Buffers {
+    /// Words of the seqmap buffer: a position and a table offset per row, and a whole table per sequence.
+    pub fn seqmap_words(s: &Sizes) -> u64 {
+        2 * s.max_batch as u64 + s.max_seqs as u64 * s.ctx_len.div_ceil(crate::backend::KV_BLOCK_TOKENS) as u64
+    }
+
     /// The bytes [`Buffers::new`] allocates, without allocating: (KV cache, everything else).
-    pub fn bytes(p: &Program, ctx_len: usize, max_batch: u32, logit_rows: u32, splits: u32) -> (u64, u64) {
+    pub fn bytes(p: &Program, s: &Sizes) -> (u64, u64) {
         let w = |bytes: u64| bytes.div_ceil(16).max(1) * 16;
-        let b = max_batch as u64;
-        let kv = 2 * p.blocks.len() as u64 * w(4 * ctx_len as u64 * p.heads.kv_dim() as u64);
-        let ropes = p.ropes.iter().map(|r| w(8 * ctx_len as u64 * r.inv_freq.len() as u64));
-        let activations = [16, 4 * b, 4 * MAX_STEPS as u64, 4 * logit_rows as u64 * p.vocab as u64]
+        let b = s.max_batch as u64;
+        let kv = 2 * p.blocks.len() as u64 * w(4 * s.kv_rows as u64 * p.heads.kv_dim() as u64);
+        let ropes = p.ropes.iter().map(|r| w(8 * s.ctx_len as u64 * r.inv_freq.len() as u64));
+        let activations = [16, 4 * b, 4 * MAX_STEPS as u64, 4 * s.logit_rows as u64 * p.vocab as u64]
             .into_iter()
+            .chain([4 * Self::seqmap_words(s)])
             .chain(p.buffers().into_iter().map(|buf| 4 * b * p.width(buf) as u64))
-            .chain([attention::partials_bytes(p.heads, splits)])
+            .chain([attention::partials_bytes(p.heads, s.splits, s.max_seqs)])
             .map(w)
             .chain(ropes)
             .sum();
         (kv, activations)
     }
 
-    pub fn new(
-        ctx: &GpuContext,
-        p: &Program,
-        ctx_len: usize,
-        max_batch: u32,
-        logit_rows: u32,
-        splits: u32,
-    ) -> Result<Buffers> {
+    pub fn new(ctx: &GpuContext, p: &Program, s: &Sizes) -> Result<Buffers> {
         let act = |label: &str, values: u64| ctx.pool.storage(label, 4 * values, Purpose::Activations);
-        let b = max_batch as u64;
+        let (ctx_len, b) = (s.ctx_len, s.max_batch as u64);
         let kvd = p.heads.kv_dim() as u64;
         let kv = (0..p.blocks.len())
             .map(|l| {
-                let bytes = 4 * ctx_len as u64 * kvd;
+                let bytes = 4 * s.kv_rows as u64 * kvd;
                 Ok((
                     ctx.pool.storage(&format!("k cache {l}"), bytes, Purpose::KvCache)?,
                     ctx.pool.storage(&format!("v cache {l}"), bytes, Purpose::KvCache)?,
@@ -351,12 +353,13 @@ impl Buffers {
         }
         Ok(Buffers {
             step: ctx.pool.storage("step", 16, Purpose::Activations)?,
+            seqmap: act("seqmap", Self::seqmap_words(s))?,
             ids: ctx.pool.storage("ids", 4 * b, Purpose::Activations)?,
             tokens: ctx.pool.storage("tokens", 4 * MAX_STEPS as u64, Purpose::Activations)?,
             x: act("x", b * p.hidden as u64)?,
             scratch,
-            logits: act("logits", logit_rows as u64 * p.vocab as u64)?,
-            part: attention::partials(ctx, p.heads, splits)?,
+            logits: act("logits", s.logit_rows as u64 * p.vocab as u64)?,
+            part: attention::partials(ctx, p.heads, s.splits, s.max_seqs)?,
             cos_sin,
             kv,
         })
@@ -368,6 +371,21 @@ impl Buffers {
             other => &self.scratch[&other],
         }
     }
+}
+
+/// What the buffers are sized for.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sizes {
+    /// Positions of one sequence at most (the RoPE tables).
+    pub ctx_len: usize,
+    /// Rows of the KV cache: blocks for every sequence together.
+    pub kv_rows: usize,
+    /// Tokens per forward chunk.
+    pub max_batch: u32,
+    pub logit_rows: u32,
+    pub splits: u32,
+    /// Sequences a batched decode pass takes at most.
+    pub max_seqs: u32,
 }
 
 /// The fused prologue of a product: only RMS norms fuse (and only RMS norms run on the GPU engine yet).
@@ -443,8 +461,10 @@ async fn products(
     Ok(out)
 }
 
-/// What lowering one op of block `l` needs: matvecs when `tokens` is 0, else matmuls of `tokens`-token tiles.
+/// What lowering one op of block `l` needs: matvecs when `tokens` is 0, else matmuls of `tokens`-token tiles;
+/// `batched`: the rows are several sequences' next tokens (decode attention per row), not one prompt's.
 struct Lowering<'a> {
+    batched: bool,
     ctx: &'a GpuContext,
     p: &'a Program,
     b: &'a Buffers,
@@ -511,16 +531,17 @@ impl Lowering<'_> {
                 let half = r.style == RopeStyle::Half;
                 // RoPE and the KV store stay a dispatch of their own: folded into the decode attention, they made
                 // it 16 us slower per block on an H200 (the caches it reads become read_write), for 9 us saved.
-                list.push(misc::rope_store(ctx, h, r.dims, half, st, qkv, table, q, kc, vc).await?);
+                list.push(misc::rope_store(ctx, h, r.dims, half, st, qkv, table, q, kc, vc, &b.seqmap).await?);
             }
             Op::Attention { window } => {
                 let (q, att, scale) = (b.get(Buf::Q), b.get(Buf::Attn), p.attention_scale);
-                if tokens == 0 {
+                let (part, map) = (&b.part, &b.seqmap);
+                if tokens == 0 || self.batched {
                     let (pa, co) =
-                        attention::decode(ctx, h, self.splits, scale, *window, st, q, kc, vc, &b.part, att).await?;
+                        attention::decode(ctx, h, self.splits, scale, *window, st, q, kc, vc, part, att, map).await?;
                     list.extend([pa, co]);
                 } else {
-                    list.push(attention::prefill(ctx, h, scale, *window, st, q, kc, vc, att).await?);
+                    list.push(attention::prefill(ctx, h, scale, *window, st, q, kc, vc, att, map).await?);
                 }
             }
             Op::Glu { act } => {
@@ -560,6 +581,9 @@ pub(super) struct Plan {
     /// Chunks of 2..=8 tokens (short matmul tiles).
     pub prefill_short: Vec<Stage>,
     pub prefill: Vec<Stage>,
+    /// Several sequences' next tokens, one row each (paged step): 2..=8 rows, and more.
+    pub batch_short: Vec<Stage>,
+    pub batch: Vec<Stage>,
     /// Logits of the chunk's last token into logits row 0 (one stage per piece of the head).
     pub head_last: Vec<Stage>,
     /// Logits of every token of the chunk.
@@ -584,14 +608,21 @@ impl Plan {
     ) -> Result<Plan> {
         let mv = MatvecKernel::for_activations(activations);
         let (st, vocab) = (&b.step, p.vocab);
-        let mut lists: [Vec<Stage>; 3] = Default::default();
+        let mut lists: [Vec<Stage>; 5] = Default::default();
+        let kinds = [
+            (0, false),
+            (MATMUL_TOKENS_SHORT, false),
+            (MATMUL_TOKENS, false),
+            (MATMUL_TOKENS_SHORT, true),
+            (MATMUL_TOKENS, true),
+        ];
         for (l, (block, layer)) in p.blocks.iter().zip(&w.layers).enumerate() {
-            for (stages, tokens) in lists.iter_mut().zip([0, MATMUL_TOKENS_SHORT, MATMUL_TOKENS]) {
+            for (stages, (tokens, batched)) in lists.iter_mut().zip(kinds) {
                 let mut list = Vec::new();
                 let mut ops = block.ops.iter().peekable();
                 while let Some(op) = ops.next() {
                     let fuse_swiglu = tokens == 0 && matches!(ops.peek(), Some(Op::Glu { act: Activation::Silu }));
-                    let lowered = Lowering { ctx, p, b, layer, l, splits, tokens, mv };
+                    let lowered = Lowering { batched, ctx, p, b, layer, l, splits, tokens, mv };
                     if lowered.op(op, fuse_swiglu, &mut list).await? {
                         ops.next();
                     }
@@ -599,7 +630,7 @@ impl Plan {
                 stages.push(Stage { piece: layer.piece, dispatches: list });
             }
         }
-        let [decode, prefill_short, prefill] = lists;
+        let [decode, prefill_short, prefill, batch_short, batch] = lists;
         let mut head_last = Vec::new();
         let mut head_all = Vec::new();
         let eps = rms_eps(&p.final_norm)?;
@@ -631,6 +662,8 @@ impl Plan {
             decode,
             prefill_short,
             prefill,
+            batch_short,
+            batch,
             head_last,
             head_all,
             argmax: vec![

@@ -34,18 +34,21 @@ fn params(h: Heads, splits: u32, scale: f32, window: Option<u32>) -> Result<[u32
 }
 
 /// Bytes of the partials buffer [`decode`] needs.
-pub fn partials_bytes(h: Heads, splits: u32) -> u64 {
-    4 * (splits.max(1) * h.n_heads * (h.head_dim + 2)) as u64
+pub fn partials_bytes(h: Heads, splits: u32, rows: u32) -> u64 {
+    4 * rows.max(1) as u64 * (splits.max(1) * h.n_heads * (h.head_dim + 2)) as u64
 }
 
-/// The partials buffer of [`decode`] (one can serve every layer: their attentions run one after another).
-pub fn partials(ctx: &GpuContext, h: Heads, splits: u32) -> Result<GpuBuffer> {
-    ctx.pool.storage("attention partials", partials_bytes(h, splits), Purpose::Activations)
+/// The partials buffer of [`decode`] for up to `rows` queries at once (one buffer serves every layer: their
+/// attentions run one after another).
+pub fn partials(ctx: &GpuContext, h: Heads, splits: u32, rows: u32) -> Result<GpuBuffer> {
+    ctx.pool.storage("attention partials", partials_bytes(h, splits, rows), Purpose::Activations)
 }
 
-/// Decode attention of the one query at position `pos` (from the step buffer): `splits` workgroups per KV
-/// head each attend a slice of the cache and write their partials into `part` (see [`partials`]), then one
-/// workgroup per query head combines them into `out`. With a `window`, only the last `window` positions.
+/// Decode attention of each of the chunk's token rows, one query per sequence (at the positions and over the
+/// cache rows the step buffer and `seqmap` give: shaders/pages.wgsl): `splits` workgroups per KV head and row
+/// each attend a slice of the cache and write their partials into `part` (see [`partials`]), then one
+/// workgroup per query head and row combines them into `out`. With a `window`, only the last `window`
+/// positions.
 #[allow(clippy::too_many_arguments)]
 pub async fn decode(
     ctx: &GpuContext,
@@ -59,14 +62,15 @@ pub async fn decode(
     v_cache: &GpuBuffer,
     part: &GpuBuffer,
     out: &GpuBuffer,
+    seqmap: &GpuBuffer,
 ) -> Result<(Dispatch, Dispatch)> {
     check(h)?;
     let splits = splits.max(1);
-    if part.size() < partials_bytes(h, splits) {
+    if part.size() < partials_bytes(h, splits, 1) {
         return Err(Error::Gpu(format!(
             "attention partials: {} bytes, {} needed",
             part.size(),
-            partials_bytes(h, splits)
+            partials_bytes(h, splits, 1)
         )));
     }
     let p = params(h, splits, scale, window)?;
@@ -75,13 +79,22 @@ pub async fn decode(
     let pbuf = ctx.pool.uniform("attention", bytemuck::bytes_of(&p))?;
     let bg = ctx.bind(
         &pipeline,
-        &[pbuf.binding(), step.binding(), q.binding(), k_cache.binding(), v_cache.binding(), part.binding()],
+        &[
+            pbuf.binding(),
+            step.binding(),
+            q.binding(),
+            k_cache.binding(),
+            v_cache.binding(),
+            part.binding(),
+            seqmap.binding(),
+        ],
     );
-    let partial = Dispatch { pipeline, bind_group: bg, grid: Grid::Fixed([h.n_kv, splits, 1]), params: Some(pbuf) };
+    let grid = Grid::TokensZ { x: h.n_kv, y: splits };
+    let partial = Dispatch { pipeline, bind_group: bg, grid, params: Some(pbuf) };
     let pipeline = ctx.pipelines.get(&ATTN_COMBINE, &[]).await?;
     let pbuf = ctx.pool.uniform("attention combine", bytemuck::bytes_of(&p))?;
-    let bg = ctx.bind(&pipeline, &[pbuf.binding(), step.binding(), out.binding(), part.binding()]);
-    let combine = Dispatch { pipeline, bind_group: bg, grid: Grid::Fixed([h.n_heads, 1, 1]), params: Some(pbuf) };
+    let bg = ctx.bind(&pipeline, &[pbuf.binding(), step.binding(), out.binding(), part.binding(), seqmap.binding()]);
+    let combine = Dispatch { pipeline, bind_group: bg, grid: Grid::TokensY { x: h.n_heads }, params: Some(pbuf) };
     Ok((partial, combine))
 }
 
@@ -101,6 +114,7 @@ pub async fn prefill(
     k_cache: &GpuBuffer,
     v_cache: &GpuBuffer,
     out: &GpuBuffer,
+    seqmap: &GpuBuffer,
 ) -> Result<Dispatch> {
     check(h)?;
     let p = params(h, 0, scale, window)?;
@@ -108,7 +122,15 @@ pub async fn prefill(
     let pbuf = ctx.pool.uniform("attention prefill", bytemuck::bytes_of(&p))?;
     let bg = ctx.bind(
         &pipeline,
-        &[pbuf.binding(), step.binding(), q.binding(), k_cache.binding(), v_cache.binding(), out.binding()],
+        &[
+            pbuf.binding(),
+            step.binding(),
+            q.binding(),
+            k_cache.binding(),
+            v_cache.binding(),
+            out.binding(),
+            seqmap.binding(),
+        ],
     );
     Ok(Dispatch {
         pipeline,

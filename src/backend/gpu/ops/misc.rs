@@ -62,11 +62,20 @@ pub async fn rope_store(
     q: &GpuBuffer,
     k_cache: &GpuBuffer,
     v_cache: &GpuBuffer,
+    seqmap: &GpuBuffer,
 ) -> Result<Dispatch> {
     let (qd, kvd) = (h.q_dim(), h.kv_dim());
     let p = [h.n_heads, h.n_kv, h.head_dim, dims, qd + 2 * kvd, qd, qd + kvd, 0];
     let constants = [("STYLE", half_style as u32 as f64)];
-    let res = [step.binding(), qkv.binding(), cos_sin.binding(), q.binding(), k_cache.binding(), v_cache.binding()];
+    let res = [
+        step.binding(),
+        qkv.binding(),
+        cos_sin.binding(),
+        q.binding(),
+        k_cache.binding(),
+        v_cache.binding(),
+        seqmap.binding(),
+    ];
     dispatch(ctx, &ROPE, &constants, &p, &res, Grid::TokensY { x: (qd + 2 * kvd).div_ceil(64) }).await
 }
 
