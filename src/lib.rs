@@ -12,6 +12,8 @@ pub mod memory;
 pub mod quant;
 pub mod runtime;
 pub mod sampling;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod server;
 pub mod tokenizer;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod validate;

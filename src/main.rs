@@ -24,6 +24,8 @@ enum Command {
     Tokenize(cli::tokenize::TokenizeArgs),
     /// Generate text from a prompt
     Run(cli::run::RunArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (continuous batching)
+    Serve(cli::serve::ServeArgs),
     /// Measure prompt processing and generation speed
     Bench(cli::bench::BenchArgs),
     /// Perplexity of a text file (llama-perplexity's definition)
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::LayerInspect(args) => cli::layer_inspect::run(args),
         Command::Tokenize(args) => cli::tokenize::run(args),
         Command::Run(args) => cli::run::run(args),
+        Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Perplexity(args) => cli::perplexity::run(args),
         Command::Plan(args) => cli::plan::run(args),

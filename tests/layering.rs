@@ -24,6 +24,8 @@ const LAYERS: &[&[&str]] = &[
     &["backend", "validate"],
     // Importing models (GGUF, safetensors); Model and Session.
     &["import", "runtime"],
+    // The OpenAI-compatible HTTP server over the runtime's scheduler.
+    &["server"],
     // The command line (the binary crate).
     &["cli"],
 ];

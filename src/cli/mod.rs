@@ -55,5 +55,6 @@ pub mod perplexity;
 pub mod plan;
 pub mod profile;
 pub mod run;
+pub mod serve;
 pub mod tokenize;
 pub mod validate;
