@@ -11,17 +11,9 @@
 # (default .devbin/omex, else target/release/omex); REPS the repetitions (default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P=.peers
-BIN=${OMEX_BIN:-$( [ -x .devbin/omex ] && echo .devbin/omex || echo target/release/omex )}
 REPS=${REPS:-3}
 [ $# -gt 0 ] || set -- smollm2-135m-instruct-q4_1 gemma-3-270m-q4_k_m
-bash $P/device.sh build >/dev/null
-bash $P/device.sh vulkan >/dev/null
-export LD_LIBRARY_PATH=/opt/vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-# The NVIDIA Vulkan driver's manifest is not where the loader looks on these machines.
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -f $icd ] && export VK_DRIVER_FILES=$icd
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+source scripts/device-env.sh
 for m in "$@"; do
     echo "=== $m"
     bash $P/device.sh model "$P/heads/$m.head" "/tmp/$m.gguf" >/dev/null

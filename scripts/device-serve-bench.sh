@@ -8,18 +8,11 @@
 # sequences at once, driven by scripts/serve_bench.py (streaming completions, tokens from the usage chunk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P=.peers
-BIN=${OMEX_BIN:-$( [ -x .devbin/omex ] && echo .devbin/omex || echo target/release/omex )}
 m=${1:-smollm2-135m-instruct-q4_1}
 conc=${2:-1,4,16,64}
 TOKENS=${TOKENS:-128}
 ROUNDS=${ROUNDS:-2}
-bash $P/device.sh build >/dev/null
-bash $P/device.sh vulkan >/dev/null
-export LD_LIBRARY_PATH=/opt/vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -f $icd ] && export VK_DRIVER_FILES=$icd
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+source scripts/device-env.sh
 bash $P/device.sh model "$P/heads/$m.head" "/tmp/$m.gguf" >/dev/null
 rm -rf "/tmp/$m.omex"
 "$BIN" convert "/tmp/$m.gguf" -o "/tmp/$m.omex" --quant keep >/dev/null
@@ -30,10 +23,10 @@ echo "=== omex serve --backend gpu --parallel 64"
 pid=$!
 if wait_up 8091; then bench 8091 || true; else echo "omex serve did not come up"; fi
 curl -s http://127.0.0.1:8091/metrics | grep -E "^omex_(batch|time_to_first)" | head -12 || true
-kill -INT $pid; wait $pid || true
+kill -INT $pid || true; wait $pid || true
 tail -5 /tmp/omex-serve.log
 echo "=== llama-server --parallel 64 (CUDA)"
 /tmp/peers/cuda/bin/llama-server -m "/tmp/$m.gguf" -ngl 99 --parallel 64 -c $((64 * 512)) --port 8092 > /tmp/llama-server.log 2>&1 &
 pid=$!
 if wait_up 8092; then bench 8092 || true; else echo "llama-server did not come up"; tail -5 /tmp/llama-server.log; fi
-kill $pid; wait $pid || true
+kill $pid || true; wait $pid || true
