@@ -458,3 +458,35 @@ fn a_full_queue_is_429_and_sigterm_ends_the_requests_in_flight_and_exits_zero() 
     // It no longer listens.
     assert!(TcpStream::connect(&s.addr).is_err());
 }
+
+#[test]
+fn clients_that_trickle_a_request_are_cut_off_and_streams_that_outlast_the_timeout_are_not() {
+    let s = Serve::start(&["--read-timeout", "1", "--parallel", "2"]);
+    // A header that never ends: the connection is closed once the timeout has passed.
+    let mut header = s.connect();
+    header.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // A whole header and a tenth of the body it announces: 408, as an OpenAI error.
+    let mut body = s.connect();
+    body.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"prompt\":")
+        .unwrap();
+    let t = Instant::now();
+    // Meanwhile a stream that runs well past the timeout, with its request sent at once, is answered in full.
+    let long = s.post("/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 300, "ignore_eos": true, "stream": true}));
+    let (_, finish, _) = streamed(&long, false);
+    assert_eq!(finish, "length");
+    assert!(t.elapsed() > Duration::from_secs(1), "the stream was too short to test the timeout: {:?}", t.elapsed());
+
+    let mut raw = Vec::new();
+    body.read_to_end(&mut raw).unwrap();
+    let message = Response::parse(&raw).error(408, "invalid_request_error", None);
+    assert!(message.contains("did not arrive within 1 s"), "{message}");
+    let mut raw = Vec::new();
+    // The server closes the connection (whatever it says first); a reset reads as an error here, also fine.
+    let _ = header.read_to_end(&mut raw);
+    assert!(t.elapsed() < Duration::from_secs(25), "the trickling connections were held {:?}", t.elapsed());
+    assert!(raw.is_empty() || raw.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&raw));
+    // And the server goes on serving.
+    let r = s.post("/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 4}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(s.stderr.lock().unwrap().is_empty() || !s.stderr.lock().unwrap().contains("panicked"));
+}

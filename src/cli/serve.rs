@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Seconds requests in flight may run on after SIGTERM or Ctrl-C before they are cancelled (0 to 3600)
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub shutdown_grace: u32,
+    /// Seconds a request's header, then its body, may take to arrive; a slower connection is closed (header)
+    /// or answered 408 (body) (1 to 3600)
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub read_timeout: u32,
     /// The model's name in requests and /v1/models (default: the directory's name without `.omex`)
     #[arg(long, value_name = "ID")]
     pub model_id: Option<String>,
@@ -137,6 +141,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         api_key,
         max_body: args.max_body as usize,
         shutdown_grace: Duration::from_secs(args.shutdown_grace as u64),
+        read_timeout: Duration::from_secs(args.read_timeout as u64),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

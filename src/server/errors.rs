@@ -53,6 +53,11 @@ impl ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", message)
     }
 
+    pub fn read_timeout(after: std::time::Duration) -> ApiError {
+        let message = format!("the request body did not arrive within {} s", after.as_secs_f64());
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", message)
+    }
+
     pub fn busy(message: impl Into<String>) -> ApiError {
         ApiError {
             code: Some("rate_limit_exceeded"),

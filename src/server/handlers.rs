@@ -16,6 +16,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 type Shared = State<Arc<AppState>>;
 
@@ -65,8 +66,13 @@ pub async fn completions(State(s): Shared, req: Request) -> Response {
     complete(s, req, Kind::Text).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The body, refused with 413 as soon as it is known to pass `limit` bytes.
-async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// The body, refused with 413 as soon as it is known to pass `limit` bytes, and with 408 when it has not
+/// arrived within `timeout`.
+async fn read_body(req: Request, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+    tokio::time::timeout(timeout, read_body_untimed(req, limit)).await.map_err(|_| ApiError::read_timeout(timeout))?
+}
+
+async fn read_body_untimed(req: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
@@ -84,7 +90,7 @@ async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
 }
 
 async fn complete(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, ApiError> {
-    let body = read_body(req, s.opts.max_body).await?;
+    let body = read_body(req, s.opts.max_body, s.opts.read_timeout).await?;
     let (input, params, param) = match kind {
         Kind::Chat => {
             let (messages, p) = openai::parse_chat(&body)?;

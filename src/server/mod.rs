@@ -25,7 +25,7 @@ pub mod openai;
 
 pub use errors::ApiError;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::runtime::scheduler::Scheduler;
 use crate::tokenizer::Tokenizer;
 use axum::extract::{Request, State};
@@ -42,6 +42,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Request bodies at most by default (1 MiB).
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
+/// How long a request's header, and then its body, may take to arrive by default.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How the server answers.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -53,6 +56,9 @@ pub struct ServerOptions {
     pub max_body: usize,
     /// On shutdown, requests in flight run this long at most before they are cancelled.
     pub shutdown_grace: Duration,
+    /// A request's header, and then its body, must arrive within this long: a connection that is slower
+    /// is closed (header) or answered 408 (body).
+    pub read_timeout: Duration,
 }
 
 impl ServerOptions {
@@ -62,6 +68,7 @@ impl ServerOptions {
             api_key: None,
             max_body: DEFAULT_MAX_BODY,
             shutdown_grace: Duration::from_secs(10),
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 }
@@ -113,31 +120,50 @@ impl Server {
 
     /// Serves on `listener` until `shutdown` completes; then takes no new connection, lets the requests in
     /// flight run for the grace ([`ServerOptions::shutdown_grace`]), cancels the rest (their streams end with
-    /// an error event) and returns once the scheduler has stopped.
+    /// an error event) and returns once the scheduler has stopped. A connection that has not sent a request's
+    /// whole header within [`ServerOptions::read_timeout`] is closed (a body gets 408 in the handler), so
+    /// clients that open connections and trickle bytes cannot hold them forever.
     pub async fn serve<F>(self, listener: tokio::net::TcpListener, shutdown: F) -> Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let grace = self.state.opts.shutdown_grace;
         let scheduler = self.state.scheduler.clone();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            shutdown.await;
-            let _ = stop_tx.send(());
-        };
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(signal);
-        let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
-        tokio::select! {
-            r = &mut server => return r.map_err(|e| Error::io("the HTTP server", e)),
-            _ = stop_rx => {}
+        let router = self.router();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(self.state.opts.read_timeout);
+        let connections = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, say: the connections in flight go on; try again shortly.
+                        log::warn!("accepting a connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let conn = connections.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    log::debug!("a connection ended with an error: {e}");
+                }
+            });
         }
+        drop(listener);
         log::info!("shutting down: requests in flight get {} s", grace.as_secs_f64());
         // The scheduler refuses new requests at once, and cancels what is left after the grace, which ends
         // the streams that keep connections open.
         let closing = tokio::task::spawn_blocking(move || scheduler.shutdown(grace));
-        match tokio::time::timeout(grace + Duration::from_secs(1), &mut server).await {
-            Ok(r) => r.map_err(|e| Error::io("the HTTP server", e))?,
-            Err(_) => log::warn!("connections still open {} s after the shutdown began: closing them", grace.as_secs()),
+        if tokio::time::timeout(grace + Duration::from_secs(1), connections.shutdown()).await.is_err() {
+            log::warn!("connections still open {} s after the shutdown began: closing them", grace.as_secs());
         }
         let _ = closing.await;
         Ok(())

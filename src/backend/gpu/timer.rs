@@ -10,7 +10,9 @@ use std::sync::Mutex;
 /// At most this many timestamps per query set (wgpu's limit is 4096).
 const QUERIES: u32 = 4096;
 
-/// One recorded pass whose timestamps are not read yet.
+/// One recorded pass whose timestamps are not read yet. (Only native builds read them back: `collect` waits on
+/// the device, which a browser cannot.)
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 struct Pending {
     readback: wgpu::Buffer,
     labels: Vec<String>,
@@ -25,6 +27,7 @@ struct Totals {
 
 pub struct KernelTimer {
     /// Nanoseconds per timestamp tick.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     period: f64,
     pending: Mutex<Vec<Pending>>,
     totals: Mutex<Totals>,
