@@ -2,14 +2,16 @@
 //! `-p` tokens from an empty cache; `tg` generates `-n` tokens one at a time from an empty cache. Each is
 //! repeated `-r` times after one warm-up run; mean ± standard deviation in tokens per second. An engine that
 //! can chain greedy steps on the device (the GPU) generates that way, since that is how `omex run` decodes
-//! greedily; `--no-chain` measures one forward (and one logits read-back) per token instead.
+//! greedily; `--no-chain` measures one forward (and one logits read-back) per token instead. `--batch B`
+//! generates with B sequences at once, one token each per batched forward pass (as `omex serve` decodes), and
+//! reports their tokens together per second: the server's decode rate without HTTP, sampling or scheduling.
 
 use super::engine_args::EngineArgs;
 use clap::Args;
-use omex::backend::{Engine, Logits};
+use omex::backend::{Engine, Logits, SeqChunk, KV_BLOCK_TOKENS};
 use omex::runtime::Model;
 use omex::sampling::SamplerOptions;
-use omex::Result;
+use omex::{Error, Result};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -31,6 +33,10 @@ pub struct BenchArgs {
     /// Generate with one forward per token even when the engine can chain greedy steps on the device
     #[arg(long)]
     pub no_chain: bool,
+    /// Sequences generated together, one token each per batched forward pass (1 to 256); tg then reports
+    /// their tokens per second together
+    #[arg(short = 'b', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub batch: u32,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -75,13 +81,44 @@ fn time_tg(engine: &mut dyn Engine, ids: &[u32]) -> Result<f64> {
     time_tg_unchained(engine, ids)
 }
 
+/// `ids.len()` tokens for each of `batch` sequences, every step one batched pass of one token per sequence
+/// (sequence `s` in blocks `s * per_seq..`); their tokens together per second.
+fn time_tg_batched(engine: &mut dyn Engine, ids: &[u32], batch: usize) -> Result<f64> {
+    let per_seq = ids.len().div_ceil(KV_BLOCK_TOKENS);
+    let tables: Vec<Vec<u32>> =
+        (0..batch).map(|s| (0..per_seq).map(|b| (s * per_seq + b) as u32).collect()).collect();
+    let t = Instant::now();
+    for pos in 0..ids.len() {
+        // Each sequence its own token (the speed does not depend on which).
+        let step: Vec<u32> = (0..batch).map(|s| ids[(pos + s) % ids.len()]).collect();
+        let seqs: Vec<SeqChunk> = (0..batch)
+            .map(|s| SeqChunk { ids: &step[s..s + 1], pos, blocks: &tables[s], logits: true })
+            .collect();
+        engine.forward_batch(&seqs)?;
+    }
+    Ok((batch * ids.len()) as f64 / t.elapsed().as_secs_f64())
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     let model = args.engine.load(&args.model)?;
     let ctx = args.n_prompt.max(args.n_gen).max(1);
-    let mut engine = model.engine(&args.engine.options(Some(ctx)))?;
+    let batch = args.batch as usize;
+    let mut opts = args.engine.options(Some(ctx));
+    if batch > 1 {
+        opts.max_sequences = batch;
+        opts.kv_tokens = batch * args.n_gen.div_ceil(KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS;
+        opts.kv_tokens = opts.kv_tokens.max(ctx);
+    }
+    let mut engine = model.engine(&opts)?;
     let mut describe = engine.describe();
     let greedy = SamplerOptions::default();
-    if args.n_gen > 0 && !args.no_chain && engine.sample_steps(ids_probe(&model), 0, 1, &greedy, 0).is_some() {
+    if batch > 1 {
+        match engine.kv_blocks() {
+            Some(kv) if kv.max_batch >= batch => describe.push_str(&format!(", tg over {batch} sequences at once")),
+            _ => return Err(Error::Usage(format!("--batch {batch}: {describe} cannot run {batch} sequences at once"))),
+        }
+    } else if args.n_gen > 0 && !args.no_chain && engine.sample_steps(ids_probe(&model), 0, 1, &greedy, 0).is_some()
+    {
         describe.push_str(", tg chained on the device");
     }
     let ids = tokens(ctx, model.config.vocab_size);
@@ -89,7 +126,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let tests = usize::from(args.n_prompt > 0) + usize::from(args.n_gen > 0);
     let bar = super::progress(((reps + 1) * tests) as u64, "warm-up and timed runs");
     let mut measure =
-        |n: usize, f: fn(&mut dyn Engine, &[u32]) -> Result<f64>| -> Result<Option<(f64, f64, Vec<f64>)>> {
+        |n: usize, f: &dyn Fn(&mut dyn Engine, &[u32]) -> Result<f64>| -> Result<Option<(f64, f64, Vec<f64>)>> {
             if n == 0 {
                 return Ok(None);
             }
@@ -108,15 +145,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let (mean, sd) = stats(&samples);
             Ok(Some((mean, sd, samples)))
         };
-    let pp = measure(args.n_prompt, time_pp)?;
-    let tg = measure(args.n_gen, if args.no_chain { time_tg_unchained } else { time_tg })?;
+    let pp = measure(args.n_prompt, &time_pp)?;
+    let tg = if batch > 1 {
+        measure(args.n_gen, &|e: &mut dyn Engine, ids: &[u32]| time_tg_batched(e, ids, batch))?
+    } else {
+        measure(args.n_gen, if args.no_chain { &time_tg_unchained } else { &time_tg })?
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     if args.json {
         let v = serde_json::json!({
             "model": args.model.display().to_string(), "engine": describe, "n_prompt": args.n_prompt, "n_gen": args.n_gen,
-            "repetitions": reps,
+            "repetitions": reps, "batch": batch,
             "pp_tok_s": pp.as_ref().map(|p| p.0), "pp_sd": pp.as_ref().map(|p| p.1), "pp_samples": pp.as_ref().map(|p| &p.2),
             "tg_tok_s": tg.as_ref().map(|t| t.0), "tg_sd": tg.as_ref().map(|t| t.1), "tg_samples": tg.as_ref().map(|t| &t.2),
         });
@@ -129,7 +170,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             outln!("| {name} | {describe} | pp{} | {m:.2} ± {sd:.2} |", args.n_prompt);
         }
         if let Some((m, sd, _)) = tg {
-            outln!("| {name} | {describe} | tg{} | {m:.2} ± {sd:.2} |", args.n_gen);
+            let test = if batch > 1 { format!("tg{} x{batch}", args.n_gen) } else { format!("tg{}", args.n_gen) };
+            outln!("| {name} | {describe} | {test} | {m:.2} ± {sd:.2} |");
         }
     }
     Ok(())
