@@ -18,6 +18,8 @@ rm -rf "/tmp/$m.omex"
 "$BIN" convert "/tmp/$m.gguf" -o "/tmp/$m.omex" --quant keep >/dev/null
 wait_up() { for _ in $(seq 1 240); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return 0; sleep 0.5; done; return 1; }
 bench() { python3 scripts/serve_bench.py "http://127.0.0.1:$1" --concurrency "$conc" --rounds "$ROUNDS" --max-tokens "$TOKENS"; }
+echo "=== omex bench -b B (the engine's batched decode alone, no HTTP)"
+for b in ${conc//,/ }; do "$BIN" bench "/tmp/$m.omex" --backend gpu -p 0 -n "$TOKENS" -r 2 -b "$b" 2>&1 | grep -E "^\| /tmp|rror" || true; done
 echo "=== omex serve --backend gpu --parallel 64"
 "$BIN" serve "/tmp/$m.omex" --backend gpu --parallel 64 --ctx 512 --port 8091 > /tmp/omex-serve.log 2>&1 &
 pid=$!
