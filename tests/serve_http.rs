@@ -467,11 +467,14 @@ fn clients_that_trickle_a_request_are_cut_off_and_streams_that_outlast_the_timeo
     header.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
     // A whole header and a tenth of the body it announces: 408, as an OpenAI error.
     let mut body = s.connect();
-    body.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"prompt\":")
-        .unwrap();
+    body.write_all(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"prompt\":",
+    )
+    .unwrap();
     let t = Instant::now();
     // Meanwhile a stream that runs well past the timeout, with its request sent at once, is answered in full.
-    let long = s.post("/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 300, "ignore_eos": true, "stream": true}));
+    let long =
+        s.post("/v1/completions", &json!({"prompt": PROMPT, "max_tokens": 300, "ignore_eos": true, "stream": true}));
     let (_, finish, _) = streamed(&long, false);
     assert_eq!(finish, "length");
     assert!(t.elapsed() > Duration::from_secs(1), "the stream was too short to test the timeout: {:?}", t.elapsed());

@@ -9,12 +9,14 @@
 //! (The norm weights are stored with Gemma's `1 + w` already applied, as GGUF files hold them.)
 
 use super::{
-    gate_up_projection, mat, model_rope, norm, qkv_projection, skeleton, Block, Buf, Op, Program, QkPart, Rope,
+    gate_up_projection, mat, model_rope, norm, qkv_projection, refuse_gpt2_parts, skeleton, Block, Buf, Op, Program,
+    QkPart, Rope,
 };
 use crate::error::{Error, Result};
 use crate::graph::Transformer;
 
 pub fn program(t: &Transformer) -> Result<Program> {
+    refuse_gpt2_parts(t)?;
     let (d, q, f) = (t.hidden_size, t.n_heads * t.head_dim, t.intermediate_size);
     let window = t.sliding_window;
     let mut ropes = vec![model_rope(t)];
@@ -43,7 +45,7 @@ pub fn program(t: &Transformer) -> Result<Program> {
             },
             Op::Norm { buf: Buf::Out, norm: norm(t, post_attn) },
             Op::Add { from: Buf::Out, to: Buf::Hidden },
-            gate_up_projection(t, b),
+            gate_up_projection(t, l, b)?,
             Op::Glu { act: t.activation },
             Op::Linear {
                 input: Buf::Act,

@@ -5,18 +5,23 @@
 //! x += down(act(gate(norm(x))) * up(norm(x)))
 //! ```
 
-use super::{gate_up_projection, mat, model_rope, qkv_projection, refuse_extra, skeleton, Block, Buf, Op, Program};
+use super::{
+    gate_up_projection, mat, model_rope, qkv_projection, refuse_extra, refuse_gpt2_parts, skeleton, Block, Buf, Op,
+    Program,
+};
 use crate::error::Result;
 use crate::graph::{BlockWeights, Transformer};
 
 pub fn program(t: &Transformer) -> Result<Program> {
     refuse_extra(t, "q/k norms or post norms", |b| b.attn_qk_norm.is_some() || b.post_norms.is_some())?;
-    let blocks = t.blocks.iter().map(|b| block(t, b, b.attn_qkv_bias.as_ref())).collect();
+    refuse_gpt2_parts(t)?;
+    let blocks =
+        t.blocks.iter().enumerate().map(|(l, b)| block(t, l, b, b.attn_qkv_bias.as_ref())).collect::<Result<_>>()?;
     Ok(skeleton(t, vec![model_rope(t)], blocks))
 }
 
 /// One llama block; `bias`: the q, k, v biases (qwen2 has them, llama graphs may).
-pub(super) fn block(t: &Transformer, b: &BlockWeights, bias: Option<&[String; 3]>) -> Block {
+pub(super) fn block(t: &Transformer, l: usize, b: &BlockWeights, bias: Option<&[String; 3]>) -> Result<Block> {
     let (d, q, f) = (t.hidden_size, t.n_heads * t.head_dim, t.intermediate_size);
     let ops = vec![
         qkv_projection(t, b, bias),
@@ -29,7 +34,7 @@ pub(super) fn block(t: &Transformer, b: &BlockWeights, bias: Option<&[String; 3]
             output: Buf::Hidden,
             add: true,
         },
-        gate_up_projection(t, b),
+        gate_up_projection(t, l, b)?,
         Op::Glu { act: t.activation },
         Op::Linear {
             input: Buf::Act,
@@ -39,5 +44,5 @@ pub(super) fn block(t: &Transformer, b: &BlockWeights, bias: Option<&[String; 3]
             add: true,
         },
     ];
-    Block { file: b.file.clone(), ops }
+    Ok(Block { file: b.file.clone(), ops })
 }

@@ -13,10 +13,11 @@
 //! | `Q` | q | the rotated queries ([`Op::RopeStore`] writes them; K and V go to the block's cache) |
 //! | `Attn` | q | the attention output |
 //! | `GateUp` | 2 ffn | gate and up projections |
-//! | `Act` | ffn | the gated activation |
+//! | `Act` | ffn | the MLP's activation |
 //! | `Out` | hidden | a block output before its residual add (post-norm architectures) |
 
 mod gemma3;
+mod gpt2;
 mod llama;
 mod qwen2;
 
@@ -85,6 +86,8 @@ pub enum Op {
     Attention { window: Option<u32> },
     /// `Act = act(gate) * up` from `GateUp`.
     Glu { act: Activation },
+    /// `buf = act(buf)`, elementwise (a plain MLP's activation).
+    Activation { buf: Buf, act: Activation },
     /// `buf = norm(buf)`.
     Norm { buf: Buf, norm: NormOp },
     /// `to += from`.
@@ -136,6 +139,9 @@ pub struct Program {
     /// The token embedding `[vocab, hidden]`, its rows multiplied by `embed_scale` when set.
     pub embedding: String,
     pub embed_scale: Option<f32>,
+    /// Learned position embeddings `[context, hidden]`: row `p` is added to the embedding of the token at
+    /// position `p` (gpt2).
+    pub position_embedding: Option<String>,
     pub ropes: Vec<Rope>,
     pub blocks: Vec<Block>,
     pub final_norm: NormOp,
@@ -166,7 +172,7 @@ impl Program {
                 Op::RopeStore { .. } => vec![Buf::Qkv, Buf::Q],
                 Op::Attention { .. } => vec![Buf::Q, Buf::Attn],
                 Op::Glu { .. } => vec![Buf::GateUp, Buf::Act],
-                Op::Norm { buf, .. } => vec![*buf],
+                Op::Activation { buf, .. } | Op::Norm { buf, .. } => vec![*buf],
                 Op::Add { from, to } => vec![*from, *to],
             });
         }
@@ -215,7 +221,7 @@ impl Program {
                         (vec![Buf::Q], vec![Buf::Attn])
                     }
                     Op::Glu { .. } => (vec![Buf::GateUp], vec![Buf::Act]),
-                    Op::Norm { buf, .. } => (vec![*buf], vec![*buf]),
+                    Op::Activation { buf, .. } | Op::Norm { buf, .. } => (vec![*buf], vec![*buf]),
                     Op::Add { from, to } if from == to => return Err(at("adds a buffer to itself".into())),
                     Op::Add { from, to } => (vec![*from, *to], vec![*to]),
                 };
@@ -235,9 +241,10 @@ pub fn program(t: &Transformer) -> Result<Program> {
         "llama" | "mistral" => llama::program(t),
         "qwen2" => qwen2::program(t),
         "gemma3" => gemma3::program(t),
+        "gpt2" => gpt2::program(t),
         other => {
             return Err(Error::Unsupported(format!(
-                "architecture {other:?}: omex runs llama, mistral, qwen2 and gemma3 graphs"
+                "architecture {other:?}: omex runs llama, mistral, qwen2, gemma3 and gpt2 graphs"
             )))
         }
     }?;
@@ -257,9 +264,10 @@ fn skeleton(t: &Transformer, ropes: Vec<Rope>, blocks: Vec<Block>) -> Program {
         attention_scale: 1.0 / (t.head_dim as f32).sqrt(),
         embedding: t.token_embedding.clone(),
         embed_scale: None,
+        position_embedding: None,
         ropes,
         blocks,
-        final_norm: NormOp { kind: t.norm, weight: t.output_norm.clone(), bias: None },
+        final_norm: NormOp { kind: t.norm, weight: t.output_norm.clone(), bias: t.output_norm_bias.clone() },
         head: t.output.clone(),
     }
 }
@@ -290,16 +298,31 @@ fn qkv_projection(t: &Transformer, b: &crate::graph::BlockWeights, bias: Option<
     }
 }
 
-/// `GateUp = norm(Hidden) @ [gate | up]`.
-fn gate_up_projection(t: &Transformer, b: &crate::graph::BlockWeights) -> Op {
+/// `GateUp = norm(Hidden) @ [gate | up]`; block `l` must have a gate.
+fn gate_up_projection(t: &Transformer, l: usize, b: &crate::graph::BlockWeights) -> Result<Op> {
     let (d, f) = (t.hidden_size, t.intermediate_size);
-    Op::Linear {
+    let gate = b.ffn_gate.as_ref().ok_or_else(|| {
+        Error::Unsupported(format!("{} graphs have a gated MLP: block {l} names no ffn_gate", t.architecture))
+    })?;
+    Ok(Op::Linear {
         input: Buf::Hidden,
         norm: Some(norm(t, &b.ffn_norm)),
-        mats: vec![mat(&b.ffn_gate, None, f, d), mat(&b.ffn_up, None, f, d)],
+        mats: vec![mat(gate, None, f, d), mat(&b.ffn_up, None, f, d)],
         output: Buf::GateUp,
         add: false,
+    })
+}
+
+/// Refuses graph tensors the llama-like architectures (llama, qwen2, gemma3) do not read.
+fn refuse_gpt2_parts(t: &Transformer) -> Result<()> {
+    refuse_extra(t, "LayerNorm or projection biases", |b| b.norm_biases.is_some() || b.proj_biases.is_some())?;
+    if t.position_embedding.is_some() || t.output_norm_bias.is_some() {
+        return Err(Error::Unsupported(format!(
+            "{} graphs have no learned position embedding or final norm bias",
+            t.architecture
+        )));
     }
+    Ok(())
 }
 
 /// Refuses block tensors an architecture does not read, so that a graph is never run without part of itself.

@@ -62,6 +62,7 @@ enum Step {
     RopeStore { rope: usize },
     Attention { window: Option<usize> },
     Glu { act: Activation },
+    Activation { buf: Buf, act: Activation },
     Norm { buf: Buf, norm: LoadedNorm },
     Add { from: Buf, to: Buf },
 }
@@ -97,6 +98,7 @@ impl Step {
             Op::RopeStore { rope } => Step::RopeStore { rope: *rope },
             Op::Attention { window } => Step::Attention { window: window.map(|w| w as usize) },
             Op::Glu { act } => Step::Glu { act: *act },
+            Op::Activation { buf, act } => Step::Activation { buf: *buf, act: *act },
             Op::Norm { buf, norm } => Step::Norm { buf: *buf, norm: LoadedNorm::load(dir, norm, p.width(*buf))? },
             Op::Add { from, to } => Step::Add { from: *from, to: *to },
         })
@@ -126,6 +128,8 @@ pub struct CpuEngine {
     opts: CpuOptions,
     pool: std::sync::Arc<rayon::ThreadPool>,
     embed: WeightRef,
+    /// Learned position embeddings `[context, hidden]` (gpt2).
+    positions: Option<WeightRef>,
     final_norm: LoadedNorm,
     head: WeightRef,
     blocks: Vec<Vec<Step>>,
@@ -176,6 +180,11 @@ impl CpuEngine {
         };
         Ok(CpuEngine {
             embed: WeightRef::load(dir, &p.embedding, &[p.vocab, p.hidden])?,
+            positions: p
+                .position_embedding
+                .as_ref()
+                .map(|name| WeightRef::load(dir, name, &[cfg.context_length, p.hidden]))
+                .transpose()?,
             final_norm: LoadedNorm::load(dir, &p.final_norm, p.hidden)?,
             head: WeightRef::load(dir, &p.head, &[p.vocab, p.hidden])?,
             context_limit: cfg.context_length,
@@ -208,6 +217,22 @@ impl CpuEngine {
             embed.dequant_row(id as usize, row);
             if let Some(scale) = p.embed_scale {
                 row.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        if let Some(table) = &self.positions {
+            let (table, mut pos_row) = (table.matrix(), vec![0f32; d]);
+            let mut rows = x.chunks_exact_mut(d);
+            for seg in segs {
+                for (pos, row) in (seg.pos..).zip(rows.by_ref().take(seg.len)) {
+                    if pos >= self.context_limit as usize {
+                        return Err(Error::Usage(format!(
+                            "position {pos} is past the model's {} learned positions",
+                            self.context_limit
+                        )));
+                    }
+                    table.dequant_row(pos, &mut pos_row);
+                    ops::add_assign(row, &pos_row);
+                }
             }
         }
         let act = self.opts.activations;
@@ -336,6 +361,13 @@ fn run_step(
                         o.iter_mut().zip(up).for_each(|(a, &u)| *a *= u);
                     }
                 }
+            }
+        }
+        Step::Activation { buf, act } => {
+            let x = &mut s.bufs[*buf as usize];
+            match act {
+                Activation::Silu => x.iter_mut().for_each(|v| *v *= 1.0 / (1.0 + (-*v).exp())),
+                Activation::Gelu => ops::gelu(x),
             }
         }
         Step::Norm { buf, norm } => {
@@ -489,6 +521,9 @@ fn rope_heads(
     inv_freq: &[f32],
     style: ops::RopeStyle,
 ) {
+    if dims == 0 {
+        return;
+    }
     if dims == hd {
         ops::rope(x, heads, hd, pos, inv_freq, style);
     } else {

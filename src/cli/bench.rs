@@ -85,15 +85,13 @@ fn time_tg(engine: &mut dyn Engine, ids: &[u32]) -> Result<f64> {
 /// (sequence `s` in blocks `s * per_seq..`); their tokens together per second.
 fn time_tg_batched(engine: &mut dyn Engine, ids: &[u32], batch: usize) -> Result<f64> {
     let per_seq = ids.len().div_ceil(KV_BLOCK_TOKENS);
-    let tables: Vec<Vec<u32>> =
-        (0..batch).map(|s| (0..per_seq).map(|b| (s * per_seq + b) as u32).collect()).collect();
+    let tables: Vec<Vec<u32>> = (0..batch).map(|s| (0..per_seq).map(|b| (s * per_seq + b) as u32).collect()).collect();
     let t = Instant::now();
     for pos in 0..ids.len() {
         // Each sequence its own token (the speed does not depend on which).
         let step: Vec<u32> = (0..batch).map(|s| ids[(pos + s) % ids.len()]).collect();
-        let seqs: Vec<SeqChunk> = (0..batch)
-            .map(|s| SeqChunk { ids: &step[s..s + 1], pos, blocks: &tables[s], logits: true })
-            .collect();
+        let seqs: Vec<SeqChunk> =
+            (0..batch).map(|s| SeqChunk { ids: &step[s..s + 1], pos, blocks: &tables[s], logits: true }).collect();
         engine.forward_batch(&seqs)?;
     }
     Ok((batch * ids.len()) as f64 / t.elapsed().as_secs_f64())
@@ -117,8 +115,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Some(kv) if kv.max_batch >= batch => describe.push_str(&format!(", tg over {batch} sequences at once")),
             _ => return Err(Error::Usage(format!("--batch {batch}: {describe} cannot run {batch} sequences at once"))),
         }
-    } else if args.n_gen > 0 && !args.no_chain && engine.sample_steps(ids_probe(&model), 0, 1, &greedy, 0).is_some()
-    {
+    } else if args.n_gen > 0 && !args.no_chain && engine.sample_steps(ids_probe(&model), 0, 1, &greedy, 0).is_some() {
         describe.push_str(", tg chained on the device");
     }
     let ids = tokens(ctx, model.config.vocab_size);

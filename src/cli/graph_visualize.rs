@@ -172,6 +172,10 @@ fn kernels(op: &Op, mats: &[(String, DType)], swiglu: bool) -> [String; 3] {
             "silu_mul".to_string(),
         ),
         Op::Glu { act: Activation::Gelu } => (both("elementwise gelu_mul"), "gelu, then × up".to_string()),
+        Op::Activation { act, .. } => {
+            let a = act_name(*act);
+            (both(&format!("elementwise {a} (in place)")), a.to_string())
+        }
         Op::Add { .. } => (both("elementwise add_assign"), "add_assign".to_string()),
     };
     let [decode, prefill] = gpu;
@@ -238,11 +242,11 @@ fn role(b: Option<&BlockWeights>, name: &str) -> String {
             (&b.attn_k, "k"),
             (&b.attn_v, "v"),
             (&b.attn_output, "o"),
-            (&b.ffn_gate, "gate"),
             (&b.ffn_up, "up"),
             (&b.ffn_down, "down"),
         ]
         .into_iter()
+        .chain(b.ffn_gate.iter().map(|g| (g, "gate")))
         .find(|(n, _)| n.as_str() == name)
         .map(|(_, r)| r.to_string())
     });
@@ -294,15 +298,17 @@ fn describe(op: &Op, p: &Program, b: Option<&BlockWeights>) -> String {
         }
         Op::Attention { window: Some(w) } => format!("Attention Q → Attn over the last {w} positions (sliding window)"),
         Op::Attention { window: None } => "Attention Q → Attn over the whole context (causal)".to_string(),
-        Op::Glu { act } => {
-            let a = match act {
-                Activation::Silu => "silu",
-                Activation::Gelu => "gelu",
-            };
-            format!("Glu {a}(GateUp.gate) × GateUp.up → Act")
-        }
+        Op::Glu { act } => format!("Glu {}(GateUp.gate) × GateUp.up → Act", act_name(*act)),
+        Op::Activation { buf: b, act } => format!("Activation {} of {} in place", act_name(*act), buf(*b)),
         Op::Norm { buf: b, .. } => format!("Norm {} in place", buf(*b)),
         Op::Add { from, to } => format!("Add {} += {}", buf(*to), buf(*from)),
+    }
+}
+
+fn act_name(act: Activation) -> &'static str {
+    match act {
+        Activation::Silu => "silu",
+        Activation::Gelu => "gelu",
     }
 }
 
@@ -546,6 +552,7 @@ impl Drawing {
                 Op::RopeStore { .. } => ("attn", "RopeStore"),
                 Op::Attention { .. } => ("attn", "Attention"),
                 Op::Glu { .. } => ("glu", "Glu"),
+                Op::Activation { .. } => ("glu", "Activation"),
                 Op::Add { .. } => ("add", "Add"),
             };
             ops.push(TextBox { class, lines, op: Some((kind, op_bytes)) });

@@ -38,7 +38,7 @@ pub enum RopeScaling {
 pub struct RopeConfig {
     pub base: f32,
     pub style: RopeStyle,
-    /// Rotated dimensions per head (the head dim for llama).
+    /// Rotated dimensions per head (the head dim for llama; 0 for none: gpt2's positions are learned).
     pub dims: u32,
     pub scaling: Option<RopeScaling>,
 }
@@ -79,12 +79,14 @@ impl RopeConfig {
     }
 }
 
+/// The MLP's activation: gated (`down(act(gate(x)) * up(x))`) when the blocks name an `ffn_gate`, else plain
+/// (`down(act(up(x)))`, GPT-2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
-    /// SwiGLU: down(silu(gate(x)) * up(x)).
+    /// SiLU (SwiGLU when gated).
     Silu,
-    /// GeGLU with the tanh approximation.
+    /// GELU with the tanh approximation (GeGLU when gated; GPT-2's `gelu_new`).
     Gelu,
 }
 
@@ -115,7 +117,9 @@ pub struct BlockWeights {
     pub attn_v: String,
     pub attn_output: String,
     pub ffn_norm: String,
-    pub ffn_gate: String,
+    /// The gate of a gated MLP; `None`: a plain MLP (GPT-2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn_gate: Option<String>,
     pub ffn_up: String,
     pub ffn_down: String,
     /// Q/K/V biases (qwen2).
@@ -127,6 +131,12 @@ pub struct BlockWeights {
     /// Norms of the attention and FFN outputs before their residual adds (gemma3's "sandwich" norms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_norms: Option<[String; 2]>,
+    /// The LayerNorm biases of `attn_norm` and `ffn_norm` (gpt2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm_biases: Option<[String; 2]>,
+    /// The biases of `attn_output`, `ffn_up` and `ffn_down` (gpt2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proj_biases: Option<[String; 3]>,
 }
 
 impl BlockWeights {
@@ -141,12 +151,14 @@ impl BlockWeights {
             attn_v: n("attn_v"),
             attn_output: n("attn_output"),
             ffn_norm: n("ffn_norm"),
-            ffn_gate: n("ffn_gate"),
+            ffn_gate: Some(n("ffn_gate")),
             ffn_up: n("ffn_up"),
             ffn_down: n("ffn_down"),
             attn_qkv_bias: with_bias.then(|| [n("attn_q.bias"), n("attn_k.bias"), n("attn_v.bias")]),
             attn_qk_norm: None,
             post_norms: None,
+            norm_biases: None,
+            proj_biases: None,
         }
     }
 
@@ -160,21 +172,27 @@ impl BlockWeights {
         }
     }
 
+    /// [`BlockWeights::standard`] with gpt2's plain MLP and its LayerNorm and projection biases.
+    pub fn gpt2(i: usize) -> BlockWeights {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        BlockWeights {
+            ffn_gate: None,
+            norm_biases: Some([n("attn_norm.bias"), n("ffn_norm.bias")]),
+            proj_biases: Some([n("attn_output.bias"), n("ffn_up.bias"), n("ffn_down.bias")]),
+            ..BlockWeights::standard(i, true)
+        }
+    }
+
+    /// Every tensor the block reads.
     pub fn names(&self) -> Vec<&str> {
-        let mut v = vec![
-            &self.attn_norm,
-            &self.attn_q,
-            &self.attn_k,
-            &self.attn_v,
-            &self.attn_output,
-            &self.ffn_norm,
-            &self.ffn_gate,
-            &self.ffn_up,
-            &self.ffn_down,
-        ];
+        let mut v = vec![&self.attn_norm, &self.attn_q, &self.attn_k, &self.attn_v, &self.attn_output, &self.ffn_norm];
+        v.extend(&self.ffn_gate);
+        v.extend([&self.ffn_up, &self.ffn_down]);
         v.extend(self.attn_qkv_bias.iter().flatten());
         v.extend(self.attn_qk_norm.iter().flatten());
         v.extend(self.post_norms.iter().flatten());
+        v.extend(self.norm_biases.iter().flatten());
+        v.extend(self.proj_biases.iter().flatten());
         v.into_iter().map(String::as_str).collect()
     }
 }
@@ -210,7 +228,12 @@ pub struct Transformer {
     pub activation: Activation,
     pub token_embedding: String,
     pub embedding_file: String,
+    /// Learned position embeddings `[context_length, hidden]`, added to the token embedding (gpt2), in
+    /// `embedding_file`.
+    pub position_embedding: Option<String>,
     pub output_norm: String,
+    /// The final LayerNorm's bias (gpt2), in `head_file`.
+    pub output_norm_bias: Option<String>,
     /// The lm head's weight: the token embedding itself when `tied`.
     pub output: String,
     pub head_file: String,
@@ -228,6 +251,14 @@ fn field<T: serde::de::DeserializeOwned>(path: &Path, node: &Node, key: &str) ->
         .map_err(|e| Error::invalid(path, format!("node {}: config {key:?}: {e}", node.id)))
 }
 
+/// [`field`] for a key that may be absent (or null).
+fn optional<T: serde::de::DeserializeOwned>(path: &Path, node: &Node, key: &str) -> Result<Option<T>> {
+    match node.config.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(_) => field(path, node, key).map(Some),
+    }
+}
+
 impl Transformer {
     pub fn n_layers(&self) -> usize {
         self.blocks.len()
@@ -243,6 +274,9 @@ impl Transformer {
             config: json!({"vocab_size": self.vocab_size, "embedding_dim": self.hidden_size,
                            "weight": self.token_embedding, "file": self.embedding_file}),
         }];
+        if let Some(pos) = &self.position_embedding {
+            nodes[0].config["position_weight"] = json!(pos);
+        }
         let mut edges = Vec::new();
         let mut prev = "embedding.hidden".to_string();
         for (i, b) in self.blocks.iter().enumerate() {
@@ -270,6 +304,9 @@ impl Transformer {
             outputs: vec!["output".into()],
             config: json!({"norm": self.norm, "dim": self.hidden_size, "weight": self.output_norm, "file": self.head_file}),
         });
+        if let Some(bias) = &self.output_norm_bias {
+            nodes.last_mut().expect("the final norm").config["bias"] = json!(bias);
+        }
         edges.push(Edge { from: prev, to: "final_norm.input".into() });
         let head_file = if self.tied_embeddings { &self.embedding_file } else { &self.head_file };
         nodes.push(Node {
@@ -364,15 +401,14 @@ impl Transformer {
             activation: field(path, first, "activation")?,
             token_embedding: field(path, embed, "weight")?,
             embedding_file: field(path, embed, "file")?,
+            position_embedding: optional(path, embed, "position_weight")?,
             output_norm: field(path, final_norm, "weight")?,
+            output_norm_bias: optional(path, final_norm, "bias")?,
             output: field(path, head, "weight")?,
             head_file: field(path, final_norm, "file")?,
             tied_embeddings: field(path, head, "tied_embeddings")?,
             blocks,
-            sliding_window: match first.config.get("sliding_window") {
-                None => None,
-                Some(_) => field(path, first, "sliding_window")?,
-            },
+            sliding_window: optional(path, first, "sliding_window")?,
         };
         t.check().map_err(bad)?;
         Ok(t)
@@ -483,6 +519,8 @@ impl Transformer {
         let (d, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let (q, kv) = (self.n_heads * hd, self.n_kv_heads * hd);
         let mut v = vec![(self.token_embedding.clone(), vec![self.vocab_size, d]), (self.output_norm.clone(), vec![d])];
+        v.extend(self.position_embedding.iter().map(|p| (p.clone(), vec![self.context_length, d])));
+        v.extend(self.output_norm_bias.iter().map(|b| (b.clone(), vec![d])));
         if !self.tied_embeddings {
             v.push((self.output.clone(), vec![self.vocab_size, d]));
         }
@@ -493,7 +531,7 @@ impl Transformer {
             v.push((b.attn_v.clone(), vec![kv, d]));
             v.push((b.attn_output.clone(), vec![d, q]));
             v.push((b.ffn_norm.clone(), vec![d]));
-            v.push((b.ffn_gate.clone(), vec![f, d]));
+            v.extend(b.ffn_gate.iter().map(|g| (g.clone(), vec![f, d])));
             v.push((b.ffn_up.clone(), vec![f, d]));
             v.push((b.ffn_down.clone(), vec![d, f]));
             if let Some([bq, bk, bv]) = &b.attn_qkv_bias {
@@ -504,8 +542,11 @@ impl Transformer {
             for name in b.attn_qk_norm.iter().flatten() {
                 v.push((name.clone(), vec![hd]));
             }
-            for name in b.post_norms.iter().flatten() {
+            for name in b.post_norms.iter().flatten().chain(b.norm_biases.iter().flatten()) {
                 v.push((name.clone(), vec![d]));
+            }
+            if let Some([o, up, down]) = &b.proj_biases {
+                v.extend([(o.clone(), vec![d]), (up.clone(), vec![f]), (down.clone(), vec![d])]);
             }
         }
         v

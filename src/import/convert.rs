@@ -71,7 +71,7 @@ fn plan(t: &Transformer) -> Vec<FilePlan> {
     let mut v = vec![FilePlan {
         file: t.embedding_file.clone(),
         layer_id: EMBEDDING_LAYER,
-        tensors: vec![t.token_embedding.clone()],
+        tensors: std::iter::once(&t.token_embedding).chain(&t.position_embedding).cloned().collect(),
     }];
     for (i, b) in t.blocks.iter().enumerate() {
         v.push(FilePlan {
@@ -81,6 +81,7 @@ fn plan(t: &Transformer) -> Vec<FilePlan> {
         });
     }
     let mut head = vec![t.output_norm.clone()];
+    head.extend(t.output_norm_bias.iter().cloned());
     if !t.tied_embeddings {
         head.push(t.output.clone());
     }
@@ -204,7 +205,7 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
             progress(Event::Tensor { name });
             let t = model.tensor(name).expect("checked by check_tensors");
             let bytes = model.data(t)?;
-            let (packed, note) = encode(t.ty, bytes, &t.shape, opts.target).map_err(|e| {
+            let (packed, note) = encode(t.ty, &bytes, &t.shape, opts.target).map_err(|e| {
                 Error::invalid(&model.path, format!("tensor {} ({} {}): {e}", t.source_name, t.ty, fmt_shape(&t.shape)))
             })?;
             if let Some(n) = note {
@@ -218,7 +219,7 @@ pub fn convert(input: &Path, out: &Path, opts: &Options, progress: &mut dyn FnMu
                 ));
             }
             if opts.target == Target::Ternary && t.shape.len() == 2 && packed.dtype == DType::Ternary {
-                ternary_error.add(t.ty, bytes, &packed, &t.shape)?;
+                ternary_error.add(t.ty, &bytes, &packed, &t.shape)?;
             }
             let mut entry = w.write_tensor(name, packed.dtype, &t.shape, &packed.sections())?;
             entry.source = Some(model.source_json(t));

@@ -1,8 +1,10 @@
 //! A Hugging Face model directory (`config.json`, `*.safetensors` or a sharded index, `tokenizer.json`) of a
-//! `LlamaForCausalLM`, `MistralForCausalLM` or `Qwen2ForCausalLM` as a [`SourceModel`].
+//! `LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM` or `GPT2LMHeadModel` as a [`SourceModel`].
 //!
 //! Hugging Face's llama rotates with `rotate_half` (pairs `i, i + d/2`) and its checkpoints are not permuted,
-//! so the model is recorded with [`RopeStyle::Half`] and Q/K are copied as they are.
+//! so the model is recorded with [`RopeStyle::Half`] and Q/K are copied as they are. GPT-2 stores its
+//! projections as `Conv1D` (`[in, out]`, q, k and v in one tensor): they are taken apart and transposed into
+//! omex's `[out, in]` matrices ([`Loc::Conv1d`]).
 
 use super::safetensors::Checkpoint;
 use super::{dims_u32, Loc, SourceModel, SourceTensor, Store, TokenizerSource};
@@ -11,8 +13,12 @@ use crate::graph::{Activation, BlockWeights, Norm, RopeConfig, RopeScaling, Rope
 use serde_json::Value;
 use std::path::Path;
 
-const ARCHITECTURES: [(&str, &str); 3] =
-    [("LlamaForCausalLM", "llama"), ("MistralForCausalLM", "mistral"), ("Qwen2ForCausalLM", "qwen2")];
+const ARCHITECTURES: [(&str, &str); 4] = [
+    ("LlamaForCausalLM", "llama"),
+    ("MistralForCausalLM", "mistral"),
+    ("Qwen2ForCausalLM", "qwen2"),
+    ("GPT2LMHeadModel", "gpt2"),
+];
 
 /// The omex name of a Hugging Face tensor; `Ok(None)` for tensors the model does not need (rotary caches);
 /// `Err` with the unknown name otherwise.
@@ -122,10 +128,13 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
         .ok_or_else(|| {
             Error::Unsupported(format!(
                 "{}: architecture {declared:?} (model_type {model_type:?}) is not supported; omex converts \
-                 LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM",
+                 LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and GPT2LMHeadModel",
                 cfg_path.display()
             ))
         })?;
+    if arch == "gpt2" {
+        return open_gpt2(dir, &cfg);
+    }
     let act = cfg.v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
     if act != "silu" {
         return Err(Error::Unsupported(format!("{}: hidden_act {act:?} (omex runs silu)", cfg_path.display())));
@@ -205,7 +214,9 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
         activation: Activation::Silu,
         token_embedding: "token_embd".into(),
         embedding_file: "embedding.bin".into(),
+        position_embedding: None,
         output_norm: "output_norm".into(),
+        output_norm_bias: None,
         output: if tied { "token_embd".into() } else { "output".into() },
         head_file: "head.bin".into(),
         tied_embeddings: tied,
@@ -213,12 +224,23 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
         sliding_window: None,
     };
     transformer.check().map_err(|e| Error::invalid(&cfg_path, e))?;
+    Ok(source_model(dir, &cfg, ckpt, transformer, tensors, warnings))
+}
+
+fn source_model(
+    dir: &Path,
+    cfg: &Config,
+    ckpt: Checkpoint,
+    transformer: Transformer,
+    tensors: Vec<SourceTensor>,
+    warnings: Vec<String>,
+) -> SourceModel {
     let name = cfg.v.get("_name_or_path").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
     let name = name.unwrap_or_else(|| {
         let abs = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         abs.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into())
     });
-    Ok(SourceModel {
+    SourceModel {
         path: dir.to_path_buf(),
         store: Store::Safetensors(ckpt),
         transformer,
@@ -229,12 +251,159 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
         version: None,
         format: "safetensors".into(),
         warnings,
-    })
+    }
+}
+
+/// Where a GPT-2 tensor goes: whole under one omex name, or split by outputs (`c_attn`: q, k, v).
+enum Gpt2Place {
+    Whole(String),
+    /// A `Conv1D` weight or bias: its outputs in `parts` equal slices, the i-th named `names[i]`.
+    Conv1d(Vec<String>),
+    Skip,
+}
+
+/// The omex place of a GPT-2 tensor (`transformer.` prefix optional); `Err` for a name GPT-2 does not have.
+fn gpt2_place(hf: &str, n_layers: u32) -> std::result::Result<Gpt2Place, ()> {
+    let hf = hf.strip_prefix("transformer.").unwrap_or(hf);
+    let whole = |s: &str| Ok(Gpt2Place::Whole(s.to_string()));
+    match hf {
+        "wte.weight" => return whole("token_embd"),
+        "wpe.weight" => return whole("position_embd"),
+        "ln_f.weight" => return whole("output_norm"),
+        "ln_f.bias" => return whole("output_norm.bias"),
+        "lm_head.weight" => return whole("output"),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("h.").ok_or(())?;
+    let (i, rest) = rest.split_once('.').ok_or(())?;
+    let layer: u32 = i.parse::<u32>().ok().filter(|&l| l < n_layers && i == l.to_string()).ok_or(())?;
+    let n = |s: &str| format!("blk.{layer}.{s}");
+    let conv = |names: &[&str]| Ok(Gpt2Place::Conv1d(names.iter().map(|s| n(s)).collect()));
+    match rest {
+        "ln_1.weight" => whole(&n("attn_norm")),
+        "ln_1.bias" => whole(&n("attn_norm.bias")),
+        "ln_2.weight" => whole(&n("ffn_norm")),
+        "ln_2.bias" => whole(&n("ffn_norm.bias")),
+        "attn.c_attn.weight" => conv(&["attn_q", "attn_k", "attn_v"]),
+        "attn.c_attn.bias" => conv(&["attn_q.bias", "attn_k.bias", "attn_v.bias"]),
+        "attn.c_proj.weight" => conv(&["attn_output"]),
+        "attn.c_proj.bias" => whole(&n("attn_output.bias")),
+        "mlp.c_fc.weight" => conv(&["ffn_up"]),
+        "mlp.c_fc.bias" => whole(&n("ffn_up.bias")),
+        "mlp.c_proj.weight" => conv(&["ffn_down"]),
+        "mlp.c_proj.bias" => whole(&n("ffn_down.bias")),
+        // The causal mask buffers of older checkpoints.
+        "attn.bias" | "attn.masked_bias" => Ok(Gpt2Place::Skip),
+        _ => Err(()),
+    }
+}
+
+/// A `GPT2LMHeadModel` directory.
+fn open_gpt2(dir: &Path, cfg: &Config) -> Result<SourceModel> {
+    let unsupported = |what: String| Error::Unsupported(format!("{}: {what}", cfg.path.display()));
+    let act = cfg.v.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
+    if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
+        return Err(unsupported(format!("activation_function {act:?} (omex runs GELU's tanh form: gelu_new)")));
+    }
+    for (key, default, want) in [
+        ("scale_attn_weights", true, true),
+        ("scale_attn_by_inverse_layer_idx", false, false),
+        ("add_cross_attention", false, false),
+    ] {
+        if cfg.v.get(key).and_then(Value::as_bool).unwrap_or(default) != want {
+            return Err(unsupported(format!("{key} = {} is not supported", !want)));
+        }
+    }
+    let n_layers = cfg.u32("n_layer")?;
+    let hidden = cfg.u32("n_embd")?;
+    let n_heads = cfg.u32("n_head")?;
+    if n_heads == 0 || hidden % n_heads != 0 {
+        return Err(Error::invalid(cfg.path, format!("n_embd {hidden} is not a multiple of n_head {n_heads}")));
+    }
+    let ffn = match cfg.opt_u32("n_inner")? {
+        Some(f) => f,
+        None => hidden.checked_mul(4).ok_or_else(|| Error::invalid(cfg.path, "n_embd is too large"))?,
+    };
+    let eps = cfg.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5);
+    let ckpt = Checkpoint::open_dir(dir)?;
+    let tie = cfg.v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true);
+    let mut tensors = Vec::new();
+    for name in ckpt.names() {
+        let (file, st) = ckpt.get(name).expect("listed name");
+        let place = gpt2_place(name, n_layers).map_err(|()| {
+            Error::Unsupported(format!("{}: tensor {name:?} is not part of a GPT-2 model", file.path.display()))
+        })?;
+        let ty = st.ggml_type().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{}: tensor {name:?} has dtype {} (omex converts F32, F16 and BF16)",
+                file.path.display(),
+                st.dtype
+            ))
+        })?;
+        let shape = dims_u32(&file.path, name, &st.shape)?;
+        let source = |omex: String, shape: Vec<u32>, loc: Loc| SourceTensor {
+            name: omex,
+            shape,
+            ty,
+            loc,
+            source_name: name.to_string(),
+        };
+        match place {
+            Gpt2Place::Skip => {}
+            Gpt2Place::Whole(omex) if omex == "output" && tie => {}
+            Gpt2Place::Whole(omex) => tensors.push(source(omex, shape, Loc::Safetensors(name.to_string()))),
+            Gpt2Place::Conv1d(names) => {
+                // [in, out] (or [out]): each part a slice of the outputs, stored [len, in] (or [len]).
+                let (inputs, out) = match shape[..] {
+                    [out] => (None, out),
+                    [inputs, out] => (Some(inputs), out),
+                    _ => return Err(Error::invalid(&file.path, format!("tensor {name:?}: shape {shape:?}"))),
+                };
+                let parts = names.len() as u32;
+                if out % parts != 0 {
+                    return Err(Error::invalid(&file.path, format!("tensor {name:?}: {out} outputs in {parts} parts")));
+                }
+                let len = out / parts;
+                for (i, omex) in (0..).zip(names) {
+                    let shape = inputs.map_or(vec![len], |inputs| vec![len, inputs]);
+                    let loc = Loc::Conv1d { name: name.to_string(), outputs: i * len..(i + 1) * len };
+                    tensors.push(source(omex, shape, loc));
+                }
+            }
+        }
+    }
+    let tied = !tensors.iter().any(|t| t.name == "output");
+    let transformer = Transformer {
+        architecture: "gpt2".into(),
+        vocab_size: cfg.u32("vocab_size")?,
+        hidden_size: hidden,
+        intermediate_size: ffn,
+        n_heads,
+        n_kv_heads: n_heads,
+        head_dim: hidden / n_heads,
+        context_length: cfg.opt_u32("n_positions")?.unwrap_or(1024),
+        norm: Norm::LayerNorm { eps },
+        // No rotation: the positions are learned (position_embd).
+        rope: RopeConfig { base: 10000.0, style: RopeStyle::Half, dims: 0, scaling: None },
+        activation: Activation::Gelu,
+        token_embedding: "token_embd".into(),
+        embedding_file: "embedding.bin".into(),
+        position_embedding: Some("position_embd".into()),
+        output_norm: "output_norm".into(),
+        output_norm_bias: Some("output_norm.bias".into()),
+        output: if tied { "token_embd".into() } else { "output".into() },
+        head_file: "head.bin".into(),
+        tied_embeddings: tied,
+        blocks: (0..n_layers as usize).map(BlockWeights::gpt2).collect(),
+        sliding_window: None,
+    };
+    transformer.check().map_err(|e| Error::invalid(cfg.path, e))?;
+    Ok(source_model(dir, cfg, ckpt, transformer, tensors, Vec::new()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::omex_name;
+    use super::{gpt2_place, omex_name, Gpt2Place};
 
     #[test]
     fn names() {
@@ -244,5 +413,25 @@ mod tests {
         assert_eq!(omex_name("model.layers.4.mlp.up_proj.weight", 4), Err(()));
         assert_eq!(omex_name("model.vision.weight", 4), Err(()));
         assert_eq!(omex_name("lm_head.weight", 4), Ok(Some("output".into())));
+    }
+
+    #[test]
+    fn gpt2_places() {
+        let names = |p| match p {
+            Ok(Gpt2Place::Whole(n)) => vec![n],
+            Ok(Gpt2Place::Conv1d(v)) => v,
+            Ok(Gpt2Place::Skip) => vec!["skip".into()],
+            Err(()) => vec!["unknown".into()],
+        };
+        assert_eq!(names(gpt2_place("transformer.wpe.weight", 2)), ["position_embd"]);
+        assert_eq!(names(gpt2_place("wte.weight", 2)), ["token_embd"]);
+        assert_eq!(
+            names(gpt2_place("transformer.h.1.attn.c_attn.bias", 2)),
+            ["blk.1.attn_q.bias", "blk.1.attn_k.bias", "blk.1.attn_v.bias"]
+        );
+        assert_eq!(names(gpt2_place("transformer.h.0.mlp.c_proj.weight", 2)), ["blk.0.ffn_down"]);
+        assert_eq!(names(gpt2_place("transformer.h.0.attn.masked_bias", 2)), ["skip"]);
+        assert_eq!(names(gpt2_place("transformer.h.2.ln_1.weight", 2)), ["unknown"]);
+        assert_eq!(names(gpt2_place("transformer.h.01.ln_1.weight", 2)), ["unknown"]);
     }
 }

@@ -28,6 +28,10 @@ pub enum Loc {
     Gguf(usize),
     /// Name in the safetensors checkpoint.
     Safetensors(String),
+    /// Outputs `outputs` of a `Conv1D` weight `[in, out]` (or bias `[out]`) in the safetensors checkpoint, as
+    /// a linear layer's `[len, in]` (or `[len]`): GPT-2 stores its projections transposed, and q, k and v in
+    /// one tensor.
+    Conv1d { name: String, outputs: std::ops::Range<u32> },
 }
 
 /// One tensor to convert: its omex name and shape, its source type (safetensors F32/F16/BF16 share ggml's
@@ -102,14 +106,21 @@ impl SourceModel {
         )))
     }
 
-    /// The bytes of a source tensor.
-    pub fn data(&self, t: &SourceTensor) -> Result<&[u8]> {
+    /// The bytes of a source tensor (a copy when they are taken apart from a `Conv1D` tensor).
+    pub fn data(&self, t: &SourceTensor) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let vanished = |n: &str| Error::invalid(&self.path, format!("tensor {n:?} vanished"));
         match (&self.store, &t.loc) {
-            (Store::Gguf(f), Loc::Gguf(i)) => Ok(f.data(&f.header.tensors[*i])),
-            (Store::Safetensors(c), Loc::Safetensors(n)) => c
-                .get(n)
-                .map(|(f, st)| f.data(st))
-                .ok_or_else(|| Error::invalid(&self.path, format!("tensor {n:?} vanished"))),
+            (Store::Gguf(f), Loc::Gguf(i)) => Ok(f.data(&f.header.tensors[*i]).into()),
+            (Store::Safetensors(c), Loc::Safetensors(n)) => {
+                c.get(n).map(|(f, st)| f.data(st).into()).ok_or_else(|| vanished(n))
+            }
+            (Store::Safetensors(c), Loc::Conv1d { name, outputs }) => {
+                let (f, st) = c.get(name).ok_or_else(|| vanished(name))?;
+                let elem = t.ty.block_bytes();
+                conv1d_outputs(f.data(st), &st.shape, elem, outputs.clone()).map(Into::into).ok_or_else(|| {
+                    Error::invalid(&f.path, format!("tensor {name:?}: outputs {outputs:?} of {:?}", st.shape))
+                })
+            }
             _ => Err(Error::invalid(&self.path, format!("tensor {}: location does not match the store", t.name))),
         }
     }
@@ -128,6 +139,28 @@ impl SourceModel {
     }
 }
 
+/// Outputs `outputs` of a `Conv1D` weight `[in, out]` (elements of `elem` bytes), transposed to `[len, in]`; of
+/// a bias `[out]`, the slice. `None` when the shape or the range does not fit the bytes.
+fn conv1d_outputs(bytes: &[u8], shape: &[u64], elem: usize, outputs: std::ops::Range<u32>) -> Option<Vec<u8>> {
+    let (inputs, out) = match *shape {
+        [out] => (1, usize::try_from(out).ok()?),
+        [inputs, out] => (usize::try_from(inputs).ok()?, usize::try_from(out).ok()?),
+        _ => return None,
+    };
+    let (start, end) = (outputs.start as usize, outputs.end as usize);
+    if start >= end || end > out || bytes.len() != inputs.checked_mul(out)?.checked_mul(elem)? {
+        return None;
+    }
+    let mut v = Vec::with_capacity((end - start) * inputs * elem);
+    for o in start..end {
+        for i in 0..inputs {
+            let at = (i * out + o) * elem;
+            v.extend_from_slice(&bytes[at..at + elem]);
+        }
+    }
+    Some(v)
+}
+
 /// Checks a dimension fits the record's u32, naming the tensor.
 pub(crate) fn dims_u32(path: &Path, name: &str, dims: &[u64]) -> Result<Vec<u32>> {
     dims.iter()
@@ -135,4 +168,24 @@ pub(crate) fn dims_u32(path: &Path, name: &str, dims: &[u64]) -> Result<Vec<u32>
             u32::try_from(d).map_err(|_| Error::parse(path, format!("tensor {name:?}: dimension {d} exceeds u32")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conv1d_outputs;
+
+    #[test]
+    fn conv1d_outputs_are_transposed_and_sliced() {
+        // [in 2, out 3] of one-byte elements: x[i][o] = 10 i + o.
+        let w = [0u8, 1, 2, 10, 11, 12];
+        assert_eq!(conv1d_outputs(&w, &[2, 3], 1, 0..3), Some(vec![0, 10, 1, 11, 2, 12]));
+        assert_eq!(conv1d_outputs(&w, &[2, 3], 1, 1..2), Some(vec![1, 11]));
+        assert_eq!(conv1d_outputs(&w, &[3], 2, 1..3), Some(vec![2, 10, 11, 12]));
+        // Out of range, empty, or a shape the bytes do not fill.
+        assert_eq!(conv1d_outputs(&w, &[2, 3], 1, 2..4), None);
+        assert_eq!(conv1d_outputs(&w, &[2, 3], 1, 1..1), None);
+        assert_eq!(conv1d_outputs(&w, &[2, 4], 1, 0..1), None);
+        assert_eq!(conv1d_outputs(&w, &[1, 2, 3], 1, 0..1), None);
+        assert_eq!(conv1d_outputs(&w, &[u64::MAX, 3], 1, 0..1), None);
+    }
 }

@@ -116,7 +116,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, seed: u64) -> Transformer {
         }
         put(&mut w, &mut index, &b.attn_output, spec.attn, &[d, qd], &mat(&mut rng, d, qd));
         put(&mut w, &mut index, &b.ffn_norm, DType::F32, &[d], &rng.vec(d as usize, 0.3, 1.0));
-        put(&mut w, &mut index, &b.ffn_gate, spec.ffn, &[f, d], &mat(&mut rng, f, d));
+        put(&mut w, &mut index, b.ffn_gate.as_deref().expect("a gated MLP"), spec.ffn, &[f, d], &mat(&mut rng, f, d));
         put(&mut w, &mut index, &b.ffn_up, spec.ffn, &[f, d], &mat(&mut rng, f, d));
         put(&mut w, &mut index, &b.ffn_down, spec.ffn, &[d, f], &mat(&mut rng, d, f));
         for name in b.attn_qk_norm.iter().flatten() {
@@ -150,7 +150,9 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, seed: u64) -> Transformer {
         activation: if spec.gemma3.is_some() { Activation::Gelu } else { Activation::Silu },
         token_embedding: "token_embd".into(),
         embedding_file: "embedding.bin".into(),
+        position_embedding: None,
         output_norm: "output_norm".into(),
+        output_norm_bias: None,
         output: if spec.tied { "token_embd".into() } else { "output".into() },
         head_file: "head.bin".into(),
         tied_embeddings: spec.tied,

@@ -165,9 +165,8 @@ async fn decode_attention_matches_kernels_cpu() {
             let part = attention::partials(&ctx, h, splits, 1).unwrap();
             // The step says unpaged (one sequence, cache row = position), so the seqmap is not read.
             let map = upload(&ctx, &[0]);
-            let (a, b) = attention::decode(&ctx, h, splits, scale, None, &st, &qb, &kb, &vb, &part, &out, &map)
-                .await
-                .unwrap();
+            let (a, b) =
+                attention::decode(&ctx, h, splits, scale, None, &st, &qb, &kb, &vb, &part, &out, &map).await.unwrap();
             ctx.run(&[a, b], 1);
             let got = ctx.read_f32(&out, 0, qd).await.unwrap();
             assert_close(&format!("decode attention {h:?} pos={pos} splits={splits}"), &got, &want, 1e-5);

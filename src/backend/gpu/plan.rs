@@ -178,7 +178,7 @@ fn tensors(p: &Program, ops: &[Op]) -> Vec<(String, Vec<u32>, bool)> {
             }
             Op::HeadNorm { norm: n, .. } => norm(n, p.heads.head_dim, &mut out),
             Op::Norm { buf, norm: n } => norm(n, p.width(*buf), &mut out),
-            Op::RopeStore { .. } | Op::Attention { .. } | Op::Glu { .. } | Op::Add { .. } => {}
+            Op::RopeStore { .. } | Op::Attention { .. } | Op::Glu { .. } | Op::Activation { .. } | Op::Add { .. } => {}
         }
     }
     out
@@ -547,6 +547,9 @@ impl Lowering<'_> {
             Op::Glu { act } => {
                 let (gu, out, f) = (b.get(Buf::GateUp), b.get(Buf::Act), p.ffn);
                 list.push(misc::glu(ctx, *act, f, 0, 2 * f, f, st, gu, out).await?);
+            }
+            Op::Activation { .. } => {
+                return Err(Error::Unsupported("a plain MLP activation does not run on the GPU engine yet".into()));
             }
             Op::Add { from, to } => {
                 list.push(misc::add_assign(ctx, p.width(*to), 0, st, b.get(*from), b.get(*to)).await?);

@@ -125,20 +125,8 @@ pub fn units(dir: &ModelDir, cfg: &Transformer) -> Result<Vec<Unit>> {
     // Each block must own its file: it is uploaded whole, and nothing else may need it meanwhile.
     let mut owner: HashMap<String, usize> = HashMap::new();
     for (index, b) in cfg.blocks.iter().enumerate() {
-        let names = [
-            &b.attn_norm,
-            &b.attn_q,
-            &b.attn_k,
-            &b.attn_v,
-            &b.attn_output,
-            &b.ffn_norm,
-            &b.ffn_gate,
-            &b.ffn_up,
-            &b.ffn_down,
-        ];
-        let biases = b.attn_qkv_bias.iter().flatten();
         let mut file = None;
-        for name in names.into_iter().chain(biases) {
+        for name in b.names() {
             let f = entry(name)?.file;
             if *file.get_or_insert_with(|| f.clone()) != f || f == embed.file || f == head.file {
                 return Err(Error::Unsupported(format!(
