@@ -4,6 +4,7 @@
 // gate|up projection of a prefill chunk (the decode matvec fuses SwiGLU itself).
 // `gelu_mul`: GeGLU the same way, with GELU's tanh approximation (as kernels-cpu's gelu).
 // `add_assign`: out += b (a residual add no product's epilogue took; `a` is not read).
+// `silu`, `gelu`: out = act(out) in place (a plain MLP's activation, GPT-2; `a` and `b` are not read).
 
 struct Params {
     len: u32,
@@ -38,14 +39,19 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// GELU with the tanh approximation: x * (1 + tanh(k)) / 2 = x / (1 + exp(-2k)); the clamp keeps exp finite
+// for very negative x.
+fn gelu_tanh(x: f32) -> f32 {
+    let k = 0.7978846 * (x + 0.044715 * x * x * x);
+    return x / (1.0 + exp(min(-2.0 * k, 80.0)));
+}
+
 @compute @workgroup_size(64)
 fn gelu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
     if in_range(gid) {
         let g = a[gid.y * p.stride + gid.x];
         let u = a[gid.y * p.stride + p.up + gid.x];
-        // x * (1 + tanh(k)) / 2 = x / (1 + exp(-2k)); the clamp keeps exp finite for very negative x.
-        let k = 0.7978846 * (g + 0.044715 * g * g * g);
-        out[gid.y * p.len + gid.x] = g / (1.0 + exp(min(-2.0 * k, 80.0))) * u;
+        out[gid.y * p.len + gid.x] = gelu_tanh(g) * u;
     }
 }
 
@@ -54,5 +60,22 @@ fn add_assign(@builtin(global_invocation_id) gid: vec3<u32>) {
     if in_range(gid) {
         let i = gid.y * p.len + gid.x;
         out[i] += b[i];
+    }
+}
+
+@compute @workgroup_size(64)
+fn gelu(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if in_range(gid) {
+        let i = gid.y * p.len + gid.x;
+        out[i] = gelu_tanh(out[i]);
+    }
+}
+
+@compute @workgroup_size(64)
+fn silu(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if in_range(gid) {
+        let i = gid.y * p.len + gid.x;
+        let v = out[i];
+        out[i] = v / (1.0 + exp(-v));
     }
 }

@@ -9,6 +9,7 @@ use gpu_common::ops::{AttnCase, Cpu, DecodeCase, Gpu, LinearCase, Ops, PagedCase
 use gpu_common::sample_ref::{self, Pick};
 use gpu_common::*;
 use omex::backend::gpu::ops::{Heads, Output};
+use omex::graph::Activation;
 use omex::sampling::SamplerOptions;
 
 macro_rules! both {
@@ -41,6 +42,9 @@ both!(
     attention_paged_batch,
     silu_mul_and_add,
     gelu_mul,
+    layernorm_with_and_without_bias,
+    activations_in_place,
+    learned_positions,
     embed_every_layout,
     argmax_ties_and_nans,
     sample_matches_the_reference,
@@ -740,6 +744,55 @@ fn gelu_mul(b: &dyn Ops) {
     let gelu = |x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
     let want: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| (gelu(g as f64) * u as f64) as f32).collect();
     check(b, "gelu_mul", &b.gelu_mul(&g, &u), &want, 1e-5);
+}
+
+fn layernorm_with_and_without_bias(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0017);
+    for (rows, cols) in [(1usize, 64usize), (3, 100), (2, 1537), (5, 7)] {
+        // An offset so the mean matters: a kernel that skipped it is far off.
+        let x: Vec<f32> = rng.vec(rows * cols, -2.0, 2.0).iter().map(|v| v + 3.0).collect();
+        let (w, bias) = (rng.vec(cols, 0.5, 1.5), rng.vec(cols, -0.5, 0.5));
+        for with_bias in [true, false] {
+            let bias = with_bias.then_some(bias.as_slice());
+            let mut want = Vec::with_capacity(x.len());
+            for row in x.chunks_exact(cols) {
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / cols as f64;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / cols as f64;
+                let r = 1.0 / (var + 1e-5).sqrt();
+                want.extend(
+                    (0..cols)
+                        .map(|k| ((row[k] as f64 - mean) * r * w[k] as f64 + bias.map_or(0.0, |b| b[k] as f64)) as f32),
+                );
+            }
+            let what = format!("layernorm {rows}x{cols} bias {with_bias}");
+            check(b, &what, &b.layernorm(&x, &w, bias, 1e-5), &want, 1e-5);
+        }
+    }
+}
+
+fn activations_in_place(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0018);
+    let x = rng.vec(70, -12.0, 12.0);
+    let gelu = |x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+    let want: Vec<f32> = x.iter().map(|&v| gelu(v as f64) as f32).collect();
+    check(b, "gelu", &b.activation(&x, Activation::Gelu), &want, 1e-5);
+    let want: Vec<f32> = x.iter().map(|&v| silu_ref(v as f64) as f32).collect();
+    check(b, "silu", &b.activation(&x, Activation::Silu), &want, 1e-6);
+}
+
+fn learned_positions(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0019);
+    let (cols, positions) = (45usize, 40usize);
+    let table = rng.vec(positions * cols, -1.0, 1.0);
+    // One sequence's chunk at 3.., then rows of several sequences at their own positions.
+    for at in [vec![3u32, 4, 5, 6, 7], vec![0], vec![39, 0, 17, 17, 5, 38]] {
+        let x = rng.vec(at.len() * cols, -1.0, 1.0);
+        let mut want = x.clone();
+        for (row, &p) in want.chunks_exact_mut(cols).zip(&at) {
+            row.iter_mut().zip(&table[p as usize * cols..]).for_each(|(v, &t)| *v += t);
+        }
+        check(b, &format!("positions {at:?}"), &b.add_positions(&x, &table, cols, &at), &want, 0.0);
+    }
 }
 
 fn embed_every_layout(b: &dyn Ops) {

@@ -366,7 +366,7 @@ fn run_step(
         Step::Activation { buf, act } => {
             let x = &mut s.bufs[*buf as usize];
             match act {
-                Activation::Silu => x.iter_mut().for_each(|v| *v *= 1.0 / (1.0 + (-*v).exp())),
+                Activation::Silu => ops::silu(x),
                 Activation::Gelu => ops::gelu(x),
             }
         }

@@ -97,6 +97,9 @@ fn time_tg_batched(engine: &mut dyn Engine, ids: &[u32], batch: usize) -> Result
     Ok((batch * ids.len()) as f64 / t.elapsed().as_secs_f64())
 }
 
+/// One timed test: tokens per second of a run over these ids.
+type TimedRun<'a> = dyn Fn(&mut dyn Engine, &[u32]) -> Result<f64> + 'a;
+
 pub fn run(args: BenchArgs) -> Result<()> {
     let model = args.engine.load(&args.model)?;
     let ctx = args.n_prompt.max(args.n_gen).max(1);
@@ -122,26 +125,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let reps = args.reps as usize;
     let tests = usize::from(args.n_prompt > 0) + usize::from(args.n_gen > 0);
     let bar = super::progress(((reps + 1) * tests) as u64, "warm-up and timed runs");
-    let mut measure =
-        |n: usize, f: &dyn Fn(&mut dyn Engine, &[u32]) -> Result<f64>| -> Result<Option<(f64, f64, Vec<f64>)>> {
-            if n == 0 {
-                return Ok(None);
+    let mut measure = |n: usize, f: &TimedRun<'_>| -> Result<Option<(f64, f64, Vec<f64>)>> {
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut timed = |label: &str| {
+            if let Some(b) = &bar {
+                b.set_message(label.to_string());
             }
-            let mut timed = |label: &str| {
-                if let Some(b) = &bar {
-                    b.set_message(label.to_string());
-                }
-                let r = f(engine.as_mut(), &ids[..n]);
-                if let Some(b) = &bar {
-                    b.inc(1);
-                }
-                r
-            };
-            timed("warm-up")?;
-            let samples = (0..reps).map(|i| timed(&format!("run {}/{reps}", i + 1))).collect::<Result<Vec<_>>>()?;
-            let (mean, sd) = stats(&samples);
-            Ok(Some((mean, sd, samples)))
+            let r = f(engine.as_mut(), &ids[..n]);
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+            r
         };
+        timed("warm-up")?;
+        let samples = (0..reps).map(|i| timed(&format!("run {}/{reps}", i + 1))).collect::<Result<Vec<_>>>()?;
+        let (mean, sd) = stats(&samples);
+        Ok(Some((mean, sd, samples)))
+    };
     let pp = measure(args.n_prompt, &time_pp)?;
     let tg = if batch > 1 {
         measure(args.n_gen, &|e: &mut dyn Engine, ids: &[u32]| time_tg_batched(e, ids, batch))?

@@ -122,7 +122,9 @@ fn kernels(op: &Op, mats: &[(String, DType)], swiglu: bool) -> [String; 3] {
                 g.collect::<Vec<_>>().join(" + ")
             };
             let mut fused = Vec::new();
-            if norm.is_some() {
+            // An RMS norm folds into the product's prologue; a LayerNorm is a dispatch of its own before it.
+            let layer_norm = norm.as_ref().is_some_and(|n| matches!(n.kind, omex::graph::Norm::LayerNorm { .. }));
+            if norm.is_some() && !layer_norm {
                 fused.push("norm in the prologue");
             }
             if ms.iter().any(|m| m.bias.is_some()) {
@@ -144,6 +146,10 @@ fn kernels(op: &Op, mats: &[(String, DType)], swiglu: bool) -> [String; 3] {
                 false => with(list(&matvec), None),
             };
             let prefill = with(list(&|_| "matmul"), None);
+            let (decode, prefill) = match layer_norm {
+                true => (format!("layernorm → {decode}"), format!("layernorm → {prefill}")),
+                false => (decode, prefill),
+            };
             let mut cpu = match norm {
                 Some(n) => format!("{} → ", norm_kernel(n)),
                 None => String::new(),
@@ -460,6 +466,11 @@ impl Drawing {
         if let Some(s) = p.embed_scale {
             lines.push(format!("rows × {s:.2} (√hidden)"));
         }
+        if let Some(pos) = &p.position_embedding {
+            let (pos_bytes, es) = read(&[pos])?;
+            lines.push(format!("+ {pos} [{}] · {} · {}", shape_of(es[0]), es[0].dtype, bytes(pos_bytes)));
+            lines.push("  (learned positions: GPU add_positions · CPU add_assign)".to_string());
+        }
         lines.push("GPU: embed (rows gathered on the host when the".to_string());
         lines.push("    table is larger than one binding) · CPU: dequant_row".to_string());
         overview.push(TextBox { class: "io", lines, op: None });
@@ -492,12 +503,14 @@ impl Drawing {
         }
 
         let (norm_bytes, norm_es) = read(&[&p.final_norm.weight])?;
+        let layer_norm = matches!(p.final_norm.kind, omex::graph::Norm::LayerNorm { .. });
+        let gpu_norm = if layer_norm { "layernorm before the head" } else { "in the head matvec's prologue" };
         overview.push(TextBox {
             class: "norm",
             lines: vec![
                 "Final norm".to_string(),
                 format!("{} · {} · {}", p.final_norm.weight, norm_es[0].dtype, bytes(norm_bytes)),
-                format!("GPU: in the head matvec's prologue · CPU: {}", norm_kernel(&p.final_norm)),
+                format!("GPU: {gpu_norm} · CPU: {}", norm_kernel(&p.final_norm)),
             ],
             op: None,
         });
@@ -508,7 +521,8 @@ impl Drawing {
         } else {
             lines.push(format!("reads {}", bytes(head_bytes)));
         }
-        lines.push("GPU: matvec (final norm in the prologue; split in".to_string());
+        let prologue = if layer_norm { "" } else { "final norm in the prologue; " };
+        lines.push(format!("GPU: matvec ({prologue}split in"));
         lines.push("    pieces larger than one binding) · CPU: matvec | matmul".to_string());
         overview.push(TextBox { class: "io", lines, op: None });
 

@@ -115,6 +115,13 @@ pub trait Ops {
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32>;
     fn gelu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32>;
     fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32>;
+    /// LayerNorm of each row of `cols` values of `x` (GPU: out of place, as before a product).
+    fn layernorm(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, eps: f32) -> Vec<f32>;
+    /// `act(x)` in place (a plain MLP's activation).
+    fn activation(&self, x: &[f32], act: Activation) -> Vec<f32>;
+    /// `x[t] += table[positions[t]]` over rows of `cols`; GPU: consecutive positions as one sequence's chunk,
+    /// others through a paged seqmap.
+    fn add_positions(&self, x: &[f32], table: &[f32], cols: usize, positions: &[u32]) -> Vec<f32>;
     fn embed(&self, e: &OwnedMatrix, ids: &[u32]) -> Vec<f32>;
     fn argmax(&self, x: &[f32]) -> u32;
     /// The tokens of draws `draw..draw + n` from `logits` (temperature > 0, no repetition penalty).
@@ -320,6 +327,29 @@ impl Ops for Cpu {
     fn add(&self, a: &[f32], b: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; a.len()];
         ops::add(a, b, &mut out);
+        out
+    }
+
+    fn layernorm(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, eps: f32) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        ops::layernorm(x, w, bias, eps, &mut out);
+        out
+    }
+
+    fn activation(&self, x: &[f32], act: Activation) -> Vec<f32> {
+        let mut out = x.to_vec();
+        match act {
+            Activation::Silu => ops::silu(&mut out),
+            Activation::Gelu => ops::gelu(&mut out),
+        }
+        out
+    }
+
+    fn add_positions(&self, x: &[f32], table: &[f32], cols: usize, positions: &[u32]) -> Vec<f32> {
+        let mut out = x.to_vec();
+        for (row, &p) in out.chunks_exact_mut(cols).zip(positions) {
+            ops::add_assign(row, &table[p as usize * cols..(p as usize + 1) * cols]);
+        }
         out
     }
 
@@ -632,6 +662,61 @@ impl Ops for Gpu {
         self.run(&[&d], 1);
         self.read(&out, a.len())
     }
+    fn layernorm(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, eps: f32) -> Vec<f32> {
+        let ctx = self.0;
+        let cols = w.len();
+        let n = x.len() / cols;
+        // Weight and bias at odd places of one buffer, as in a layer file.
+        let mut words = vec![7f32; 5];
+        let w_at = 4 * words.len() as u64;
+        words.extend_from_slice(w);
+        words.extend([9f32; 3]);
+        let b_at = 4 * words.len() as u64;
+        words.extend_from_slice(bias.unwrap_or(&[]));
+        let wb = upload_f32(ctx, &words);
+        let lw = misc::LayerNormWeights {
+            weight: (Region::whole(&wb), w_at),
+            bias: bias.map(|_| (Region::whole(&wb), b_at)),
+            eps,
+        };
+        let (xb, out, st) = (upload_f32(ctx, x), poisoned(ctx, x.len()), step(ctx, n as u32, 0));
+        let c = cols as u32;
+        let d = pollster::block_on(misc::layernorm(ctx, c, c, c, &lw, &st, &xb, &out)).unwrap();
+        self.run(&[&d], n as u32);
+        let got = self.read(&out, x.len());
+        // The input is left as it was.
+        assert_eq!(self.read(&xb, x.len()), x, "layernorm wrote its input");
+        got
+    }
+
+    fn activation(&self, x: &[f32], act: Activation) -> Vec<f32> {
+        let ctx = self.0;
+        let len = 7.min(x.len());
+        let rows = x.len() / len;
+        let (out, st) = (upload_f32(ctx, x), step(ctx, rows as u32, 0));
+        let d = pollster::block_on(misc::activation(ctx, act, len as u32, 0, &st, &out)).unwrap();
+        self.run(&[&d], rows as u32);
+        self.read(&out, x.len())
+    }
+
+    fn add_positions(&self, x: &[f32], table: &[f32], cols: usize, positions: &[u32]) -> Vec<f32> {
+        let ctx = self.0;
+        let n = positions.len() as u32;
+        let consecutive = positions.windows(2).all(|w| w[1] == w[0] + 1);
+        let (st, map) = match consecutive {
+            true => (step(ctx, n, positions[0]), upload_u32(ctx, &[0])),
+            // Each row's position in the seqmap (its table offset is not read here).
+            false => {
+                let map: Vec<u32> = positions.iter().flat_map(|&p| [p, 0]).collect();
+                (upload_u32(ctx, &[n, 0, 0, 1]), upload_u32(ctx, &map))
+            }
+        };
+        let (tb, xb) = (upload_f32(ctx, table), upload_f32(ctx, x));
+        let d = pollster::block_on(misc::add_positions(ctx, cols as u32, &st, &tb, &xb, &map)).unwrap();
+        self.run(&[&d], n);
+        self.read(&xb, x.len())
+    }
+
     fn embed(&self, e: &OwnedMatrix, ids: &[u32]) -> Vec<f32> {
         let ctx = self.0;
         let m = GpuMatrix::upload(ctx, "embedding", &e.matrix(), 512).unwrap();

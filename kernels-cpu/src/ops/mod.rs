@@ -5,7 +5,7 @@
 //! Formulas (the GPU kernels follow the same):
 //! - `rmsnorm`: `out = x / sqrt(mean(x^2) + eps) * weight`
 //! - `layernorm`: `out = (x - mean) / sqrt(mean((x - mean)^2) + eps) * weight (+ bias)`
-//! - `silu_mul`: `out = gate / (1 + exp(-gate)) * up`
+//! - `silu_mul`: `out = gate / (1 + exp(-gate)) * up`; `silu`: `x / (1 + exp(-x))` in place
 //! - `gelu`: the tanh form, `x / (1 + exp(-2 u))` with `u = sqrt(2/pi) (x + 0.044715 x^3)`
 //!   (equal to `0.5 x (1 + tanh(u))`)
 //! - `softmax`: `exp(x - max) / sum`, in place
@@ -76,6 +76,12 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 pub fn silu_mul_with(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && out.len() == gate.len(), "silu_mul: lengths differ");
     dispatch!(isa, silu_mul(gate, up, out))
+}
+
+/// SiLU in place (a plain MLP's activation; gated MLPs use [`silu_mul`]). Portable only: no model in use
+/// runs it over long vectors.
+pub fn silu(x: &mut [f32]) {
+    portable::silu(x)
 }
 
 /// GELU (tanh form), in place.

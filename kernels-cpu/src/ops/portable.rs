@@ -29,6 +29,12 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+pub fn silu(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v /= 1.0 + (-*v).exp();
+    }
+}
+
 pub fn gelu(x: &mut [f32]) {
     const C: f32 = 0.797_884_6; // sqrt(2 / pi)
     for v in x.iter_mut() {

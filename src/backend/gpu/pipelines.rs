@@ -126,6 +126,24 @@ pub const ADD_ASSIGN: Kernel = Kernel {
     bindings: &[(0, Uniform), (1, Read), (3, Read), (4, ReadWrite)],
     source: shader!("elementwise.wgsl"),
 };
+/// An activation in place: parameters, step, out.
+const ACTIVATION: &[(u32, Access)] = &[(0, Uniform), (1, Read), (4, ReadWrite)];
+pub const GELU: Kernel =
+    Kernel { name: "elementwise", entry: "gelu", bindings: ACTIVATION, source: shader!("elementwise.wgsl") };
+pub const SILU: Kernel =
+    Kernel { name: "elementwise", entry: "silu", bindings: ACTIVATION, source: shader!("elementwise.wgsl") };
+pub const LAYERNORM: Kernel = Kernel {
+    name: "layernorm",
+    entry: "main",
+    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
+    source: shader!("layernorm.wgsl"),
+};
+pub const ADD_POSITIONS: Kernel = Kernel {
+    name: "positions",
+    entry: "main",
+    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, ReadWrite), (4, Read)],
+    source: shader!("pages.wgsl" + "positions.wgsl"),
+};
 /// Parameters, logits, ids, tokens, step: the bindings of both samplers.
 const SAMPLER: &[(u32, Access)] = &[(0, Uniform), (1, Read), (2, ReadWrite), (3, ReadWrite), (4, Read)];
 pub const ARGMAX: Kernel =

@@ -36,7 +36,10 @@ pub(super) type HeadParts = Vec<(GpuMatrix, u32, Option<usize>)>;
 pub(super) struct Model {
     /// `None`: the embedding stays on the host and the engine gathers the rows.
     pub embed: Option<GpuMatrix>,
+    /// Learned position embeddings `[positions, hidden]` in f32 (gpt2), a buffer of their own.
+    pub positions: Option<GpuBuffer>,
     pub output_norm: GpuMatrix,
+    pub output_norm_bias: Option<GpuMatrix>,
     pub head: HeadParts,
     layers: Vec<Layer>,
     /// The upload slots and the pieces that stream through them (`None`: everything resident).
@@ -147,14 +150,27 @@ impl Model {
         };
         // The output norm is read by every head piece: when its file streams (or stays on the host), it gets
         // a buffer of its own.
-        let output_norm = match get(&p.final_norm.weight, &[d])? {
-            Some(m) => m,
-            None => {
-                let w = WeightRef::load(dir, &p.final_norm.weight, &[d])?;
-                GpuMatrix::upload(ctx, "output norm", &w.matrix(), 0)?
-            }
+        let mut own_buffer = |name: &str| -> Result<GpuMatrix> {
+            let m = match get(name, &[d])? {
+                Some(m) => m,
+                None => GpuMatrix::upload(ctx, name, &WeightRef::load(dir, name, &[d])?.matrix(), 0)?,
+            };
+            f32_only(m)
         };
-        Ok(Model { embed, output_norm: f32_only(output_norm)?, head, layers, slots })
+        let output_norm = own_buffer(&p.final_norm.weight)?;
+        let output_norm_bias = p.final_norm.bias.as_deref().map(&mut own_buffer).transpose()?;
+        // The position table is small (positions x hidden): read into f32 on the host and uploaded apart, so it
+        // is on the device whichever way the embedding's file goes.
+        let positions = match &p.position_embedding {
+            Some(name) => {
+                let rows = dir.tensor(name)?.entry.shape.first().copied().unwrap_or(0);
+                let table = WeightRef::load(dir, name, &[rows, d])?.to_f32();
+                let usage = wgpu::BufferUsages::STORAGE;
+                Some(ctx.pool.init("position embeddings", bytemuck::cast_slice(&table), usage, Purpose::Weights)?)
+            }
+            None => None,
+        };
+        Ok(Model { embed, positions, output_norm, output_norm_bias, head, layers, slots })
     }
 }
 
@@ -288,6 +304,9 @@ pub(super) struct Buffers {
     pub x: GpuBuffer,
     /// The program's other buffers.
     scratch: HashMap<Buf, GpuBuffer>,
+    /// LayerNorm's output before a product (`[n, hidden]`), when the program has LayerNorms: unlike an RMS
+    /// norm, it does not fold into the product's prologue.
+    normed: Option<GpuBuffer>,
     pub logits: GpuBuffer,
     part: GpuBuffer,
     /// One table per rope of the program.
@@ -314,6 +333,7 @@ impl Buffers {
             .into_iter()
             .chain([4 * Self::seqmap_words(s)])
             .chain(p.buffers().into_iter().map(|buf| 4 * b * p.width(buf) as u64))
+            .chain(has_layernorm(p).then_some(4 * b * p.hidden as u64))
             .chain([attention::partials_bytes(p.heads, s.splits, s.max_seqs)])
             .map(w)
             .chain(ropes)
@@ -338,7 +358,11 @@ impl Buffers {
             .ropes
             .iter()
             .map(|r| {
-                let table = misc::cos_sin_table(&r.inv_freq, ctx_len);
+                // A table of no rotated dimensions (gpt2) is never read, but a binding cannot be empty.
+                let mut table = misc::cos_sin_table(&r.inv_freq, ctx_len);
+                if table.is_empty() {
+                    table.push([0.0; 2]);
+                }
                 ctx.pool.init(
                     "rope cos/sin",
                     bytemuck::cast_slice(&table),
@@ -358,6 +382,7 @@ impl Buffers {
             tokens: ctx.pool.storage("tokens", 4 * MAX_STEPS as u64, Purpose::Activations)?,
             x: act("x", b * p.hidden as u64)?,
             scratch,
+            normed: if has_layernorm(p) { Some(act("layernorm out", b * p.hidden as u64)?) } else { None },
             logits: act("logits", s.logit_rows as u64 * p.vocab as u64)?,
             part: attention::partials(ctx, p.heads, s.splits, s.max_seqs)?,
             cos_sin,
@@ -369,6 +394,56 @@ impl Buffers {
         match buf {
             Buf::Hidden => &self.x,
             other => &self.scratch[&other],
+        }
+    }
+}
+
+/// Whether a LayerNorm of the program needs [`Buffers`]'s `normed`.
+fn has_layernorm(p: &Program) -> bool {
+    let layer = |n: &NormOp| matches!(n.kind, NormKind::LayerNorm { .. });
+    layer(&p.final_norm)
+        || p.blocks.iter().flat_map(|b| &b.ops).any(|op| matches!(op, Op::Linear { norm: Some(n), .. } if layer(n)))
+}
+
+/// A norm before a product: folded into its prologue (RMS), or a LayerNorm of its own into `normed` first.
+enum Prologue<'a> {
+    Fused(Option<Norm<'a>>),
+    LayerNorm(misc::LayerNormWeights<'a>),
+}
+
+fn prologue<'a>(n: Option<&NormOp>, weight: impl Fn(&str) -> &'a GpuMatrix) -> Prologue<'a> {
+    match n.map(|n| (n, n.kind)) {
+        None => Prologue::Fused(None),
+        Some((n, NormKind::RmsNorm { eps })) => Prologue::Fused(Some(norm_of(weight(&n.weight), eps))),
+        Some((n, NormKind::LayerNorm { eps })) => {
+            let at = |m: &'a GpuMatrix| (Region::covering(&m.file.buffer, &[m.data]), m.data.0);
+            Prologue::LayerNorm(misc::LayerNormWeights {
+                weight: at(weight(&n.weight)),
+                bias: n.bias.as_deref().map(|b| at(weight(b))),
+                eps,
+            })
+        }
+    }
+}
+
+impl Prologue<'_> {
+    /// The product's fused norm and its input: `x` itself, or `normed` after the LayerNorm dispatch (pushed
+    /// onto `list`) of `cols` values per row.
+    async fn lower<'b>(
+        &self,
+        ctx: &GpuContext,
+        b: &'b Buffers,
+        x: &'b GpuBuffer,
+        cols: u32,
+        list: &mut Vec<Dispatch>,
+    ) -> Result<(Option<Norm<'_>>, &'b GpuBuffer)> {
+        match self {
+            Prologue::Fused(n) => Ok((*n, x)),
+            Prologue::LayerNorm(w) => {
+                let y = b.normed.as_ref().expect("Buffers::new allocates it for a program with LayerNorms");
+                list.push(misc::layernorm(ctx, cols, cols, cols, w, &b.step, x, y).await?);
+                Ok((None, y))
+            }
         }
     }
 }
@@ -388,12 +463,13 @@ pub(super) struct Sizes {
     pub max_seqs: u32,
 }
 
-/// The fused prologue of a product: only RMS norms fuse (and only RMS norms run on the GPU engine yet).
+/// The eps of an RMS norm that runs on its own (head and post norms); LayerNorm runs there only before a
+/// product.
 fn rms_eps(n: &NormOp) -> Result<f32> {
     match n.kind {
         NormKind::RmsNorm { eps } => Ok(eps),
         NormKind::LayerNorm { .. } => Err(Error::Unsupported(format!(
-            "norm {}: LayerNorm does not run on the GPU engine yet (use --backend cpu)",
+            "norm {}: a LayerNorm that is not before a matrix product does not run on the GPU engine yet",
             n.weight
         ))),
     }
@@ -485,16 +561,17 @@ impl Lowering<'_> {
         let (kc, vc) = &b.kv[self.l];
         match op {
             Op::Linear { input, norm, mats, output, add } => {
-                let norm = match norm {
-                    Some(n) => Some(norm_of(layer.get(&n.weight), rms_eps(n)?)),
-                    None => None,
-                };
+                if norm.is_some() && *input != Buf::Hidden {
+                    return Err(Error::Unsupported(format!("a norm of {input:?} before a product")));
+                }
+                let pro = prologue(norm.as_ref(), |name| layer.get(name));
+                let (norm, x) = pro.lower(ctx, b, b.get(*input), p.width(*input), list).await?;
                 let ms: Vec<_> =
                     mats.iter().map(|m| (layer.get(&m.weight), m.bias.as_ref().map(|b| layer.get(b)))).collect();
                 if let ([(gate, None), (up, None)], true, Buf::GateUp) = (ms.as_slice(), fuse_swiglu, output) {
                     if fusable(ctx, gate, up) {
                         let gu = [(*gate, 0, None), (*up, 0, None)];
-                        let (x, y) = (b.get(*input), b.get(Buf::Act));
+                        let y = b.get(Buf::Act);
                         list.extend(
                             products(ctx, &gu, norm, Output::SwiGlu, st, x, y, p.ffn, 0, false, self.mv).await?,
                         );
@@ -508,7 +585,7 @@ impl Lowering<'_> {
                     at += m.rows;
                 }
                 let out = if *add { Output::Add } else { Output::Store };
-                let (x, y, stride) = (b.get(*input), b.get(*output), p.width(*output));
+                let (y, stride) = (b.get(*output), p.width(*output));
                 list.extend(products(ctx, &placed, norm, out, st, x, y, stride, tokens, false, self.mv).await?);
             }
             Op::HeadNorm { part, norm } => {
@@ -548,8 +625,8 @@ impl Lowering<'_> {
                 let (gu, out, f) = (b.get(Buf::GateUp), b.get(Buf::Act), p.ffn);
                 list.push(misc::glu(ctx, *act, f, 0, 2 * f, f, st, gu, out).await?);
             }
-            Op::Activation { .. } => {
-                return Err(Error::Unsupported("a plain MLP activation does not run on the GPU engine yet".into()));
+            Op::Activation { buf, act } => {
+                list.push(misc::activation(ctx, *act, p.width(*buf), 0, st, b.get(*buf)).await?);
             }
             Op::Add { from, to } => {
                 list.push(misc::add_assign(ctx, p.width(*to), 0, st, b.get(*from), b.get(*to)).await?);
@@ -577,7 +654,8 @@ pub(super) struct Stage {
 
 /// The dispatch lists of one model.
 pub(super) struct Plan {
-    /// Empty when the embedding stays on the host (the engine writes the rows).
+    /// The embedding gather (none when the embedding stays on the host: the engine writes the rows), then
+    /// the learned positions added.
     pub embed: Vec<Dispatch>,
     /// One stage per block.
     pub decode: Vec<Stage>,
@@ -636,13 +714,24 @@ impl Plan {
         let [decode, prefill_short, prefill, batch_short, batch] = lists;
         let mut head_last = Vec::new();
         let mut head_all = Vec::new();
-        let eps = rms_eps(&p.final_norm)?;
-        for (m, row0, piece) in &w.head {
-            let on = Some(norm_of(&w.output_norm, eps));
+        let final_norm = prologue(Some(&p.final_norm), |name| match &w.output_norm_bias {
+            Some(bias) if p.final_norm.bias.as_deref() == Some(name) => bias,
+            _ => &w.output_norm,
+        });
+        for (i, (m, row0, piece)) in w.head.iter().enumerate() {
+            // A LayerNorm runs once, before the first piece; the pieces after it read its output.
+            let (mut last, mut all) = (Vec::new(), Vec::new());
+            let (on, x) = final_norm.lower(ctx, b, &b.x, p.hidden, &mut last).await?;
+            final_norm.lower(ctx, b, &b.x, p.hidden, &mut all).await?;
+            if i > 0 {
+                last.clear();
+                all.clear();
+            }
             let part = [(m, *row0, None)];
-            let last = products(ctx, &part, on, Output::Store, st, &b.x, &b.logits, vocab, 0, true, mv).await?;
-            let all =
-                products(ctx, &part, on, Output::Store, st, &b.x, &b.logits, vocab, MATMUL_TOKENS, false, mv).await?;
+            last.extend(products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, 0, true, mv).await?);
+            all.extend(
+                products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, MATMUL_TOKENS, false, mv).await?,
+            );
             head_last.push(Stage { piece: *piece, dispatches: last });
             head_all.push(Stage { piece: *piece, dispatches: all });
         }
@@ -656,10 +745,14 @@ impl Plan {
             ],
             false => Vec::new(),
         };
-        let embed = match &w.embed {
+        let mut embed = match &w.embed {
             Some(e) => vec![misc::embed(ctx, e, p.embed_scale.unwrap_or(1.0), st, &b.ids, &b.x).await?],
             None => Vec::new(),
         };
+        // After the rows are gathered (here, or by the engine on the host before the submission).
+        if let Some(table) = &w.positions {
+            embed.push(misc::add_positions(ctx, p.hidden, st, table, &b.x, &b.seqmap).await?);
+        }
         Ok(Plan {
             embed,
             decode,

@@ -4,7 +4,8 @@
 use crate::backend::gpu::buffers::GpuBuffer;
 use crate::backend::gpu::context::{Dispatch, GpuContext, Grid, Region};
 use crate::backend::gpu::pipelines::{
-    Kernel, ADD_ASSIGN, ADVANCE, ARGMAX, EMBED, GELU_MUL, RMSNORM, ROPE, SAMPLE, SILU_MUL,
+    Kernel, ADD_ASSIGN, ADD_POSITIONS, ADVANCE, ARGMAX, EMBED, GELU, GELU_MUL, LAYERNORM, RMSNORM, ROPE, SAMPLE, SILU,
+    SILU_MUL,
 };
 use crate::backend::gpu::weights::GpuMatrix;
 use crate::error::{Error, Result};
@@ -151,6 +152,65 @@ pub async fn glu(
     };
     let res = [step.binding(), gu.binding(), gu.binding(), out.binding()];
     dispatch(ctx, kernel, &[], &[len, rows, stride, up], &res, rows_grid(len, rows)).await
+}
+
+/// `out = act(out)` in place over `rows` rows of `len` (`rows == 0`: the chunk's `n` rows).
+pub async fn activation(
+    ctx: &GpuContext,
+    act: Activation,
+    len: u32,
+    rows: u32,
+    step: &GpuBuffer,
+    out: &GpuBuffer,
+) -> Result<Dispatch> {
+    let kernel = match act {
+        Activation::Silu => &SILU,
+        Activation::Gelu => &GELU,
+    };
+    dispatch(ctx, kernel, &[], &[len, rows, 0, 0], &[step.binding(), out.binding()], rows_grid(len, rows)).await
+}
+
+/// A LayerNorm's weight and optional bias (`cols` f32 each) at byte offsets of their regions.
+pub struct LayerNormWeights<'a> {
+    pub weight: (Region<'a>, u64),
+    pub bias: Option<(Region<'a>, u64)>,
+    pub eps: f32,
+}
+
+/// LayerNorm of each of the chunk's token rows of `x` (`cols` values, rows `x_stride` apart) into `y` (rows
+/// `y_stride` apart).
+#[allow(clippy::too_many_arguments)]
+pub async fn layernorm(
+    ctx: &GpuContext,
+    cols: u32,
+    x_stride: u32,
+    y_stride: u32,
+    w: &LayerNormWeights<'_>,
+    step: &GpuBuffer,
+    x: &GpuBuffer,
+    y: &GpuBuffer,
+) -> Result<Dispatch> {
+    let (wr, w_at) = (&w.weight.0, w.weight.1);
+    // Without a bias, the weight is bound in its place (the kernel does not read it).
+    let (br, b_at) = w.bias.as_ref().map_or((wr, w_at), |(r, at)| (r, *at));
+    let p = [cols, x_stride, y_stride, wr.word(w_at), br.word(b_at), w.eps.to_bits(), 0, 0];
+    let constants = [("HAS_BIAS", w.bias.is_some() as u32 as f64)];
+    let res = [step.binding(), wr.binding(), br.binding(), x.binding(), y.binding()];
+    dispatch(ctx, &LAYERNORM, &constants, &p, &res, Grid::TokensY { x: 1 }).await
+}
+
+/// `x[t] += table[pos(t)]` for the chunk's token rows of `cols` values at their positions (one sequence's or,
+/// paged, each row's own: shaders/pages.wgsl); `table` is `[positions, cols]` f32.
+pub async fn add_positions(
+    ctx: &GpuContext,
+    cols: u32,
+    step: &GpuBuffer,
+    table: &GpuBuffer,
+    x: &GpuBuffer,
+    seqmap: &GpuBuffer,
+) -> Result<Dispatch> {
+    let res = [step.binding(), table.binding(), x.binding(), seqmap.binding()];
+    dispatch(ctx, &ADD_POSITIONS, &[], &[cols, 0, 0, 0], &res, Grid::TokensY { x: cols.div_ceil(64) }).await
 }
 
 fn rows_grid(len: u32, rows: u32) -> Grid {
