@@ -226,3 +226,38 @@ fn gpu_engine_matches_transformers() {
         assert!(d <= F32_TOL as f32, "batched row {s} ({:?}): {d}", c["prompt"]);
     }
 }
+
+/// A GPT-2 directory omex cannot run exactly is refused at conversion, naming the file and the field; so is one
+/// whose position table does not match `n_positions`.
+#[test]
+fn unsupported_gpt2_configs_are_refused_clearly() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gpt2-bad-{}", std::process::id()));
+    let config: Value = serde_json::from_slice(&std::fs::read(fixture().join("config.json")).unwrap()).unwrap();
+    let cases: [(&str, Value, &str); 3] = [
+        ("activation_function", "relu".into(), "activation_function \"relu\""),
+        ("scale_attn_by_inverse_layer_idx", true.into(), "scale_attn_by_inverse_layer_idx"),
+        ("n_positions", 64.into(), "position_embd"),
+    ];
+    for (key, value, says) in cases {
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(fixture().join(f), tmp.join(f)).unwrap();
+        }
+        let mut c = config.clone();
+        c[key] = value;
+        std::fs::write(tmp.join("config.json"), c.to_string()).unwrap();
+        let out = Command::new(common::omex_bin())
+            .arg("convert")
+            .arg(&tmp)
+            .arg("-o")
+            .arg(tmp.join("out.omex"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{key}: {err}");
+        assert!(err.contains(says), "{key}: {err}");
+        assert!(!tmp.join("out.omex").exists(), "{key}: a half-written model was left");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
