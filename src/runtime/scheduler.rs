@@ -274,11 +274,14 @@ impl Scheduler {
         if let Err(e) = req.sampler.check() {
             return refuse(SubmitError::Invalid(e));
         }
-        if self.metrics.queued.load(Ordering::SeqCst) as usize >= self.queue {
+        // Check and count in one step: two callers at once cannot both take the last place.
+        let queue = self.queue as u64;
+        let taken =
+            self.metrics.queued.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| (q < queue).then_some(q + 1));
+        if taken.is_err() {
             return refuse(SubmitError::QueueFull(self.queue));
         }
         let (tx, rx) = mpsc::unbounded();
-        self.metrics.queued.fetch_add(1, Ordering::SeqCst);
         let sent = self.tx.lock().expect("scheduler sender").send(Msg::Submit(Box::new(Pending {
             req,
             tx,
@@ -630,10 +633,11 @@ impl<'t> Loop<'t> {
         }
         s.tokens.push(id);
         self.m.completion_tokens.fetch_add(1, Ordering::Relaxed);
+        let checked = s.text.len();
         if let Some(piece) = s.decoder.push(id) {
             s.text.push_str(&piece);
         }
-        if let Some(at) = find_stop(&s.text, &s.req.stop) {
+        if let Some(at) = find_stop(&s.text, &s.req.stop, checked) {
             s.text.truncate(at);
             if s.sent < at {
                 let _ = s.tx.unbounded_send(Event::Text(s.text[s.sent..at].to_string()));

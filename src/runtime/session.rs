@@ -188,10 +188,11 @@ impl Session {
                 break StopReason::EndOfSequence;
             }
             out_ids.push(id);
+            let checked = text.len();
             if let Some(piece) = stream.push(id) {
                 text.push_str(&piece);
             }
-            if let Some(at) = find_stop(&text, &opts.stop_strings) {
+            if let Some(at) = find_stop(&text, &opts.stop_strings, checked) {
                 text.truncate(at);
                 emitted = emitted.min(at);
                 on_text(&text[emitted..]);
@@ -246,8 +247,16 @@ impl Session {
     }
 }
 
-pub(super) fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+/// Where the first stop string starts in `text`, given that `text[..checked]` was searched before (and held
+/// none): only the part a new match can touch is searched, so a long generation is not rescanned per token.
+pub(super) fn find_stop(text: &str, stops: &[String], checked: usize) -> Option<usize> {
+    let longest = stops.iter().map(String::len).max().unwrap_or(0);
+    let mut from = checked.min(text.len()).saturating_sub(longest.saturating_sub(1));
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    let tail = &text[from..];
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| tail.find(s.as_str())).min().map(|at| from + at)
 }
 
 /// The length of `text` that cannot be the start of a stop string still being generated.
@@ -362,8 +371,15 @@ mod tests {
         let stops = vec!["\nUser:".to_string()];
         assert_eq!(safe_prefix_len("hello\nUs", &stops), 5);
         assert_eq!(safe_prefix_len("hello", &stops), 5);
-        assert_eq!(find_stop("a\nUser: b", &stops), Some(1));
-        assert_eq!(find_stop("abc", &stops), None);
+        assert_eq!(find_stop("a\nUser: b", &stops, 0), Some(1));
+        assert_eq!(find_stop("abc", &stops, 0), None);
+        // Only what a new match can touch is searched: a stop ending in the new text is found, one wholly
+        // inside the checked part is not looked for again.
+        assert_eq!(find_stop("a\nUser: b", &stops, 6), Some(1));
+        assert_eq!(find_stop("a\nUser: b", &stops, 8), None);
+        let stops = vec!["é!".to_string(), "xyz".to_string()];
+        assert_eq!(find_stop("ééé!", &stops, 5), Some(4));
+        assert_eq!(find_stop("ééé!", &stops, 6), Some(4));
     }
 
     #[test]
