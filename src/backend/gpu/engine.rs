@@ -569,8 +569,20 @@ impl GpuEngine {
     pub async fn forward_batch_async(&mut self, seqs: &[SeqChunk<'_>]) -> Result<Vec<f32>> {
         let kv = self.kv_layout();
         crate::backend::check_batch(seqs, kv, self.cfg.vocab_size, self.opts.context_length)?;
-        let row_bytes = 4 * self.cfg.vocab_size as u64;
-        let mut rows: Vec<Option<Vec<f32>>> = vec![None; seqs.len()];
+        let (vocab, row_bytes) = (self.cfg.vocab_size as usize, 4 * self.cfg.vocab_size as u64);
+        // Each chunk that asks for logits has its row of `out`, in order; rows are read back straight into it.
+        let mut slot = vec![None; seqs.len()];
+        let mut wanted = 0;
+        for i in (0..seqs.len()).filter(|&i| seqs[i].logits) {
+            slot[i] = Some(wanted);
+            wanted += 1;
+        }
+        let mut out = vec![0f32; wanted * vocab];
+        let mut put = |i: usize, row: &[f32]| {
+            if let Some(k) = slot[i] {
+                out[k * vocab..(k + 1) * vocab].copy_from_slice(row);
+            }
+        };
         let singles: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].ids.len() == 1).collect();
         let per = self.opts.max_seqs.max(1).min(self.logit_rows).min(self.max_batch) as usize;
         for group in singles.chunks(per) {
@@ -593,8 +605,8 @@ impl GpuEngine {
             self.submit_forward(n, blocks, head, Some((&self.bufs.logits, n as u64 * row_bytes)));
             let data = self.read_back(n as u64 * row_bytes).await?;
             let logits: &[f32] = bytemuck::cast_slice(&data);
-            for (&i, row) in group.iter().zip(logits.chunks_exact(self.cfg.vocab_size as usize)) {
-                rows[i] = Some(row.to_vec());
+            for (&i, row) in group.iter().zip(logits.chunks_exact(vocab)) {
+                put(i, row);
             }
         }
         for (i, s) in seqs.iter().enumerate().filter(|(_, s)| s.ids.len() > 1) {
@@ -607,13 +619,13 @@ impl GpuEngine {
                 true => {
                     self.submit_forward(n, blocks, &self.plan.head_last, Some((&self.bufs.logits, row_bytes)));
                     let data = self.read_back(row_bytes).await?;
-                    rows[i] = Some(bytemuck::cast_slice(&data).to_vec());
+                    put(i, bytemuck::cast_slice(&data));
                 }
                 false => self.submit_forward(n, blocks, &[], None),
             }
         }
         self.ctx.gpu.check()?;
-        Ok(seqs.iter().zip(rows).filter(|(s, _)| s.logits).flat_map(|(_, r)| r.expect("every chunk ran")).collect())
+        Ok(out)
     }
 
     /// Writes a paged chunk's token ids (or their embedding rows), its seqmap and its step.
