@@ -6,7 +6,7 @@
 //! projections as `Conv1D` (`[in, out]`, q, k and v in one tensor): they are taken apart and transposed into
 //! omex's `[out, in]` matrices ([`Loc::Conv1d`]).
 
-use super::safetensors::Checkpoint;
+use super::safetensors::{Checkpoint, StTensor};
 use super::{dims_u32, Loc, SourceModel, SourceTensor, Store, TokenizerSource};
 use crate::error::{Error, Result};
 use crate::graph::{Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer};
@@ -176,14 +176,7 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
         if omex == "output" && tie {
             continue;
         }
-        let ty = st.ggml_type().ok_or_else(|| {
-            Error::Unsupported(format!(
-                "{}: tensor {name:?} has dtype {} (omex converts F32, F16 and BF16)",
-                file.path.display(),
-                st.dtype
-            ))
-        })?;
-        let shape = dims_u32(&file.path, name, &st.shape)?;
+        let (ty, shape) = type_and_shape(&file.path, name, st)?;
         tensors.push(SourceTensor {
             name: omex,
             shape,
@@ -225,6 +218,18 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
     };
     transformer.check().map_err(|e| Error::invalid(&cfg_path, e))?;
     Ok(source_model(dir, &cfg, ckpt, transformer, tensors, warnings))
+}
+
+/// A checkpoint tensor's type (F32, F16 or BF16) and its shape in u32s, or an error naming the file and tensor.
+fn type_and_shape(path: &Path, name: &str, st: &StTensor) -> Result<(crate::quant::GgmlType, Vec<u32>)> {
+    let ty = st.ggml_type().ok_or_else(|| {
+        Error::Unsupported(format!(
+            "{}: tensor {name:?} has dtype {} (omex converts F32, F16 and BF16)",
+            path.display(),
+            st.dtype
+        ))
+    })?;
+    Ok((ty, dims_u32(path, name, &st.shape)?))
 }
 
 fn source_model(
@@ -333,14 +338,7 @@ fn open_gpt2(dir: &Path, cfg: &Config) -> Result<SourceModel> {
         let place = gpt2_place(name, n_layers).map_err(|()| {
             Error::Unsupported(format!("{}: tensor {name:?} is not part of a GPT-2 model", file.path.display()))
         })?;
-        let ty = st.ggml_type().ok_or_else(|| {
-            Error::Unsupported(format!(
-                "{}: tensor {name:?} has dtype {} (omex converts F32, F16 and BF16)",
-                file.path.display(),
-                st.dtype
-            ))
-        })?;
-        let shape = dims_u32(&file.path, name, &st.shape)?;
+        let (ty, shape) = type_and_shape(&file.path, name, st)?;
         let source = |omex: String, shape: Vec<u32>, loc: Loc| SourceTensor {
             name: omex,
             shape,

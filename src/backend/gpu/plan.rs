@@ -718,15 +718,12 @@ impl Plan {
             Some(bias) if p.final_norm.bias.as_deref() == Some(name) => bias,
             _ => &w.output_norm,
         });
-        for (i, (m, row0, piece)) in w.head.iter().enumerate() {
-            // A LayerNorm runs once, before the first piece; the pieces after it read its output.
-            let (mut last, mut all) = (Vec::new(), Vec::new());
-            let (on, x) = final_norm.lower(ctx, b, &b.x, p.hidden, &mut last).await?;
-            final_norm.lower(ctx, b, &b.x, p.hidden, &mut all).await?;
-            if i > 0 {
-                last.clear();
-                all.clear();
-            }
+        // A LayerNorm runs once, before the first piece (in each list); every piece reads its output.
+        let (mut norm_last, mut norm_all) = (Vec::new(), Vec::new());
+        let (on, x) = final_norm.lower(ctx, b, &b.x, p.hidden, &mut norm_last).await?;
+        final_norm.lower(ctx, b, &b.x, p.hidden, &mut norm_all).await?;
+        for (m, row0, piece) in &w.head {
+            let (mut last, mut all) = (std::mem::take(&mut norm_last), std::mem::take(&mut norm_all));
             let part = [(m, *row0, None)];
             last.extend(products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, 0, true, mv).await?);
             all.extend(
