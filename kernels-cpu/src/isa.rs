@@ -2,8 +2,8 @@
 //! forceable per call (every kernel has a `*_with(isa, ..)` form) so that tests can run each variant.
 //!
 //! Kernels written here: `Portable` (plain Rust, any target) and `Avx2` (AVX2 + FMA + F16C, x86-64).
-//! `Avx512` and `Avx512Vnni` are detected and reported, but run the AVX2 kernels (no AVX-512 machine was at
-//! hand to test 512-bit kernels on). `Neon` is detected on aarch64 and runs NEON q8 kernels (integer-dot matvec/matmul); its other kernels
+//! `Avx512Vnni` runs 512-bit `vpdpbusd` kernels for the q8 products over raw GGUF blocks and the AVX2 kernels
+//! for the rest; `Avx512` runs the AVX2 kernels. `Neon` is detected on aarch64 and runs NEON q8 kernels (integer-dot matvec/matmul); its other kernels
 //! are the portable ones.
 //! AMX is never selected: detection alone is not enough for it (it needs an OS permission request), and this
 //! crate does not use it.

@@ -13,12 +13,12 @@ use crate::layout::{Matrix, GROUP};
 use crate::x86::{hsum, load_f32x8, unpack_int4};
 use std::arch::x86_64::*;
 
-const Q4K: u8 = 0;
-const Q5K: u8 = 1;
-const Q6K: u8 = 2;
-const Q5_0: u8 = 3;
-const Q5_1: u8 = 4;
-const Q8_0: u8 = 5;
+pub(super) const Q4K: u8 = 0;
+pub(super) const Q5K: u8 = 1;
+pub(super) const Q6K: u8 = 2;
+pub(super) const Q5_0: u8 = 3;
+pub(super) const Q5_1: u8 = 4;
+pub(super) const Q8_0: u8 = 5;
 
 /// Register block of the matmul: rows x tokens (12 accumulators).
 const MM_R: usize = 4;
@@ -26,7 +26,7 @@ const MM_T: usize = 3;
 /// Register block of the matvec: rows.
 const MV_R: usize = 4;
 
-const fn block_bytes(l: u8) -> usize {
+pub(super) const fn block_bytes(l: u8) -> usize {
     match l {
         Q4K => Q4_K_BYTES,
         Q5K => Q5_K_BYTES,
@@ -38,7 +38,7 @@ const fn block_bytes(l: u8) -> usize {
 }
 
 /// Groups of 32 per block.
-const fn groups_per_block(l: u8) -> usize {
+pub(super) const fn groups_per_block(l: u8) -> usize {
     if l <= Q6K {
         8
     } else {
@@ -57,11 +57,11 @@ const fn has_min(l: u8) -> bool {
 }
 
 /// Raw view of a validated matrix of blocks.
-struct Rows {
-    p: *const u8,
-    row_bytes: usize,
-    gpr: usize,
-    cols: usize,
+pub(super) struct Rows {
+    pub(super) p: *const u8,
+    pub(super) row_bytes: usize,
+    pub(super) gpr: usize,
+    pub(super) cols: usize,
 }
 
 /// The f16 at `p` broadcast to 8 f32 lanes, by F16C (`half` would test for F16C at run time on every call,
@@ -92,7 +92,7 @@ unsafe fn bytes_f32(v: u64) -> __m256 {
 /// AVX2/F16C; `g0 + ng` groups of the row readable; for k-quants `g0 % 8 == 0` and `ng == 8`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn factors<const L: u8>(row: *const u8, g0: usize, ng: usize) -> (__m256, __m256) {
+pub(super) unsafe fn factors<const L: u8>(row: *const u8, g0: usize, ng: usize) -> (__m256, __m256) {
     let bb = block_bytes(L);
     match L {
         Q4K | Q5K => {
@@ -128,7 +128,7 @@ unsafe fn factors<const L: u8>(row: *const u8, g0: usize, ng: usize) -> (__m256,
 /// AVX2.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn fifth_bits(qh: u32) -> __m256i {
+pub(super) unsafe fn fifth_bits(qh: u32) -> __m256i {
     // Byte v takes byte v / 8 of qh (the shuffle stays inside each 128-bit half, and both halves hold qh).
     let idx = _mm256_setr_epi8(
         0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
@@ -146,7 +146,10 @@ unsafe fn fifth_bits(qh: u32) -> __m256i {
 /// AVX2; the block readable.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn group<const L: u8, const J: usize>(blk: *const u8, q6: &[__m256i; 2]) -> (__m256i, __m256i, __m256i) {
+pub(super) unsafe fn group<const L: u8, const J: usize>(
+    blk: *const u8,
+    q6: &[__m256i; 2],
+) -> (__m256i, __m256i, __m256i) {
     let ones = _mm256_set1_epi16(1);
     let m0f = _mm256_set1_epi8(0x0F);
     let load = |at: usize| _mm256_loadu_si256(blk.add(at) as *const __m256i);

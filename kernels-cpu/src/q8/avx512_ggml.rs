@@ -1,0 +1,285 @@
+//! AVX-512 VNNI q8 matmul over raw GGUF blocks: a tile's weight rows are unpacked once into 16-row panels of
+//! bytes, then every token of the tile runs `vpdpbusd` against them with one i32 lane per weight row.
+//!
+//! The per-row kernels of [`super::avx2_ggml`] spend four vector ops per group of 32 per (row, token) (two
+//! integer steps, a conversion and an FMA by that group's scale). Here a register holds four quants of each of
+//! 16 rows, and four bytes of one token's activations are broadcast to all lanes, so one `vpdpbusd` is 64
+//! multiply-adds with nothing to reduce across lanes: a group of 32 is 8 of them per (16 rows, token), then one
+//! conversion and two FMAs by per-row factors (`a d_x`, and the min term `b' s_x`). The unpacking is paid once
+//! per tile and reused for all its tokens (up to [`crate::par::MAX_TILE_TOKENS`]), which is why this is only
+//! the matmul: a matvec reads each weight once and stays with the AVX2 kernels.
+//!
+//! Quants go unsigned (`vpdpbusd` multiplies u8 by i8), as `u = q + o`: `w = a (u - o) + b` so a group's dot is
+//! `a d_x sum(u q_x) + (b - a o) s_x`, with `o` = 128 for Q8_0 and 16 for Q5_0 (folded into `b` by
+//! [`factors`]) and 0 for the rest. Q6_K's scales are per 16 values, so its quants go as `q + 32` with the
+//! offset taken back in integers, `32 sum(q_x)` per 16 activations, computed once per tile.
+
+use super::avx2_ggml::{factors, group, Rows, Q4K, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
+use super::Q8Activations;
+use crate::ggml::{GgmlBlock, Q6_K_BYTES};
+use crate::layout::{Matrix, GROUP};
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// Weight rows per panel: one per i32 lane of a 512-bit register.
+const PANEL: usize = 16;
+/// Tokens per register block (two accumulators each: the group's i32 sums and the f32 result).
+const TOKENS: usize = 8;
+
+/// One thread's unpacked tile.
+#[derive(Default)]
+struct Scratch {
+    /// `[panel][group][step 0..8][row 0..16][4]` unsigned quants.
+    quants: Vec<u8>,
+    /// `[panel][scale][row]` the factor `a` of each group (Q6_K: of each 16 values).
+    a: Vec<f32>,
+    /// `[panel][group][row]` the min term `b - a o` (not Q6_K).
+    b: Vec<f32>,
+    /// `[token][16 values]` `32 sum(q_x)` of the tile's tokens (Q6_K only).
+    x32: Vec<i32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Scale factors per row of each type: Q6_K has two per group.
+const fn scales_per_group(l: u8) -> usize {
+    if l == Q6K {
+        2
+    } else {
+        1
+    }
+}
+
+/// Group `j` (`0..8` within its block for k-quants, 0 for small blocks) of the block at `blk` as 32 unsigned
+/// quants `q + o`.
+///
+/// # Safety
+/// AVX2; the block readable.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack<const L: u8>(blk: *const u8, j: usize) -> __m256i {
+    let none = [_mm256_setzero_si256(); 2];
+    let (u, signed, _) = match j {
+        0 => group::<L, 0>(blk, &none),
+        1 => group::<L, 1>(blk, &none),
+        2 => group::<L, 2>(blk, &none),
+        3 => group::<L, 3>(blk, &none),
+        4 => group::<L, 4>(blk, &none),
+        5 => group::<L, 5>(blk, &none),
+        6 => group::<L, 6>(blk, &none),
+        _ => group::<L, 7>(blk, &none),
+    };
+    match L {
+        // q + 128: flipping an i8's sign bit adds 128 to it read as u8.
+        Q8_0 => _mm256_xor_si256(signed, _mm256_set1_epi8(i8::MIN)),
+        Q6K => _mm256_add_epi8(signed, _mm256_set1_epi8(32)),
+        _ => u,
+    }
+}
+
+/// Unpacks rows `r0..r0 + nr` of `w` into `s` (rows past `nr` in the last panel are zero: they add nothing).
+///
+/// # Safety
+/// AVX-512 VNNI; `w` views a validated matrix with at least `r0 + nr` rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn unpack_tile<const L: u8>(w: &Rows, r0: usize, nr: usize, s: &mut Scratch) {
+    let gpr = w.gpr;
+    let panels = nr.div_ceil(PANEL);
+    let spg = scales_per_group(L);
+    s.quants.clear();
+    s.quants.resize(panels * gpr * 8 * PANEL * 4, 0);
+    s.a.clear();
+    s.a.resize(panels * gpr * spg * PANEL, 0.0);
+    s.b.clear();
+    s.b.resize(panels * gpr * PANEL, 0.0);
+    let bb = super::avx2_ggml::block_bytes(L);
+    let gpb = super::avx2_ggml::groups_per_block(L);
+    for i in 0..nr {
+        let (p, lane) = (i / PANEL, i % PANEL);
+        let row = w.p.add((r0 + i) * w.row_bytes);
+        let mut g0 = 0;
+        while g0 < gpr {
+            let ng = (gpr - g0).min(8);
+            let (a, b) = factors::<L>(row, g0, ng);
+            let b = if L == Q8_0 { _mm256_mul_ps(a, _mm256_set1_ps(-128.0)) } else { b };
+            let (mut av, mut bv) = ([0f32; 8], [0f32; 8]);
+            _mm256_storeu_ps(av.as_mut_ptr(), a);
+            _mm256_storeu_ps(bv.as_mut_ptr(), b);
+            for k in 0..ng {
+                let g = g0 + k;
+                let blk = row.add(g / gpb * bb);
+                let mut q = [0u8; 32];
+                _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, unpack::<L>(blk, g % gpb));
+                let at = (p * gpr + g) * 8 * PANEL * 4 + 4 * lane;
+                for step in 0..8 {
+                    s.quants[at + step * PANEL * 4..][..4].copy_from_slice(&q[4 * step..4 * step + 4]);
+                }
+                if L == Q6K {
+                    // d times the i8 scale of each 16 values (sub-blocks 2j and 2j + 1 of the block).
+                    let d = half::f16::from_le_bytes([*blk.add(Q6_K_BYTES - 2), *blk.add(Q6_K_BYTES - 1)]).to_f32();
+                    for h in 0..2 {
+                        let sc = *blk.add(192 + 2 * (g % 8) + h) as i8;
+                        s.a[((p * gpr + g) * 2 + h) * PANEL + lane] = d * sc as f32;
+                    }
+                } else {
+                    s.a[(p * gpr + g) * PANEL + lane] = av[k];
+                    s.b[(p * gpr + g) * PANEL + lane] = bv[k];
+                }
+            }
+            g0 += ng;
+        }
+    }
+}
+
+/// `32 sum(q_x)` of every 16 activations of tokens `t0..t0 + nt`.
+fn x_sums(xq: &Q8Activations, t0: usize, nt: usize, out: &mut Vec<i32>) {
+    let cols = xq.cols;
+    out.clear();
+    out.extend(
+        xq.qs[t0 * cols..(t0 + nt) * cols].chunks_exact(16).map(|c| 32 * c.iter().map(|&v| v as i32).sum::<i32>()),
+    );
+}
+
+/// Panel `p` of the unpacked tile against tokens `t..t + T` of `xq` (`xt` is the tile's first token, for
+/// `x32`): 16 rows' dot products per token.
+///
+/// # Safety
+/// AVX-512 VNNI; `s` holds a tile unpacked from a matrix of `w.cols` columns with at least `p + 1` panels;
+/// `xq` has at least `t + T` rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn panel<const L: u8, const T: usize>(
+    w: &Rows,
+    s: &Scratch,
+    p: usize,
+    xq: &Q8Activations,
+    t: usize,
+    xt: usize,
+) -> [__m512; T] {
+    let gpr = w.gpr;
+    let mut acc = [_mm512_setzero_ps(); T];
+    let quants = s.quants.as_ptr().add(p * gpr * 8 * PANEL * 4);
+    let x = |j: usize| xq.qs.as_ptr().add((t + j) * w.cols);
+    for g in 0..gpr {
+        let q = quants.add(g * 8 * PANEL * 4);
+        // Broadcast four activation bytes of token j to every lane.
+        let xb = |j: usize, step: usize| {
+            _mm512_set1_epi32(std::ptr::read_unaligned(x(j).add(g * GROUP + 4 * step) as *const i32))
+        };
+        let dx = |j: usize| _mm512_set1_ps(*xq.d.get_unchecked((t + j) * gpr + g));
+        if L == Q6K {
+            for h in 0..2 {
+                let mut isum = [_mm512_setzero_si512(); T];
+                for step in 4 * h..4 * h + 4 {
+                    let wq = _mm512_loadu_si512(q.add(step * PANEL * 4) as *const _);
+                    for j in 0..T {
+                        isum[j] = _mm512_dpbusd_epi32(isum[j], wq, xb(j, step));
+                    }
+                }
+                let a = _mm512_loadu_ps(s.a.as_ptr().add(((p * gpr + g) * 2 + h) * PANEL));
+                for j in 0..T {
+                    let x32 = *s.x32.get_unchecked((t + j - xt) * (w.cols / 16) + 2 * g + h);
+                    let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(isum[j], _mm512_set1_epi32(x32)));
+                    acc[j] = _mm512_fmadd_ps(v, _mm512_mul_ps(a, dx(j)), acc[j]);
+                }
+            }
+        } else {
+            let mut isum = [_mm512_setzero_si512(); T];
+            for step in 0..8 {
+                let wq = _mm512_loadu_si512(q.add(step * PANEL * 4) as *const _);
+                for j in 0..T {
+                    isum[j] = _mm512_dpbusd_epi32(isum[j], wq, xb(j, step));
+                }
+            }
+            let a = _mm512_loadu_ps(s.a.as_ptr().add((p * gpr + g) * PANEL));
+            let b = _mm512_loadu_ps(s.b.as_ptr().add((p * gpr + g) * PANEL));
+            for j in 0..T {
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(a, dx(j)), acc[j]);
+                let sx = _mm512_set1_ps(*xq.s.get_unchecked((t + j) * gpr + g));
+                acc[j] = _mm512_fmadd_ps(b, sx, acc[j]);
+            }
+        }
+    }
+    acc
+}
+
+/// Panel `p` against tokens `t..t + T`, stored into `outs` (rows `16p..` of the tile, at most `nr`).
+///
+/// # Safety
+/// As [`panel`], with `outs[t - t0 + j]` holding the tile's `nr` rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run<const L: u8, const T: usize>(
+    w: &Rows,
+    s: &Scratch,
+    p: usize,
+    xq: &Q8Activations,
+    t: usize,
+    t0: usize,
+    nr: usize,
+    outs: &mut [&mut [f32]],
+) {
+    let acc = panel::<L, T>(w, s, p, xq, t, t0);
+    let rows = (nr - p * PANEL).min(PANEL);
+    let mask: __mmask16 = if rows == PANEL { !0 } else { (1u16 << rows) - 1 };
+    for (j, v) in acc.iter().enumerate() {
+        let out = &mut outs[t - t0 + j][p * PANEL..p * PANEL + rows];
+        _mm512_mask_storeu_ps(out.as_mut_ptr(), mask, *v);
+    }
+}
+
+/// `outs[j][i] = W[r0 + i] . x[t0 + j]` for a matrix of raw GGUF blocks.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/DQ/VNNI and AVX2/FMA/F16C; `m` validated and of a raw GGUF layout; `r0 + outs[j].len() <=
+/// m.rows` for every `j` (all equally long) and `t0 + outs.len() <= xq.n()`; `xq.cols() == m.cols`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn tile(m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    let nt = outs.len();
+    let nr = outs.first().map_or(0, |o| o.len());
+    assert!(outs.iter().all(|o| o.len() == nr) && r0 + nr <= m.rows && t0 + nt <= xq.n && xq.cols == m.cols);
+    if nr == 0 {
+        return;
+    }
+    let (kind, bytes) = m.w.as_ggml().expect("a raw GGUF layout");
+    let w = Rows { p: bytes.as_ptr(), row_bytes: kind.bytes_for(m.cols), gpr: m.cols / GROUP, cols: m.cols };
+    match kind {
+        GgmlBlock::Q4K => tile_l::<Q4K>(&w, xq, r0, t0, outs),
+        GgmlBlock::Q5K => tile_l::<Q5K>(&w, xq, r0, t0, outs),
+        GgmlBlock::Q6K => tile_l::<Q6K>(&w, xq, r0, t0, outs),
+        GgmlBlock::Q5_0 => tile_l::<Q5_0>(&w, xq, r0, t0, outs),
+        GgmlBlock::Q5_1 => tile_l::<Q5_1>(&w, xq, r0, t0, outs),
+        GgmlBlock::Q8_0 => tile_l::<Q8_0>(&w, xq, r0, t0, outs),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_l<const L: u8>(w: &Rows, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    let nt = outs.len();
+    let nr = outs[0].len();
+    SCRATCH.with(|cell| {
+        let s = &mut *cell.borrow_mut();
+        unpack_tile::<L>(w, r0, nr, s);
+        if L == Q6K {
+            x_sums(xq, t0, nt, &mut s.x32);
+        }
+        for p in 0..nr.div_ceil(PANEL) {
+            let mut t = t0;
+            while t < t0 + nt {
+                let tt = (t0 + nt - t).min(TOKENS);
+                match tt {
+                    8 => run::<L, 8>(w, s, p, xq, t, t0, nr, outs),
+                    7 => run::<L, 7>(w, s, p, xq, t, t0, nr, outs),
+                    6 => run::<L, 6>(w, s, p, xq, t, t0, nr, outs),
+                    5 => run::<L, 5>(w, s, p, xq, t, t0, nr, outs),
+                    4 => run::<L, 4>(w, s, p, xq, t, t0, nr, outs),
+                    3 => run::<L, 3>(w, s, p, xq, t, t0, nr, outs),
+                    2 => run::<L, 2>(w, s, p, xq, t, t0, nr, outs),
+                    _ => run::<L, 1>(w, s, p, xq, t, t0, nr, outs),
+                }
+                t += tt;
+            }
+        }
+    });
+}
