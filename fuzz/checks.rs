@@ -59,7 +59,12 @@ pub fn assert_checked(t: &Transformer) {
     }
     assert_eq!(t.n_heads % t.n_kv_heads, 0, "heads not a multiple of KV heads");
     assert_eq!(t.head_dim % 2, 0, "odd head dim");
-    assert!(t.rope.dims % 2 == 0 && t.rope.dims <= t.head_dim, "rope dims {} head dim {}", t.rope.dims, t.head_dim);
+    assert!(
+        t.rope.dims.is_multiple_of(2) && t.rope.dims <= t.head_dim,
+        "rope dims {} head dim {}",
+        t.rope.dims,
+        t.head_dim
+    );
 
     // Derived sizes: u32 shapes (expected_tensors multiplies in u32), u64 byte counts.
     let mut total = 0u64;

@@ -174,7 +174,7 @@ fn hf_model(tmp: &Path, name: &str, arch: &str, tied: bool, shards: usize) -> Hf
     let mut values = Vec::new();
     let mut add = |hf: String, omex: String, shape: Vec<u64>, rng: &mut Rng| {
         let n = shape.iter().product::<u64>() as usize;
-        let (v, bytes, dtype) = if tensors.len() % 2 == 0 {
+        let (v, bytes, dtype) = if tensors.len().is_multiple_of(2) {
             let v = rng.f32s(n, 0.3);
             let b = f32_bytes(&v);
             (v, b, "F32")

@@ -127,7 +127,7 @@ pub fn k_scales(s: &[u8]) -> (u64, u64) {
 /// If `out.len()` is not a whole number of blocks or `bytes` is not exactly their size.
 pub fn dequantize_row(kind: GgmlBlock, bytes: &[u8], out: &mut [f32]) {
     let (bv, bb) = (kind.block_values(), kind.block_bytes());
-    assert!(out.len() % bv == 0, "{kind}: {} values are not whole blocks of {bv}", out.len());
+    assert!(out.len().is_multiple_of(bv), "{kind}: {} values are not whole blocks of {bv}", out.len());
     assert_eq!(bytes.len(), out.len() / bv * bb, "{kind}: {} bytes do not hold {} values", bytes.len(), out.len());
     dequantize_blocks(kind, bytes, out)
 }

@@ -135,7 +135,7 @@ impl<'a> Matrix<'a> {
         let groups = n / GROUP;
         if let Some((kind, bytes)) = w.as_ggml() {
             let bv = kind.block_values();
-            if cols % bv != 0 {
+            if !cols.is_multiple_of(bv) {
                 return Err(LayoutError(format!("{kind} matrix needs cols % {bv} == 0, got {cols}")));
             }
             let want = (n / bv)
@@ -150,7 +150,7 @@ impl<'a> Matrix<'a> {
             return Ok(Matrix { rows, cols, w });
         }
         let quantized = !matches!(w, Weights::F32(_) | Weights::F16(_));
-        if quantized && cols % GROUP != 0 {
+        if quantized && !cols.is_multiple_of(GROUP) {
             return Err(LayoutError(format!("quantized matrix needs cols % {GROUP} == 0, got {cols}")));
         }
         let check = |what: &str, got: usize, want: usize| {

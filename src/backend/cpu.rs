@@ -488,7 +488,7 @@ struct Linear<'a> {
 impl<'a> Linear<'a> {
     fn prepare(act: Activations, x: &'a [f32], n: usize, xq: &mut Q8Activations) -> Linear<'a> {
         let width = x.len() / n.max(1);
-        let int8 = act == Activations::Int8 && width % kernels_cpu::GROUP == 0;
+        let int8 = act == Activations::Int8 && width.is_multiple_of(kernels_cpu::GROUP);
         if int8 {
             xq.quantize_into(x, n);
         }

@@ -214,7 +214,7 @@ impl Record {
                 expected.sections.len()
             ));
         }
-        if self.record_bytes % ALIGN != 0 || self.record_bytes > available {
+        if !self.record_bytes.is_multiple_of(ALIGN) || self.record_bytes > available {
             return Err(format!(
                 "tensor {name}: record length {} is unaligned or runs past the end of the file ({available} bytes left)",
                 self.record_bytes

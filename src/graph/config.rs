@@ -102,7 +102,7 @@ pub struct SlidingWindow {
 impl SlidingWindow {
     /// Whether block `layer` attends locally.
     pub fn is_local(&self, layer: usize) -> bool {
-        (layer + 1) % self.global_every as usize != 0
+        !(layer + 1).is_multiple_of(self.global_every as usize)
     }
 }
 
@@ -488,16 +488,16 @@ impl Transformer {
         if let Some((k, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{k} is 0"));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!("{} attention heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads));
         }
-        if self.rope.dims > self.head_dim || self.rope.dims % 2 != 0 {
+        if self.rope.dims > self.head_dim || !self.rope.dims.is_multiple_of(2) {
             return Err(format!(
                 "rope dims {} must be even and at most the head dim {}",
                 self.rope.dims, self.head_dim
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head dim {} is odd", self.head_dim));
         }
         if let Some(w) = &self.sliding_window {

@@ -49,7 +49,7 @@ pub fn encode(
         (Target::Keep, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q5_0 | GgmlType::Q5_1) => {
             // Blocks never straddle rows when the row is a whole number of blocks; else requantize.
             let cols = *shape.last().expect("2-D") as usize;
-            if cols % ty.block_values() == 0 {
+            if cols.is_multiple_of(ty.block_values()) {
                 return copy(crate::quant::keeping_dtype(ty).expect("a kept GGUF type"));
             }
             note = Some(format!("{cols} columns are not a whole number of {ty} blocks: requantized to int8"));
@@ -62,7 +62,7 @@ pub fn encode(
         (Target::Ternary, _) => DType::Ternary,
     };
     let cols = *shape.last().expect("2-D") as usize;
-    if want.is_quantized() && cols % kernels_cpu::GROUP != 0 {
+    if want.is_quantized() && !cols.is_multiple_of(kernels_cpu::GROUP) {
         note = Some(format!(
             "{cols} columns are not a multiple of {}: stored as f16 instead of {want}",
             kernels_cpu::GROUP

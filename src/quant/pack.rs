@@ -133,7 +133,7 @@ pub fn quantize(values: &[f32], dtype: DType) -> Result<Packed, String> {
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(format!("value {i} is {} (not finite); omex does not quantize NaN or infinity", values[i]));
     }
-    if dtype.is_quantized() && values.len() % GROUP != 0 {
+    if dtype.is_quantized() && !values.len().is_multiple_of(GROUP) {
         return Err(format!("{} values are not a whole number of groups of {GROUP}", values.len()));
     }
     Ok(match dtype {

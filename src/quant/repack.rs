@@ -13,7 +13,7 @@ use crate::format::DType;
 use half::f16;
 
 fn blocks(bytes: &[u8], block: usize) -> Result<std::slice::ChunksExact<'_, u8>, String> {
-    if bytes.len() % block != 0 {
+    if !bytes.len().is_multiple_of(block) {
         return Err(format!("{} bytes are not a whole number of {block}-byte blocks", bytes.len()));
     }
     Ok(bytes.chunks_exact(block))

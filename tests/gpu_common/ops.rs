@@ -503,7 +503,7 @@ impl Ops for Gpu {
             let tiled = self.read(y, c.y0.len());
             // Where the adapter has tensor cores, the cooperative kernel too, from the same initial y: its f16
             // products must agree with the f32 kernel to f16 precision (the test body checks the tiled one).
-            if ctx.gpu.tier.cooperative_matrix && c.mats[0].cols % 32 == 0 && tile == MATMUL_TOKENS {
+            if ctx.gpu.tier.cooperative_matrix && c.mats[0].cols.is_multiple_of(32) && tile == MATMUL_TOKENS {
                 ctx.write(y, 0, bytemuck::cast_slice(&c.y0));
                 let d = pollster::block_on(l.matmul_with(ctx, tile, MatmulKernel::Cooperative)).unwrap();
                 self.run(&[&d], c.n as u32);
@@ -518,7 +518,7 @@ impl Ops for Gpu {
         let mut kernels = vec![MatvecKernel::Generic];
         // The group matvecs read the omex layouts only; GGUF blocks run on the generic one.
         let omex_layout = c.mats[0].matrix().w.as_ggml().is_none();
-        if c.mats[0].cols % 32 == 0 && omex_layout {
+        if c.mats[0].cols.is_multiple_of(32) && omex_layout {
             kernels.push(MatvecKernel::Groups);
             if ctx.gpu.tier.subgroups {
                 kernels.push(MatvecKernel::GroupsSubgroup);

@@ -144,13 +144,16 @@ pub fn attention_paged_with<E: KvElem>(
     isa.check();
     assert!(window != Some(0), "attention: a window of 0 positions");
     assert!(head_dim > 0 && n_kv_heads > 0, "attention: head_dim and n_kv_heads must be positive");
-    assert!(n_heads % n_kv_heads == 0, "attention: n_heads = {n_heads} not a multiple of n_kv_heads = {n_kv_heads}");
+    assert!(
+        n_heads.is_multiple_of(n_kv_heads),
+        "attention: n_heads = {n_heads} not a multiple of n_kv_heads = {n_kv_heads}"
+    );
     let qw = n_heads * head_dim;
     let kvw = n_kv_heads * head_dim;
     assert_eq!(q.len(), n_q * qw, "attention: q has {} values, needs n_q * n_heads * head_dim", q.len());
     assert_eq!(out.len(), n_q * qw, "attention: out has {} values, needs n_q * n_heads * head_dim", out.len());
     assert_eq!(k.len(), v.len(), "attention: K and V caches differ in length");
-    assert!(k.len() % kvw == 0, "attention: cache length {} is not rows of {kvw}", k.len());
+    assert!(k.len().is_multiple_of(kvw), "attention: cache length {} is not rows of {kvw}", k.len());
     match pages {
         None => {
             assert!((pos0 + n_q) * kvw <= k.len(), "attention: positions up to {} are past the cache", pos0 + n_q)

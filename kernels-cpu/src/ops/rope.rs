@@ -31,7 +31,7 @@ pub fn rope_with(
     style: RopeStyle,
 ) {
     isa.check();
-    assert!(head_dim % 2 == 0, "rope: head_dim = {head_dim} must be even");
+    assert!(head_dim.is_multiple_of(2), "rope: head_dim = {head_dim} must be even");
     assert_eq!(x.len(), n_heads * head_dim, "rope: x has {} values, needs n_heads * head_dim", x.len());
     assert_eq!(inv_freq.len(), head_dim / 2, "rope: inv_freq has {} entries, needs head_dim / 2", inv_freq.len());
     let half = head_dim / 2;

@@ -88,9 +88,9 @@ impl Q8Activations {
     /// [`Q8Activations::quantize_into`] with an explicit ISA.
     pub fn quantize_into_with(&mut self, isa: Isa, x: &[f32], n: usize) {
         isa.check();
-        assert!(n > 0 && x.len() % n == 0, "q8: x has {} values, not a multiple of n = {n}", x.len());
+        assert!(n > 0 && x.len().is_multiple_of(n), "q8: x has {} values, not a multiple of n = {n}", x.len());
         let cols = x.len() / n;
-        assert!(cols > 0 && cols % GROUP == 0, "q8: cols = {cols} must be a positive multiple of {GROUP}");
+        assert!(cols > 0 && cols.is_multiple_of(GROUP), "q8: cols = {cols} must be a positive multiple of {GROUP}");
         let groups = x.len() / GROUP;
         self.n = n;
         self.cols = cols;

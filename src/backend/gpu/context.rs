@@ -71,7 +71,7 @@ impl<'a> Region<'a> {
 
     /// Word offset of byte `offset` of the buffer inside this binding.
     pub fn word(&self, offset: u64) -> u32 {
-        debug_assert!(offset >= self.start && offset % 4 == 0 && offset <= self.end);
+        debug_assert!(offset >= self.start && offset.is_multiple_of(4) && offset <= self.end);
         ((offset - self.start) / 4) as u32
     }
 

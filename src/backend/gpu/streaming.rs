@@ -72,7 +72,7 @@ impl RowLayout {
         let mut sections = Vec::new();
         for kind in [SectionKind::Data, SectionKind::Scales, SectionKind::Mins] {
             let Some(s) = entry.section(kind) else { continue };
-            if rows == 0 || s.bytes % rows as u64 != 0 || (s.bytes / rows as u64) % 4 != 0 {
+            if rows == 0 || s.bytes % rows as u64 != 0 || !(s.bytes / rows as u64).is_multiple_of(4) {
                 return Err(Error::Unsupported(format!(
                     "tensor {}: its {kind:?} section ({} bytes) does not split into whole 4-byte rows",
                     entry.name, s.bytes

@@ -12,10 +12,10 @@ pub const MAX_HEAD_DIM: u32 = 256;
 
 fn check(h: Heads) -> Result<()> {
     let rep = h.n_heads / h.n_kv.max(1);
-    if h.n_kv == 0 || h.n_heads % h.n_kv != 0 {
+    if h.n_kv == 0 || !h.n_heads.is_multiple_of(h.n_kv) {
         return Err(Error::Unsupported(format!("{} query heads over {} KV heads", h.n_heads, h.n_kv)));
     }
-    if h.head_dim % 4 != 0 || h.head_dim > MAX_HEAD_DIM || rep * h.head_dim > 1024 || rep > 16 {
+    if !h.head_dim.is_multiple_of(4) || h.head_dim > MAX_HEAD_DIM || rep * h.head_dim > 1024 || rep > 16 {
         return Err(Error::Unsupported(format!(
             "GPU attention: head dim {} with {rep} query heads per KV head (a head dim that is a multiple of 4, at \
              most {MAX_HEAD_DIM}; at most 16 heads and 1024 values per KV head)",

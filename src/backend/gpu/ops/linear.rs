@@ -109,7 +109,7 @@ impl MatvecKernel {
     /// The concrete kernel for a product of `dtype` weights with `cols` columns on an adapter of `tier`, or why
     /// the one asked for cannot run it.
     fn resolve(self, dtype: DType, cols: u32, tier: Tier) -> Result<MatvecKernel> {
-        let grouped = cols % 32 == 0;
+        let grouped = cols.is_multiple_of(32);
         let int8 = grouped && matches!(dtype, DType::Int8 | DType::Int4 | DType::Ternary);
         // GGUF blocks: only the generic matvec decodes them (sixteen values per unit).
         let ggml = dtype.ggml_block().is_some();
@@ -232,8 +232,10 @@ impl<'a> Linear<'a> {
         let tier = ctx.gpu.tier;
         let dtype = self.mats.first().map_or(DType::F32, |m| m.m.dtype);
         // The cooperative matmul has no GGUF block decoders yet: those run on the tiled one.
-        let coop_fits =
-            tier.cooperative_matrix && cols % 32 == 0 && tokens == MATMUL_TOKENS && dtype.ggml_block().is_none();
+        let coop_fits = tier.cooperative_matrix
+            && cols.is_multiple_of(32)
+            && tokens == MATMUL_TOKENS
+            && dtype.ggml_block().is_none();
         let coop = match mm {
             MatmulKernel::Auto => !matvec && coop_fits,
             MatmulKernel::Tiled => false,
@@ -281,7 +283,7 @@ impl<'a> Linear<'a> {
             }
             if !coop {
                 constants.push(("TN", (tokens / 8) as f64));
-                constants.push(("GROUPED", (cols % 32 == 0) as u32 as f64));
+                constants.push(("GROUPED", cols.is_multiple_of(32) as u32 as f64));
             }
         }
         let pipeline = ctx.pipelines.get(kernel, &constants).await?;
