@@ -19,7 +19,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_ggml;
 #[cfg(target_arch = "x86_64")]
-mod avx512_ggml;
+mod avx512;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod portable;
@@ -181,9 +181,10 @@ fn check_shapes(m: &Matrix, xq: &Q8Activations, n: usize, y: &[f32]) {
 /// Computes `outs[j][i] = W[r0 + i] . x[t0 + j]` for a quantized `m`.
 fn tile(isa: Isa, m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]], matvec: bool) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && !matvec && m.w.as_ggml().is_some() {
-        // SAFETY: `isa.check()` ran, so AVX-512 F/BW/VL/DQ/VNNI (and AVX2/FMA/F16C) are present; bounds as below.
-        return unsafe { avx512_ggml::tile(m, xq, r0, t0, outs) };
+    if isa == Isa::Avx512Vnni && !matvec && outs.len() >= avx512::MIN_TOKENS {
+        // SAFETY: `isa.check()` ran, so AVX-512 F/BW/VL/DQ/VNNI (and AVX2/FMA/F16C) are present; `m` is quantized
+        // (float weights returned earlier); bounds as below.
+        return unsafe { avx512::tile(m, xq, r0, t0, outs) };
     }
     #[cfg(target_arch = "x86_64")]
     if isa.uses_avx2() {

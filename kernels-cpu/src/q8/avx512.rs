@@ -1,25 +1,37 @@
-//! AVX-512 VNNI q8 matmul over raw GGUF blocks: a tile's weight rows are unpacked once into 16-row panels of
-//! bytes, then every token of the tile runs `vpdpbusd` against them with one i32 lane per weight row.
+//! AVX-512 VNNI q8 matmul over every quantized layout (raw GGUF blocks, int8, int4, ternary): a tile's weight
+//! rows are unpacked once into 16-row panels of bytes, then every token of the tile runs `vpdpbusd` against them
+//! with one i32 lane per weight row.
 //!
-//! The per-row kernels of [`super::avx2_ggml`] spend four vector ops per group of 32 per (row, token) (two
-//! integer steps, a conversion and an FMA by that group's scale). Here a register holds four quants of each of
-//! 16 rows, and four bytes of one token's activations are broadcast to all lanes, so one `vpdpbusd` is 64
-//! multiply-adds with nothing to reduce across lanes: a group of 32 is 8 of them per (16 rows, token), then one
-//! conversion and two FMAs by per-row factors (`a d_x`, and the min term `b' s_x`). The unpacking is paid once
-//! per tile and reused for all its tokens (up to [`crate::par::MAX_TILE_TOKENS`]), which is why this is only
-//! the matmul: a matvec reads each weight once and stays with the AVX2 kernels.
+//! The per-row AVX2 kernels ([`super::avx2`], [`super::avx2_ggml`]) spend four vector ops per group of 32 per
+//! (row, token): two integer steps, a conversion and an FMA by that group's scale. Here a register holds four
+//! quants of each of 16 rows, and four bytes of one token's activations are broadcast to all lanes, so one
+//! `vpdpbusd` is 64 multiply-adds with nothing to reduce across lanes: a group of 32 is 8 of them per (16 rows,
+//! token), then one conversion and two FMAs by per-row factors (`a d_x`, and the min term `b' s_x`). The
+//! unpacking is paid once per tile and reused for all its tokens (up to [`crate::par::MAX_TILE_TOKENS`]), which
+//! is why this is only the matmul: a matvec reads each weight once and stays with the AVX2 kernels.
 //!
 //! Quants go unsigned (`vpdpbusd` multiplies u8 by i8), as `u = q + o`: `w = a (u - o) + b` so a group's dot is
-//! `a d_x sum(u q_x) + (b - a o) s_x`, with `o` = 128 for Q8_0 and 16 for Q5_0 (folded into `b` by
-//! [`factors`]) and 0 for the rest. Q6_K's scales are per 16 values, so its quants go as `q + 32` with the
-//! offset taken back in integers, `32 sum(q_x)` per 16 activations, computed once per tile.
+//! `a d_x sum(u q_x) + (b - a o) s_x`, with `o` = 128 for Q8_0 and int8, 16 for Q5_0 (folded into `b` by
+//! [`factors`]), 1 for ternary and 0 for the rest. Q6_K's scales are per 16 values, so its quants go as
+//! `q + 32` with the offset taken back in integers, `32 sum(q_x)` per 16 activations, computed once per tile.
 
 use super::avx2_ggml::{factors, group, Rows, Q4K, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
 use super::Q8Activations;
 use crate::ggml::{GgmlBlock, Q6_K_BYTES};
-use crate::layout::{Matrix, GROUP};
+use crate::layout::{Matrix, Weights, GROUP, INT4_GROUP_BYTES, TERNARY_GROUP_BYTES};
+use crate::x86::{unpack_int4, unpack_ternary};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
+
+/// omex's own quantized layouts, after the GGUF ones of [`super::avx2_ggml`]: int8 as `q + 128` with `b = -128
+/// d`, int4 as its nibbles with its min `b = m`, ternary as `q + 1` with `b = -d`.
+const INT8: u8 = 6;
+const INT4: u8 = 7;
+const TERN: u8 = 8;
+
+/// Tokens a tile needs for the unpacking to pay: below, the AVX2 kernels are faster (SmolLM2-135M int4 on 2
+/// threads of the reference machine: 0.9x at 8 tokens, 1.25x at 16, 1.5x at 512).
+pub const MIN_TOKENS: usize = 12;
 
 /// Weight rows per panel: one per i32 lane of a 512-bit register.
 const PANEL: usize = 16;
@@ -84,7 +96,7 @@ unsafe fn unpack<const L: u8>(blk: *const u8, j: usize) -> __m256i {
 /// # Safety
 /// AVX-512 VNNI; `w` views a validated matrix with at least `r0 + nr` rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn unpack_tile<const L: u8>(w: &Rows, r0: usize, nr: usize, s: &mut Scratch) {
+unsafe fn unpack_tile<const L: u8>(m: &Matrix, w: &Rows, r0: usize, nr: usize, s: &mut Scratch) {
     let gpr = w.gpr;
     let panels = nr.div_ceil(PANEL);
     let spg = scales_per_group(L);
@@ -94,6 +106,9 @@ unsafe fn unpack_tile<const L: u8>(w: &Rows, r0: usize, nr: usize, s: &mut Scrat
     s.a.resize(panels * gpr * spg * PANEL, 0.0);
     s.b.clear();
     s.b.resize(panels * gpr * PANEL, 0.0);
+    if L >= INT8 {
+        return unpack_omex::<L>(m, r0, nr, s);
+    }
     let bb = super::avx2_ggml::block_bytes(L);
     let gpb = super::avx2_ggml::groups_per_block(L);
     for i in 0..nr {
@@ -129,6 +144,47 @@ unsafe fn unpack_tile<const L: u8>(w: &Rows, r0: usize, nr: usize, s: &mut Scrat
                 }
             }
             g0 += ng;
+        }
+    }
+}
+
+/// [`unpack_tile`] for omex's int8, int4 and ternary layouts (quants and f16 scales in separate arrays; the
+/// buffers were sized by the caller).
+///
+/// # Safety
+/// AVX2/F16C; `m` validated, of one of those layouts, with at least `r0 + nr` rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn unpack_omex<const L: u8>(m: &Matrix, r0: usize, nr: usize, s: &mut Scratch) {
+    let gpr = m.cols / GROUP;
+    let f16 = |v: u16| half::f16::from_bits(v).to_f32();
+    for i in 0..nr {
+        let (p, lane) = (i / PANEL, i % PANEL);
+        for g in 0..gpr {
+            let at = (r0 + i) * gpr + g;
+            let (u, a, b) = match m.w {
+                Weights::Int8 { q, scales } => {
+                    let v = _mm256_loadu_si256(q.as_ptr().add(at * GROUP) as *const __m256i);
+                    let d = f16(scales[at]);
+                    (_mm256_xor_si256(v, _mm256_set1_epi8(i8::MIN)), d, -128.0 * d)
+                }
+                Weights::Int4 { q, scales, mins } => {
+                    (unpack_int4(q.as_ptr().add(at * INT4_GROUP_BYTES)), f16(scales[at]), f16(mins[at]))
+                }
+                Weights::Ternary { q, scales } => {
+                    let v = unpack_ternary(q.as_ptr().add(at * TERNARY_GROUP_BYTES));
+                    let d = f16(scales[at]);
+                    (_mm256_add_epi8(v, _mm256_set1_epi8(1)), d, -d)
+                }
+                _ => unreachable!("omex layouts only"),
+            };
+            let mut qb = [0u8; 32];
+            _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, u);
+            let dst = (p * gpr + g) * 8 * PANEL * 4 + 4 * lane;
+            for step in 0..8 {
+                s.quants[dst + step * PANEL * 4..][..4].copy_from_slice(&qb[4 * step..4 * step + 4]);
+            }
+            s.a[(p * gpr + g) * PANEL + lane] = a;
+            s.b[(p * gpr + g) * PANEL + lane] = b;
         }
     }
 }
@@ -229,10 +285,10 @@ unsafe fn run<const L: u8, const T: usize>(
     }
 }
 
-/// `outs[j][i] = W[r0 + i] . x[t0 + j]` for a matrix of raw GGUF blocks.
+/// `outs[j][i] = W[r0 + i] . x[t0 + j]` for a quantized matrix (raw GGUF blocks, int8, int4 or ternary).
 ///
 /// # Safety
-/// AVX-512 F/BW/VL/DQ/VNNI and AVX2/FMA/F16C; `m` validated and of a raw GGUF layout; `r0 + outs[j].len() <=
+/// AVX-512 F/BW/VL/DQ/VNNI and AVX2/FMA/F16C; `m` validated and quantized (not F32/F16); `r0 + outs[j].len() <=
 /// m.rows` for every `j` (all equally long) and `t0 + outs.len() <= xq.n()`; `xq.cols() == m.cols`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn tile(m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
@@ -242,25 +298,35 @@ pub unsafe fn tile(m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &
     if nr == 0 {
         return;
     }
-    let (kind, bytes) = m.w.as_ggml().expect("a raw GGUF layout");
-    let w = Rows { p: bytes.as_ptr(), row_bytes: kind.bytes_for(m.cols), gpr: m.cols / GROUP, cols: m.cols };
+    let (gpr, cols) = (m.cols / GROUP, m.cols);
+    let Some((kind, bytes)) = m.w.as_ggml() else {
+        // Only `cols` and `gpr` are read for the omex layouts (`unpack_omex` reads the matrix itself).
+        let w = Rows { p: std::ptr::null(), row_bytes: 0, gpr, cols };
+        return match m.w {
+            Weights::Int8 { .. } => tile_l::<INT8>(m, &w, xq, r0, t0, outs),
+            Weights::Int4 { .. } => tile_l::<INT4>(m, &w, xq, r0, t0, outs),
+            Weights::Ternary { .. } => tile_l::<TERN>(m, &w, xq, r0, t0, outs),
+            _ => unreachable!("float weights take the float path"),
+        };
+    };
+    let w = Rows { p: bytes.as_ptr(), row_bytes: kind.bytes_for(m.cols), gpr, cols };
     match kind {
-        GgmlBlock::Q4K => tile_l::<Q4K>(&w, xq, r0, t0, outs),
-        GgmlBlock::Q5K => tile_l::<Q5K>(&w, xq, r0, t0, outs),
-        GgmlBlock::Q6K => tile_l::<Q6K>(&w, xq, r0, t0, outs),
-        GgmlBlock::Q5_0 => tile_l::<Q5_0>(&w, xq, r0, t0, outs),
-        GgmlBlock::Q5_1 => tile_l::<Q5_1>(&w, xq, r0, t0, outs),
-        GgmlBlock::Q8_0 => tile_l::<Q8_0>(&w, xq, r0, t0, outs),
+        GgmlBlock::Q4K => tile_l::<Q4K>(m, &w, xq, r0, t0, outs),
+        GgmlBlock::Q5K => tile_l::<Q5K>(m, &w, xq, r0, t0, outs),
+        GgmlBlock::Q6K => tile_l::<Q6K>(m, &w, xq, r0, t0, outs),
+        GgmlBlock::Q5_0 => tile_l::<Q5_0>(m, &w, xq, r0, t0, outs),
+        GgmlBlock::Q5_1 => tile_l::<Q5_1>(m, &w, xq, r0, t0, outs),
+        GgmlBlock::Q8_0 => tile_l::<Q8_0>(m, &w, xq, r0, t0, outs),
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn tile_l<const L: u8>(w: &Rows, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+unsafe fn tile_l<const L: u8>(m: &Matrix, w: &Rows, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
     let nt = outs.len();
     let nr = outs[0].len();
     SCRATCH.with(|cell| {
         let s = &mut *cell.borrow_mut();
-        unpack_tile::<L>(w, r0, nr, s);
+        unpack_tile::<L>(m, w, r0, nr, s);
         if L == Q6K {
             x_sums(xq, t0, nt, &mut s.x32);
         }
