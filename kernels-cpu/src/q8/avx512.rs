@@ -2,22 +2,23 @@
 //! rows are unpacked once into 16-row panels of bytes, then every token of the tile runs `vpdpbusd` against them
 //! with one i32 lane per weight row.
 //!
-//! The per-row AVX2 kernels ([`super::avx2`], [`super::avx2_ggml`]) spend four vector ops per group of 32 per
-//! (row, token): two integer steps, a conversion and an FMA by that group's scale. Here a register holds four
-//! quants of each of 16 rows, and four bytes of one token's activations are broadcast to all lanes, so one
-//! `vpdpbusd` is 64 multiply-adds with nothing to reduce across lanes: a group of 32 is 8 of them per (16 rows,
-//! token), then one conversion and two FMAs by per-row factors (`a d_x`, and the min term `b' s_x`). The
-//! unpacking is paid once per tile and reused for all its tokens (up to [`crate::par::MAX_TILE_TOKENS`]), which
-//! is why this is only the matmul: a matvec reads each weight once and stays with the AVX2 kernels.
+//! The per-row AVX2 kernels ([`super::avx2`], [`super::avx2_ggml`]) reduce each (row, token) in an 8-lane
+//! register, with integer steps, a conversion and an FMA per group of 32. Here a register holds four quants of
+//! each of 16 rows and four bytes of one token's activations are broadcast to all lanes, so one `vpdpbusd` is
+//! 64 multiply-adds with nothing to reduce across lanes, and the unpacking is paid once per tile and reused for
+//! all its tokens. That only pays for tiles of [`MIN_TOKENS`] or more: a matvec reads each weight once and
+//! stays with the AVX2 kernels.
 //!
-//! Quants go unsigned (`vpdpbusd` multiplies u8 by i8), as `u = q + o`: `w = a (u - o) + b` so a group's dot is
-//! `a d_x sum(u q_x) + (b - a o) s_x`, with `o` = 128 for Q8_0 and int8, 16 for Q5_0 (folded into `b` by
-//! [`factors`]), 1 for ternary and 0 for the rest. Q6_K's scales are per 16 values, so its quants go as
-//! `q + 32` with the offset taken back in integers, `32 sum(q_x)` per 16 activations, computed once per tile.
+//! The arithmetic is the AVX2 kernels', bit for bit (see [`panel`]), so a row's result never depends on the
+//! kernel, the tile or the batch it ran in. Quants go unsigned (`vpdpbusd` multiplies u8 by i8) as `u = q + o`,
+//! with `o sum(q_x)` of each 4 activations taken back in integers (exactly what the AVX2 kernels' sign trick
+//! gives): `o` = 128 for Q8_0 and int8, 32 for Q6_K (whose 16-value sub-block scales are then multiplied in as
+//! integers, as their `madd` does), 1 for ternary; the types with a min term (Q4_K, Q5_K, Q5_0, Q5_1, int4) keep
+//! it as a float `b s_x`, as those kernels do.
 
 use super::avx2_ggml::{factors, group, Rows, Q4K, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
 use super::Q8Activations;
-use crate::ggml::{GgmlBlock, Q6_K_BYTES};
+use crate::ggml::GgmlBlock;
 use crate::layout::{Matrix, Weights, GROUP, INT4_GROUP_BYTES, TERNARY_GROUP_BYTES};
 use crate::x86::{unpack_int4, unpack_ternary};
 use std::arch::x86_64::*;
@@ -29,39 +30,47 @@ const INT8: u8 = 6;
 const INT4: u8 = 7;
 const TERN: u8 = 8;
 
-/// Tokens a tile needs for the unpacking to pay: below, the AVX2 kernels are faster (SmolLM2-135M int4 on 2
-/// threads of the reference machine: 0.9x at 8 tokens, 1.25x at 16, 1.5x at 512).
+/// Tokens a tile needs for the unpacking to pay: below, the AVX2 kernels are faster.
 pub const MIN_TOKENS: usize = 12;
 
 /// Weight rows per panel: one per i32 lane of a 512-bit register.
 const PANEL: usize = 16;
-/// Tokens per register block (two accumulators each: the group's i32 sums and the f32 result).
-const TOKENS: usize = 8;
+/// Tokens per register block (8 accumulators each, one per lane of the AVX2 kernels' accumulator).
+const TOKENS: usize = 3;
 
 /// One thread's unpacked tile.
 #[derive(Default)]
 struct Scratch {
     /// `[panel][group][step 0..8][row 0..16][4]` unsigned quants.
     quants: Vec<u8>,
-    /// `[panel][scale][row]` the factor `a` of each group (Q6_K: of each 16 values).
+    /// `[panel][group][row]` the factor `a` of each group (Q6_K: `d`).
     a: Vec<f32>,
-    /// `[panel][group][row]` the min term `b - a o` (not Q6_K).
+    /// `[panel][group][row]` the min term `b` (types with one).
     b: Vec<f32>,
-    /// `[token][16 values]` `32 sum(q_x)` of the tile's tokens (Q6_K only).
-    x32: Vec<i32>,
+    /// `[panel][group][half][row]` Q6_K's i8 scale of each 16 values.
+    sc6: Vec<i32>,
+    /// `[token][4 values]` `o sum(q_x)` of every 4 activations of the tile's tokens (types with an offset).
+    xo: Vec<i32>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// Scale factors per row of each type: Q6_K has two per group.
-const fn scales_per_group(l: u8) -> usize {
-    if l == Q6K {
-        2
-    } else {
-        1
+/// The offset `o` of the unsigned quants `u = q + o` that is taken back in integers (exactly, so a group's
+/// integer dot is `sum(q q_x)` as in the AVX2 kernels' sign trick).
+const fn offset(l: u8) -> i32 {
+    match l {
+        Q8_0 | INT8 => 128,
+        Q6K => 32,
+        TERN => 1,
+        _ => 0,
     }
+}
+
+/// Types with a min term `b s_x` (their quants go unsigned in the AVX2 kernels too).
+const fn has_min(l: u8) -> bool {
+    matches!(l, Q4K | Q5K | Q5_0 | Q5_1 | INT4)
 }
 
 /// Group `j` (`0..8` within its block for k-quants, 0 for small blocks) of the block at `blk` as 32 unsigned
@@ -99,11 +108,12 @@ unsafe fn unpack<const L: u8>(blk: *const u8, j: usize) -> __m256i {
 unsafe fn unpack_tile<const L: u8>(m: &Matrix, w: &Rows, r0: usize, nr: usize, s: &mut Scratch) {
     let gpr = w.gpr;
     let panels = nr.div_ceil(PANEL);
-    let spg = scales_per_group(L);
     s.quants.clear();
     s.quants.resize(panels * gpr * 8 * PANEL * 4, 0);
     s.a.clear();
-    s.a.resize(panels * gpr * spg * PANEL, 0.0);
+    s.a.resize(panels * gpr * PANEL, 0.0);
+    s.sc6.clear();
+    s.sc6.resize(if L == Q6K { panels * gpr * 2 * PANEL } else { 0 }, 0);
     s.b.clear();
     s.b.resize(panels * gpr * PANEL, 0.0);
     if L >= INT8 {
@@ -118,7 +128,6 @@ unsafe fn unpack_tile<const L: u8>(m: &Matrix, w: &Rows, r0: usize, nr: usize, s
         while g0 < gpr {
             let ng = (gpr - g0).min(8);
             let (a, b) = factors::<L>(row, g0, ng);
-            let b = if L == Q8_0 { _mm256_mul_ps(a, _mm256_set1_ps(-128.0)) } else { b };
             let (mut av, mut bv) = ([0f32; 8], [0f32; 8]);
             _mm256_storeu_ps(av.as_mut_ptr(), a);
             _mm256_storeu_ps(bv.as_mut_ptr(), b);
@@ -132,16 +141,13 @@ unsafe fn unpack_tile<const L: u8>(m: &Matrix, w: &Rows, r0: usize, nr: usize, s
                     s.quants[at + step * PANEL * 4..][..4].copy_from_slice(&q[4 * step..4 * step + 4]);
                 }
                 if L == Q6K {
-                    // d times the i8 scale of each 16 values (sub-blocks 2j and 2j + 1 of the block).
-                    let d = half::f16::from_le_bytes([*blk.add(Q6_K_BYTES - 2), *blk.add(Q6_K_BYTES - 1)]).to_f32();
+                    // The i8 scales of the group's two sub-blocks of 16 (2j and 2j + 1 of the block).
                     for h in 0..2 {
-                        let sc = *blk.add(192 + 2 * (g % 8) + h) as i8;
-                        s.a[((p * gpr + g) * 2 + h) * PANEL + lane] = d * sc as f32;
+                        s.sc6[((p * gpr + g) * 2 + h) * PANEL + lane] = *blk.add(192 + 2 * (g % 8) + h) as i8 as i32;
                     }
-                } else {
-                    s.a[(p * gpr + g) * PANEL + lane] = av[k];
-                    s.b[(p * gpr + g) * PANEL + lane] = bv[k];
                 }
+                s.a[(p * gpr + g) * PANEL + lane] = av[k];
+                s.b[(p * gpr + g) * PANEL + lane] = bv[k];
             }
             g0 += ng;
         }
@@ -165,7 +171,7 @@ unsafe fn unpack_omex<const L: u8>(m: &Matrix, r0: usize, nr: usize, s: &mut Scr
                 Weights::Int8 { q, scales } => {
                     let v = _mm256_loadu_si256(q.as_ptr().add(at * GROUP) as *const __m256i);
                     let d = f16(scales[at]);
-                    (_mm256_xor_si256(v, _mm256_set1_epi8(i8::MIN)), d, -128.0 * d)
+                    (_mm256_xor_si256(v, _mm256_set1_epi8(i8::MIN)), d, 0.0)
                 }
                 Weights::Int4 { q, scales, mins } => {
                     (unpack_int4(q.as_ptr().add(at * INT4_GROUP_BYTES)), f16(scales[at]), f16(mins[at]))
@@ -173,7 +179,7 @@ unsafe fn unpack_omex<const L: u8>(m: &Matrix, r0: usize, nr: usize, s: &mut Scr
                 Weights::Ternary { q, scales } => {
                     let v = unpack_ternary(q.as_ptr().add(at * TERNARY_GROUP_BYTES));
                     let d = f16(scales[at]);
-                    (_mm256_add_epi8(v, _mm256_set1_epi8(1)), d, -d)
+                    (_mm256_add_epi8(v, _mm256_set1_epi8(1)), d, 0.0)
                 }
                 _ => unreachable!("omex layouts only"),
             };
@@ -189,17 +195,23 @@ unsafe fn unpack_omex<const L: u8>(m: &Matrix, r0: usize, nr: usize, s: &mut Scr
     }
 }
 
-/// `32 sum(q_x)` of every 16 activations of tokens `t0..t0 + nt`.
-fn x_sums(xq: &Q8Activations, t0: usize, nt: usize, out: &mut Vec<i32>) {
+/// `o sum(q_x)` of every 4 activations of tokens `t0..t0 + nt`.
+fn x_sums(xq: &Q8Activations, t0: usize, nt: usize, o: i32, out: &mut Vec<i32>) {
     let cols = xq.cols;
     out.clear();
     out.extend(
-        xq.qs[t0 * cols..(t0 + nt) * cols].chunks_exact(16).map(|c| 32 * c.iter().map(|&v| v as i32).sum::<i32>()),
+        xq.qs[t0 * cols..(t0 + nt) * cols].chunks_exact(4).map(|c| o * c.iter().map(|&v| v as i32).sum::<i32>()),
     );
 }
 
 /// Panel `p` of the unpacked tile against tokens `t..t + T` of `xq` (`xt` is the tile's first token, for
-/// `x32`): 16 rows' dot products per token.
+/// `xo`): 16 rows' dot products per token.
+///
+/// Bit for bit the AVX2 kernels' arithmetic: their accumulator's lane `l` takes, per group, the exact integer
+/// dot of values `4l..4l + 4` converted and multiplied by `a d_x` (one FMA), after the min terms of its chunk
+/// of 8 groups (group `g0 + l`'s into lane `l`), and the lanes are summed in a fixed order. Here accumulator
+/// `l` of a token holds lane `l` for 16 rows, so a row's result does not depend on the kernel, the tile or the
+/// batch it was computed in.
 ///
 /// # Safety
 /// AVX-512 VNNI; `s` holds a tile unpacked from a matrix of `w.cols` columns with at least `p + 1` panels;
@@ -214,50 +226,63 @@ unsafe fn panel<const L: u8, const T: usize>(
     xt: usize,
 ) -> [__m512; T] {
     let gpr = w.gpr;
-    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc = [[_mm512_setzero_ps(); 8]; T];
     let quants = s.quants.as_ptr().add(p * gpr * 8 * PANEL * 4);
     let x = |j: usize| xq.qs.as_ptr().add((t + j) * w.cols);
-    for g in 0..gpr {
-        let q = quants.add(g * 8 * PANEL * 4);
-        // Broadcast four activation bytes of token j to every lane.
-        let xb = |j: usize, step: usize| {
-            _mm512_set1_epi32(std::ptr::read_unaligned(x(j).add(g * GROUP + 4 * step) as *const i32))
-        };
-        let dx = |j: usize| _mm512_set1_ps(*xq.d.get_unchecked((t + j) * gpr + g));
-        if L == Q6K {
-            for h in 0..2 {
-                let mut isum = [_mm512_setzero_si512(); T];
-                for step in 4 * h..4 * h + 4 {
-                    let wq = _mm512_loadu_si512(q.add(step * PANEL * 4) as *const _);
-                    for j in 0..T {
-                        isum[j] = _mm512_dpbusd_epi32(isum[j], wq, xb(j, step));
-                    }
-                }
-                let a = _mm512_loadu_ps(s.a.as_ptr().add(((p * gpr + g) * 2 + h) * PANEL));
+    let row_vec = |v: &[f32], g: usize| _mm512_loadu_ps(v.as_ptr().add((p * gpr + g) * PANEL));
+    let mut g0 = 0;
+    while g0 < gpr {
+        let ng = (gpr - g0).min(8);
+        if has_min(L) {
+            for k in 0..ng {
+                let b = row_vec(&s.b, g0 + k);
                 for j in 0..T {
-                    let x32 = *s.x32.get_unchecked((t + j - xt) * (w.cols / 16) + 2 * g + h);
-                    let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(isum[j], _mm512_set1_epi32(x32)));
-                    acc[j] = _mm512_fmadd_ps(v, _mm512_mul_ps(a, dx(j)), acc[j]);
+                    let sx = _mm512_set1_ps(*xq.s.get_unchecked((t + j) * gpr + g0 + k));
+                    acc[j][k] = _mm512_fmadd_ps(b, sx, acc[j][k]);
                 }
-            }
-        } else {
-            let mut isum = [_mm512_setzero_si512(); T];
-            for step in 0..8 {
-                let wq = _mm512_loadu_si512(q.add(step * PANEL * 4) as *const _);
-                for j in 0..T {
-                    isum[j] = _mm512_dpbusd_epi32(isum[j], wq, xb(j, step));
-                }
-            }
-            let a = _mm512_loadu_ps(s.a.as_ptr().add((p * gpr + g) * PANEL));
-            let b = _mm512_loadu_ps(s.b.as_ptr().add((p * gpr + g) * PANEL));
-            for j in 0..T {
-                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(a, dx(j)), acc[j]);
-                let sx = _mm512_set1_ps(*xq.s.get_unchecked((t + j) * gpr + g));
-                acc[j] = _mm512_fmadd_ps(b, sx, acc[j]);
             }
         }
+        for g in g0..g0 + ng {
+            let q = quants.add(g * 8 * PANEL * 4);
+            let a = row_vec(&s.a, g);
+            let mut sc = [_mm512_setzero_ps(); T];
+            for j in 0..T {
+                sc[j] = _mm512_mul_ps(a, _mm512_set1_ps(*xq.d.get_unchecked((t + j) * gpr + g)));
+            }
+            for l in 0..8 {
+                let wq = _mm512_loadu_si512(q.add(l * PANEL * 4) as *const _);
+                let sc6 = if L == Q6K {
+                    _mm512_loadu_si512(s.sc6.as_ptr().add(((p * gpr + g) * 2 + l / 4) * PANEL) as *const _)
+                } else {
+                    _mm512_setzero_si512()
+                };
+                for j in 0..T {
+                    // Four activation bytes of token j broadcast to every lane.
+                    let xb = _mm512_set1_epi32(std::ptr::read_unaligned(x(j).add(g * GROUP + 4 * l) as *const i32));
+                    let mut d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, xb);
+                    if offset(L) != 0 {
+                        let xo = *s.xo.get_unchecked((t + j - xt) * (w.cols / 4) + g * 8 + l);
+                        d = _mm512_sub_epi32(d, _mm512_set1_epi32(xo));
+                    }
+                    if L == Q6K {
+                        d = _mm512_mullo_epi32(d, sc6);
+                    }
+                    acc[j][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc[j], acc[j][l]);
+                }
+            }
+        }
+        g0 += ng;
     }
-    acc
+    // The AVX2 kernels' lane sum: halves, then pairs, then the last two.
+    acc.map(|a| {
+        let h = [
+            _mm512_add_ps(a[0], a[4]),
+            _mm512_add_ps(a[1], a[5]),
+            _mm512_add_ps(a[2], a[6]),
+            _mm512_add_ps(a[3], a[7]),
+        ];
+        _mm512_add_ps(_mm512_add_ps(h[0], h[2]), _mm512_add_ps(h[1], h[3]))
+    })
 }
 
 /// Panel `p` against tokens `t..t + T`, stored into `outs` (rows `16p..` of the tile, at most `nr`).
@@ -327,19 +352,14 @@ unsafe fn tile_l<const L: u8>(m: &Matrix, w: &Rows, xq: &Q8Activations, r0: usiz
     SCRATCH.with(|cell| {
         let s = &mut *cell.borrow_mut();
         unpack_tile::<L>(m, w, r0, nr, s);
-        if L == Q6K {
-            x_sums(xq, t0, nt, &mut s.x32);
+        if offset(L) != 0 {
+            x_sums(xq, t0, nt, offset(L), &mut s.xo);
         }
         for p in 0..nr.div_ceil(PANEL) {
             let mut t = t0;
             while t < t0 + nt {
                 let tt = (t0 + nt - t).min(TOKENS);
                 match tt {
-                    8 => run::<L, 8>(w, s, p, xq, t, t0, nr, outs),
-                    7 => run::<L, 7>(w, s, p, xq, t, t0, nr, outs),
-                    6 => run::<L, 6>(w, s, p, xq, t, t0, nr, outs),
-                    5 => run::<L, 5>(w, s, p, xq, t, t0, nr, outs),
-                    4 => run::<L, 4>(w, s, p, xq, t, t0, nr, outs),
                     3 => run::<L, 3>(w, s, p, xq, t, t0, nr, outs),
                     2 => run::<L, 2>(w, s, p, xq, t, t0, nr, outs),
                     _ => run::<L, 1>(w, s, p, xq, t, t0, nr, outs),
