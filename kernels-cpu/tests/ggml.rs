@@ -3,7 +3,7 @@
 //! that dequantization, and the layout checks of `Matrix::new`.
 
 mod common;
-use common::{isas, random_blocks, Rng};
+use common::{assert_matmul_rows_equal_matvec, isas, random_blocks, Rng};
 use half::f16;
 use kernels_cpu::ggml::{self, GgmlBlock};
 use kernels_cpu::q8::{self, Q8Activations};
@@ -324,28 +324,11 @@ fn q8_rejects_hand_built_matrix() {
 /// bit, for tiles of a few tokens and of many (the AVX-512 panels), so batching never changes a result.
 #[test]
 fn q8_matmul_rows_equal_the_matvec_bit_for_bit() {
-    use kernels_cpu::Isa;
     let mut rng = Rng::new(24);
-    let Some(&base) = isas().iter().find(|i| **i == Isa::Avx2) else { return };
     for kind in GgmlBlock::ALL {
         for (rows, cols) in [(17, 256), (130, 768), (33, 1536)] {
             let case = Case::new(kind, rows, cols, &mut rng);
-            for n in [5, 12, 40] {
-                let x = rng.vec(n * cols, -1.0, 1.0);
-                let xq = q8::quantize_with(base, &x, n);
-                let mut want = vec![0f32; n * rows];
-                for t in 0..n {
-                    let one = q8::quantize_with(base, &x[t * cols..(t + 1) * cols], 1);
-                    q8::matvec_q8_with(base, &case.matrix(), &one, &mut want[t * rows..(t + 1) * rows]);
-                }
-                for isa in isas().into_iter().filter(|i| matches!(i, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni)) {
-                    let mut y = vec![f32::NAN; n * rows];
-                    q8::matmul_q8_with(isa, &case.matrix(), &xq, n, &mut y);
-                    for (k, (a, b)) in y.iter().zip(&want).enumerate() {
-                        assert_eq!(a.to_bits(), b.to_bits(), "{kind} {isa} {rows}x{cols} n={n} [{k}]: {a} vs {b}");
-                    }
-                }
-            }
+            assert_matmul_rows_equal_matvec(&case.matrix(), &mut rng, &kind.to_string());
         }
     }
 }

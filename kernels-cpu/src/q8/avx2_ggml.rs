@@ -128,7 +128,7 @@ pub(super) unsafe fn factors<const L: u8>(row: *const u8, g0: usize, ng: usize) 
 /// AVX2.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(super) unsafe fn fifth_bits(qh: u32) -> __m256i {
+unsafe fn fifth_bits(qh: u32) -> __m256i {
     // Byte v takes byte v / 8 of qh (the shuffle stays inside each 128-bit half, and both halves hold qh).
     let idx = _mm256_setr_epi8(
         0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,

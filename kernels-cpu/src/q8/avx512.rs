@@ -16,7 +16,7 @@
 //! integers, as their `madd` does), 1 for ternary; the types with a min term (Q4_K, Q5_K, Q5_0, Q5_1, int4) keep
 //! it as a float `b s_x`, as those kernels do.
 
-use super::avx2_ggml::{factors, group, Rows, Q4K, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
+use super::avx2_ggml::{block_bytes, factors, group, groups_per_block, Rows, Q4K, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
 use super::Q8Activations;
 use crate::ggml::GgmlBlock;
 use crate::layout::{Matrix, Weights, GROUP, INT4_GROUP_BYTES, TERNARY_GROUP_BYTES};
@@ -51,6 +51,24 @@ struct Scratch {
     sc6: Vec<i32>,
     /// `[token][4 values]` `o sum(q_x)` of every 4 activations of the tile's tokens (types with an offset).
     xo: Vec<i32>,
+}
+
+impl Scratch {
+    /// One row's group into its panel: the 32 quants `u` as 8 steps of 4 bytes in lane `lane`, and its
+    /// factors. `pg` is the group's index over all panels (`panel * gpr + group`).
+    ///
+    /// # Safety
+    /// AVX; `pg` and `lane` inside the unpacked tile.
+    #[target_feature(enable = "avx2")]
+    unsafe fn put(&mut self, pg: usize, lane: usize, u: __m256i, a: f32, b: f32) {
+        let mut q = [0u8; 32];
+        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, u);
+        for (step, four) in q.chunks_exact(4).enumerate() {
+            self.quants[(pg * 8 + step) * PANEL * 4 + 4 * lane..][..4].copy_from_slice(four);
+        }
+        self.a[pg * PANEL + lane] = a;
+        self.b[pg * PANEL + lane] = b;
+    }
 }
 
 thread_local! {
@@ -119,8 +137,7 @@ unsafe fn unpack_tile<const L: u8>(m: &Matrix, w: &Rows, r0: usize, nr: usize, s
     if L >= INT8 {
         return unpack_omex::<L>(m, r0, nr, s);
     }
-    let bb = super::avx2_ggml::block_bytes(L);
-    let gpb = super::avx2_ggml::groups_per_block(L);
+    let (bb, gpb) = (block_bytes(L), groups_per_block(L));
     for i in 0..nr {
         let (p, lane) = (i / PANEL, i % PANEL);
         let row = w.p.add((r0 + i) * w.row_bytes);
@@ -134,20 +151,13 @@ unsafe fn unpack_tile<const L: u8>(m: &Matrix, w: &Rows, r0: usize, nr: usize, s
             for k in 0..ng {
                 let g = g0 + k;
                 let blk = row.add(g / gpb * bb);
-                let mut q = [0u8; 32];
-                _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, unpack::<L>(blk, g % gpb));
-                let at = (p * gpr + g) * 8 * PANEL * 4 + 4 * lane;
-                for step in 0..8 {
-                    s.quants[at + step * PANEL * 4..][..4].copy_from_slice(&q[4 * step..4 * step + 4]);
-                }
+                s.put(p * gpr + g, lane, unpack::<L>(blk, g % gpb), av[k], bv[k]);
                 if L == Q6K {
                     // The i8 scales of the group's two sub-blocks of 16 (2j and 2j + 1 of the block).
                     for h in 0..2 {
                         s.sc6[((p * gpr + g) * 2 + h) * PANEL + lane] = *blk.add(192 + 2 * (g % 8) + h) as i8 as i32;
                     }
                 }
-                s.a[(p * gpr + g) * PANEL + lane] = av[k];
-                s.b[(p * gpr + g) * PANEL + lane] = bv[k];
             }
             g0 += ng;
         }
@@ -183,14 +193,7 @@ unsafe fn unpack_omex<const L: u8>(m: &Matrix, r0: usize, nr: usize, s: &mut Scr
                 }
                 _ => unreachable!("omex layouts only"),
             };
-            let mut qb = [0u8; 32];
-            _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, u);
-            let dst = (p * gpr + g) * 8 * PANEL * 4 + 4 * lane;
-            for step in 0..8 {
-                s.quants[dst + step * PANEL * 4..][..4].copy_from_slice(&qb[4 * step..4 * step + 4]);
-            }
-            s.a[(p * gpr + g) * PANEL + lane] = a;
-            s.b[(p * gpr + g) * PANEL + lane] = b;
+            s.put(p * gpr + g, lane, u, a, b);
         }
     }
 }

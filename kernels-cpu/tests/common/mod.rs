@@ -194,3 +194,28 @@ pub fn random_blocks(kind: GgmlBlock, rows: usize, cols: usize, rng: &mut Rng) -
     }
     out
 }
+
+/// Checks that every x86 ISA's q8 matmul of `m` over random activations equals, bit for bit, the AVX2 matvec of
+/// each activation row alone, for tiles of a few tokens (the per-row kernels) and of many (the AVX-512 panels):
+/// a row's result must not depend on the kernel, the tile or the batch it ran in. No-op without AVX2.
+pub fn assert_matmul_rows_equal_matvec(m: &Matrix, rng: &mut Rng, what: &str) {
+    use kernels_cpu::{q8, Isa};
+    let Some(&base) = isas().iter().find(|i| **i == Isa::Avx2) else { return };
+    let (rows, cols) = (m.rows, m.cols);
+    for n in [5, 12, 40] {
+        let x = rng.vec(n * cols, -1.0, 1.0);
+        let xq = q8::quantize_with(base, &x, n);
+        let mut want = vec![0f32; n * rows];
+        for t in 0..n {
+            let one = q8::quantize_with(base, &x[t * cols..(t + 1) * cols], 1);
+            q8::matvec_q8_with(base, m, &one, &mut want[t * rows..(t + 1) * rows]);
+        }
+        for isa in isas().into_iter().filter(|i| matches!(i, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni)) {
+            let mut y = vec![f32::NAN; n * rows];
+            q8::matmul_q8_with(isa, m, &xq, n, &mut y);
+            for (k, (a, b)) in y.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{what} {isa} {rows}x{cols} n={n} [{k}]: {a} vs {b}");
+            }
+        }
+    }
+}
