@@ -216,6 +216,28 @@ def chunk_nlls(model: Model, tokens: list[int], ctx: int) -> list[float]:
     return out
 
 
+def perplexity_entry(ctx: int, nll32: list[float], nll64: list[float] | None = None,
+                     n_chunks_total: int | None = None) -> dict:
+    """A golden's perplexity entry from chunk_nlls' output (float32, and float64 when given); `n_chunks_total`
+    is recorded when only the first chunks were scored."""
+    n_chunks = len(nll32)
+    entry = {"ctx": ctx, "n_chunks": n_chunks}
+    if n_chunks_total is not None:
+        entry["n_chunks_total"] = n_chunks_total
+    entry.update({
+        "n_tokens_used": n_chunks * ctx,
+        "n_scored_per_chunk": ctx - 1 - ctx // 2,
+        "n_scored": n_chunks * (ctx - 1 - ctx // 2),
+        "chunk_nll": nll32,
+        "mean_nll": float(np.mean(nll32)),
+        "ppl": float(np.exp(np.mean(nll32))),
+    })
+    if nll64 is not None:
+        entry["chunk_nll_float64"] = nll64
+        entry["ppl_float64"] = float(np.exp(np.mean(nll64)))
+    return entry
+
+
 def make_perplexity(m32: Model, m64: Model, tok) -> None:
     text = PPL_TEXT.read_text(encoding="utf-8")
     tokens = encode(tok, text)
@@ -225,21 +247,9 @@ def make_perplexity(m32: Model, m64: Model, tok) -> None:
         nll32 = chunk_nlls(m32, tokens, ctx)
         t32 = time.time() - t0
         nll64 = chunk_nlls(m64, tokens, ctx)
-        n_chunks = len(nll32)
-        entry = {
-            "ctx": ctx,
-            "n_chunks": n_chunks,
-            "n_tokens_used": n_chunks * ctx,
-            "n_scored_per_chunk": ctx - 1 - ctx // 2,
-            "n_scored": n_chunks * (ctx - 1 - ctx // 2),
-            "chunk_nll": nll32,
-            "mean_nll": float(np.mean(nll32)),
-            "ppl": float(np.exp(np.mean(nll32))),
-            "chunk_nll_float64": nll64,
-            "ppl_float64": float(np.exp(np.mean(nll64))),
-        }
+        entry = perplexity_entry(ctx, nll32, nll64)
         entries.append(entry)
-        print(f"  perplexity ctx={ctx}: {n_chunks} chunks, ppl f32 {entry['ppl']:.6f}"
+        print(f"  perplexity ctx={ctx}: {entry['n_chunks']} chunks, ppl f32 {entry['ppl']:.6f}"
               f" f64 {entry['ppl_float64']:.6f} ({t32:.1f}s f32)")
     write_json("smollm2_perplexity.json", {
         "model": model_info(),

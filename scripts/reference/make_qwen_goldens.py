@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gguf_tokenizer import build_tokenizer, decode, encode  # noqa: E402
 from gguf_weights import check_dequantization  # noqa: E402
-from make_goldens import PPL_TEXT, chunk_nlls, f32, f64, sha256_file, top_k_ids, write_json  # noqa: E402
+from make_goldens import PPL_TEXT, chunk_nlls, f32, f64, perplexity_entry, sha256_file, top_k_ids, write_json  # noqa: E402
 from qwen2_reference import MODEL_FILE, chat_prompt, default_model_path, open_model_file  # noqa: E402
 from smollm2_reference import Model, top2_margins  # noqa: E402
 
@@ -147,22 +147,10 @@ def make_perplexity(m32: Model, m64: Model | None, tok, max_chunks: int | None) 
     t0 = time.time()
     nll32 = chunk_nlls(m32, used, ctx)
     t32 = time.time() - t0
-    entry = {
-        "ctx": ctx,
-        "n_chunks": n_chunks,
-        "n_chunks_total": n_total,
-        "n_tokens_used": n_chunks * ctx,
-        "n_scored_per_chunk": ctx - 1 - ctx // 2,
-        "n_scored": n_chunks * (ctx - 1 - ctx // 2),
-        "chunk_nll": nll32,
-        "mean_nll": float(np.mean(nll32)),
-        "ppl": float(np.exp(np.mean(nll32))),
-    }
+    nll64 = chunk_nlls(m64, used, ctx) if m64 is not None else None
+    entry = perplexity_entry(ctx, nll32, nll64, n_chunks_total=n_total)
     msg = f"  perplexity ctx={ctx}: {n_chunks}/{n_total} chunks, ppl f32 {entry['ppl']:.6f} ({t32:.1f}s)"
     if m64 is not None:
-        nll64 = chunk_nlls(m64, used, ctx)
-        entry["chunk_nll_float64"] = nll64
-        entry["ppl_float64"] = float(np.exp(np.mean(nll64)))
         msg += f", f64 {entry['ppl_float64']:.6f}"
     print(msg)
     write_json("qwen05_perplexity.json", {
