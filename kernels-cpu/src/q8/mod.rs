@@ -181,7 +181,7 @@ fn check_shapes(m: &Matrix, xq: &Q8Activations, n: usize, y: &[f32]) {
 /// Computes `outs[j][i] = W[r0 + i] . x[t0 + j]` for a quantized `m`.
 fn tile(isa: Isa, m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]], matvec: bool) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && !matvec && outs.len() >= avx512::MIN_TOKENS {
+    if isa == Isa::Avx512Vnni && outs.len() >= avx512::MIN_TOKENS {
         // SAFETY: `isa.check()` ran, so AVX-512 F/BW/VL/DQ/VNNI (and AVX2/FMA/F16C) are present; `m` is quantized
         // (float weights returned earlier); bounds as below.
         return unsafe { avx512::tile(m, xq, r0, t0, outs) };
