@@ -60,6 +60,14 @@ pub const MATVEC_GROUPS_SG: Kernel = Kernel {
     bindings: WEIGHT_OP,
     source: shader!("matvec_groups.wgsl" + "matvec_teams.wgsl" + "reduce_subgroup.wgsl"),
 };
+/// The batched decode matvec: the generic matvec's units, TOK token rows per workgroup (several sequences' next
+/// tokens).
+pub const MATVEC_TOKENS: Kernel = Kernel {
+    name: "matvec_tokens",
+    entry: "tokens",
+    bindings: WEIGHT_OP,
+    source: shader!("quant.wgsl" + "matvec.wgsl" + "matvec_tokens.wgsl"),
+};
 pub const MATMUL: Kernel =
     Kernel { name: "matmul", entry: "main", bindings: WEIGHT_OP, source: shader!(quant "matmul.wgsl") };
 /// The prefill matmul on cooperative matrices (its `enable` directives must open the module, so the layout

@@ -5,7 +5,10 @@
 
 use super::buffers::{GpuBuffer, Purpose};
 use super::context::{Dispatch, GpuContext, Region};
-use super::ops::{attention, misc, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT};
+use super::ops::{
+    attention, misc, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT, MATVEC_TOKENS_LONG,
+    MATVEC_TOKENS_SHORT,
+};
 use super::streaming::{Copy, RowLayout, Slots, Unit, UnitKind};
 use super::weights::{GpuFile, GpuMatrix};
 use crate::arch::{Buf, NormOp, Op, Program, QkPart};
@@ -487,9 +490,21 @@ fn fusable(ctx: &GpuContext, gate: &GpuMatrix, up: &GpuMatrix) -> bool {
             <= ctx.gpu.limits.max_storage_buffer_binding_size
 }
 
+/// How a product runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// The decode matvec over one activation row (with `x_last`, the chunk's last row rather than row 0), by
+    /// the kernel `MatvecKernel` picks.
+    Matvec { x_last: bool },
+    /// Several sequences' next tokens, one row each: the batched matvec, `tok` rows a workgroup (f32
+    /// activations); the matmul where it has too many row blocks for the adapter.
+    Batched { tok: u32 },
+    /// A prompt's chunk: the prefill matmul in `tokens`-token tiles (f32 activations).
+    Matmul { tokens: u32 },
+}
+
 /// The products of `x` with `mats` (each `(matrix, out offset, bias)`), fused into as few dispatches as the
-/// layouts, files and binding size allow: matvecs when `tokens` is 0 (by `matvec`, which picks the activation
-/// precision), else matmuls of `tokens`-token tiles (f32 activations).
+/// layouts, files and binding size allow, each run as `shape` says.
 #[allow(clippy::too_many_arguments)]
 async fn products(
     ctx: &GpuContext,
@@ -500,8 +515,7 @@ async fn products(
     x: &GpuBuffer,
     y: &GpuBuffer,
     y_stride: u32,
-    tokens: u32,
-    x_last: bool,
+    shape: Shape,
     matvec: MatvecKernel,
 ) -> Result<Vec<Dispatch>> {
     let mut groups: Vec<Vec<Mat>> = Vec::new();
@@ -531,14 +545,22 @@ async fn products(
     }
     let mut out = Vec::new();
     for mats in groups {
+        let x_last = shape == Shape::Matvec { x_last: true };
         let l = Linear { mats, norm, output, step, x, y, x_last, y_stride };
-        out.push(if tokens == 0 { l.matvec_with(ctx, matvec).await? } else { l.matmul(ctx, tokens).await? });
+        out.push(match shape {
+            Shape::Matvec { .. } => l.matvec_with(ctx, matvec).await?,
+            Shape::Batched { tok } if l.fits_matvec_tokens(ctx) => l.matvec_tokens(ctx, tok).await?,
+            Shape::Batched { tok: MATVEC_TOKENS_SHORT } => l.matmul(ctx, MATMUL_TOKENS_SHORT).await?,
+            Shape::Batched { .. } => l.matmul(ctx, MATMUL_TOKENS).await?,
+            Shape::Matmul { tokens } => l.matmul(ctx, tokens).await?,
+        });
     }
     Ok(out)
 }
 
-/// What lowering one op of block `l` needs: matvecs when `tokens` is 0, else matmuls of `tokens`-token tiles;
-/// `batched`: the rows are several sequences' next tokens (decode attention per row), not one prompt's.
+/// What lowering one op of block `l` needs: matvecs when `tokens` is 0, else products over chunks of up to
+/// `tokens` (`MATMUL_TOKENS_SHORT` or `MATMUL_TOKENS`) rows; `batched`: the rows are several sequences' next
+/// tokens (the batched matvec, decode attention per row), not one prompt's (the matmul, prefill attention).
 struct Lowering<'a> {
     batched: bool,
     ctx: &'a GpuContext,
@@ -552,6 +574,15 @@ struct Lowering<'a> {
 }
 
 impl Lowering<'_> {
+    fn shape(&self) -> Shape {
+        match (self.tokens, self.batched) {
+            (0, _) => Shape::Matvec { x_last: false },
+            (MATMUL_TOKENS_SHORT, true) => Shape::Batched { tok: MATVEC_TOKENS_SHORT },
+            (_, true) => Shape::Batched { tok: MATVEC_TOKENS_LONG },
+            (tokens, false) => Shape::Matmul { tokens },
+        }
+    }
+
     /// Appends the dispatches of `op` to `list`. With `fuse_swiglu` (the next op is a SwiGLU and this is a
     /// decode list), a gate|up product whose matrices allow it takes the SwiGLU into its epilogue: then the
     /// answer is `true`, the next op done.
@@ -573,7 +604,7 @@ impl Lowering<'_> {
                         let gu = [(*gate, 0, None), (*up, 0, None)];
                         let y = b.get(Buf::Act);
                         list.extend(
-                            products(ctx, &gu, norm, Output::SwiGlu, st, x, y, p.ffn, 0, false, self.mv).await?,
+                            products(ctx, &gu, norm, Output::SwiGlu, st, x, y, p.ffn, self.shape(), self.mv).await?,
                         );
                         return Ok(true);
                     }
@@ -586,7 +617,7 @@ impl Lowering<'_> {
                 }
                 let out = if *add { Output::Add } else { Output::Store };
                 let (y, stride) = (b.get(*output), p.width(*output));
-                list.extend(products(ctx, &placed, norm, out, st, x, y, stride, tokens, false, self.mv).await?);
+                list.extend(products(ctx, &placed, norm, out, st, x, y, stride, self.shape(), self.mv).await?);
             }
             Op::HeadNorm { part, norm } => {
                 let (offset, groups) = match part {
@@ -725,10 +756,9 @@ impl Plan {
         for (m, row0, piece) in &w.head {
             let (mut last, mut all) = (std::mem::take(&mut norm_last), std::mem::take(&mut norm_all));
             let part = [(m, *row0, None)];
-            last.extend(products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, 0, true, mv).await?);
-            all.extend(
-                products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, MATMUL_TOKENS, false, mv).await?,
-            );
+            let (lastrow, chunk) = (Shape::Matvec { x_last: true }, Shape::Matmul { tokens: MATMUL_TOKENS });
+            last.extend(products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, lastrow, mv).await?);
+            all.extend(products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, chunk, mv).await?);
             head_last.push(Stage { piece: *piece, dispatches: last });
             head_all.push(Stage { piece: *piece, dispatches: all });
         }

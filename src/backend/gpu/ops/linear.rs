@@ -7,7 +7,7 @@
 use crate::backend::gpu::buffers::GpuBuffer;
 use crate::backend::gpu::context::{Dispatch, GpuContext, Grid, Region};
 use crate::backend::gpu::pipelines::{
-    Kernel, MATMUL, MATMUL_COOP, MATVEC, MATVEC_GROUPS, MATVEC_GROUPS_SG, MATVEC_Q8, MATVEC_Q8_SG,
+    Kernel, MATMUL, MATMUL_COOP, MATVEC, MATVEC_GROUPS, MATVEC_GROUPS_SG, MATVEC_Q8, MATVEC_Q8_SG, MATVEC_TOKENS,
 };
 use crate::backend::gpu::weights::GpuMatrix;
 use crate::backend::gpu::Tier;
@@ -66,7 +66,7 @@ struct Params {
     eps: f32,
     blocks1: u32,
     blocks2: u32,
-    /// matvec: x_last; matmul: y_stride.
+    /// matvec: x_last; matmul and the batched matvec: y_stride.
     extra: u32,
     _pad: u32,
     mats: [[u32; 4]; 3],
@@ -168,6 +168,11 @@ pub const MATMUL_COOP_TOKENS: u32 = 64;
 /// Tokens per workgroup tile of the matmul: long chunks, short chunks (less padding).
 pub const MATMUL_TOKENS: u32 = 32;
 pub const MATMUL_TOKENS_SHORT: u32 = 8;
+/// Token rows per workgroup of the batched decode matvec: steps of a few sequences, and more.
+pub const MATVEC_TOKENS_SHORT: u32 = 8;
+pub const MATVEC_TOKENS_LONG: u32 = 16;
+/// Rows per workgroup of the batched decode matvec (ROWS x TOK partial sums a thread: 32 at most).
+pub const MATVEC_TOKENS_ROWS: u32 = 2;
 
 impl<'a> Linear<'a> {
     /// Checks the matrices and returns the binding of the weights and the row blocks before each matrix.
@@ -286,8 +291,22 @@ impl<'a> Linear<'a> {
                 constants.push(("GROUPED", cols.is_multiple_of(32) as u32 as f64));
             }
         }
-        let pipeline = ctx.pipelines.get(kernel, &constants).await?;
-        let params = ctx.pool.uniform(kernel.name, bytemuck::bytes_of(&p))?;
+        let per = if coop { MATMUL_COOP_TOKENS } else { tokens };
+        let grid = if matvec { Grid::Fixed(ctx.grid_1d(total)) } else { Grid::TokensX { per, y: total } };
+        self.dispatch(ctx, kernel, &constants, region, &p, grid).await
+    }
+
+    async fn dispatch(
+        &self,
+        ctx: &GpuContext,
+        kernel: &Kernel,
+        constants: &[(&'static str, f64)],
+        region: Region<'_>,
+        p: &Params,
+        grid: Grid,
+    ) -> Result<Dispatch> {
+        let pipeline = ctx.pipelines.get(kernel, constants).await?;
+        let params = ctx.pool.uniform(kernel.name, bytemuck::bytes_of(p))?;
         let norm = self.norm.map_or(region, |n| n.region);
         let bind_group = ctx.bind(
             &pipeline,
@@ -300,9 +319,38 @@ impl<'a> Linear<'a> {
                 self.y.binding(),
             ],
         );
-        let per = if coop { MATMUL_COOP_TOKENS } else { tokens };
-        let grid = if matvec { Grid::Fixed(ctx.grid_1d(total)) } else { Grid::TokensX { per, y: total } };
         Ok(Dispatch { pipeline, bind_group, grid, params: Some(params) })
+    }
+
+    /// Whether [`Linear::matvec_tokens`] can run this product: its row blocks fit one grid dimension.
+    pub fn fits_matvec_tokens(&self, ctx: &GpuContext) -> bool {
+        let blocks: u64 = self.mats.iter().map(|m| m.m.rows.div_ceil(MATVEC_TOKENS_ROWS) as u64).sum();
+        blocks <= ctx.gpu.limits.max_compute_workgroups_per_dimension as u64
+    }
+
+    /// The batched decode dispatch (shaders/matvec_tokens.wgsl): the chunk's `n` activation rows, each one
+    /// sequence's next token, `tok` of them per workgroup ([`MATVEC_TOKENS_SHORT`] or [`MATVEC_TOKENS_LONG`]),
+    /// y rows `y_stride` apart. Store or add (no SwiGLU); any layout and shape the generic matvec takes.
+    pub async fn matvec_tokens(&self, ctx: &GpuContext, tok: u32) -> Result<Dispatch> {
+        if self.output == Output::SwiGlu {
+            return Err(Error::Gpu("the batched matvec has no SwiGLU output; use silu_mul".into()));
+        }
+        if !matches!(tok, MATVEC_TOKENS_SHORT | MATVEC_TOKENS_LONG) {
+            return Err(Error::Gpu(format!(
+                "the batched matvec takes {MATVEC_TOKENS_SHORT} or {MATVEC_TOKENS_LONG} tokens a workgroup, not {tok}"
+            )));
+        }
+        let (region, mut p, total) = self.prepare(ctx, MATVEC_TOKENS_ROWS)?;
+        let max = ctx.gpu.limits.max_compute_workgroups_per_dimension;
+        if total > max {
+            return Err(Error::Gpu(format!(
+                "the batched matvec needs {total} row blocks, over the adapter's {max} workgroups a dimension"
+            )));
+        }
+        p.extra = self.y_stride;
+        let mut constants = self.constants(true);
+        constants.extend([("ROWS", MATVEC_TOKENS_ROWS as f64), ("TOK", tok as f64)]);
+        self.dispatch(ctx, &MATVEC_TOKENS, &constants, region, &p, Grid::TokensX { per: tok, y: total }).await
     }
 
     /// The decode dispatch (one activation row).

@@ -5,5 +5,8 @@ pub mod attention;
 pub mod linear;
 pub mod misc;
 
-pub use linear::{Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT};
+pub use linear::{
+    Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT, MATVEC_TOKENS_LONG,
+    MATVEC_TOKENS_SHORT,
+};
 pub use misc::Heads;
