@@ -698,6 +698,8 @@ pub(super) struct Plan {
     pub batch: Vec<Stage>,
     /// Logits of the chunk's last token into logits row 0 (one stage per piece of the head).
     pub head_last: Vec<Stage>,
+    /// Logits of every row of a batched step (several sequences' next tokens).
+    pub head_batch: Vec<Stage>,
     /// Logits of every token of the chunk.
     pub head_all: Vec<Stage>,
     /// Greedy decoding: the argmax of logits row 0 into ids[0] and tokens[k], then the step moved on.
@@ -743,25 +745,30 @@ impl Plan {
             }
         }
         let [decode, prefill_short, prefill, batch_short, batch] = lists;
-        let mut head_last = Vec::new();
-        let mut head_all = Vec::new();
         let final_norm = prologue(Some(&p.final_norm), |name| match &w.output_norm_bias {
             Some(bias) if p.final_norm.bias.as_deref() == Some(name) => bias,
             _ => &w.output_norm,
         });
-        // A LayerNorm runs once, before the first piece (in each list); every piece reads its output.
-        let (mut norm_last, mut norm_all) = (Vec::new(), Vec::new());
-        let (on, x) = final_norm.lower(ctx, b, &b.x, p.hidden, &mut norm_last).await?;
-        final_norm.lower(ctx, b, &b.x, p.hidden, &mut norm_all).await?;
-        for (m, row0, piece) in &w.head {
-            let (mut last, mut all) = (std::mem::take(&mut norm_last), std::mem::take(&mut norm_all));
-            let part = [(m, *row0, None)];
-            let (lastrow, chunk) = (Shape::Matvec { x_last: true }, Shape::Matmul { tokens: MATMUL_TOKENS });
-            last.extend(products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, lastrow, mv).await?);
-            all.extend(products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, chunk, mv).await?);
-            head_last.push(Stage { piece: *piece, dispatches: last });
-            head_all.push(Stage { piece: *piece, dispatches: all });
+        // The logits of the last row (decode, a prompt's end), of every row of a batched step (the batched
+        // matvec) and of every row of a chunk (the matmul).
+        let shapes = [
+            Shape::Matvec { x_last: true },
+            Shape::Batched { tok: MATVEC_TOKENS_LONG },
+            Shape::Matmul { tokens: MATMUL_TOKENS },
+        ];
+        let mut heads: [Vec<Stage>; 3] = Default::default();
+        for (stages, shape) in heads.iter_mut().zip(shapes) {
+            // A LayerNorm runs once, before the first piece; every piece reads its output.
+            let mut norm = Vec::new();
+            let (on, x) = final_norm.lower(ctx, b, &b.x, p.hidden, &mut norm).await?;
+            for (m, row0, piece) in &w.head {
+                let mut list = std::mem::take(&mut norm);
+                let part = [(m, *row0, None)];
+                list.extend(products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, shape, mv).await?);
+                stages.push(Stage { piece: *piece, dispatches: list });
+            }
         }
+        let [head_last, head_batch, head_all] = heads;
         // Placeholder settings: the engine writes the real ones before it runs the dispatch.
         let sampling =
             misc::SampleParams::new(vocab, 0, 0, &SamplerOptions { temperature: 1.0, ..Default::default() }, 0);
@@ -788,6 +795,7 @@ impl Plan {
             batch_short,
             batch,
             head_last,
+            head_batch,
             head_all,
             argmax: vec![
                 misc::argmax(ctx, vocab, 0, 0, st, &b.logits, &b.ids, &b.tokens).await?,
