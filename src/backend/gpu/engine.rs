@@ -403,14 +403,14 @@ impl GpuEngine {
     }
 
     /// Runs one forward pass of `n` tokens: the embedding, `blocks`, then `head`, and finally copies `readback`
-    /// bytes of `from` into the readback buffer. Everything in one command buffer
+    /// (`bytes` of `from`, to offset `at` of the readback buffer). Everything in one command buffer
     /// when the weights are resident; otherwise streamed (see [`GpuEngine::stream`]).
     fn submit_forward(
         &self,
         n: u32,
         blocks: &[Stage],
         head: &[Stage],
-        readback: Option<(&super::buffers::GpuBuffer, u64)>,
+        readback: Option<(&super::buffers::GpuBuffer, u64, u64)>,
     ) {
         self.forwards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stages: Vec<&Stage> = blocks.iter().chain(head).collect();
@@ -420,8 +420,8 @@ impl GpuEngine {
                 let mut lists: Vec<&[super::context::Dispatch]> = vec![&self.plan.embed];
                 lists.extend(stages.iter().map(|s| s.dispatches.as_slice()));
                 self.ctx.record(&mut encoder, &lists, n);
-                if let Some((from, bytes)) = readback {
-                    encoder.copy_buffer_to_buffer(from.raw(), 0, self.staging.raw(), 0, bytes);
+                if let Some((from, bytes, at)) = readback {
+                    encoder.copy_buffer_to_buffer(from.raw(), 0, self.staging.raw(), at, bytes);
                 }
                 self.ctx.gpu.queue.submit([encoder.finish()]);
             }
@@ -434,7 +434,13 @@ impl GpuEngine {
     /// copy after the work that last read the slot). With overlap, the host writes piece k while the GPU runs
     /// the submission before it, and waits only for the work that last used piece k's slot, so at most
     /// `slots` pieces are in flight; without, it waits for the GPU before every upload.
-    fn stream(&self, slots: &Slots, n: u32, stages: &[&Stage], readback: Option<(&super::buffers::GpuBuffer, u64)>) {
+    fn stream(
+        &self,
+        slots: &Slots,
+        n: u32,
+        stages: &[&Stage],
+        readback: Option<(&super::buffers::GpuBuffer, u64, u64)>,
+    ) {
         let ring = slots.files.len();
         let mut lists: Vec<&[super::context::Dispatch]> = vec![&self.plan.embed];
         // The submission that ran each piece of this pass, in order.
@@ -447,8 +453,8 @@ impl GpuEngine {
                      last: bool| {
             let mut encoder = self.ctx.encoder();
             self.ctx.record(&mut encoder, lists, n);
-            if let (true, Some((from, bytes))) = (last, readback) {
-                encoder.copy_buffer_to_buffer(from.raw(), 0, self.staging.raw(), 0, bytes);
+            if let (true, Some((from, bytes, at))) = (last, readback) {
+                encoder.copy_buffer_to_buffer(from.raw(), 0, self.staging.raw(), at, bytes);
             }
             #[cfg(not(target_arch = "wasm32"))]
             let start = self.trace.as_ref().map(|(_, t)| t.lock().expect("trace lock").now_us());
@@ -549,7 +555,7 @@ impl GpuEngine {
             };
             match rows {
                 Some((head, rows)) => {
-                    self.submit_forward(n, blocks, head, Some((&self.bufs.logits, rows as u64 * row_bytes)));
+                    self.submit_forward(n, blocks, head, Some((&self.bufs.logits, rows as u64 * row_bytes, 0)));
                 }
                 None => self.submit_forward(n, blocks, &[], None),
             }
@@ -565,7 +571,7 @@ impl GpuEngine {
 
     /// [`Engine::forward_batch`]: the sequences' single next tokens run together, up to `max_seqs` rows per
     /// pass (one row each, attention per row over its own blocks); each longer chunk (a prompt) runs as a pass
-    /// of its own over its blocks.
+    /// of its own over its blocks. The passes are submitted back to back and their logits read together.
     pub async fn forward_batch_async(&mut self, seqs: &[SeqChunk<'_>]) -> Result<Vec<f32>> {
         let kv = self.kv_layout();
         crate::backend::check_batch(seqs, kv, self.cfg.vocab_size, self.opts.context_length)?;
@@ -578,15 +584,18 @@ impl GpuEngine {
             wanted += 1;
         }
         let mut out = vec![0f32; wanted * vocab];
-        let mut put = |i: usize, row: &[f32]| {
-            if let Some(k) = slot[i] {
-                out[k * vocab..(k + 1) * vocab].copy_from_slice(row);
-            }
-        };
+        // Passes run back to back, each copying its logits rows after the previous pass's in the readback
+        // buffer; they are read (one wait for the GPU) when it is full and at the end. `pending`: the sequence
+        // each row read so far belongs to.
+        let capacity = self.logit_rows as u64 * row_bytes;
+        let mut pending: Vec<usize> = Vec::new();
         let singles: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].ids.len() == 1).collect();
         let per = self.opts.max_seqs.max(1).min(self.logit_rows).min(self.max_batch) as usize;
         for group in singles.chunks(per) {
             let n = group.len() as u32;
+            if (pending.len() + group.len()) as u64 * row_bytes > capacity {
+                self.drain(&mut pending, &slot, &mut out).await?;
+            }
             let ids: Vec<u32> = group.iter().map(|&i| seqs[i].ids[0]).collect();
             let mut map = vec![0u32; 2 * group.len()];
             for (r, &i) in group.iter().enumerate() {
@@ -602,30 +611,51 @@ impl GpuEngine {
                 2..=8 => (&plan.batch_short, &plan.head_batch),
                 _ => (&plan.batch, &plan.head_batch),
             };
-            self.submit_forward(n, blocks, head, Some((&self.bufs.logits, n as u64 * row_bytes)));
-            let data = self.read_back(n as u64 * row_bytes).await?;
-            let logits: &[f32] = bytemuck::cast_slice(&data);
-            for (&i, row) in group.iter().zip(logits.chunks_exact(vocab)) {
-                put(i, row);
-            }
+            let at = pending.len() as u64 * row_bytes;
+            self.submit_forward(n, blocks, head, Some((&self.bufs.logits, n as u64 * row_bytes, at)));
+            pending.extend_from_slice(group);
         }
         for (i, s) in seqs.iter().enumerate().filter(|(_, s)| s.ids.len() > 1) {
             let n = s.ids.len() as u32;
             let mut map: Vec<u32> = (0..n).flat_map(|t| [s.pos as u32 + t, 2 * n]).collect();
             map.extend_from_slice(&s.blocks[..(s.pos + s.ids.len()).div_ceil(KV_BLOCK_TOKENS)]);
-            self.write_chunk(s.ids, &map, n, s.pos as u32);
             let blocks = if n <= 8 { &self.plan.prefill_short } else { &self.plan.prefill };
             match s.logits {
                 true => {
-                    self.submit_forward(n, blocks, &self.plan.head_last, Some((&self.bufs.logits, row_bytes)));
-                    let data = self.read_back(row_bytes).await?;
-                    put(i, bytemuck::cast_slice(&data));
+                    if (pending.len() + 1) as u64 * row_bytes > capacity {
+                        self.drain(&mut pending, &slot, &mut out).await?;
+                    }
+                    self.write_chunk(s.ids, &map, n, s.pos as u32);
+                    let at = pending.len() as u64 * row_bytes;
+                    self.submit_forward(n, blocks, &self.plan.head_last, Some((&self.bufs.logits, row_bytes, at)));
+                    pending.push(i);
                 }
-                false => self.submit_forward(n, blocks, &[], None),
+                false => {
+                    self.write_chunk(s.ids, &map, n, s.pos as u32);
+                    self.submit_forward(n, blocks, &[], None);
+                }
             }
+        }
+        if !pending.is_empty() {
+            self.drain(&mut pending, &slot, &mut out).await?;
         }
         self.ctx.gpu.check()?;
         Ok(out)
+    }
+
+    /// Reads back the logits rows the passes since the last read copied (row k belongs to sequence
+    /// `pending[k]`) and puts each sequence's where `slot` says in `out`.
+    async fn drain(&self, pending: &mut Vec<usize>, slot: &[Option<usize>], out: &mut [f32]) -> Result<()> {
+        let vocab = self.cfg.vocab_size as usize;
+        let data = self.read_back(pending.len() as u64 * 4 * vocab as u64).await?;
+        let logits: &[f32] = bytemuck::cast_slice(&data);
+        for (&i, row) in pending.iter().zip(logits.chunks_exact(vocab)) {
+            if let Some(k) = slot[i] {
+                out[k * vocab..(k + 1) * vocab].copy_from_slice(row);
+            }
+        }
+        pending.clear();
+        Ok(())
     }
 
     /// Writes a paged chunk's token ids (or their embedding rows), its seqmap and its step.
