@@ -14,9 +14,9 @@
 override TOK: u32 = 8u;
 
 // ROWS * TOK partial sums per thread at most.
-const TOKEN_SLOTS: u32 = 32u;
-var<workgroup> red_tokens: array<f32, 2048>; // TOKEN_SLOTS x WG (64 at most)
-var<workgroup> token_scale: array<f32, 32>;
+const TOKEN_SLOTS: u32 = 16u;
+var<workgroup> red_tokens: array<f32, 1024>; // TOKEN_SLOTS x WG (64 at most)
+var<workgroup> token_scale: array<f32, 16>;
 
 // Values of a unit: 16 for the GGUF blocks and ternary, 8 for int4, 4 otherwise (the rest of `unit_w` is 0).
 fn unit_len() -> u32 {

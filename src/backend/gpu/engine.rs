@@ -608,8 +608,8 @@ impl GpuEngine {
             let plan = &self.plan;
             let (blocks, head) = match n {
                 1 => (&plan.decode, &plan.head_last),
-                2..=8 => (&plan.batch_short, &plan.head_batch),
-                _ => (&plan.batch, &plan.head_batch),
+                2..=8 => (&plan.batch_short, &plan.head_all),
+                _ => (&plan.batch, &plan.head_all),
             };
             let at = pending.len() as u64 * row_bytes;
             self.submit_forward(n, blocks, head, Some((&self.bufs.logits, n as u64 * row_bytes, at)));

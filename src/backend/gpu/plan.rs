@@ -5,10 +5,7 @@
 
 use super::buffers::{GpuBuffer, Purpose};
 use super::context::{Dispatch, GpuContext, Region};
-use super::ops::{
-    attention, misc, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT, MATVEC_TOKENS_LONG,
-    MATVEC_TOKENS_SHORT,
-};
+use super::ops::{attention, misc, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT};
 use super::streaming::{Copy, RowLayout, Slots, Unit, UnitKind};
 use super::weights::{GpuFile, GpuMatrix};
 use crate::arch::{Buf, NormOp, Op, Program, QkPart};
@@ -496,9 +493,9 @@ enum Shape {
     /// The decode matvec over one activation row (with `x_last`, the chunk's last row rather than row 0), by
     /// the kernel `MatvecKernel` picks.
     Matvec { x_last: bool },
-    /// Several sequences' next tokens, one row each: the batched matvec, `tok` rows a workgroup (f32
-    /// activations); the matmul where it has too many row blocks for the adapter.
-    Batched { tok: u32 },
+    /// Several sequences' next tokens, one row each, at most `MATVEC_TOKENS` of them: the batched matvec (f32
+    /// activations); the short matmul where it has too many row blocks for the adapter.
+    Batched,
     /// A prompt's chunk: the prefill matmul in `tokens`-token tiles (f32 activations).
     Matmul { tokens: u32 },
 }
@@ -549,9 +546,8 @@ async fn products(
         let l = Linear { mats, norm, output, step, x, y, x_last, y_stride };
         out.push(match shape {
             Shape::Matvec { .. } => l.matvec_with(ctx, matvec).await?,
-            Shape::Batched { tok } if l.fits_matvec_tokens(ctx) => l.matvec_tokens(ctx, tok).await?,
-            Shape::Batched { tok: MATVEC_TOKENS_SHORT } => l.matmul(ctx, MATMUL_TOKENS_SHORT).await?,
-            Shape::Batched { .. } => l.matmul(ctx, MATMUL_TOKENS).await?,
+            Shape::Batched if l.fits_matvec_tokens(ctx) => l.matvec_tokens(ctx).await?,
+            Shape::Batched => l.matmul(ctx, MATMUL_TOKENS_SHORT).await?,
             Shape::Matmul { tokens } => l.matmul(ctx, tokens).await?,
         });
     }
@@ -560,7 +556,7 @@ async fn products(
 
 /// What lowering one op of block `l` needs: matvecs when `tokens` is 0, else products over chunks of up to
 /// `tokens` (`MATMUL_TOKENS_SHORT` or `MATMUL_TOKENS`) rows; `batched`: the rows are several sequences' next
-/// tokens (the batched matvec, decode attention per row), not one prompt's (the matmul, prefill attention).
+/// tokens (decode attention per row; the batched matvec for short chunks), not one prompt's (prefill attention).
 struct Lowering<'a> {
     batched: bool,
     ctx: &'a GpuContext,
@@ -577,9 +573,11 @@ impl Lowering<'_> {
     fn shape(&self) -> Shape {
         match (self.tokens, self.batched) {
             (0, _) => Shape::Matvec { x_last: false },
-            (MATMUL_TOKENS_SHORT, true) => Shape::Batched { tok: MATVEC_TOKENS_SHORT },
-            (_, true) => Shape::Batched { tok: MATVEC_TOKENS_LONG },
-            (tokens, false) => Shape::Matmul { tokens },
+            // Steps of a few sequences: the batched matvec. On an H100 (SmolLM2 shapes) it made steps of 2 to 8
+            // rows 1.4-1.5x faster than the matmul, was even at 12 to 16 and 0.5x at 64, where the matmul's tiles
+            // (cooperative there) have workgroups enough.
+            (MATMUL_TOKENS_SHORT, true) => Shape::Batched,
+            (tokens, _) => Shape::Matmul { tokens },
         }
     }
 
@@ -698,8 +696,6 @@ pub(super) struct Plan {
     pub batch: Vec<Stage>,
     /// Logits of the chunk's last token into logits row 0 (one stage per piece of the head).
     pub head_last: Vec<Stage>,
-    /// Logits of every row of a batched step (several sequences' next tokens).
-    pub head_batch: Vec<Stage>,
     /// Logits of every token of the chunk.
     pub head_all: Vec<Stage>,
     /// Greedy decoding: the argmax of logits row 0 into ids[0] and tokens[k], then the step moved on.
@@ -749,14 +745,11 @@ impl Plan {
             Some(bias) if p.final_norm.bias.as_deref() == Some(name) => bias,
             _ => &w.output_norm,
         });
-        // The logits of the last row (decode, a prompt's end), of every row of a batched step (the batched
-        // matvec) and of every row of a chunk (the matmul).
-        let shapes = [
-            Shape::Matvec { x_last: true },
-            Shape::Batched { tok: MATVEC_TOKENS_LONG },
-            Shape::Matmul { tokens: MATMUL_TOKENS },
-        ];
-        let mut heads: [Vec<Stage>; 3] = Default::default();
+        // The logits of the last row (decode, a prompt's end) and of every row (a chunk, a batched step). A
+        // batched step's head stays on the matmul: with the vocabulary's rows it has workgroups enough, and on an
+        // H100 the cooperative matmul ran SmolLM2's head for 4 to 16 rows in 152 us, the batched matvec in 653.
+        let shapes = [Shape::Matvec { x_last: true }, Shape::Matmul { tokens: MATMUL_TOKENS }];
+        let mut heads: [Vec<Stage>; 2] = Default::default();
         for (stages, shape) in heads.iter_mut().zip(shapes) {
             // A LayerNorm runs once, before the first piece; every piece reads its output.
             let mut norm = Vec::new();
@@ -768,7 +761,7 @@ impl Plan {
                 stages.push(Stage { piece: *piece, dispatches: list });
             }
         }
-        let [head_last, head_batch, head_all] = heads;
+        let [head_last, head_all] = heads;
         // Placeholder settings: the engine writes the real ones before it runs the dispatch.
         let sampling =
             misc::SampleParams::new(vocab, 0, 0, &SamplerOptions { temperature: 1.0, ..Default::default() }, 0);
@@ -795,7 +788,6 @@ impl Plan {
             batch_short,
             batch,
             head_last,
-            head_batch,
             head_all,
             argmax: vec![
                 misc::argmax(ctx, vocab, 0, 0, st, &b.logits, &b.ids, &b.tokens).await?,

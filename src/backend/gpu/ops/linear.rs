@@ -7,7 +7,7 @@
 use crate::backend::gpu::buffers::GpuBuffer;
 use crate::backend::gpu::context::{Dispatch, GpuContext, Grid, Region};
 use crate::backend::gpu::pipelines::{
-    Kernel, MATMUL, MATMUL_COOP, MATVEC, MATVEC_GROUPS, MATVEC_GROUPS_SG, MATVEC_Q8, MATVEC_Q8_SG, MATVEC_TOKENS,
+    self, Kernel, MATMUL, MATMUL_COOP, MATVEC, MATVEC_GROUPS, MATVEC_GROUPS_SG, MATVEC_Q8, MATVEC_Q8_SG,
 };
 use crate::backend::gpu::weights::GpuMatrix;
 use crate::backend::gpu::Tier;
@@ -168,10 +168,9 @@ pub const MATMUL_COOP_TOKENS: u32 = 64;
 /// Tokens per workgroup tile of the matmul: long chunks, short chunks (less padding).
 pub const MATMUL_TOKENS: u32 = 32;
 pub const MATMUL_TOKENS_SHORT: u32 = 8;
-/// Token rows per workgroup of the batched decode matvec: steps of a few sequences, and more.
-pub const MATVEC_TOKENS_SHORT: u32 = 8;
-pub const MATVEC_TOKENS_LONG: u32 = 16;
-/// Rows per workgroup of the batched decode matvec (ROWS x TOK partial sums a thread: 32 at most).
+/// Token rows per workgroup of the batched decode matvec (the short chunks' [`MATMUL_TOKENS_SHORT`]).
+pub const MATVEC_TOKENS: u32 = 8;
+/// Rows per workgroup of the batched decode matvec (ROWS x TOK partial sums a thread: 16 at most).
 pub const MATVEC_TOKENS_ROWS: u32 = 2;
 
 impl<'a> Linear<'a> {
@@ -329,16 +328,11 @@ impl<'a> Linear<'a> {
     }
 
     /// The batched decode dispatch (shaders/matvec_tokens.wgsl): the chunk's `n` activation rows, each one
-    /// sequence's next token, `tok` of them per workgroup ([`MATVEC_TOKENS_SHORT`] or [`MATVEC_TOKENS_LONG`]),
-    /// y rows `y_stride` apart. Store or add (no SwiGLU); any layout and shape the generic matvec takes.
-    pub async fn matvec_tokens(&self, ctx: &GpuContext, tok: u32) -> Result<Dispatch> {
+    /// sequence's next token, [`MATVEC_TOKENS`] of them per workgroup, y rows `y_stride` apart. Store or add (no
+    /// SwiGLU); any layout and shape the generic matvec takes.
+    pub async fn matvec_tokens(&self, ctx: &GpuContext) -> Result<Dispatch> {
         if self.output == Output::SwiGlu {
             return Err(Error::Gpu("the batched matvec has no SwiGLU output; use silu_mul".into()));
-        }
-        if !matches!(tok, MATVEC_TOKENS_SHORT | MATVEC_TOKENS_LONG) {
-            return Err(Error::Gpu(format!(
-                "the batched matvec takes {MATVEC_TOKENS_SHORT} or {MATVEC_TOKENS_LONG} tokens a workgroup, not {tok}"
-            )));
         }
         let (region, mut p, total) = self.prepare(ctx, MATVEC_TOKENS_ROWS)?;
         let max = ctx.gpu.limits.max_compute_workgroups_per_dimension;
@@ -349,8 +343,9 @@ impl<'a> Linear<'a> {
         }
         p.extra = self.y_stride;
         let mut constants = self.constants(true);
-        constants.extend([("ROWS", MATVEC_TOKENS_ROWS as f64), ("TOK", tok as f64)]);
-        self.dispatch(ctx, &MATVEC_TOKENS, &constants, region, &p, Grid::TokensX { per: tok, y: total }).await
+        constants.extend([("ROWS", MATVEC_TOKENS_ROWS as f64), ("TOK", MATVEC_TOKENS as f64)]);
+        let grid = Grid::TokensX { per: MATVEC_TOKENS, y: total };
+        self.dispatch(ctx, &pipelines::MATVEC_TOKENS, &constants, region, &p, grid).await
     }
 
     /// The decode dispatch (one activation row).

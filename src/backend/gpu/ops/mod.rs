@@ -6,7 +6,6 @@ pub mod linear;
 pub mod misc;
 
 pub use linear::{
-    Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT, MATVEC_TOKENS_LONG,
-    MATVEC_TOKENS_SHORT,
+    Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT, MATVEC_TOKENS,
 };
 pub use misc::Heads;
