@@ -1,5 +1,7 @@
 //! omex: a GPU-first model format and runtime. The bytes on disk are the bytes the kernels read.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod agent;
 pub mod arch;
 pub mod backend;
 pub mod error;

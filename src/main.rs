@@ -24,6 +24,10 @@ enum Command {
     Tokenize(cli::tokenize::TokenizeArgs),
     /// Generate text from a prompt
     Run(cli::run::RunArgs),
+    /// Chat with the model on the terminal (multi-turn, optionally as one of its agents)
+    Chat(cli::chat::ChatArgs),
+    /// Add or list a model's agents (agents/*.json)
+    Agent(cli::agent::AgentArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (continuous batching)
     Serve(cli::serve::ServeArgs),
     /// Measure prompt processing and generation speed
@@ -56,6 +60,8 @@ fn main() -> ExitCode {
         Command::LayerInspect(args) => cli::layer_inspect::run(args),
         Command::Tokenize(args) => cli::tokenize::run(args),
         Command::Run(args) => cli::run::run(args),
+        Command::Chat(args) => cli::chat::run(args),
+        Command::Agent(args) => cli::agent::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Perplexity(args) => cli::perplexity::run(args),

@@ -45,7 +45,9 @@ pub fn progress(len: u64, msg: &str) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
+pub mod agent;
 pub mod bench;
+pub mod chat;
 pub mod convert;
 pub mod engine_args;
 pub mod graph_visualize;
