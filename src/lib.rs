@@ -4,6 +4,8 @@
 pub mod agent;
 pub mod arch;
 pub mod backend;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod container;
 pub mod error;
 pub mod files;
 pub mod format;

@@ -28,6 +28,8 @@ enum Command {
     Chat(cli::chat::ChatArgs),
     /// Add or list a model's agents (agents/*.json)
     Agent(cli::agent::AgentArgs),
+    /// Run an execution container (a task graph of model-inference and tool nodes), resuming a past run
+    Exec(cli::exec::ExecArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (continuous batching)
     Serve(cli::serve::ServeArgs),
     /// Measure prompt processing and generation speed
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args),
         Command::Chat(args) => cli::chat::run(args),
         Command::Agent(args) => cli::agent::run(args),
+        Command::Exec(args) => cli::exec::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Perplexity(args) => cli::perplexity::run(args),

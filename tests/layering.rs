@@ -27,6 +27,8 @@ const LAYERS: &[&[&str]] = &[
     // The OpenAI-compatible HTTP server over the runtime's scheduler; agents, their tools and the chat loop
     // over a session.
     &["server", "agent"],
+    // Execution containers: task graphs of inference and tool nodes (agent tools).
+    &["container"],
     // The command line (the binary crate).
     &["cli"],
 ];

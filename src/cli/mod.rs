@@ -50,6 +50,7 @@ pub mod bench;
 pub mod chat;
 pub mod convert;
 pub mod engine_args;
+pub mod exec;
 pub mod graph_visualize;
 pub mod layer_inspect;
 pub mod memory_trace;
