@@ -28,6 +28,8 @@ enum Command {
     Chat(cli::chat::ChatArgs),
     /// Add or list a model's agents (agents/*.json)
     Agent(cli::agent::AgentArgs),
+    /// Compare two models on a text: logit differences, top-1 agreement, perplexity and speed
+    Compare(cli::compare::CompareArgs),
     /// Run an execution container (a task graph of model-inference and tool nodes), resuming a past run
     Exec(cli::exec::ExecArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (continuous batching)
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => cli::chat::run(args),
         Command::Agent(args) => cli::agent::run(args),
         Command::Exec(args) => cli::exec::run(args),
+        Command::Compare(args) => cli::compare::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Perplexity(args) => cli::perplexity::run(args),

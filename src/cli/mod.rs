@@ -48,6 +48,7 @@ pub fn progress(len: u64, msg: &str) -> Option<indicatif::ProgressBar> {
 pub mod agent;
 pub mod bench;
 pub mod chat;
+pub mod compare;
 pub mod convert;
 pub mod engine_args;
 pub mod exec;
