@@ -30,6 +30,8 @@ enum Command {
     Agent(cli::agent::AgentArgs),
     /// Compare two models on a text: logit differences, top-1 agreement, perplexity and speed
     Compare(cli::compare::CompareArgs),
+    /// Write a per-op timeline of a prompt and a few decode steps (Chrome trace-event JSON, for Perfetto)
+    Trace(cli::trace::TraceArgs),
     /// Run an execution container (a task graph of model-inference and tool nodes), resuming a past run
     Exec(cli::exec::ExecArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (continuous batching)
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => cli::agent::run(args),
         Command::Exec(args) => cli::exec::run(args),
         Command::Compare(args) => cli::compare::run(args),
+        Command::Trace(args) => cli::trace::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Perplexity(args) => cli::perplexity::run(args),

@@ -61,4 +61,5 @@ pub mod profile;
 pub mod run;
 pub mod serve;
 pub mod tokenize;
+pub mod trace;
 pub mod validate;

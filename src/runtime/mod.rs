@@ -6,6 +6,7 @@ mod model;
 pub mod perplexity;
 pub mod scheduler;
 pub mod session;
+pub mod trace;
 
 pub use crate::sampling::{Sampler, SamplerOptions};
 pub use model::{BackendChoice, EngineOptions, Model};
