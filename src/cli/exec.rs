@@ -38,6 +38,11 @@ pub struct ExecArgs {
 }
 
 pub fn run(args: ExecArgs) -> Result<()> {
+    if let Some(p) = args.parallel {
+        if !(1..=64).contains(&p) {
+            return Err(Error::Usage(format!("--parallel {p}: must be 1 to 64")));
+        }
+    }
     let plan = omex::container::load(&args.container, args.root.as_deref())?;
     let out = args.out.clone().unwrap_or_else(|| {
         let dir = args.container.parent().map(PathBuf::from).unwrap_or_default();
@@ -64,7 +69,7 @@ pub fn run(args: ExecArgs) -> Result<()> {
                 r.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
             );
         }
-        outln!("{}: {} (manifest: {})", m.container_id, m.status, out.join(omex::container::run::MANIFEST).display());
+        outln!("{}: {} (manifest: {})", m.container_id, m.status, out.join(omex::container::MANIFEST).display());
     }
     if m.status == "succeeded" {
         Ok(())
