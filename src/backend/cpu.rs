@@ -148,15 +148,21 @@ struct OpTrace {
 }
 
 impl OpTrace {
-    /// Records `name` from `start` to now.
+    /// The time now when a timeline is being recorded (no clock is read otherwise: `Instant` is not
+    /// available everywhere this engine runs).
+    fn mark(trace: &Option<OpTrace>) -> Option<std::time::Instant> {
+        trace.as_ref().map(|_| std::time::Instant::now())
+    }
+
+    /// Records `name` from `start` (a [`OpTrace::mark`]) to now.
     fn record(
         trace: &mut Option<OpTrace>,
         name: impl FnOnce() -> String,
         block: Option<usize>,
-        start: std::time::Instant,
+        start: Option<std::time::Instant>,
         tokens: usize,
     ) {
-        if let Some(t) = trace {
+        if let (Some(t), Some(start)) = (trace, start) {
             let end = std::time::Instant::now();
             let start_us = start.duration_since(t.t0).as_secs_f64() * 1e6;
             let dur_us = end.duration_since(start).as_secs_f64() * 1e6;
@@ -232,7 +238,7 @@ impl CpuEngine {
     /// hidden states `[n, d]` in `s.normed`.
     fn forward_chunk(&mut self, ids: &[u32], segs: &[Seg]) -> Result<()> {
         let n = ids.len();
-        let started = std::time::Instant::now();
+        let started = OpTrace::mark(&self.trace);
         let p = &self.program;
         let d = p.hidden as usize;
         let s = &mut self.s;
@@ -270,12 +276,12 @@ impl CpuEngine {
         let act = self.opts.activations;
         for (l, steps) in self.blocks.iter().enumerate() {
             for (i, step) in steps.iter().enumerate() {
-                let start = std::time::Instant::now();
+                let start = OpTrace::mark(&self.trace);
                 run_step(p, step, act, s, &mut self.kv, l, segs, n);
                 OpTrace::record(&mut self.trace, || format!("blk.{l} {}", self.labels[l][i]), Some(l), start, n);
             }
         }
-        let start = std::time::Instant::now();
+        let start = OpTrace::mark(&self.trace);
         let x = &s.bufs[Buf::Hidden as usize];
         s.normed.resize(x.len(), 0.0);
         self.final_norm.rows(x, &mut s.normed);
@@ -285,7 +291,7 @@ impl CpuEngine {
 
     /// Logits of the normed hidden rows `first..n` of the last chunk.
     fn head_logits(&mut self, first: usize, n: usize, out: &mut Vec<f32>) {
-        let start = std::time::Instant::now();
+        let start = OpTrace::mark(&self.trace);
         let d = self.program.hidden as usize;
         let h = &self.s.normed[first * d..n * d];
         head_rows(&self.head, self.program.vocab as usize, self.opts.activations, h, n - first, &mut self.s.xq, out);
