@@ -67,10 +67,8 @@ impl Ctx<'_> {
             // What the node reads is gathered again on each attempt (a guidance hook may fail once).
             let attempt = self.gather(n).and_then(|gathered| {
                 rec.fingerprint = gathered.fingerprint.clone();
-                if rec.attempts == 1 {
-                    if self.unchanged(n, &gathered.fingerprint).is_some() {
-                        return Ok(None);
-                    }
+                if rec.attempts == 1 && self.unchanged(n, &gathered.fingerprint).is_some() {
+                    return Ok(None);
                 }
                 match &n.kind {
                     NodeKind::FileReader { .. } => Ok(Some(gathered.text)),

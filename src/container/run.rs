@@ -74,6 +74,9 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &(dyn Fn(&str) + Sync)) -> Resul
     let mem_cap = c.resources.max_memory_mb.map(|m| m << 20);
     let deadline = c.resources.timeout_seconds.map(|t| Instant::now() + Duration::from_secs(t));
     for n in &plan.nodes {
+        if n.spec.model_config.is_some() {
+            log(&format!("info: node {}: model_config ignored (omex runs the whole model)", n.spec.id));
+        }
         if let Some(g) = &n.spec.guidance {
             if opts.guidance_hook.is_none() {
                 log(&format!(
