@@ -253,3 +253,25 @@ fn the_guidance_hook_is_called_and_a_failed_attempt_is_retried() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("ignored"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_node_past_its_timeout_fails_after_its_retries() {
+    let dir = temp_dir("timeout");
+    // A story of 600 words takes SmolLM2 well over a second to write on a CPU (about 25 tokens/s on 2 cores).
+    let c = json!({
+        "omex_version": "0.1.0", "container_id": "timeout", "execution_config": {"max_tokens": 1500},
+        "execution_graph": {"nodes": [{"id": "story", "type": "model_inference", "outputs": ["story.md"],
+            "timeout_seconds": 1, "instruction": "Write a very long story about a dragon, at least 600 words."}]},
+        "completion_policy": {"retry_on_fail": true, "max_retries": 1, "retry_delay_ms": 10}
+    });
+    std::fs::write(dir.join("container.json"), c.to_string()).unwrap();
+    let out = exec(&dir, &[]);
+    assert!(!out.status.success());
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run/manifest.json")).unwrap()).unwrap();
+    let rec = &m["nodes"]["story"];
+    assert_eq!(rec["status"], "failed");
+    assert_eq!(rec["attempts"], 2);
+    assert!(rec["error"].as_str().unwrap().contains("timed out"), "{rec}");
+    assert!(!dir.join("run/story.md").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
