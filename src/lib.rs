@@ -1,7 +1,11 @@
 //! omex: a GPU-first model format and runtime. The bytes on disk are the bytes the kernels read.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod agent;
 pub mod arch;
 pub mod backend;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod container;
 pub mod error;
 pub mod files;
 pub mod format;

@@ -24,6 +24,16 @@ enum Command {
     Tokenize(cli::tokenize::TokenizeArgs),
     /// Generate text from a prompt
     Run(cli::run::RunArgs),
+    /// Chat with the model on the terminal (multi-turn, optionally as one of its agents)
+    Chat(cli::chat::ChatArgs),
+    /// Add or list a model's agents (agents/*.json)
+    Agent(cli::agent::AgentArgs),
+    /// Compare two models on a text: logit differences, top-1 agreement, perplexity and speed
+    Compare(cli::compare::CompareArgs),
+    /// Write a per-op timeline of a prompt and a few decode steps (Chrome trace-event JSON, for Perfetto)
+    Trace(cli::trace::TraceArgs),
+    /// Run an execution container (a task graph of model-inference and tool nodes), resuming a past run
+    Exec(cli::exec::ExecArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (continuous batching)
     Serve(cli::serve::ServeArgs),
     /// Measure prompt processing and generation speed
@@ -56,6 +66,11 @@ fn main() -> ExitCode {
         Command::LayerInspect(args) => cli::layer_inspect::run(args),
         Command::Tokenize(args) => cli::tokenize::run(args),
         Command::Run(args) => cli::run::run(args),
+        Command::Chat(args) => cli::chat::run(args),
+        Command::Agent(args) => cli::agent::run(args),
+        Command::Exec(args) => cli::exec::run(args),
+        Command::Compare(args) => cli::compare::run(args),
+        Command::Trace(args) => cli::trace::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Perplexity(args) => cli::perplexity::run(args),

@@ -5,9 +5,10 @@
 //! tensor the graph reads is indexed with its shape, in the file the graph names; every index entry's record
 //! parses from its file and equals the entry, records do not overlap, quantization scales are finite and
 //! ternary codes valid; every file of `metadata.files` is present with its size and sha256; the tokenizer
-//! loads; the optional folders' JSON files parse (agents need an `agent_id`). Files nobody lists are
+//! loads; the optional folders' JSON files parse (agents: the whole agent schema). Files nobody lists are
 //! warnings.
 
+use crate::format::agent::AgentConfig;
 use crate::format::checksum::sha256_file;
 use crate::format::graph::{GraphFile, GRAPH_FILE};
 use crate::format::index::{TensorEntry, WeightIndex, INDEX_FILE};
@@ -313,7 +314,7 @@ fn check_files(r: &mut Report, dir: &Path, m: &Metadata) {
     }
 }
 
-/// The optional folders' JSON files parse; agents have an `agent_id`; unknown top-level entries are warnings.
+/// The optional folders' JSON files parse; agents follow the agent schema; unknown top-level entries are warnings.
 fn check_optional(r: &mut Report, dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -338,12 +339,15 @@ fn check_optional(r: &mut Report, dir: &Path) {
                 }
                 continue;
             }
-            match read_json::<serde_json::Value>(&dir.join(&rel)) {
-                Err(e) => r.problem(e.to_string()),
-                Ok(v) if name == "agents" && v.get("agent_id").and_then(|a| a.as_str()).is_none() => {
-                    r.problem(format!("{rel}: an agent needs an \"agent_id\" string"))
+            if name == "agents" {
+                // The whole schema: tools, permissions, memory policy (see format::agent).
+                if let Err(e) = AgentConfig::load(&dir.join(&rel)) {
+                    r.problem(e.to_string());
                 }
-                Ok(_) => {}
+                continue;
+            }
+            if let Err(e) = read_json::<serde_json::Value>(&dir.join(&rel)) {
+                r.problem(e.to_string());
             }
         }
     }

@@ -24,8 +24,11 @@ const LAYERS: &[&[&str]] = &[
     &["backend", "validate"],
     // Importing models (GGUF, safetensors); Model and Session.
     &["import", "runtime"],
-    // The OpenAI-compatible HTTP server over the runtime's scheduler.
-    &["server"],
+    // The OpenAI-compatible HTTP server over the runtime's scheduler; agents, their tools and the chat loop
+    // over a session.
+    &["server", "agent"],
+    // Execution containers: task graphs of inference and tool nodes (agent tools).
+    &["container"],
     // The command line (the binary crate).
     &["cli"],
 ];

@@ -94,6 +94,32 @@ pub enum Op {
     Add { from: Buf, to: Buf },
 }
 
+impl Op {
+    /// A short name for timelines and logs: the op's kind and, for a linear op, its matrices without the
+    /// block prefix ("linear attn_q|attn_k|attn_v").
+    pub fn label(&self) -> String {
+        let short = |name: &str| {
+            let rest = name.strip_prefix("blk.").map_or(name, |r| r.split_once('.').map_or(r, |(_, t)| t));
+            rest.strip_suffix(".weight").unwrap_or(rest).to_string()
+        };
+        match self {
+            Op::Linear { mats, add, .. } => {
+                let names: Vec<String> = mats.iter().map(|m| short(&m.weight)).collect();
+                format!("linear {}{}", names.join("|"), if *add { " +=" } else { "" })
+            }
+            Op::HeadNorm { part: QkPart::Q, .. } => "head_norm q".into(),
+            Op::HeadNorm { part: QkPart::K, .. } => "head_norm k".into(),
+            Op::RopeStore { .. } => "rope_store".into(),
+            Op::Attention { window: Some(w) } => format!("attention (window {w})"),
+            Op::Attention { window: None } => "attention".into(),
+            Op::Glu { .. } => "glu".into(),
+            Op::Activation { .. } => "activation".into(),
+            Op::Norm { .. } => "norm".into(),
+            Op::Add { .. } => "add".into(),
+        }
+    }
+}
+
 /// One block: the layer file its weights live in and its ops.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Block {

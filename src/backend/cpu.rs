@@ -1,7 +1,7 @@
 //! The CPU engine: the transformer forward pass over `kernels-cpu`, reading weights straight from the mapped
 //! layer files. It is also the reference the GPU engine is tested against.
 
-use super::{Activations, Engine, KvBlocks, KvType, Logits, SeqChunk, WeightRef, KV_BLOCK_TOKENS};
+use super::{Activations, Engine, KvBlocks, KvType, Logits, OpSpan, SeqChunk, WeightRef, KV_BLOCK_TOKENS};
 use crate::arch::{self, Buf, Op, Program, QkPart};
 use crate::error::{Error, Result};
 use crate::format::ModelDir;
@@ -136,6 +136,39 @@ pub struct CpuEngine {
     kv: KvCache,
     kv_blocks: usize,
     s: Scratch,
+    /// Each block's op labels, for the per-op timeline.
+    labels: Vec<Vec<String>>,
+    trace: Option<OpTrace>,
+}
+
+/// The per-op timeline being recorded.
+struct OpTrace {
+    t0: std::time::Instant,
+    spans: Vec<OpSpan>,
+}
+
+impl OpTrace {
+    /// The time now when a timeline is being recorded (no clock is read otherwise: `Instant` is not
+    /// available everywhere this engine runs).
+    fn mark(trace: &Option<OpTrace>) -> Option<std::time::Instant> {
+        trace.as_ref().map(|_| std::time::Instant::now())
+    }
+
+    /// Records `name` from `start` (a [`OpTrace::mark`]) to now.
+    fn record(
+        trace: &mut Option<OpTrace>,
+        name: impl FnOnce() -> String,
+        block: Option<usize>,
+        start: Option<std::time::Instant>,
+        tokens: usize,
+    ) {
+        if let (Some(t), Some(start)) = (trace, start) {
+            let end = std::time::Instant::now();
+            let start_us = start.duration_since(t.t0).as_secs_f64() * 1e6;
+            let dur_us = end.duration_since(start).as_secs_f64() * 1e6;
+            t.spans.push(OpSpan { name: name(), block, start_us, dur_us, tokens });
+        }
+    }
 }
 
 /// One sequence's rows of a forward chunk: rows `start..start + len` at positions `pos..`, in cache `blocks`.
@@ -164,6 +197,7 @@ impl CpuEngine {
             .collect::<Result<Vec<_>>>()?;
         let ctx = opts.context_length;
         let kv_blocks = opts.kv_tokens.max(ctx).div_ceil(KV_BLOCK_TOKENS);
+        let labels = p.blocks.iter().map(|b| b.ops.iter().map(Op::label).collect()).collect();
         let kv_rows = kv_blocks * KV_BLOCK_TOKENS;
         let kvd = p.heads.kv_dim() as usize;
         let elem = if opts.kv == KvType::F32 { 4 } else { 2 };
@@ -195,6 +229,8 @@ impl CpuEngine {
             kv,
             kv_blocks,
             s: Scratch::default(),
+            labels,
+            trace: None,
         })
     }
 
@@ -202,6 +238,7 @@ impl CpuEngine {
     /// hidden states `[n, d]` in `s.normed`.
     fn forward_chunk(&mut self, ids: &[u32], segs: &[Seg]) -> Result<()> {
         let n = ids.len();
+        let started = OpTrace::mark(&self.trace);
         let p = &self.program;
         let d = p.hidden as usize;
         let s = &mut self.s;
@@ -235,23 +272,30 @@ impl CpuEngine {
                 }
             }
         }
+        OpTrace::record(&mut self.trace, || "embed".into(), None, started, n);
         let act = self.opts.activations;
         for (l, steps) in self.blocks.iter().enumerate() {
-            for step in steps {
+            for (i, step) in steps.iter().enumerate() {
+                let start = OpTrace::mark(&self.trace);
                 run_step(p, step, act, s, &mut self.kv, l, segs, n);
+                OpTrace::record(&mut self.trace, || format!("blk.{l} {}", self.labels[l][i]), Some(l), start, n);
             }
         }
+        let start = OpTrace::mark(&self.trace);
         let x = &s.bufs[Buf::Hidden as usize];
         s.normed.resize(x.len(), 0.0);
         self.final_norm.rows(x, &mut s.normed);
+        OpTrace::record(&mut self.trace, || "final_norm".into(), None, start, n);
         Ok(())
     }
 
     /// Logits of the normed hidden rows `first..n` of the last chunk.
     fn head_logits(&mut self, first: usize, n: usize, out: &mut Vec<f32>) {
+        let start = OpTrace::mark(&self.trace);
         let d = self.program.hidden as usize;
         let h = &self.s.normed[first * d..n * d];
         head_rows(&self.head, self.program.vocab as usize, self.opts.activations, h, n - first, &mut self.s.xq, out);
+        OpTrace::record(&mut self.trace, || "head".into(), None, start, n - first);
     }
 
     /// The cache blocks `0, 1, ..` that [`Engine::forward`]'s one sequence uses.
@@ -612,6 +656,15 @@ impl Engine for CpuEngine {
             }
             Ok(out)
         })
+    }
+
+    fn trace_ops(&mut self, on: bool) -> bool {
+        self.trace = on.then(|| OpTrace { t0: std::time::Instant::now(), spans: Vec::new() });
+        true
+    }
+
+    fn take_op_spans(&mut self) -> Vec<OpSpan> {
+        self.trace.as_mut().map(|t| std::mem::take(&mut t.spans)).unwrap_or_default()
     }
 
     fn kv_blocks(&self) -> Option<KvBlocks> {

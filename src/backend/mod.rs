@@ -111,6 +111,20 @@ pub struct SeqChunk<'a> {
     pub logits: bool,
 }
 
+/// One op's run in a per-op timeline ([`Engine::trace_ops`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpSpan {
+    /// "embed", "blk.3 linear attn_q|attn_k|attn_v", "final_norm", "head".
+    pub name: String,
+    /// The block the op belongs to.
+    pub block: Option<usize>,
+    /// Microseconds since tracing started.
+    pub start_us: f64,
+    pub dur_us: f64,
+    /// Tokens the op ran over.
+    pub tokens: usize,
+}
+
 pub trait Engine {
     /// A one-line description for logs and `--json` output, e.g. "cpu (avx2, 2 threads)".
     fn describe(&self) -> String;
@@ -138,6 +152,16 @@ pub trait Engine {
         _draw: u32,
     ) -> Option<Result<Vec<u32>>> {
         None
+    }
+
+    /// Starts recording each op's time (on), or stops; `false`: the engine has no per-op timeline.
+    fn trace_ops(&mut self, _on: bool) -> bool {
+        false
+    }
+
+    /// The ops recorded since tracing started or since the last call.
+    fn take_op_spans(&mut self) -> Vec<OpSpan> {
+        Vec::new()
     }
 
     /// The paged cache [`Engine::forward_batch`] runs over; `None`: the engine runs one sequence only.

@@ -45,9 +45,13 @@ pub fn progress(len: u64, msg: &str) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
+pub mod agent;
 pub mod bench;
+pub mod chat;
+pub mod compare;
 pub mod convert;
 pub mod engine_args;
+pub mod exec;
 pub mod graph_visualize;
 pub mod layer_inspect;
 pub mod memory_trace;
@@ -57,4 +61,5 @@ pub mod profile;
 pub mod run;
 pub mod serve;
 pub mod tokenize;
+pub mod trace;
 pub mod validate;

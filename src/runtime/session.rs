@@ -99,6 +99,11 @@ impl Session {
         self.engine.as_mut()
     }
 
+    /// Tokens the engine's KV cache holds.
+    pub fn context_length(&self) -> usize {
+        self.engine.context_length()
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
