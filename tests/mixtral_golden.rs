@@ -15,6 +15,7 @@
 //!   refused naming the file and field or tensor.
 
 mod common;
+mod gpu_common;
 
 use omex::backend::{Activations, Engine, KvType, Logits};
 use omex::runtime::{BackendChoice, EngineOptions, Model};
@@ -315,4 +316,18 @@ fn inconsistent_moe_graphs_are_refused_at_load() {
         assert!(err.contains("graph.json") || i == 3, "case {i}: {err}");
     }
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The GPU engine does not lower the mixture of experts yet: loading refuses with `Unsupported` (so `--backend
+/// auto` runs the CPU engine instead) rather than running a model without its experts.
+#[test]
+fn the_gpu_engine_refuses_experts_clearly() {
+    use omex::backend::gpu::{GpuEngine, GpuOptions};
+    let Some(ctx) = gpu_common::gpu_arc() else { return };
+    let model = Model::load(mixtral_omex(2)).unwrap();
+    match GpuEngine::load_blocking(ctx, &model.dir, &model.config, GpuOptions::new(128)) {
+        Err(omex::Error::Unsupported(why)) => assert!(why.contains("MoeRoute"), "{why}"),
+        Err(e) => panic!("not refused as unsupported: {e}"),
+        Ok(_) => panic!("the GPU engine loaded a mixture of experts it does not lower"),
+    }
 }

@@ -9,6 +9,8 @@ use crate::graph::{Activation, Norm, RopeStyle, Transformer};
 use half::f16;
 use kernels_cpu::{ops, KvElem, Matrix, Pages, Q8Activations};
 
+mod moe;
+
 /// Options of the CPU engine.
 #[derive(Clone, Debug)]
 pub struct CpuOptions {
@@ -441,95 +443,13 @@ fn run_step(
             Linear::prepare(act, normed, n, &mut s.xq).apply(&router.matrix(), &s.xq, &mut s.part);
             let route = &mut s.bufs[Buf::Route as usize];
             for (logits, r) in s.part.chunks_exact_mut(experts).zip(route.chunks_exact_mut(2 * top_k)) {
-                route_token(logits, *top_k, r);
+                moe::route_token(logits, *top_k, r);
             }
         }
         Step::Experts { act: glu, experts } => {
             let mut x = std::mem::take(&mut s.bufs[Buf::Hidden as usize]);
-            run_experts(p, experts, *glu, act, s, n, &mut x);
+            moe::run_experts(p, experts, *glu, act, s, n, &mut x);
             s.bufs[Buf::Hidden as usize] = x;
-        }
-    }
-}
-
-/// One token's routing: `probs` (its router logits) through a softmax over every expert, the `k` largest
-/// (ties to the lower id) into `route[..k]` as f32 ids, their probabilities over their sum into `route[k..]`.
-fn route_token(probs: &mut [f32], k: usize, route: &mut [f32]) {
-    let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in probs.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    probs.iter_mut().for_each(|v| *v /= sum);
-    let (ids, weights) = route.split_at_mut(k);
-    let mut kept = 0.0;
-    for j in 0..k {
-        let mut best: Option<usize> = None;
-        for (e, &v) in probs.iter().enumerate() {
-            let taken = ids[..j].iter().any(|&id| id as usize == e);
-            if !taken && best.is_none_or(|b| v > probs[b]) {
-                best = Some(e);
-            }
-        }
-        // k is at most the experts (the program's check), so some expert is always left.
-        let e = best.unwrap_or(0);
-        ids[j] = e as f32;
-        weights[j] = probs[e];
-        kept += probs[e];
-    }
-    weights.iter_mut().for_each(|w| *w /= kept);
-}
-
-/// `x += sum over each token's routed experts of weight * down(glu(gate, up))`: each expert runs once over
-/// the tokens routed to it (gathered into a batch), its output rows added back weighted.
-fn run_experts(
-    p: &Program,
-    experts: &[[WeightRef; 3]],
-    glu: Activation,
-    act: Activations,
-    s: &mut Scratch,
-    n: usize,
-    x: &mut [f32],
-) {
-    let (d, k) = (p.hidden as usize, p.top_k as usize);
-    let [input, gate, up, out] = &mut s.moe;
-    let normed = &s.bufs[Buf::MoeIn as usize];
-    let route = &s.bufs[Buf::Route as usize];
-    for (e, [wg, wu, wd]) in experts.iter().enumerate() {
-        s.moe_rows.clear();
-        for (t, r) in route.chunks_exact(2 * k).take(n).enumerate() {
-            if let Some(j) = r[..k].iter().position(|&id| id as usize == e) {
-                s.moe_rows.push((t, r[k + j]));
-            }
-        }
-        let m = s.moe_rows.len();
-        if m == 0 {
-            continue;
-        }
-        let f = wg.view().entry.shape[0] as usize;
-        input.clear();
-        for &(t, _) in &s.moe_rows {
-            input.extend_from_slice(&normed[t * d..(t + 1) * d]);
-        }
-        gate.resize(m * f, 0.0);
-        up.resize(m * f, 0.0);
-        let lin = Linear::prepare(act, input, m, &mut s.xq);
-        lin.apply(&wg.matrix(), &s.xq, gate);
-        lin.apply(&wu.matrix(), &s.xq, up);
-        // The activations `act(gate) * up` go where the input was.
-        input.resize(m * f, 0.0);
-        match glu {
-            Activation::Silu => ops::silu_mul(gate, up, input),
-            Activation::Gelu => {
-                ops::gelu(gate);
-                input.iter_mut().zip(gate.iter().zip(up.iter())).for_each(|(a, (&g, &u))| *a = g * u);
-            }
-        }
-        out.resize(m * d, 0.0);
-        Linear::prepare(act, input, m, &mut s.xq).apply(&wd.matrix(), &s.xq, out);
-        for (&(t, w), o) in s.moe_rows.iter().zip(out.chunks_exact(d)) {
-            x[t * d..(t + 1) * d].iter_mut().zip(o).for_each(|(xv, &ov)| *xv += w * ov);
         }
     }
 }
