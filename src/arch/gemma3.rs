@@ -9,8 +9,8 @@
 //! (The norm weights are stored with Gemma's `1 + w` already applied, as GGUF files hold them.)
 
 use super::{
-    gate_up_projection, mat, model_rope, norm, qkv_projection, refuse_gpt2_parts, skeleton, Block, Buf, Op, Program,
-    QkPart, Rope,
+    dense, gate_up_projection, mat, model_rope, norm, qkv_projection, refuse_gpt2_parts, skeleton, Block, Buf, Op,
+    Program, QkPart, Rope,
 };
 use crate::error::{Error, Result};
 use crate::graph::Transformer;
@@ -50,7 +50,7 @@ pub fn program(t: &Transformer) -> Result<Program> {
             Op::Linear {
                 input: Buf::Act,
                 norm: None,
-                mats: vec![mat(&b.ffn_down, None, d, f)],
+                mats: vec![mat(dense(t, l, b)?.1, None, d, f)],
                 output: Buf::Out,
                 add: false,
             },

@@ -37,6 +37,7 @@ pub fn program(t: &Transformer) -> Result<Program> {
             |weight: &str, bias: &str| NormOp { kind: t.norm, weight: weight.into(), bias: Some(bias.into()) };
         let biased =
             |weight: &str, bias: &str, rows, cols| Mat { bias: Some(bias.into()), ..mat(weight, None, rows, cols) };
+        let (up, down) = super::dense(t, l, b)?;
         let ops = vec![
             Op::Linear {
                 input: Buf::Hidden,
@@ -58,7 +59,7 @@ pub fn program(t: &Transformer) -> Result<Program> {
             Op::Linear {
                 input: Buf::Hidden,
                 norm: Some(layer_norm(&b.ffn_norm, ffn_norm_bias)),
-                mats: vec![biased(&b.ffn_up, bup, f, d)],
+                mats: vec![biased(up, bup, f, d)],
                 output: Buf::Act,
                 add: false,
             },
@@ -66,7 +67,7 @@ pub fn program(t: &Transformer) -> Result<Program> {
             Op::Linear {
                 input: Buf::Act,
                 norm: None,
-                mats: vec![biased(&b.ffn_down, bdown, d, f)],
+                mats: vec![biased(down, bdown, d, f)],
                 output: Buf::Hidden,
                 add: true,
             },

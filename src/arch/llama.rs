@@ -6,8 +6,8 @@
 //! ```
 
 use super::{
-    gate_up_projection, mat, model_rope, qkv_projection, refuse_extra, refuse_gpt2_parts, skeleton, Block, Buf, Op,
-    Program,
+    dense, gate_up_projection, mat, model_rope, qkv_projection, refuse_extra, refuse_gpt2_parts, skeleton, Block, Buf,
+    Op, Program,
 };
 use crate::error::Result;
 use crate::graph::{BlockWeights, Transformer};
@@ -39,7 +39,7 @@ pub(super) fn block(t: &Transformer, l: usize, b: &BlockWeights, bias: Option<&[
         Op::Linear {
             input: Buf::Act,
             norm: None,
-            mats: vec![mat(&b.ffn_down, None, d, f)],
+            mats: vec![mat(dense(t, l, b)?.1, None, d, f)],
             output: Buf::Hidden,
             add: true,
         },

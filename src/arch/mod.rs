@@ -15,10 +15,13 @@
 //! | `GateUp` | 2 ffn | gate and up projections |
 //! | `Act` | ffn | the MLP's activation |
 //! | `Out` | hidden | a block output before its residual add (post-norm architectures) |
+//! | `MoeIn` | hidden | the normed hidden state the router and the experts read (mixtral) |
+//! | `Route` | 2 top_k | per token, the `top_k` chosen experts' ids (as f32, exact) then their weights |
 
 mod gemma3;
 mod gpt2;
 mod llama;
+mod mixtral;
 mod qwen2;
 
 use crate::error::{Error, Result};
@@ -34,10 +37,13 @@ pub enum Buf {
     GateUp,
     Act,
     Out,
+    MoeIn,
+    Route,
 }
 
 impl Buf {
-    pub const ALL: [Buf; 7] = [Buf::Hidden, Buf::Qkv, Buf::Q, Buf::Attn, Buf::GateUp, Buf::Act, Buf::Out];
+    pub const ALL: [Buf; 9] =
+        [Buf::Hidden, Buf::Qkv, Buf::Q, Buf::Attn, Buf::GateUp, Buf::Act, Buf::Out, Buf::MoeIn, Buf::Route];
 }
 
 /// A normalisation over rows (or heads) with its weight (and, for LayerNorm, bias) tensor.
@@ -72,6 +78,14 @@ pub enum QkPart {
     K,
 }
 
+/// One expert of [`Op::Experts`]: a gated MLP `down(act(gate(x)) * up(x))`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expert {
+    pub gate: Mat,
+    pub up: Mat,
+    pub down: Mat,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// `output = [norm(input)] @ [m0 | m1 | ..]^T (+ biases)`, the matrices' outputs side by side in each row;
@@ -92,6 +106,13 @@ pub enum Op {
     Norm { buf: Buf, norm: NormOp },
     /// `to += from`.
     Add { from: Buf, to: Buf },
+    /// Routes each token to `top_k` of `router.rows` experts: `MoeIn = norm(Hidden)`, router logits
+    /// `MoeIn @ router^T`, their softmax (over all experts, in f32), the `top_k` largest probabilities (ties to
+    /// the lower expert id) divided by their sum; `Route` gets the ids then those weights.
+    MoeRoute { norm: NormOp, router: Mat, top_k: u32 },
+    /// `Hidden += sum over each token's routed experts e of weight_e * down_e(act(gate_e(x)) * up_e(x))`,
+    /// `x` the token's `MoeIn` row; an engine runs only the experts some token was routed to.
+    Experts { act: Activation, experts: Vec<Expert> },
 }
 
 impl Op {
@@ -116,6 +137,8 @@ impl Op {
             Op::Activation { .. } => "activation".into(),
             Op::Norm { .. } => "norm".into(),
             Op::Add { .. } => "add".into(),
+            Op::MoeRoute { top_k, router, .. } => format!("moe_route top {top_k} of {}", router.rows),
+            Op::Experts { experts, .. } => format!("experts ({})", experts.len()),
         }
     }
 }
@@ -159,6 +182,8 @@ pub struct Program {
     pub vocab: u32,
     pub hidden: u32,
     pub ffn: u32,
+    /// Experts a token is routed to ([`Op::MoeRoute`]); 0 when no op routes.
+    pub top_k: u32,
     pub heads: Heads,
     /// Scores are `attention_scale * q . k`.
     pub attention_scale: f32,
@@ -185,6 +210,8 @@ impl Program {
             Buf::Q | Buf::Attn => h.q_dim(),
             Buf::GateUp => 2 * self.ffn,
             Buf::Act => self.ffn,
+            Buf::MoeIn => self.hidden,
+            Buf::Route => 2 * self.top_k,
         }
     }
 
@@ -200,6 +227,8 @@ impl Program {
                 Op::Glu { .. } => vec![Buf::GateUp, Buf::Act],
                 Op::Activation { buf, .. } | Op::Norm { buf, .. } => vec![*buf],
                 Op::Add { from, to } => vec![*from, *to],
+                Op::MoeRoute { .. } => vec![Buf::Hidden, Buf::MoeIn, Buf::Route],
+                Op::Experts { .. } => vec![Buf::MoeIn, Buf::Route, Buf::Hidden],
             });
         }
         used.sort();
@@ -212,6 +241,8 @@ impl Program {
     fn check(&self) -> std::result::Result<(), String> {
         for (l, b) in self.blocks.iter().enumerate() {
             let mut written = vec![Buf::Hidden];
+            // The experts of the block's last MoeRoute.
+            let mut routed = None;
             for (i, op) in b.ops.iter().enumerate() {
                 let at = |what: String| format!("block {l}, op {i} ({op:?}): {what}");
                 let (reads, writes): (Vec<Buf>, Vec<Buf>) = match op {
@@ -250,6 +281,37 @@ impl Program {
                     Op::Activation { buf, .. } | Op::Norm { buf, .. } => (vec![*buf], vec![*buf]),
                     Op::Add { from, to } if from == to => return Err(at("adds a buffer to itself".into())),
                     Op::Add { from, to } => (vec![*from, *to], vec![*to]),
+                    Op::MoeRoute { norm: _, router, top_k } => {
+                        if router.rows == 0 || router.cols != self.hidden || router.bias.is_some() {
+                            return Err(at(format!(
+                                "router of {} x {} for hidden {}",
+                                router.rows, router.cols, self.hidden
+                            )));
+                        }
+                        if *top_k == 0 || *top_k > router.rows || *top_k != self.top_k {
+                            return Err(at(format!(
+                                "top_k {top_k} of {} experts (the program routes to {})",
+                                router.rows, self.top_k
+                            )));
+                        }
+                        routed = Some(router.rows);
+                        (vec![Buf::Hidden], vec![Buf::MoeIn, Buf::Route])
+                    }
+                    Op::Experts { act: _, experts } => {
+                        if routed != Some(experts.len() as u32) {
+                            return Err(at(format!("{} experts after a route over {routed:?}", experts.len())));
+                        }
+                        for (e, x) in experts.iter().enumerate() {
+                            let f = x.gate.rows;
+                            let shapes =
+                                [(&x.gate, f, self.hidden), (&x.up, f, self.hidden), (&x.down, self.hidden, f)];
+                            if f == 0 || shapes.iter().any(|(m, r, c)| m.rows != *r || m.cols != *c || m.bias.is_some())
+                            {
+                                return Err(at(format!("expert {e}: gate, up and down do not map hidden to hidden")));
+                            }
+                        }
+                        (vec![Buf::MoeIn, Buf::Route, Buf::Hidden], vec![Buf::Hidden])
+                    }
                 };
                 if let Some(r) = reads.iter().find(|r| !written.contains(r)) {
                     return Err(at(format!("reads {r:?} before any op of the block writes it")));
@@ -268,9 +330,10 @@ pub fn program(t: &Transformer) -> Result<Program> {
         "qwen2" => qwen2::program(t),
         "gemma3" => gemma3::program(t),
         "gpt2" => gpt2::program(t),
+        "mixtral" => mixtral::program(t),
         other => {
             return Err(Error::Unsupported(format!(
-                "architecture {other:?}: omex runs llama, mistral, qwen2, gemma3 and gpt2 graphs"
+                "architecture {other:?}: omex runs llama, mistral, qwen2, gemma3, gpt2 and mixtral graphs"
             )))
         }
     }?;
@@ -286,6 +349,7 @@ fn skeleton(t: &Transformer, ropes: Vec<Rope>, blocks: Vec<Block>) -> Program {
         vocab: t.vocab_size,
         hidden: t.hidden_size,
         ffn: t.intermediate_size,
+        top_k: 0,
         heads,
         attention_scale: 1.0 / (t.head_dim as f32).sqrt(),
         embedding: t.token_embedding.clone(),
@@ -333,10 +397,21 @@ fn gate_up_projection(t: &Transformer, l: usize, b: &crate::graph::BlockWeights)
     Ok(Op::Linear {
         input: Buf::Hidden,
         norm: Some(norm(t, &b.ffn_norm)),
-        mats: vec![mat(gate, None, f, d), mat(&b.ffn_up, None, f, d)],
+        mats: vec![mat(gate, None, f, d), mat(dense(t, l, b)?.0, None, f, d)],
         output: Buf::GateUp,
         add: false,
     })
+}
+
+/// The dense MLP's up and down of block `l`; `Err` for a block of experts (a graph of another architecture).
+fn dense<'a>(t: &Transformer, l: usize, b: &'a crate::graph::BlockWeights) -> Result<(&'a str, &'a str)> {
+    match (&b.ffn_up, &b.ffn_down, &b.moe) {
+        (Some(up), Some(down), None) => Ok((up, down)),
+        _ => Err(Error::Unsupported(format!(
+            "{} graphs have a dense MLP: block {l} names experts or no ffn_up/ffn_down",
+            t.architecture
+        ))),
+    }
 }
 
 /// Refuses graph tensors the llama-like architectures (llama, qwen2, gemma3) do not read.

@@ -9,6 +9,8 @@ use crate::graph::{Activation, Norm, RopeStyle, Transformer};
 use half::f16;
 use kernels_cpu::{ops, KvElem, Matrix, Pages, Q8Activations};
 
+mod moe;
+
 /// Options of the CPU engine.
 #[derive(Clone, Debug)]
 pub struct CpuOptions {
@@ -57,14 +59,49 @@ impl LoadedNorm {
 
 /// An op of the program with its weights mapped.
 enum Step {
-    Linear { input: Buf, norm: Option<LoadedNorm>, mats: Vec<(WeightRef, Option<Vec<f32>>)>, output: Buf, add: bool },
-    HeadNorm { offset: usize, heads: usize, norm: LoadedNorm },
-    RopeStore { rope: usize },
-    Attention { window: Option<usize> },
-    Glu { act: Activation },
-    Activation { buf: Buf, act: Activation },
-    Norm { buf: Buf, norm: LoadedNorm },
-    Add { from: Buf, to: Buf },
+    Linear {
+        input: Buf,
+        norm: Option<LoadedNorm>,
+        mats: Vec<(WeightRef, Option<Vec<f32>>)>,
+        output: Buf,
+        add: bool,
+    },
+    HeadNorm {
+        offset: usize,
+        heads: usize,
+        norm: LoadedNorm,
+    },
+    RopeStore {
+        rope: usize,
+    },
+    Attention {
+        window: Option<usize>,
+    },
+    Glu {
+        act: Activation,
+    },
+    Activation {
+        buf: Buf,
+        act: Activation,
+    },
+    Norm {
+        buf: Buf,
+        norm: LoadedNorm,
+    },
+    Add {
+        from: Buf,
+        to: Buf,
+    },
+    MoeRoute {
+        norm: LoadedNorm,
+        router: WeightRef,
+        top_k: usize,
+    },
+    /// Each expert's gate, up and down.
+    Experts {
+        act: Activation,
+        experts: Vec<[WeightRef; 3]>,
+    },
 }
 
 impl Step {
@@ -101,6 +138,21 @@ impl Step {
             Op::Activation { buf, act } => Step::Activation { buf: *buf, act: *act },
             Op::Norm { buf, norm } => Step::Norm { buf: *buf, norm: LoadedNorm::load(dir, norm, p.width(*buf))? },
             Op::Add { from, to } => Step::Add { from: *from, to: *to },
+            Op::MoeRoute { norm, router, top_k } => Step::MoeRoute {
+                norm: LoadedNorm::load(dir, norm, p.hidden)?,
+                router: WeightRef::load(dir, &router.weight, &[router.rows, router.cols])?,
+                top_k: *top_k as usize,
+            },
+            Op::Experts { act, experts } => Step::Experts {
+                act: *act,
+                experts: experts
+                    .iter()
+                    .map(|e| {
+                        let load = |m: &arch::Mat| WeightRef::load(dir, &m.weight, &[m.rows, m.cols]);
+                        Ok([load(&e.gate)?, load(&e.up)?, load(&e.down)?])
+                    })
+                    .collect::<Result<_>>()?,
+            },
         })
     }
 }
@@ -120,6 +172,9 @@ struct Scratch {
     normed: Vec<f32>,
     part: Vec<f32>,
     xq: Q8Activations,
+    /// An expert's tokens (row, route weight) and its gathered input, gate, up and output rows.
+    moe_rows: Vec<(usize, f32)>,
+    moe: [Vec<f32>; 4],
 }
 
 pub struct CpuEngine {
@@ -423,6 +478,22 @@ fn run_step(
         Step::Add { from, to } => {
             let (a, b) = two_mut(&mut s.bufs, *to as usize, *from as usize);
             ops::add_assign(a, b);
+        }
+        Step::MoeRoute { norm, router, top_k } => {
+            let (x, normed) = two_mut(&mut s.bufs, Buf::Hidden as usize, Buf::MoeIn as usize);
+            norm.rows(x, normed);
+            let experts = router.view().entry.shape[0] as usize;
+            s.part.resize(n * experts, 0.0);
+            Linear::prepare(act, normed, n, &mut s.xq).apply(&router.matrix(), &s.xq, &mut s.part);
+            let route = &mut s.bufs[Buf::Route as usize];
+            for (logits, r) in s.part.chunks_exact_mut(experts).zip(route.chunks_exact_mut(2 * top_k)) {
+                moe::route_token(logits, *top_k, r);
+            }
+        }
+        Step::Experts { act: glu, experts } => {
+            let mut x = std::mem::take(&mut s.bufs[Buf::Hidden as usize]);
+            moe::run_experts(p, experts, *glu, act, s, n, &mut x);
+            s.bufs[Buf::Hidden as usize] = x;
         }
     }
 }

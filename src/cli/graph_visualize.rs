@@ -183,6 +183,13 @@ fn kernels(op: &Op, mats: &[(String, DType)], swiglu: bool) -> [String; 3] {
             (both(&format!("elementwise {a} (in place)")), a.to_string())
         }
         Op::Add { .. } => (both("elementwise add_assign"), "add_assign".to_string()),
+        Op::MoeRoute { .. } => {
+            (both("not lowered on the GPU yet"), "rmsnorm → router matvec | matmul → softmax, top-k".to_string())
+        }
+        Op::Experts { .. } => (
+            both("not lowered on the GPU yet"),
+            "per routed expert: its tokens gathered → gate, up → glu → down → weighted add_assign".to_string(),
+        ),
     };
     let [decode, prefill] = gpu;
     [decode, prefill, cpu]
@@ -210,6 +217,11 @@ fn tensors(op: &Op) -> Vec<&str> {
             v
         }
         Op::HeadNorm { norm: n, .. } | Op::Norm { norm: n, .. } => norm(n),
+        Op::MoeRoute { norm: n, router, .. } => norm(n).into_iter().chain([router.weight.as_str()]).collect(),
+        Op::Experts { experts, .. } => experts
+            .iter()
+            .flat_map(|e| [e.gate.weight.as_str(), e.up.weight.as_str(), e.down.weight.as_str()])
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -243,18 +255,14 @@ fn shape(op: &Op) -> Op {
 /// The short name of a block's matrix (q, k, v, o, gate, up, down), else the tensor's own name.
 fn role(b: Option<&BlockWeights>, name: &str) -> String {
     let known = b.map(|b| {
-        [
-            (&b.attn_q, "q"),
-            (&b.attn_k, "k"),
-            (&b.attn_v, "v"),
-            (&b.attn_output, "o"),
-            (&b.ffn_up, "up"),
-            (&b.ffn_down, "down"),
-        ]
-        .into_iter()
-        .chain(b.ffn_gate.iter().map(|g| (g, "gate")))
-        .find(|(n, _)| n.as_str() == name)
-        .map(|(_, r)| r.to_string())
+        [(&b.attn_q, "q"), (&b.attn_k, "k"), (&b.attn_v, "v"), (&b.attn_output, "o")]
+            .into_iter()
+            .chain(b.ffn_gate.iter().map(|g| (g, "gate")))
+            .chain(b.ffn_up.iter().map(|u| (u, "up")))
+            .chain(b.ffn_down.iter().map(|w| (w, "down")))
+            .chain(b.moe.iter().map(|m| (&m.router, "router")))
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, r)| r.to_string())
     });
     known.flatten().unwrap_or_else(|| name.to_string())
 }
@@ -268,6 +276,8 @@ fn buf(b: Buf) -> &'static str {
         Buf::GateUp => "GateUp",
         Buf::Act => "Act",
         Buf::Out => "Out",
+        Buf::MoeIn => "MoeIn",
+        Buf::Route => "Route",
     }
 }
 
@@ -308,6 +318,14 @@ fn describe(op: &Op, p: &Program, b: Option<&BlockWeights>) -> String {
         Op::Activation { buf: b, act } => format!("Activation {} of {} in place", act_name(*act), buf(*b)),
         Op::Norm { buf: b, .. } => format!("Norm {} in place", buf(*b)),
         Op::Add { from, to } => format!("Add {} += {}", buf(*to), buf(*from)),
+        Op::MoeRoute { router, top_k, .. } => {
+            format!("MoeRoute norm(Hidden) → MoeIn, top {top_k} of {} experts → Route", router.rows)
+        }
+        Op::Experts { act, experts } => format!(
+            "Experts Hidden += Σ route weight × down({}(gate(MoeIn)) × up(MoeIn)) over the routed of {} experts",
+            act_name(*act),
+            experts.len()
+        ),
     }
 }
 
@@ -568,6 +586,8 @@ impl Drawing {
                 Op::Glu { .. } => ("glu", "Glu"),
                 Op::Activation { .. } => ("glu", "Activation"),
                 Op::Add { .. } => ("add", "Add"),
+                Op::MoeRoute { .. } => ("linear", "MoeRoute"),
+                Op::Experts { .. } => ("glu", "Experts"),
             };
             ops.push(TextBox { class, lines, op: Some((kind, op_bytes)) });
         }

@@ -106,6 +106,23 @@ impl SlidingWindow {
     }
 }
 
+/// A block's sparse mixture of experts (mixtral): the router and each expert's gated MLP, every expert its own
+/// tensor records so that it can be read, uploaded or streamed alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MoeWeights {
+    /// The router `[experts, hidden]`.
+    pub router: String,
+    /// Per expert: gate and up `[ffn, hidden]`, down `[hidden, ffn]`.
+    pub experts: Vec<[String; 3]>,
+}
+
+/// How many experts each MoE block has and how many a token is routed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoeConfig {
+    pub experts: u32,
+    pub top_k: u32,
+}
+
 /// The tensor names one transformer block reads (from its own layer file).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BlockWeights {
@@ -117,11 +134,17 @@ pub struct BlockWeights {
     pub attn_v: String,
     pub attn_output: String,
     pub ffn_norm: String,
-    /// The gate of a gated MLP; `None`: a plain MLP (GPT-2).
+    /// The gate of a gated MLP; `None`: a plain MLP (GPT-2) or experts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ffn_gate: Option<String>,
-    pub ffn_up: String,
-    pub ffn_down: String,
+    /// The dense MLP's up and down; `None` in a block of experts (`moe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn_up: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn_down: Option<String>,
+    /// A sparse mixture of experts in place of the dense MLP (mixtral).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeWeights>,
     /// Q/K/V biases (qwen2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attn_qkv_bias: Option<[String; 3]>,
@@ -152,8 +175,9 @@ impl BlockWeights {
             attn_output: n("attn_output"),
             ffn_norm: n("ffn_norm"),
             ffn_gate: Some(n("ffn_gate")),
-            ffn_up: n("ffn_up"),
-            ffn_down: n("ffn_down"),
+            ffn_up: Some(n("ffn_up")),
+            ffn_down: Some(n("ffn_down")),
+            moe: None,
             attn_qkv_bias: with_bias.then(|| [n("attn_q.bias"), n("attn_k.bias"), n("attn_v.bias")]),
             attn_qk_norm: None,
             post_norms: None,
@@ -183,11 +207,30 @@ impl BlockWeights {
         }
     }
 
+    /// [`BlockWeights::standard`] with `experts` experts in place of the dense MLP (mixtral; llama.cpp's names
+    /// of per-expert tensors: `blk.N.ffn_gate_inp`, `blk.N.ffn_{gate,up,down}.E`).
+    pub fn mixtral(i: usize, experts: u32) -> BlockWeights {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        let expert = |e: u32| [n(&format!("ffn_gate.{e}")), n(&format!("ffn_up.{e}")), n(&format!("ffn_down.{e}"))];
+        BlockWeights {
+            ffn_gate: None,
+            ffn_up: None,
+            ffn_down: None,
+            moe: Some(MoeWeights { router: n("ffn_gate_inp"), experts: (0..experts).map(expert).collect() }),
+            ..BlockWeights::standard(i, false)
+        }
+    }
+
     /// Every tensor the block reads.
     pub fn names(&self) -> Vec<&str> {
         let mut v = vec![&self.attn_norm, &self.attn_q, &self.attn_k, &self.attn_v, &self.attn_output, &self.ffn_norm];
         v.extend(&self.ffn_gate);
-        v.extend([&self.ffn_up, &self.ffn_down]);
+        v.extend(&self.ffn_up);
+        v.extend(&self.ffn_down);
+        if let Some(m) = &self.moe {
+            v.push(&m.router);
+            v.extend(m.experts.iter().flatten());
+        }
         v.extend(self.attn_qkv_bias.iter().flatten());
         v.extend(self.attn_qk_norm.iter().flatten());
         v.extend(self.post_norms.iter().flatten());
@@ -208,6 +251,8 @@ pub mod limits {
     pub const MAX_HEADS: u64 = 1024;
     pub const MAX_HEAD_DIM: u64 = 1024;
     pub const MAX_CONTEXT: u64 = 1 << 22;
+    /// Experts per MoE block (Mixtral has 8, DeepSeek-V3 256).
+    pub const MAX_EXPERTS: u32 = 256;
     /// Rope scaling factors: real models use 1 to 64; outside this range the rope table overflows.
     pub const ROPE_FACTOR: std::ops::RangeInclusive<f32> = 1.0 / 1024.0..=65536.0;
 }
@@ -241,6 +286,8 @@ pub struct Transformer {
     pub blocks: Vec<BlockWeights>,
     /// `None`: every block attends to the whole context.
     pub sliding_window: Option<SlidingWindow>,
+    /// `Some`: every block's MLP is a mixture of experts (mixtral).
+    pub moe: Option<MoeConfig>,
 }
 
 /// Reads a typed field of a node's config, naming the node and field when it is missing or mistyped.
@@ -294,6 +341,10 @@ impl Transformer {
                     "sliding_window": self.sliding_window,
                 }),
             });
+            if let Some(moe) = &self.moe {
+                let config = &mut nodes.last_mut().expect("the block just pushed").config;
+                config["moe"] = json!({"experts": moe.experts, "top_k": moe.top_k});
+            }
             edges.push(Edge { from: prev, to: format!("{id}.input") });
             prev = format!("{id}.output");
         }
@@ -377,6 +428,7 @@ impl Transformer {
                 "num_key_value_heads",
                 "attention_head_size",
                 "sliding_window",
+                "moe",
             ] {
                 if n.config.get(key) != first.config.get(key) {
                     return Err(bad(format!(
@@ -409,6 +461,7 @@ impl Transformer {
             tied_embeddings: field(path, head, "tied_embeddings")?,
             blocks,
             sliding_window: optional(path, first, "sliding_window")?,
+            moe: optional(path, first, "moe")?,
         };
         t.check().map_err(bad)?;
         Ok(t)
@@ -500,6 +553,7 @@ impl Transformer {
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head dim {} is odd", self.head_dim));
         }
+        self.check_mlp()?;
         if let Some(w) = &self.sliding_window {
             if w.window == 0 || w.window as u64 > MAX_CONTEXT || w.global_every == 0 {
                 return Err(format!(
@@ -509,6 +563,36 @@ impl Transformer {
             }
             if !(w.local_rope_base.is_finite() && w.local_rope_base > 1.0) {
                 return Err(format!("local rope base {} must be a finite number above 1", w.local_rope_base));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every block has a dense MLP (up and down) and no experts, or, with `moe`, exactly `moe.experts` experts
+    /// and no dense MLP; `top_k` is between 1 and the experts.
+    fn check_mlp(&self) -> std::result::Result<(), String> {
+        if let Some(m) = &self.moe {
+            if m.experts == 0 || m.experts > limits::MAX_EXPERTS {
+                return Err(format!("moe.experts {} must be in 1..={}", m.experts, limits::MAX_EXPERTS));
+            }
+            if m.top_k == 0 || m.top_k > m.experts {
+                return Err(format!("moe.top_k {} must be in 1..={} (the experts)", m.top_k, m.experts));
+            }
+        }
+        for (l, b) in self.blocks.iter().enumerate() {
+            let dense = b.ffn_up.is_some() && b.ffn_down.is_some();
+            match (&self.moe, &b.moe) {
+                (None, None) if dense => {}
+                (None, None) => return Err(format!("block {l}: weights name no ffn_up and ffn_down")),
+                (None, Some(_)) => return Err(format!("block {l}: weights name experts but the block has no moe")),
+                (Some(_), None) => return Err(format!("block {l}: moe blocks need weights.moe")),
+                (Some(_), Some(_)) if dense || b.ffn_gate.is_some() => {
+                    return Err(format!("block {l}: a block of experts names a dense MLP too"))
+                }
+                (Some(m), Some(w)) if w.experts.len() != m.experts as usize => {
+                    return Err(format!("block {l}: {} experts named, moe.experts is {}", w.experts.len(), m.experts))
+                }
+                (Some(_), Some(_)) => {}
             }
         }
         Ok(())
@@ -532,8 +616,14 @@ impl Transformer {
             v.push((b.attn_output.clone(), vec![d, q]));
             v.push((b.ffn_norm.clone(), vec![d]));
             v.extend(b.ffn_gate.iter().map(|g| (g.clone(), vec![f, d])));
-            v.push((b.ffn_up.clone(), vec![f, d]));
-            v.push((b.ffn_down.clone(), vec![d, f]));
+            v.extend(b.ffn_up.iter().map(|u| (u.clone(), vec![f, d])));
+            v.extend(b.ffn_down.iter().map(|w| (w.clone(), vec![d, f])));
+            if let Some(m) = &b.moe {
+                v.push((m.router.clone(), vec![m.experts.len() as u32, d]));
+                for [gate, up, down] in &m.experts {
+                    v.extend([(gate.clone(), vec![f, d]), (up.clone(), vec![f, d]), (down.clone(), vec![d, f])]);
+                }
+            }
             if let Some([bq, bk, bv]) = &b.attn_qkv_bias {
                 v.push((bq.clone(), vec![q]));
                 v.push((bk.clone(), vec![kv]));

@@ -5,5 +5,6 @@
 mod config;
 
 pub use config::{
-    limits, Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, SlidingWindow, Transformer,
+    limits, Activation, BlockWeights, MoeConfig, MoeWeights, Norm, RopeConfig, RopeScaling, RopeStyle, SlidingWindow,
+    Transformer,
 };

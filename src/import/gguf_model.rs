@@ -145,6 +145,7 @@ pub fn open(path: &Path) -> Result<SourceModel> {
             .map(|i| if gemma3 { BlockWeights::gemma3(i) } else { BlockWeights::standard(i, with_bias) })
             .collect(),
         sliding_window,
+        moe: None,
     };
     transformer.check().map_err(bad)?;
 

@@ -9,15 +9,16 @@
 use super::safetensors::{Checkpoint, StTensor};
 use super::{dims_u32, Loc, SourceModel, SourceTensor, Store, TokenizerSource};
 use crate::error::{Error, Result};
-use crate::graph::{Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer};
+use crate::graph::{Activation, BlockWeights, MoeConfig, Norm, RopeConfig, RopeScaling, RopeStyle, Transformer};
 use serde_json::Value;
 use std::path::Path;
 
-const ARCHITECTURES: [(&str, &str); 4] = [
+const ARCHITECTURES: [(&str, &str); 5] = [
     ("LlamaForCausalLM", "llama"),
     ("MistralForCausalLM", "mistral"),
     ("Qwen2ForCausalLM", "qwen2"),
     ("GPT2LMHeadModel", "gpt2"),
+    ("MixtralForCausalLM", "mixtral"),
 ];
 
 /// The omex name of a Hugging Face tensor; `Ok(None)` for tensors the model does not need (rotary caches);
@@ -35,6 +36,9 @@ fn omex_name(hf: &str, n_layers: u32) -> std::result::Result<Option<String>, ()>
     if rest.ends_with("rotary_emb.inv_freq") {
         return Ok(None);
     }
+    if let Some(moe) = rest.strip_prefix("block_sparse_moe.") {
+        return expert_name(layer, moe).map(Some);
+    }
     let base = match rest {
         "input_layernorm.weight" => "attn_norm",
         "self_attn.q_proj.weight" => "attn_q",
@@ -51,6 +55,49 @@ fn omex_name(hf: &str, n_layers: u32) -> std::result::Result<Option<String>, ()>
         _ => return Err(()),
     };
     Ok(Some(format!("blk.{layer}.{base}")))
+}
+
+/// The omex name of a Mixtral `block_sparse_moe` tensor (`gate` is the router; experts' `w1`, `w3`, `w2` are
+/// gate, up and down).
+fn expert_name(layer: u32, hf: &str) -> std::result::Result<String, ()> {
+    if hf == "gate.weight" {
+        return Ok(format!("blk.{layer}.ffn_gate_inp"));
+    }
+    let (e, w) = hf.strip_prefix("experts.").and_then(|r| r.split_once('.')).ok_or(())?;
+    let e: u32 = e.parse::<u32>().ok().filter(|x| e == x.to_string()).ok_or(())?;
+    let base = match w {
+        "w1.weight" => "ffn_gate",
+        "w3.weight" => "ffn_up",
+        "w2.weight" => "ffn_down",
+        _ => return Err(()),
+    };
+    Ok(format!("blk.{layer}.{base}.{e}"))
+}
+
+/// The experts of a `MixtralForCausalLM` config: `num_local_experts` and `num_experts_per_tok`, refused unless
+/// omex runs them exactly.
+fn moe_config(cfg: &Config) -> Result<MoeConfig> {
+    let experts = cfg.u32("num_local_experts")?;
+    let top_k = cfg.u32("num_experts_per_tok")?;
+    if experts == 0 || experts > crate::graph::limits::MAX_EXPERTS {
+        return Err(Error::invalid(
+            cfg.path,
+            format!("field \"num_local_experts\" is {experts}: omex runs 1 to {}", crate::graph::limits::MAX_EXPERTS),
+        ));
+    }
+    if top_k == 0 || top_k > experts {
+        return Err(Error::invalid(
+            cfg.path,
+            format!("field \"num_experts_per_tok\" is {top_k}: it must be 1 to num_local_experts ({experts})"),
+        ));
+    }
+    if cfg.opt_u32("sliding_window")?.is_some() {
+        return Err(Error::Unsupported(format!(
+            "{}: field \"sliding_window\" is set: omex runs mixtral with full attention only",
+            cfg.path.display()
+        )));
+    }
+    Ok(MoeConfig { experts, top_k })
 }
 
 struct Config<'a> {
@@ -81,6 +128,29 @@ impl Config<'_> {
 
     fn bad(&self, key: &str, want: &str, v: &Value) -> Error {
         Error::invalid(self.path, format!("field {key:?}: expected {want}, found {v}"))
+    }
+}
+
+/// `rope_theta`, at the top of the config or (transformers 5) in `rope_parameters`, whose `rope_type` must then
+/// be "default" unless a `rope_scaling` says how to scale; `default` when neither names one.
+fn rope_theta(cfg: &Config, default: f32) -> Result<f32> {
+    if let Some(t) = cfg.opt_f32("rope_theta")? {
+        return Ok(t);
+    }
+    let Some(params) = cfg.v.get("rope_parameters").filter(|v| !v.is_null()) else {
+        return Ok(default);
+    };
+    let kind = params.get("rope_type").and_then(Value::as_str).unwrap_or("default");
+    if kind != "default" && cfg.v.get("rope_scaling").is_none_or(Value::is_null) {
+        return Err(Error::Unsupported(format!(
+            "{}: field \"rope_parameters.rope_type\" is {kind:?}: omex reads default rope parameters (scaling \
+             from rope_scaling)",
+            cfg.path.display()
+        )));
+    }
+    match params.get("rope_theta") {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_f64().map(|f| f as f32).ok_or_else(|| cfg.bad("rope_parameters.rope_theta", "a number", v)),
     }
 }
 
@@ -139,6 +209,7 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
     if act != "silu" {
         return Err(Error::Unsupported(format!("{}: hidden_act {act:?} (omex runs silu)", cfg_path.display())));
     }
+    let moe = if arch == "mixtral" { Some(moe_config(&cfg)?) } else { None };
     let n_layers = cfg.u32("num_hidden_layers")?;
     let hidden = cfg.u32("hidden_size")?;
     let n_heads = cfg.u32("num_attention_heads")?;
@@ -199,7 +270,7 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
         context_length: cfg.opt_u32("max_position_embeddings")?.unwrap_or(2048),
         norm: Norm::RmsNorm { eps },
         rope: RopeConfig {
-            base: cfg.opt_f32("rope_theta")?.unwrap_or(10000.0),
+            base: rope_theta(&cfg, if arch == "mixtral" { 1e6 } else { 10000.0 })?,
             style: RopeStyle::Half,
             dims: head_dim,
             scaling: rope_scaling(&cfg)?,
@@ -213,8 +284,14 @@ pub fn open(dir: &Path) -> Result<SourceModel> {
         output: if tied { "token_embd".into() } else { "output".into() },
         head_file: "head.bin".into(),
         tied_embeddings: tied,
-        blocks: (0..n_layers as usize).map(|i| BlockWeights::standard(i, with_bias)).collect(),
+        blocks: (0..n_layers as usize)
+            .map(|i| match moe {
+                Some(m) => BlockWeights::mixtral(i, m.experts),
+                None => BlockWeights::standard(i, with_bias),
+            })
+            .collect(),
         sliding_window: None,
+        moe,
     };
     transformer.check().map_err(|e| Error::invalid(&cfg_path, e))?;
     Ok(source_model(dir, &cfg, ckpt, transformer, tensors, warnings))
@@ -394,6 +471,7 @@ fn open_gpt2(dir: &Path, cfg: &Config) -> Result<SourceModel> {
         tied_embeddings: tied,
         blocks: (0..n_layers as usize).map(BlockWeights::gpt2).collect(),
         sliding_window: None,
+        moe: None,
     };
     transformer.check().map_err(|e| Error::invalid(cfg.path, e))?;
     Ok(source_model(dir, cfg, ckpt, transformer, tensors, Vec::new()))

@@ -117,8 +117,8 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, seed: u64) -> Transformer {
         put(&mut w, &mut index, &b.attn_output, spec.attn, &[d, qd], &mat(&mut rng, d, qd));
         put(&mut w, &mut index, &b.ffn_norm, DType::F32, &[d], &rng.vec(d as usize, 0.3, 1.0));
         put(&mut w, &mut index, b.ffn_gate.as_deref().expect("a gated MLP"), spec.ffn, &[f, d], &mat(&mut rng, f, d));
-        put(&mut w, &mut index, &b.ffn_up, spec.ffn, &[f, d], &mat(&mut rng, f, d));
-        put(&mut w, &mut index, &b.ffn_down, spec.ffn, &[d, f], &mat(&mut rng, d, f));
+        put(&mut w, &mut index, b.ffn_up.as_deref().expect("a dense MLP"), spec.ffn, &[f, d], &mat(&mut rng, f, d));
+        put(&mut w, &mut index, b.ffn_down.as_deref().expect("a dense MLP"), spec.ffn, &[d, f], &mat(&mut rng, d, f));
         for name in b.attn_qk_norm.iter().flatten() {
             put(&mut w, &mut index, name, DType::F32, &[hd], &rng.vec(hd as usize, 0.3, 1.0));
         }
@@ -158,6 +158,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, seed: u64) -> Transformer {
         tied_embeddings: spec.tied,
         blocks,
         sliding_window: spec.gemma3,
+        moe: None,
     };
     let json = |path: &Path, v: &dyn erased::Json| std::fs::write(path, v.json()).unwrap();
     json(&dir.join(GRAPH_FILE), &cfg.to_graph("tiny_graph"));

@@ -195,6 +195,8 @@ fn tensors(p: &Program, ops: &[Op]) -> Vec<(String, Vec<u32>, bool)> {
             Op::HeadNorm { norm: n, .. } => norm(n, p.heads.head_dim, &mut out),
             Op::Norm { buf, norm: n } => norm(n, p.width(*buf), &mut out),
             Op::RopeStore { .. } | Op::Attention { .. } | Op::Glu { .. } | Op::Activation { .. } | Op::Add { .. } => {}
+            // Refused by `Lowering::op` before anything runs.
+            Op::MoeRoute { .. } | Op::Experts { .. } => {}
         }
     }
     out
@@ -659,6 +661,13 @@ impl Lowering<'_> {
             }
             Op::Add { from, to } => {
                 list.push(misc::add_assign(ctx, p.width(*to), 0, st, b.get(*from), b.get(*to)).await?);
+            }
+            Op::MoeRoute { .. } | Op::Experts { .. } => {
+                return Err(Error::Unsupported(
+                    "the GPU engine does not lower MoeRoute and Experts (a mixture of experts) yet: run it on the \
+                     CPU engine"
+                        .into(),
+                ))
             }
         }
         Ok(false)

@@ -1,0 +1,333 @@
+//! Mixtral (a sparse mixture of experts) against `transformers` itself: a tiny randomly initialised
+//! `MixtralForCausalLM` (2 blocks, 64 wide, 4 heads over 2 KV heads, 4 experts of width 128, top-2 routing, a
+//! byte-level BPE of 384 tokens), saved with `save_pretrained`, with every prompt position's logits and
+//! `generate`'s greedy tokens for top-2 (the saved config) and top-1 (the same weights with
+//! `num_experts_per_tok = 1`), all made by scripts/reference/make_mixtral_fixture.py into
+//! tests/data/mixtral-tiny/ (committed: CI needs no torch).
+//!
+//! Bounds, measured on x86-64 (AVX-512) and set with a margin:
+//! - f32 activations: every logit of every position within 1e-4 of transformers' (measured: see the README's
+//!   architectures table), for both routing widths; zeroing a router or one expert's down projection moves
+//!   them far beyond it (`a_broken_router_or_expert_fails_the_bound`).
+//! - greedy decoding equals `generate(do_sample=False)` token for token, 12 steps on each of the 4 prompts, for
+//!   both routing widths.
+//! - configs and graphs omex cannot run (top_k above the experts, no experts, a missing expert tensor) are
+//!   refused naming the file and field or tensor.
+
+mod common;
+mod gpu_common;
+
+use omex::backend::{Activations, Engine, KvType, Logits};
+use omex::runtime::{BackendChoice, EngineOptions, Model};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Largest |omex - transformers| over every logit with f32 activations.
+const F32_TOL: f64 = 1e-4;
+/// The same with int8 activations and an f16 KV cache.
+const INT8_TOL: f64 = 0.05;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mixtral-tiny")
+}
+
+fn reference() -> &'static Value {
+    static REF: OnceLock<Value> = OnceLock::new();
+    REF.get_or_init(|| serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap())
+}
+
+/// The reference cases of routing width `k`.
+fn cases(k: u32) -> &'static [Value] {
+    reference()["top_k"][k.to_string()]["cases"].as_array().unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// A copy of the fixture directory with `config.json` changed by `edit`, in `tmp`.
+fn edited_fixture(tmp: &Path, edit: impl FnOnce(&mut Value)) {
+    let _ = std::fs::remove_dir_all(tmp);
+    std::fs::create_dir_all(tmp).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(fixture().join(f), tmp.join(f)).unwrap();
+    }
+    let mut config: Value = serde_json::from_slice(&std::fs::read(fixture().join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(tmp.join("config.json"), config.to_string()).unwrap();
+}
+
+/// The fixture converted once per build of the converter, with routing width `k` (2 is the saved config).
+fn mixtral_omex(k: u32) -> &'static Path {
+    static TOP2: OnceLock<PathBuf> = OnceLock::new();
+    static TOP1: OnceLock<PathBuf> = OnceLock::new();
+    match k {
+        2 => TOP2.get_or_init(|| common::converted(&fixture(), "mixtral-tiny", "keep")),
+        1 => TOP1.get_or_init(|| {
+            let src = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mixtral-top1-src-{}", std::process::id()));
+            edited_fixture(&src, |c| c["num_experts_per_tok"] = 1.into());
+            common::converted(&src, "mixtral-tiny-top1", "keep")
+        }),
+        _ => unreachable!("the fixture has top-1 and top-2 references"),
+    }
+}
+
+fn engine_of(dir: &Path, activations: Activations, kv: KvType) -> Box<dyn Engine> {
+    let model = Model::load(dir).unwrap();
+    let opts = EngineOptions { backend: BackendChoice::Cpu, threads: 1, activations, kv, ..Default::default() };
+    model.engine(&opts).unwrap()
+}
+
+/// Largest |omex - reference| over every position's logits of case `c`.
+fn max_logit_diff(engine: &mut dyn Engine, c: &Value) -> f64 {
+    let ids = ids(&c["ids"]);
+    let got = engine.forward(&ids, 0, Logits::All).unwrap();
+    let want: Vec<f64> = c["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(got.len(), want.len(), "logits of {:?}", c["prompt"]);
+    got.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn the_tokenizer_gives_the_ids_transformers_gave() {
+    let model = Model::load(mixtral_omex(2)).unwrap();
+    for c in cases(2) {
+        let got = model.tokenizer.encode(c["prompt"].as_str().unwrap());
+        assert_eq!(got, ids(&c["ids"]), "{:?}", c["prompt"]);
+    }
+}
+
+#[test]
+fn f32_logits_of_every_position_match_transformers() {
+    for k in [2, 1] {
+        let mut e = engine_of(mixtral_omex(k), Activations::F32, KvType::F32);
+        for c in cases(k) {
+            let d = max_logit_diff(e.as_mut(), c);
+            eprintln!("top-{k} {:?}: max |omex - transformers| {d:.2e}", c["prompt"]);
+            assert!(d <= F32_TOL, "top-{k} {:?}: {d}", c["prompt"]);
+        }
+    }
+}
+
+#[test]
+fn int8_activations_stay_close_to_transformers() {
+    let mut e = engine_of(mixtral_omex(2), Activations::Int8, KvType::F16);
+    for c in cases(2) {
+        let d = max_logit_diff(e.as_mut(), c);
+        eprintln!("{:?}: max |omex int8 - transformers| {d:.3}", c["prompt"]);
+        assert!(d <= INT8_TOL, "{:?}: {d}", c["prompt"]);
+    }
+}
+
+#[test]
+fn greedy_tokens_equal_generate() {
+    for k in [2, 1] {
+        for c in cases(k) {
+            let out = Command::new(common::omex_bin())
+                .arg("run")
+                .arg(mixtral_omex(k))
+                .args(["--backend", "cpu", "--activations", "f32", "--ignore-eos", "--json", "-n", "12", "-p"])
+                .arg(c["prompt"].as_str().unwrap())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(ids(&v["prompt_ids"]), ids(&c["ids"]));
+            assert_eq!(ids(&v["output_ids"]), ids(&c["greedy"]), "top-{k} {:?}", c["prompt"]);
+        }
+    }
+}
+
+/// The routing is load-bearing: a model whose router is zeroed (every expert equally likely, so the lowest ids
+/// win) or whose one expert is zeroed is over 100x the f32 bound away from transformers, so that bound catches
+/// an engine that routes wrongly or skips an expert.
+#[test]
+fn a_broken_router_or_expert_fails_the_bound() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mixtral-parts-{}", std::process::id()));
+    for part in ["blk.1.ffn_gate_inp", "blk.0.ffn_gate_inp", "blk.0.ffn_down.3", "blk.1.ffn_up.1"] {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let out = Command::new(common::omex_bin()).arg("convert").arg(fixture()).arg("-o").arg(&tmp).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        zero_tensor(&tmp, part);
+        let mut e = engine_of(&tmp, Activations::F32, KvType::F32);
+        let d = max_logit_diff(e.as_mut(), &cases(2)[3]);
+        eprintln!("{part} zeroed: max |omex - transformers| {d:.3}");
+        assert!(d > 100.0 * F32_TOL, "zeroing {part} moved the logits by only {d}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Zeroes a tensor's values in its layer file (loading maps the files without checking their hashes).
+fn zero_tensor(dir: &Path, name: &str) {
+    let index = dir.join("weights/quantization.json");
+    let index: Value = serde_json::from_slice(&std::fs::read(index).unwrap()).unwrap();
+    let t = index["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("{name}"));
+    let file = dir.join("weights").join(t["file"].as_str().unwrap());
+    let mut bytes = std::fs::read(&file).unwrap();
+    for s in t["sections"].as_array().unwrap() {
+        let (at, n) = (s["offset"].as_u64().unwrap() as usize, s["bytes"].as_u64().unwrap() as usize);
+        bytes[at..at + n].fill(0);
+    }
+    std::fs::write(&file, bytes).unwrap();
+}
+
+/// Every expert is a tensor record of its own in its block's layer file, and the graph names the router and
+/// each expert.
+#[test]
+fn experts_are_records_of_their_own() {
+    let model = Model::load(mixtral_omex(2)).unwrap();
+    for l in 0..2 {
+        for e in 0..4 {
+            for part in ["ffn_gate", "ffn_up", "ffn_down"] {
+                let name = format!("blk.{l}.{part}.{e}");
+                let t = model.dir.index.get(&name).unwrap_or_else(|| panic!("{name} is not in the index"));
+                assert_eq!(t.file, format!("layer_{l}.bin"), "{name}");
+            }
+        }
+    }
+    let graph = std::fs::read_to_string(mixtral_omex(2).join("graph.json")).unwrap();
+    let graph: Value = serde_json::from_str(&graph).unwrap();
+    let block = graph["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "transformer_block_1").unwrap();
+    assert_eq!(block["config"]["moe"], serde_json::json!({"experts": 4, "top_k": 2}));
+    assert_eq!(block["config"]["weights"]["moe"]["router"], "blk.1.ffn_gate_inp");
+    assert_eq!(block["config"]["weights"]["moe"]["experts"][3][2], "blk.1.ffn_down.3");
+}
+
+/// Quantized conversions quantize the experts like any matrix and stay within what the rounding explains. A
+/// quantized router can flip a near tie between two experts (the fixture's smallest top-k gap is 5.3e-5), and
+/// a flipped token's logits then move by a whole expert's output: so the bound is on the median position's
+/// largest error and on the greedy token of every position, not on the worst logit. Measured on the long
+/// prompt (59 positions): f16 max 0.023, median 0.005, every argmax equal; int8 (weights and activations)
+/// max 1.07, median 0.18, argmax equal at 90% of positions; int4 max 5.2, median 1.85, argmax equal at 34%
+/// (4 bits of random Gaussian weights in a model this small: a loose check that int4 experts run sanely).
+#[test]
+fn quantized_conversions_stay_close_to_transformers() {
+    for (quant, median_bound, argmax_agree) in [("f16", 0.01, 1.0), ("int8", 0.3, 0.8), ("int4", 2.5, 0.25)] {
+        let dir = common::converted(&fixture(), "mixtral-tiny", quant);
+        let model = Model::load(&dir).unwrap();
+        let expert = model.dir.index.get("blk.0.ffn_down.2").unwrap();
+        assert_eq!(expert.dtype.name(), quant, "the experts are stored {quant}");
+        let opts = EngineOptions { backend: BackendChoice::Cpu, threads: 1, ..Default::default() };
+        let mut e = model.engine(&opts).unwrap();
+        let c = &cases(2)[3];
+        let got = e.forward(&ids(&c["ids"]), 0, Logits::All).unwrap();
+        let want = c["logits"].as_array().unwrap();
+        let vocab = got.len() / want.len();
+        let (mut errs, mut agree) = (Vec::new(), 0);
+        for (g, w) in got.chunks_exact(vocab).zip(want) {
+            let w: Vec<f32> = w.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            errs.push(g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max));
+            agree += usize::from(common::logits::argmax(g) == common::logits::argmax(&w));
+        }
+        let worst = errs.iter().copied().fold(0f32, f32::max);
+        errs.sort_by(f32::total_cmp);
+        let (median, agree) = (errs[errs.len() / 2], agree as f64 / errs.len() as f64);
+        eprintln!("--quant {quant}: max |omex - transformers| {worst:.4}, median position {median:.4}, argmax agrees at {agree:.3}");
+        assert!(median <= median_bound && agree >= argmax_agree, "--quant {quant}: median {median}, agree {agree}");
+    }
+}
+
+/// A Mixtral directory omex cannot run exactly is refused at conversion, naming the file and the field or
+/// tensor, leaving nothing behind.
+#[test]
+fn unsupported_mixtral_configs_are_refused_clearly() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mixtral-bad-{}", std::process::id()));
+    let cases: [(&str, Value, &str); 4] = [
+        ("num_experts_per_tok", 5.into(), "num_experts_per_tok\" is 5"),
+        ("num_experts_per_tok", 0.into(), "num_experts_per_tok\" is 0"),
+        ("num_local_experts", 0.into(), "num_local_experts\" is 0"),
+        ("sliding_window", 16.into(), "sliding_window"),
+    ];
+    for (key, value, says) in cases {
+        edited_fixture(&tmp, |c| c[key] = value);
+        let err = convert_error(&tmp);
+        assert!(err.contains(says) && err.contains("config.json"), "{key}: {err}");
+    }
+    // Three experts in the config, four in the checkpoint: the fourth's tensors are refused by name.
+    edited_fixture(&tmp, |c| c["num_local_experts"] = 3.into());
+    let err = convert_error(&tmp);
+    assert!(err.contains("blk.0.ffn_gate.3") && err.contains("not read"), "{err}");
+    // An expert's down projection renamed to a fifth expert: the missing one is named.
+    edited_fixture(&tmp, |_| {});
+    let st = tmp.join("model.safetensors");
+    let mut bytes = std::fs::read(&st).unwrap();
+    let (from, to) = (b"layers.1.block_sparse_moe.experts.2.w2", b"layers.1.block_sparse_moe.experts.9.w2");
+    let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+    bytes[at..at + to.len()].copy_from_slice(to);
+    std::fs::write(&st, bytes).unwrap();
+    let err = convert_error(&tmp);
+    assert!(err.contains("blk.1.ffn_down.2 is missing"), "{err}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+fn convert_error(src: &Path) -> String {
+    let out =
+        Command::new(common::omex_bin()).arg("convert").arg(src).arg("-o").arg(src.join("out.omex")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!src.join("out.omex").exists(), "a half-written model was left");
+    err
+}
+
+/// A graph.json whose experts do not add up (top_k above the experts, no experts, an expert tensor the index
+/// lacks) is refused at load with the graph file and field or tensor named, never run.
+#[test]
+fn inconsistent_moe_graphs_are_refused_at_load() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mixtral-graph-{}", std::process::id()));
+    type Edit = fn(&mut Value);
+    let cases: [(Edit, &str); 4] = [
+        (|b| b["config"]["moe"]["top_k"] = 5.into(), "moe.top_k 5"),
+        (|b| b["config"]["moe"]["experts"] = 0.into(), "moe.experts 0"),
+        (
+            |b| {
+                b["config"]["moe"]["experts"] = 3.into();
+            },
+            "4 experts named, moe.experts is 3",
+        ),
+        (|b| b["config"]["weights"]["moe"]["experts"][1][1] = "blk.0.ffn_up.7".into(), "blk.0.ffn_up.7"),
+    ];
+    for (i, (edit, says)) in cases.into_iter().enumerate() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let out = Command::new(common::omex_bin()).arg("convert").arg(fixture()).arg("-o").arg(&tmp).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let path = tmp.join("graph.json");
+        let mut graph: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for node in graph["nodes"].as_array_mut().unwrap() {
+            if node["id"] == "transformer_block_0" || (i < 3 && node["type"] == "transformer_block") {
+                edit(node);
+            }
+        }
+        std::fs::write(&path, graph.to_string()).unwrap();
+        let err = match Model::load(&tmp).and_then(|m| {
+            let opts = EngineOptions { backend: BackendChoice::Cpu, threads: 1, ..Default::default() };
+            m.engine(&opts).map(|_| ())
+        }) {
+            Ok(()) => panic!("case {i}: a broken graph loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(says), "case {i}: {err}");
+        assert!(err.contains("graph.json") || i == 3, "case {i}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The GPU engine does not lower the mixture of experts yet: loading refuses with `Unsupported` (so `--backend
+/// auto` runs the CPU engine instead) rather than running a model without its experts.
+#[test]
+fn the_gpu_engine_refuses_experts_clearly() {
+    use omex::backend::gpu::{GpuEngine, GpuOptions};
+    let Some(ctx) = gpu_common::gpu_arc() else { return };
+    let model = Model::load(mixtral_omex(2)).unwrap();
+    match GpuEngine::load_blocking(ctx, &model.dir, &model.config, GpuOptions::new(128)) {
+        Err(omex::Error::Unsupported(why)) => assert!(why.contains("MoeRoute"), "{why}"),
+        Err(e) => panic!("not refused as unsupported: {e}"),
+        Ok(_) => panic!("the GPU engine loaded a mixture of experts it does not lower"),
+    }
+}
