@@ -108,6 +108,12 @@ fn batching_engine(model: &Model, opts: &EngineOptions) -> Result<Box<dyn omex::
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    if !args.engine.adapters.is_empty() {
+        return Err(Error::Usage(
+            "--adapter: omex serve does not apply adapters yet; merge one into a model with `omex adapter merge`"
+                .into(),
+        ));
+    }
     // main() restores SIGPIPE's default (die) for `omex ... | head`; a server must instead see a write to a
     // closed connection as an error (hyper writes with writev, which raises SIGPIPE).
     #[cfg(unix)]

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod gguf_model;
 mod gguf_value;
 pub mod hf;
+pub mod lora;
 mod output;
 pub mod safetensors;
 

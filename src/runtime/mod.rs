@@ -7,5 +7,5 @@ pub mod scheduler;
 pub mod session;
 
 pub use crate::sampling::{Sampler, SamplerOptions};
-pub use model::{BackendChoice, EngineOptions, Model};
+pub use model::{parse_adapter_spec, BackendChoice, EngineOptions, Model};
 pub use session::{GenerateOptions, Generation, Session, StopReason, Timings};
