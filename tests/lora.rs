@@ -352,3 +352,65 @@ fn bad_adapters_are_refused_with_clear_errors() {
     assert!(!ok && text.contains("no adapter \"qv\" to remove"), "{text}");
     let _ = std::fs::remove_dir_all(&model_dir);
 }
+
+#[test]
+fn merge_equals_unmerged_within_f32_rounding() {
+    let r = reference();
+    let model_dir = private_model("merge");
+    assert!(add(&model_dir, &fixture().join("all7"), "all7").0);
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let out = tmp.join(format!("lora-merged-{}.omex", std::process::id()));
+    let zero = tmp.join(format!("lora-merged-zero-{}.omex", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&zero);
+    let merge = |spec: &str, out: &Path, quant: &str| {
+        omex(&[
+            "adapter".as_ref(),
+            "merge".as_ref(),
+            model_dir.as_os_str(),
+            spec.as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--quant".as_ref(),
+            quant.as_ref(),
+        ])
+    };
+    let (ok, text) = merge("all7", &out, "f32");
+    assert!(ok, "{text}");
+    assert!(text.contains("into 210 matrices") && text.contains("same top token at"), "{text}");
+    let (ok, text) = omex(&["validate".as_ref(), out.as_os_str()]);
+    assert!(ok, "the merged model does not validate: {text}");
+    // An existing output is never overwritten.
+    let (ok, text) = merge("all7", &out, "f32");
+    assert!(!ok && text.contains("exists"), "{text}");
+
+    let base = Model::load(&model_dir).unwrap();
+    let mut unmerged = base.engine(&cpu_f32()).unwrap();
+    unmerged.set_adapters(&base.active_adapters(&["all7".to_string()]).unwrap()).unwrap();
+    let merged_model = Model::load(&out).unwrap();
+    let mut merged = merged_model.engine(&cpu_f32()).unwrap();
+    let mut worst = 0f32;
+    for p in r["prompts"].as_array().unwrap() {
+        let ids = u32s(&p["token_ids"]);
+        let (a, b) = (unmerged.forward(&ids, 0, Logits::All).unwrap(), merged.forward(&ids, 0, Logits::All).unwrap());
+        for (x, y) in a.iter().zip(&b) {
+            worst = worst.max((x - y).abs() / x.abs().max(1.0));
+        }
+    }
+    eprintln!("merged (f32) vs unmerged: worst relative logit difference {worst:.2e}");
+    assert!(worst < 2e-4, "merged and unmerged differ by {worst} (relative)");
+    // And the merged model matches the reference on its own.
+    check_logits(merged.as_mut(), &r, &r["adapters"]["all7"], "merged all7");
+
+    // Scale 0 in the model's own layouts: every matrix re-encoded from its own values, so nothing changes.
+    let (ok, text) = merge("all7:0", &zero, "keep");
+    assert!(ok, "{text}");
+    let zero_model = Model::load(&zero).unwrap();
+    let ids = u32s(&r["prompts"][0]["token_ids"]);
+    let a = zero_model.engine(&cpu_f32()).unwrap().forward(&ids, 0, Logits::All).unwrap();
+    let b = base.engine(&cpu_f32()).unwrap().forward(&ids, 0, Logits::All).unwrap();
+    assert_eq!(a, b, "merging at scale 0 changed the model");
+    for d in [&out, &zero, &model_dir] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -38,7 +38,8 @@ impl LoraMat {
         matrix(self.rows, self.rank, &self.b)
     }
 
-    /// `scale * B A` as a dense `[rows, cols]` f32 matrix (for merging).
+    /// `scale * B A` as a dense `[rows, cols]` f32 matrix (for merging; `scale` is the whole factor, the
+    /// adapter's own [`LoraMat::scale`] included).
     pub fn delta(&self, scale: f32) -> Vec<f32> {
         let (a, b) = (self.a.to_f32(), self.b.to_f32());
         let mut d = vec![0f32; self.rows * self.cols];

@@ -5,6 +5,7 @@ use omex::format::adapter::{self, AdapterData};
 use omex::format::ModelDir;
 use omex::graph::Transformer;
 use omex::import::lora::{import_peft, StoreAs};
+use omex::import::merge::MergeQuant;
 use omex::{Error, Result};
 use std::path::PathBuf;
 
@@ -22,7 +23,33 @@ pub enum AdapterCommand {
     List(ListArgs),
     /// Delete the adapter MODEL/adapters/NAME
     Remove(RemoveArgs),
+    /// Bake the adapter NAME into a new model directory (dequantize, add, requantize), and say how far the
+    /// merged model's logits are from the unmerged adapter's
+    Merge(MergeArgs),
 }
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The base model directory
+    pub model: PathBuf,
+    /// The adapter to merge, NAME or NAME:SCALE
+    pub name: String,
+    /// The new model directory (must not exist)
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Layout of the merged matrices: keep (each matrix's own; GGUF blocks become int8), f32, f16, int8, int4
+    #[arg(long, default_value = "keep")]
+    pub quant: MergeQuant,
+    /// The text on which merged and unmerged logits are compared
+    #[arg(long, default_value = COMPARE_TEXT)]
+    pub text: String,
+    /// CPU threads of the comparison (default: one per core)
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+}
+
+const COMPARE_TEXT: &str = "The old lighthouse keeper climbed the stairs every evening, counting the steps \
+    as his father had taught him, and lit the lamp before the ships came home.";
 
 #[derive(Args, Debug)]
 pub struct AddArgs {
@@ -61,6 +88,7 @@ pub fn run(args: AdapterArgs) -> Result<()> {
             outln!("removed adapter {} from {}", a.name, a.model.display());
             Ok(())
         }
+        AdapterCommand::Merge(a) => merge(a),
     }
 }
 
@@ -142,4 +170,63 @@ fn list(a: ListArgs) -> Result<()> {
 
 fn matrices(n: usize) -> String {
     format!("{n} {}", if n == 1 { "matrix" } else { "matrices" })
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    if a.out.exists() {
+        return Err(Error::Usage(format!("{}: exists; give a new directory to -o", a.out.display())));
+    }
+    let base = omex::runtime::Model::load(&a.model)?;
+    let (name, scale) = omex::runtime::parse_adapter_spec(&a.name)?;
+    let adapter = base.adapter(name)?;
+    let s = omex::import::merge::merge(&base.dir, &adapter, scale, &a.out, a.quant)?;
+    outln!(
+        "merged adapter {name} (scale {scale}) into {} matrices: {} ({})",
+        s.merged,
+        a.out.display(),
+        omex::format::metadata::human_bytes(s.bytes)
+    );
+    if let Some((t, from, to)) = s.relayout.first() {
+        outln!("{} stored as {to} (the base's {from} is not re-encoded), e.g. {t}", matrices(s.relayout.len()));
+    }
+    // How far the merged model is from the base with the adapter unmerged: f32 activations on both.
+    let opts = omex::runtime::EngineOptions {
+        backend: omex::runtime::BackendChoice::Cpu,
+        threads: a.threads,
+        context_length: Some(512),
+        activations: omex::backend::Activations::F32,
+        kv: omex::backend::KvType::F32,
+        ..Default::default()
+    };
+    let ids = base.tokenizer.encode(&a.text);
+    if ids.is_empty() || ids.len() > 512 {
+        return Err(Error::Usage(format!("--text: {} tokens (1 to 512)", ids.len())));
+    }
+    let mut unmerged = base.engine(&opts)?;
+    unmerged.set_adapters(&base.active_adapters(std::slice::from_ref(&a.name))?)?;
+    let want = unmerged.forward(&ids, 0, omex::backend::Logits::All)?;
+    drop(unmerged);
+    let merged = omex::runtime::Model::load(&a.out)?;
+    let got = merged.engine(&opts)?.forward(&ids, 0, omex::backend::Logits::All)?;
+    let vocab = want.len() / ids.len();
+    let (mut max_abs, mut max_rel, mut same_top) = (0f32, 0f32, 0);
+    for (w, g) in want.chunks_exact(vocab).zip(got.chunks_exact(vocab)) {
+        for (x, y) in w.iter().zip(g) {
+            max_abs = max_abs.max((x - y).abs());
+            max_rel = max_rel.max((x - y).abs() / x.abs().max(1.0));
+        }
+        same_top += usize::from(kernels_argmax(w) == kernels_argmax(g));
+    }
+    outln!(
+        "merged vs unmerged over {} ({:?}...): max |logit difference| {max_abs:.3e} ({max_rel:.2e} relative), same top token at {same_top}/{} positions",
+        super::count(ids.len(), "token"),
+        a.text.chars().take(30).collect::<String>(),
+        ids.len()
+    );
+    Ok(())
+}
+
+/// The first index of the largest value.
+fn kernels_argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
 }
