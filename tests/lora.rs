@@ -184,7 +184,7 @@ fn write_safetensors(path: &Path, tensors: &[(String, &str, Vec<u64>, Vec<u8>)])
         at += data.len() as u64;
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -413,4 +413,53 @@ fn merge_equals_unmerged_within_f32_rounding() {
     for d in [&out, &zero, &model_dir] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// The scheduler (what `omex serve` runs) with requests for different adapters in flight at once: each gets
+/// its own reference's greedy tokens, and a prompt repeated under another adapter never reuses the cached
+/// keys and values of the first.
+#[test]
+fn scheduler_serves_requests_with_different_adapters_at_once() {
+    use futures::StreamExt;
+    use omex::runtime::scheduler::{Event, Request, Scheduler, SchedulerOptions};
+    let r = reference();
+    let model_dir = private_model("sched");
+    for name in ["all7", "qv"] {
+        assert!(add(&model_dir, &fixture().join(name), name).0);
+    }
+    let model = std::sync::Arc::new(Model::load(&model_dir).unwrap());
+    let m = model.clone();
+    let opts = EngineOptions { kv_tokens: 8 * 128, max_sequences: 8, ..cpu_f32() };
+    let sched = Scheduler::start(
+        move || m.engine(&opts),
+        model.tokenizer.clone(),
+        SchedulerOptions { parallel: 8, ..Default::default() },
+    )
+    .unwrap();
+    let jobs = [("all7", 0), ("qv", 1), ("", 0), ("all7", 1), ("qv", 0), ("", 1), ("all7", 0)];
+    let mut streams = Vec::new();
+    for (name, p) in jobs {
+        let specs: Vec<String> = if name.is_empty() { vec![] } else { vec![name.to_string()] };
+        let want = u32s(&if name.is_empty() { &r["base"] } else { &r["adapters"][name] }[p]["greedy"]);
+        let req = Request {
+            max_tokens: Some(want.len()),
+            ignore_eos: true,
+            adapters: model.active_adapters(&specs).unwrap(),
+            ..Request::new(u32s(&r["prompts"][p]["token_ids"]))
+        };
+        streams.push((name, p, want, sched.submit(req).unwrap()));
+    }
+    for (name, p, want, mut s) in streams {
+        let mut ids = None;
+        while let Some(e) = futures::executor::block_on(s.next()) {
+            match e {
+                Event::Text(_) => {}
+                Event::Done(f) => ids = Some(f.ids),
+                Event::Error(e) => panic!("{name:?} on prompt {p}: {e}"),
+            }
+        }
+        assert_eq!(ids.expect("Done"), want, "scheduler, adapter {name:?}, prompt {p}");
+    }
+    drop(sched);
+    let _ = std::fs::remove_dir_all(&model_dir);
 }

@@ -330,7 +330,7 @@ pub fn import_peft(
         let mut bv = values(&st, b)?;
         if permute && matches!(role, Role::Q | Role::K) {
             let heads = if role == Role::Q { t.n_heads } else { t.n_kv_heads } as usize;
-            if heads * t.head_dim as usize != rows as usize || t.head_dim % 2 != 0 {
+            if heads * t.head_dim as usize != rows as usize || !t.head_dim.is_multiple_of(2) {
                 return Err(Error::invalid(
                     &st_path,
                     format!("module {module}: {rows} rows are not {heads} heads of {}", t.head_dim),
