@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Convert a GGUF file or a Hugging Face model directory to an omex model directory
     Convert(cli::convert::ConvertArgs),
+    /// LoRA adapters of a model: add (import PEFT), list, remove
+    Adapter(cli::adapter::AdapterArgs),
     /// Check a model directory: schemas, records, checksums, tokenizer
     Validate(cli::validate::ValidateArgs),
     /// List each weight file's tensors with their layouts and sizes
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: omex::Result<()> = match cli.command {
         Command::Convert(args) => cli::convert::run(args),
+        Command::Adapter(args) => cli::adapter::run(args),
         Command::Validate(args) => cli::validate::run(args),
         Command::LayerInspect(args) => cli::layer_inspect::run(args),
         Command::Tokenize(args) => cli::tokenize::run(args),

@@ -83,6 +83,7 @@ pub fn validate(dir: &Path) -> Report {
         check_files(&mut r, dir, m);
     }
     check_optional(&mut r, dir);
+    check_adapters(&mut r, dir, model.as_ref(), index.as_ref());
     r.ok = r.problems.is_empty();
     r
 }
@@ -307,9 +308,27 @@ fn check_files(r: &mut Report, dir: &Path, m: &Metadata) {
     match walk(dir) {
         Err(e) => r.problem(e.to_string()),
         Ok(files) => {
-            for f in files.iter().filter(|f| *f != METADATA_FILE && !listed.contains(f.as_str())) {
+            // An adapter carries its own checksum (adapter.json), checked by check_adapters.
+            let own = |f: &str| f.starts_with(&format!("{}/", crate::format::adapter::ADAPTERS_DIR));
+            for f in files.iter().filter(|f| *f != METADATA_FILE && !listed.contains(f.as_str()) && !own(f)) {
                 r.warn(format!("{f}: not listed in {METADATA_FILE} (not checksummed)"));
             }
+        }
+    }
+}
+
+/// Every adapter of `adapters/` reads (its checksum, records, shapes, finite values) and fits the base.
+fn check_adapters(r: &mut Report, dir: &Path, model: Option<&Transformer>, index: Option<&WeightIndex>) {
+    use crate::format::adapter::{self, AdapterData};
+    let names = match adapter::list(dir) {
+        Ok(n) => n,
+        Err(e) => return r.problem(e.to_string()),
+    };
+    for name in names {
+        let base = model.zip(index).map(|(t, ix)| (t.architecture.as_str(), t.hidden_size, ix));
+        match AdapterData::open_for(dir, &name, base) {
+            Err(e) => r.problem(e.to_string()),
+            Ok(_) => r.files_checked += 2,
         }
     }
 }

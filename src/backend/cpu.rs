@@ -1,6 +1,7 @@
 //! The CPU engine: the transformer forward pass over `kernels-cpu`, reading weights straight from the mapped
 //! layer files. It is also the reference the GPU engine is tested against.
 
+use super::lora::{self, ActiveAdapter, MatLoras};
 use super::{Activations, Engine, KvBlocks, KvType, Logits, OpSpan, SeqChunk, WeightRef, KV_BLOCK_TOKENS};
 use crate::arch::{self, Buf, Op, Program, QkPart};
 use crate::error::{Error, Result};
@@ -65,6 +66,8 @@ enum Step {
         mats: Vec<(WeightRef, Option<Vec<f32>>)>,
         output: Buf,
         add: bool,
+        /// The active adapters' matrices of each of `mats` (see [`CpuEngine::set_adapters`]).
+        loras: Vec<MatLoras>,
     },
     HeadNorm {
         offset: usize,
@@ -120,6 +123,7 @@ impl Step {
                     .collect::<Result<_>>()?,
                 output: *output,
                 add: *add,
+                loras: vec![Vec::new(); mats.len()],
             },
             Op::HeadNorm { part, norm } => {
                 let (offset, heads) = match part {
@@ -175,6 +179,9 @@ struct Scratch {
     /// An expert's tokens (row, route weight) and its gathered input, gate, up and output rows.
     moe_rows: Vec<(usize, f32)>,
     moe: [Vec<f32>; 4],
+    /// An adapter's `A x` and `B (A x)`.
+    lora_t: Vec<f32>,
+    lora_y: Vec<f32>,
 }
 
 pub struct CpuEngine {
@@ -391,7 +398,7 @@ fn run_step(
     let (nh, nkv, hd) = (h.n_heads as usize, h.n_kv as usize, h.head_dim as usize);
     let (qd, kvd) = (nh * hd, nkv * hd);
     match step {
-        Step::Linear { input, norm, mats, output, add } => {
+        Step::Linear { input, norm, mats, output, add, loras } => {
             // The output is taken out of the scratch while the input (another buffer) is read.
             let mut out = std::mem::take(&mut s.bufs[*output as usize]);
             let x = &s.bufs[*input as usize];
@@ -405,6 +412,13 @@ fn run_step(
             };
             let lin = Linear::prepare(act, x, n, &mut s.xq);
             linear(&lin, mats, *add, n, &s.xq, &mut s.part, &mut out);
+            let (width, mut col) = (out.len() / n.max(1), 0);
+            for ((m, _), mat_loras) in mats.iter().zip(loras) {
+                for (lora, scale) in mat_loras {
+                    lora::apply_cpu(lora, *scale, x, n, col, width, &mut s.lora_t, &mut s.lora_y, &mut out);
+                }
+                col += m.view().entry.shape[0] as usize;
+            }
             s.bufs[*output as usize] = out;
         }
         Step::HeadNorm { offset, heads, norm } => {
@@ -736,6 +750,29 @@ impl Engine for CpuEngine {
 
     fn take_op_spans(&mut self) -> Vec<OpSpan> {
         self.trace.as_mut().map(|t| std::mem::take(&mut t.spans)).unwrap_or_default()
+    }
+
+    fn set_adapters(&mut self, active: &[ActiveAdapter]) -> Result<()> {
+        let linear_mats = |steps: &Vec<Step>| -> Vec<String> {
+            let mut names = Vec::new();
+            for step in steps {
+                if let Step::Linear { mats, .. } = step {
+                    names.extend(mats.iter().map(|(m, _)| m.name().to_string()));
+                }
+            }
+            names
+        };
+        let names: Vec<String> = self.blocks.iter().flat_map(linear_mats).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut resolved = lora::resolve(active, &refs)?.into_iter();
+        for step in self.blocks.iter_mut().flatten() {
+            if let Step::Linear { loras, .. } = step {
+                for slot in loras.iter_mut() {
+                    *slot = resolved.next().expect("one entry per matrix");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn kv_blocks(&self) -> Option<KvBlocks> {

@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod lora;
 mod weights;
 
 pub use weights::WeightRef;
@@ -162,6 +163,21 @@ pub trait Engine {
     /// The ops recorded since tracing started or since the last call.
     fn take_op_spans(&mut self) -> Vec<OpSpan> {
         Vec::new()
+    }
+
+    /// Makes `active` the LoRA adapters applied from the next forward pass on (empty: the base alone). Positions
+    /// already in the cache were computed under the previous set: callers start over ([`Session`] does).
+    /// An adapter targeting a matrix the model's linear ops do not have is refused.
+    ///
+    /// [`Session`]: crate::runtime::Session
+    fn set_adapters(&mut self, active: &[lora::ActiveAdapter]) -> Result<()> {
+        if active.is_empty() {
+            return Ok(());
+        }
+        Err(crate::Error::Unsupported(format!(
+            "{} does not apply LoRA adapters yet: run them on the CPU engine (--backend cpu)",
+            self.describe()
+        )))
     }
 
     /// The paged cache [`Engine::forward_batch`] runs over; `None`: the engine runs one sequence only.

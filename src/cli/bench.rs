@@ -111,6 +111,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         opts.kv_tokens = opts.kv_tokens.max(ctx);
     }
     let mut engine = model.engine(&opts)?;
+    args.engine.apply_adapters(&model, engine.as_mut())?;
     let mut describe = engine.describe();
     let greedy = SamplerOptions::default();
     if batch > 1 {

@@ -22,6 +22,10 @@ pub struct EngineArgs {
     /// because loading only maps the files). Also on with OMEX_VERIFY=1
     #[arg(long)]
     pub verify: bool,
+    /// Apply the model's LoRA adapter NAME (from `omex adapter add`), unmerged, its update times SCALE
+    /// (default 1); repeatable: several adapters add up
+    #[arg(long = "adapter", value_name = "NAME[:SCALE]")]
+    pub adapters: Vec<String>,
 }
 
 /// What decides the memory a model takes: precisions, the KV cache type and the GPU budget.
@@ -63,6 +67,11 @@ impl MemoryArgs {
 
 impl EngineArgs {
     /// Loads the model, verifying its checksums first when `--verify` or `OMEX_VERIFY=1` asks for it.
+    /// Makes the `--adapter` set the engine's active adapters.
+    pub fn apply_adapters(&self, model: &Model, engine: &mut dyn omex::backend::Engine) -> omex::Result<()> {
+        engine.set_adapters(&model.active_adapters(&self.adapters)?)
+    }
+
     pub fn load(&self, path: &std::path::Path) -> omex::Result<Model> {
         let model = Model::load(path)?;
         if self.verify || std::env::var("OMEX_VERIFY").is_ok_and(|v| v == "1") {

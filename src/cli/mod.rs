@@ -45,6 +45,7 @@ pub fn progress(len: u64, msg: &str) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
+pub mod adapter;
 pub mod agent;
 pub mod bench;
 pub mod chat;

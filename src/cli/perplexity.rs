@@ -27,6 +27,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         .map_err(|e| Error::io(&args.file, e))?;
     let model = args.engine.load(&args.model)?;
     let mut engine = model.engine(&args.engine.options(Some(args.chunk)))?;
+    args.engine.apply_adapters(&model, engine.as_mut())?;
     let tokens = model.tokenizer.encode(&text);
     eprintln!(
         "{}: {}, {} of {}",

@@ -99,6 +99,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut opts = args.engine.options(args.ctx);
     opts.memory_trace = args.memory_trace.clone();
     let mut session = model.session(&opts)?;
+    session.set_adapters(model.active_adapters(&args.engine.adapters)?)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     log::info!("engine: {}", session.engine().describe());
 

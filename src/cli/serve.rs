@@ -108,6 +108,11 @@ fn batching_engine(model: &Model, opts: &EngineOptions) -> Result<Box<dyn omex::
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    if !args.engine.adapters.is_empty() {
+        return Err(Error::Usage(
+            "--adapter: omex serve selects adapters per request: name the model `BASE:ADAPTER` in the request".into(),
+        ));
+    }
     // main() restores SIGPIPE's default (die) for `omex ... | head`; a server must instead see a write to a
     // closed connection as an error (hyper writes with writev, which raises SIGPIPE).
     #[cfg(unix)]
@@ -164,7 +169,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 std::process::exit(130);
             });
         };
-        Server::new(scheduler, tokenizer, server_opts).serve(listener, shutdown).await
+        let resolver_model = model.clone();
+        let resolver: Arc<omex::server::AdapterResolver> = Arc::new(move |spec: &str| {
+            let specs: Vec<String> = spec.split('+').map(str::to_string).collect();
+            resolver_model.active_adapters(&specs)
+        });
+        Server::new(scheduler, tokenizer, server_opts).with_adapters(resolver).serve(listener, shutdown).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     result

@@ -13,6 +13,7 @@
 //!   agents/ adapters/ optimization/ preprocessors/ postprocessors/ extensions/   optional
 //! ```
 
+pub mod adapter;
 pub mod agent;
 pub mod checksum;
 pub mod dtype;

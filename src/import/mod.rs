@@ -9,6 +9,8 @@ pub mod gguf;
 pub mod gguf_model;
 mod gguf_value;
 pub mod hf;
+pub mod lora;
+pub mod merge;
 mod output;
 pub mod safetensors;
 

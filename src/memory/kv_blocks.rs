@@ -77,8 +77,15 @@ impl BlockPool {
     /// The published blocks that hold the longest run of whole blocks at the start of `tokens`, at most
     /// `max_blocks` of them, each now held once more by the caller.
     pub fn share_prefix(&mut self, tokens: &[u32], max_blocks: usize) -> Vec<u32> {
+        self.share_prefix_in(0, tokens, max_blocks)
+    }
+
+    /// [`BlockPool::share_prefix`] among the blocks published under `space` only: keys and values computed
+    /// under other weights (another LoRA adapter set) are never shared. Space 0 is the one of
+    /// [`BlockPool::share_prefix`] and [`BlockPool::publish`].
+    pub fn share_prefix_in(&mut self, space: u64, tokens: &[u32], max_blocks: usize) -> Vec<u32> {
         let mut out = Vec::new();
-        let mut parent = 0u64;
+        let mut parent = space;
         for chunk in tokens.chunks_exact(self.block_tokens).take(max_blocks) {
             let key = Key { parent, tokens: chunk.to_vec() };
             let Some(&b) = self.published.get(&key) else { break };
@@ -119,7 +126,12 @@ impl BlockPool {
     /// `tokens`: its whole blocks become findable by [`BlockPool::share_prefix`]. Blocks already published (a
     /// shared prefix) are kept as they are.
     pub fn publish(&mut self, tokens: &[u32], table: &[u32]) {
-        let mut parent = 0u64;
+        self.publish_in(0, tokens, table)
+    }
+
+    /// [`BlockPool::publish`] under `space` (see [`BlockPool::share_prefix_in`]).
+    pub fn publish_in(&mut self, space: u64, tokens: &[u32], table: &[u32]) {
+        let mut parent = space;
         for (chunk, &b) in tokens.chunks_exact(self.block_tokens).zip(table) {
             let key = Key { parent, tokens: chunk.to_vec() };
             parent = key.chain_hash();
@@ -159,6 +171,16 @@ mod tests {
         assert_eq!(p.free(), 0);
         p.release(&a[1..2]);
         assert_eq!(p.allocate(), Some(a[1]));
+    }
+
+    #[test]
+    fn spaces_share_nothing_with_each_other() {
+        let mut p = BlockPool::new(4, 2);
+        let table: Vec<u32> = (0..2).map(|_| p.allocate().unwrap()).collect();
+        p.publish_in(7, &[1, 2, 3, 4], &table);
+        assert!(p.share_prefix(&[1, 2, 3, 4, 5], 8).is_empty(), "space 0 saw space 7's blocks");
+        assert!(p.share_prefix_in(9, &[1, 2, 3, 4, 5], 8).is_empty());
+        assert_eq!(p.share_prefix_in(7, &[1, 2, 3, 4, 5], 8), table);
     }
 
     #[test]

@@ -9,5 +9,5 @@ pub mod session;
 pub mod trace;
 
 pub use crate::sampling::{Sampler, SamplerOptions};
-pub use model::{BackendChoice, EngineOptions, Model};
+pub use model::{parse_adapter_spec, BackendChoice, EngineOptions, Model};
 pub use session::{GenerateOptions, Generation, Session, StopReason, Timings};

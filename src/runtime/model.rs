@@ -3,14 +3,17 @@
 use super::session::Session;
 use crate::backend::cpu::{CpuEngine, CpuOptions};
 use crate::backend::gpu::GpuOptions;
+use crate::backend::lora::{ActiveAdapter, Adapter};
 use crate::backend::{Activations, Engine, KvType};
 use crate::error::{Error, Result};
+use crate::format::adapter::AdapterData;
 use crate::format::graph::GRAPH_FILE;
 use crate::format::ModelDir;
 use crate::graph::Transformer;
 use crate::tokenizer::Tokenizer;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Which engine runs the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -87,6 +90,8 @@ pub struct Model {
     pub dir: ModelDir,
     pub config: Transformer,
     pub tokenizer: Arc<Tokenizer>,
+    /// Adapters read so far, kept resident: asking again for one is a map lookup.
+    adapters: Mutex<HashMap<String, Arc<Adapter>>>,
 }
 
 impl Model {
@@ -95,7 +100,7 @@ impl Model {
         let dir = ModelDir::open(path)?;
         let config = Transformer::from_graph(&dir.graph, &path.join(GRAPH_FILE))?;
         let tokenizer = Tokenizer::load(&path.join("tokenizer")).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(Model { dir, config, tokenizer: Arc::new(tokenizer) })
+        Ok(Model { dir, config, tokenizer: Arc::new(tokenizer), adapters: Mutex::default() })
     }
 
     /// Checks every file `metadata.json` lists against its size and sha256, so a corrupted download or a
@@ -111,7 +116,7 @@ impl Model {
     /// browser, and its tokenizer.
     pub fn from_dir(dir: ModelDir, tokenizer: Tokenizer) -> Result<Model> {
         let config = Transformer::from_graph(&dir.graph, &dir.root.join(GRAPH_FILE))?;
-        Ok(Model { dir, config, tokenizer: Arc::new(tokenizer) })
+        Ok(Model { dir, config, tokenizer: Arc::new(tokenizer), adapters: Mutex::default() })
     }
 
     pub fn context_length(&self, opts: &EngineOptions) -> Result<usize> {
@@ -169,7 +174,48 @@ impl Model {
         }
     }
 
+    /// The adapter `adapters/NAME/` of this model, read and checked against the base (architecture, hidden
+    /// size, every target tensor's shape) the first time, then shared.
+    pub fn adapter(&self, name: &str) -> Result<Arc<Adapter>> {
+        if let Some(a) = self.adapters.lock().expect("adapter cache poisoned").get(name) {
+            return Ok(a.clone());
+        }
+        let base = (self.config.architecture.as_str(), self.config.hidden_size, &self.dir.index);
+        let data = AdapterData::open_for(&self.dir.root, name, Some(base))?;
+        let a = Arc::new(Adapter::from_data(data));
+        self.adapters.lock().expect("adapter cache poisoned").insert(name.to_string(), a.clone());
+        Ok(a)
+    }
+
+    /// Active adapters from `NAME[:SCALE]` specs (`omex run --adapter`, the server's `BASE:ADAPTER`).
+    pub fn active_adapters(&self, specs: &[String]) -> Result<Vec<ActiveAdapter>> {
+        specs
+            .iter()
+            .map(|spec| {
+                let (name, scale) = parse_adapter_spec(spec)?;
+                Ok(ActiveAdapter { adapter: self.adapter(name)?, scale })
+            })
+            .collect()
+    }
+
     pub fn session(&self, opts: &EngineOptions) -> Result<Session> {
         Ok(Session::new(self.engine(opts)?, self.tokenizer.clone()))
     }
+}
+
+/// `NAME` or `NAME:SCALE` (a finite scale; 1 when absent).
+pub fn parse_adapter_spec(spec: &str) -> Result<(&str, f32)> {
+    let (name, scale) = match spec.rsplit_once(':') {
+        Some((n, s)) => {
+            let v: f32 =
+                s.parse().map_err(|_| Error::Usage(format!("--adapter {spec:?}: scale {s:?} is not a number")))?;
+            (n, v)
+        }
+        None => (spec, 1.0),
+    };
+    if !scale.is_finite() {
+        return Err(Error::Usage(format!("--adapter {spec:?}: the scale must be finite")));
+    }
+    crate::format::adapter::check_name(name).map_err(|e| Error::Usage(format!("--adapter {spec:?}: {e}")))?;
+    Ok((name, scale))
 }

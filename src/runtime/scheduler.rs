@@ -27,6 +27,7 @@
 //! ```
 
 use super::session::{find_stop, safe_prefix_len, StopReason};
+use crate::backend::lora::ActiveAdapter;
 use crate::backend::{Engine, KvBlocks, SeqChunk, KV_BLOCK_TOKENS};
 use crate::error::{Error, Result};
 use crate::memory::kv_blocks::BlockPool;
@@ -66,12 +67,35 @@ pub struct Request {
     /// Generation stops when the text contains one of these (left out of the text).
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// The LoRA adapters the request runs with (empty: the base). Requests with different sets share the
+    /// engine by turns: each step runs the sequences of one set (round robin over the sets present).
+    pub adapters: Vec<ActiveAdapter>,
 }
 
 impl Request {
     pub fn new(prompt: Vec<u32>) -> Request {
-        Request { prompt, max_tokens: None, sampler: SamplerOptions::default(), stop: Vec::new(), ignore_eos: false }
+        Request {
+            prompt,
+            max_tokens: None,
+            sampler: SamplerOptions::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+            adapters: Vec::new(),
+        }
     }
+}
+
+/// The prefix-cache space of an adapter set: 0 for the base, else a hash of the adapters' names and scales.
+fn adapter_space(set: &[ActiveAdapter]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    if set.is_empty() {
+        return 0;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for a in set {
+        (std::sync::Arc::as_ptr(&a.adapter) as usize, a.scale.to_bits()).hash(&mut h);
+    }
+    h.finish() | 1
 }
 
 /// What a request's stream carries: text pieces as they are decoded, then one `Done` (or one `Error`).
@@ -374,6 +398,9 @@ struct Loop<'t> {
     active: Vec<Seq<'t>>,
     admitted: u64,
     deadline: Option<Instant>,
+    /// The engine's active adapter set, and the round-robin turn over the sets of the active sequences.
+    adapters: Vec<ActiveAdapter>,
+    turn: usize,
 }
 
 impl<'t> Loop<'t> {
@@ -390,6 +417,8 @@ impl<'t> Loop<'t> {
             active: Vec::new(),
             admitted: 0,
             deadline: None,
+            adapters: Vec::new(),
+            turn: 0,
         }
     }
 
@@ -485,7 +514,8 @@ impl<'t> Loop<'t> {
             let Some(mut s) = self.waiting.pop_front() else { break };
             // Whole blocks of an earlier identical start are taken as they are; the last token is always
             // computed (its logits are needed).
-            let shared = self.pool.share_prefix(&s.tokens, (s.tokens.len() - 1) / bt);
+            let shared =
+                self.pool.share_prefix_in(adapter_space(&s.req.adapters), &s.tokens, (s.tokens.len() - 1) / bt);
             let need = self.pool.blocks_for(s.tokens.len() + 1) - shared.len();
             if need > self.pool.free() && !self.active.is_empty() {
                 self.pool.release(&shared);
@@ -539,11 +569,29 @@ impl<'t> Loop<'t> {
     fn step(&mut self) -> Result<()> {
         // Decoding sequences first (one token each), then prompt chunks within the step's budgets.
         self.active.sort_by_key(|s| (s.tokens.len() - s.computed > 1, s.admitted));
+        // One adapter set per step, the sets present taking turns.
+        let mut sets: Vec<&Vec<ActiveAdapter>> = Vec::new();
+        for s in &self.active {
+            if !sets.contains(&&s.req.adapters) {
+                sets.push(&s.req.adapters);
+            }
+        }
+        let Some(set) = sets.get(self.turn % sets.len().max(1)).map(|s| (*s).clone()) else { return Ok(()) };
+        self.turn = self.turn.wrapping_add(1);
+        if set != self.adapters {
+            self.engine.set_adapters(&set)?;
+            self.adapters = set.clone();
+        }
+        let space = adapter_space(&set);
         let mut budget = self.kv.max_batch;
         let mut prefill = self.opts.prefill_chunk;
         let mut plan: Vec<(u64, usize)> = Vec::new(); // (admitted, tokens) per sequence in the pass
         let mut i = 0;
         while i < self.active.len() && budget > 0 {
+            if self.active[i].req.adapters != set {
+                i += 1;
+                continue;
+            }
             let left = self.active[i].tokens.len() - self.active[i].computed;
             let take = match left {
                 1 => 1,
@@ -600,7 +648,7 @@ impl<'t> Loop<'t> {
             s.computed += take;
             let whole = s.computed / KV_BLOCK_TOKENS;
             if whole > s.published {
-                self.pool.publish(&s.tokens[..s.computed], &s.blocks);
+                self.pool.publish_in(space, &s.tokens[..s.computed], &s.blocks);
                 s.published = whole;
             }
             if !want {

@@ -1,6 +1,7 @@
 //! A conversation with a loaded model: the engine's KV cache holds `tokens`; `generate` feeds the new part of
 //! a prompt (reusing the cached prefix), then samples token by token, streaming text through a callback.
 
+use crate::backend::lora::ActiveAdapter;
 use crate::backend::{Engine, Logits};
 use crate::error::{Error, Result};
 use crate::sampling::{Sampler, SamplerOptions};
@@ -88,11 +89,13 @@ pub struct Session {
     tokenizer: Arc<Tokenizer>,
     /// The tokens whose keys and values the engine's cache holds, in order.
     tokens: Vec<u32>,
+    /// The engine's active adapters.
+    adapters: Vec<ActiveAdapter>,
 }
 
 impl Session {
     pub fn new(engine: Box<dyn Engine>, tokenizer: Arc<Tokenizer>) -> Session {
-        Session { engine, tokenizer, tokens: Vec::new() }
+        Session { engine, tokenizer, tokens: Vec::new(), adapters: Vec::new() }
     }
 
     pub fn engine(&mut self) -> &mut dyn Engine {
@@ -106,6 +109,24 @@ impl Session {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// Applies `active` (empty: the base alone) from the next request on. The base stays loaded and the
+    /// adapters are resident ([`Model::adapter`](crate::runtime::Model::adapter)), so a switch only changes
+    /// which matrices the engine adds; the cached conversation was computed under the old set and is
+    /// forgotten when the set changes.
+    pub fn set_adapters(&mut self, active: Vec<ActiveAdapter>) -> Result<()> {
+        if active == self.adapters {
+            return Ok(());
+        }
+        self.engine.set_adapters(&active)?;
+        self.adapters = active;
+        self.tokens.clear();
+        Ok(())
+    }
+
+    pub fn adapters(&self) -> &[ActiveAdapter] {
+        &self.adapters
     }
 
     /// Forgets the conversation (the cache is overwritten from position 0 next time).

@@ -102,8 +102,18 @@ async fn complete(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response
         }
     };
     drop(body);
+    let mut adapters = Vec::new();
     if let Some(asked) = params.model.as_deref().filter(|m| *m != s.opts.model_id) {
-        return Err(ApiError::model_not_found(asked, &s.opts.model_id));
+        let spec = asked.strip_prefix(s.opts.model_id.as_str()).and_then(|rest| rest.strip_prefix(':'));
+        match (spec, &s.adapters) {
+            (Some(spec), Some(resolve)) => {
+                adapters = resolve(spec).map_err(|e| {
+                    let message = format!("the model `{asked}`: {e}");
+                    ApiError { code: Some("model_not_found"), ..ApiError::field("model", message) }
+                })?;
+            }
+            _ => return Err(ApiError::model_not_found(asked, &s.opts.model_id)),
+        }
     }
     // The template and the tokenizer run over up to --max-body bytes: not on the async threads.
     let tok = s.tokenizer.clone();
@@ -119,7 +129,7 @@ async fn complete(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response
     .await
     .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))??;
     let Params { max_tokens, sampler, stop, ignore_eos, stream, include_usage, .. } = params;
-    let request = GenRequest { prompt: ids, max_tokens, sampler, stop, ignore_eos };
+    let request = GenRequest { prompt: ids, max_tokens, sampler, stop, ignore_eos, adapters };
     let events = s.scheduler.submit(request).map_err(|e| submit_error(e, param))?;
     let head = Head { kind, id: response_id(&s, kind), created: super::unix_now(), model: s.opts.model_id.clone() };
     match stream {

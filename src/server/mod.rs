@@ -73,8 +73,14 @@ impl ServerOptions {
     }
 }
 
+/// Resolves the adapter part of a request's `model` field (`BASE:ADAPTER`, the part after the colon: one or
+/// more `NAME[:SCALE]` joined by `+`) to the adapters it runs with.
+pub type AdapterResolver = dyn Fn(&str) -> crate::Result<Vec<crate::backend::lora::ActiveAdapter>> + Send + Sync;
+
 /// What every handler shares.
 pub(crate) struct AppState {
+    /// `None`: `BASE:ADAPTER` model names are refused.
+    pub(crate) adapters: Option<Arc<AdapterResolver>>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) tokenizer: Arc<Tokenizer>,
     pub(crate) opts: ServerOptions,
@@ -93,6 +99,7 @@ pub struct Server {
 impl Server {
     pub fn new(scheduler: Scheduler, tokenizer: Arc<Tokenizer>, opts: ServerOptions) -> Server {
         let state = AppState {
+            adapters: None,
             scheduler: Arc::new(scheduler),
             tokenizer,
             opts,
@@ -101,6 +108,12 @@ impl Server {
             served: AtomicU64::new(0),
         };
         Server { state: Arc::new(state) }
+    }
+
+    /// Lets requests name `BASE:ADAPTER` in their `model` field ([`AdapterResolver`]).
+    pub fn with_adapters(mut self, resolver: Arc<AdapterResolver>) -> Server {
+        Arc::get_mut(&mut self.state).expect("not shared before serving").adapters = Some(resolver);
+        self
     }
 
     /// The routes, to serve with any listener (or to test without one).
