@@ -579,7 +579,18 @@ impl<'t> Loop<'t> {
         let Some(set) = sets.get(self.turn % sets.len().max(1)).map(|s| (*s).clone()) else { return Ok(()) };
         self.turn = self.turn.wrapping_add(1);
         if set != self.adapters {
-            self.engine.set_adapters(&set)?;
+            if let Err(e) = self.engine.set_adapters(&set) {
+                // An engine that cannot apply these adapters fails their requests only.
+                log::error!("adapters refused: {e}");
+                let (failed, kept): (Vec<_>, Vec<_>) = self.active.drain(..).partition(|s| s.req.adapters == set);
+                self.active = kept;
+                for s in failed {
+                    self.pool.release(&s.blocks);
+                    self.m.failed.fetch_add(1, Ordering::Relaxed);
+                    let _ = s.tx.unbounded_send(Event::Error(e.to_string()));
+                }
+                return Ok(());
+            }
             self.adapters = set.clone();
         }
         let space = adapter_space(&set);

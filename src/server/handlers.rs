@@ -103,6 +103,7 @@ async fn complete(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response
     };
     drop(body);
     let mut adapters = Vec::new();
+    let asked_model = params.model.clone();
     if let Some(asked) = params.model.as_deref().filter(|m| *m != s.opts.model_id) {
         let spec = asked.strip_prefix(s.opts.model_id.as_str()).and_then(|rest| rest.strip_prefix(':'));
         match (spec, &s.adapters) {
@@ -128,10 +129,12 @@ async fn complete(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))??;
+    // The name the request asked for (`BASE:ADAPTER` included), which is the model that answers.
+    let model = if adapters.is_empty() { s.opts.model_id.clone() } else { asked_model.unwrap_or_default() };
     let Params { max_tokens, sampler, stop, ignore_eos, stream, include_usage, .. } = params;
     let request = GenRequest { prompt: ids, max_tokens, sampler, stop, ignore_eos, adapters };
     let events = s.scheduler.submit(request).map_err(|e| submit_error(e, param))?;
-    let head = Head { kind, id: response_id(&s, kind), created: super::unix_now(), model: s.opts.model_id.clone() };
+    let head = Head { kind, id: response_id(&s, kind), created: super::unix_now(), model };
     match stream {
         true => Ok(sse(head, events, include_usage)),
         false => collect(head, events).await,
