@@ -308,8 +308,13 @@ fn check_files(r: &mut Report, dir: &Path, m: &Metadata) {
     match walk(dir) {
         Err(e) => r.problem(e.to_string()),
         Ok(files) => {
-            // An adapter carries its own checksum (adapter.json), checked by check_adapters.
-            let own = |f: &str| f.starts_with(&format!("{}/", crate::format::adapter::ADAPTERS_DIR));
+            // An adapter carries its own checksum (adapter.json), checked by check_adapters; anything else
+            // under adapters/ is an unlisted file like any other.
+            let adapters = crate::format::adapter::list(dir).unwrap_or_default();
+            let own = |f: &str| {
+                let dir = crate::format::adapter::ADAPTERS_DIR;
+                adapters.iter().any(|a| f.starts_with(&format!("{dir}/{a}/")))
+            };
             for f in files.iter().filter(|f| *f != METADATA_FILE && !listed.contains(f.as_str()) && !own(f)) {
                 r.warn(format!("{f}: not listed in {METADATA_FILE} (not checksummed)"));
             }

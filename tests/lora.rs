@@ -146,6 +146,68 @@ fn peft_adapters_match_transformers_and_switch_per_request() {
     let _ = std::fs::remove_dir_all(&model_dir);
 }
 
+/// The same `all7` adapter converted to a LoRA GGUF by llama.cpp's own `convert_lora_to_gguf.py`
+/// (scripts/reference/make_lora_gguf_fixture.py): imported by `omex adapter add`, it gives the transformers +
+/// peft reference of the PEFT original (its B rows of q and k come permuted as the GGUF base's are).
+#[test]
+fn llama_cpp_lora_gguf_matches_transformers() {
+    let r = reference();
+    let model_dir = private_model("gguf");
+    let (ok, text) = add(&model_dir, &fixture().join("all7.gguf"), "g");
+    assert!(ok && text.contains("added adapter g"), "{text}");
+    let (ok, text) = omex(&["adapter".as_ref(), "list".as_ref(), model_dir.as_os_str()]);
+    assert!(ok && text.contains("g: 210 matrices") && text.contains("scale 2"), "{text}");
+    let model = Model::load(&model_dir).unwrap();
+    let mut engine = model.engine(&cpu_f32()).unwrap();
+    engine.set_adapters(&model.active_adapters(&["g".to_string()]).unwrap()).unwrap();
+    let worst = check_logits(engine.as_mut(), &r, &r["adapters"]["all7"], "all7 from GGUF");
+    eprintln!("all7 from llama.cpp's GGUF: worst relative logit difference {worst:.2e}");
+    let mut session = model.session(&cpu_f32()).unwrap();
+    session.set_adapters(model.active_adapters(&["g".to_string()]).unwrap()).unwrap();
+    let ids = u32s(&r["prompts"][1]["token_ids"]);
+    let want = u32s(&r["adapters"]["all7"][1]["greedy"]);
+    let g = session.generate_from_ids(ids, &greedy(want.len()), &mut |_| true).unwrap();
+    assert_eq!(g.output_ids, want, "greedy tokens of the GGUF adapter");
+    let _ = std::fs::remove_dir_all(&model_dir);
+}
+
+/// Bad LoRA GGUFs: each refused with a message naming the file and what is wrong, nothing written.
+#[test]
+fn bad_lora_ggufs_are_refused() {
+    let model_dir = private_model("badgguf");
+    let good = std::fs::read(fixture().join("all7.gguf")).unwrap();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("badgguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Byte edits of the good file that keep it a well-formed GGUF: the same-length string values are
+    // replaced in place.
+    let swap = |from: &str, to: &str| -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let mut b = good.clone();
+        let at = b.windows(from.len()).position(|w| w == from.as_bytes()).unwrap_or_else(|| panic!("{from} not found"));
+        b[at..at + to.len()].copy_from_slice(to.as_bytes());
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("model", swap("adapter", "adaptor"), "not \"adapter\""),
+        ("arch", swap("llama", "gemma"), "general.architecture is \"gemma\""),
+        ("kind", swap("lora", "cvec"), "adapter.type"),
+        ("target", swap("blk.0.attn_q.weight.lora_a", "blk.0.attn_z.weight.lora_a"), "blk.0.attn_z.weight"),
+        ("pair", swap("blk.0.attn_q.weight.lora_b", "blk.0.attn_q.weight.lora_c"), "not a LoRA A or B"),
+        ("layer", swap("blk.1.attn_q.weight.lora_a", "blk.9.attn_q.weight.lora_a"), "appears twice"),
+        ("truncated", good[..good.len() / 2].to_vec(), "truncated.gguf"),
+    ];
+    for (label, bytes, want) in cases {
+        let path = dir.join(format!("{label}.gguf"));
+        std::fs::write(&path, bytes).unwrap();
+        let (ok, text) = add(&model_dir, &path, label);
+        assert!(!ok, "{label}: accepted: {text}");
+        assert!(text.contains(want), "{label}: {text}");
+        assert!(!model_dir.join("adapters").join(label).exists(), "{label}: something was written");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&model_dir);
+}
+
 #[test]
 fn adapters_scale_and_add_up() {
     // `NAME:0` is the base; two adapters at once add both updates (checked against each alone: the logit change

@@ -5,6 +5,7 @@ use omex::format::adapter::{self, AdapterData};
 use omex::format::ModelDir;
 use omex::graph::Transformer;
 use omex::import::lora::{import_peft, StoreAs};
+use omex::import::lora_gguf::{import_gguf, is_gguf};
 use omex::import::merge::MergeQuant;
 use omex::{Error, Result};
 use std::path::PathBuf;
@@ -17,7 +18,8 @@ pub struct AdapterArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AdapterCommand {
-    /// Import a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors) as MODEL/adapters/NAME
+    /// Import a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors) or a llama.cpp LoRA GGUF
+    /// as MODEL/adapters/NAME
     Add(AddArgs),
     /// List the model's adapters: targets, ranks, scales, size
     List(ListArgs),
@@ -55,7 +57,7 @@ const COMPARE_TEXT: &str = "The old lighthouse keeper climbed the stairs every e
 pub struct AddArgs {
     /// The base model directory
     pub model: PathBuf,
-    /// The PEFT adapter directory (as written by save_pretrained)
+    /// The PEFT adapter directory (as written by save_pretrained) or a LoRA GGUF file (convert_lora_to_gguf.py)
     pub peft: PathBuf,
     /// The adapter's name in the model (letters, digits, '-', '_', '.')
     #[arg(long)]
@@ -107,7 +109,11 @@ fn add(a: AddArgs) -> Result<()> {
             a.name
         )));
     }
-    let (file, tensors) = import_peft(&a.peft, &dir, &t, &a.name, a.dtype)?;
+    let (file, tensors) = if is_gguf(&a.peft) {
+        import_gguf(&a.peft, &dir, &t, &a.name, a.dtype)?
+    } else {
+        import_peft(&a.peft, &dir, &t, &a.name, a.dtype)?
+    };
     let targets = file.targets.len();
     let dest = adapter::write(&a.model, file, &tensors, a.replace)?;
     // Read back through the loader every engine uses, so what was written is what runs.

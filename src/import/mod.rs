@@ -10,6 +10,7 @@ pub mod gguf_model;
 mod gguf_value;
 pub mod hf;
 pub mod lora;
+pub mod lora_gguf;
 pub mod merge;
 mod output;
 pub mod safetensors;
