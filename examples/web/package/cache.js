@@ -95,7 +95,7 @@ function isQuotaError(e) {
   return e && (e.name === "QuotaExceededError" || e.code === 22 || /quota/i.test(String(e.message)));
 }
 
-async function quotaMessage(what, bytes) {
+async function quotaMessage(what, bytes, why) {
   let est = "";
   try {
     const q = await navigator.storage.estimate();
@@ -103,7 +103,7 @@ async function quotaMessage(what, bytes) {
   } catch {
     /* no estimate in this browser */
   }
-  return `the browser's storage quota is exceeded while caching ${what} (${mib(bytes)})${est}. Nothing of this ` +
+  return `the browser's storage quota is exceeded while caching ${what} (${mib(bytes)}: ${why})${est}. Nothing of this ` +
     `model was kept. Free space with omex.cache.delete(), or load with { cache: false } to run without caching`;
 }
 
@@ -189,7 +189,7 @@ export async function loadFromUrl(url, add, onProgress, { useCache = true, maxCa
     if (store) await store.put(modelKey(base), metaBytes);
   } catch (e) {
     if (store) await store.rollback().catch(() => {});
-    if (isQuotaError(e)) throw new OmexError("quota", await quotaMessage(`${base}`, total));
+    if (isQuotaError(e)) throw new OmexError("quota", await quotaMessage(base, total, e.message));
     throw e;
   }
   add("metadata.json", metaBytes);

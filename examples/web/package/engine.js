@@ -43,7 +43,7 @@ function number(v, name, lo, hi, fallback) {
 
 function whole(v, name, lo, hi, fallback) {
   const x = number(v, name, lo, hi, fallback);
-  if (!Number.isInteger(x)) throw new OmexError("bad-request", `${name} must be a whole number, not ${x}`);
+  if (x !== undefined && !Number.isInteger(x)) throw new OmexError("bad-request", `${name} must be a whole number, not ${x}`);
   return x;
 }
 

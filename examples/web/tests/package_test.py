@@ -84,12 +84,13 @@ def run(runner, browser, server, base, args, model_name, report):
             assert c["omex"]["promptIds"] == args.prompt_ids, (c["omex"]["promptIds"], args.prompt_ids)
         assert c["omex"]["outputIds"] == args.expected[:n], \
             f"greedy ids differ\n    package (wasm): {c['omex']['outputIds']}\n    native: {args.expected[:n]}"
+        state["text"] = c["choices"][0]["text"]  # its ids equal the native engine's (checked above)
         t = r["timer"]
         gen_ms = c["omex"]["promptMs"] + c["omex"]["decodeMs"]
         print(f"    {c['choices'][0]['text']!r}; main-thread timer: {t['ticks']} ticks, longest gap {t['maxGapMs']:.0f} ms "
               f"over {gen_ms:.0f} ms of generation")
         assert t["ticks"] >= max(3, gen_ms / 20 / 4), f"the page's timer fired {t['ticks']} times in {gen_ms:.0f} ms"
-        assert t["maxGapMs"] < 250, f"the page stalled {t['maxGapMs']:.0f} ms during generation"
+        assert t["maxGapMs"] < 200, f"the page stalled {t['maxGapMs']:.0f} ms during generation"
 
     runner.run("completions.create in the worker: greedy ids equal the native engine's, the page stays responsive",
                greedy_wasm)
@@ -117,6 +118,19 @@ def run(runner, browser, server, base, args, model_name, report):
 
     runner.run("chat.completions.create streamed and not: the same OpenAI-shaped answer as the native --chat", chat_api)
 
+    def stop_string():
+        # The first character of the greedy text after its first letter: generation stops there, and the
+        # text ends just before it.
+        full = state["text"]
+        stop = next(ch for ch in full.strip()[1:] if not ch.isalnum())
+        r = ok(js_async(browser, "completion", {"prompt": args.prompt, "max_tokens": n, "temperature": 0,
+                                                 "stop": [stop]}), "completion")
+        c = r["result"]["choices"][0]
+        assert c["finish_reason"] == "stop", c
+        assert c["text"] == full[:full.index(stop)], f"with stop {stop!r}: {c['text']!r} from {full!r}"
+
+    runner.run("a stop string ends the completion before it (finish_reason stop)", stop_string)
+
     def interrupt():
         msgs = [{"role": "user", "content": args.prompt}]
         s = ok(js_async(browser, "chatStream", {"messages": msgs, "max_tokens": 64, "temperature": 0,
@@ -134,8 +148,8 @@ def run(runner, browser, server, base, args, model_name, report):
         server.requests.clear()
         r = ok(js_async(browser, "load", url, {"backend": "wasm"}), "load")
         asked = [p for p in server.requests if p.startswith("/models/")]
+        assert not asked, f"a cached load still asked the server for {len(asked)} files: {asked[:3]}..."
         assert r["info"]["fromCache"], r["info"]
-        assert not asked, f"a cached load still asked the server for {asked}"
         report["cached load (wasm)"] = r["ms"]
         print(f"    cached load {r['ms']:.0f} ms, no model request")
         c = ok(js_async(browser, "completion", {"prompt": args.prompt, "max_tokens": 2, "temperature": 0}), "completion")
@@ -144,7 +158,7 @@ def run(runner, browser, server, base, args, model_name, report):
     runner.run("a reload reads the model from the cache: no network request", cached_reload)
 
     def webgpu():
-        k = min(3, n)
+        k = min(2, n)  # SwiftShader is slow: the prompt and one decode step
         r = ok(js_async(browser, "load", url, {"backend": "webgpu"}), "load on WebGPU")
         info = r["info"]
         assert info["backend"] == "webgpu" and info["tier"] in ("portable", "f16"), info
