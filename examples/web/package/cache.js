@@ -1,7 +1,7 @@
 // The model cache and the model sources. A model.omex/ directory served over HTTP is downloaded file by file
 // (metadata.json first: it lists every other file with its size and SHA-256), each file's hash checked, and
-// kept in the Cache API under its SHA-256; a model's manifest (its metadata.json, under the model's URL) is
-// written only after every file is stored, so a load that fails half-way leaves no model that looks
+// kept in the Cache API under its SHA-256 and read back to check the hash again; a model's manifest (its
+// metadata.json, under the model's URL) is written only after every file is stored and checked, so a load that fails half-way leaves no model that looks
 // complete. A later load of the same URL reads the manifest and the files from the cache, checks each hash
 // again, and makes no request.
 
@@ -182,6 +182,11 @@ export async function loadFromUrl(url, add, onProgress, { useCache = true, maxCa
       if (store && !(await cache.match(fileKey(f.sha256)))) {
         report("cache");
         await store.put(fileKey(f.sha256), bytes);
+        // Read back what was written: a model counts as cached only when every stored copy hashes right.
+        const back = await cache.match(fileKey(f.sha256));
+        if (!back || (await sha256Hex(new Uint8Array(await back.arrayBuffer()))) !== f.sha256) {
+          throw new OmexError("corrupt-cache", `${f.path}: the copy written to the cache reads back wrong; nothing of ${base} was kept`);
+        }
       }
       add(f.path, bytes);
     }
