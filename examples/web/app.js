@@ -73,7 +73,7 @@ function adapterRows(probe, engine) {
   rows.push(["adapter", (engine && engine.name) || jsName || "(the browser hides its name)"]);
   const kind = a && a.fallback ? "software (fallback adapter)" : "hardware";
   rows.push(["backend", `WebGPU${engine ? " (wgpu " + engine.backend + ")" : ""} · ${kind}`]);
-  if (engine) rows.push(["omex kernels", `${engine.kernels} (no subgroups or f16 in the browser build)`]);
+  if (engine) rows.push(["omex kernels", `${engine.kernels} (subgroups: not through wgpu 30's WebGPU backend)`]);
   if (a) rows.push(["features", a.features.length ? a.features.join(", ") : "none beyond the core", "small"]);
   const binding = engine ? engine.maxStorageBindingMib : a && a.maxStorageBinding / (1 << 20);
   if (binding) rows.push(["largest binding", `${Math.round(binding)} MiB`]);
