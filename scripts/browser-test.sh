@@ -3,12 +3,15 @@
 # page (examples/web), on WebGPU (Dawn's SwiftShader adapter: no GPU needed) and on the CPU engine compiled
 # to wasm, and its greedy tokens must equal the native CPU engine's; the page says plainly when WebGPU is
 # missing; and GPU kernels (int4 matvec, RMS norm, decode attention) run in Chromium against their kernels-cpu
-# twins (wasm-bindgen-test). Ends with "N passed, N failed"; exits non-zero on any failure.
+# twins (wasm-bindgen-test); and the npm package omex-web (scripts/web-package.sh), its tarball installed into a
+# scratch project, is driven through a scratch page: the OpenAI-style API in a worker, greedy ids against the
+# native engine's, the model cache (a reload asks the server for nothing), a damaged cache entry and a full
+# quota (examples/web/tests/package_test.py). Ends with "N passed, N failed"; exits non-zero on any failure.
 #
 #   scripts/browser-test.sh
 #
-# Needs Debian's chromium and chromium-driver (installed here when missing and running as root), the
-# wasm32-unknown-unknown target and wasm-bindgen-cli (scripts/web-build.sh sees to both).
+# Needs Debian's chromium and chromium-driver (installed here when missing and running as root), npm (Debian's
+# npm, likewise), the wasm32-unknown-unknown target and wasm-bindgen-cli (scripts/web-build.sh sees to both).
 #
 # Environment: OMEX_SMOLLM2_GGUF (else scripts/fetch-model.sh fetches it), OMEX_WEB_PROMPT, OMEX_WEB_TOKENS,
 # OMEX_WEB_ENGINES (gpu,cpu), OMEX_WEB_SCREENSHOT (save a screenshot mid-generation there).
@@ -21,18 +24,24 @@ log() { echo "browser-test.sh: $*" >&2; }
 prompt="${OMEX_WEB_PROMPT:-The capital of France is}"
 tokens="${OMEX_WEB_TOKENS:-8}"
 
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-    [ "$(id -u)" = 0 ] || die "install chromium and chromium-driver (apt-get install chromium chromium-driver)"
-    log "installing chromium and chromium-driver"
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v npm >/dev/null || need+=(npm)
+if [ ${#need[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "install ${need[*]} (apt-get install ${need[*]})"
+    log "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
-    apt-get install -y -qq chromium chromium-driver >/dev/null
+    apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 gguf="${OMEX_SMOLLM2_GGUF:-$(scripts/fetch-model.sh | tail -n 1)}"
 [ -f "$gguf" ] || die "no model at $gguf"
 cargo build --release --bin omex >&2
-pkg="$(scripts/web-build.sh | tail -n 1)"
+built="$(scripts/web-package.sh | tail -n 2)"
+pkg="$(printf '%s\n' "$built" | head -n 1)"
+tarball="$(realpath "$(printf '%s\n' "$built" | tail -n 1)")"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/omex-browser-test.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -44,6 +53,16 @@ native="$(target/release/omex run "$model" --backend cpu --activations f32 --jso
 expected="$(printf '%s' "$native" | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)["output_ids"])))')"
 prompt_ids="$(printf '%s' "$native" | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)["prompt_ids"])))')"
 log "native CPU engine: prompt ids [$prompt_ids] -> greedy ids [$expected]"
+native_chat="$(target/release/omex run "$model" --backend cpu --activations f32 --json --chat -p "$prompt" -n 4)"
+expected_chat="$(printf '%s' "$native_chat" | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)["output_ids"])))')"
+log "native CPU engine with --chat: greedy ids [$expected_chat]"
+
+# The package as a web developer gets it: the tarball installed into a scratch project beside a page of its own.
+scratch="$work/scratch"
+mkdir -p "$scratch"
+cp examples/web/tests/package-page/index.html examples/web/tests/package-page/tests.js "$scratch/"
+(cd "$scratch" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error "$tarball" >&2) \
+    || die "npm install $tarball into a scratch project failed"
 
 # GPU kernels in Chromium against their kernels-cpu twins (wasm-bindgen-test: examples/web/tests/kernels.rs).
 tools="$(scripts/web-build.sh --tools | tail -n 1)"
@@ -68,6 +87,7 @@ if ! grep -q '^test result: ok' "$kernels_log"; then
 fi
 
 args=(--model "$model" --pkg "$pkg" --prompt "$prompt" --expected "$expected" --prompt-ids "$prompt_ids"
+      --expected-chat "$expected_chat" --scratch "$scratch"
       --engines "${OMEX_WEB_ENGINES:-gpu,cpu}" --prior-passed "$kernel_passed" --prior-failed "$kernel_failed")
 [ -z "${OMEX_WEB_SCREENSHOT:-}" ] || args+=(--screenshot "$OMEX_WEB_SCREENSHOT")
 python3 scripts/browser_test.py "${args[@]}"

@@ -7,7 +7,8 @@ generates. scripts/browser-test.sh prepares everything and calls this; run it al
                                     [--prompt-ids '4,5'] [--engines gpu,cpu] [--screenshot OUT.png]
 
 Tests: the page finds the WebGPU adapter; each engine's greedy ids equal --expected; without WebGPU the page
-says so and offers the CPU engine. The last line is "N passed, N failed".
+says so and offers the CPU engine; with --scratch (a project with the omex-web tarball installed), the
+package's own tests (examples/web/tests/package_test.py). The last line is "N passed, N failed".
 """
 
 import argparse
@@ -27,6 +28,8 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples", "web"))
 import serve  # noqa: E402  (examples/web/serve.py)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples", "web", "tests"))
+import package_test  # noqa: E402  (examples/web/tests/package_test.py)
 
 # Headless Chromium on a machine with no GPU and no network: WebGPU comes from Dawn's SwiftShader (Vulkan on
 # the CPU) fallback adapter, which --enable-unsafe-webgpu exposes; the rest keeps Chromium off the network.
@@ -179,6 +182,8 @@ def main():
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--expected", required=True, type=ids, help="the native engine's greedy output ids")
     ap.add_argument("--prompt-ids", type=ids, default=None, help="the native tokenizer's prompt ids")
+    ap.add_argument("--expected-chat", type=ids, default=None, help="the native engine's greedy ids with --chat")
+    ap.add_argument("--scratch", help="a scratch project with omex-web installed: run the package tests on it")
     ap.add_argument("--engines", default="gpu,cpu", help="engines to test in the page: gpu, cpu or both")
     ap.add_argument("--screenshot", help="save a screenshot of the page mid-generation (first engine) here")
     ap.add_argument("--limit", type=float, default=240, help="seconds each generation may take")
@@ -188,11 +193,13 @@ def main():
     ap.add_argument("--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver")
     args = ap.parse_args()
 
-    server, base = serve.serve_in_thread([args.model], pkg=args.pkg)
+    mounts = [("/scratch/", args.scratch)] if args.scratch else []
+    server, base = serve.serve_in_thread([args.model], pkg=args.pkg, mounts=mounts)
     name = os.path.basename(os.path.abspath(args.model).rstrip("/"))
     driver = Chromedriver(args.chromedriver)
     runner = Runner()
     speeds = {}
+    loads = {}
     try:
         browser = Browser(driver, args.chromium, WEBGPU)
         try:
@@ -258,6 +265,9 @@ def main():
                 assert got == args.expected[:n], f"greedy ids differ\n    page: {got}\n    native: {args.expected[:n]}"
 
             runner.run("a model folder picked in the page loads and generates", picked_folder)
+
+            if args.scratch:
+                package_test.run(runner, browser, server, base, args, name, loads)
         finally:
             if runner.failed:
                 for line in browser.console()[-20:]:
@@ -285,6 +295,8 @@ def main():
         driver.close()
         server.shutdown()
 
+    for what, ms in loads.items():
+        print(f"browser-test: {what} of {name} in headless Chromium: {ms / 1000:.2f} s")
     for engine, tok_s in speeds.items():
         print(f"browser-test: {engine} engine in headless Chromium: {tok_s:.2f} tok/s (decode)")
     passed, failed = runner.passed + args.prior_passed, runner.failed + args.prior_failed

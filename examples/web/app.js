@@ -1,10 +1,11 @@
-// The page: finds WebGPU (or says plainly that there is none), loads a model.omex/ directory from a URL or a
-// folder, and streams generated tokens with live tok/s. `window.omexState` mirrors what the page shows, for
-// tests that drive it through WebDriver. URL parameters: model=URL engine=gpu|cpu prompt=TEXT n=TOKENS
-// chat=1 autorun=1 (load, then generate).
+// The page: finds WebGPU (or says plainly that there is none), loads a model.omex/ directory from a URL
+// (kept in the browser's cache for the next visit) or a folder, and streams generated tokens with live
+// tok/s. It uses the omex-web package (served at ./pkg/): the engine runs in a Web Worker, so this thread
+// only paints. `window.omexState` mirrors what the page shows, for tests that drive it through WebDriver.
+// URL parameters: model=URL engine=gpu|cpu prompt=TEXT n=TOKENS chat=1 autorun=1 (load, then generate).
 
-import init, { ModelFiles, loadModel } from "./pkg/omex_web.js";
-import { droppedFiles, fetchModel, findModelRoot, pickedFiles, readLocal } from "./loader.js";
+import * as omex from "./pkg/index.js";
+import { droppedFiles, pickedFiles } from "./loader.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -17,7 +18,8 @@ const state = (window.omexState = {
   tokens: [], // the ids streamed so far
   text: "",
   tokS: null, // live decode tok/s
-  result: null, // generate()'s result
+  result: null, // the last generation's figures (ids, timings) with its text and finish reason
+  timer: { ticks: 0, maxGapMs: 0 }, // a main-thread timer during the last generation: the page stays live
 });
 let model = null;
 
@@ -71,7 +73,7 @@ function adapterRows(probe, engine) {
   rows.push(["adapter", (engine && engine.name) || jsName || "(the browser hides its name)"]);
   const kind = a && a.fallback ? "software (fallback adapter)" : "hardware";
   rows.push(["backend", `WebGPU${engine ? " (wgpu " + engine.backend + ")" : ""} · ${kind}`]);
-  if (engine) rows.push(["omex kernels", `${engine.kernels} (no subgroups or f16 in the browser build)`]);
+  if (engine) rows.push(["omex kernels", `${engine.kernels} (subgroups: not through wgpu 30's WebGPU backend)`]);
   if (a) rows.push(["features", a.features.length ? a.features.join(", ") : "none beyond the core", "small"]);
   const binding = engine ? engine.maxStorageBindingMib : a && a.maxStorageBinding / (1 << 20);
   if (binding) rows.push(["largest binding", `${Math.round(binding)} MiB`]);
@@ -129,27 +131,30 @@ async function loadFrom(source, name) {
   $("model-status").textContent = "";
   $("progress-row").hidden = false;
   if (model) {
-    model.free();
+    await model.unload();
     model = null;
   }
   const t0 = performance.now();
   const engine = $("engine").value;
   try {
-    const files = new ModelFiles(name);
-    const onProgress = ({ done, total, file }) => {
-      $("progress").value = total ? done / total : 0;
-      $("progress-text").textContent = `${mib(done)} of ${mib(total)}${file ? " · " + file : ""}`;
+    const onProgress = ({ phase, loaded, total, file, fromCache }) => {
+      $("progress").value = total ? loaded / total : 0;
+      if (phase === "init") {
+        $("progress-text").textContent = engine === "gpu" ? "uploading to the GPU, compiling kernels…" : "preparing the CPU engine…";
+      } else {
+        const verb = fromCache ? "from the cache" : phase === "read" ? "read" : "downloaded";
+        $("progress-text").textContent = `${mib(loaded)} of ${mib(total)} ${verb}${file ? " · " + file : ""}`;
+      }
     };
-    await source((path, bytes) => files.add(path, bytes), onProgress);
-    $("progress-text").textContent = engine === "gpu" ? "uploading to the GPU, compiling kernels…" : "preparing the CPU engine…";
-    await new Promise((r) => setTimeout(r, 0)); // let that line paint
-    model = await loadModel(files, { engine });
+    model = await omex.load(source, { backend: engine === "gpu" ? "webgpu" : "wasm", onProgress });
     state.loadMs = performance.now() - t0;
     state.info = model.info();
     const i = state.info;
     $("model-status").textContent =
-      `${i.name} (${i.architecture}, ${i.parameters} parameters, ${i.quantization}) loaded in ${(state.loadMs / 1000).toFixed(1)} s ` +
-      `on ${i.describe.replace("WebGPU adapter", browserAdapterName() || "WebGPU adapter")}; context ${i.context} tokens.`;
+      `${i.name} (${i.architecture}, ${i.parameters} parameters, ${i.quantization}) loaded ${i.fromCache ? "from the cache " : ""}` +
+      `in ${(state.loadMs / 1000).toFixed(1)} s on ${i.describe.replace("WebGPU adapter", browserAdapterName() || "WebGPU adapter")}; ` +
+      `context ${i.context} tokens.`;
+    showCache();
     if (i.adapter) showAdapter(adapterRows(state.webgpu, i.adapter));
     $("chat-mode").checked = $("chat-mode").checked && i.hasChatTemplate;
     $("chat-mode").disabled = !i.hasChatTemplate;
@@ -166,26 +171,30 @@ async function loadFrom(source, name) {
 }
 
 function loadUrl(url) {
-  const clean = url.replace(/\/+$/, "");
-  const name = decodeURIComponent(clean.split("/").pop() || "model");
-  return loadFrom((add, onProgress) => fetchModel(url, add, onProgress), name);
+  return loadFrom(new URL(url, location.href).href);
 }
 
 function loadLocal(files) {
-  let root;
+  return loadFrom(files);
+}
+
+async function showCache() {
   try {
-    root = findModelRoot(files);
+    const models = await omex.cache.list();
+    const bytes = models.reduce((s, m) => s + m.bytes, 0);
+    $("cache-status").textContent = models.length
+      ? `Cached in this browser: ${models.map((m) => m.name || m.url).join(", ")} (${mib(bytes)}).`
+      : "No model is cached in this browser yet.";
+    $("clear-cache").hidden = !models.length;
   } catch (e) {
-    fail("load", e);
-    return;
+    $("cache-status").textContent = `The cache is not available here (${e.message}).`;
   }
-  return loadFrom((add, onProgress) => readLocal(root.files, add, onProgress), root.name);
 }
 
 async function generate() {
   if (!model) return;
   const raw = $("prompt").value;
-  const prompt = $("chat-mode").checked ? model.chatPrompt(raw, null) : raw;
+  const chat = $("chat-mode").checked;
   const maxTokens = Math.max(1, parseInt($("max-tokens").value, 10) || 64);
   const temperature = Math.max(0, parseFloat($("temperature").value) || 0);
   state.phase = "generating";
@@ -200,25 +209,47 @@ async function generate() {
   $("stats").textContent = "reading the prompt…";
   $("output").scrollIntoView({ block: "nearest" });
   setBusy(true);
+  // A main-thread timer: with the engine in its worker it keeps firing while tokens are generated.
+  state.timer = { ticks: 0, maxGapMs: 0 };
+  let last = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now();
+    state.timer.ticks += 1;
+    state.timer.maxGapMs = Math.max(state.timer.maxGapMs, now - last);
+    last = now;
+  }, 20);
   try {
-    const result = await model.generate(prompt, { maxTokens, temperature, seed: Date.now() % 1e9 }, (t) => {
-      if (t.id !== null) state.tokens.push(t.id);
-      state.text += t.piece;
-      $("out-text").textContent = state.text;
-      state.tokS = t.decodeSteps ? (t.decodeSteps * 1000) / t.decodeMs : null;
-      const live = state.tokS ? ` · ${state.tokS.toFixed(2)} tok/s` : "";
-      $("stats").textContent = `${state.tokens.length} tokens · prompt ${t.promptMs.toFixed(0)} ms${live}`;
-      return true;
-    });
-    state.result = result;
-    const r = result;
+    const req = { max_tokens: maxTokens, temperature, seed: Date.now() % 1e9, stream: true };
+    const stream = chat
+      ? await model.chat.completions.create({ ...req, messages: [{ role: "user", content: raw }] })
+      : await model.completions.create({ ...req, prompt: raw });
+    const t0 = performance.now();
+    let r = null;
+    let finish = null;
+    for await (const chunk of stream) {
+      const c = chunk.choices[0];
+      const piece = chat ? c.delta.content || "" : c.text;
+      if (piece) {
+        state.tokens.push(state.tokens.length);
+        state.text += piece;
+        $("out-text").textContent = state.text;
+        const s = (performance.now() - t0) / 1000;
+        state.tokS = state.tokens.length > 1 && s > 0 ? state.tokens.length / s : null;
+        $("stats").textContent = `${state.tokens.length} pieces${state.tokS ? ` · ${state.tokS.toFixed(2)} tok/s` : ""}`;
+      }
+      if (c.finish_reason) finish = c.finish_reason;
+      if (chunk.omex) r = chunk.omex;
+    }
+    state.tokens = r.outputIds;
+    state.result = { ...r, text: state.text, stop: finish };
     $("stats").textContent =
-      `${r.outputIds.length} tokens (${r.stop.replace(/_/g, " ")}) · prompt: ${r.promptTokens} tokens in ${r.promptMs.toFixed(0)} ms ` +
+      `${r.outputIds.length} tokens (${finish}) · prompt: ${r.promptTokens} tokens in ${r.promptMs.toFixed(0)} ms ` +
       `(${r.promptTokS.toFixed(1)} tok/s) · generation: ${r.decodeTokS.toFixed(2)} tok/s`;
     state.phase = "done";
   } catch (e) {
     fail("generate", e);
   } finally {
+    clearInterval(timer);
     $("cursor").hidden = true;
     setBusy(false);
   }
@@ -263,7 +294,11 @@ function wire() {
     }
   });
   $("generate").addEventListener("click", generate);
-  $("stop").addEventListener("click", () => model && model.stop());
+  $("stop").addEventListener("click", () => model && model.interrupt());
+  $("clear-cache").addEventListener("click", async () => {
+    await omex.cache.delete();
+    showCache();
+  });
   $("prompt").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey) && !$("generate").disabled) generate();
   });
@@ -277,13 +312,8 @@ function wire() {
 
 async function main() {
   wire();
-  try {
-    await init();
-  } catch (e) {
-    fail("load", new Error(`the omex WebAssembly module did not load (${e.message}); build it with scripts/web-build.sh`));
-    return;
-  }
   await setupDevice();
+  showCache();
   const served = await listServedModels();
   if (params.get("engine")) $("engine").value = params.get("engine");
   if (params.get("prompt") !== null) $("prompt").value = params.get("prompt");

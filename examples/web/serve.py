@@ -3,7 +3,7 @@
 
     python3 examples/web/serve.py --model path/to/smollm2.omex [--model other.omex] [--port 8080]
 
-Serves the page (this folder) at /, the built WebAssembly (scripts/web-build.sh writes target/web/pkg) at
+Serves the page (this folder) at /, the omex-web package (scripts/web-package.sh writes target/web/package) at
 /pkg/, each model directory at /models/NAME/, and the list of model names at /models.json. Standard library
 only. `--port 0` picks a free port; the first line printed is the page's URL.
 """
@@ -35,10 +35,11 @@ TYPES = {
 class Handler(http.server.SimpleHTTPRequestHandler):
     """Maps URL prefixes to folders; everything else is refused (no listing of the file system)."""
 
-    def __init__(self, *args, mounts, models, quiet, **kwargs):
+    def __init__(self, *args, mounts, models, quiet, requests, **kwargs):
         self.mounts = mounts  # [(url prefix, folder)], longest prefix first
         self.models = models
         self.quiet = quiet
+        self.requests = requests  # every path asked for, in order (tests read it: a cached load asks nothing)
         super().__init__(*args, **kwargs)
 
     def translate_path(self, path):
@@ -64,6 +65,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         super().end_headers()
 
     def do_GET(self):
+        self.requests.append(urllib.parse.urlsplit(self.path).path)
         if urllib.parse.urlsplit(self.path).path == "/models.json":
             body = json.dumps(sorted(self.models)).encode()
             self.send_response(200)
@@ -79,11 +81,15 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             sys.stderr.write("serve.py: %s\n" % (fmt % args))
 
 
-def make_server(models, port=0, pkg=None, quiet=False):
-    """A ThreadingHTTPServer on 127.0.0.1 serving the page, the wasm package and `models` (paths)."""
-    pkg = pkg or os.path.join(REPO, "target", "web", "pkg")
+DEFAULT_PKG = os.path.join(REPO, "target", "web", "package")
+
+
+def make_server(models, port=0, pkg=None, quiet=False, mounts=()):
+    """A ThreadingHTTPServer on 127.0.0.1 serving the page, the omex-web package, `models` (paths) and any
+    extra (url prefix, folder) `mounts`. `server.requests` lists every path asked for."""
+    pkg = pkg or DEFAULT_PKG
     names = {}
-    mounts = [("/pkg/", pkg)]
+    mounts = [("/pkg/", pkg)] + list(mounts)
     for m in models:
         m = os.path.abspath(m)
         if not os.path.isfile(os.path.join(m, "metadata.json")):
@@ -94,15 +100,17 @@ def make_server(models, port=0, pkg=None, quiet=False):
         mounts.append((f"/models/{name}/", m))
     mounts.append(("/", HERE))
     mounts.sort(key=lambda x: -len(x[0]))
-    handler = functools.partial(Handler, mounts=mounts, models=list(names), quiet=quiet)
+    requests = []
+    handler = functools.partial(Handler, mounts=mounts, models=list(names), quiet=quiet, requests=requests)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
+    server.requests = requests
     return server
 
 
-def serve_in_thread(models, port=0, pkg=None, quiet=True):
+def serve_in_thread(models, port=0, pkg=None, quiet=True, mounts=()):
     """Starts the server on a background thread; returns (server, base URL)."""
-    server = make_server(models, port, pkg, quiet)
+    server = make_server(models, port, pkg, quiet, mounts)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
@@ -111,14 +119,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=[], help="a model.omex directory to serve (repeatable)")
     ap.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free one)")
-    ap.add_argument("--pkg", help="the wasm-bindgen output folder (default: target/web/pkg)")
+    ap.add_argument("--pkg", help="the omex-web package folder (default: target/web/package)")
     ap.add_argument("--quiet", action="store_true", help="do not log requests")
     args = ap.parse_args()
     server = make_server(args.model, args.port, args.pkg, args.quiet)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     print(url, flush=True)
-    if not os.path.isfile(os.path.join(args.pkg or os.path.join(REPO, "target", "web", "pkg"), "omex_web_bg.wasm")):
-        print("serve.py: the wasm package is not built yet: run scripts/web-build.sh", file=sys.stderr)
+    if not os.path.isfile(os.path.join(args.pkg or DEFAULT_PKG, "index.js")):
+        print("serve.py: the omex-web package is not built yet: run scripts/web-package.sh", file=sys.stderr)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -105,6 +105,8 @@ pub struct OmexModel {
 #[serde(rename_all = "camelCase")]
 struct Info<'a> {
     engine: &'static str,
+    /// The kernel tier: "wasm" on the CPU engine, else the GPU tier ("portable", "f16", ...).
+    tier: String,
     describe: &'a str,
     adapter: Option<&'a crate::engine::AdapterSummary>,
     name: &'a str,
@@ -127,6 +129,7 @@ impl OmexModel {
         let (m, c) = (&st.model.dir.metadata, &st.model.config);
         Ok(js::to_js(&Info {
             engine: st.engine.kind().name(),
+            tier: st.engine.adapter().map_or_else(|| "wasm".to_string(), |a| a.kernels.clone()),
             describe: st.engine.describe(),
             adapter: st.engine.adapter(),
             name: &m.model_name,
@@ -157,6 +160,15 @@ impl OmexModel {
             messages.push(ChatMessage::system(s));
         }
         messages.push(ChatMessage::user(text));
+        st.model.tokenizer.apply_chat_template(&messages, true).map_err(error)
+    }
+
+    /// A whole conversation (`[{role, content}, ...]`, as OpenAI's `messages`) in the model's chat template,
+    /// ending with the assistant's turn opened. Throws naming the message at fault.
+    #[wasm_bindgen(js_name = chatTemplate)]
+    pub fn chat_template(&self, messages: JsValue) -> Result<String, JsError> {
+        let st = self.state.try_borrow().map_err(|_| busy())?;
+        let messages = js::chat_messages(&messages)?;
         st.model.tokenizer.apply_chat_template(&messages, true).map_err(error)
     }
 

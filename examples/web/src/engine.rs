@@ -55,7 +55,8 @@ pub struct AdapterSummary {
     pub backend: String,
     pub device_type: String,
     pub driver: String,
-    /// The kernel tier omex chose ("portable" in browsers: no subgroups, no f16 through WebGPU here).
+    /// The kernel tier omex chose: "portable", or "f16" where the adapter offers `shader-f16` (subgroups
+    /// never: wgpu 30's WebGPU backend does not map the browser's `subgroups` feature).
     pub kernels: String,
     /// The features the device was opened with.
     pub features: Vec<String>,
@@ -83,10 +84,12 @@ impl WebEngine {
         let context_length = cfg.context_length.clamp(1, max);
         match cfg.kind {
             EngineKind::Gpu => {
-                // The portable kernels: WebGPU through wgpu offers no subgroups, and software adapters (SwiftShader) no f16.
+                // The adapter's own tier: `shader-f16` where the browser offers it (SwiftShader does not), the
+                // portable kernels beside it. Subgroups cannot come: wgpu 30's WebGPU backend lists no
+                // `subgroups` feature in its mapping, so the tier never has them here.
                 // GpuEngine::load takes an Arc; in the browser wgpu's handles are neither Send nor Sync.
                 #[allow(clippy::arc_with_non_send_sync)]
-                let ctx = Arc::new(GpuContext::open(&DeviceOptions { portable: true }).await?);
+                let ctx = Arc::new(GpuContext::open(&DeviceOptions { portable: false }).await?);
                 let adapter = summarize(&ctx);
                 let engine = GpuEngine::load(ctx, &model.dir, &model.config, GpuOptions::new(context_length)).await?;
                 let name = if adapter.name.is_empty() { "WebGPU adapter" } else { adapter.name.as_str() };

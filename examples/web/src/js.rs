@@ -63,6 +63,23 @@ pub fn opt_bool(obj: &JsValue, key: &str) -> Result<Option<bool>, JsError> {
         .transpose()
 }
 
+/// The most messages one conversation may hold (a bound before anything is copied out of JS).
+const MAX_MESSAGES: u32 = 4096;
+
+/// `[{role, content}, ...]` from JS: every message an object with string `role` and `content`.
+pub fn chat_messages(v: &JsValue) -> Result<Vec<omex::tokenizer::ChatMessage>, JsError> {
+    let arr: &js_sys::Array = v.dyn_ref().ok_or_else(|| JsError::new("messages must be an array"))?;
+    if arr.length() == 0 || arr.length() > MAX_MESSAGES {
+        return Err(JsError::new(&format!("messages holds {} entries: give 1 to {MAX_MESSAGES}", arr.length())));
+    }
+    let mut out = Vec::with_capacity(arr.length() as usize);
+    for (i, m) in arr.iter().enumerate() {
+        let get = |k: &str| opt_str(&m, k)?.ok_or_else(|| JsError::new(&format!("messages[{i}].{k} must be a string")));
+        out.push(omex::tokenizer::ChatMessage::new(get("role")?, get("content")?));
+    }
+    Ok(out)
+}
+
 /// A serializable Rust value as a plain JS object.
 pub fn to_js<T: serde::Serialize>(value: &T) -> JsValue {
     let json = serde_json::to_string(value).expect("plain data serializes");
