@@ -58,6 +58,14 @@ pub fn reduce4_i32(v: [v128; 4]) -> v128 {
     i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(t0, t1), i32x4_shuffle::<2, 3, 6, 7>(t0, t1))
 }
 
+/// Lane `k` of the result is the sum of the four f32 lanes of `v[k]` (`(l0 + l2) + (l1 + l3)`).
+#[inline]
+pub fn reduce4_f32(v: [v128; 4]) -> v128 {
+    let t0 = f32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v[0], v[1]), i32x4_shuffle::<2, 6, 3, 7>(v[0], v[1]));
+    let t1 = f32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v[2], v[3]), i32x4_shuffle::<2, 6, 3, 7>(v[2], v[3]));
+    f32x4_add(i32x4_shuffle::<0, 1, 4, 5>(t0, t1), i32x4_shuffle::<2, 3, 6, 7>(t0, t1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +109,20 @@ mod tests {
         );
         assert_eq!(hsum_i32(v[1]), 100);
         assert_eq!(hsum_f32(f32x4(1.0, 2.0, 3.0, 4.5)), 10.5);
+        let f = reduce4_f32([
+            f32x4(1.0, 2.0, 3.0, 4.0),
+            f32x4(0.5, 0.0, 0.0, 0.0),
+            f32x4(-1.0, 1.0, -1.0, 1.0),
+            f32x4(0.0, 0.0, 0.0, 8.0),
+        ]);
+        assert_eq!(
+            [
+                f32x4_extract_lane::<0>(f),
+                f32x4_extract_lane::<1>(f),
+                f32x4_extract_lane::<2>(f),
+                f32x4_extract_lane::<3>(f)
+            ],
+            [10.0, 0.5, 0.0, 8.0]
+        );
     }
 }
