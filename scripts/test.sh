@@ -22,6 +22,8 @@ if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown;
 else
     echo "test.sh: wasm32-unknown-unknown is not installed (rustup target add wasm32-unknown-unknown); skipping the browser build check" >&2
 fi
+# The SIMD128 kernels of the wasm CPU engine against the references and the portable kernels, under Node.
+if command -v node >/dev/null; then bash scripts/wasm-bench.sh test; else echo "test.sh: no node; skipping the wasm kernel tests" >&2; fi
 if [ "${OMEX_SKIP_BROWSER:-0}" = 1 ]; then
     echo "test.sh: OMEX_SKIP_BROWSER=1: skipping the browser test" >&2
 else

@@ -4,7 +4,9 @@
 //! Kernels written here: `Portable` (plain Rust, any target) and `Avx2` (AVX2 + FMA + F16C, x86-64).
 //! `Avx512Vnni` runs 512-bit `vpdpbusd` kernels for the q8 products over raw GGUF blocks and the AVX2 kernels
 //! for the rest; `Avx512` runs the AVX2 kernels. `Neon` is detected on aarch64 and runs NEON q8 kernels (integer-dot matvec/matmul); its other kernels
-//! are the portable ones.
+//! are the portable ones. `Simd128` is WebAssembly's 128-bit SIMD: wasm cannot detect features at run time,
+//! so it is available exactly when the crate was compiled with `-C target-feature=+simd128` (the workspace's
+//! `.cargo/config.toml` sets it for wasm32 targets).
 //! AMX is never selected: detection alone is not enough for it (it needs an OS permission request), and this
 //! crate does not use it.
 
@@ -25,10 +27,12 @@ pub enum Isa {
     Avx512Vnni,
     /// aarch64 Advanced SIMD (NEON q8 kernels; portable elsewhere).
     Neon,
+    /// WebAssembly SIMD128 (q8 products, the float matvec, f16 KV attention; portable elsewhere).
+    Simd128,
 }
 
 /// Every level, in the order `available()` lists them.
-pub const ALL: [Isa; 5] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Neon];
+pub const ALL: [Isa; 6] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Neon, Isa::Simd128];
 
 /// Why an ISA choice was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +55,7 @@ impl Isa {
             Isa::Avx512 => "avx512",
             Isa::Avx512Vnni => "avx512vnni",
             Isa::Neon => "neon",
+            Isa::Simd128 => "simd128",
         }
     }
 
@@ -74,6 +79,7 @@ impl Isa {
             Isa::Avx512Vnni => Isa::Avx512.is_supported() && is_x86_feature_detected!("avx512vnni"),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            Isa::Simd128 => cfg!(all(target_arch = "wasm32", target_feature = "simd128")),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -83,6 +89,12 @@ impl Isa {
     /// Whether the AVX2 kernels may run under this level (true for every x86 level above portable).
     pub(crate) fn uses_avx2(self) -> bool {
         cfg!(target_arch = "x86_64") && matches!(self, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni)
+    }
+
+    /// Whether the SIMD128 kernels may run under this level (only when they were compiled in).
+    #[cfg_attr(not(all(target_arch = "wasm32", target_feature = "simd128")), allow(dead_code))]
+    pub(crate) fn uses_simd128(self) -> bool {
+        cfg!(all(target_arch = "wasm32", target_feature = "simd128")) && self == Isa::Simd128
     }
 
     /// Panics with a clear message if this CPU cannot run `self`: the guard every public `*_with` entry runs
@@ -116,7 +128,10 @@ pub fn available() -> Vec<Isa> {
 
 /// The most capable level of this CPU, by feature detection alone (ignores `OMEX_CPU_ISA`).
 pub fn best_supported() -> Isa {
-    [Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::Neon].into_iter().find(|i| i.is_supported()).unwrap_or(Isa::Portable)
+    [Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Simd128]
+        .into_iter()
+        .find(|i| i.is_supported())
+        .unwrap_or(Isa::Portable)
 }
 
 /// Parses an `OMEX_CPU_ISA` value and checks that this CPU supports it.
@@ -172,6 +187,18 @@ mod tests {
         assert_eq!(available()[0], Isa::Portable);
         assert!(parse_choice("portable").is_ok());
         assert!(available().contains(&best_supported()));
+    }
+
+    /// The wasm kernel tests are only worth running with the SIMD128 kernels in them: fail, rather than test
+    /// the portable kernels alone, when the build lost `+simd128` (e.g. a RUSTFLAGS that replaced the config's).
+    #[test]
+    #[cfg(target_arch = "wasm32")]
+    fn simd128_is_compiled_in_on_wasm() {
+        assert!(
+            available().contains(&Isa::Simd128),
+            "built for wasm32 without -C target-feature=+simd128: see .cargo/config.toml"
+        );
+        assert_eq!(best_supported(), Isa::Simd128);
     }
 
     #[test]

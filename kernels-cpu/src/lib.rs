@@ -26,6 +26,8 @@ pub mod matvec;
 pub mod ops;
 mod par;
 pub mod q8;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

@@ -81,6 +81,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", ignore = "wasm32 without atomics cannot start a 2-thread pool")]
     fn the_thread_test_shapes_really_split() {
         // tests/threads.rs uses 1030 x 576 int4 (360 bytes a row) and n = 37: both must give several tasks.
         let rpt = in_pool(2, || rows_per_task(1030, 360));

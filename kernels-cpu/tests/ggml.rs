@@ -254,6 +254,7 @@ fn q8_extremes_do_not_saturate() {
 }
 
 #[test]
+#[cfg_attr(target_arch = "wasm32", ignore = "wasm32 without atomics cannot start thread pools")]
 fn results_do_not_depend_on_thread_count() {
     let mut rng = Rng::new(23);
     for kind in [GgmlBlock::Q4K, GgmlBlock::Q6K, GgmlBlock::Q5_0] {

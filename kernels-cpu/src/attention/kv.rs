@@ -35,6 +35,10 @@ impl KvElem for f32 {
             // SAFETY: `attention_with` ran `isa.check()`; `uses_avx2` implies AVX2/FMA/F16C; lengths equal.
             return unsafe { super::avx2::dot_f32(q, k) };
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if isa.uses_simd128() {
+            return super::simd128::dot(q, k);
+        }
         let _ = isa;
         crate::matvec::portable::dot(q, k)
     }
@@ -44,6 +48,10 @@ impl KvElem for f32 {
         if isa.uses_avx2() {
             // SAFETY: as in `dot`.
             return unsafe { super::avx2::axpy_f32(a, v, out) };
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if isa.uses_simd128() {
+            return super::simd128::axpy(a, v, out);
         }
         let _ = isa;
         for (o, &x) in out.iter_mut().zip(v) {
@@ -66,6 +74,10 @@ impl KvElem for f16 {
             // SAFETY: as for f32.
             return unsafe { super::avx2::dot_f16(q, k) };
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if isa.uses_simd128() {
+            return super::simd128::dot(q, k);
+        }
         let _ = isa;
         let mut acc = [0f32; 8];
         let (qc, kc) = (q.chunks_exact(8), k.chunks_exact(8));
@@ -83,6 +95,10 @@ impl KvElem for f16 {
         if isa.uses_avx2() {
             // SAFETY: as for f32.
             return unsafe { super::avx2::axpy_f16(a, v, out) };
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if isa.uses_simd128() {
+            return super::simd128::axpy(a, v, out);
         }
         let _ = isa;
         for (o, &x) in out.iter_mut().zip(v) {

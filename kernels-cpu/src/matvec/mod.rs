@@ -11,6 +11,8 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub(crate) mod portable;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128;
 
 use crate::isa::{self, Isa};
 use crate::layout::{Matrix, Weights, GROUP};
@@ -60,6 +62,11 @@ fn rows(isa: Isa, m: &Matrix, x: &[f32], xsum: &[f32], r0: usize, y: &mut [f32])
         // `x.len() == cols`, `xsum` has `cols / 32` entries for int4, and `y` is a chunk of the `rows`-long
         // output starting at `r0`, so rows `r0..r0 + y.len()` exist.
         return unsafe { avx2::rows(m, x, xsum, r0, y) };
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if isa.uses_simd128() && simd128::handles(m) {
+        // SAFETY: SIMD128 was compiled in; the bounds are those of the AVX2 call above.
+        return unsafe { simd128::rows(m, x, xsum, r0, y) };
     }
     let _ = isa;
     portable::rows(m, x, xsum, r0, y)

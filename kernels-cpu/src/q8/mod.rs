@@ -23,6 +23,8 @@ mod avx512;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod portable;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128;
 
 use crate::isa::{self, Isa};
 use crate::layout::{Matrix, Weights, GROUP};
@@ -127,6 +129,10 @@ fn quantize_group(isa: Isa, x: &[f32], q: &mut [i8]) -> (f32, i32) {
         // `isa.check()`, so this CPU has them; both slices are exactly GROUP long (chunks_exact).
         return unsafe { avx2::quantize_group(x, q) };
     }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if isa.uses_simd128() {
+        return simd128::quantize_group(x, q);
+    }
     let _ = isa;
     portable::quantize_group(x, q)
 }
@@ -200,6 +206,12 @@ fn tile(isa: Isa, m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &m
     if isa == Isa::Neon && m.w.as_ggml().is_none() {
         // SAFETY: `isa.check()` ran, so NEON is present; bounds as above.
         return unsafe { neon::tile(m, xq, r0, t0, outs, matvec) };
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if isa.uses_simd128() && m.w.as_ggml().is_none() {
+        // SAFETY: SIMD128 was compiled in (wasm has no run-time detection); `m` is quantized and validated, and
+        // the tile lies inside `[rows, n]` as above.
+        return unsafe { simd128::tile(m, xq, r0, t0, outs) };
     }
     let _ = (isa, matvec);
     portable::tile(m, xq, r0, t0, outs)
