@@ -22,10 +22,10 @@ use half::f16;
 use kernels_cpu::layout::{pack_int4_group, pack_ternary_group};
 use kernels_cpu::{Matrix, Weights, GROUP};
 use omex::backend::gpu::buffers::{GpuBuffer, Purpose};
-use omex::backend::gpu::ops::{attention, misc, Heads, Linear, Mat, MatvecKernel, Output, MATMUL_TOKENS};
+use omex::backend::gpu::ops::{attention, kv, misc, Heads, KvCache, Linear, Mat, MatvecKernel, Output, MATMUL_TOKENS};
 use omex::backend::gpu::weights::GpuMatrix;
 use omex::backend::gpu::{DeviceOptions, Dispatch, GpuContext, GpuEngine, GpuOptions};
-use omex::backend::{Engine, Logits};
+use omex::backend::{Engine, KvType, Logits};
 use omex::format::{DType, ModelDir};
 use omex::graph::Transformer;
 use std::sync::Arc;
@@ -242,24 +242,36 @@ fn kernels(c: &mut Criterion) {
         });
         ctx.write(&st, 0, bytemuck::cast_slice(&[1u32, 0, 0, 0]));
     }
-    // Decode attention over a 4096-token cache, Llama-8B heads.
+    // Decode attention over a 4096-token cache, Llama-8B heads, in f32 and f16 (the bytes of K and V read).
     let h = Heads { n_heads: 32, n_kv: 8, head_dim: 128 };
     let ctx_len = 4096u32;
     let q = storage(&ctx, &vec![0.1; h.q_dim() as usize]);
     let kv: Vec<f32> = (0..(ctx_len * h.kv_dim()) as usize).map(|_| rng.f32()).collect();
-    let (kc, vc) = (storage(&ctx, &kv), storage(&ctx, &kv));
+    let halves: Vec<u16> = kv.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
     let out = storage(&ctx, &vec![0.0; h.q_dim() as usize]);
     ctx.write(&st, 0, bytemuck::cast_slice(&[1u32, ctx_len - 1, 0, 0]));
-    for splits in [8u32, 32, 64] {
-        let part = attention::partials(&ctx, h, splits, 1).unwrap();
-        let map = storage(&ctx, &[0.0]); // an unpaged step never reads it
-        let d = attention::decode(&ctx, h, splits, 0.1, None, &st, &q, &kc, &vc, &part, &out, &map);
-        let (p, cmb) = pollster::block_on(d).unwrap();
-        let list = [p, cmb];
-        g.throughput(Throughput::Bytes(2 * 4 * (ctx_len * h.kv_dim()) as u64 * REPS as u64));
-        g.bench_function(BenchmarkId::new("attention decode", format!("ctx {ctx_len} splits {splits}")), |b| {
-            b.iter_custom(|iters| timed(&ctx, &list, 1, iters))
-        });
+    for ty in [KvType::F32, KvType::F16] {
+        let (kc, vc) = match ty {
+            KvType::F32 => (storage(&ctx, &kv), storage(&ctx, &kv)),
+            KvType::F16 => {
+                let words: &[f32] = bytemuck::cast_slice(&halves);
+                (storage(&ctx, words), storage(&ctx, words))
+            }
+        };
+        let cache = KvCache { k: &kc, v: &vc, ty };
+        for splits in [8u32, 32, 64] {
+            let part = attention::partials(&ctx, h, splits, 1).unwrap();
+            let map = storage(&ctx, &[0.0]); // an unpaged step never reads it
+            let d = attention::decode(&ctx, h, splits, 0.1, None, &st, &q, cache, &part, &out, &map);
+            let (p, cmb) = pollster::block_on(d).unwrap();
+            let list = [p, cmb];
+            let bytes = 2 * ctx_len as u64 * kv::row_bytes(ty, h.kv_dim());
+            g.throughput(Throughput::Bytes(bytes * REPS as u64));
+            let name = format!("ctx {ctx_len} splits {splits} {ty:?}");
+            g.bench_function(BenchmarkId::new("attention decode", name), |b| {
+                b.iter_custom(|iters| timed(&ctx, &list, 1, iters))
+            });
+        }
     }
     g.finish();
 }

@@ -1,7 +1,7 @@
-//! The GPU engine against the CPU engine (f32 activations, f32 KV cache): logits of a prompt, of decode steps
-//! and of chunked prefill, and the greedy tokens, on random tiny models in every layout and on the real
-//! SmolLM2-135M converted by `omex convert`; and, on the real model, sampling chained on the GPU against the
-//! host's sampler.
+//! The GPU engine against the CPU engine (f32 activations, the same KV cache type on both: f16, the default,
+//! unless a test says f32): logits of a prompt, of decode steps and of chunked prefill, and the greedy tokens,
+//! on random tiny models in every layout and on the real SmolLM2-135M converted by `omex convert`; and, on the
+//! real model, sampling chained on the GPU against the host's sampler.
 
 mod common;
 mod gpu_common;
@@ -25,21 +25,23 @@ fn gpu_ctx() -> Option<Arc<GpuContext>> {
     gpu_common::gpu_arc()
 }
 
-fn cpu_engine(dir: &ModelDir, cfg: &Transformer, ctx: usize) -> CpuEngine {
-    let opts = CpuOptions {
-        threads: 2,
-        context_length: ctx,
-        activations: Activations::F32,
-        kv: KvType::F32,
-        max_batch: 512,
-        kv_tokens: 0,
-    };
+fn cpu_engine(dir: &ModelDir, cfg: &Transformer, ctx: usize, kv: KvType) -> CpuEngine {
+    let opts =
+        CpuOptions { threads: 2, context_length: ctx, activations: Activations::F32, kv, max_batch: 512, kv_tokens: 0 };
     CpuEngine::load(dir, cfg, opts).unwrap()
 }
 
-fn gpu_engine(gpu: Arc<GpuContext>, dir: &ModelDir, cfg: &Transformer, ctx: usize, max_batch: usize) -> GpuEngine {
+fn gpu_engine(
+    gpu: Arc<GpuContext>,
+    dir: &ModelDir,
+    cfg: &Transformer,
+    ctx: usize,
+    max_batch: usize,
+    kv: KvType,
+) -> GpuEngine {
     let mut opts = GpuOptions::new(ctx);
     opts.max_batch = max_batch;
+    opts.kv = kv;
     GpuEngine::load_blocking(gpu, dir, cfg, opts).unwrap()
 }
 
@@ -106,10 +108,10 @@ fn run_tiny(spec: &TinySpec, name: &str) {
     assert_eq!(read, cfg);
     let prompt: Vec<u32> = (0..11).map(|i| (i * 37 + 5) % spec.vocab).collect();
     let ctx = spec.context as usize;
-    let mut cpu = cpu_engine(&dir, &cfg, ctx);
+    let mut cpu = cpu_engine(&dir, &cfg, ctx, KvType::F16);
     // A small max_batch so the prompt runs in several prefill chunks and a one-token chunk (the decode path).
     for max_batch in [128, 5] {
-        let mut g = gpu_engine(gpu.clone(), &dir, &cfg, ctx, max_batch);
+        let mut g = gpu_engine(gpu.clone(), &dir, &cfg, ctx, max_batch, KvType::F16);
         compare(&mut cpu, &mut g, &prompt, 6, 2e-4, &format!("{name} (max_batch {max_batch})"), true);
     }
     let _ = std::fs::remove_dir_all(&path);
@@ -168,8 +170,9 @@ fn tiny_mha_context_past_tiles() {
     let cfg = write_tiny_model(&path, &spec, 7);
     let dir = ModelDir::open(&path).unwrap();
     let prompt: Vec<u32> = (0..150).map(|i| (i * 13 + 1) % spec.vocab).collect();
-    let mut cpu = cpu_engine(&dir, &cfg, 200);
+    let mut cpu = cpu_engine(&dir, &cfg, 200, KvType::F16);
     let mut opts = GpuOptions::new(200);
+    assert_eq!(opts.kv, KvType::F16, "the GPU engine's default KV cache");
     opts.attention_splits = 3;
     let mut g = GpuEngine::load_blocking(gpu, &dir, &cfg, opts).unwrap();
     compare(&mut cpu, &mut g, &prompt, 8, 2e-4, "long context", true);
@@ -197,7 +200,7 @@ fn tiny_batched_sequences_match_the_cpu_engine() {
             threads: 2,
             context_length: ctx,
             activations: Activations::F32,
-            kv: KvType::F32,
+            kv: KvType::F16,
             max_batch: 512,
             kv_tokens,
         },
@@ -264,7 +267,7 @@ fn tiny_sampled_chain_past_one_submission() {
     let spec = TinySpec { context: 128, ..TinySpec::small() };
     let cfg = write_tiny_model(&path, &spec, 11);
     let dir = ModelDir::open(&path).unwrap();
-    let mut g = gpu_engine(gpu, &dir, &cfg, 128, 128);
+    let mut g = gpu_engine(gpu, &dir, &cfg, 128, 128, KvType::F16);
     let prompt = [3, 14, 15, 92, 65];
     let (steps, draw) = (70, 1000);
     // A high temperature: the tiny model's logits are peaked (the top one some 8 above the next).
@@ -297,7 +300,7 @@ fn positions_past_the_context_are_refused() {
     let path = tmp("ctx");
     let cfg = write_tiny_model(&path, &TinySpec::small(), 3);
     let dir = ModelDir::open(&path).unwrap();
-    let mut g = gpu_engine(gpu, &dir, &cfg, 8, 128);
+    let mut g = gpu_engine(gpu, &dir, &cfg, 8, 128, KvType::F16);
     assert!(g.forward(&[1; 9], 0, Logits::Last).is_err());
     assert!(g.forward(&[1], 8, Logits::Last).is_err());
     assert!(g.forward(&[96], 0, Logits::Last).is_err(), "an id outside the vocabulary");
@@ -306,20 +309,42 @@ fn positions_past_the_context_are_refused() {
 }
 
 /// The real model: GPU logits close to the CPU engine's and the same greedy tokens, for a few tokens of two
-/// prompts. Needs the GGUF (scripts/fetch-model.sh); converts it with `omex convert` once per build.
+/// prompts, with the f16 KV cache (the default) on both engines and, for the first prompt, the f32 one. Needs
+/// the GGUF (scripts/fetch-model.sh); converts it with `omex convert` once per build.
+///
+/// The bound is 2e-4 with f32 caches (measured 5.9e-6 on lavapipe). With f16 caches it is 5e-4 (measured
+/// 2.1e-4 on lavapipe): both engines round K and V to nearest even, but a value the two compute a few f32 steps
+/// apart can fall on either side of an f16 midpoint and be stored one f16 step (up to 1/1024 relative) apart,
+/// and that difference grows through the later blocks. It must stay well below what f16 itself changes (the
+/// CPU engine's f16 logits against its f32 ones, measured 6.7e-4): under half of it.
 #[test]
 fn smollm2_matches_the_cpu_engine() {
     let Some(gpu) = gpu_ctx() else { return };
     let path = common::smollm2_omex("keep");
     let model = omex::runtime::Model::load(&path).unwrap();
     let cfg = &model.config;
-    let mut cpu = cpu_engine(&model.dir, cfg, 128);
-    let mut g = gpu_engine(gpu, &model.dir, cfg, 128, 128);
-    // lavapipe runs this model at a few seconds a token: two prompts, three tokens, one chained run.
-    for (i, prompt) in ["The capital of France is", "def fibonacci(n):"].into_iter().enumerate() {
-        let ids = model.tokenizer.encode_with_specials(prompt);
-        let tokens = compare(&mut cpu, &mut g, &ids, 3, 2e-4, prompt, i == 0);
-        eprintln!("{prompt:?} -> {tokens:?}");
+    let prompts = ["The capital of France is", "def fibonacci(n):"];
+    // lavapipe runs this model at a few seconds a token: three prompts' worth, three tokens, one chained run.
+    for (kv, prompts, tol) in [(KvType::F16, &prompts[..], 5e-4), (KvType::F32, &prompts[..1], 2e-4)] {
+        let mut cpu = cpu_engine(&model.dir, cfg, 128, kv);
+        let mut g = gpu_engine(gpu.clone(), &model.dir, cfg, 128, 128, kv);
+        assert!(g.describe().contains(&format!("{} KV cache", if kv == KvType::F16 { "f16" } else { "f32" })));
+        for (i, prompt) in prompts.iter().enumerate() {
+            let ids = model.tokenizer.encode_with_specials(prompt);
+            let what = format!("{prompt} ({kv:?} KV cache)");
+            let tokens = compare(&mut cpu, &mut g, &ids, 3, tol, &what, i == 0 && kv == KvType::F16);
+            eprintln!("{what:?} -> {tokens:?}");
+            if kv == KvType::F16 {
+                let f16 = cpu.forward(&ids, 0, Logits::All).unwrap();
+                let f32 = cpu_engine(&model.dir, cfg, 128, KvType::F32).forward(&ids, 0, Logits::All).unwrap();
+                let (engines, rounding) =
+                    (rel_max_diff(&g.forward(&ids, 0, Logits::All).unwrap(), &f16), rel_max_diff(&f16, &f32));
+                eprintln!(
+                    "{what}: GPU against CPU {engines:.2e}, the CPU's f16 cache against its f32 one {rounding:.2e}"
+                );
+                assert!(engines * 2.0 < rounding, "{what}: the engines differ by {engines}, f16 itself by {rounding}");
+            }
+        }
     }
 }
 
@@ -339,9 +364,10 @@ fn compare_int8(gpu: Arc<GpuContext>, dir: &ModelDir, cfg: &Transformer, prompt:
         kv_tokens: 0,
     };
     let mut cpu = CpuEngine::load(dir, cfg, opts).unwrap();
-    let mut cpu_f32 = cpu_engine(dir, cfg, ctx);
+    let mut cpu_f32 = cpu_engine(dir, cfg, ctx, KvType::F32);
     let mut opts = GpuOptions::new(ctx);
     opts.activations = Activations::Int8;
+    opts.kv = KvType::F32;
     let mut g = GpuEngine::load_blocking(gpu, dir, cfg, opts).unwrap();
     let (int8, all) = g.int8_matvecs();
     assert!(int8 > 0 && g.describe().contains(&format!("int8 activations in {int8} of {all}")), "{}", g.describe());
@@ -465,7 +491,7 @@ fn smollm2_sampling_chained_on_the_gpu_matches_host_sampling() {
     let opts = GenerateOptions { max_tokens: 5, ignore_eos: true, sampler, ..Default::default() };
     let run = |chains: bool| {
         let (chained, rows) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
-        let inner = gpu_engine(gpu.clone(), &model.dir, &model.config, 64, 64);
+        let inner = gpu_engine(gpu.clone(), &model.dir, &model.config, 64, 64, KvType::F16);
         let engine = Counted { inner, chains, chained: chained.clone(), rows: rows.clone() };
         let mut session = Session::new(Box::new(engine), model.tokenizer.clone());
         let g = session.generate("My favourite animal is", &opts, &mut |_| true).unwrap();

@@ -9,6 +9,7 @@ use gpu_common::ops::{AttnCase, Cpu, DecodeCase, Gpu, LinearCase, Ops, PagedCase
 use gpu_common::sample_ref::{self, Pick};
 use gpu_common::*;
 use omex::backend::gpu::ops::{Heads, Output};
+use omex::backend::KvType;
 use omex::graph::Activation;
 use omex::sampling::SamplerOptions;
 
@@ -428,42 +429,48 @@ fn rmsnorm_rows(b: &dyn Ops) {
 
 fn rope_both_styles(b: &dyn Ops) {
     let mut rng = Rng::new(0x5eed_0006);
-    for half in [false, true] {
-        for (heads, dims) in
-            [(Heads { n_heads: 6, n_kv: 2, head_dim: 16 }, 16), (Heads { n_heads: 3, n_kv: 1, head_dim: 24 }, 8)]
-        {
-            let (n, pos0, ctx) = (3, 1000, 1004);
-            let (qd, kvd) = (heads.q_dim() as usize, heads.kv_dim() as usize);
-            let inv_freq: Vec<f32> = (0..dims / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / dims as f32)).collect();
-            let c = RopeCase { heads, dims, half, qkv: rng.vec(n * (qd + 2 * kvd), -1.0, 1.0), n, pos0, ctx, inv_freq };
-            // Reference: the rotation in f64 of the f32 angle.
-            let (mut q, mut kc, mut vc) = (vec![0f32; n * qd], vec![0f32; ctx * kvd], vec![0f32; ctx * kvd]);
-            let hd = heads.head_dim as usize;
-            for t in 0..n {
-                let row = &c.qkv[t * (qd + 2 * kvd)..(t + 1) * (qd + 2 * kvd)];
-                let pos = pos0 + t;
-                let rot = |src: &[f32], dst: &mut [f32]| {
-                    for (s, d) in src.chunks_exact(hd).zip(dst.chunks_exact_mut(hd)) {
-                        d.copy_from_slice(s);
-                        for (i, &f) in c.inv_freq.iter().enumerate() {
-                            let th = (pos as f32 * f) as f64;
-                            let (ia, ib) = if half { (i, i + dims / 2) } else { (2 * i, 2 * i + 1) };
-                            let (a, bb) = (s[ia] as f64, s[ib] as f64);
-                            d[ia] = (a * th.cos() - bb * th.sin()) as f32;
-                            d[ib] = (a * th.sin() + bb * th.cos()) as f32;
-                        }
-                    }
-                };
-                rot(&row[..qd], &mut q[t * qd..(t + 1) * qd]);
-                rot(&row[qd..qd + kvd], &mut kc[pos * kvd..(pos + 1) * kvd]);
-                vc[pos * kvd..(pos + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
+    for kv in KV_TYPES {
+        for half in [false, true] {
+            for (heads, dims) in
+                [(Heads { n_heads: 6, n_kv: 2, head_dim: 16 }, 16), (Heads { n_heads: 3, n_kv: 1, head_dim: 24 }, 8)]
+            {
+                let (n, pos0, ctx) = (3, 1000, 1004);
+                let (qd, kvd) = (heads.q_dim() as usize, heads.kv_dim() as usize);
+                let inv_freq: Vec<f32> =
+                    (0..dims / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / dims as f32)).collect();
+                let qkv = rng.vec(n * (qd + 2 * kvd), -1.0, 1.0);
+                let c = RopeCase { heads, dims, half, qkv, n, pos0, ctx, inv_freq, kv };
+                // Reference: the rotation in f64 of the f32 angle.
+                let (mut q, mut kc, mut vc) = (vec![0f32; n * qd], vec![0f32; ctx * kvd], vec![0f32; ctx * kvd]);
+                let hd = heads.head_dim as usize;
+                for t in 0..n {
+                    let row = &c.qkv[t * (qd + 2 * kvd)..(t + 1) * (qd + 2 * kvd)];
+                    let pos = pos0 + t;
+                    q[t * qd..(t + 1) * qd].copy_from_slice(&rope_ref(&row[..qd], hd, dims, half, pos, &c.inv_freq));
+                    let k = rope_ref(&row[qd..qd + kvd], hd, dims, half, pos, &c.inv_freq);
+                    kc[pos * kvd..(pos + 1) * kvd].copy_from_slice(&kv_round(kv, &k));
+                    vc[pos * kvd..(pos + 1) * kvd].copy_from_slice(&kv_round(kv, &row[qd + kvd..]));
+                }
+                let (gq, gk, gv) = b.rope_store(&c);
+                let what = format!("rope half={half} dims={dims} kv={kv:?}");
+                check(b, &format!("{what} q"), &gq, &q, 1e-6);
+                check(b, &format!("{what} k cache"), &gk[pos0 * kvd..], &kc[pos0 * kvd..], store_tol(kv));
+                check(b, &format!("{what} v cache"), &gv[pos0 * kvd..], &vc[pos0 * kvd..], 0.0);
             }
-            let (gq, gk, gv) = b.rope_store(&c);
-            let what = format!("rope half={half} dims={dims}");
-            check(b, &format!("{what} q"), &gq, &q, 1e-6);
-            check(b, &format!("{what} k cache"), &gk[pos0 * kvd..], &kc[pos0 * kvd..], 1e-6);
-            check(b, &format!("{what} v cache"), &gv[pos0 * kvd..], &vc[pos0 * kvd..], 0.0);
         }
+    }
+}
+
+/// The KV cache types every cache op is checked over.
+const KV_TYPES: [KvType; 2] = [KvType::F32, KvType::F16];
+
+/// How far a rotated k stored in the cache may be from the f64 reference's, relative: an f32 rounding, or with
+/// f16 one f16 step (the GPU rounds its f32 result to f16, the reference its f64 one, and the two f32 values
+/// may straddle an f16 midpoint).
+fn store_tol(kv: KvType) -> f32 {
+    match kv {
+        KvType::F32 => 1e-6,
+        KvType::F16 => 5e-4,
     }
 }
 
@@ -526,18 +533,20 @@ fn attention_ref(c: &AttnCase) -> Vec<f32> {
     out
 }
 
-fn attn_case(rng: &mut Rng, heads: Heads, pos0: usize, n: usize, window: Option<u32>) -> AttnCase {
+/// Cache values drawn representable in `kv` (as the engine's store leaves them).
+fn attn_case(rng: &mut Rng, heads: Heads, pos0: usize, n: usize, window: Option<u32>, kv: KvType) -> AttnCase {
     let ctx = pos0 + n + 3;
     let (qd, kvd) = (heads.q_dim() as usize, heads.kv_dim() as usize);
     AttnCase {
         heads,
         q: rng.vec(n * qd, -1.0, 1.0),
-        k: rng.vec(ctx * kvd, -1.0, 1.0),
-        v: rng.vec(ctx * kvd, -1.0, 1.0),
+        k: kv_round(kv, &rng.vec(ctx * kvd, -1.0, 1.0)),
+        v: kv_round(kv, &rng.vec(ctx * kvd, -1.0, 1.0)),
         pos0,
         n,
         scale: 1.0 / (heads.head_dim as f32).sqrt() * 2.0,
         window,
+        kv,
     }
 }
 
@@ -556,8 +565,9 @@ fn rope_ref(x: &[f32], hd: usize, dims: usize, half: bool, pos: usize, inv_freq:
     out
 }
 
-/// The token at `pos` over caches whose earlier rows hold keys rotated at their own positions; row `pos` and
-/// the rows after it are NaN, so a missing store or a read past `pos` shows.
+/// The token at `pos` over caches whose earlier rows hold keys rotated at their own positions (representable
+/// in `kv`); row `pos` and the rows after it are NaN, so a missing store or a read past `pos` shows.
+#[allow(clippy::too_many_arguments)]
 fn decode_case(
     rng: &mut Rng,
     heads: Heads,
@@ -566,6 +576,7 @@ fn decode_case(
     pos: usize,
     splits: u32,
     window: Option<u32>,
+    kv: KvType,
 ) -> DecodeCase {
     let ctx = pos + 4;
     let (qd, kvd, hd) = (heads.q_dim() as usize, heads.kv_dim() as usize, heads.head_dim as usize);
@@ -574,23 +585,24 @@ fn decode_case(
     let mut v = vec![f32::NAN; ctx * kvd];
     for p in 0..pos {
         let row = rope_ref(&rng.vec(kvd, -1.0, 1.0), hd, dims, half, p, &inv_freq);
-        k[p * kvd..(p + 1) * kvd].copy_from_slice(&row);
-        v[p * kvd..(p + 1) * kvd].copy_from_slice(&rng.vec(kvd, -1.0, 1.0));
+        k[p * kvd..(p + 1) * kvd].copy_from_slice(&kv_round(kv, &row));
+        v[p * kvd..(p + 1) * kvd].copy_from_slice(&kv_round(kv, &rng.vec(kvd, -1.0, 1.0)));
     }
     let qkv = rng.vec(qd + 2 * kvd, -1.0, 1.0);
     let scale = 1.0 / (hd as f32).sqrt() * 2.0;
-    DecodeCase { heads, dims, half, inv_freq, qkv, k, v, pos, scale, splits, window }
+    DecodeCase { heads, dims, half, inv_freq, qkv, k, v, pos, scale, splits, window, kv }
 }
 
-/// (output, K cache, V cache): rope, the store at `pos` and attention, each from its formula.
+/// (output, K cache, V cache): rope, the store at `pos` (rounded to the cache's type) and attention, each from
+/// its formula.
 fn decode_ref(c: &DecodeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (qd, kvd, hd) = (c.heads.q_dim() as usize, c.heads.kv_dim() as usize, c.heads.head_dim as usize);
     let rot = |x: &[f32]| rope_ref(x, hd, c.dims, c.half, c.pos, &c.inv_freq);
     let (mut k, mut v) = (c.k.clone(), c.v.clone());
-    k[c.pos * kvd..(c.pos + 1) * kvd].copy_from_slice(&rot(&c.qkv[qd..qd + kvd]));
-    v[c.pos * kvd..(c.pos + 1) * kvd].copy_from_slice(&c.qkv[qd + kvd..]);
-    let a =
-        AttnCase { heads: c.heads, q: rot(&c.qkv[..qd]), k, v, pos0: c.pos, n: 1, scale: c.scale, window: c.window };
+    k[c.pos * kvd..(c.pos + 1) * kvd].copy_from_slice(&kv_round(c.kv, &rot(&c.qkv[qd..qd + kvd])));
+    v[c.pos * kvd..(c.pos + 1) * kvd].copy_from_slice(&kv_round(c.kv, &c.qkv[qd + kvd..]));
+    let (q, pos0, n, scale, window, kv) = (rot(&c.qkv[..qd]), c.pos, 1, c.scale, c.window, c.kv);
+    let a = AttnCase { heads: c.heads, q, k, v, pos0, n, scale, window, kv };
     (attention_ref(&a), a.k, a.v)
 }
 
@@ -609,19 +621,20 @@ fn attention_decode(b: &dyn Ops) {
     // (pos, splits): key `pos` first or last of its split of 64-key tiles, alone in it, in a later tile of it,
     // and splits left empty.
     let steps = [(0, 1), (0, 4), (63, 1), (63, 3), (64, 2), (200, 3), (200, 8), (255, 4), (300, 2)];
-    for half in [false, true] {
+    for (kv, half) in KV_TYPES.into_iter().flat_map(|kv| [(kv, false), (kv, true)]) {
         for (heads, dims) in shapes {
             for (pos, splits) in steps {
                 // A window of 70 keys: all of them early on, then fewer than the position, across split edges.
                 let window = (!half && pos > 0).then_some(70);
-                let c = decode_case(&mut rng, heads, dims, half, pos, splits, window);
+                let c = decode_case(&mut rng, heads, dims, half, pos, splits, window, kv);
                 let (want, want_k, want_v) = decode_ref(&c);
                 let (out, k, v) = b.decode_attention(&c);
-                let what =
-                    format!("decode attention {heads:?} dims={dims} half={half} pos={pos} splits={splits} {window:?}");
+                let what = format!(
+                    "decode attention {heads:?} dims={dims} half={half} pos={pos} splits={splits} {window:?} {kv:?}"
+                );
                 check(b, &what, &out, &want, 1e-5);
                 let row = pos * heads.kv_dim() as usize..(pos + 1) * heads.kv_dim() as usize;
-                check(b, &format!("{what}: k stored"), &k[row.clone()], &want_k[row.clone()], 1e-6);
+                check(b, &format!("{what}: k stored"), &k[row.clone()], &want_k[row.clone()], store_tol(kv));
                 check(b, &format!("{what}: v stored"), &v[row.clone()], &want_v[row.clone()], 0.0);
                 // Every other row as it was, bit for bit (the NaNs too).
                 let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
@@ -648,7 +661,7 @@ fn attention_paged_batch(b: &dyn Ops) {
     let shapes = [(Heads { n_heads: 9, n_kv: 3, head_dim: 64 }, 64), (Heads { n_heads: 8, n_kv: 2, head_dim: 40 }, 12)];
     // Positions of the batch's rows: first of a block, last of one, one past a 64-key tile, a long one.
     let positions = [0usize, 15, 16, 65, 130, 7, 200];
-    for half in [false, true] {
+    for (kv, half) in KV_TYPES.into_iter().flat_map(|kv| [(kv, false), (kv, true)]) {
         for (heads, dims) in shapes {
             for (splits, window) in [(1, None), (3, None), (2, Some(40))] {
                 let kvd = heads.kv_dim() as usize;
@@ -670,7 +683,7 @@ fn attention_paged_batch(b: &dyn Ops) {
                 for (&pos, &n) in positions.iter().zip(&need) {
                     let table = order[next..next + n].to_vec();
                     next += n;
-                    let c = decode_case(&mut rng, heads, dims, half, pos, splits, window);
+                    let c = decode_case(&mut rng, heads, dims, half, pos, splits, window, kv);
                     for p in 0..pos {
                         let r = (table[p / BT] as usize * BT + p % BT) * kvd;
                         k[r..r + kvd].copy_from_slice(&c.k[p * kvd..(p + 1) * kvd]);
@@ -680,18 +693,19 @@ fn attention_paged_batch(b: &dyn Ops) {
                     contiguous.push(c);
                 }
                 let scale = contiguous[0].scale;
-                let c = PagedCase { heads, dims, half, inv_freq, rows, k, v, scale, splits, window };
+                let c = PagedCase { heads, dims, half, inv_freq, rows, k, v, scale, splits, window, kv };
                 let (out, kc, vc) = b.paged_decode(&c);
                 let mut written = vec![false; total * BT];
                 for (i, one) in contiguous.iter().enumerate() {
-                    let what = format!("paged batch {heads:?} half={half} splits={splits} {window:?}: row {i}");
+                    let what = format!("paged batch {heads:?} half={half} splits={splits} {window:?} {kv:?}: row {i}");
                     let (want, want_k, want_v) = decode_ref(one);
                     check(b, &what, &out[i * qd..(i + 1) * qd], &want, 1e-5);
                     let (pos, table) = (c.rows[i].1, &c.rows[i].2);
                     let r = table[pos / BT] as usize * BT + pos % BT;
                     written[r] = true;
                     let at = pos * kvd..(pos + 1) * kvd;
-                    check(b, &format!("{what}: k stored"), &kc[r * kvd..(r + 1) * kvd], &want_k[at.clone()], 1e-6);
+                    let (got_k, tol) = (&kc[r * kvd..(r + 1) * kvd], store_tol(kv));
+                    check(b, &format!("{what}: k stored"), got_k, &want_k[at.clone()], tol);
                     check(b, &format!("{what}: v stored"), &vc[r * kvd..(r + 1) * kvd], &want_v[at], 0.0);
                 }
                 for (r, _) in written.iter().enumerate().filter(|(_, w)| !**w) {
@@ -717,11 +731,11 @@ fn attention_prefill(b: &dyn Ops) {
         // Gemma 3 270M's.
         Heads { n_heads: 4, n_kv: 1, head_dim: 256 },
     ];
-    for heads in shapes {
+    for (kv, heads) in KV_TYPES.into_iter().flat_map(|kv| shapes.map(|h| (kv, h))) {
         for (pos0, n) in [(0, 13), (5, 9), (0, 1), (17, 3), (30, 41)] {
             for window in [None, Some(1), Some(7), Some(40)] {
-                let c = attn_case(&mut rng, heads, pos0, n, window);
-                let what = format!("prefill attention {heads:?} pos={pos0} n={n} window={window:?}");
+                let c = attn_case(&mut rng, heads, pos0, n, window, kv);
+                let what = format!("prefill attention {heads:?} pos={pos0} n={n} window={window:?} {kv:?}");
                 check(b, &what, &b.attention(&c), &attention_ref(&c), 1e-5);
             }
         }

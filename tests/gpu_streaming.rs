@@ -9,7 +9,7 @@ mod gpu_common;
 mod tiny_model;
 
 use omex::backend::gpu::{plan_memory, DeviceOptions, GpuContext, GpuEngine, GpuOptions};
-use omex::backend::{Engine, Logits};
+use omex::backend::{Engine, KvType, Logits};
 use omex::format::graph::GRAPH_FILE;
 use omex::format::ModelDir;
 use omex::graph::Transformer;
@@ -203,4 +203,40 @@ fn a_budget_too_small_names_the_smallest_that_works() {
     let logits = e.forward(&[1, 2, 3], 0, Logits::Last).unwrap();
     assert_eq!(logits.len(), cfg.vocab_size as usize);
     assert!(e.memory_report().peak <= minimum);
+}
+
+/// The planner counts the KV cache at its element size: SmolLM2-135M at a 4096-token context has 30 blocks of
+/// 3 KV heads of 64, so its cache is 2 x 30 x 4096 x 192 values, 189 MB in f32 and half that in f16. A budget
+/// that fits the f16 cache's streaming minimum plans with f16 and is refused with f32, the refusal naming the
+/// f32 cache and --kv f16. Host-side only (the planner), so it runs without a GPU.
+#[test]
+fn the_planner_counts_the_kv_cache_at_its_element_size() {
+    let path = common::smollm2_omex("keep");
+    let model = omex::runtime::Model::load(&path).unwrap();
+    let (dir, cfg) = (&model.dir, &model.config);
+    let ctx_len = 4096;
+    let values = 2 * cfg.blocks.len() as u64 * ctx_len as u64 * (cfg.n_kv_heads * cfg.head_dim) as u64;
+    let with = |kv: KvType, budget: Option<u64>| {
+        let mut o = options(ctx_len, budget, true);
+        o.kv = kv;
+        plan_memory(dir, cfg, &o, 1 << 30)
+    };
+    let (f32_plan, f16_plan) = (with(KvType::F32, None).unwrap().1.plan, with(KvType::F16, None).unwrap().1.plan);
+    assert_eq!(f32_plan.kv_bytes, 4 * values, "an f32 cache");
+    assert_eq!(f16_plan.kv_bytes, 2 * values, "an f16 cache");
+    assert_eq!(f32_plan.total_bytes - f16_plan.total_bytes, 2 * values, "only the cache differs");
+    let minimum = |kv: KvType| match with(kv, Some(1)) {
+        Ok(_) => panic!("a budget of one byte was accepted"),
+        Err(e) => (minimum_from(&e.to_string()), e.to_string()),
+    };
+    let ((min16, _), (min32, err32)) = (minimum(KvType::F16), minimum(KvType::F32));
+    assert!(err32.contains("f32 KV cache") && err32.contains("--kv f16"), "{err32}");
+    // The minima differ by the f32 cache's extra bytes (each is rounded up to 0.1 MB).
+    assert!((min32 - min16).abs_diff(2 * values) <= 100_000, "minima {min16} (f16) and {min32} (f32)");
+    let plan = with(KvType::F16, Some(min16)).unwrap_or_else(|e| panic!("f16 at its minimum {min16}: {e}")).1.plan;
+    assert!(plan.streams() && plan.total_bytes <= min16, "{plan:?}");
+    match with(KvType::F32, Some(min16)) {
+        Ok((_, m)) => panic!("an f32 cache planned in the f16 minimum of {min16}: {:?}", m.plan),
+        Err(e) => assert!(e.to_string().contains("too small"), "{e}"),
+    }
 }

@@ -138,6 +138,7 @@ impl Model {
         gpu.activations = opts.gpu_activations;
         gpu.kv_tokens = opts.kv_tokens;
         gpu.max_seqs = opts.max_sequences.clamp(1, 256) as u32;
+        gpu.kv = opts.kv;
         #[cfg(not(target_arch = "wasm32"))]
         {
             gpu.memory_trace = opts.memory_trace.clone();

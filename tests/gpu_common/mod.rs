@@ -11,6 +11,7 @@ use kernels_cpu::layout::{pack_int4_group, pack_ternary_group};
 use kernels_cpu::{Matrix, Weights, GROUP};
 use omex::backend::gpu::buffers::{GpuBuffer, Purpose};
 use omex::backend::gpu::{DeviceOptions, GpuContext};
+use omex::backend::KvType;
 use std::sync::{Arc, OnceLock};
 
 /// SplitMix64.
@@ -218,6 +219,26 @@ pub fn upload_u32(ctx: &GpuContext, data: &[u32]) -> GpuBuffer {
 
 fn storage() -> wgpu::BufferUsages {
     wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+}
+
+/// `values` as a KV cache of `kv` elements holds them: f32 unchanged, f16 rounded to nearest, ties to even.
+pub fn kv_round(kv: KvType, values: &[f32]) -> Vec<f32> {
+    match kv {
+        KvType::F32 => values.to_vec(),
+        KvType::F16 => values.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+    }
+}
+
+/// A KV cache buffer holding `values` as `kv` elements (f16: two to a word, the first in the low half).
+pub fn upload_kv(ctx: &GpuContext, kv: KvType, values: &[f32]) -> GpuBuffer {
+    match kv {
+        KvType::F32 => upload_f32(ctx, values),
+        KvType::F16 => {
+            let mut halves: Vec<u16> = values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+            halves.resize(values.len().next_multiple_of(2).max(2), 0);
+            ctx.pool.init("test cache", bytemuck::cast_slice(&halves), storage(), Purpose::Activations).unwrap()
+        }
+    }
 }
 
 /// An output buffer of `n` words, every one 0xFFFFFFFF (a NaN as f32), so unwritten elements fail the test.

@@ -3,15 +3,16 @@
 #![allow(dead_code)]
 
 use super::*;
+use half::f16;
 use kernels_cpu::ops::{self, RopeStyle};
-use kernels_cpu::Pages;
+use kernels_cpu::{KvElem, Pages};
 use omex::backend::gpu::ops::{
-    attention, misc, Heads, Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT,
-    MATVEC_TOKENS,
+    attention, misc, Heads, KvCache, Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS,
+    MATMUL_TOKENS_SHORT, MATVEC_TOKENS,
 };
 use omex::backend::gpu::weights::{GpuFile, GpuMatrix};
 use omex::backend::gpu::{Dispatch, Region};
-use omex::backend::KV_BLOCK_TOKENS;
+use omex::backend::{KvType, KV_BLOCK_TOKENS};
 use omex::graph::Activation;
 use omex::sampling::{Sampler, SamplerOptions};
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct AttnCase {
     pub scale: f32,
     /// Attend to the last `window` positions only.
     pub window: Option<u32>,
+    /// The caches' element type (values given are representable in it).
+    pub kv: KvType,
 }
 
 /// Decode attention as the engine runs it: the one token at `pos` arrives as its fused projection row
@@ -69,6 +72,8 @@ pub struct DecodeCase {
     /// GPU: the workgroups per KV head of the split kernel.
     pub splits: u32,
     pub window: Option<u32>,
+    /// The caches' element type (values given are representable in it).
+    pub kv: KvType,
 }
 
 /// Several sequences' next tokens in one pass over a paged KV cache (the server's batched decode step): row
@@ -86,6 +91,8 @@ pub struct PagedCase {
     pub scale: f32,
     pub splits: u32,
     pub window: Option<u32>,
+    /// The caches' element type (values given are representable in it).
+    pub kv: KvType,
 }
 
 pub struct RopeCase {
@@ -97,6 +104,8 @@ pub struct RopeCase {
     pub pos0: usize,
     pub ctx: usize,
     pub inv_freq: Vec<f32>,
+    /// The caches' element type (values given are representable in it).
+    pub kv: KvType,
 }
 
 pub trait Ops {
@@ -232,84 +241,33 @@ impl Ops for Cpu {
     }
 
     fn rope_store(&self, c: &RopeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (qd, kvd, hd) = (c.heads.q_dim() as usize, c.heads.kv_dim() as usize, c.heads.head_dim as usize);
-        let stride = qd + 2 * kvd;
-        let style = if c.half { RopeStyle::Half } else { RopeStyle::Interleaved };
-        let mut q = vec![0f32; c.n * qd];
-        let (mut kc, mut vc) = (vec![0f32; c.ctx * kvd], vec![0f32; c.ctx * kvd]);
-        for t in 0..c.n {
-            let row = &c.qkv[t * stride..(t + 1) * stride];
-            let pos = c.pos0 + t;
-            let qt = &mut q[t * qd..(t + 1) * qd];
-            qt.copy_from_slice(&row[..qd]);
-            let kt = &mut kc[pos * kvd..(pos + 1) * kvd];
-            kt.copy_from_slice(&row[qd..qd + kvd]);
-            for head in qt.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
-                ops::rope(&mut head[..c.dims], 1, c.dims, pos, &c.inv_freq, style);
-            }
-            vc[pos * kvd..(pos + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
+        match c.kv {
+            KvType::F32 => cpu_rope_store::<f32>(c),
+            KvType::F16 => cpu_rope_store::<f16>(c),
         }
-        (q, kc, vc)
     }
 
     fn attention(&self, c: &AttnCase) -> Vec<f32> {
-        let h = c.heads;
-        let mut out = vec![0f32; c.n * h.q_dim() as usize];
-        let (nh, nkv, hd) = (h.n_heads as usize, h.n_kv as usize, h.head_dim as usize);
-        let window = c.window.map(|w| w as usize);
-        kernels_cpu::attention_window(&c.q, &c.k, &c.v, c.pos0, c.n, nh, nkv, hd, c.scale, window, &mut out);
-        out
+        match c.kv {
+            KvType::F32 => cpu_attention::<f32>(c),
+            KvType::F16 => cpu_attention::<f16>(c),
+        }
     }
 
-    /// The twin: rope (as [`Cpu::rope_store`] does) then attention.
+    /// The twin: rope (as [`Cpu::rope_store`] does), the store (rounding to the cache's type), then attention
+    /// over the cache as the CPU engine holds it.
     fn decode_attention(&self, c: &DecodeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let h = c.heads;
-        let (qd, kvd, hd) = (h.q_dim() as usize, h.kv_dim() as usize, h.head_dim as usize);
-        let style = if c.half { RopeStyle::Half } else { RopeStyle::Interleaved };
-        let mut q = c.qkv[..qd].to_vec();
-        let (mut kc, mut vc) = (c.k.clone(), c.v.clone());
-        let kt = &mut kc[c.pos * kvd..(c.pos + 1) * kvd];
-        kt.copy_from_slice(&c.qkv[qd..qd + kvd]);
-        for head in q.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
-            ops::rope(&mut head[..c.dims], 1, c.dims, c.pos, &c.inv_freq, style);
+        match c.kv {
+            KvType::F32 => cpu_decode::<f32>(c),
+            KvType::F16 => cpu_decode::<f16>(c),
         }
-        vc[c.pos * kvd..(c.pos + 1) * kvd].copy_from_slice(&c.qkv[qd + kvd..]);
-        let mut out = vec![0f32; qd];
-        let (nh, nkv) = (h.n_heads as usize, h.n_kv as usize);
-        let window = c.window.map(|w| w as usize);
-        kernels_cpu::attention_window(&q, &kc, &vc, c.pos, 1, nh, nkv, hd, c.scale, window, &mut out);
-        (out, kc, vc)
     }
 
     fn paged_decode(&self, c: &PagedCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let h = c.heads;
-        let (qd, kvd, hd) = (h.q_dim() as usize, h.kv_dim() as usize, h.head_dim as usize);
-        let style = if c.half { RopeStyle::Half } else { RopeStyle::Interleaved };
-        let (mut kc, mut vc) = (c.k.clone(), c.v.clone());
-        let mut qs = Vec::new();
-        for (qkv, pos, table) in &c.rows {
-            let pages = Some(Pages { table, block_tokens: KV_BLOCK_TOKENS });
-            let row = Pages::row(pages, *pos) * kvd;
-            let mut q = qkv[..qd].to_vec();
-            let kt = &mut kc[row..row + kvd];
-            kt.copy_from_slice(&qkv[qd..qd + kvd]);
-            for head in q.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
-                ops::rope(&mut head[..c.dims], 1, c.dims, *pos, &c.inv_freq, style);
-            }
-            vc[row..row + kvd].copy_from_slice(&qkv[qd + kvd..]);
-            qs.push(q);
+        match c.kv {
+            KvType::F32 => cpu_paged::<f32>(c),
+            KvType::F16 => cpu_paged::<f16>(c),
         }
-        let mut out = vec![0f32; c.rows.len() * qd];
-        let (nh, nkv) = (h.n_heads as usize, h.n_kv as usize);
-        let window = c.window.map(|w| w as usize);
-        for ((q, (_, pos, table)), o) in qs.iter().zip(&c.rows).zip(out.chunks_exact_mut(qd)) {
-            let pages = Some(Pages { table, block_tokens: KV_BLOCK_TOKENS });
-            let isa = kernels_cpu::isa::detect();
-            kernels_cpu::attention::attention_paged_with(
-                isa, q, &kc, &vc, pages, *pos, 1, nh, nkv, hd, c.scale, window, o,
-            );
-        }
-        (out, kc, vc)
     }
 
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
@@ -459,6 +417,18 @@ impl Gpu {
         self.0.gpu.check().unwrap();
         v
     }
+
+    /// `count` values of a cache of `kv` elements, widened to f32 on the host (f16: with `half`).
+    fn read_kv(&self, b: &GpuBuffer, kv: KvType, count: usize) -> Vec<f32> {
+        match kv {
+            KvType::F32 => self.read(b, count),
+            KvType::F16 => {
+                let words: Vec<u32> = self.read(b, count.div_ceil(2)).iter().map(|w| w.to_bits()).collect();
+                let halves: &[u16] = bytemuck::cast_slice(&words);
+                halves[..count].iter().map(|&h| f16::from_bits(h).to_f32()).collect()
+            }
+        }
+    }
 }
 
 impl Ops for Gpu {
@@ -583,32 +553,23 @@ impl Ops for Gpu {
         let table = upload_f32(ctx, bytemuck::cast_slice(&table));
         let qkv = upload_f32(ctx, &c.qkv);
         let q = poisoned(ctx, c.n * qd);
-        let (kc, vc) = (upload_f32(ctx, &vec![0.0; c.ctx * kvd]), upload_f32(ctx, &vec![0.0; c.ctx * kvd]));
+        let zeros = vec![0.0; c.ctx * kvd];
+        let (kc, vc) = (upload_kv(ctx, c.kv, &zeros), upload_kv(ctx, c.kv, &zeros));
+        let cache = KvCache { k: &kc, v: &vc, ty: c.kv };
         let (st, map) = (step(ctx, c.n as u32, c.pos0 as u32), upload_u32(ctx, &[0]));
-        let d = pollster::block_on(misc::rope_store(
-            ctx,
-            c.heads,
-            c.dims as u32,
-            c.half,
-            &st,
-            &qkv,
-            &table,
-            &q,
-            &kc,
-            &vc,
-            &map,
-        ))
-        .unwrap();
+        let d = misc::rope_store(ctx, c.heads, c.dims as u32, c.half, &st, &qkv, &table, &q, cache, &map);
+        let d = pollster::block_on(d).unwrap();
         self.run(&[&d], c.n as u32);
-        (self.read(&q, c.n * qd), self.read(&kc, c.ctx * kvd), self.read(&vc, c.ctx * kvd))
+        (self.read(&q, c.n * qd), self.read_kv(&kc, c.kv, c.ctx * kvd), self.read_kv(&vc, c.kv, c.ctx * kvd))
     }
 
     fn attention(&self, c: &AttnCase) -> Vec<f32> {
         let ctx = self.0;
-        let (q, k, v) = (upload_f32(ctx, &c.q), upload_f32(ctx, &c.k), upload_f32(ctx, &c.v));
+        let (q, k, v) = (upload_f32(ctx, &c.q), upload_kv(ctx, c.kv, &c.k), upload_kv(ctx, c.kv, &c.v));
+        let cache = KvCache { k: &k, v: &v, ty: c.kv };
         let out = poisoned(ctx, c.q.len());
         let (st, map) = (step(ctx, c.n as u32, c.pos0 as u32), upload_u32(ctx, &[0]));
-        let d = attention::prefill(ctx, c.heads, c.scale, c.window, &st, &q, &k, &v, &out, &map);
+        let d = attention::prefill(ctx, c.heads, c.scale, c.window, &st, &q, cache, &out, &map);
         let d = pollster::block_on(d).unwrap();
         self.run(&[&d], c.n as u32);
         self.read(&out, c.q.len())
@@ -619,17 +580,18 @@ impl Ops for Gpu {
         let h = c.heads;
         let table = misc::cos_sin_table(&c.inv_freq, c.pos + 1);
         let cos_sin = upload_f32(ctx, bytemuck::cast_slice(&table));
-        let (qkv, k, v) = (upload_f32(ctx, &c.qkv), upload_f32(ctx, &c.k), upload_f32(ctx, &c.v));
+        let (qkv, k, v) = (upload_f32(ctx, &c.qkv), upload_kv(ctx, c.kv, &c.k), upload_kv(ctx, c.kv, &c.v));
+        let cache = KvCache { k: &k, v: &v, ty: c.kv };
         let qd = h.q_dim() as usize;
         let (q, out, st) = (poisoned(ctx, qd), poisoned(ctx, qd), step(ctx, 1, c.pos as u32));
         let part = attention::partials(ctx, h, c.splits, 1).unwrap();
         let map = upload_u32(ctx, &[0]);
-        let r = misc::rope_store(ctx, h, c.dims as u32, c.half, &st, &qkv, &cos_sin, &q, &k, &v, &map);
+        let r = misc::rope_store(ctx, h, c.dims as u32, c.half, &st, &qkv, &cos_sin, &q, cache, &map);
         let r = pollster::block_on(r).unwrap();
-        let d = attention::decode(ctx, h, c.splits, c.scale, c.window, &st, &q, &k, &v, &part, &out, &map);
+        let d = attention::decode(ctx, h, c.splits, c.scale, c.window, &st, &q, cache, &part, &out, &map);
         let (a, b) = pollster::block_on(d).unwrap();
         self.run(&[&r, &a, &b], 1);
-        (self.read(&out, qd), self.read(&k, c.k.len()), self.read(&v, c.v.len()))
+        (self.read(&out, qd), self.read_kv(&k, c.kv, c.k.len()), self.read_kv(&v, c.kv, c.v.len()))
     }
 
     fn paged_decode(&self, c: &PagedCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -640,7 +602,8 @@ impl Ops for Gpu {
         let table = misc::cos_sin_table(&c.inv_freq, last + 1);
         let cos_sin = upload_f32(ctx, bytemuck::cast_slice(&table));
         let qkv: Vec<f32> = c.rows.iter().flat_map(|r| r.0.iter().copied()).collect();
-        let (qkv, k, v) = (upload_f32(ctx, &qkv), upload_f32(ctx, &c.k), upload_f32(ctx, &c.v));
+        let (qkv, k, v) = (upload_f32(ctx, &qkv), upload_kv(ctx, c.kv, &c.k), upload_kv(ctx, c.kv, &c.v));
+        let cache = KvCache { k: &k, v: &v, ty: c.kv };
         let qd = h.q_dim() as usize;
         let (q, out) = (poisoned(ctx, n * qd), poisoned(ctx, n * qd));
         // The seqmap as the engine writes it: (position, where the row's block table starts) per row, then the
@@ -653,12 +616,12 @@ impl Ops for Gpu {
         }
         let (map, st) = (upload_u32(ctx, &map), upload_u32(ctx, &[n as u32, 0, 0, 1]));
         let part = attention::partials(ctx, h, c.splits, n as u32).unwrap();
-        let r = misc::rope_store(ctx, h, c.dims as u32, c.half, &st, &qkv, &cos_sin, &q, &k, &v, &map);
+        let r = misc::rope_store(ctx, h, c.dims as u32, c.half, &st, &qkv, &cos_sin, &q, cache, &map);
         let r = pollster::block_on(r).unwrap();
-        let d = attention::decode(ctx, h, c.splits, c.scale, c.window, &st, &q, &k, &v, &part, &out, &map);
+        let d = attention::decode(ctx, h, c.splits, c.scale, c.window, &st, &q, cache, &part, &out, &map);
         let (a, b) = pollster::block_on(d).unwrap();
         self.run(&[&r, &a, &b], n as u32);
-        (self.read(&out, n * qd), self.read(&k, c.k.len()), self.read(&v, c.v.len()))
+        (self.read(&out, n * qd), self.read_kv(&k, c.kv, c.k.len()), self.read_kv(&v, c.kv, c.v.len()))
     }
 
     fn silu_mul(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
@@ -872,4 +835,92 @@ impl Uploaded {
             y_stride: c.width() as u32,
         }
     }
+}
+
+/// A cache of `E` elements holding `values` (rounded as the CPU engine's store rounds).
+fn cpu_cache<E: KvElem>(values: &[f32]) -> Vec<E> {
+    values.iter().map(|&v| E::from_f32(v)).collect()
+}
+
+fn widen<E: KvElem>(cache: &[E]) -> Vec<f32> {
+    cache.iter().map(|&v| v.to_f32()).collect()
+}
+
+fn cpu_rope_store<E: KvElem>(c: &RopeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (qd, kvd, hd) = (c.heads.q_dim() as usize, c.heads.kv_dim() as usize, c.heads.head_dim as usize);
+    let stride = qd + 2 * kvd;
+    let style = if c.half { RopeStyle::Half } else { RopeStyle::Interleaved };
+    let mut q = vec![0f32; c.n * qd];
+    let (mut kc, mut vc) = (cpu_cache::<E>(&vec![0.0; c.ctx * kvd]), cpu_cache::<E>(&vec![0.0; c.ctx * kvd]));
+    for t in 0..c.n {
+        let row = &c.qkv[t * stride..(t + 1) * stride];
+        let pos = c.pos0 + t;
+        let qt = &mut q[t * qd..(t + 1) * qd];
+        qt.copy_from_slice(&row[..qd]);
+        let mut kt = row[qd..qd + kvd].to_vec();
+        for head in qt.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
+            ops::rope(&mut head[..c.dims], 1, c.dims, pos, &c.inv_freq, style);
+        }
+        kernels_cpu::kv_store(&mut kc, pos, &kt);
+        kernels_cpu::kv_store(&mut vc, pos, &row[qd + kvd..]);
+    }
+    (q, widen(&kc), widen(&vc))
+}
+
+fn cpu_attention<E: KvElem>(c: &AttnCase) -> Vec<f32> {
+    let h = c.heads;
+    let mut out = vec![0f32; c.n * h.q_dim() as usize];
+    let (nh, nkv, hd) = (h.n_heads as usize, h.n_kv as usize, h.head_dim as usize);
+    let window = c.window.map(|w| w as usize);
+    let (k, v) = (cpu_cache::<E>(&c.k), cpu_cache::<E>(&c.v));
+    kernels_cpu::attention_window(&c.q, &k, &v, c.pos0, c.n, nh, nkv, hd, c.scale, window, &mut out);
+    out
+}
+
+fn cpu_decode<E: KvElem>(c: &DecodeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let h = c.heads;
+    let (qd, kvd, hd) = (h.q_dim() as usize, h.kv_dim() as usize, h.head_dim as usize);
+    let style = if c.half { RopeStyle::Half } else { RopeStyle::Interleaved };
+    let mut q = c.qkv[..qd].to_vec();
+    let (mut kc, mut vc) = (cpu_cache::<E>(&c.k), cpu_cache::<E>(&c.v));
+    let mut kt = c.qkv[qd..qd + kvd].to_vec();
+    for head in q.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
+        ops::rope(&mut head[..c.dims], 1, c.dims, c.pos, &c.inv_freq, style);
+    }
+    kernels_cpu::kv_store(&mut kc, c.pos, &kt);
+    kernels_cpu::kv_store(&mut vc, c.pos, &c.qkv[qd + kvd..]);
+    let mut out = vec![0f32; qd];
+    let (nh, nkv) = (h.n_heads as usize, h.n_kv as usize);
+    let window = c.window.map(|w| w as usize);
+    kernels_cpu::attention_window(&q, &kc, &vc, c.pos, 1, nh, nkv, hd, c.scale, window, &mut out);
+    (out, widen(&kc), widen(&vc))
+}
+
+fn cpu_paged<E: KvElem>(c: &PagedCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let h = c.heads;
+    let (qd, kvd, hd) = (h.q_dim() as usize, h.kv_dim() as usize, h.head_dim as usize);
+    let style = if c.half { RopeStyle::Half } else { RopeStyle::Interleaved };
+    let (mut kc, mut vc) = (cpu_cache::<E>(&c.k), cpu_cache::<E>(&c.v));
+    let mut qs = Vec::new();
+    for (qkv, pos, table) in &c.rows {
+        let pages = Some(Pages { table, block_tokens: KV_BLOCK_TOKENS });
+        let row = Pages::row(pages, *pos);
+        let mut q = qkv[..qd].to_vec();
+        let mut kt = qkv[qd..qd + kvd].to_vec();
+        for head in q.chunks_exact_mut(hd).chain(kt.chunks_exact_mut(hd)) {
+            ops::rope(&mut head[..c.dims], 1, c.dims, *pos, &c.inv_freq, style);
+        }
+        kernels_cpu::kv_store(&mut kc, row, &kt);
+        kernels_cpu::kv_store(&mut vc, row, &qkv[qd + kvd..]);
+        qs.push(q);
+    }
+    let mut out = vec![0f32; c.rows.len() * qd];
+    let (nh, nkv) = (h.n_heads as usize, h.n_kv as usize);
+    let window = c.window.map(|w| w as usize);
+    for ((q, (_, pos, table)), o) in qs.iter().zip(&c.rows).zip(out.chunks_exact_mut(qd)) {
+        let pages = Some(Pages { table, block_tokens: KV_BLOCK_TOKENS });
+        let isa = kernels_cpu::isa::detect();
+        kernels_cpu::attention::attention_paged_with(isa, q, &kc, &vc, pages, *pos, 1, nh, nkv, hd, c.scale, window, o);
+    }
+    (out, widen(&kc), widen(&vc))
 }

@@ -12,9 +12,10 @@ use half::f16;
 use kernels_cpu::{Matrix, Weights, GROUP};
 use omex::backend::gpu::buffers::{GpuBuffer, Purpose};
 use omex::backend::gpu::ops::misc::{self, Heads};
-use omex::backend::gpu::ops::{attention, Linear, Mat, MatvecKernel, Output};
+use omex::backend::gpu::ops::{attention, KvCache, Linear, Mat, MatvecKernel, Output};
 use omex::backend::gpu::weights::GpuMatrix;
 use omex::backend::gpu::{DeviceOptions, GpuContext, Region};
+use omex::backend::KvType;
 use std::rc::Rc;
 use wasm_bindgen_test::*;
 
@@ -165,8 +166,9 @@ async fn decode_attention_matches_kernels_cpu() {
             let part = attention::partials(&ctx, h, splits, 1).unwrap();
             // The step says unpaged (one sequence, cache row = position), so the seqmap is not read.
             let map = upload(&ctx, &[0]);
+            let cache = KvCache { k: &kb, v: &vb, ty: KvType::F32 };
             let (a, b) =
-                attention::decode(&ctx, h, splits, scale, None, &st, &qb, &kb, &vb, &part, &out, &map).await.unwrap();
+                attention::decode(&ctx, h, splits, scale, None, &st, &qb, cache, &part, &out, &map).await.unwrap();
             ctx.run(&[a, b], 1);
             let got = ctx.read_f32(&out, 0, qd).await.unwrap();
             assert_close(&format!("decode attention {h:?} pos={pos} splits={splits}"), &got, &want, 1e-5);

@@ -13,7 +13,7 @@ use super::ops::misc::{self, SampleParams};
 use super::plan::{Buffers, Model, Plan, Residency, Sizes, Stage, MAX_STEPS};
 use super::streaming::{self, Slots};
 use crate::arch::Program;
-use crate::backend::{Activations, Engine, KvBlocks, Logits, SeqChunk, WeightRef, KV_BLOCK_TOKENS};
+use crate::backend::{Activations, Engine, KvBlocks, KvType, Logits, SeqChunk, WeightRef, KV_BLOCK_TOKENS};
 use crate::error::{Error, Result};
 use crate::format::ModelDir;
 use crate::graph::Transformer;
@@ -55,6 +55,8 @@ pub struct GpuOptions {
     pub kv_tokens: usize,
     /// Sequences one batched decode pass takes at most (sizes the attention partials and block tables).
     pub max_seqs: u32,
+    /// The KV cache's element type (`--kv`): f16 by default, as on the CPU engine.
+    pub kv: KvType,
 }
 
 impl GpuOptions {
@@ -73,6 +75,7 @@ impl GpuOptions {
             memory_trace: None,
             kv_tokens: 0,
             max_seqs: 1,
+            kv: KvType::default(),
         }
     }
 
@@ -89,6 +92,7 @@ impl GpuOptions {
             logit_rows,
             splits: attention_splits(self),
             max_seqs: self.max_seqs.max(1),
+            kv: self.kv,
         }
     }
 }
@@ -114,7 +118,8 @@ fn sizes_for_budget(program: &Program, opts: &GpuOptions, max_batch: u32, logit_
     let Some(budget) = opts.budget.as_ref().map(|b| b.bytes) else { return (max_batch, logit_rows) };
     let share = budget / 8;
     let mut batch = max_batch;
-    let sizes = |batch| Sizes { ctx_len: 1, kv_rows: 1, max_batch: batch, logit_rows: 1, splits: 1, max_seqs: 1 };
+    let sizes =
+        |batch| Sizes { ctx_len: 1, kv_rows: 1, max_batch: batch, logit_rows: 1, splits: 1, max_seqs: 1, kv: opts.kv };
     while batch > 1 && Buffers::bytes(program, &sizes(batch)).1 > share {
         batch /= 2;
     }
@@ -171,13 +176,23 @@ pub fn plan_memory(
     let budget = opts.budget.as_ref().expect("only a budget is too small");
     Err(Error::Usage(format!(
         "the GPU memory budget of {} ({}) is too small for this model at a context of {} tokens: streaming \
-         needs at least {} ({} of them the KV cache; a smaller --ctx shrinks it)",
+         needs at least {} ({} of them the {} KV cache; a smaller --ctx shrinks it{})",
         mb(e.budget),
         budget.source,
         opts.context_length,
         mb_up(e.minimum),
-        mb(kv)
+        mb(kv),
+        kv_name(opts.kv),
+        if opts.kv == KvType::F32 { ", to half with --kv f16" } else { "" }
     )))
+}
+
+/// The KV cache type as `--kv` spells it.
+fn kv_name(kv: KvType) -> &'static str {
+    match kv {
+        KvType::F32 => "f32",
+        KvType::F16 => "f16",
+    }
 }
 
 fn mb(bytes: u64) -> String {
@@ -789,7 +804,7 @@ impl Engine for GpuEngine {
                 format!("int8 activations in {int8} of {all} decode matvecs, f32 elsewhere")
             }
         };
-        format!("gpu ({}, {activations}, f32 KV cache)", self.ctx.gpu.describe())
+        format!("gpu ({}, {activations}, {} KV cache)", self.ctx.gpu.describe(), kv_name(self.opts.kv))
     }
 
     fn context_length(&self) -> usize {

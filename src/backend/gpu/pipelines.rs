@@ -84,38 +84,57 @@ pub const EMBED: Kernel = Kernel {
     bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, ReadWrite)],
     source: shader!(quant "embed.wgsl"),
 };
+/// Parameters, step, qkv, cos/sin, q, K cache, V cache, seqmap.
+const ROPE_BINDINGS: &[(u32, Access)] =
+    &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, ReadWrite), (5, ReadWrite), (6, ReadWrite), (7, Read)];
+/// RoPE and the KV store into an f32 cache; [`ROPE_F16`] is the same source over an f16 cache (the element
+/// type is the prelude, shaders/kv_f32.wgsl or kv_f16.wgsl; so for every kernel that touches the cache).
 pub const ROPE: Kernel = Kernel {
     name: "rope",
     entry: "main",
-    bindings: &[
-        (0, Uniform),
-        (1, Read),
-        (2, Read),
-        (3, Read),
-        (4, ReadWrite),
-        (5, ReadWrite),
-        (6, ReadWrite),
-        (7, Read),
-    ],
-    source: shader!("pages.wgsl" + "rope.wgsl"),
+    bindings: ROPE_BINDINGS,
+    source: shader!("pages.wgsl" + "kv_f32.wgsl" + "rope.wgsl"),
 };
+pub const ROPE_F16: Kernel = Kernel {
+    name: "rope_f16",
+    entry: "main",
+    bindings: ROPE_BINDINGS,
+    source: shader!("pages.wgsl" + "kv_f16.wgsl" + "rope.wgsl"),
+};
+const ATTN_DECODE_BINDINGS: &[(u32, Access)] =
+    &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite), (8, Read)];
 pub const ATTN_DECODE: Kernel = Kernel {
     name: "attention_decode",
     entry: "partial",
-    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite), (8, Read)],
-    source: shader!("pages.wgsl" + "attention_decode.wgsl"),
+    bindings: ATTN_DECODE_BINDINGS,
+    source: shader!("pages.wgsl" + "kv_f32.wgsl" + "attention_decode.wgsl"),
 };
+pub const ATTN_DECODE_F16: Kernel = Kernel {
+    name: "attention_decode_f16",
+    entry: "partial",
+    bindings: ATTN_DECODE_BINDINGS,
+    source: shader!("pages.wgsl" + "kv_f16.wgsl" + "attention_decode.wgsl"),
+};
+/// The combine step reads only the partials: one pipeline for every cache type.
 pub const ATTN_COMBINE: Kernel = Kernel {
     name: "attention_decode",
     entry: "combine",
     bindings: &[(0, Uniform), (1, Read), (6, ReadWrite), (7, Read), (8, Read)],
-    source: shader!("pages.wgsl" + "attention_decode.wgsl"),
+    source: shader!("pages.wgsl" + "kv_f32.wgsl" + "attention_decode.wgsl"),
 };
+const ATTN_PREFILL_BINDINGS: &[(u32, Access)] =
+    &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite), (6, Read)];
 pub const ATTN_PREFILL: Kernel = Kernel {
     name: "attention_prefill",
     entry: "main",
-    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite), (6, Read)],
-    source: shader!("pages.wgsl" + "attention_prefill.wgsl"),
+    bindings: ATTN_PREFILL_BINDINGS,
+    source: shader!("pages.wgsl" + "kv_f32.wgsl" + "attention_prefill.wgsl"),
+};
+pub const ATTN_PREFILL_F16: Kernel = Kernel {
+    name: "attention_prefill_f16",
+    entry: "main",
+    bindings: ATTN_PREFILL_BINDINGS,
+    source: shader!("pages.wgsl" + "kv_f16.wgsl" + "attention_prefill.wgsl"),
 };
 pub const RMSNORM: Kernel = Kernel {
     name: "norm",

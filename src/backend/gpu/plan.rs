@@ -5,11 +5,13 @@
 
 use super::buffers::{GpuBuffer, Purpose};
 use super::context::{Dispatch, GpuContext, Region};
-use super::ops::{attention, misc, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT};
+use super::ops::{
+    attention, kv, misc, KvCache, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT,
+};
 use super::streaming::{Copy, RowLayout, Slots, Unit, UnitKind};
 use super::weights::{GpuFile, GpuMatrix};
 use crate::arch::{Buf, NormOp, Op, Program, QkPart};
-use crate::backend::{Activations, WeightRef};
+use crate::backend::{Activations, KvType, WeightRef};
 use crate::error::{Error, Result};
 use crate::format::{DType, ModelDir, SectionKind};
 use crate::graph::{Activation, Norm as NormKind, RopeStyle};
@@ -313,7 +315,9 @@ pub(super) struct Buffers {
     part: GpuBuffer,
     /// One table per rope of the program.
     cos_sin: Vec<GpuBuffer>,
+    /// Each block's K and V caches, of `kv_type` elements.
     kv: Vec<(GpuBuffer, GpuBuffer)>,
+    kv_type: KvType,
 }
 
 /// Tokens a multi-step decode records into one submission at most.
@@ -329,7 +333,7 @@ impl Buffers {
     pub fn bytes(p: &Program, s: &Sizes) -> (u64, u64) {
         let w = |bytes: u64| bytes.div_ceil(16).max(1) * 16;
         let b = s.max_batch as u64;
-        let kv = 2 * p.blocks.len() as u64 * w(4 * s.kv_rows as u64 * p.heads.kv_dim() as u64);
+        let kv = 2 * p.blocks.len() as u64 * w(s.kv_rows as u64 * kv::row_bytes(s.kv, p.heads.kv_dim()));
         let ropes = p.ropes.iter().map(|r| w(8 * s.ctx_len as u64 * r.inv_freq.len() as u64));
         let activations = [16, 4 * b, 4 * MAX_STEPS as u64, 4 * s.logit_rows as u64 * p.vocab as u64]
             .into_iter()
@@ -346,10 +350,9 @@ impl Buffers {
     pub fn new(ctx: &GpuContext, p: &Program, s: &Sizes) -> Result<Buffers> {
         let act = |label: &str, values: u64| ctx.pool.storage(label, 4 * values, Purpose::Activations);
         let (ctx_len, b) = (s.ctx_len, s.max_batch as u64);
-        let kvd = p.heads.kv_dim() as u64;
         let kv = (0..p.blocks.len())
             .map(|l| {
-                let bytes = 4 * s.kv_rows as u64 * kvd;
+                let bytes = s.kv_rows as u64 * kv::row_bytes(s.kv, p.heads.kv_dim());
                 Ok((
                     ctx.pool.storage(&format!("k cache {l}"), bytes, Purpose::KvCache)?,
                     ctx.pool.storage(&format!("v cache {l}"), bytes, Purpose::KvCache)?,
@@ -389,6 +392,7 @@ impl Buffers {
             part: attention::partials(ctx, p.heads, s.splits, s.max_seqs)?,
             cos_sin,
             kv,
+            kv_type: s.kv,
         })
     }
 
@@ -463,6 +467,8 @@ pub(super) struct Sizes {
     pub splits: u32,
     /// Sequences a batched decode pass takes at most.
     pub max_seqs: u32,
+    /// The KV cache's element type.
+    pub kv: KvType,
 }
 
 /// The eps of an RMS norm that runs on its own (head and post norms); LayerNorm runs there only before a
@@ -589,7 +595,8 @@ impl Lowering<'_> {
     async fn op(&self, op: &Op, fuse_swiglu: bool, list: &mut Vec<Dispatch>) -> Result<bool> {
         let (ctx, p, b, layer) = (self.ctx, self.p, self.b, self.layer);
         let (st, h, tokens) = (&b.step, p.heads, self.tokens);
-        let (kc, vc) = &b.kv[self.l];
+        let (k, v) = &b.kv[self.l];
+        let cache = KvCache { k, v, ty: b.kv_type };
         match op {
             Op::Linear { input, norm, mats, output, add } => {
                 if norm.is_some() && *input != Buf::Hidden {
@@ -639,17 +646,17 @@ impl Lowering<'_> {
                 let half = r.style == RopeStyle::Half;
                 // RoPE and the KV store stay a dispatch of their own: folded into the decode attention, they made
                 // it 16 us slower per block on an H200 (the caches it reads become read_write), for 9 us saved.
-                list.push(misc::rope_store(ctx, h, r.dims, half, st, qkv, table, q, kc, vc, &b.seqmap).await?);
+                list.push(misc::rope_store(ctx, h, r.dims, half, st, qkv, table, q, cache, &b.seqmap).await?);
             }
             Op::Attention { window } => {
                 let (q, att, scale) = (b.get(Buf::Q), b.get(Buf::Attn), p.attention_scale);
                 let (part, map) = (&b.part, &b.seqmap);
                 if tokens == 0 || self.batched {
                     let (pa, co) =
-                        attention::decode(ctx, h, self.splits, scale, *window, st, q, kc, vc, part, att, map).await?;
+                        attention::decode(ctx, h, self.splits, scale, *window, st, q, cache, part, att, map).await?;
                     list.extend([pa, co]);
                 } else {
-                    list.push(attention::prefill(ctx, h, scale, *window, st, q, kc, vc, att, map).await?);
+                    list.push(attention::prefill(ctx, h, scale, *window, st, q, cache, att, map).await?);
                 }
             }
             Op::Glu { act } => {

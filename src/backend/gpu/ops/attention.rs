@@ -1,10 +1,12 @@
-//! Causal GQA attention over the f32 KV cache: the split decode kernel with its combine step
-//! (shaders/attention_decode.wgsl) and the tiled prefill kernel (shaders/attention_prefill.wgsl).
+//! Causal GQA attention over the KV cache (f32 or f16, read as stored: [`KvCache`]): the split decode kernel
+//! with its combine step (shaders/attention_decode.wgsl) and the tiled prefill kernel
+//! (shaders/attention_prefill.wgsl).
 
+use super::kv::{self, KvCache};
 use super::misc::Heads;
 use crate::backend::gpu::buffers::{GpuBuffer, Purpose};
 use crate::backend::gpu::context::{Dispatch, GpuContext, Grid};
-use crate::backend::gpu::pipelines::{ATTN_COMBINE, ATTN_DECODE, ATTN_PREFILL};
+use crate::backend::gpu::pipelines::ATTN_COMBINE;
 use crate::error::{Error, Result};
 
 /// Largest head dim the attention kernels hold in shared memory and registers.
@@ -58,8 +60,7 @@ pub async fn decode(
     window: Option<u32>,
     step: &GpuBuffer,
     q: &GpuBuffer,
-    k_cache: &GpuBuffer,
-    v_cache: &GpuBuffer,
+    cache: KvCache<'_>,
     part: &GpuBuffer,
     out: &GpuBuffer,
     seqmap: &GpuBuffer,
@@ -75,7 +76,7 @@ pub async fn decode(
     }
     let p = params(h, splits, scale, window)?;
     // The head size as a constant, so the per-key loops unroll.
-    let pipeline = ctx.pipelines.get(&ATTN_DECODE, &[("HD4", (h.head_dim / 4) as f64)]).await?;
+    let pipeline = ctx.pipelines.get(kv::kernels(cache.ty).decode, &[("HD4", (h.head_dim / 4) as f64)]).await?;
     let pbuf = ctx.pool.uniform("attention", bytemuck::bytes_of(&p))?;
     let bg = ctx.bind(
         &pipeline,
@@ -83,8 +84,8 @@ pub async fn decode(
             pbuf.binding(),
             step.binding(),
             q.binding(),
-            k_cache.binding(),
-            v_cache.binding(),
+            cache.k.binding(),
+            cache.v.binding(),
             part.binding(),
             seqmap.binding(),
         ],
@@ -111,14 +112,13 @@ pub async fn prefill(
     window: Option<u32>,
     step: &GpuBuffer,
     q: &GpuBuffer,
-    k_cache: &GpuBuffer,
-    v_cache: &GpuBuffer,
+    cache: KvCache<'_>,
     out: &GpuBuffer,
     seqmap: &GpuBuffer,
 ) -> Result<Dispatch> {
     check(h)?;
     let p = params(h, 0, scale, window)?;
-    let pipeline = ctx.pipelines.get(&ATTN_PREFILL, &[("HD4", (h.head_dim / 4) as f64)]).await?;
+    let pipeline = ctx.pipelines.get(kv::kernels(cache.ty).prefill, &[("HD4", (h.head_dim / 4) as f64)]).await?;
     let pbuf = ctx.pool.uniform("attention prefill", bytemuck::bytes_of(&p))?;
     let bg = ctx.bind(
         &pipeline,
@@ -126,8 +126,8 @@ pub async fn prefill(
             pbuf.binding(),
             step.binding(),
             q.binding(),
-            k_cache.binding(),
-            v_cache.binding(),
+            cache.k.binding(),
+            cache.v.binding(),
             out.binding(),
             seqmap.binding(),
         ],

@@ -1,10 +1,11 @@
 //! The small ops: embedding gather, RoPE with the KV store, RMS norm, element-wise add and SwiGLU, and the
 //! samplers (argmax, and sampling at a temperature with top-k, top-p and min-p).
 
+use super::kv::{self, KvCache};
 use crate::backend::gpu::buffers::GpuBuffer;
 use crate::backend::gpu::context::{Dispatch, GpuContext, Grid, Region};
 use crate::backend::gpu::pipelines::{
-    Kernel, ADD_ASSIGN, ADD_POSITIONS, ADVANCE, ARGMAX, EMBED, GELU, GELU_MUL, LAYERNORM, RMSNORM, ROPE, SAMPLE, SILU,
+    Kernel, ADD_ASSIGN, ADD_POSITIONS, ADVANCE, ARGMAX, EMBED, GELU, GELU_MUL, LAYERNORM, RMSNORM, SAMPLE, SILU,
     SILU_MUL,
 };
 use crate::backend::gpu::weights::GpuMatrix;
@@ -50,7 +51,8 @@ pub async fn embed(
 }
 
 /// RoPE and the KV store: from `qkv` (`[n, q | k | v]`), the rotated q into `q` (`[n, q_dim]`), the rotated k
-/// and the v rows into the caches at positions `pos..pos + n`. `cos_sin` is `[positions, dims / 2]` (cos, sin).
+/// and the v rows into the caches at positions `pos..pos + n`, rounded to the cache's element type.
+/// `cos_sin` is `[positions, dims / 2]` (cos, sin).
 #[allow(clippy::too_many_arguments)]
 pub async fn rope_store(
     ctx: &GpuContext,
@@ -61,10 +63,13 @@ pub async fn rope_store(
     qkv: &GpuBuffer,
     cos_sin: &GpuBuffer,
     q: &GpuBuffer,
-    k_cache: &GpuBuffer,
-    v_cache: &GpuBuffer,
+    cache: KvCache<'_>,
     seqmap: &GpuBuffer,
 ) -> Result<Dispatch> {
+    // One thread per pair of values, a pair inside one head.
+    if !h.head_dim.is_multiple_of(2) {
+        return Err(Error::Unsupported(format!("RoPE and the KV store on the GPU: an odd head dim of {}", h.head_dim)));
+    }
     let (qd, kvd) = (h.q_dim(), h.kv_dim());
     let p = [h.n_heads, h.n_kv, h.head_dim, dims, qd + 2 * kvd, qd, qd + kvd, 0];
     let constants = [("STYLE", half_style as u32 as f64)];
@@ -73,11 +78,12 @@ pub async fn rope_store(
         qkv.binding(),
         cos_sin.binding(),
         q.binding(),
-        k_cache.binding(),
-        v_cache.binding(),
+        cache.k.binding(),
+        cache.v.binding(),
         seqmap.binding(),
     ];
-    dispatch(ctx, &ROPE, &constants, &p, &res, Grid::TokensY { x: (qd + 2 * kvd).div_ceil(64) }).await
+    let grid = Grid::TokensY { x: (qd / 2 + kvd).div_ceil(64) };
+    dispatch(ctx, kv::kernels(cache.ty).rope, &constants, &p, &res, grid).await
 }
 
 /// The cos/sin table of RoPE for positions `0..positions`: `theta = f32(pos) * inv_freq[i]` rounded to f32,

@@ -2,9 +2,11 @@
 //! bound to the given buffers, ready to be recorded any number of times.
 
 pub mod attention;
+pub mod kv;
 pub mod linear;
 pub mod misc;
 
+pub use kv::KvCache;
 pub use linear::{
     Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT, MATVEC_TOKENS,
 };
