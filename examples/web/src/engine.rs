@@ -91,9 +91,14 @@ impl WebEngine {
                 #[allow(clippy::arc_with_non_send_sync)]
                 let ctx = Arc::new(GpuContext::open(&DeviceOptions { portable: false }).await?);
                 let adapter = summarize(&ctx);
-                let engine = GpuEngine::load(ctx, &model.dir, &model.config, GpuOptions::new(context_length)).await?;
+                let opts = GpuOptions::new(context_length);
+                let kv = match opts.kv {
+                    KvType::F32 => "f32",
+                    KvType::F16 => "f16",
+                };
+                let engine = GpuEngine::load(ctx, &model.dir, &model.config, opts).await?;
                 let name = if adapter.name.is_empty() { "WebGPU adapter" } else { adapter.name.as_str() };
-                let describe = format!("gpu ({name}, {} kernels, f32 activations, f32 KV cache)", adapter.kernels);
+                let describe = format!("gpu ({name}, {} kernels, f32 activations, {kv} KV cache)", adapter.kernels);
                 Ok(WebEngine {
                     inner: Inner::Gpu(Box::new(engine)),
                     kind: cfg.kind,
@@ -132,7 +137,7 @@ impl WebEngine {
         self.context_length
     }
 
-    /// "gpu (WebGPU adapter, portable kernels, f32 activations, f32 KV cache)".
+    /// "gpu (WebGPU adapter, portable kernels, f32 activations, f16 KV cache)".
     pub fn describe(&self) -> &str {
         &self.describe
     }
