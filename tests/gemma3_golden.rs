@@ -143,7 +143,10 @@ fn gpu_engine_matches_the_reference() {
     let Some(dir) = gemma3_omex() else { return };
     let Some(ctx) = gpu_common::gpu_arc() else { return };
     let model = Model::load(dir).unwrap();
-    let mut engine = GpuEngine::load_blocking(ctx, &model.dir, &model.config, GpuOptions::new(1024)).unwrap();
+    // An f32 KV cache, as the f32 reference (the default f16 cache is checked against the CPU engine in
+    // tests/gpu_engine.rs).
+    let opts = GpuOptions { kv: KvType::F32, ..GpuOptions::new(1024) };
+    let mut engine = GpuEngine::load_blocking(ctx, &model.dir, &model.config, opts).unwrap();
     let g = golden("gemma3_logits.json");
     // The shortest prompt and the one past the sliding window.
     for p in

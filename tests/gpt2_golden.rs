@@ -187,6 +187,7 @@ fn gpu_engine_matches_transformers() {
     let Some(ctx) = gpu_common::gpu_arc() else { return };
     let model = Model::load(gpt2_omex()).unwrap();
     let mut opts = GpuOptions::new(128);
+    opts.kv = KvType::F32; // as the f32 reference
     opts.kv_tokens = 4 * 128;
     opts.max_seqs = 4;
     let mut g = GpuEngine::load_blocking(ctx, &model.dir, &model.config, opts).unwrap();

@@ -292,7 +292,9 @@ fn gpu_engine_matches_the_reference() {
     let Some(dir) = qwen05_omex() else { return };
     let Some(ctx) = gpu_common::gpu_arc() else { return };
     let model = Model::load(dir).unwrap();
-    let mut engine = GpuEngine::load_blocking(ctx, &model.dir, &model.config, GpuOptions::new(64)).unwrap();
+    // An f32 KV cache, as the f32 reference.
+    let opts = GpuOptions { kv: KvType::F32, ..GpuOptions::new(64) };
+    let mut engine = GpuEngine::load_blocking(ctx, &model.dir, &model.config, opts).unwrap();
     let shortest = |file: &str| {
         let g = golden(file);
         let prompts = g["prompts"].as_array().unwrap().clone();
