@@ -205,6 +205,61 @@ fn gpu_engine_applies_adapters_unmerged() {
     let _ = std::fs::remove_dir_all(&model_dir);
 }
 
+/// The GPU engine's batched steps (several sequences' next tokens in one pass) under an adapter: the
+/// scheduler runs two requests of `all7` together, each getting the first greedy tokens of its reference.
+#[test]
+fn gpu_engine_batched_steps_apply_adapters() {
+    use futures::StreamExt;
+    use omex::runtime::scheduler::{Event, Request, Scheduler, SchedulerOptions};
+    if gpu_common::gpu_arc().is_none() {
+        return;
+    }
+    let r = reference();
+    let model_dir = private_model("gpubatch");
+    assert!(add(&model_dir, &fixture().join("all7"), "all7").0);
+    let model = std::sync::Arc::new(Model::load(&model_dir).unwrap());
+    let m = model.clone();
+    let opts = EngineOptions {
+        backend: BackendChoice::Gpu,
+        context_length: Some(128),
+        gpu_activations: Activations::F32,
+        kv: KvType::F32,
+        kv_tokens: 2 * 128,
+        max_sequences: 2,
+        ..Default::default()
+    };
+    let sched = Scheduler::start(
+        move || m.engine(&opts),
+        model.tokenizer.clone(),
+        SchedulerOptions { parallel: 2, ..Default::default() },
+    )
+    .unwrap();
+    let mut streams = Vec::new();
+    for p in [0, 1] {
+        let want = u32s(&r["adapters"]["all7"][p]["greedy"])[..4].to_vec();
+        let req = Request {
+            max_tokens: Some(want.len()),
+            ignore_eos: true,
+            adapters: model.active_adapters(&["all7".to_string()]).unwrap(),
+            ..Request::new(u32s(&r["prompts"][p]["token_ids"]))
+        };
+        streams.push((p, want, sched.submit(req).unwrap()));
+    }
+    for (p, want, mut s) in streams {
+        let mut ids = None;
+        while let Some(e) = futures::executor::block_on(s.next()) {
+            match e {
+                Event::Text(_) => {}
+                Event::Done(f) => ids = Some(f.ids),
+                Event::Error(e) => panic!("prompt {p}: {e}"),
+            }
+        }
+        assert_eq!(ids.expect("Done"), want, "GPU scheduler, all7, prompt {p}");
+    }
+    drop(sched);
+    let _ = std::fs::remove_dir_all(&model_dir);
+}
+
 /// The same `all7` adapter converted to a LoRA GGUF by llama.cpp's own `convert_lora_to_gguf.py`
 /// (scripts/reference/make_lora_gguf_fixture.py): imported by `omex adapter add`, it gives the transformers +
 /// peft reference of the PEFT original (its B rows of q and k come permuted as the GGUF base's are).
