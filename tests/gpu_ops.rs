@@ -913,3 +913,87 @@ fn sample_matches_the_reference(b: &dyn Ops) {
     let opts = SamplerOptions { temperature: 1.0, ..Default::default() };
     assert_eq!(b.sample(&[f32::NAN; 5], &opts, 0, 2), [0, 0], "{} sample of NaNs", b.name());
 }
+
+/// LoRA's down and up kernels (shaders/lora.wgsl, GPU only: the CPU engine runs kernels-cpu's products) against
+/// a plain f64 loop and the CPU engine's `lora::apply_cpu`: odd shapes, several rows, the RMS norm recomputed
+/// on load or not, the adapter's columns of `t` after another's, the up product adding into random outputs at
+/// a column offset. `t` starts poisoned; a row past the step's `n` must stay untouched.
+#[test]
+fn lora_down_up_match_cpu() {
+    use omex::backend::gpu::ops::lora::{self, GpuLoraMat, Scratch};
+    use omex::backend::gpu::ops::Norm;
+    use omex::backend::gpu::Region;
+    use omex::backend::lora::{apply_cpu, LoraMat};
+    use omex::format::adapter::Values;
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(0x10_7a);
+    for (rows, cols, rank, n, norm) in
+        [(5, 7, 3, 1, false), (33, 70, 4, 3, true), (130, 96, 16, 5, true), (64, 200, 8, 2, false)]
+    {
+        let (a, b) = (rng.vec(rank * cols, -0.5, 0.5), rng.vec(rows * rank, -0.5, 0.5));
+        let m = LoraMat { rows, cols, rank, scale: 1.0, a: Values::F32(a.clone()), b: Values::F32(b.clone()) };
+        // One row more than the step runs, and 3 values past each row's `cols`.
+        let x_stride = cols + 3;
+        let x = rng.vec((n + 1) * x_stride, -1.0, 1.0);
+        let (w, eps) = (rng.vec(cols, 0.5, 1.5), 1e-5f32);
+        let xhat: Vec<f64> = (0..n)
+            .flat_map(|i| {
+                let row = &x[i * x_stride..i * x_stride + cols];
+                match norm {
+                    true => rms_ref(row, &w, eps),
+                    false => row.iter().map(|&v| v as f64).collect(),
+                }
+            })
+            .collect();
+        let (width, col, s) = (rows + 9, 4usize, 0.75f32);
+        let base = rng.vec((n + 1) * width, -1.0, 1.0);
+        let mut want_t = vec![0f64; n * rank];
+        let mut want = base.iter().map(|&v| v as f64).collect::<Vec<_>>();
+        for i in 0..n {
+            for k in 0..rank {
+                want_t[i * rank + k] = (0..cols).map(|c| a[k * cols + c] as f64 * xhat[i * cols + c]).sum();
+            }
+            for r in 0..rows {
+                let bt: f64 = (0..rank).map(|k| b[r * rank + k] as f64 * want_t[i * rank + k]).sum();
+                want[i * width + col + r] += s as f64 * bt;
+            }
+        }
+        let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+        // The CPU engine's path on the same normed rows.
+        let xhat32: Vec<f32> = xhat.iter().map(|&v| v as f32).collect();
+        let mut cpu = base[..n * width].to_vec();
+        apply_cpu(&m, s, &xhat32, n, col, width, &mut Vec::new(), &mut Vec::new(), &mut cpu);
+        assert_close("lora on the CPU", &cpu, &want[..n * width], 1e-5, 1e-4);
+
+        let g = GpuLoraMat::upload(ctx, "test", &m).unwrap();
+        let (xb, yb) = (upload_f32(ctx, &x), upload_f32(ctx, &base));
+        // The norm weight 256 bytes into its buffer, as inside a layer file.
+        let mut words = vec![f32::NAN; 64];
+        words.extend_from_slice(&w);
+        let wb = upload_f32(ctx, &words);
+        let nm = Norm { region: Region::covering(&wb, &[(256, 4 * cols as u64)]), offset: 256, eps };
+        let (t_stride, offset) = (rank as u32 + 5, 2u32);
+        let tb = poisoned(ctx, (n + 1) * t_stride as usize);
+        let t = Scratch { t: &tb, stride: t_stride, offset };
+        let st = step(ctx, n as u32, 0);
+        let down = pollster::block_on(lora::down(ctx, &g, norm.then_some(nm), &st, &xb, x_stride as u32, t)).unwrap();
+        let up = pollster::block_on(lora::up(ctx, &g, s, &st, t, &yb, width as u32, col as u32)).unwrap();
+        ctx.run(&[down, up], n as u32);
+        let got_t = pollster::block_on(ctx.read_f32(&tb, 0, (n + 1) * t_stride as usize)).unwrap();
+        for (i, row) in got_t.chunks_exact(t_stride as usize).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let k = j as i64 - offset as i64;
+                if i < n && (0..rank as i64).contains(&k) {
+                    let wt = want_t[i * rank + k as usize];
+                    assert!((v as f64 - wt).abs() <= 1e-5 + 1e-4 * wt.abs(), "t[{i}, {j}]: {v} vs {wt}");
+                } else {
+                    assert_eq!(v.to_bits(), u32::MAX, "t[{i}, {j}] was written");
+                }
+            }
+        }
+        let got = pollster::block_on(ctx.read_f32(&yb, 0, (n + 1) * width)).unwrap();
+        assert_close(&format!("lora {rows}x{cols} rank {rank}, {n} rows, norm {norm}"), &got, &want, 1e-5, 1e-4);
+        // The adapter did change the outputs it targets.
+        assert!(got[col] != base[col], "the up product added nothing");
+    }
+}

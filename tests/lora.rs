@@ -1,9 +1,12 @@
 //! LoRA adapters on the real SmolLM2 against `transformers` + `peft` (tests/data/lora/, made by
 //! scripts/reference/make_lora_fixture.py): imported with `omex adapter add`, applied unmerged on the CPU
 //! engine in f32, switched between requests of one session; and every kind of bad input refused with a message
-//! naming what is wrong.
+//! naming what is wrong. The GPU engine (lavapipe on CI) is held to the same reference.
 
 mod common;
+mod gpu_common;
+#[path = "common/tiny_model.rs"]
+mod tiny_model;
 
 use common::{f64s, omex_bin, smollm2_omex, u32s};
 use omex::backend::{Activations, KvType, Logits};
@@ -11,6 +14,7 @@ use omex::runtime::{BackendChoice, EngineOptions, GenerateOptions, Model};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lora")
@@ -144,6 +148,193 @@ fn peft_adapters_match_transformers_and_switch_per_request() {
     }
     eprintln!("adapter switch times (model lookup excluded): {switch_us:.0?} us");
     let _ = std::fs::remove_dir_all(&model_dir);
+}
+
+/// The GPU engine applies the adapters unmerged too (f32 activations and KV cache, as the reference): each
+/// adapter's teacher-forced logits within the same bound, greedy tokens equal to the reference's across
+/// requests of one session that switch adapters, and switching back to a set run before is a swap of the
+/// kept dispatch lists (timed; the first switch to a set rebuilds them).
+#[test]
+fn gpu_engine_applies_adapters_unmerged() {
+    let Some(ctx) = gpu_common::gpu_arc() else { return };
+    let r = reference();
+    let model_dir = private_model("gpu");
+    for name in ["all7", "qv"] {
+        assert!(add(&model_dir, &fixture().join(name), name).0);
+    }
+    let model = Model::load(&model_dir).unwrap();
+    let opts = EngineOptions {
+        backend: BackendChoice::Gpu,
+        context_length: Some(128),
+        gpu_activations: Activations::F32,
+        kv: KvType::F32,
+        ..Default::default()
+    };
+    let gpu_opts = model.gpu_options(&opts).unwrap();
+    let gpu = omex::backend::gpu::GpuEngine::load_blocking(ctx, &model.dir, &model.config, gpu_opts).unwrap();
+    let mut engine: Box<dyn omex::backend::Engine> = Box::new(gpu);
+    let ids = u32s(&r["prompts"][0]["token_ids"]);
+    let base = engine.forward(&ids, 0, Logits::Last).unwrap();
+    let mut switch_us = Vec::new();
+    for name in ["all7", "qv", "all7"] {
+        let active = model.active_adapters(&[name.to_string()]).unwrap();
+        let t = std::time::Instant::now();
+        engine.set_adapters(&active).unwrap();
+        switch_us.push((name, t.elapsed().as_secs_f64() * 1e6));
+        let worst = check_logits(engine.as_mut(), &r, &r["adapters"][name], &format!("GPU {name}"));
+        eprintln!("GPU {name}: worst relative logit difference {worst:.2e}");
+        let adapted = engine.forward(&ids, 0, Logits::Last).unwrap();
+        let moved = adapted.iter().zip(&base).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(moved > 0.05, "GPU {name}: the logits moved by {moved} only: the adapter was not applied");
+    }
+    let t = std::time::Instant::now();
+    engine.set_adapters(&[]).unwrap();
+    switch_us.push(("base", t.elapsed().as_secs_f64() * 1e6));
+    check_logits(engine.as_mut(), &r, &r["base"], "GPU base after adapters");
+    eprintln!("GPU adapter switches (first to a set rebuilds the plan, later ones swap it): {switch_us:.0?} us");
+
+    // One session, requests switching adapters: each gives the first greedy tokens of its reference (a few:
+    // lavapipe runs this model at about a second a token).
+    let mut session = omex::runtime::Session::new(engine, model.tokenizer.clone());
+    for (name, p) in [("all7", 0), ("qv", 1), ("", 0), ("all7", 1)] {
+        let specs: Vec<String> = if name.is_empty() { vec![] } else { vec![name.to_string()] };
+        session.set_adapters(model.active_adapters(&specs).unwrap()).unwrap();
+        let expect = if name.is_empty() { &r["base"] } else { &r["adapters"][name] };
+        let want = &u32s(&expect[p]["greedy"])[..5];
+        let ids = u32s(&r["prompts"][p]["token_ids"]);
+        let g = session.generate_from_ids(ids, &greedy(want.len()), &mut |_| true).unwrap();
+        assert_eq!(g.output_ids, want, "GPU greedy tokens of {name:?} on prompt {p}");
+    }
+    let _ = std::fs::remove_dir_all(&model_dir);
+}
+
+/// The GPU engine's batched steps (several sequences' next tokens in one pass) under an adapter: the
+/// scheduler runs two requests of `all7` together, each getting the first greedy tokens of its reference.
+#[test]
+fn gpu_engine_batched_steps_apply_adapters() {
+    use futures::StreamExt;
+    use omex::runtime::scheduler::{Event, Request, Scheduler, SchedulerOptions};
+    if gpu_common::gpu_arc().is_none() {
+        return;
+    }
+    let r = reference();
+    let model_dir = private_model("gpubatch");
+    assert!(add(&model_dir, &fixture().join("all7"), "all7").0);
+    let model = std::sync::Arc::new(Model::load(&model_dir).unwrap());
+    let m = model.clone();
+    let opts = EngineOptions {
+        backend: BackendChoice::Gpu,
+        context_length: Some(128),
+        gpu_activations: Activations::F32,
+        kv: KvType::F32,
+        kv_tokens: 2 * 128,
+        max_sequences: 2,
+        ..Default::default()
+    };
+    let sched = Scheduler::start(
+        move || m.engine(&opts),
+        model.tokenizer.clone(),
+        SchedulerOptions { parallel: 2, ..Default::default() },
+    )
+    .unwrap();
+    let mut streams = Vec::new();
+    for p in [0, 1] {
+        let want = u32s(&r["adapters"]["all7"][p]["greedy"])[..4].to_vec();
+        let req = Request {
+            max_tokens: Some(want.len()),
+            ignore_eos: true,
+            adapters: model.active_adapters(&["all7".to_string()]).unwrap(),
+            ..Request::new(u32s(&r["prompts"][p]["token_ids"]))
+        };
+        streams.push((p, want, sched.submit(req).unwrap()));
+    }
+    for (p, want, mut s) in streams {
+        let mut ids = None;
+        while let Some(e) = futures::executor::block_on(s.next()) {
+            match e {
+                Event::Text(_) => {}
+                Event::Done(f) => ids = Some(f.ids),
+                Event::Error(e) => panic!("prompt {p}: {e}"),
+            }
+        }
+        assert_eq!(ids.expect("Done"), want, "GPU scheduler, all7, prompt {p}");
+    }
+    drop(sched);
+    let _ = std::fs::remove_dir_all(&model_dir);
+}
+
+/// A random rank-3 adapter (f32, scale 0.5 times 0.7) on every linear matrix of tiny random models (GQA with
+/// int4 matrices; gemma3 blocks with GeGLU and post norms; q/k/v biases with mixed layouts): the GPU engine's
+/// logits equal the CPU engine's through prefill chunks and single-token steps, and differ from the base's.
+#[test]
+fn gpu_engine_matches_cpu_with_adapters_on_tiny_models() {
+    use omex::backend::cpu::{CpuEngine, CpuOptions};
+    use omex::backend::gpu::{GpuEngine, GpuOptions};
+    use omex::backend::lora::{ActiveAdapter, Adapter, LoraMat};
+    use omex::backend::Engine;
+    use omex::format::adapter::Values;
+    use omex::format::{DType, ModelDir};
+    use tiny_model::{write_tiny_model, TinySpec};
+    let Some(ctx) = gpu_common::gpu_arc() else { return };
+    let window = omex::graph::SlidingWindow { window: 5, global_every: 3, local_rope_base: 100.0 };
+    let specs = [
+        ("gqa", TinySpec::small()),
+        (
+            "gemma3",
+            TinySpec { layers: 3, n_heads: 4, n_kv_heads: 1, head_dim: 32, gemma3: Some(window), ..TinySpec::small() },
+        ),
+        ("bias", TinySpec { qkv_bias: true, attn: DType::Int8, ffn: DType::F16, tied: false, ..TinySpec::small() }),
+    ];
+    let mut rng = gpu_common::Rng::new(0x1a7e);
+    for (name, spec) in specs {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lora-tiny-{name}-{}", std::process::id()));
+        let cfg = write_tiny_model(&path, &spec, 0x5eed ^ name.len() as u64);
+        let dir = ModelDir::open(&path).unwrap();
+        let program = omex::arch::program(&cfg).unwrap();
+        let mut mats = std::collections::HashMap::new();
+        for op in program.blocks.iter().flat_map(|b| &b.ops) {
+            if let omex::arch::Op::Linear { mats: ms, .. } = op {
+                for m in ms {
+                    let (rows, cols, rank) = (m.rows as usize, m.cols as usize, 3);
+                    let a = Values::F32(rng.vec(rank * cols, -0.3, 0.3));
+                    let b = Values::F32(rng.vec(rows * rank, -0.3, 0.3));
+                    mats.insert(m.weight.clone(), Arc::new(LoraMat { rows, cols, rank, scale: 0.5, a, b }));
+                }
+            }
+        }
+        let adapter = Arc::new(Adapter { name: "random".into(), mats });
+        let active = [ActiveAdapter { adapter, scale: 0.7 }];
+        let ctx_len = spec.context as usize;
+        let cpu_opts = CpuOptions {
+            threads: 2,
+            context_length: ctx_len,
+            activations: Activations::F32,
+            kv: KvType::F32,
+            max_batch: 512,
+            kv_tokens: 0,
+        };
+        let mut cpu = CpuEngine::load(&dir, &cfg, cpu_opts).unwrap();
+        let mut gpu_opts = GpuOptions::new(ctx_len);
+        // Chunks of 5: the prompt runs as short prefill chunks and a single-token step.
+        gpu_opts.max_batch = 5;
+        gpu_opts.kv = KvType::F32;
+        let mut gpu = GpuEngine::load_blocking(ctx.clone(), &dir, &cfg, gpu_opts).unwrap();
+        let prompt: Vec<u32> = (0..11).map(|i| (i * 37 + 5) % spec.vocab).collect();
+        let base = gpu.forward(&prompt, 0, Logits::All).unwrap();
+        cpu.set_adapters(&active).unwrap();
+        gpu.set_adapters(&active).unwrap();
+        let (c, g) = (cpu.forward(&prompt, 0, Logits::All).unwrap(), gpu.forward(&prompt, 0, Logits::All).unwrap());
+        let (c1, g1) = (cpu.forward(&[7], 11, Logits::Last).unwrap(), gpu.forward(&[7], 11, Logits::Last).unwrap());
+        let rel = |a: &[f32], b: &[f32]| {
+            let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+            a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+        };
+        let (d, d1, moved) = (rel(&g, &c), rel(&g1, &c1), rel(&g, &base));
+        eprintln!("{name}: GPU against CPU with the adapter {d:.2e} (prompt), {d1:.2e} (step); the adapter moved the logits {moved:.2e}");
+        assert!(d < 2e-4 && d1 < 2e-4, "{name}: the GPU engine's adapted logits differ from the CPU's by {d}, {d1}");
+        assert!(moved > 1e-2, "{name}: the adapter moved the GPU logits by {moved} only");
+        let _ = std::fs::remove_dir_all(&path);
+    }
 }
 
 /// The same `all7` adapter converted to a LoRA GGUF by llama.cpp's own `convert_lora_to_gguf.py`

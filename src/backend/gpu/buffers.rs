@@ -15,9 +15,11 @@ pub enum Purpose {
     Params = 3,
     /// Buffers the CPU reads back from.
     Staging = 4,
+    /// LoRA adapter matrices (resident, uploaded once per matrix).
+    Adapters = 5,
 }
 
-const PURPOSES: usize = 5;
+const PURPOSES: usize = 6;
 
 #[derive(Default)]
 struct Counters {
@@ -38,6 +40,7 @@ pub struct MemoryReport {
     pub activations: u64,
     pub params: u64,
     pub staging: u64,
+    pub adapters: u64,
 }
 
 /// A GPU buffer whose bytes are counted by the pool that made it.
@@ -113,6 +116,7 @@ impl BufferPool {
             activations: p(Purpose::Activations),
             params: p(Purpose::Params),
             staging: p(Purpose::Staging),
+            adapters: p(Purpose::Adapters),
         }
     }
 

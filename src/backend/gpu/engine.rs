@@ -7,12 +7,14 @@
 //! rest stream through upload slots ([`super::streaming`]): a forward pass is then one submission per
 //! streamed piece, each piece written from the mapped file while the GPU runs the piece before it.
 
+use super::adapters::{Adapters, SetPlan};
 use super::context::GpuContext;
 use super::device::DeviceOptions;
 use super::ops::misc::{self, SampleParams};
 use super::plan::{Buffers, Model, Plan, Residency, Sizes, Stage, MAX_STEPS};
 use super::streaming::{self, Slots};
 use crate::arch::Program;
+use crate::backend::lora::ActiveAdapter;
 use crate::backend::{Activations, Engine, KvBlocks, KvType, Logits, SeqChunk, WeightRef, KV_BLOCK_TOKENS};
 use crate::error::{Error, Result};
 use crate::format::ModelDir;
@@ -236,6 +238,10 @@ pub struct GpuEngine {
     logit_rows: u32,
     // Field order is drop order: dispatches before the buffers and weights they bind.
     plan: Plan,
+    /// The LoRA adapters `plan` applies, their uploads, and the plans of sets run before.
+    adapters: Adapters,
+    /// The op program (LoRA sets are resolved against its linear ops and plans rebuilt from it).
+    program: Program,
     bufs: Buffers,
     model: Model,
     staging: super::buffers::GpuBuffer,
@@ -289,7 +295,7 @@ impl GpuEngine {
             None => Some(WeightRef::load(dir, &cfg.token_embedding, &[cfg.vocab_size, cfg.hidden_size])?),
         };
         let bufs = Buffers::new(&ctx, &program, &opts.sizes(max_batch, logit_rows))?;
-        let plan = Plan::build(&ctx, &program, &model, &bufs, splits, opts.activations).await?;
+        let plan = Plan::build(&ctx, &program, &model, &bufs, splits, opts.activations, None).await?;
         let vocab_bytes = 4 * cfg.vocab_size as u64;
         let staging = ctx.pool.readback("readback", (logit_rows as u64 * vocab_bytes).max(4 * MAX_STEPS as u64))?;
         ctx.gpu.check()?;
@@ -337,6 +343,8 @@ impl GpuEngine {
             max_batch,
             logit_rows,
             plan,
+            adapters: Adapters::default(),
+            program,
             bufs,
             model,
             staging,
@@ -759,6 +767,38 @@ impl GpuEngine {
         Ok(out)
     }
 
+    /// [`Engine::set_adapters`]: the next forward passes apply `active`. A set run lately (the last few are
+    /// kept) comes back by swapping dispatch lists; a new one uploads the adapter matrices not on the GPU yet
+    /// (each once) and rebuilds the plan's dispatch lists over the same weights and buffers.
+    pub async fn set_adapters_async(&mut self, active: &[ActiveAdapter]) -> Result<()> {
+        if self.adapters.active == active {
+            return Ok(());
+        }
+        let next = match self.adapters.take_kept(active) {
+            Some(kept) => kept,
+            None => {
+                let set = self.adapters.uploads.set(&self.ctx, &self.program, active, self.max_batch)?;
+                let splits = attention_splits(&self.opts);
+                let (p, m, b, act) = (&self.program, &self.model, &self.bufs, self.opts.activations);
+                let plan = Plan::build(&self.ctx, p, m, b, splits, act, set.as_ref()).await?;
+                self.ctx.gpu.check()?;
+                log::info!(
+                    "LoRA: {} adapter bytes on the GPU; {} dispatches per decode step",
+                    self.adapters.uploads.bytes(),
+                    plan.decode_dispatches()
+                );
+                SetPlan { active: active.to_vec(), plan, set }
+            }
+        };
+        let previous = SetPlan {
+            active: std::mem::replace(&mut self.adapters.active, next.active),
+            plan: std::mem::replace(&mut self.plan, next.plan),
+            set: std::mem::replace(&mut self.adapters.set, next.set),
+        };
+        self.adapters.keep(previous);
+        Ok(())
+    }
+
     pub fn describe_device(&self) -> String {
         self.ctx.gpu.describe()
     }
@@ -837,6 +877,10 @@ impl Engine for GpuEngine {
 
     fn forward_batch(&mut self, seqs: &[SeqChunk]) -> Result<Vec<f32>> {
         pollster::block_on(self.forward_batch_async(seqs))
+    }
+
+    fn set_adapters(&mut self, active: &[ActiveAdapter]) -> Result<()> {
+        pollster::block_on(self.set_adapters_async(active))
     }
 }
 

@@ -14,6 +14,7 @@
 //! Every kernel has a portable variant (no subgroups, no f16, no cooperative matrices) that runs on WebGPU and
 //! lavapipe, and is tested against its kernels-cpu twin.
 
+mod adapters;
 pub mod buffers;
 pub mod context;
 pub mod device;

@@ -195,6 +195,21 @@ pub const MATVEC_Q8_SG: Kernel = Kernel {
     source: shader!("matvec_q8.wgsl" + "matvec_teams.wgsl" + "reduce_subgroup.wgsl"),
 };
 
+/// LoRA's `t = A x̂` (the RMS norm optionally recomputed on load): parameters, step, norm weight, x, A, t.
+pub const LORA_DOWN: Kernel = Kernel {
+    name: "lora",
+    entry: "down",
+    bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
+    source: shader!("lora.wgsl"),
+};
+/// LoRA's `y += s B t`: parameters, step, B, t, y.
+pub const LORA_UP: Kernel = Kernel {
+    name: "lora",
+    entry: "up",
+    bindings: &[(0, Uniform), (1, Read), (6, Read), (7, Read), (8, ReadWrite)],
+    source: shader!("lora.wgsl"),
+};
+
 impl Kernel {
     pub fn source(&self) -> &'static str {
         self.source

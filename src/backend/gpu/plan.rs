@@ -3,6 +3,7 @@
 //! token ids change between forwards. Fusion is decided here: a norm before a product goes into the product's
 //! prologue, a residual add into its epilogue, and in decode a SwiGLU into the gate|up matvec.
 
+use super::adapters::LoraSet;
 use super::buffers::{GpuBuffer, Purpose};
 use super::context::{Dispatch, GpuContext, Region};
 use super::ops::{
@@ -575,6 +576,8 @@ struct Lowering<'a> {
     splits: u32,
     tokens: u32,
     mv: MatvecKernel,
+    /// The active LoRA adapters (`None`: the base alone).
+    loras: Option<&'a LoraSet>,
 }
 
 impl Lowering<'_> {
@@ -606,6 +609,21 @@ impl Lowering<'_> {
                 let (norm, x) = pro.lower(ctx, b, b.get(*input), p.width(*input), list).await?;
                 let ms: Vec<_> =
                     mats.iter().map(|m| (layer.get(&m.weight), m.bias.as_ref().map(|b| layer.get(b)))).collect();
+                // LoRA: the down products before the op's product (x̂ is read before y is written), the up
+                // products after it (adding to the stored or residual-added output is the same sum).
+                let (in_w, out_w) = (p.width(*input), p.width(*output));
+                let lora = match self.loras {
+                    Some(set) => set.lower(ctx, mats, norm, st, x, in_w, b.get(*output), out_w).await?,
+                    None => None,
+                };
+                let ups = match lora {
+                    Some((downs, ups)) => {
+                        list.extend(downs);
+                        ups
+                    }
+                    None => Vec::new(),
+                };
+                let fuse_swiglu = fuse_swiglu && ups.is_empty();
                 if let ([(gate, None), (up, None)], true, Buf::GateUp) = (ms.as_slice(), fuse_swiglu, output) {
                     if fusable(ctx, gate, up) {
                         let gu = [(*gate, 0, None), (*up, 0, None)];
@@ -625,6 +643,7 @@ impl Lowering<'_> {
                 let out = if *add { Output::Add } else { Output::Store };
                 let (y, stride) = (b.get(*output), p.width(*output));
                 list.extend(products(ctx, &placed, norm, out, st, x, y, stride, self.shape(), self.mv).await?);
+                list.extend(ups);
             }
             Op::HeadNorm { part, norm } => {
                 let (offset, groups) = match part {
@@ -723,7 +742,8 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    /// `activations`: the precision of the decode matvecs' activations (prefill matmuls take f32).
+    /// `activations`: the precision of the decode matvecs' activations (prefill matmuls take f32); `loras`:
+    /// the LoRA adapters every block list applies (the head and embedding have none).
     pub async fn build(
         ctx: &GpuContext,
         p: &Program,
@@ -731,6 +751,7 @@ impl Plan {
         b: &Buffers,
         splits: u32,
         activations: Activations,
+        loras: Option<&LoraSet>,
     ) -> Result<Plan> {
         let mv = MatvecKernel::for_activations(activations);
         let (st, vocab) = (&b.step, p.vocab);
@@ -748,7 +769,7 @@ impl Plan {
                 let mut ops = block.ops.iter().peekable();
                 while let Some(op) = ops.next() {
                     let fuse_swiglu = tokens == 0 && matches!(ops.peek(), Some(Op::Glu { act: Activation::Silu }));
-                    let lowered = Lowering { batched, ctx, p, b, layer, l, splits, tokens, mv };
+                    let lowered = Lowering { batched, ctx, p, b, layer, l, splits, tokens, mv, loras };
                     if lowered.op(op, fuse_swiglu, &mut list).await? {
                         ops.next();
                     }

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod kv;
 pub mod linear;
+pub mod lora;
 pub mod misc;
 
 pub use kv::KvCache;
