@@ -189,10 +189,7 @@ pub fn plan_memory(
 
 /// The KV cache type as `--kv` spells it.
 fn kv_name(kv: KvType) -> &'static str {
-    match kv {
-        KvType::F32 => "f32",
-        KvType::F16 => "f16",
-    }
+    kv.name()
 }
 
 fn mb(bytes: u64) -> String {
@@ -253,6 +250,9 @@ pub struct GpuEngine {
 impl GpuEngine {
     /// Uploads the model and compiles its forward pass on `ctx`.
     pub async fn load(ctx: Arc<GpuContext>, dir: &ModelDir, cfg: &Transformer, opts: GpuOptions) -> Result<GpuEngine> {
+        if opts.kv == KvType::Q8 {
+            return Err(Error::Unsupported("the GPU engine has no q8 KV cache yet: use --kv f16".into()));
+        }
         if opts.context_length == 0 || opts.context_length > cfg.context_length as usize {
             return Err(Error::Usage(format!(
                 "context length {} is outside 1..={} (the model's)",

@@ -22,7 +22,7 @@ pub struct KvCache<'a> {
 pub fn row_bytes(ty: KvType, kv_dim: u32) -> u64 {
     match ty {
         KvType::F32 => 4 * kv_dim as u64,
-        KvType::F16 => 2 * kv_dim as u64,
+        KvType::F16 | KvType::Q8 => 2 * kv_dim as u64,
     }
 }
 
@@ -36,6 +36,6 @@ pub(super) struct Kernels {
 pub(super) fn kernels(ty: KvType) -> Kernels {
     match ty {
         KvType::F32 => Kernels { rope: &ROPE, decode: &ATTN_DECODE, prefill: &ATTN_PREFILL },
-        KvType::F16 => Kernels { rope: &ROPE_F16, decode: &ATTN_DECODE_F16, prefill: &ATTN_PREFILL_F16 },
+        KvType::F16 | KvType::Q8 => Kernels { rope: &ROPE_F16, decode: &ATTN_DECODE_F16, prefill: &ATTN_PREFILL_F16 },
     }
 }
