@@ -183,7 +183,11 @@ pub fn plan_memory(
         mb_up(e.minimum),
         mb(kv),
         kv_name(opts.kv),
-        if opts.kv == KvType::F32 { ", to half with --kv f16" } else { "" }
+        match opts.kv {
+            KvType::F32 => ", to half with --kv f16",
+            KvType::F16 => ", to 56% with --kv q8",
+            KvType::Q8 => "",
+        }
     )))
 }
 
@@ -250,9 +254,7 @@ pub struct GpuEngine {
 impl GpuEngine {
     /// Uploads the model and compiles its forward pass on `ctx`.
     pub async fn load(ctx: Arc<GpuContext>, dir: &ModelDir, cfg: &Transformer, opts: GpuOptions) -> Result<GpuEngine> {
-        if opts.kv == KvType::Q8 {
-            return Err(Error::Unsupported("the GPU engine has no q8 KV cache yet: use --kv f16".into()));
-        }
+        opts.kv.check_head_dim(cfg.head_dim)?;
         if opts.context_length == 0 || opts.context_length > cfg.context_length as usize {
             return Err(Error::Usage(format!(
                 "context length {} is outside 1..={} (the model's)",
