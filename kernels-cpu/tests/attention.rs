@@ -34,8 +34,7 @@ fn reference<E: KvElem>(
                 .map(|j| match j < first {
                     true => f64::NEG_INFINITY,
                     false => {
-                        scale as f64
-                            * (0..hd).map(|d| qr[d] as f64 * k[(j * nkv + kh) * hd + d] as f64).sum::<f64>()
+                        scale as f64 * (0..hd).map(|d| qr[d] as f64 * k[(j * nkv + kh) * hd + d] as f64).sum::<f64>()
                     }
                 })
                 .collect();
@@ -43,8 +42,7 @@ fn reference<E: KvElem>(
             let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
             let z: f64 = e.iter().sum();
             for d in 0..hd {
-                out[(i * nh + h) * hd + d] =
-                    (0..len).map(|j| e[j] / z * v[(j * nkv + kh) * hd + d] as f64).sum();
+                out[(i * nh + h) * hd + d] = (0..len).map(|j| e[j] / z * v[(j * nkv + kh) * hd + d] as f64).sum();
             }
         }
     }

@@ -56,17 +56,20 @@ impl KvQ8 {
     }
 }
 
-/// f32 and f16, widened one value at a time (the SIMD loops' tails).
+/// f32 and f16, widened one value at a time (the AVX2 loops' tails).
+#[cfg(target_arch = "x86_64")]
 pub(crate) trait Scalar: Copy {
     fn widen(self) -> f32;
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Scalar for f32 {
     fn widen(self) -> f32 {
         self
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Scalar for f16 {
     fn widen(self) -> f32 {
         self.to_f32()

@@ -22,7 +22,12 @@ use rayon::prelude::*;
 /// Writes `row` (`n_kv_heads * head_dim` values) into the cache at position `pos`.
 pub fn kv_store<E: KvElem>(cache: &mut [E], pos: usize, row: &[f32]) {
     assert!(!row.is_empty(), "kv_store: empty row");
-    assert!(row.len().is_multiple_of(E::VALUES), "kv_store: a row of {} values is not blocks of {}", row.len(), E::VALUES);
+    assert!(
+        row.len().is_multiple_of(E::VALUES),
+        "kv_store: a row of {} values is not blocks of {}",
+        row.len(),
+        E::VALUES
+    );
     let w = row.len() / E::VALUES;
     assert!(
         (pos + 1) * w <= cache.len(),
