@@ -242,7 +242,7 @@ fn kernels(c: &mut Criterion) {
         });
         ctx.write(&st, 0, bytemuck::cast_slice(&[1u32, 0, 0, 0]));
     }
-    // Decode attention over a 4096-token cache, Llama-8B heads, in f32 and f16 (the bytes of K and V read).
+    // Decode attention over a 4096-token cache, Llama-8B heads, in f32, f16 and q8 (the bytes of K and V read).
     let h = Heads { n_heads: 32, n_kv: 8, head_dim: 128 };
     let ctx_len = 4096u32;
     let q = storage(&ctx, &vec![0.1; h.q_dim() as usize]);
@@ -250,11 +250,25 @@ fn kernels(c: &mut Criterion) {
     let halves: Vec<u16> = kv.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
     let out = storage(&ctx, &vec![0.0; h.q_dim() as usize]);
     ctx.write(&st, 0, bytemuck::cast_slice(&[1u32, ctx_len - 1, 0, 0]));
-    for ty in [KvType::F32, KvType::F16] {
+    // q8_0 blocks as the GPU holds them: 8 words of four int8, then the f16 scale.
+    let q8: Vec<u32> = kv
+        .chunks_exact(32)
+        .map(kernels_cpu::KvQ8::quantize)
+        .flat_map(|b| {
+            let words =
+                b.q.chunks_exact(4).map(|q| u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]));
+            words.chain([b.d.to_bits() as u32]).collect::<Vec<_>>()
+        })
+        .collect();
+    for ty in [KvType::F32, KvType::F16, KvType::Q8] {
         let (kc, vc) = match ty {
             KvType::F32 => (storage(&ctx, &kv), storage(&ctx, &kv)),
             KvType::F16 => {
                 let words: &[f32] = bytemuck::cast_slice(&halves);
+                (storage(&ctx, words), storage(&ctx, words))
+            }
+            KvType::Q8 => {
+                let words: &[f32] = bytemuck::cast_slice(&q8);
                 (storage(&ctx, words), storage(&ctx, words))
             }
         };

@@ -8,7 +8,7 @@
 // `combine`: one workgroup per (query head, row) merges the partials of the splits that held keys into the attention
 // output.
 //
-// The caches hold the prelude's element type (kv_f32.wgsl or kv_f16.wgsl), widened to f32 as they are read.
+// The caches hold the prelude's element type (kv_f32.wgsl, kv_f16.wgsl or kv_q8.wgsl), widened to f32 as they are read.
 // Scores are `scale * q . k` in f32, as in kernels-cpu's attention. With a window (p.window > 0) the keys are
 // the last `window` positions only, and the splits share those.
 
@@ -26,8 +26,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> st: Step;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> kc: array<KvQuad>;
-@group(0) @binding(4) var<storage, read> vc: array<KvQuad>;
+@group(0) @binding(3) var<storage, read> kc: array<KvWord>;
+@group(0) @binding(4) var<storage, read> vc: array<KvWord>;
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
 @group(0) @binding(8) var<storage, read> seqmap: array<u32>;
 
@@ -91,7 +91,7 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
             if kp < end {
                 var d = vec4<f32>(0.0);
                 for (var i = 0u; i < hd4; i++) {
-                    d += qs[r * hd4 + i] * kv_quad(kc[kb + i]);
+                    d += qs[r * hd4 + i] * k_quad(kb + i);
                 }
                 v = p.scale * (d.x + d.y + d.z + d.w);
             }
@@ -124,7 +124,7 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
                 let d = e % hd4;
                 var acc = o[k] * alpha[r];
                 for (var j = 0u; j < TILE; j++) {
-                    acc += sc[r * TILE + j] * kv_quad(vc[rows[j] * kvd4 + kvh * hd4 + d]);
+                    acc += sc[r * TILE + j] * v_quad(rows[j] * kvd4 + kvh * hd4 + d);
                 }
                 o[k] = acc;
             }

@@ -8,7 +8,7 @@
 // The K and V rows of a tile of KT keys go to shared memory once for the block's 16 queries; a lane scores
 // its KT / S keys of the tile, rescales its output once per tile and accumulates the probabilities times V.
 // At the end the S lanes of a query merge their (max, sum, output) through shared memory.
-// The caches hold the prelude's element type (kv_f32.wgsl or kv_f16.wgsl), widened to f32 into the tile.
+// The caches hold the prelude's element type (kv_f32.wgsl, kv_f16.wgsl or kv_q8.wgsl), widened to f32 into the tile.
 // Query i attends keys 0 ..= st.pos + i (with a window, p.window > 0, only the last `window` of them). Scores
 // are `scale * q . k` in f32, as in kernels-cpu's attention.
 
@@ -26,8 +26,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> st: Step;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> kc: array<KvQuad>;
-@group(0) @binding(4) var<storage, read> vc: array<KvQuad>;
+@group(0) @binding(3) var<storage, read> kc: array<KvWord>;
+@group(0) @binding(4) var<storage, read> vc: array<KvWord>;
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> seqmap: array<u32>;
 
@@ -79,8 +79,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
             let key = k0 + e / HD4;
             let at = cache_row(0u, min(key, kend - 1u)) * kvd4 + kvh * HD4 + e % HD4;
             let live = key < kend;
-            kv[e] = select(vec4<f32>(0.0), kv_quad(kc[at]), live);
-            kv[TILE4 + e] = select(vec4<f32>(0.0), kv_quad(vc[at]), live);
+            kv[e] = select(vec4<f32>(0.0), k_quad(at), live);
+            kv[TILE4 + e] = select(vec4<f32>(0.0), v_quad(at), live);
         }
         workgroupBarrier();
         // This lane's keys of the tile: k0 + s + S j.

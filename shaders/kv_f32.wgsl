@@ -1,15 +1,15 @@
-// The KV cache in f32, a prelude of the kernels that write or read it (rope, attention): the kernel declares
-// its caches as arrays of `KvPair` (two consecutive values of a row; rope writes pairs) or `KvQuad` (four; the
-// attention kernels read quads) and converts with `kv_pair` and `kv_quad`. shaders/kv_f16.wgsl is the same
-// interface over f16 values.
+// The KV cache in f32, a prelude of the kernels that write or read it (rope, attention). The kernel declares
+// its caches `kc` and `vc` as `array<KvWord>`, and reads them a quad (four consecutive values of a row, a row
+// being a whole number of quads) at a time with `k_quad(i)` / `v_quad(i)`: quad `i` holds values `4i..4i + 3`.
+// These functions name the kernel's `kc` and `vc`, declared after the prelude. shaders/kv_f16.wgsl and
+// kv_q8.wgsl are the same interface over f16 values and q8_0 blocks; kv_store_*.wgsl writes.
 
-alias KvPair = vec2<f32>;
-alias KvQuad = vec4<f32>;
+alias KvWord = vec4<f32>;
 
-fn kv_pair(v: vec2<f32>) -> KvPair {
-    return v;
+fn k_quad(i: u32) -> vec4<f32> {
+    return kc[i];
 }
 
-fn kv_quad(w: KvQuad) -> vec4<f32> {
-    return w;
+fn v_quad(i: u32) -> vec4<f32> {
+    return vc[i];
 }

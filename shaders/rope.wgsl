@@ -1,8 +1,8 @@
 // RoPE and the KV-cache store, one thread per pair of values: for each of the st.n token rows of the fused
 // q|k|v projection (at the positions and cache rows pages.wgsl gives), writes the rotated q to `q`, the rotated
-// k and the v row into the caches, whose element type is the prelude's (kv_f32.wgsl or kv_f16.wgsl: a pair of
-// values is one `KvPair`, so one thread writes whole words of an f16 cache). The head dim is even, so a pair
-// never straddles two heads.
+// k and the v row into the caches, whose element type is the prelude's (kv_f32.wgsl, kv_f16.wgsl or kv_q8.wgsl,
+// written through kv_store_*.wgsl: every thread calls `kv_store`, since the q8 one reduces over the workgroup,
+// so no thread returns early). The head dim is even, so a pair never straddles two heads.
 //
 // Pair i (i < dims / 2) of a head is (2i, 2i + 1) when STYLE 0 (interleaved) or (i, i + dims / 2) when STYLE 1
 // (half); values past `dims` are not rotated. cos/sin come from a table `cs` of [positions, dims / 2] computed
@@ -28,8 +28,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;
 @group(0) @binding(3) var<storage, read> cs: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read_write> q: array<f32>;
-@group(0) @binding(5) var<storage, read_write> kc: array<KvPair>;
-@group(0) @binding(6) var<storage, read_write> vc: array<KvPair>;
+@group(0) @binding(5) var<storage, read_write> kc: array<KvWord>;
+@group(0) @binding(6) var<storage, read_write> vc: array<KvWord>;
 @group(0) @binding(7) var<storage, read> seqmap: array<u32>;
 
 // Value `j` of the head starting at `base` of token row `row`, rotated for position `pos`.
@@ -61,31 +61,38 @@ fn rotated(row: u32, base: u32, j: u32, pos: u32) -> f32 {
 }
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let t = gid.y;
     // The pair's first value.
     let e = 2u * gid.x;
     let hd = p.head_dim;
     let qd = p.n_heads * hd;
     let kvd = p.n_kv * hd;
-    if t >= st.n || e >= qd + 2u * kvd {
-        return;
+    // Where the pair goes (0: not to the cache), its index there, and its values.
+    var which = 0u;
+    var at = 0u;
+    var v = vec2<f32>(0.0);
+    if t < st.n && e < qd + 2u * kvd {
+        let pos = row_position(t);
+        let row = t * p.stride;
+        if e < qd {
+            let j = e % hd;
+            q[t * qd + e] = rotated(row, e - j, j, pos);
+            q[t * qd + e + 1u] = rotated(row, e - j, j + 1u, pos);
+        } else if e < qd + kvd {
+            let f = e - qd;
+            let j = f % hd;
+            let base = p.k_col + f - j;
+            which = 1u;
+            at = cache_row(t, pos) * kvd + f;
+            v = vec2<f32>(rotated(row, base, j, pos), rotated(row, base, j + 1u, pos));
+        } else {
+            let f = e - qd - kvd;
+            let src = row + p.v_col + f;
+            which = 2u;
+            at = cache_row(t, pos) * kvd + f;
+            v = vec2<f32>(qkv[src], qkv[src + 1u]);
+        }
     }
-    let pos = row_position(t);
-    let row = t * p.stride;
-    if e < qd {
-        let j = e % hd;
-        q[t * qd + e] = rotated(row, e - j, j, pos);
-        q[t * qd + e + 1u] = rotated(row, e - j, j + 1u, pos);
-    } else if e < qd + kvd {
-        let f = e - qd;
-        let j = f % hd;
-        let base = p.k_col + f - j;
-        let k2 = vec2<f32>(rotated(row, base, j, pos), rotated(row, base, j + 1u, pos));
-        kc[(cache_row(t, pos) * kvd + f) / 2u] = kv_pair(k2);
-    } else {
-        let f = e - qd - kvd;
-        let at = row + p.v_col + f;
-        vc[(cache_row(t, pos) * kvd + f) / 2u] = kv_pair(vec2<f32>(qkv[at], qkv[at + 1u]));
-    }
+    kv_store(lane, which, at, v);
 }

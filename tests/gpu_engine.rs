@@ -348,6 +348,62 @@ fn smollm2_matches_the_cpu_engine() {
     }
 }
 
+/// `--kv q8` on both engines: the real model's prompt logits, then three greedy decode steps (the cache written
+/// by the prefill store and read by decode attention), the GPU's against the CPU's. Both quantize each block of
+/// 32 K or V values with d = max|x| / 127 and q = round(x / d), but a value the two compute a few f32 steps
+/// apart can round to neighbouring int8 steps (1/127 of its block's largest value, 8x f16's step), so the bound
+/// is set by what q8 itself changes, as for f16 in `smollm2_matches_the_cpu_engine`: the engines must differ by
+/// under half of the CPU's q8 logits against its f32 ones (measured on lavapipe: 8.1e-3 against 2.0e-2; with
+/// f16 the same ratio is 2.1e-4 to 6.7e-4), and agree on every greedy token.
+#[test]
+fn smollm2_matches_the_cpu_engine_with_a_q8_cache() {
+    let Some(gpu) = gpu_ctx() else { return };
+    let path = common::smollm2_omex("keep");
+    let model = omex::runtime::Model::load(&path).unwrap();
+    let cfg = &model.config;
+    let mut cpu = cpu_engine(&model.dir, cfg, 128, KvType::Q8);
+    let mut g = gpu_engine(gpu, &model.dir, cfg, 128, 128, KvType::Q8);
+    assert!(g.describe().contains("q8 KV cache"), "{}", g.describe());
+    assert!(cpu.describe().contains("q8 KV cache"), "{}", cpu.describe());
+    let ids = model.tokenizer.encode_with_specials("The capital of France is");
+    let q8 = cpu.forward(&ids, 0, Logits::All).unwrap();
+    let f32 = cpu_engine(&model.dir, cfg, 128, KvType::F32).forward(&ids, 0, Logits::All).unwrap();
+    let rounding = rel_max_diff(&q8, &f32);
+    eprintln!("q8: the CPU's q8 cache against its f32 one {rounding:.2e}");
+    let tokens = compare(&mut cpu, &mut g, &ids, 3, rounding / 2.0, "q8 KV cache", false);
+    eprintln!("q8 KV cache -> {tokens:?}");
+}
+
+/// A q8 cache needs heads a whole number of its blocks wide: a model whose heads are 16 wide is refused by both
+/// engines with the reason, not run wrongly.
+#[test]
+fn a_q8_cache_refuses_heads_narrower_than_its_blocks() {
+    let spec = TinySpec::small();
+    assert_eq!(spec.head_dim, 16);
+    let path = tmp("q8-narrow");
+    let cfg = write_tiny_model(&path, &spec, 0xC0FFEE);
+    let dir = ModelDir::open(&path).unwrap();
+    let refused = |e: omex::Error| {
+        let e = e.to_string();
+        assert!(e.contains("blocks of 32") && e.contains("--kv f16"), "{e}");
+    };
+    let opts = CpuOptions {
+        threads: 1,
+        context_length: 16,
+        activations: Activations::F32,
+        kv: KvType::Q8,
+        max_batch: 8,
+        kv_tokens: 0,
+    };
+    refused(CpuEngine::load(&dir, &cfg, opts).err().expect("the CPU engine refuses"));
+    if let Some(gpu) = gpu_ctx() {
+        let mut opts = GpuOptions::new(16);
+        opts.kv = KvType::Q8;
+        refused(GpuEngine::load_blocking(gpu, &dir, &cfg, opts).err().expect("the GPU engine refuses"));
+    }
+    let _ = std::fs::remove_dir_all(&path);
+}
+
 /// The engines with int8 activations (`GpuOptions::activations`) against the CPU engine's: the prompt fed a
 /// token at a time, so that both run only decode products (the GPU's prefill matmuls keep f32 activations, the
 /// CPU's would not), then `steps` greedy tokens, which must agree. Returns the largest relative difference of

@@ -431,9 +431,14 @@ fn rope_both_styles(b: &dyn Ops) {
     let mut rng = Rng::new(0x5eed_0006);
     for kv in KV_TYPES {
         for half in [false, true] {
-            for (heads, dims) in
-                [(Heads { n_heads: 6, n_kv: 2, head_dim: 16 }, 16), (Heads { n_heads: 3, n_kv: 1, head_dim: 24 }, 8)]
-            {
+            for (heads, dims) in [
+                (Heads { n_heads: 6, n_kv: 2, head_dim: 16 }, 16),
+                (Heads { n_heads: 3, n_kv: 1, head_dim: 24 }, 8),
+                (Heads { n_heads: 3, n_kv: 1, head_dim: 64 }, 32),
+            ] {
+                if !fits(kv, heads) {
+                    continue;
+                }
                 let (n, pos0, ctx) = (3, 1000, 1004);
                 let (qd, kvd) = (heads.q_dim() as usize, heads.kv_dim() as usize);
                 let inv_freq: Vec<f32> =
@@ -455,22 +460,39 @@ fn rope_both_styles(b: &dyn Ops) {
                 let what = format!("rope half={half} dims={dims} kv={kv:?}");
                 check(b, &format!("{what} q"), &gq, &q, 1e-6);
                 check(b, &format!("{what} k cache"), &gk[pos0 * kvd..], &kc[pos0 * kvd..], store_tol(kv));
-                check(b, &format!("{what} v cache"), &gv[pos0 * kvd..], &vc[pos0 * kvd..], 0.0);
+                check(b, &format!("{what} v cache"), &gv[pos0 * kvd..], &vc[pos0 * kvd..], v_tol(kv));
             }
         }
     }
 }
 
 /// The KV cache types every cache op is checked over.
-const KV_TYPES: [KvType; 2] = [KvType::F32, KvType::F16];
+const KV_TYPES: [KvType; 3] = [KvType::F32, KvType::F16, KvType::Q8];
+
+/// Whether a cache of `kv` can hold these heads (q8: blocks of 32 values within a head).
+fn fits(kv: KvType, heads: Heads) -> bool {
+    kv.check_head_dim(heads.head_dim).is_ok()
+}
 
 /// How far a rotated k stored in the cache may be from the f64 reference's, relative: an f32 rounding, or with
 /// f16 one f16 step (the GPU rounds its f32 result to f16, the reference its f64 one, and the two f32 values
-/// may straddle an f16 midpoint).
+/// may straddle an f16 midpoint). With q8 one quantization step, `max|x| / 127` of the block, at most 1/127 of
+/// the largest value `check` scales by: the GPU quantizes its f32 rotation, the reference its f64 one, and its
+/// `1 / d` may differ from the host's in the last bit, so a value at a rounding midpoint may go either way.
 fn store_tol(kv: KvType) -> f32 {
     match kv {
         KvType::F32 => 1e-6,
         KvType::F16 => 5e-4,
+        KvType::Q8 => 1.0 / 126.0,
+    }
+}
+
+/// The same for a stored v, which is not rotated: exact for f32 and f16 (one rounding of the same f32), one
+/// step for q8 (the reciprocal of the scale, as above).
+fn v_tol(kv: KvType) -> f32 {
+    match kv {
+        KvType::F32 | KvType::F16 => 0.0,
+        KvType::Q8 => store_tol(kv),
     }
 }
 
@@ -593,6 +615,22 @@ fn decode_case(
     DecodeCase { heads, dims, half, inv_freq, qkv, k, v, pos, scale, splits, window, kv }
 }
 
+/// What a cache of `kv` holds for `values` uploaded to it: the values themselves, except q8's rounding.
+fn held(kv: KvType, values: &[f32]) -> Vec<f32> {
+    match kv {
+        KvType::Q8 => kv_round(kv, values),
+        _ => values.to_vec(),
+    }
+}
+
+/// The formula's attention output of a decode case's token over caches `k` and `v` as a backend stored them.
+fn attended(c: &DecodeCase, k: &[f32], v: &[f32]) -> Vec<f32> {
+    let (qd, hd) = (c.heads.q_dim() as usize, c.heads.head_dim as usize);
+    let q = rope_ref(&c.qkv[..qd], hd, c.dims, c.half, c.pos, &c.inv_freq);
+    let (k, v) = (k.to_vec(), v.to_vec());
+    attention_ref(&AttnCase { heads: c.heads, q, k, v, pos0: c.pos, n: 1, scale: c.scale, window: c.window, kv: c.kv })
+}
+
 /// (output, K cache, V cache): rope, the store at `pos` (rounded to the cache's type) and attention, each from
 /// its formula.
 fn decode_ref(c: &DecodeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -622,23 +660,29 @@ fn attention_decode(b: &dyn Ops) {
     // and splits left empty.
     let steps = [(0, 1), (0, 4), (63, 1), (63, 3), (64, 2), (200, 3), (200, 8), (255, 4), (300, 2)];
     for (kv, half) in KV_TYPES.into_iter().flat_map(|kv| [(kv, false), (kv, true)]) {
-        for (heads, dims) in shapes {
+        for (heads, dims) in shapes.into_iter().filter(|&(h, _)| fits(kv, h)) {
             for (pos, splits) in steps {
                 // A window of 70 keys: all of them early on, then fewer than the position, across split edges.
                 let window = (!half && pos > 0).then_some(70);
                 let c = decode_case(&mut rng, heads, dims, half, pos, splits, window, kv);
-                let (want, want_k, want_v) = decode_ref(&c);
+                let (mut want, want_k, want_v) = decode_ref(&c);
                 let (out, k, v) = b.decode_attention(&c);
                 let what = format!(
                     "decode attention {heads:?} dims={dims} half={half} pos={pos} splits={splits} {window:?} {kv:?}"
                 );
+                if kv == KvType::Q8 {
+                    // The stored row may be a step off the reference's (checked below): attention is checked
+                    // against its formula over the cache as stored.
+                    want = attended(&c, &k, &v);
+                }
                 check(b, &what, &out, &want, 1e-5);
                 let row = pos * heads.kv_dim() as usize..(pos + 1) * heads.kv_dim() as usize;
                 check(b, &format!("{what}: k stored"), &k[row.clone()], &want_k[row.clone()], store_tol(kv));
-                check(b, &format!("{what}: v stored"), &v[row.clone()], &want_v[row.clone()], 0.0);
-                // Every other row as it was, bit for bit (the NaNs too).
+                check(b, &format!("{what}: v stored"), &v[row.clone()], &want_v[row.clone()], v_tol(kv));
+                // Every other row as it was, bit for bit (the NaNs too; a q8 cache holds them as 0).
                 let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                for (name, got, was) in [("k", &k, &c.k), ("v", &v, &c.v)] {
+                let (ck, cv) = (held(kv, &c.k), held(kv, &c.v));
+                for (name, got, was) in [("k", &k, &ck), ("v", &v, &cv)] {
                     let same = |r: std::ops::Range<usize>| bits(&got[r.clone()]) == bits(&was[r]);
                     assert!(
                         same(0..row.start) && same(row.end..was.len()),
@@ -662,7 +706,7 @@ fn attention_paged_batch(b: &dyn Ops) {
     // Positions of the batch's rows: first of a block, last of one, one past a 64-key tile, a long one.
     let positions = [0usize, 15, 16, 65, 130, 7, 200];
     for (kv, half) in KV_TYPES.into_iter().flat_map(|kv| [(kv, false), (kv, true)]) {
-        for (heads, dims) in shapes {
+        for (heads, dims) in shapes.into_iter().filter(|&(h, _)| fits(kv, h)) {
             for (splits, window) in [(1, None), (3, None), (2, Some(40))] {
                 let kvd = heads.kv_dim() as usize;
                 let qd = heads.q_dim() as usize;
@@ -698,21 +742,34 @@ fn attention_paged_batch(b: &dyn Ops) {
                 let mut written = vec![false; total * BT];
                 for (i, one) in contiguous.iter().enumerate() {
                     let what = format!("paged batch {heads:?} half={half} splits={splits} {window:?} {kv:?}: row {i}");
-                    let (want, want_k, want_v) = decode_ref(one);
-                    check(b, &what, &out[i * qd..(i + 1) * qd], &want, 1e-5);
+                    let (mut want, want_k, want_v) = decode_ref(one);
                     let (pos, table) = (c.rows[i].1, &c.rows[i].2);
+                    if kv == KvType::Q8 {
+                        // As in `attention_decode`: over the sequence's rows as stored.
+                        let rows = |cache: &[f32]| -> Vec<f32> {
+                            (0..=pos)
+                                .flat_map(|p| {
+                                    let r = table[p / BT] as usize * BT + p % BT;
+                                    cache[r * kvd..(r + 1) * kvd].to_vec()
+                                })
+                                .collect()
+                        };
+                        want = attended(one, &rows(&kc), &rows(&vc));
+                    }
+                    check(b, &what, &out[i * qd..(i + 1) * qd], &want, 1e-5);
                     let r = table[pos / BT] as usize * BT + pos % BT;
                     written[r] = true;
                     let at = pos * kvd..(pos + 1) * kvd;
                     let (got_k, tol) = (&kc[r * kvd..(r + 1) * kvd], store_tol(kv));
                     check(b, &format!("{what}: k stored"), got_k, &want_k[at.clone()], tol);
-                    check(b, &format!("{what}: v stored"), &vc[r * kvd..(r + 1) * kvd], &want_v[at], 0.0);
+                    check(b, &format!("{what}: v stored"), &vc[r * kvd..(r + 1) * kvd], &want_v[at], v_tol(kv));
                 }
+                let (ck, cv) = (held(kv, &c.k), held(kv, &c.v));
                 for (r, _) in written.iter().enumerate().filter(|(_, w)| !**w) {
                     let span = r * kvd..(r + 1) * kvd;
                     let same = |got: &[f32], was: &[f32]| got.iter().zip(was).all(|(g, w)| g.to_bits() == w.to_bits());
                     assert!(
-                        same(&kc[span.clone()], &c.k[span.clone()]) && same(&vc[span.clone()], &c.v[span.clone()]),
+                        same(&kc[span.clone()], &ck[span.clone()]) && same(&vc[span.clone()], &cv[span.clone()]),
                         "{}: paged batch changed cache row {r}, which no row of the step writes",
                         b.name()
                     );
@@ -731,7 +788,7 @@ fn attention_prefill(b: &dyn Ops) {
         // Gemma 3 270M's.
         Heads { n_heads: 4, n_kv: 1, head_dim: 256 },
     ];
-    for (kv, heads) in KV_TYPES.into_iter().flat_map(|kv| shapes.map(|h| (kv, h))) {
+    for (kv, heads) in KV_TYPES.into_iter().flat_map(|kv| shapes.map(|h| (kv, h))).filter(|&(kv, h)| fits(kv, h)) {
         for (pos0, n) in [(0, 13), (5, 9), (0, 1), (17, 3), (30, 41)] {
             for window in [None, Some(1), Some(7), Some(40)] {
                 let c = attn_case(&mut rng, heads, pos0, n, window, kv);

@@ -245,3 +245,37 @@ fn the_planner_counts_the_kv_cache_at_its_element_size() {
         Err(e) => assert!(e.to_string().contains("too small"), "{e}"),
     }
 }
+
+/// A q8 cache counts at its GPU size, 36 bytes per block of 32 values (8 words of int8, one for the scale): a
+/// budget at the q8 cache's streaming minimum plans with q8 and is refused with f16, the refusal suggesting
+/// --kv q8. Host-side only.
+#[test]
+fn the_planner_counts_a_q8_kv_cache_at_its_real_size() {
+    let path = common::smollm2_omex("keep");
+    let model = omex::runtime::Model::load(&path).unwrap();
+    let (dir, cfg) = (&model.dir, &model.config);
+    let ctx_len = 4096;
+    let values = 2 * cfg.blocks.len() as u64 * ctx_len as u64 * (cfg.n_kv_heads * cfg.head_dim) as u64;
+    let with = |kv: KvType, budget: Option<u64>| {
+        let mut o = options(ctx_len, budget, true);
+        o.kv = kv;
+        plan_memory(dir, cfg, &o, 1 << 30)
+    };
+    let (f16_plan, q8_plan) = (with(KvType::F16, None).unwrap().1.plan, with(KvType::Q8, None).unwrap().1.plan);
+    assert_eq!(q8_plan.kv_bytes, values / 32 * 36, "a q8 cache");
+    assert_eq!(f16_plan.total_bytes - q8_plan.total_bytes, 2 * values - values / 32 * 36, "only the cache differs");
+    let minimum = |kv: KvType| match with(kv, Some(1)) {
+        Ok(_) => panic!("a budget of one byte was accepted"),
+        Err(e) => (minimum_from(&e.to_string()), e.to_string()),
+    };
+    let ((min8, err8), (min16, err16)) = (minimum(KvType::Q8), minimum(KvType::F16));
+    assert!(err16.contains("f16 KV cache") && err16.contains("--kv q8"), "{err16}");
+    assert!(err8.contains("q8 KV cache"), "{err8}");
+    assert!(min8 < min16, "minima {min8} (q8) and {min16} (f16)");
+    let plan = with(KvType::Q8, Some(min8)).unwrap_or_else(|e| panic!("q8 at its minimum {min8}: {e}")).1.plan;
+    assert!(plan.streams() && plan.total_bytes <= min8, "{plan:?}");
+    match with(KvType::F16, Some(min8)) {
+        Ok((_, m)) => panic!("an f16 cache planned in the q8 minimum of {min8}: {:?}", m.plan),
+        Err(e) => assert!(e.to_string().contains("too small"), "{e}"),
+    }
+}

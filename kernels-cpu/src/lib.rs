@@ -8,7 +8,7 @@
 //! - [`matvec`], [`matmul`]: float-activation products for every layout (decode, prefill).
 //! - [`q8`]: int8-quantized activations and the integer-dot products (the fast path for Int8/Int4/Ternary).
 //! - [`ops`]: norms, rope, activations, add, softmax, argmax.
-//! - [`attention`]: causal GQA attention over an f32 or f16 KV cache.
+//! - [`attention`]: causal GQA attention over an f32, f16 or q8_0 KV cache.
 //!
 //! Every kernel has a form taking an explicit [`isa::Isa`] (`*_with`) and one using [`isa::detect`]. Work is
 //! spread over the *current* rayon pool (wrap calls in `pool.install`); results do not depend on the number
@@ -31,7 +31,7 @@ mod wasm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use attention::{attention, attention_window, kv_store, KvElem, Pages};
+pub use attention::{attention, attention_window, kv_load, kv_store, KvElem, KvQ8, Pages};
 pub use ggml::GgmlBlock;
 pub use isa::Isa;
 pub use layout::{Matrix, Weights, GROUP};

@@ -1,9 +1,11 @@
-//! Attention against a direct f64 implementation, f32 and f16 KV caches, GQA, prefill and decode shapes.
+//! Attention against a direct f64 implementation, f32, f16 and q8_0 KV caches, GQA, prefill and decode shapes.
 
 mod common;
 use common::*;
 use half::f16;
-use kernels_cpu::attention::{attention_paged_with, attention_window_with, attention_with, kv_store, KvElem, Pages};
+use kernels_cpu::attention::{
+    attention_paged_with, attention_window_with, attention_with, kv_load, kv_store, KvElem, KvQ8, Pages,
+};
 
 #[allow(clippy::too_many_arguments)]
 fn reference<E: KvElem>(
@@ -18,6 +20,8 @@ fn reference<E: KvElem>(
     scale: f32,
     window: Option<usize>,
 ) -> Vec<f64> {
+    // The cache's values as stored (rounded), which attention must reproduce to f32 accuracy.
+    let (k, v) = (kv_load(k), kv_load(v));
     let mut out = vec![0f64; n_q * nh * hd];
     for i in 0..n_q {
         for h in 0..nh {
@@ -30,8 +34,7 @@ fn reference<E: KvElem>(
                 .map(|j| match j < first {
                     true => f64::NEG_INFINITY,
                     false => {
-                        scale as f64
-                            * (0..hd).map(|d| qr[d] as f64 * k[(j * nkv + kh) * hd + d].to_f32() as f64).sum::<f64>()
+                        scale as f64 * (0..hd).map(|d| qr[d] as f64 * k[(j * nkv + kh) * hd + d] as f64).sum::<f64>()
                     }
                 })
                 .collect();
@@ -39,8 +42,7 @@ fn reference<E: KvElem>(
             let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
             let z: f64 = e.iter().sum();
             for d in 0..hd {
-                out[(i * nh + h) * hd + d] =
-                    (0..len).map(|j| e[j] / z * v[(j * nkv + kh) * hd + d].to_f32() as f64).sum();
+                out[(i * nh + h) * hd + d] = (0..len).map(|j| e[j] / z * v[(j * nkv + kh) * hd + d] as f64).sum();
             }
         }
     }
@@ -50,12 +52,15 @@ fn reference<E: KvElem>(
 fn run<E: KvElem>(seed: u64, window: Option<usize>) {
     let mut rng = Rng::new(seed);
     for isa in isas() {
-        for (nh, nkv, hd) in [(9, 3, 64), (4, 4, 8), (2, 1, 33)] {
+        for (nh, nkv, hd) in [(9, 3, 64usize), (4, 4, 8), (2, 1, 33), (4, 2, 32)] {
+            if !hd.is_multiple_of(E::VALUES) {
+                continue;
+            }
             for (pos0, n_q) in [(0, 1), (0, 5), (7, 1), (40, 3), (200, 1)] {
                 let ctx = pos0 + n_q + 3;
                 let kvw = nkv * hd;
-                let mut k = vec![E::from_f32(0.0); ctx * kvw];
-                let mut v = vec![E::from_f32(0.0); ctx * kvw];
+                let mut k = vec![E::ZERO; ctx * kvw / E::VALUES];
+                let mut v = vec![E::ZERO; ctx * kvw / E::VALUES];
                 for p in 0..pos0 + n_q {
                     kv_store(&mut k, p, &rng.vec(kvw, -1.0, 1.0));
                     kv_store(&mut v, p, &rng.vec(kvw, -1.0, 1.0));
@@ -101,6 +106,59 @@ fn attention_sliding_window() {
 #[test]
 fn attention_f16_cache() {
     run::<f16>(31, None);
+}
+
+#[test]
+fn attention_q8_cache() {
+    run::<KvQ8>(34, None);
+    run::<KvQ8>(35, Some(4));
+}
+
+/// Quantizing a row to q8_0 against the f64 formula: per block of 32, `d = max|x| / 127` (stored f16) and
+/// `q = round(x / d)`; every value comes back within half a step (`d / 2`, plus the f16 rounding of `d`).
+#[test]
+fn kv_store_quantizes_q8_blocks() {
+    let mut rng = Rng::new(36);
+    let mut row = rng.vec(96, -3.0, 3.0);
+    row[32..64].fill(0.0); // an all-zero block: d = 0, every q 0
+    row[70] = 50.0; // one large value dominates its block
+    let mut c = vec![KvQ8::ZERO; 2 * 3];
+    kv_store(&mut c, 1, &row);
+    assert_eq!(c[..3], [KvQ8::ZERO; 3], "row 0 untouched");
+    for (b, x) in c[3..].iter().zip(row.chunks_exact(32)) {
+        let amax = x.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+        let d = amax / 127.0;
+        assert_eq!(b.d, half::f16::from_f64(d), "scale");
+        for (&q, &v) in b.q.iter().zip(x) {
+            let want = if d == 0.0 { 0.0 } else { (v as f64 / d).round() };
+            assert!((q as f64 - want).abs() <= 1.0 && q.unsigned_abs() <= 127, "{v}: q {q}, want {want}");
+            let back = b.d.to_f64() * q as f64;
+            assert!((back - v as f64).abs() <= d * 0.5 + amax * 1e-3 + 1e-7, "{v} came back as {back}");
+        }
+    }
+    let back = kv_load(&c[3..]);
+    assert_eq!(back[32..64], [0.0; 32]);
+}
+
+/// The q8 inner loops of every ISA agree with the scalar formula on the dequantized values.
+#[test]
+fn q8_dot_and_axpy_match_the_formula() {
+    let mut rng = Rng::new(37);
+    let mut k = vec![KvQ8::ZERO; 4];
+    kv_store(&mut k, 0, &rng.vec(128, -2.0, 2.0));
+    let kf = kv_load(&k);
+    let q = rng.vec(128, -1.0, 1.0);
+    let want: f64 = q.iter().zip(&kf).map(|(&a, &b)| a as f64 * b as f64).sum();
+    for isa in isas() {
+        let got = KvQ8::dot(isa, &q, &k);
+        assert!((got as f64 - want).abs() <= 1e-4, "{isa} dot: {got} vs {want}");
+        let mut out = q.clone();
+        KvQ8::axpy(isa, 0.75, &k, &mut out);
+        for (i, &o) in out.iter().enumerate() {
+            let w = q[i] as f64 + 0.75 * kf[i] as f64;
+            assert!((o as f64 - w).abs() <= 1e-5, "{isa} axpy [{i}]: {o} vs {w}");
+        }
+    }
 }
 
 /// A paged cache (positions scattered over blocks in a shuffled order, other blocks holding garbage) gives

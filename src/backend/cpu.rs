@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::format::ModelDir;
 use crate::graph::{Activation, Norm, RopeStyle, Transformer};
 use half::f16;
-use kernels_cpu::{ops, KvElem, Matrix, Pages, Q8Activations};
+use kernels_cpu::{ops, KvElem, KvQ8, Matrix, Pages, Q8Activations};
 
 mod moe;
 
@@ -166,6 +166,23 @@ impl Step {
 enum KvCache {
     F32(Vec<(Vec<f32>, Vec<f32>)>),
     F16(Vec<(Vec<f16>, Vec<f16>)>),
+    /// Rows of `kv_dim / 32` q8_0 blocks.
+    Q8(Vec<(Vec<KvQ8>, Vec<KvQ8>)>),
+}
+
+impl KvCache {
+    /// `layers` pairs of zeroed caches of `values` values each.
+    fn new(ty: KvType, layers: usize, values: usize) -> KvCache {
+        fn zeroed<E: KvElem>(layers: usize, values: usize) -> Vec<(Vec<E>, Vec<E>)> {
+            let n = values / E::VALUES;
+            (0..layers).map(|_| (vec![E::ZERO; n], vec![E::ZERO; n])).collect()
+        }
+        match ty {
+            KvType::F32 => KvCache::F32(zeroed(layers, values)),
+            KvType::F16 => KvCache::F16(zeroed(layers, values)),
+            KvType::Q8 => KvCache::Q8(zeroed(layers, values)),
+        }
+    }
 }
 
 /// Reusable activation buffers, sized for `max_batch` tokens: the program's buffers, the normed input of a
@@ -262,18 +279,10 @@ impl CpuEngine {
         let labels = p.blocks.iter().map(|b| b.ops.iter().map(Op::label).collect()).collect();
         let kv_rows = kv_blocks * KV_BLOCK_TOKENS;
         let kvd = p.heads.kv_dim() as usize;
-        let elem = if opts.kv == KvType::F32 { 4 } else { 2 };
-        let kv_bytes = 2 * blocks.len() as u64 * kv_rows as u64 * kvd as u64 * elem;
+        opts.kv.check_head_dim(p.heads.head_dim)?;
+        let kv_bytes = 2 * blocks.len() as u64 * opts.kv.bytes(kv_rows as u64 * kvd as u64);
         super::check_host_alloc(&format!("a KV cache of {kv_rows} tokens"), kv_bytes, "lower --ctx")?;
-        let per_layer = kv_rows * kvd;
-        let kv = match opts.kv {
-            KvType::F32 => {
-                KvCache::F32((0..blocks.len()).map(|_| (vec![0.0; per_layer], vec![0.0; per_layer])).collect())
-            }
-            KvType::F16 => KvCache::F16(
-                (0..blocks.len()).map(|_| (vec![f16::ZERO; per_layer], vec![f16::ZERO; per_layer])).collect(),
-            ),
-        };
+        let kv = KvCache::new(opts.kv, blocks.len(), kv_rows * kvd);
         Ok(CpuEngine {
             embed: WeightRef::load(dir, &p.embedding, &[p.vocab, p.hidden])?,
             positions: p
@@ -450,6 +459,7 @@ fn run_step(
                     match kv {
                         KvCache::F32(layers) => store(&mut layers[l], at, k, v),
                         KvCache::F16(layers) => store(&mut layers[l], at, k, v),
+                        KvCache::Q8(layers) => store(&mut layers[l], at, k, v),
                     }
                 }
             }
@@ -459,6 +469,7 @@ fn run_step(
             match kv {
                 KvCache::F32(layers) => attend(p, segs, q, &layers[l], *window, att),
                 KvCache::F16(layers) => attend(p, segs, q, &layers[l], *window, att),
+                KvCache::Q8(layers) => attend(p, segs, q, &layers[l], *window, att),
             }
         }
         Step::Glu { act } => {
@@ -704,10 +715,11 @@ fn thread_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
 impl Engine for CpuEngine {
     fn describe(&self) -> String {
         format!(
-            "cpu ({}, {} threads, {:?} activations)",
+            "cpu ({}, {} threads, {:?} activations, {} KV cache)",
             kernels_cpu::isa::detect().name(),
             self.pool.current_num_threads(),
-            self.opts.activations
+            self.opts.activations,
+            self.opts.kv.name()
         )
     }
 

@@ -156,7 +156,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.json {
         let v = serde_json::json!({
-            "model": args.model.display().to_string(), "engine": describe, "n_prompt": args.n_prompt, "n_gen": args.n_gen,
+            "model": args.model.display().to_string(), "engine": describe, "kv": opts.kv.name(), "n_prompt": args.n_prompt, "n_gen": args.n_gen,
             "repetitions": reps, "batch": batch,
             "pp_tok_s": pp.as_ref().map(|p| p.0), "pp_sd": pp.as_ref().map(|p| p.1), "pp_samples": pp.as_ref().map(|p| &p.2),
             "tg_tok_s": tg.as_ref().map(|t| t.0), "tg_sd": tg.as_ref().map(|t| t.1), "tg_samples": tg.as_ref().map(|t| &t.2),

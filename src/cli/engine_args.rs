@@ -35,7 +35,8 @@ pub struct MemoryArgs {
     /// Default: int8 on the CPU; f32 on the GPU (where int8 covers the decode matvecs of quantized weights)
     #[arg(long)]
     pub activations: Option<Activations>,
-    /// KV cache element type: f16 or f32
+    /// KV cache element type: f16, f32, or q8 (llama.cpp's q8_0: int8 in blocks of 32 with one scale, about
+    /// half of f16's bytes; heads must be a multiple of 32 wide). Every backend honours it
     #[arg(long, default_value = "f16")]
     pub kv: KvType,
     /// Cap on GPU memory (48MB, 2GiB, bytes): weights that do not fit stream from the mapped files.

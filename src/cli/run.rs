@@ -101,7 +101,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut session = model.session(&opts)?;
     session.set_adapters(model.active_adapters(&args.engine.adapters)?)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    log::info!("engine: {}", session.engine().describe());
+    let engine = session.engine().describe();
+    log::info!("engine: {engine}");
 
     let prompt = if args.chat {
         let mut messages = Vec::new();
@@ -151,6 +152,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let t = &g.timings;
     if json {
         let v = serde_json::json!({
+            "engine": engine, "kv": args.engine.memory.kv.name(),
             "prompt_ids": g.prompt_ids, "output_ids": g.output_ids, "text": g.text,
             "stop": format!("{:?}", g.stop),
             "timings": {"load_ms": load_ms, "prompt_tokens": t.prompt_tokens, "prompt_tok_s": t.prompt_tok_s(),

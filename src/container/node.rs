@@ -229,8 +229,8 @@ impl Ctx<'_> {
         if let Some(mem) = n.memory {
             if backend == BackendChoice::Cpu {
                 let cfg = &model.config;
-                let elem = if opts.kv == KvType::F32 { 4 } else { 2 };
-                let kv = 2 * cfg.blocks.len() as u64 * ctx as u64 * (cfg.n_kv_heads * cfg.head_dim) as u64 * elem;
+                let values = ctx as u64 * (cfg.n_kv_heads * cfg.head_dim) as u64;
+                let kv = 2 * cfg.blocks.len() as u64 * opts.kv.bytes(values);
                 if kv > mem {
                     return Err(Error::Usage(format!(
                         "node {}: out of memory: a KV cache of {ctx} tokens takes {kv} bytes, over its memory_allocation of {mem}",

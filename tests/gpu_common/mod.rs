@@ -8,7 +8,7 @@ pub mod sample_ref;
 use half::f16;
 use kernels_cpu::ggml::GgmlBlock;
 use kernels_cpu::layout::{pack_int4_group, pack_ternary_group};
-use kernels_cpu::{Matrix, Weights, GROUP};
+use kernels_cpu::{KvQ8, Matrix, Weights, GROUP};
 use omex::backend::gpu::buffers::{GpuBuffer, Purpose};
 use omex::backend::gpu::{DeviceOptions, GpuContext};
 use omex::backend::KvType;
@@ -221,12 +221,40 @@ fn storage() -> wgpu::BufferUsages {
     wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
 }
 
-/// `values` as a KV cache of `kv` elements holds them: f32 unchanged, f16 rounded to nearest, ties to even.
+/// `values` as a KV cache of `kv` elements holds them: f32 unchanged, f16 rounded to nearest, ties to even,
+/// q8 quantized per block of 32 (kernels-cpu's `KvQ8`; NaNs become 0).
 pub fn kv_round(kv: KvType, values: &[f32]) -> Vec<f32> {
     match kv {
         KvType::F32 => values.to_vec(),
         KvType::F16 => values.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        KvType::Q8 => kernels_cpu::kv_load(&q8_blocks(values)),
     }
+}
+
+/// `values` (a whole number of blocks of 32) as q8_0 blocks.
+pub fn q8_blocks(values: &[f32]) -> Vec<KvQ8> {
+    values.chunks_exact(32).map(KvQ8::quantize).collect()
+}
+
+/// q8 blocks as the GPU cache holds them: per block 8 words of four int8 (value 4j + b in byte b of word j),
+/// then the f16 scale in the low half of a 9th.
+pub fn q8_gpu_words(blocks: &[KvQ8]) -> Vec<u32> {
+    let mut words = Vec::with_capacity(blocks.len() * 9);
+    for b in blocks {
+        words.extend(b.q.chunks_exact(4).map(|q| u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8])));
+        words.push(b.d.to_bits() as u32);
+    }
+    words
+}
+
+/// The values of a GPU q8 cache's words (see [`q8_gpu_words`]).
+pub fn q8_gpu_values(words: &[u32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(words.len() / 9 * 32);
+    for block in words.chunks_exact(9) {
+        let d = f16::from_bits(block[8] as u16).to_f32();
+        out.extend(block[..8].iter().flat_map(|w| w.to_le_bytes()).map(|q| d * q as i8 as f32));
+    }
+    out
 }
 
 /// A KV cache buffer holding `values` as `kv` elements (f16: two to a word, the first in the low half).
@@ -238,6 +266,7 @@ pub fn upload_kv(ctx: &GpuContext, kv: KvType, values: &[f32]) -> GpuBuffer {
             halves.resize(values.len().next_multiple_of(2).max(2), 0);
             ctx.pool.init("test cache", bytemuck::cast_slice(&halves), storage(), Purpose::Activations).unwrap()
         }
+        KvType::Q8 => upload_u32(ctx, &q8_gpu_words(&q8_blocks(values))),
     }
 }
 

@@ -5,7 +5,7 @@
 use super::*;
 use half::f16;
 use kernels_cpu::ops::{self, RopeStyle};
-use kernels_cpu::{KvElem, Pages};
+use kernels_cpu::{KvElem, KvQ8, Pages};
 use omex::backend::gpu::ops::{
     attention, misc, Heads, KvCache, Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS,
     MATMUL_TOKENS_SHORT, MATVEC_TOKENS,
@@ -244,6 +244,7 @@ impl Ops for Cpu {
         match c.kv {
             KvType::F32 => cpu_rope_store::<f32>(c),
             KvType::F16 => cpu_rope_store::<f16>(c),
+            KvType::Q8 => cpu_rope_store::<KvQ8>(c),
         }
     }
 
@@ -251,6 +252,7 @@ impl Ops for Cpu {
         match c.kv {
             KvType::F32 => cpu_attention::<f32>(c),
             KvType::F16 => cpu_attention::<f16>(c),
+            KvType::Q8 => cpu_attention::<KvQ8>(c),
         }
     }
 
@@ -260,6 +262,7 @@ impl Ops for Cpu {
         match c.kv {
             KvType::F32 => cpu_decode::<f32>(c),
             KvType::F16 => cpu_decode::<f16>(c),
+            KvType::Q8 => cpu_decode::<KvQ8>(c),
         }
     }
 
@@ -267,6 +270,7 @@ impl Ops for Cpu {
         match c.kv {
             KvType::F32 => cpu_paged::<f32>(c),
             KvType::F16 => cpu_paged::<f16>(c),
+            KvType::Q8 => cpu_paged::<KvQ8>(c),
         }
     }
 
@@ -426,6 +430,10 @@ impl Gpu {
                 let words: Vec<u32> = self.read(b, count.div_ceil(2)).iter().map(|w| w.to_bits()).collect();
                 let halves: &[u16] = bytemuck::cast_slice(&words);
                 halves[..count].iter().map(|&h| f16::from_bits(h).to_f32()).collect()
+            }
+            KvType::Q8 => {
+                let words: Vec<u32> = self.read(b, count / 32 * 9).iter().map(|w| w.to_bits()).collect();
+                q8_gpu_values(&words)
             }
         }
     }
@@ -839,11 +847,13 @@ impl Uploaded {
 
 /// A cache of `E` elements holding `values` (rounded as the CPU engine's store rounds).
 fn cpu_cache<E: KvElem>(values: &[f32]) -> Vec<E> {
-    values.iter().map(|&v| E::from_f32(v)).collect()
+    let mut cache = vec![E::ZERO; values.len() / E::VALUES];
+    E::store(values, &mut cache);
+    cache
 }
 
 fn widen<E: KvElem>(cache: &[E]) -> Vec<f32> {
-    cache.iter().map(|&v| v.to_f32()).collect()
+    kernels_cpu::kv_load(cache)
 }
 
 fn cpu_rope_store<E: KvElem>(c: &RopeCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {

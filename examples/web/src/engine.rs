@@ -92,10 +92,7 @@ impl WebEngine {
                 let ctx = Arc::new(GpuContext::open(&DeviceOptions { portable: false }).await?);
                 let adapter = summarize(&ctx);
                 let opts = GpuOptions::new(context_length);
-                let kv = match opts.kv {
-                    KvType::F32 => "f32",
-                    KvType::F16 => "f16",
-                };
+                let kv = opts.kv.name();
                 let engine = GpuEngine::load(ctx, &model.dir, &model.config, opts).await?;
                 let name = if adapter.name.is_empty() { "WebGPU adapter" } else { adapter.name.as_str() };
                 let describe = format!("gpu ({name}, {} kernels, f32 activations, {kv} KV cache)", adapter.kernels);

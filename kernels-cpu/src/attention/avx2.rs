@@ -1,5 +1,6 @@
-//! AVX2 inner loops of attention over f32 and f16 (F16C) caches.
+//! AVX2 inner loops of attention over f32, f16 (F16C) and q8_0 caches.
 
+use super::kv::{KvQ8, Scalar, KV_Q8_BLOCK};
 use crate::x86::hsum;
 use half::f16;
 use std::arch::x86_64::*;
@@ -47,7 +48,7 @@ macro_rules! kernels {
             }
             let mut s = hsum(_mm256_add_ps(a0, a1));
             for i in c..n {
-                s += q[i] * crate::attention::KvElem::to_f32(k[i]);
+                s += q[i] * k[i].widen();
             }
             s
         }
@@ -67,7 +68,7 @@ macro_rules! kernels {
                 c += 8;
             }
             for i in c..n {
-                out[i] += a * crate::attention::KvElem::to_f32(v[i]);
+                out[i] += a * v[i].widen();
             }
         }
     };
@@ -75,3 +76,53 @@ macro_rules! kernels {
 
 kernels!(f32, load8_f32, dot_f32, axpy_f32);
 kernels!(f16, load8_f16, dot_f16, axpy_f16);
+
+/// The 32 int8 of a q8 block widened to four f32 vectors.
+///
+/// # Safety
+/// AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn widen_q8(b: &KvQ8) -> [__m256; 4] {
+    let p = b.q.as_ptr() as *const __m128i;
+    let (lo, hi) = (_mm_loadu_si128(p), _mm_loadu_si128(p.add(1)));
+    let w = |x: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(x));
+    [w(lo), w(_mm_srli_si128(lo, 8)), w(hi), w(_mm_srli_si128(hi, 8))]
+}
+
+/// `q . k` over a q8 cache row, `q.len() == k.len() * 32`.
+///
+/// # Safety
+/// AVX2/FMA/F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8(q: &[f32], k: &[KvQ8]) -> f32 {
+    assert_eq!(q.len(), k.len() * KV_Q8_BLOCK);
+    let mut total = _mm256_setzero_ps();
+    for (i, b) in k.iter().enumerate() {
+        let x = q.as_ptr().add(i * KV_Q8_BLOCK);
+        let v = widen_q8(b);
+        let mut acc = _mm256_mul_ps(_mm256_loadu_ps(x), v[0]);
+        for j in 1..4 {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(8 * j)), v[j], acc);
+        }
+        total = _mm256_fmadd_ps(_mm256_set1_ps(b.d.to_f32()), acc, total);
+    }
+    hsum(total)
+}
+
+/// `out += a * v` over a q8 cache row, `out.len() == v.len() * 32`.
+///
+/// # Safety
+/// AVX2/FMA/F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_q8(a: f32, v: &[KvQ8], out: &mut [f32]) {
+    assert_eq!(out.len(), v.len() * KV_Q8_BLOCK);
+    for (i, b) in v.iter().enumerate() {
+        let ad = _mm256_set1_ps(a * b.d.to_f32());
+        let w = widen_q8(b);
+        let o = out.as_mut_ptr().add(i * KV_Q8_BLOCK);
+        for j in 0..4 {
+            _mm256_storeu_ps(o.add(8 * j), _mm256_fmadd_ps(ad, w[j], _mm256_loadu_ps(o.add(8 * j))));
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! Grouped-query causal attention over a KV cache.
 //!
 //! Cache layout per layer: K and V are each `[ctx_max, n_kv_heads * head_dim]`, position-major, one row
-//! appended per token ([`kv_store`]); elements f32 or f16 ([`KvElem`]). Query head `h` reads KV head
+//! appended per token ([`kv_store`]); elements f32, f16 or q8_0 blocks of 32 values ([`KvElem`]; a row is then
+//! `n_kv_heads * head_dim / 32` blocks, each within one head). Query head `h` reads KV head
 //! `h / (n_heads / n_kv_heads)`. Scores are `scale * q . k` in f32, softmax subtracts the max, and the output
 //! is the probability-weighted sum of V rows. Work is split over (query row, KV head) pairs: the query heads
 //! that share a KV head are done together so each K/V row is read once for all of them.
@@ -12,7 +13,7 @@ mod kv;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
 
-pub use kv::KvElem;
+pub use kv::{KvElem, KvQ8, KV_Q8_BLOCK};
 
 use crate::isa::{self, Isa};
 use crate::ops;
@@ -20,16 +21,27 @@ use rayon::prelude::*;
 
 /// Writes `row` (`n_kv_heads * head_dim` values) into the cache at position `pos`.
 pub fn kv_store<E: KvElem>(cache: &mut [E], pos: usize, row: &[f32]) {
-    let w = row.len();
-    assert!(w > 0, "kv_store: empty row");
+    assert!(!row.is_empty(), "kv_store: empty row");
+    assert!(
+        row.len().is_multiple_of(E::VALUES),
+        "kv_store: a row of {} values is not blocks of {}",
+        row.len(),
+        E::VALUES
+    );
+    let w = row.len() / E::VALUES;
     assert!(
         (pos + 1) * w <= cache.len(),
         "kv_store: position {pos} is past the cache ({} rows of {w})",
         cache.len() / w
     );
-    for (c, &v) in cache[pos * w..(pos + 1) * w].iter_mut().zip(row) {
-        *c = E::from_f32(v);
-    }
+    E::store(row, &mut cache[pos * w..(pos + 1) * w]);
+}
+
+/// The cache's rows widened to f32 (`cache.len() * E::VALUES` values): what attention reads.
+pub fn kv_load<E: KvElem>(cache: &[E]) -> Vec<f32> {
+    let mut out = vec![0f32; cache.len() * E::VALUES];
+    E::load(cache, &mut out);
+    out
 }
 
 /// Causal GQA attention with the detected ISA; see [`attention_with`].
@@ -150,8 +162,14 @@ pub fn attention_paged_with<E: KvElem>(
         n_heads.is_multiple_of(n_kv_heads),
         "attention: n_heads = {n_heads} not a multiple of n_kv_heads = {n_kv_heads}"
     );
+    assert!(
+        head_dim.is_multiple_of(E::VALUES),
+        "attention: head_dim {head_dim} is not a whole number of cache blocks of {}",
+        E::VALUES
+    );
     let qw = n_heads * head_dim;
-    let kvw = n_kv_heads * head_dim;
+    // Cache elements per row and per head.
+    let (kvw, hde) = (n_kv_heads * head_dim / E::VALUES, head_dim / E::VALUES);
     assert_eq!(q.len(), n_q * qw, "attention: q has {} values, needs n_q * n_heads * head_dim", q.len());
     assert_eq!(out.len(), n_q * qw, "attention: out has {} values, needs n_q * n_heads * head_dim", out.len());
     assert_eq!(k.len(), v.len(), "attention: K and V caches differ in length");
@@ -187,7 +205,7 @@ pub fn attention_paged_with<E: KvElem>(
         let mut scores = vec![0f32; rep * len];
         for j in 0..len {
             let r = Pages::row(pages, start + j) * kvw;
-            let krow = &k[r + h * head_dim..r + (h + 1) * head_dim];
+            let krow = &k[r + h * hde..r + (h + 1) * hde];
             for r in 0..rep {
                 scores[r * len + j] = scale * E::dot(isa, &qs[r * head_dim..(r + 1) * head_dim], krow);
             }
@@ -198,7 +216,7 @@ pub fn attention_paged_with<E: KvElem>(
         o.fill(0.0);
         for j in 0..len {
             let r = Pages::row(pages, start + j) * kvw;
-            let vrow = &v[r + h * head_dim..r + (h + 1) * head_dim];
+            let vrow = &v[r + h * hde..r + (h + 1) * hde];
             for r in 0..rep {
                 E::axpy(isa, scores[r * len + j], vrow, &mut o[r * head_dim..(r + 1) * head_dim]);
             }

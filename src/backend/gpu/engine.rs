@@ -185,16 +185,17 @@ pub fn plan_memory(
         mb_up(e.minimum),
         mb(kv),
         kv_name(opts.kv),
-        if opts.kv == KvType::F32 { ", to half with --kv f16" } else { "" }
+        match opts.kv {
+            KvType::F32 => ", to half with --kv f16",
+            KvType::F16 => ", to 56% with --kv q8",
+            KvType::Q8 => "",
+        }
     )))
 }
 
 /// The KV cache type as `--kv` spells it.
 fn kv_name(kv: KvType) -> &'static str {
-    match kv {
-        KvType::F32 => "f32",
-        KvType::F16 => "f16",
-    }
+    kv.name()
 }
 
 fn mb(bytes: u64) -> String {
@@ -259,6 +260,7 @@ pub struct GpuEngine {
 impl GpuEngine {
     /// Uploads the model and compiles its forward pass on `ctx`.
     pub async fn load(ctx: Arc<GpuContext>, dir: &ModelDir, cfg: &Transformer, opts: GpuOptions) -> Result<GpuEngine> {
+        opts.kv.check_head_dim(cfg.head_dim)?;
         if opts.context_length == 0 || opts.context_length > cfg.context_length as usize {
             return Err(Error::Usage(format!(
                 "context length {} is outside 1..={} (the model's)",

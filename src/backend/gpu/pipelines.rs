@@ -87,19 +87,26 @@ pub const EMBED: Kernel = Kernel {
 /// Parameters, step, qkv, cos/sin, q, K cache, V cache, seqmap.
 const ROPE_BINDINGS: &[(u32, Access)] =
     &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, ReadWrite), (5, ReadWrite), (6, ReadWrite), (7, Read)];
-/// RoPE and the KV store into an f32 cache; [`ROPE_F16`] is the same source over an f16 cache (the element
-/// type is the prelude, shaders/kv_f32.wgsl or kv_f16.wgsl; so for every kernel that touches the cache).
+/// RoPE and the KV store into an f32 cache; [`ROPE_F16`] and [`ROPE_Q8`] are the same source over an f16 or
+/// q8_0 cache (the element type is the prelude, shaders/kv_f32.wgsl, kv_f16.wgsl or kv_q8.wgsl, and for the
+/// writer kv_store_*.wgsl; so for every kernel that touches the cache).
 pub const ROPE: Kernel = Kernel {
     name: "rope",
     entry: "main",
     bindings: ROPE_BINDINGS,
-    source: shader!("pages.wgsl" + "kv_f32.wgsl" + "rope.wgsl"),
+    source: shader!("pages.wgsl" + "kv_f32.wgsl" + "kv_store_f32.wgsl" + "rope.wgsl"),
 };
 pub const ROPE_F16: Kernel = Kernel {
     name: "rope_f16",
     entry: "main",
     bindings: ROPE_BINDINGS,
-    source: shader!("pages.wgsl" + "kv_f16.wgsl" + "rope.wgsl"),
+    source: shader!("pages.wgsl" + "kv_f16.wgsl" + "kv_store_f16.wgsl" + "rope.wgsl"),
+};
+pub const ROPE_Q8: Kernel = Kernel {
+    name: "rope_q8",
+    entry: "main",
+    bindings: ROPE_BINDINGS,
+    source: shader!("pages.wgsl" + "kv_q8.wgsl" + "kv_store_q8.wgsl" + "rope.wgsl"),
 };
 const ATTN_DECODE_BINDINGS: &[(u32, Access)] =
     &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite), (8, Read)];
@@ -114,6 +121,12 @@ pub const ATTN_DECODE_F16: Kernel = Kernel {
     entry: "partial",
     bindings: ATTN_DECODE_BINDINGS,
     source: shader!("pages.wgsl" + "kv_f16.wgsl" + "attention_decode.wgsl"),
+};
+pub const ATTN_DECODE_Q8: Kernel = Kernel {
+    name: "attention_decode_q8",
+    entry: "partial",
+    bindings: ATTN_DECODE_BINDINGS,
+    source: shader!("pages.wgsl" + "kv_q8.wgsl" + "attention_decode.wgsl"),
 };
 /// The combine step reads only the partials: one pipeline for every cache type.
 pub const ATTN_COMBINE: Kernel = Kernel {
@@ -135,6 +148,12 @@ pub const ATTN_PREFILL_F16: Kernel = Kernel {
     entry: "main",
     bindings: ATTN_PREFILL_BINDINGS,
     source: shader!("pages.wgsl" + "kv_f16.wgsl" + "attention_prefill.wgsl"),
+};
+pub const ATTN_PREFILL_Q8: Kernel = Kernel {
+    name: "attention_prefill_q8",
+    entry: "main",
+    bindings: ATTN_PREFILL_BINDINGS,
+    source: shader!("pages.wgsl" + "kv_q8.wgsl" + "attention_prefill.wgsl"),
 };
 pub const RMSNORM: Kernel = Kernel {
     name: "norm",
