@@ -6,7 +6,23 @@ BIN=${OMEX_BIN:-$( [ -x .devbin/omex ] && echo .devbin/omex || echo target/relea
 bash $P/device.sh build >/dev/null
 bash $P/device.sh vulkan >/dev/null
 export LD_LIBRARY_PATH=/opt/vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-# The NVIDIA Vulkan driver's manifest is not where the loader looks on these machines.
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -f $icd ] && export VK_DRIVER_FILES=$icd
+# The NVIDIA Vulkan driver's manifest is not where the loader looks on these machines, and not in the same place
+# on all of them: take the first one found. Without one, wgpu finds no adapter ("vulkan not requested"), as
+# happened on an H100 on 2026-12-07 (llama.cpp's Vulkan build gave no figures either): say so at once.
+icd=$(ls /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json \
+    /etc/vulkan/icd.d/nvidia_icd.json /usr/local/nvidia/lib64/nvidia_icd.json 2>/dev/null | head -n 1 || true)
+[ -n "$icd" ] || icd=$(find / -xdev -name 'nvidia_icd*.json' 2>/dev/null | head -n 1 || true)
+if [ -n "$icd" ]; then
+    export VK_DRIVER_FILES=$icd
+else
+    # The manifest only names the driver's library (which carries the Vulkan ICD): write one if the library is here.
+    lib=$(ls /usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0 /usr/local/nvidia/lib64/libGLX_nvidia.so.0 2>/dev/null | head -n 1 || true)
+    if [ -n "$lib" ]; then
+        printf '{"file_format_version": "1.0.0", "ICD": {"library_path": "%s", "api_version": "1.3.0"}}\n' "$lib" >/tmp/nvidia_icd.json
+        export VK_DRIVER_FILES=/tmp/nvidia_icd.json
+        echo "device-env.sh: no nvidia_icd.json found; wrote /tmp/nvidia_icd.json for $lib" >&2
+    else
+        echo "device-env.sh: no NVIDIA Vulkan driver (nvidia_icd.json or libGLX_nvidia.so.0) on this machine: omex's GPU engine and llama.cpp's Vulkan build will find no adapter" >&2
+    fi
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
