@@ -9,7 +9,7 @@
 # `--quant keep`; then omex `bench --backend gpu` (a warm-up run first), llama.cpp CUDA and Vulkan `llama-bench`,
 # and omex again, all pp512 and tg128 on the same card in the same call. OMEX_BIN picks the binary
 # (default .devbin/omex, else target/release/omex); REPS the repetitions (default 3); KVS the omex KV cache types
-# to run (default "f16"; e.g. KVS="f16 f32").
+# to run (default "f16"; e.g. KVS="f16 f32 q8").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
