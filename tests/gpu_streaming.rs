@@ -8,7 +8,8 @@ mod gpu_common;
 #[path = "common/tiny_model.rs"]
 mod tiny_model;
 
-use omex::backend::gpu::{plan_memory, DeviceOptions, GpuContext, GpuEngine, GpuOptions};
+use omex::backend::gpu::streaming::Unit;
+use omex::backend::gpu::{plan_memory, DeviceOptions, GpuContext, GpuEngine, GpuOptions, MemoryPlan};
 use omex::backend::{Engine, KvType, Logits};
 use omex::format::graph::GRAPH_FILE;
 use omex::format::ModelDir;
@@ -210,30 +211,49 @@ fn a_budget_too_small_names_the_smallest_that_works() {
     assert!(e.memory_report().peak <= minimum);
 }
 
+/// SmolLM2's memory plan at a context of `ctx_len` under each KV cache type, for the planner tests.
+struct KvPlanner<'a> {
+    dir: &'a ModelDir,
+    cfg: &'a Transformer,
+    ctx_len: usize,
+}
+
+impl KvPlanner<'_> {
+    /// Values in the whole cache: K and V of every block, position and KV head.
+    fn values(&self) -> u64 {
+        let c = self.cfg;
+        2 * c.blocks.len() as u64 * self.ctx_len as u64 * (c.n_kv_heads * c.head_dim) as u64
+    }
+
+    fn plan(&self, kv: KvType, budget: Option<u64>) -> omex::error::Result<(Vec<Unit>, MemoryPlan)> {
+        let mut o = options(self.ctx_len, budget, true);
+        o.kv = kv;
+        plan_memory(self.dir, self.cfg, &o, 1 << 30)
+    }
+
+    /// The smallest budget the refusal of a one-byte budget names, and that refusal.
+    fn minimum(&self, kv: KvType) -> (u64, String) {
+        match self.plan(kv, Some(1)) {
+            Ok(_) => panic!("a budget of one byte was accepted"),
+            Err(e) => (minimum_from(&e.to_string()), e.to_string()),
+        }
+    }
+}
+
 /// The planner counts the KV cache at its element size: SmolLM2-135M at a 4096-token context has 30 blocks of
 /// 3 KV heads of 64, so its cache is 2 x 30 x 4096 x 192 values, 189 MB in f32 and half that in f16. A budget
 /// that fits the f16 cache's streaming minimum plans with f16 and is refused with f32, the refusal naming the
 /// f32 cache and --kv f16. Host-side only (the planner), so it runs without a GPU.
 #[test]
 fn the_planner_counts_the_kv_cache_at_its_element_size() {
-    let path = common::smollm2_omex("keep");
-    let model = omex::runtime::Model::load(&path).unwrap();
-    let (dir, cfg) = (&model.dir, &model.config);
-    let ctx_len = 4096;
-    let values = 2 * cfg.blocks.len() as u64 * ctx_len as u64 * (cfg.n_kv_heads * cfg.head_dim) as u64;
-    let with = |kv: KvType, budget: Option<u64>| {
-        let mut o = options(ctx_len, budget, true);
-        o.kv = kv;
-        plan_memory(dir, cfg, &o, 1 << 30)
-    };
+    let model = omex::runtime::Model::load(common::smollm2_omex("keep")).unwrap();
+    let planner = KvPlanner { dir: &model.dir, cfg: &model.config, ctx_len: 4096 };
+    let (values, with) = (planner.values(), |kv, budget| planner.plan(kv, budget));
     let (f32_plan, f16_plan) = (with(KvType::F32, None).unwrap().1.plan, with(KvType::F16, None).unwrap().1.plan);
     assert_eq!(f32_plan.kv_bytes, 4 * values, "an f32 cache");
     assert_eq!(f16_plan.kv_bytes, 2 * values, "an f16 cache");
     assert_eq!(f32_plan.total_bytes - f16_plan.total_bytes, 2 * values, "only the cache differs");
-    let minimum = |kv: KvType| match with(kv, Some(1)) {
-        Ok(_) => panic!("a budget of one byte was accepted"),
-        Err(e) => (minimum_from(&e.to_string()), e.to_string()),
-    };
+    let minimum = |kv| planner.minimum(kv);
     let ((min16, _), (min32, err32)) = (minimum(KvType::F16), minimum(KvType::F32));
     assert!(err32.contains("f32 KV cache") && err32.contains("--kv f16"), "{err32}");
     // The minima differ by the f32 cache's extra bytes (each is rounded up to 0.1 MB).
@@ -251,23 +271,13 @@ fn the_planner_counts_the_kv_cache_at_its_element_size() {
 /// --kv q8. Host-side only.
 #[test]
 fn the_planner_counts_a_q8_kv_cache_at_its_real_size() {
-    let path = common::smollm2_omex("keep");
-    let model = omex::runtime::Model::load(&path).unwrap();
-    let (dir, cfg) = (&model.dir, &model.config);
-    let ctx_len = 4096;
-    let values = 2 * cfg.blocks.len() as u64 * ctx_len as u64 * (cfg.n_kv_heads * cfg.head_dim) as u64;
-    let with = |kv: KvType, budget: Option<u64>| {
-        let mut o = options(ctx_len, budget, true);
-        o.kv = kv;
-        plan_memory(dir, cfg, &o, 1 << 30)
-    };
+    let model = omex::runtime::Model::load(common::smollm2_omex("keep")).unwrap();
+    let planner = KvPlanner { dir: &model.dir, cfg: &model.config, ctx_len: 4096 };
+    let (values, with) = (planner.values(), |kv, budget| planner.plan(kv, budget));
     let (f16_plan, q8_plan) = (with(KvType::F16, None).unwrap().1.plan, with(KvType::Q8, None).unwrap().1.plan);
     assert_eq!(q8_plan.kv_bytes, values / 32 * 36, "a q8 cache");
     assert_eq!(f16_plan.total_bytes - q8_plan.total_bytes, 2 * values - values / 32 * 36, "only the cache differs");
-    let minimum = |kv: KvType| match with(kv, Some(1)) {
-        Ok(_) => panic!("a budget of one byte was accepted"),
-        Err(e) => (minimum_from(&e.to_string()), e.to_string()),
-    };
+    let minimum = |kv| planner.minimum(kv);
     let ((min8, err8), (min16, err16)) = (minimum(KvType::Q8), minimum(KvType::F16));
     assert!(err16.contains("f16 KV cache") && err16.contains("--kv q8"), "{err16}");
     assert!(err8.contains("q8 KV cache"), "{err8}");
