@@ -1,10 +1,19 @@
 # Sourced by the device scripts (scripts/device-bench.sh, scripts/device-serve-bench.sh) ON the device: builds the
 # peers in .peers, puts the Vulkan loader where omex's wgpu finds it, points it at the NVIDIA driver and names
 # the card. Sets P (the peers folder) and BIN (the omex binary: OMEX_BIN, else .devbin/omex, else target/release).
+# With PEERS_BUILD=background the llama.cpp build (~6 min) runs behind the caller, which calls `peers_wait`
+# before it needs llama.cpp, so omex can be measured meanwhile.
 P=.peers
 BIN=${OMEX_BIN:-$( [ -x .devbin/omex ] && echo .devbin/omex || echo target/release/omex )}
-bash $P/device.sh build >/dev/null
 bash $P/device.sh vulkan >/dev/null
+if [ "${PEERS_BUILD:-}" = background ]; then
+    bash $P/device.sh build >/tmp/peers-build.log 2>&1 &
+    PEERS_PID=$!
+else
+    bash $P/device.sh build >/dev/null
+    PEERS_PID=
+fi
+peers_wait() { [ -z "$PEERS_PID" ] || wait "$PEERS_PID" || { echo "peers build failed:"; tail -20 /tmp/peers-build.log; }; }
 export LD_LIBRARY_PATH=/opt/vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # The NVIDIA Vulkan driver's manifest is not where the loader looks on these machines, and not in the same place
 # on all of them: take the first one found. Without one, wgpu finds no adapter ("vulkan not requested"), as
@@ -25,4 +34,5 @@ else
         echo "device-env.sh: no NVIDIA Vulkan driver (nvidia_icd.json or libGLX_nvidia.so.0) on this machine: omex's GPU engine and llama.cpp's Vulkan build will find no adapter" >&2
     fi
 fi
+echo "device-env.sh: VK_DRIVER_FILES=${VK_DRIVER_FILES:-unset}; loaders: $(ldconfig -p | grep -c libvulkan) libvulkan entries" >&2
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
