@@ -23,8 +23,10 @@ pub(super) const Q8_0: u8 = 5;
 /// Register block of the matmul: rows x tokens (12 accumulators).
 const MM_R: usize = 4;
 const MM_T: usize = 3;
-/// Register block of the matvec: rows.
-const MV_R: usize = 4;
+/// Register block of the matvec: rows. One: a thread then reads its rows as one sequential stream, which the
+/// hardware prefetcher follows; four interleaved rows held Qwen2.5-1.5B's decode to 15 tok/s on 2 Zen 4 cores
+/// (against 24 with one), prefetch or not.
+const MV_R: usize = 1;
 
 pub(super) const fn block_bytes(l: u8) -> usize {
     match l {
