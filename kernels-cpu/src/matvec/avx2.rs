@@ -11,8 +11,8 @@ const INT8: u8 = 2;
 const INT4: u8 = 3;
 const TERN: u8 = 4;
 
-/// Rows per register block.
-const R: usize = 4;
+/// Rows per register block: one, so each thread reads its rows as one sequential stream (see `q8::avx2`).
+const R: usize = 1;
 
 /// Raw views of a validated matrix.
 struct View {
