@@ -2,7 +2,7 @@
 //! scaled per group. A block of `R` weight rows x `T` activation rows is computed at once so that each
 //! unpacked weight group is reused `T` times and each activation group `R` times.
 
-use super::Q8Activations;
+use super::{Q8Activations, STREAM_TOKENS};
 use crate::layout::{Matrix, Weights, GROUP, INT4_GROUP_BYTES, TERNARY_GROUP_BYTES};
 use crate::x86::{hsum, load_f16x8, load_f32x8, unpack_int4, unpack_ternary};
 use std::arch::x86_64::*;
@@ -14,10 +14,6 @@ const TERN: u8 = 2;
 /// Register block of the matmul: rows x tokens (12 accumulators of 16 ymm registers).
 const MM_R: usize = 4;
 const MM_T: usize = 3;
-/// Register block of the matvec: rows. One, as in [`super::avx2_ggml`]: a thread then walks its rows'
-/// quants in one sequential stream the hardware prefetcher follows (Gemma 3 270M's int8 output head, 168 MB,
-/// decoded 40-51 tok/s with four interleaved rows and 69-89 with one, on 2 Zen 4 cores).
-const MV_R: usize = 1;
 
 /// Quantizes one group of 32; bit-identical to `portable::quantize_group`.
 ///
@@ -217,30 +213,23 @@ unsafe fn run<const L: u8, const R: usize, const T: usize>(
 /// AVX2/FMA/F16C; `m` validated; `r0 + outs[j].len() <= m.rows` for every `j` (all equally long) and
 /// `t0 + outs.len() <= xq.n()`; `xq.cols() == m.cols`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile(m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]], matvec: bool) {
+pub unsafe fn tile(m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
     let nt = outs.len();
     let nr = outs.first().map_or(0, |o| o.len());
     assert!(outs.iter().all(|o| o.len() == nr) && r0 + nr <= m.rows && t0 + nt <= xq.n && xq.cols == m.cols);
     let (kind, w) = Rows::new(m);
     match kind {
-        INT8 => tile_l::<INT8>(&w, xq, r0, t0, outs, matvec),
-        INT4 => tile_l::<INT4>(&w, xq, r0, t0, outs, matvec),
-        _ => tile_l::<TERN>(&w, xq, r0, t0, outs, matvec),
+        INT8 => tile_l::<INT8>(&w, xq, r0, t0, outs),
+        INT4 => tile_l::<INT4>(&w, xq, r0, t0, outs),
+        _ => tile_l::<TERN>(&w, xq, r0, t0, outs),
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_l<const L: u8>(
-    w: &Rows,
-    xq: &Q8Activations,
-    r0: usize,
-    t0: usize,
-    outs: &mut [&mut [f32]],
-    matvec: bool,
-) {
+unsafe fn tile_l<const L: u8>(w: &Rows, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
     let nt = outs.len();
     let nr = outs[0].len();
-    let (mr, mt) = if matvec { (MV_R, 1) } else { (MM_R, MM_T) };
+    let (mr, mt) = if nt <= STREAM_TOKENS { (1, MM_T) } else { (MM_R, MM_T) };
     let mut j = 0;
     while j < nt {
         let tt = (nt - j).min(mt);

@@ -7,7 +7,7 @@
 //! Signed quants (Q8_0, Q6_K) go as `|q|` with their sign moved onto `x` (`_mm256_sign_epi8`); Q5_0 goes as
 //! unsigned `q` with a min term `b = -16 d`, which saves the sign and absolute value per group.
 
-use super::Q8Activations;
+use super::{Q8Activations, STREAM_TOKENS};
 use crate::ggml::{k_scales, GgmlBlock, Q4_K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES};
 use crate::layout::{Matrix, GROUP};
 use crate::x86::{hsum, load_f32x8, unpack_int4};
@@ -23,10 +23,6 @@ pub(super) const Q8_0: u8 = 5;
 /// Register block of the matmul: rows x tokens (12 accumulators).
 const MM_R: usize = 4;
 const MM_T: usize = 3;
-/// Register block of the matvec: rows. One: a thread then reads its rows as one sequential stream, which the
-/// hardware prefetcher follows; four interleaved rows held Qwen2.5-1.5B's decode to 15 tok/s on 2 Zen 4 cores
-/// (against 24 with one), prefetch or not.
-const MV_R: usize = 1;
 
 pub(super) const fn block_bytes(l: u8) -> usize {
     match l {
@@ -372,34 +368,27 @@ unsafe fn run<const L: u8, const R: usize, const T: usize>(
 /// AVX2/FMA/F16C; `m` validated and of a raw GGUF layout; `r0 + outs[j].len() <= m.rows` for every `j` (all
 /// equally long) and `t0 + outs.len() <= xq.n()`; `xq.cols() == m.cols`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile(m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]], matvec: bool) {
+pub unsafe fn tile(m: &Matrix, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
     let nt = outs.len();
     let nr = outs.first().map_or(0, |o| o.len());
     assert!(outs.iter().all(|o| o.len() == nr) && r0 + nr <= m.rows && t0 + nt <= xq.n && xq.cols == m.cols);
     let (kind, bytes) = m.w.as_ggml().expect("a raw GGUF layout");
     let w = Rows { p: bytes.as_ptr(), row_bytes: kind.bytes_for(m.cols), gpr: m.cols / GROUP, cols: m.cols };
     match kind {
-        GgmlBlock::Q4K => tile_l::<Q4K>(&w, xq, r0, t0, outs, matvec),
-        GgmlBlock::Q5K => tile_l::<Q5K>(&w, xq, r0, t0, outs, matvec),
-        GgmlBlock::Q6K => tile_l::<Q6K>(&w, xq, r0, t0, outs, matvec),
-        GgmlBlock::Q5_0 => tile_l::<Q5_0>(&w, xq, r0, t0, outs, matvec),
-        GgmlBlock::Q5_1 => tile_l::<Q5_1>(&w, xq, r0, t0, outs, matvec),
-        GgmlBlock::Q8_0 => tile_l::<Q8_0>(&w, xq, r0, t0, outs, matvec),
+        GgmlBlock::Q4K => tile_l::<Q4K>(&w, xq, r0, t0, outs),
+        GgmlBlock::Q5K => tile_l::<Q5K>(&w, xq, r0, t0, outs),
+        GgmlBlock::Q6K => tile_l::<Q6K>(&w, xq, r0, t0, outs),
+        GgmlBlock::Q5_0 => tile_l::<Q5_0>(&w, xq, r0, t0, outs),
+        GgmlBlock::Q5_1 => tile_l::<Q5_1>(&w, xq, r0, t0, outs),
+        GgmlBlock::Q8_0 => tile_l::<Q8_0>(&w, xq, r0, t0, outs),
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_l<const L: u8>(
-    w: &Rows,
-    xq: &Q8Activations,
-    r0: usize,
-    t0: usize,
-    outs: &mut [&mut [f32]],
-    matvec: bool,
-) {
+unsafe fn tile_l<const L: u8>(w: &Rows, xq: &Q8Activations, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
     let nt = outs.len();
     let nr = outs[0].len();
-    let (mr, mt) = if matvec { (MV_R, 1) } else { (MM_R, MM_T) };
+    let (mr, mt) = if nt <= STREAM_TOKENS { (1, MM_T) } else { (MM_R, MM_T) };
     let mut j = 0;
     while j < nt {
         let tt = (nt - j).min(mt);
