@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # omex beside llama.cpp on the device's GPU, one table per model: run ON the device machine, with the peers folder
-# (../shared/peers copied to .peers, see its README) and a stripped omex binary carried along.
+# (../shared/peers copied to .peers, see its README), a stripped omex binary and the glvnd packages (.gl: see
+# scripts/device-env.sh) carried along.
 #
 #   bash scripts/device-bench.sh [MODEL..]     # MODEL: a header in .peers/heads/ without .head
 #                                              # (default: smollm2-135m-instruct-q4_1 gemma-3-270m-q4_k_m)
@@ -20,7 +21,7 @@ REPS=${REPS:-3}
 KVS=${KVS:-f16}
 [ $# -gt 0 ] || set -- smollm2-135m-instruct-q4_1 gemma-3-270m-q4_k_m
 PEERS_BUILD=background source scripts/device-env.sh
-copy=$("$BIN" profile --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["gpu"]["copy_gbs"])' || echo 0)
+copy=$("$BIN" profile --json 2>/dev/null | python3 -c 'import json,sys; print((json.load(sys.stdin).get("gpu") or {}).get("copy_gbs", 0))' || echo 0)
 echo "copy bandwidth (omex profile): $copy GB/s"
 if [ "$copy" = 0 ]; then  # no adapter: say what the machine has instead of benchmarking nothing for ten minutes
     "$BIN" profile 2>&1 | head -20
