@@ -11,7 +11,9 @@ const INT8: u8 = 2;
 const INT4: u8 = 3;
 const TERN: u8 = 4;
 
-/// Rows per register block: one, so each thread reads its rows as one sequential stream (see `q8::avx2`).
+/// Rows per register block: one, so each thread reads its rows as one sequential stream (see
+/// `q8::STREAM_TOKENS`). The f16 products of a rank-16 LoRA adapter gained too: SmolLM2 decoded 157-162 tok/s
+/// with the adapter against 122-128 with 4 rows.
 const R: usize = 1;
 
 /// Raw views of a validated matrix.
