@@ -421,12 +421,34 @@ fn run_step(
             };
             let lin = Linear::prepare(act, x, n, &mut s.xq);
             linear(&lin, mats, *add, n, &s.xq, &mut s.part, &mut out);
-            let (width, mut col) = (out.len() / n.max(1), 0);
-            for ((m, _), mat_loras) in mats.iter().zip(loras) {
-                for (lora, scale) in mat_loras {
-                    lora::apply_cpu(lora, *scale, x, n, col, width, &mut s.lora_t, &mut s.lora_y, &mut out);
+            let sizes: Vec<usize> = mats.iter().map(|(m, _)| m.view().entry.shape[0] as usize).collect();
+            if n == 1 && loras.iter().filter(|l| !l.is_empty()).count() > 1 {
+                // Decode: each matrix's update lands in its own columns and is too small to split, so the
+                // adapted matrices of the op (q, k, v; gate, up) run side by side rather than one after
+                // another on one core.
+                use rayon::prelude::*;
+                let (mut pieces, mut rest) = (Vec::new(), &mut out[..]);
+                for (size, mat_loras) in sizes.iter().zip(loras) {
+                    let (piece, tail) = std::mem::take(&mut rest).split_at_mut(*size);
+                    rest = tail;
+                    if !mat_loras.is_empty() {
+                        pieces.push((piece, mat_loras));
+                    }
                 }
-                col += m.view().entry.shape[0] as usize;
+                pieces.into_par_iter().for_each(|(piece, mat_loras)| {
+                    let (mut t, mut y) = (Vec::new(), Vec::new());
+                    for (lora, scale) in mat_loras {
+                        lora::apply_cpu(lora, *scale, x, 1, 0, piece.len(), &mut t, &mut y, piece);
+                    }
+                });
+            } else {
+                let (width, mut col) = (out.len() / n.max(1), 0);
+                for (size, mat_loras) in sizes.iter().zip(loras) {
+                    for (lora, scale) in mat_loras {
+                        lora::apply_cpu(lora, *scale, x, n, col, width, &mut s.lora_t, &mut s.lora_y, &mut out);
+                    }
+                    col += size;
+                }
             }
             s.bufs[*output as usize] = out;
         }
