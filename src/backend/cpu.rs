@@ -421,15 +421,15 @@ fn run_step(
             };
             let lin = Linear::prepare(act, x, n, &mut s.xq);
             linear(&lin, mats, *add, n, &s.xq, &mut s.part, &mut out);
-            let sizes: Vec<usize> = mats.iter().map(|(m, _)| m.view().entry.shape[0] as usize).collect();
+            let rows = |m: &WeightRef| m.view().entry.shape[0] as usize;
             if n == 1 && loras.iter().filter(|l| !l.is_empty()).count() > 1 {
                 // Decode: each matrix's update lands in its own columns and is too small to split, so the
                 // adapted matrices of the op (q, k, v; gate, up) run side by side rather than one after
                 // another on one core.
                 use rayon::prelude::*;
                 let (mut pieces, mut rest) = (Vec::new(), &mut out[..]);
-                for (size, mat_loras) in sizes.iter().zip(loras) {
-                    let (piece, tail) = std::mem::take(&mut rest).split_at_mut(*size);
+                for ((m, _), mat_loras) in mats.iter().zip(loras) {
+                    let (piece, tail) = std::mem::take(&mut rest).split_at_mut(rows(m));
                     rest = tail;
                     if !mat_loras.is_empty() {
                         pieces.push((piece, mat_loras));
@@ -443,11 +443,11 @@ fn run_step(
                 });
             } else {
                 let (width, mut col) = (out.len() / n.max(1), 0);
-                for (size, mat_loras) in sizes.iter().zip(loras) {
+                for ((m, _), mat_loras) in mats.iter().zip(loras) {
                     for (lora, scale) in mat_loras {
                         lora::apply_cpu(lora, *scale, x, n, col, width, &mut s.lora_t, &mut s.lora_y, &mut out);
                     }
-                    col += size;
+                    col += rows(m);
                 }
             }
             s.bufs[*output as usize] = out;
