@@ -248,19 +248,20 @@ impl KvPlanner<'_> {
 fn the_planner_counts_the_kv_cache_at_its_element_size() {
     let model = omex::runtime::Model::load(common::smollm2_omex("keep")).unwrap();
     let planner = KvPlanner { dir: &model.dir, cfg: &model.config, ctx_len: 4096 };
-    let (values, with) = (planner.values(), |kv, budget| planner.plan(kv, budget));
-    let (f32_plan, f16_plan) = (with(KvType::F32, None).unwrap().1.plan, with(KvType::F16, None).unwrap().1.plan);
+    let values = planner.values();
+    let (f32_plan, f16_plan) =
+        (planner.plan(KvType::F32, None).unwrap().1.plan, planner.plan(KvType::F16, None).unwrap().1.plan);
     assert_eq!(f32_plan.kv_bytes, 4 * values, "an f32 cache");
     assert_eq!(f16_plan.kv_bytes, 2 * values, "an f16 cache");
     assert_eq!(f32_plan.total_bytes - f16_plan.total_bytes, 2 * values, "only the cache differs");
-    let minimum = |kv| planner.minimum(kv);
-    let ((min16, _), (min32, err32)) = (minimum(KvType::F16), minimum(KvType::F32));
+    let ((min16, _), (min32, err32)) = (planner.minimum(KvType::F16), planner.minimum(KvType::F32));
     assert!(err32.contains("f32 KV cache") && err32.contains("--kv f16"), "{err32}");
     // The minima differ by the f32 cache's extra bytes (each is rounded up to 0.1 MB).
     assert!((min32 - min16).abs_diff(2 * values) <= 100_000, "minima {min16} (f16) and {min32} (f32)");
-    let plan = with(KvType::F16, Some(min16)).unwrap_or_else(|e| panic!("f16 at its minimum {min16}: {e}")).1.plan;
+    let plan =
+        planner.plan(KvType::F16, Some(min16)).unwrap_or_else(|e| panic!("f16 at its minimum {min16}: {e}")).1.plan;
     assert!(plan.streams() && plan.total_bytes <= min16, "{plan:?}");
-    match with(KvType::F32, Some(min16)) {
+    match planner.plan(KvType::F32, Some(min16)) {
         Ok((_, m)) => panic!("an f32 cache planned in the f16 minimum of {min16}: {:?}", m.plan),
         Err(e) => assert!(e.to_string().contains("too small"), "{e}"),
     }
@@ -273,18 +274,18 @@ fn the_planner_counts_the_kv_cache_at_its_element_size() {
 fn the_planner_counts_a_q8_kv_cache_at_its_real_size() {
     let model = omex::runtime::Model::load(common::smollm2_omex("keep")).unwrap();
     let planner = KvPlanner { dir: &model.dir, cfg: &model.config, ctx_len: 4096 };
-    let (values, with) = (planner.values(), |kv, budget| planner.plan(kv, budget));
-    let (f16_plan, q8_plan) = (with(KvType::F16, None).unwrap().1.plan, with(KvType::Q8, None).unwrap().1.plan);
+    let values = planner.values();
+    let (f16_plan, q8_plan) =
+        (planner.plan(KvType::F16, None).unwrap().1.plan, planner.plan(KvType::Q8, None).unwrap().1.plan);
     assert_eq!(q8_plan.kv_bytes, values / 32 * 36, "a q8 cache");
     assert_eq!(f16_plan.total_bytes - q8_plan.total_bytes, 2 * values - values / 32 * 36, "only the cache differs");
-    let minimum = |kv| planner.minimum(kv);
-    let ((min8, err8), (min16, err16)) = (minimum(KvType::Q8), minimum(KvType::F16));
+    let ((min8, err8), (min16, err16)) = (planner.minimum(KvType::Q8), planner.minimum(KvType::F16));
     assert!(err16.contains("f16 KV cache") && err16.contains("--kv q8"), "{err16}");
     assert!(err8.contains("q8 KV cache"), "{err8}");
     assert!(min8 < min16, "minima {min8} (q8) and {min16} (f16)");
-    let plan = with(KvType::Q8, Some(min8)).unwrap_or_else(|e| panic!("q8 at its minimum {min8}: {e}")).1.plan;
+    let plan = planner.plan(KvType::Q8, Some(min8)).unwrap_or_else(|e| panic!("q8 at its minimum {min8}: {e}")).1.plan;
     assert!(plan.streams() && plan.total_bytes <= min8, "{plan:?}");
-    match with(KvType::F16, Some(min8)) {
+    match planner.plan(KvType::F16, Some(min8)) {
         Ok((_, m)) => panic!("an f16 cache planned in the q8 minimum of {min8}: {:?}", m.plan),
         Err(e) => assert!(e.to_string().contains("too small"), "{e}"),
     }
