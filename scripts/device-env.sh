@@ -5,9 +5,9 @@
 # before it needs llama.cpp, so omex can be measured meanwhile.
 P=.peers
 BIN=${OMEX_BIN:-$( [ -x .devbin/omex ] && echo .devbin/omex || echo target/release/omex )}
-# The NVIDIA driver's Vulkan ICD is its GLX library, which needs glvnd's dispatch libraries: these machines
-# have the driver but not glvnd, and then the loader finds the manifest yet no adapter (an H100 on 2026-12-07).
-# The Debian packages in .gl (see the device library's README) are unpacked into / when carried.
+# The NVIDIA driver's Vulkan ICD is its GLX library, which needs glvnd's dispatch libraries. An H100 on
+# 2026-12-07 had the manifest and the loader yet no adapter; a missing glvnd is the guess (unverified). The
+# Debian packages in .gl (see the device library's README) are unpacked into / when carried.
 if ls .gl/*.deb >/dev/null 2>&1; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
@@ -41,7 +41,15 @@ else
         echo "device-env.sh: no NVIDIA Vulkan driver (nvidia_icd.json or libGLX_nvidia.so.0) on this machine: omex's GPU engine and llama.cpp's Vulkan build will find no adapter" >&2
     fi
 fi
-[ -z "${VK_DRIVER_FILES:-}" ] || { cat "$VK_DRIVER_FILES" >&2; lib=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ICD"]["library_path"])' "$VK_DRIVER_FILES" 2>/dev/null || true)
-    [ -z "$lib" ] || { ldconfig -p | grep -F "$(basename "$lib")" | head -2 >&2; p=$(ldconfig -p | grep -F "$(basename "$lib")" | head -1 | sed 's/.*=> //'); [ -z "$p" ] || ldd "$p" | grep -i "not found" >&2 || true; }; }
+# What the manifest names, where the loader finds it, and any library it needs that is missing.
+if [ -n "${VK_DRIVER_FILES:-}" ]; then
+    cat "$VK_DRIVER_FILES" >&2
+    lib=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ICD"]["library_path"])' "$VK_DRIVER_FILES" 2>/dev/null || true)
+    found=$([ -z "$lib" ] || ldconfig -p | grep -F "$(basename "$lib")" | head -1 | sed 's/.*=> //' || true)
+    if [ -n "$found" ]; then
+        echo "device-env.sh: ICD library $found" >&2
+        ldd "$found" | grep -i "not found" >&2 || true
+    fi
+fi
 echo "device-env.sh: VK_DRIVER_FILES=${VK_DRIVER_FILES:-unset}; loaders: $(ldconfig -p | grep -c libvulkan) libvulkan entries" >&2
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
