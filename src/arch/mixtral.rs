@@ -54,6 +54,6 @@ pub fn program(t: &Transformer) -> Result<Program> {
         blocks.push(Block { file: b.file.clone(), ops });
     }
     let mut p = skeleton(t, vec![model_rope(t)], blocks);
-    p.top_k = moe.top_k;
+    p.experts = moe.experts;
     Ok(p)
 }

@@ -16,7 +16,7 @@
 //! | `Act` | ffn | the MLP's activation |
 //! | `Out` | hidden | a block output before its residual add (post-norm architectures) |
 //! | `MoeIn` | hidden | the normed hidden state the router and the experts read (mixtral) |
-//! | `Route` | 2 top_k | per token, the `top_k` chosen experts' ids (as f32, exact) then their weights |
+//! | `Route` | experts | per token, each expert's weight: the router's renormalised probability for the `top_k` chosen, 0 for the rest |
 
 mod gemma3;
 mod gpt2;
@@ -108,10 +108,12 @@ pub enum Op {
     Add { from: Buf, to: Buf },
     /// Routes each token to `top_k` of `router.rows` experts: `MoeIn = norm(Hidden)`, router logits
     /// `MoeIn @ router^T`, their softmax (over all experts, in f32), the `top_k` largest probabilities (ties to
-    /// the lower expert id) divided by their sum; `Route` gets the ids then those weights.
+    /// the lower expert id) divided by their sum into `Route`, every other expert's weight 0
+    /// (`kernels_cpu::ops::route` on each row).
     MoeRoute { norm: NormOp, router: Mat, top_k: u32 },
     /// `Hidden += sum over each token's routed experts e of weight_e * down_e(act(gate_e(x)) * up_e(x))`,
-    /// `x` the token's `MoeIn` row; an engine runs only the experts some token was routed to.
+    /// `x` the token's `MoeIn` row; an engine runs an expert only for the tokens whose weight for it is not 0. An
+    /// engine may use `GateUp`, `Act` and `Out` as its scratch for one expert at a time.
     Experts { act: Activation, experts: Vec<Expert> },
 }
 
@@ -182,8 +184,8 @@ pub struct Program {
     pub vocab: u32,
     pub hidden: u32,
     pub ffn: u32,
-    /// Experts a token is routed to ([`Op::MoeRoute`]); 0 when no op routes.
-    pub top_k: u32,
+    /// Experts of each [`Op::MoeRoute`] (the width of `Route`); 0 when no op routes.
+    pub experts: u32,
     pub heads: Heads,
     /// Scores are `attention_scale * q . k`.
     pub attention_scale: f32,
@@ -211,7 +213,7 @@ impl Program {
             Buf::GateUp => 2 * self.ffn,
             Buf::Act => self.ffn,
             Buf::MoeIn => self.hidden,
-            Buf::Route => 2 * self.top_k,
+            Buf::Route => self.experts,
         }
     }
 
@@ -228,7 +230,7 @@ impl Program {
                 Op::Activation { buf, .. } | Op::Norm { buf, .. } => vec![*buf],
                 Op::Add { from, to } => vec![*from, *to],
                 Op::MoeRoute { .. } => vec![Buf::Hidden, Buf::MoeIn, Buf::Route],
-                Op::Experts { .. } => vec![Buf::MoeIn, Buf::Route, Buf::Hidden],
+                Op::Experts { .. } => vec![Buf::MoeIn, Buf::Route, Buf::Hidden, Buf::GateUp, Buf::Act, Buf::Out],
             });
         }
         used.sort();
@@ -288,10 +290,10 @@ impl Program {
                                 router.rows, router.cols, self.hidden
                             )));
                         }
-                        if *top_k == 0 || *top_k > router.rows || *top_k != self.top_k {
+                        if *top_k == 0 || *top_k > router.rows || router.rows != self.experts {
                             return Err(at(format!(
-                                "top_k {top_k} of {} experts (the program routes to {})",
-                                router.rows, self.top_k
+                                "top_k {top_k} of {} experts (the program routes over {})",
+                                router.rows, self.experts
                             )));
                         }
                         routed = Some(router.rows);
@@ -349,7 +351,7 @@ fn skeleton(t: &Transformer, ropes: Vec<Rope>, blocks: Vec<Block>) -> Program {
         vocab: t.vocab_size,
         hidden: t.hidden_size,
         ffn: t.intermediate_size,
-        top_k: 0,
+        experts: 0,
         heads,
         attention_scale: 1.0 / (t.head_dim as f32).sqrt(),
         embedding: t.token_embedding.clone(),

@@ -530,12 +530,9 @@ fn run_step(
             let (x, normed) = two_mut(&mut s.bufs, Buf::Hidden as usize, Buf::MoeIn as usize);
             norm.rows(x, normed);
             let experts = router.view().entry.shape[0] as usize;
-            s.part.resize(n * experts, 0.0);
-            Linear::prepare(act, normed, n, &mut s.xq).apply(&router.matrix(), &s.xq, &mut s.part);
-            let route = &mut s.bufs[Buf::Route as usize];
-            for (logits, r) in s.part.chunks_exact_mut(experts).zip(route.chunks_exact_mut(2 * top_k)) {
-                moe::route_token(logits, *top_k, r);
-            }
+            let (normed, route) = two_mut(&mut s.bufs, Buf::MoeIn as usize, Buf::Route as usize);
+            Linear::prepare(act, normed, n, &mut s.xq).apply(&router.matrix(), &s.xq, route);
+            route.chunks_exact_mut(experts).take(n).for_each(|row| ops::route(row, *top_k));
         }
         Step::Experts { act: glu, experts } => {
             let mut x = std::mem::take(&mut s.bufs[Buf::Hidden as usize]);

@@ -10,14 +10,17 @@
 //!   (equal to `0.5 x (1 + tanh(u))`)
 //! - `softmax`: `exp(x - max) / sum`, in place
 //! - `argmax`: lowest index of the largest non-NaN value (0 if there is none)
+//! - `route`: a mixture of experts' routing of one token (softmax, top k, renormalised; see [`route`])
 //!
 //! Norms take `x` of one or more rows: `x.len()` a multiple of `weight.len()`, each row normalised alone.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod moe;
 mod portable;
 mod rope;
 
+pub use moe::route;
 pub use rope::{rope, rope_with, RopeStyle};
 
 use crate::isa::{self, Isa};
