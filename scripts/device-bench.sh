@@ -25,6 +25,10 @@ copy=$("$BIN" profile --json 2>/dev/null | python3 -c 'import json,sys; print((j
 echo "copy bandwidth (omex profile): $copy GB/s"
 if [ "$copy" = 0 ]; then  # no adapter: say what the machine has instead of benchmarking nothing for ten minutes
     "$BIN" profile 2>&1 | head -20
+    # The loader's own account of each driver it tried and why it was dropped.
+    VK_LOADER_DEBUG=error,warn,driver "$BIN" profile 2>&1 | grep -iE "loader|icd|driver|fail|error" | head -40
+    lib=$(ldconfig -p | grep -o '/[^ ]*libGLX_nvidia.so.0' | head -1 || true)
+    [ -z "$lib" ] && echo "libGLX_nvidia.so.0: not on this machine" || { echo "$lib:"; ldd "$lib"; }
     ls -la /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d 2>&1 | head -20
     ldconfig -p | grep -E "vulkan|nvidia" | head -20
     exit 1

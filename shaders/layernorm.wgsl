@@ -1,9 +1,12 @@
 // LayerNorm of each of the chunk's st.n token rows of `cols` values, from x into y (GPT-2's norms before a
 // product: the residual stream x must stay as it is): y = (x - mean) / sqrt(var + eps) * weight + bias, the
 // variance over the row (divided by cols), as kernels-cpu's layernorm. One workgroup per token row; the
-// weight and bias are f32 at word offsets of their bindings (HAS_BIAS 0: no bias).
+// weight and bias are f32 at word offsets of their bindings (HAS_BIAS 0: no bias). With RMS 1 it is the RMS
+// norm instead (the mean taken as 0): y = x / sqrt(mean(x^2) + eps) * weight, for a norm whose output must go
+// to a buffer of its own (a mixture of experts' input).
 
 override HAS_BIAS: u32 = 1u;
+override RMS: u32 = 0u;
 
 struct Params {
     cols: u32,
@@ -53,11 +56,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         return;
     }
     let xb = t * p.x_stride;
-    var s = 0.0;
-    for (var c = tid; c < p.cols; c += 64u) {
-        s += x[xb + c];
+    var mean = 0.0;
+    if RMS == 0u {
+        var s = 0.0;
+        for (var c = tid; c < p.cols; c += 64u) {
+            s += x[xb + c];
+        }
+        mean = row_sum(tid, s) / f32(p.cols);
     }
-    let mean = row_sum(tid, s) / f32(p.cols);
     // The variance from the centred values (two passes), as the CPU computes it.
     var ss = 0.0;
     for (var c = tid; c < p.cols; c += 64u) {

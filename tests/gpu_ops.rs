@@ -49,6 +49,9 @@ both!(
     embed_every_layout,
     argmax_ties_and_nans,
     sample_matches_the_reference,
+    rmsnorm_into_a_buffer_of_its_own,
+    moe_route_rows,
+    moe_add_weighted,
 );
 
 fn rms_ref(x: &[f32], w: &[f32], eps: f32) -> Vec<f64> {
@@ -1053,4 +1056,78 @@ fn lora_down_up_match_cpu() {
         // The adapter did change the outputs it targets.
         assert!(got[col] != base[col], "the up product added nothing");
     }
+}
+
+fn rmsnorm_into_a_buffer_of_its_own(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0021);
+    for (dim, rows) in [(64, 3), (37, 1), (896, 2)] {
+        let x: Vec<f32> = rng.vec(dim * rows, -2.0, 2.0).iter().map(|v| v + 1.0).collect();
+        let w = rng.vec(dim, 0.5, 1.5);
+        let want: Vec<f32> = rms_ref(&x, &w, 1e-6).iter().map(|&v| v as f32).collect();
+        check(b, &format!("rmsnorm_into {rows}x{dim}"), &b.rmsnorm_into(&x, &w, 1e-6), &want, 1e-5);
+    }
+}
+
+/// Routing against a softmax and renormalisation in f64, the experts chosen by their logits (ties to the lower
+/// id). Logits are multiples of 1/64, so two distinct ones stay apart through any engine's `exp`, and equal
+/// ones (the tie rows) stay equal.
+fn moe_route_rows(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0022);
+    for (experts, k, rows) in
+        [(4, 2, 3), (8, 2, 5), (3, 3, 2), (7, 1, 4), (60, 4, 3), (64, 8, 2), (130, 6, 3), (256, 8, 2)]
+    {
+        let mut logits: Vec<f32> =
+            rng.vec(experts * rows, -6.0, 6.0).iter().map(|v| (v * 64.0).round() / 64.0).collect();
+        // Row 0: every other logit equal to its neighbour's (ties everywhere); the last row: huge logits.
+        for e in (1..experts).step_by(2) {
+            logits[e] = logits[e - 1];
+        }
+        let last = (rows - 1) * experts;
+        logits[last..].iter_mut().for_each(|v| *v *= 200.0);
+        let mut want = vec![0f32; logits.len()];
+        for (row, w) in logits.chunks_exact(experts).zip(want.chunks_exact_mut(experts)) {
+            let mut order: Vec<usize> = (0..experts).collect();
+            order.sort_by(|&a, &c| row[c].total_cmp(&row[a]).then(a.cmp(&c)));
+            let max = row[order[0]] as f64;
+            let sum: f64 = order[..k].iter().map(|&e| (row[e] as f64 - max).exp()).sum();
+            for &e in &order[..k] {
+                w[e] = ((row[e] as f64 - max).exp() / sum) as f32;
+            }
+        }
+        let got = b.route(&logits, experts, k);
+        let what = format!("route top {k} of {experts}, {rows} rows");
+        // The experts chosen: a weight of 0 where the reference has none, and not 0 where it has a normal one
+        // (a subnormal weight, from a huge logit gap, may flush to 0 on a GPU).
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            let ok = if w == 0.0 { g == 0.0 } else { w < f32::MIN_POSITIVE || g != 0.0 };
+            assert!(ok, "{} {what}: expert {} of row {}: {g} against {w}", b.name(), i % experts, i / experts);
+        }
+        check(b, &what, &got, &want, 2e-6);
+    }
+}
+
+/// An expert's output added with each row's weight; a row not routed to it (weight 0) is left as it was even
+/// where the expert's output is not finite.
+fn moe_add_weighted(b: &dyn Ops) {
+    let mut rng = Rng::new(0x5eed_0023);
+    let (rows, cols, experts, expert) = (5, 70, 4, 2);
+    let x = rng.vec(rows * cols, -1.0, 1.0);
+    let mut out = rng.vec(rows * cols, -1.0, 1.0);
+    let mut route = rng.vec(rows * experts, 0.0, 1.0);
+    for t in [1, 3] {
+        route[t * experts + expert] = 0.0;
+        out[t * cols + 5] = f32::NAN;
+        out[t * cols + 6] = f32::INFINITY;
+    }
+    let want: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            let w = route[(i / cols) * experts + expert] as f64;
+            if w == 0.0 {
+                x[i]
+            } else {
+                (x[i] as f64 + w * out[i] as f64) as f32
+            }
+        })
+        .collect();
+    check(b, "moe add_weighted", &b.add_weighted(&x, &out, &route, experts, expert), &want, 1e-6);
 }

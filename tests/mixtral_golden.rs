@@ -17,7 +17,8 @@
 mod common;
 mod gpu_common;
 
-use omex::backend::{Activations, Engine, KvType, Logits};
+use omex::backend::gpu::{GpuEngine, GpuOptions};
+use omex::backend::{Activations, Engine, KvType, Logits, SeqChunk};
 use omex::runtime::{BackendChoice, EngineOptions, Model};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -318,16 +319,97 @@ fn inconsistent_moe_graphs_are_refused_at_load() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
-/// The GPU engine does not lower the mixture of experts yet: loading refuses with `Unsupported` (so `--backend
-/// auto` runs the CPU engine instead) rather than running a model without its experts.
+/// The GPU engine (whatever adapter there is: lavapipe on CI), f32 KV cache, against transformers with the same
+/// bound as the CPU engine: every position's logits of a prompt run whole and in chunks of 5 (the short matmul
+/// tiles), then fed one token at a time (the decode matvecs with the expert SwiGLU fused), for both routing
+/// widths.
 #[test]
-fn the_gpu_engine_refuses_experts_clearly() {
-    use omex::backend::gpu::{GpuEngine, GpuOptions};
+fn the_gpu_engine_matches_transformers() {
+    let Some(ctx) = gpu_common::gpu_arc() else { return };
+    for k in [2, 1] {
+        let model = Model::load(mixtral_omex(k)).unwrap();
+        for max_batch in [128, 5] {
+            let mut opts = GpuOptions::new(128);
+            (opts.max_batch, opts.kv) = (max_batch, KvType::F32);
+            let mut e = GpuEngine::load_blocking(ctx.clone(), &model.dir, &model.config, opts).unwrap();
+            for c in cases(k) {
+                let d = max_logit_diff(&mut e, c);
+                eprintln!("gpu top-{k} max_batch {max_batch} {:?}: max |omex - transformers| {d:.2e}", c["prompt"]);
+                assert!(d <= F32_TOL, "gpu top-{k} max_batch {max_batch} {:?}: {d}", c["prompt"]);
+            }
+        }
+        let mut e = GpuEngine::load_blocking(ctx.clone(), &model.dir, &model.config, gpu_f32(128)).unwrap();
+        for c in cases(k) {
+            let want = c["logits"].as_array().unwrap();
+            for (pos, &id) in ids(&c["ids"]).iter().enumerate() {
+                let got = e.forward(&[id], pos, Logits::Last).unwrap();
+                let d =
+                    got.iter().zip(want[pos].as_array().unwrap()).map(|(&g, w)| (g as f64 - w.as_f64().unwrap()).abs());
+                let d = d.fold(0.0, f64::max);
+                assert!(d <= F32_TOL, "gpu decode top-{k} {:?} position {pos}: {d}", c["prompt"]);
+            }
+        }
+    }
+}
+
+/// Several sequences in one batched step on the GPU (paged cache, each row at its own position): each
+/// sequence's prompt but its last token as one batch, then the last tokens as one step of single rows (the
+/// batched matvec); every row's logits against transformers' at that position.
+#[test]
+fn gpu_batched_steps_route_each_row_alone() {
+    const BT: usize = omex::backend::KV_BLOCK_TOKENS;
     let Some(ctx) = gpu_common::gpu_arc() else { return };
     let model = Model::load(mixtral_omex(2)).unwrap();
-    match GpuEngine::load_blocking(ctx, &model.dir, &model.config, GpuOptions::new(128)) {
-        Err(omex::Error::Unsupported(why)) => assert!(why.contains("MoeRoute"), "{why}"),
-        Err(e) => panic!("not refused as unsupported: {e}"),
-        Ok(_) => panic!("the GPU engine loaded a mixture of experts it does not lower"),
+    let (len, seqs) = (128, cases(2).len());
+    let mut opts = gpu_f32(len);
+    (opts.kv_tokens, opts.max_seqs) = (seqs * len, 8);
+    let mut e = GpuEngine::load_blocking(ctx, &model.dir, &model.config, opts).unwrap();
+    let per = len / BT;
+    let tables: Vec<Vec<u32>> =
+        (0..seqs).map(|s| (0..per).map(|i| ((seqs - 1 - s) * per + i) as u32).collect()).collect();
+    let prompts: Vec<Vec<u32>> = cases(2).iter().map(|c| ids(&c["ids"])).collect();
+    let heads: Vec<SeqChunk> = (0..seqs)
+        .map(|s| SeqChunk { ids: &prompts[s][..prompts[s].len() - 1], pos: 0, blocks: &tables[s], logits: false })
+        .collect();
+    e.forward_batch(&heads).unwrap();
+    let lasts: Vec<SeqChunk> = (0..seqs)
+        .map(|s| {
+            let n = prompts[s].len();
+            SeqChunk { ids: &prompts[s][n - 1..], pos: n - 1, blocks: &tables[s], logits: true }
+        })
+        .collect();
+    let got = e.forward_batch(&lasts).unwrap();
+    let vocab = got.len() / seqs;
+    for (s, (row, c)) in got.chunks_exact(vocab).zip(cases(2)).enumerate() {
+        let want = c["logits"].as_array().unwrap().last().unwrap().as_array().unwrap();
+        let d = row.iter().zip(want).map(|(&g, w)| (g as f64 - w.as_f64().unwrap()).abs()).fold(0.0, f64::max);
+        eprintln!("gpu batched row {s}: max |omex - transformers| {d:.2e}");
+        assert!(d <= F32_TOL, "gpu batched row {s} ({:?}): {d}", c["prompt"]);
     }
+}
+
+/// `omex run --backend gpu` decodes greedily (the argmax chained on the GPU) to transformers' tokens.
+#[test]
+fn gpu_greedy_tokens_equal_generate() {
+    if gpu_common::gpu_arc().is_none() {
+        return;
+    }
+    for c in cases(2) {
+        let out = Command::new(common::omex_bin())
+            .arg("run")
+            .arg(mixtral_omex(2))
+            .args(["--backend", "gpu", "--kv", "f32", "--ignore-eos", "--json", "-n", "12", "-p"])
+            .arg(c["prompt"].as_str().unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(ids(&v["output_ids"]), ids(&c["greedy"]), "gpu {:?}", c["prompt"]);
+    }
+}
+
+fn gpu_f32(context: usize) -> GpuOptions {
+    let mut opts = GpuOptions::new(context);
+    opts.kv = KvType::F32;
+    opts
 }

@@ -183,11 +183,18 @@ fn kernels(op: &Op, mats: &[(String, DType)], swiglu: bool) -> [String; 3] {
             (both(&format!("elementwise {a} (in place)")), a.to_string())
         }
         Op::Add { .. } => (both("elementwise add_assign"), "add_assign".to_string()),
-        Op::MoeRoute { .. } => {
-            (both("not lowered on the GPU yet"), "rmsnorm → router matvec | matmul → softmax, top-k".to_string())
-        }
+        Op::MoeRoute { .. } => (
+            [
+                "layernorm (RMS) → MoeIn → router matvec → moe route_top_k".to_string(),
+                "layernorm (RMS) → MoeIn → router matmul → moe route_top_k".to_string(),
+            ],
+            "rmsnorm → router matvec | matmul → softmax, top-k".to_string(),
+        ),
         Op::Experts { .. } => (
-            both("not lowered on the GPU yet"),
+            [
+                "every expert: gate|up matvec (SwiGLU epilogue) → down matvec → moe add_weighted".to_string(),
+                "every expert over every row: gate|up matmul → glu → down matmul → moe add_weighted".to_string(),
+            ],
             "per routed expert: its tokens gathered → gate, up → glu → down → weighted add_assign".to_string(),
         ),
     };

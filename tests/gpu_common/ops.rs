@@ -7,7 +7,7 @@ use half::f16;
 use kernels_cpu::ops::{self, RopeStyle};
 use kernels_cpu::{KvElem, KvQ8, Pages};
 use omex::backend::gpu::ops::{
-    attention, misc, Heads, KvCache, Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS,
+    attention, misc, moe, Heads, KvCache, Linear, Mat, MatmulKernel, MatvecKernel, Norm, Output, MATMUL_TOKENS,
     MATMUL_TOKENS_SHORT, MATVEC_TOKENS,
 };
 use omex::backend::gpu::weights::{GpuFile, GpuMatrix};
@@ -139,6 +139,13 @@ pub trait Ops {
     /// The matvec `c` (one token) with int8 activations, labelled by what ran it: kernels-cpu's q8 path as
     /// the CPU engine runs it, or each int8-activation matvec kernel the GPU adapter has.
     fn linear_q8(&self, c: &LinearCase) -> Vec<(String, Vec<f32>)>;
+    /// RMS norm of each row of `w.len()` values of `x` into a buffer of its own (GPU: the LayerNorm kernel's
+    /// RMS variant, a mixture of experts' input).
+    fn rmsnorm_into(&self, x: &[f32], w: &[f32], eps: f32) -> Vec<f32>;
+    /// Each row of `experts` router logits routed to `k` experts: each expert's weight, 0 for the rest.
+    fn route(&self, logits: &[f32], experts: usize, k: usize) -> Vec<f32>;
+    /// `x[t] += route[t, expert] * out[t]` for the rows whose weight is not 0.
+    fn add_weighted(&self, x: &[f32], out: &[f32], route: &[f32], experts: usize, expert: usize) -> Vec<f32>;
 }
 
 pub struct Cpu;
@@ -150,6 +157,28 @@ fn silu(g: f32) -> f32 {
 impl Ops for Cpu {
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn rmsnorm_into(&self, x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+        self.rmsnorm(x, w, eps)
+    }
+
+    fn route(&self, logits: &[f32], experts: usize, k: usize) -> Vec<f32> {
+        let mut out = logits.to_vec();
+        out.chunks_exact_mut(experts).for_each(|row| ops::route(row, k));
+        out
+    }
+
+    fn add_weighted(&self, x: &[f32], out: &[f32], route: &[f32], experts: usize, expert: usize) -> Vec<f32> {
+        // As the CPU engine's run_experts adds an expert's rows back.
+        let cols = x.len() / (route.len() / experts);
+        let mut y = x.to_vec();
+        for ((row, o), r) in y.chunks_exact_mut(cols).zip(out.chunks_exact(cols)).zip(route.chunks_exact(experts)) {
+            if r[expert] != 0.0 {
+                row.iter_mut().zip(o).for_each(|(v, &ov)| *v += r[expert] * ov);
+            }
+        }
+        y
     }
 
     fn linear_q8(&self, c: &LinearCase) -> Vec<(String, Vec<f32>)> {
@@ -649,6 +678,41 @@ impl Ops for Gpu {
         self.run(&[&d], 1);
         self.read(&out, a.len())
     }
+    fn rmsnorm_into(&self, x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+        let ctx = self.0;
+        let (cols, n) = (w.len(), x.len() / w.len());
+        // The weight at an odd place of its buffer, as in a layer file.
+        let mut words = vec![7f32; 3];
+        words.extend_from_slice(w);
+        let wb = upload_f32(ctx, &words);
+        let (xb, out, st) = (upload_f32(ctx, x), poisoned(ctx, x.len()), step(ctx, n as u32, 0));
+        let d = pollster::block_on(misc::rmsnorm_into(ctx, cols as u32, eps, &st, Region::whole(&wb), 12, &xb, &out));
+        self.run(&[&d.unwrap()], n as u32);
+        assert_eq!(self.read(&xb, x.len()), x, "rmsnorm_into wrote its input");
+        self.read(&out, x.len())
+    }
+
+    fn route(&self, logits: &[f32], experts: usize, k: usize) -> Vec<f32> {
+        let ctx = self.0;
+        let n = logits.len() / experts;
+        let (buf, st) = (upload_f32(ctx, logits), step(ctx, n as u32, 0));
+        let d = pollster::block_on(moe::route(ctx, experts as u32, k as u32, &st, &buf)).unwrap();
+        self.run(&[&d], n as u32);
+        self.read(&buf, logits.len())
+    }
+
+    fn add_weighted(&self, x: &[f32], out: &[f32], route: &[f32], experts: usize, expert: usize) -> Vec<f32> {
+        let ctx = self.0;
+        let n = route.len() / experts;
+        let cols = x.len() / n;
+        let (xb, ob, rb, st) =
+            (upload_f32(ctx, x), upload_f32(ctx, out), upload_f32(ctx, route), step(ctx, n as u32, 0));
+        let e = expert as u32;
+        let d = pollster::block_on(moe::add_weighted(ctx, cols as u32, experts as u32, e, &st, &rb, &ob, &xb)).unwrap();
+        self.run(&[&d], n as u32);
+        self.read(&xb, x.len())
+    }
+
     fn layernorm(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, eps: f32) -> Vec<f32> {
         let ctx = self.0;
         let cols = w.len();

@@ -184,6 +184,20 @@ pub const LAYERNORM: Kernel = Kernel {
     bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
     source: shader!("layernorm.wgsl"),
 };
+/// A mixture of experts' routing (parameters, step, logits in place) and weighted add (parameters, step,
+/// route, one expert's output, x).
+pub const MOE_ROUTE: Kernel = Kernel {
+    name: "moe",
+    entry: "route_top_k",
+    bindings: &[(0, Uniform), (1, Read), (2, ReadWrite)],
+    source: shader!("moe.wgsl"),
+};
+pub const MOE_ADD: Kernel = Kernel {
+    name: "moe",
+    entry: "add_weighted",
+    bindings: &[(0, Uniform), (1, Read), (3, Read), (4, Read), (5, ReadWrite)],
+    source: shader!("moe.wgsl"),
+};
 pub const ADD_POSITIONS: Kernel = Kernel {
     name: "positions",
     entry: "main",

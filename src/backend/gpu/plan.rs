@@ -7,7 +7,7 @@ use super::adapters::LoraSet;
 use super::buffers::{GpuBuffer, Purpose};
 use super::context::{Dispatch, GpuContext, Region};
 use super::ops::{
-    attention, kv, misc, KvCache, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT,
+    attention, kv, misc, moe, KvCache, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT,
 };
 use super::streaming::{Copy, RowLayout, Slots, Unit, UnitKind};
 use super::weights::{GpuFile, GpuMatrix};
@@ -198,8 +198,15 @@ fn tensors(p: &Program, ops: &[Op]) -> Vec<(String, Vec<u32>, bool)> {
             Op::HeadNorm { norm: n, .. } => norm(n, p.heads.head_dim, &mut out),
             Op::Norm { buf, norm: n } => norm(n, p.width(*buf), &mut out),
             Op::RopeStore { .. } | Op::Attention { .. } | Op::Glu { .. } | Op::Activation { .. } | Op::Add { .. } => {}
-            // Refused by `Lowering::op` before anything runs.
-            Op::MoeRoute { .. } | Op::Experts { .. } => {}
+            Op::MoeRoute { norm: n, router, .. } => {
+                norm(n, p.hidden, &mut out);
+                out.push((router.weight.clone(), vec![router.rows, router.cols], false));
+            }
+            Op::Experts { experts, .. } => {
+                for m in experts.iter().flat_map(|x| [&x.gate, &x.up, &x.down]) {
+                    out.push((m.weight.clone(), vec![m.rows, m.cols], false));
+                }
+            }
         }
     }
     out
@@ -688,15 +695,59 @@ impl Lowering<'_> {
             Op::Add { from, to } => {
                 list.push(misc::add_assign(ctx, p.width(*to), 0, st, b.get(*from), b.get(*to)).await?);
             }
-            Op::MoeRoute { .. } | Op::Experts { .. } => {
-                return Err(Error::Unsupported(
-                    "the GPU engine does not lower MoeRoute and Experts (a mixture of experts) yet: run it on the \
-                     CPU engine"
-                        .into(),
-                ))
+            Op::MoeRoute { norm, router, top_k } => {
+                // The normed input goes to a buffer of its own: every expert's products read it after the
+                // earlier experts have added to the hidden state.
+                let (x, moe_in, route) = (b.get(Buf::Hidden), b.get(Buf::MoeIn), b.get(Buf::Route));
+                let w = layer.get(&norm.weight);
+                let region = Region::covering(&w.file.buffer, &[w.data]);
+                list.push(match prologue(Some(norm), |name| layer.get(name)) {
+                    Prologue::LayerNorm(lw) => {
+                        misc::layernorm(ctx, p.hidden, p.hidden, p.hidden, &lw, st, x, moe_in).await?
+                    }
+                    Prologue::Fused(_) => {
+                        misc::rmsnorm_into(ctx, p.hidden, norm.eps(), st, region, w.data.0, x, moe_in).await?
+                    }
+                });
+                let r = [(layer.get(&router.weight), 0, None)];
+                let (shape, mv) = (self.shape(), self.mv);
+                list.extend(products(ctx, &r, None, Output::Store, st, moe_in, route, router.rows, shape, mv).await?);
+                list.push(moe::route(ctx, router.rows, *top_k, st, route).await?);
             }
+            Op::Experts { act, experts } => self.experts(*act, experts, list).await?,
         }
         Ok(false)
+    }
+
+    /// Every expert over every row of the chunk, each one's output added with the rows' weights for it (0 for
+    /// the rows not routed to it, which add nothing).
+    async fn experts(&self, act: Activation, experts: &[crate::arch::Expert], list: &mut Vec<Dispatch>) -> Result<()> {
+        let (ctx, p, b, layer, st) = (self.ctx, self.p, self.b, self.layer, &self.b.step);
+        let (moe_in, route, x) = (b.get(Buf::MoeIn), b.get(Buf::Route), b.get(Buf::Hidden));
+        let (gu, a, out) = (b.get(Buf::GateUp), b.get(Buf::Act), b.get(Buf::Out));
+        let (shape, mv, n) = (self.shape(), self.mv, experts.len() as u32);
+        for (e, ex) in experts.iter().enumerate() {
+            let (gate, up, down) = (layer.get(&ex.gate.weight), layer.get(&ex.up.weight), layer.get(&ex.down.weight));
+            let f = ex.gate.rows;
+            if f > p.ffn {
+                return Err(Error::Unsupported(format!(
+                    "expert {}: {f} rows, wider than the MLP's {}",
+                    ex.gate.weight, p.ffn
+                )));
+            }
+            if self.tokens == 0 && act == Activation::Silu && fusable(ctx, gate, up) {
+                let gu2 = [(gate, 0, None), (up, 0, None)];
+                list.extend(products(ctx, &gu2, None, Output::SwiGlu, st, moe_in, a, f, shape, mv).await?);
+            } else {
+                let gu2 = [(gate, 0, None), (up, f, None)];
+                list.extend(products(ctx, &gu2, None, Output::Store, st, moe_in, gu, 2 * f, shape, mv).await?);
+                list.push(misc::glu(ctx, act, f, 0, 2 * f, f, st, gu, a).await?);
+            }
+            let d = [(down, 0, None)];
+            list.extend(products(ctx, &d, None, Output::Store, st, a, out, p.hidden, shape, mv).await?);
+            list.push(moe::add_weighted(ctx, p.hidden, n, e as u32, st, route, out, x).await?);
+        }
+        Ok(())
     }
 
     async fn rmsnorm(&self, at: misc::NormGroups, norm: &NormOp) -> Result<Dispatch> {

@@ -14,7 +14,7 @@ use crate::graph::Activation;
 use crate::sampling::SamplerOptions;
 use bytemuck::{Pod, Zeroable};
 
-async fn dispatch<P: Pod>(
+pub(super) async fn dispatch<P: Pod>(
     ctx: &GpuContext,
     kernel: &Kernel,
     constants: &[(&'static str, f64)],
@@ -202,6 +202,27 @@ pub async fn layernorm(
     let p = [cols, x_stride, y_stride, wr.word(w_at), br.word(b_at), w.eps.to_bits(), 0, 0];
     let constants = [("HAS_BIAS", w.bias.is_some() as u32 as f64)];
     let res = [step.binding(), wr.binding(), br.binding(), x.binding(), y.binding()];
+    dispatch(ctx, &LAYERNORM, &constants, &p, &res, Grid::TokensY { x: 1 }).await
+}
+
+/// RMS norm of each of the chunk's token rows of `x` (`cols` values a row) into `y`, the weight (`cols` f32) at
+/// byte `w_offset` of `weight`: for a norm whose output is read by several products after the rows of `x`
+/// change (a mixture of experts' input), where a fused prologue would not do.
+#[allow(clippy::too_many_arguments)]
+pub async fn rmsnorm_into(
+    ctx: &GpuContext,
+    cols: u32,
+    eps: f32,
+    step: &GpuBuffer,
+    weight: Region<'_>,
+    w_offset: u64,
+    x: &GpuBuffer,
+    y: &GpuBuffer,
+) -> Result<Dispatch> {
+    let w = weight.word(w_offset);
+    let p = [cols, cols, cols, w, w, eps.to_bits(), 0, 0];
+    let constants = [("HAS_BIAS", 0.0), ("RMS", 1.0)];
+    let res = [step.binding(), weight.binding(), weight.binding(), x.binding(), y.binding()];
     dispatch(ctx, &LAYERNORM, &constants, &p, &res, Grid::TokensY { x: 1 }).await
 }
 

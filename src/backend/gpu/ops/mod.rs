@@ -6,6 +6,7 @@ pub mod kv;
 pub mod linear;
 pub mod lora;
 pub mod misc;
+pub mod moe;
 
 pub use kv::KvCache;
 pub use linear::{
