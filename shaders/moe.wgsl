@@ -5,6 +5,10 @@
 // their sum, every other expert 0.
 // `add_weighted`: x[t, c] += w * out[t, c] with w = route[t, expert], for the rows whose w is not 0 (an expert a
 // token was not routed to adds nothing, not even a NaN of its own).
+// `gate`: the workgroup counts of each gated dispatch (`slots` of them, launched indirectly from `args`): its
+// grid for the chunk's st.n rows when some row has a weight for its expert, else none, so an expert no token was
+// routed to reads none of its weights. `args` holds the counts (3 words a slot), then per slot [expert, kind,
+// a, b, c, 0, 0, 0], its grid as context.rs's `Grid::words` encodes it.
 
 struct Params {
     experts: u32,
@@ -25,6 +29,7 @@ struct Step {
 @group(0) @binding(3) var<storage, read> route: array<f32>;
 @group(0) @binding(4) var<storage, read> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;
+@group(0) @binding(6) var<storage, read_write> args: array<u32>;
 
 // The most experts a row may have (the Rust side refuses more).
 const MAX_EXPERTS: u32 = 256u;
@@ -137,4 +142,36 @@ fn add_weighted(@builtin(global_invocation_id) gid: vec3<u32>) {
             x[i] += w * out[i];
         }
     }
+}
+
+@compute @workgroup_size(64)
+fn gate(@builtin(global_invocation_id) gid: vec3<u32>) {
+    // p.cols: the slots.
+    let slot = gid.x;
+    if slot >= p.cols {
+        return;
+    }
+    let g = 3u * p.cols + slot * 8u;
+    let expert = args[g];
+    var on = false;
+    for (var t = 0u; t < st.n; t++) {
+        if route[t * p.experts + expert] != 0.0 {
+            on = true;
+            break;
+        }
+    }
+    let a = args[g + 2u];
+    let b = args[g + 3u];
+    var counts = vec3<u32>(0u, 0u, 0u);
+    if on {
+        switch args[g + 1u] {
+            case 0u: { counts = vec3<u32>(a, b, args[g + 4u]); }
+            case 1u: { counts = vec3<u32>((st.n + a - 1u) / a, b, 1u); }
+            case 2u: { counts = vec3<u32>(a, st.n, 1u); }
+            default: { counts = vec3<u32>(a, b, st.n); }
+        }
+    }
+    args[slot * 3u] = counts.x;
+    args[slot * 3u + 1u] = counts.y;
+    args[slot * 3u + 2u] = counts.z;
 }

@@ -1131,3 +1131,27 @@ fn moe_add_weighted(b: &dyn Ops) {
         .collect();
     check(b, "moe add_weighted", &b.add_weighted(&x, &out, &route, experts, expert), &want, 1e-6);
 }
+
+/// The gate launches an expert's dispatches with their grid (which follows the chunk's rows) when some row is
+/// routed to the expert and not at all otherwise: an in-place SiLU gated on expert 1 changes every row, or none.
+#[test]
+fn moe_gate_runs_an_expert_only_when_routed() {
+    use omex::backend::gpu::ops::{misc, moe};
+    let Some(ctx) = gpu() else { return };
+    let (experts, rows, cols) = (3usize, 4usize, 70usize);
+    let x = Rng::new(0x5eed_0024).vec(rows * cols, -2.0, 2.0);
+    let silu_x: Vec<f32> = x.iter().map(|&v| silu_ref(v as f64) as f32).collect();
+    for (routed, want) in [(None, &x), (Some(2), &silu_x), (Some(0), &silu_x)] {
+        // Experts 0 and 2 take every row; expert 1 at most the one row.
+        let mut route: Vec<f32> = (0..rows).flat_map(|_| [0.5, 0.0, 0.5]).collect();
+        if let Some(r) = routed {
+            route[r * experts + 1] = 0.25;
+        }
+        let (xb, rb, st) = (upload_f32(ctx, &x), upload_f32(ctx, &route), step(ctx, rows as u32, 0));
+        let mut d = pollster::block_on(misc::activation(ctx, Activation::Silu, cols as u32, 0, &st, &xb)).unwrap();
+        let g = pollster::block_on(moe::gate(ctx, experts as u32, &st, &rb, &mut [(1, &mut d)])).unwrap();
+        ctx.run(&[g, d], rows as u32);
+        let got = pollster::block_on(ctx.read_f32(&xb, 0, x.len())).unwrap();
+        assert_close(&format!("gated silu, expert 1 routed at row {routed:?}"), &got, want, 1e-6, 1e-6);
+    }
+}

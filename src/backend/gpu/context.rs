@@ -29,6 +29,18 @@ pub enum Grid {
 }
 
 impl Grid {
+    /// The grid as four words, `[kind, a, b, c]`, for a kernel that computes [`Grid::groups`] on the GPU
+    /// (shaders/moe.wgsl's `gate`): kind 0 `Fixed([a, b, c])`, 1 `TokensX { per: a, y: b }`, 2 `TokensY { x: a }`,
+    /// 3 `TokensZ { x: a, y: b }`.
+    pub fn words(&self) -> [u32; 4] {
+        match *self {
+            Grid::Fixed([x, y, z]) => [0, x, y, z],
+            Grid::TokensX { per, y } => [1, per, y, 0],
+            Grid::TokensY { x } => [2, x, 0, 0],
+            Grid::TokensZ { x, y } => [3, x, y, 0],
+        }
+    }
+
     pub fn groups(&self, n: u32) -> [u32; 3] {
         match *self {
             Grid::Fixed(g) => g,
@@ -45,6 +57,16 @@ pub struct Dispatch {
     pub bind_group: wgpu::BindGroup,
     pub grid: Grid,
     pub params: Option<GpuBuffer>,
+    /// Launched with the workgroup counts an earlier dispatch of the same pass wrote (`grid`'s counts, or none:
+    /// a mixture of experts' expert that no token was routed to); `None`: `grid`'s counts.
+    pub indirect: Option<Indirect>,
+}
+
+/// Where a [`Dispatch`]'s workgroup counts are: three u32 at byte `offset` of `args` (an INDIRECT buffer).
+#[derive(Clone)]
+pub struct Indirect {
+    pub args: Arc<GpuBuffer>,
+    pub offset: u64,
 }
 
 /// A storage binding over bytes `[start, end)` of a buffer, and the word offsets of things inside it.
@@ -169,7 +191,10 @@ impl GpuContext {
             }
             pass.set_pipeline(&d.pipeline.pipeline);
             pass.set_bind_group(0, &d.bind_group, &[]);
-            pass.dispatch_workgroups(x, y, z);
+            match &d.indirect {
+                Some(i) => pass.dispatch_workgroups_indirect(i.args.raw(), i.offset),
+                None => pass.dispatch_workgroups(x, y, z),
+            }
             recorded += 1;
         }
         if let (Some(timer), Some(mut t)) = (self.timer.as_ref(), times) {

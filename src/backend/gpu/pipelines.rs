@@ -184,8 +184,8 @@ pub const LAYERNORM: Kernel = Kernel {
     bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
     source: shader!("layernorm.wgsl"),
 };
-/// A mixture of experts' routing (parameters, step, logits in place) and weighted add (parameters, step,
-/// route, one expert's output, x).
+/// A mixture of experts' routing (parameters, step, logits in place), weighted add (parameters, step, route,
+/// one expert's output, x) and gate.
 pub const MOE_ROUTE: Kernel = Kernel {
     name: "moe",
     entry: "route_top_k",
@@ -196,6 +196,13 @@ pub const MOE_ADD: Kernel = Kernel {
     name: "moe",
     entry: "add_weighted",
     bindings: &[(0, Uniform), (1, Read), (3, Read), (4, Read), (5, ReadWrite)],
+    source: shader!("moe.wgsl"),
+};
+/// Parameters, step, route, the gated dispatches' indirect counts and grids.
+pub const MOE_GATE: Kernel = Kernel {
+    name: "moe",
+    entry: "gate",
+    bindings: &[(0, Uniform), (1, Read), (3, Read), (6, ReadWrite)],
     source: shader!("moe.wgsl"),
 };
 pub const ADD_POSITIONS: Kernel = Kernel {

@@ -719,34 +719,39 @@ impl Lowering<'_> {
         Ok(false)
     }
 
-    /// Every expert over every row of the chunk, each one's output added with the rows' weights for it (0 for
-    /// the rows not routed to it, which add nothing).
+    /// Every expert over the rows of the chunk, each one's output added with the rows' weights for it (0 for
+    /// the rows not routed to it, which add nothing); an expert no row was routed to does not run (its
+    /// dispatches are gated on the route: [`moe::gate`]).
     async fn experts(&self, act: Activation, experts: &[crate::arch::Expert], list: &mut Vec<Dispatch>) -> Result<()> {
         let (ctx, p, b, layer, st) = (self.ctx, self.p, self.b, self.layer, &self.b.step);
         let (moe_in, route, x) = (b.get(Buf::MoeIn), b.get(Buf::Route), b.get(Buf::Hidden));
         let (gu, a, out) = (b.get(Buf::GateUp), b.get(Buf::Act), b.get(Buf::Out));
         let (shape, mv, n) = (self.shape(), self.mv, experts.len() as u32);
+        let mut gated: Vec<(u32, Dispatch)> = Vec::new();
         for (e, ex) in experts.iter().enumerate() {
             let (gate, up, down) = (layer.get(&ex.gate.weight), layer.get(&ex.up.weight), layer.get(&ex.down.weight));
             let f = ex.gate.rows;
             if f > p.ffn {
-                return Err(Error::Unsupported(format!(
-                    "expert {}: {f} rows, wider than the MLP's {}",
-                    ex.gate.weight, p.ffn
-                )));
+                let what = &ex.gate.weight;
+                return Err(Error::Unsupported(format!("expert {what}: {f} rows, wider than the MLP's {}", p.ffn)));
             }
+            let mut ds = Vec::new();
             if self.tokens == 0 && act == Activation::Silu && fusable(ctx, gate, up) {
                 let gu2 = [(gate, 0, None), (up, 0, None)];
-                list.extend(products(ctx, &gu2, None, Output::SwiGlu, st, moe_in, a, f, shape, mv).await?);
+                ds.extend(products(ctx, &gu2, None, Output::SwiGlu, st, moe_in, a, f, shape, mv).await?);
             } else {
                 let gu2 = [(gate, 0, None), (up, f, None)];
-                list.extend(products(ctx, &gu2, None, Output::Store, st, moe_in, gu, 2 * f, shape, mv).await?);
-                list.push(misc::glu(ctx, act, f, 0, 2 * f, f, st, gu, a).await?);
+                ds.extend(products(ctx, &gu2, None, Output::Store, st, moe_in, gu, 2 * f, shape, mv).await?);
+                ds.push(misc::glu(ctx, act, f, 0, 2 * f, f, st, gu, a).await?);
             }
             let d = [(down, 0, None)];
-            list.extend(products(ctx, &d, None, Output::Store, st, a, out, p.hidden, shape, mv).await?);
-            list.push(moe::add_weighted(ctx, p.hidden, n, e as u32, st, route, out, x).await?);
+            ds.extend(products(ctx, &d, None, Output::Store, st, a, out, p.hidden, shape, mv).await?);
+            ds.push(moe::add_weighted(ctx, p.hidden, n, e as u32, st, route, out, x).await?);
+            gated.extend(ds.into_iter().map(|d| (e as u32, d)));
         }
+        let mut slots: Vec<(u32, &mut Dispatch)> = gated.iter_mut().map(|(e, d)| (*e, d)).collect();
+        list.push(moe::gate(ctx, n, st, route, &mut slots).await?);
+        list.extend(gated.into_iter().map(|(_, d)| d));
         Ok(())
     }
 

@@ -91,11 +91,12 @@ pub async fn decode(
         ],
     );
     let grid = Grid::TokensZ { x: h.n_kv, y: splits };
-    let partial = Dispatch { pipeline, bind_group: bg, grid, params: Some(pbuf) };
+    let partial = Dispatch { pipeline, bind_group: bg, grid, params: Some(pbuf), indirect: None };
     let pipeline = ctx.pipelines.get(&ATTN_COMBINE, &[]).await?;
     let pbuf = ctx.pool.uniform("attention combine", bytemuck::bytes_of(&p))?;
     let bg = ctx.bind(&pipeline, &[pbuf.binding(), step.binding(), out.binding(), part.binding(), seqmap.binding()]);
-    let combine = Dispatch { pipeline, bind_group: bg, grid: Grid::TokensY { x: h.n_heads }, params: Some(pbuf) };
+    let combine =
+        Dispatch { pipeline, bind_group: bg, grid: Grid::TokensY { x: h.n_heads }, params: Some(pbuf), indirect: None };
     Ok((partial, combine))
 }
 
@@ -137,5 +138,6 @@ pub async fn prefill(
         bind_group: bg,
         grid: Grid::TokensX { per: PREFILL_QUERIES, y: h.n_heads },
         params: Some(pbuf),
+        indirect: None,
     })
 }

@@ -318,7 +318,7 @@ impl<'a> Linear<'a> {
                 self.y.binding(),
             ],
         );
-        Ok(Dispatch { pipeline, bind_group, grid, params: Some(params) })
+        Ok(Dispatch { pipeline, bind_group, grid, params: Some(params), indirect: None })
     }
 
     /// Whether [`Linear::matvec_tokens`] can run this product: its row blocks fit one grid dimension.

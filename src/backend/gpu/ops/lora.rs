@@ -79,7 +79,7 @@ async fn dispatch(
     let mut all = vec![params.binding()];
     all.extend(resources.iter().cloned());
     let bind_group = ctx.bind(&pipeline, &all);
-    Ok(Dispatch { pipeline, bind_group, grid, params: Some(params) })
+    Ok(Dispatch { pipeline, bind_group, grid, params: Some(params), indirect: None })
 }
 
 /// The down product of the chunk's rows: `t[row, offset + k] = A[k, :] · x̂[row, :]`, x̂ the row of `x`

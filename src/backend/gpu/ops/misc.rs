@@ -27,7 +27,7 @@ pub(super) async fn dispatch<P: Pod>(
     let mut all = vec![params.binding()];
     all.extend(resources.iter().cloned());
     let bind_group = ctx.bind(&pipeline, &all);
-    Ok(Dispatch { pipeline, bind_group, grid, params: Some(params) })
+    Ok(Dispatch { pipeline, bind_group, grid, params: Some(params), indirect: None })
 }
 
 pub use crate::arch::Heads;
@@ -345,5 +345,5 @@ pub fn set_sample_params(ctx: &GpuContext, d: &Dispatch, params: &SampleParams) 
 pub async fn advance(ctx: &GpuContext, step: &GpuBuffer) -> Result<Dispatch> {
     let pipeline = ctx.pipelines.get(&ADVANCE, &[]).await?;
     let bind_group = ctx.bind(&pipeline, &[step.binding()]);
-    Ok(Dispatch { pipeline, bind_group, grid: Grid::Fixed([1, 1, 1]), params: None })
+    Ok(Dispatch { pipeline, bind_group, grid: Grid::Fixed([1, 1, 1]), params: None, indirect: None })
 }
