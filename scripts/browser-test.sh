@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The browser test: the real model (SmolLM2-135M, converted here) runs in headless Chromium through the web
 # page (examples/web), on WebGPU (Dawn's SwiftShader adapter: no GPU needed) and on the CPU engine compiled
-# to wasm, and its greedy tokens must equal the native CPU engine's; the page says plainly when WebGPU is
+# to wasm, and its greedy tokens must equal the native CPU engine's on the same activations (WebGPU, always
+# f32, and the wasm engine asked for "f32": --activations f32's; the wasm engine's default, int8, as the native
+# CPU engine's: --activations int8's); the page says plainly when WebGPU is
 # missing; and GPU kernels (int4 matvec, RMS norm, decode attention) run in Chromium against their kernels-cpu
 # twins (wasm-bindgen-test); and the npm package omex-web (scripts/web-package.sh), its tarball installed into a
 # scratch project, is driven through a scratch page: the OpenAI-style API in a worker, greedy ids against the
@@ -48,14 +50,26 @@ trap 'rm -rf "$work"' EXIT
 model="$work/smollm2.omex"
 target/release/omex convert "$gguf" -o "$model" >/dev/null
 
-# The reference: the native CPU engine on float activations (the reference-exact path), greedy.
+# The references, greedy, from the native CPU engine: on float activations (the reference-exact path: the
+# GPU engine runs f32, and the wasm engine when asked for "f32") and on int8 activations (the CPU engine's
+# default, native and in wasm alike: the wasm SIMD128 q8 kernels are meant to be bit-equal to the native ones).
+native_ids() { # FIELD JSON
+    printf '%s' "$2" | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)[sys.argv[1]])))' "$1"
+}
 native="$(target/release/omex run "$model" --backend cpu --activations f32 --json -p "$prompt" -n "$tokens")"
-expected="$(printf '%s' "$native" | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)["output_ids"])))')"
-prompt_ids="$(printf '%s' "$native" | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)["prompt_ids"])))')"
-log "native CPU engine: prompt ids [$prompt_ids] -> greedy ids [$expected]"
+expected="$(native_ids output_ids "$native")"
+prompt_ids="$(native_ids prompt_ids "$native")"
+log "native CPU engine, f32 activations: prompt ids [$prompt_ids] -> greedy ids [$expected]"
+native_int8="$(target/release/omex run "$model" --backend cpu --activations int8 --json -p "$prompt" -n "$tokens")"
+expected_int8="$(native_ids output_ids "$native_int8")"
+[ "$(native_ids prompt_ids "$native_int8")" = "$prompt_ids" ] || die "the prompt ids differ between the two native runs"
+log "native CPU engine, int8 activations: greedy ids [$expected_int8]"
 native_chat="$(target/release/omex run "$model" --backend cpu --activations f32 --json --chat -p "$prompt" -n 4)"
-expected_chat="$(printf '%s' "$native_chat" | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)["output_ids"])))')"
-log "native CPU engine with --chat: greedy ids [$expected_chat]"
+expected_chat="$(native_ids output_ids "$native_chat")"
+log "native CPU engine with --chat, f32 activations: greedy ids [$expected_chat]"
+native_chat_int8="$(target/release/omex run "$model" --backend cpu --activations int8 --json --chat -p "$prompt" -n 4)"
+expected_chat_int8="$(native_ids output_ids "$native_chat_int8")"
+log "native CPU engine with --chat, int8 activations: greedy ids [$expected_chat_int8]"
 
 # The package as a web developer gets it: the tarball installed into a scratch project beside a page of its own.
 scratch="$work/scratch"
@@ -90,4 +104,6 @@ args=(--model "$model" --pkg "$pkg" --prompt "$prompt" --expected "$expected" --
       --expected-chat "$expected_chat" --scratch "$scratch"
       --engines "${OMEX_WEB_ENGINES:-gpu,cpu}" --prior-passed "$kernel_passed" --prior-failed "$kernel_failed")
 [ -z "${OMEX_WEB_SCREENSHOT:-}" ] || args+=(--screenshot "$OMEX_WEB_SCREENSHOT")
-python3 scripts/browser_test.py "${args[@]}"
+# The int8 references reach the package tests (package_test.py) through the environment.
+OMEX_WEB_EXPECTED_INT8="$expected_int8" OMEX_WEB_EXPECTED_CHAT_INT8="$expected_chat_int8" \
+    python3 scripts/browser_test.py "${args[@]}"

@@ -6,7 +6,9 @@ generates. scripts/browser-test.sh prepares everything and calls this; run it al
     python3 scripts/browser_test.py --model DIR --pkg target/web/pkg --prompt TEXT --expected '1,2,3'
                                     [--prompt-ids '4,5'] [--engines gpu,cpu] [--screenshot OUT.png]
 
-Tests: the page finds the WebGPU adapter; each engine's greedy ids equal --expected; without WebGPU the page
+Tests: the page finds the WebGPU adapter; each engine's greedy ids equal the native engine's on the same
+activations (the GPU engine, always f32: --expected; the CPU engine, on its default int8: the ids in
+OMEX_WEB_EXPECTED_INT8, which scripts/browser-test.sh sets); without WebGPU the page
 says so and offers the CPU engine; with --scratch (a project with the omex-web tarball installed), the
 package's own tests (examples/web/tests/package_test.py). The last line is "N passed, N failed".
 """
@@ -198,6 +200,15 @@ def main():
     name = os.path.basename(os.path.abspath(args.model).rstrip("/"))
     driver = Chromedriver(args.chromedriver)
     runner = Runner()
+    # The page loads the CPU engine with its default activations, int8: its reference is the native engine's
+    # on int8 (scripts/browser-test.sh passes it in the environment); the GPU engine always runs f32.
+    expected_int8 = package_test.env_ids("OMEX_WEB_EXPECTED_INT8")
+
+    def reference(engine):
+        if engine == "gpu":
+            return args.expected, "native (cpu, --activations f32)"
+        return package_test.need(expected_int8, "OMEX_WEB_EXPECTED_INT8"), "native (cpu, --activations int8)"
+
     speeds = {}
     loads = {}
     try:
@@ -217,8 +228,9 @@ def main():
             shot = {"path": args.screenshot}
             for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
                 def greedy(engine=engine):
+                    expected, native = reference(engine)
                     q = urllib.parse.urlencode({"model": f"models/{name}/", "engine": engine, "prompt": args.prompt,
-                                                "n": len(args.expected), "autorun": 1})
+                                                "n": len(expected), "autorun": 1})
                     browser.open(f"{base}?{q}")
                     t0 = time.time()
                     st = wait_for(browser, lambda s: s["phase"] in ("ready", "generating", "done"), 180,
@@ -241,16 +253,17 @@ def main():
                     speeds[engine] = r["decodeTokS"]
                     if args.prompt_ids is not None and r["promptIds"] != args.prompt_ids:
                         raise AssertionError(f"prompt ids differ\n    page:   {r['promptIds']}\n    native: {args.prompt_ids}")
-                    if r["outputIds"] != args.expected:
+                    if r["outputIds"] != expected:
                         raise AssertionError(f"greedy ids differ\n    page ({engine}): {r['outputIds']}\n"
-                                             f"    native (cpu): {args.expected}")
+                                             f"    {native}: {expected}")
 
                 runner.run(f"greedy tokens on the {engine} engine in the page equal the native CPU engine's", greedy)
 
             def picked_folder():
                 # As a person picking the folder: the directory goes to the <input webkitdirectory>, then
                 # Generate is pressed. The CPU engine keeps this one quick.
-                n = min(3, len(args.expected))
+                expected, native = reference("cpu")
+                n = min(3, len(expected))
                 q = urllib.parse.urlencode({"engine": "cpu", "prompt": args.prompt, "n": n})
                 browser.open(f"{base}?{q}")
                 wait_for(browser, lambda s: s["phase"] == "idle", 60, "page start")
@@ -262,7 +275,7 @@ def main():
                 browser.js("document.getElementById('generate').click()")
                 st = wait_for(browser, lambda s: s["phase"] == "done", args.limit, "generating from the picked folder")
                 got = st["result"]["outputIds"]
-                assert got == args.expected[:n], f"greedy ids differ\n    page: {got}\n    native: {args.expected[:n]}"
+                assert got == expected[:n], f"greedy ids differ\n    page: {got}\n    {native}: {expected[:n]}"
 
             runner.run("a model folder picked in the page loads and generates", picked_folder)
 

@@ -62,10 +62,14 @@ const newId = (prefix) => `${prefix}-${Date.now().toString(36)}${(counter++).toS
 export class Engine {
   /// Loads a model: `source` is the URL of a model.omex/ directory, or its files (a FileList from
   /// <input webkitdirectory>, or [{path, file}]). Options: backend ("auto", "webgpu", "wasm"), onProgress,
-  /// cache (default true: URL loads are kept in the Cache API), context (KV cache length).
+  /// cache (default true: URL loads are kept in the Cache API), context (KV cache length), activations (the
+  /// wasm engine's matrix products: "int8", the default, or "f32", the reference-exact path; WebGPU runs f32).
   static async load(source, options = {}) {
     const t0 = performance.now();
     const onProgress = options.onProgress || (() => {});
+    if (options.activations != null && !["int8", "f32"].includes(options.activations)) {
+      throw new OmexError("bad-request", `activations must be "int8" or "f32", not ${JSON.stringify(options.activations)}`);
+    }
     await initWasm();
     const backend = await pickBackend(options.backend || "auto");
     let name;
@@ -89,7 +93,11 @@ export class Engine {
     }
     const downloadMs = performance.now() - t0;
     onProgress({ phase: "init", file: "", loaded: got.bytes, total: got.bytes, fileLoaded: 0, fileTotal: 0, fromCache: got.fromCache });
-    const model = await loadModel(files, { engine: backend === "webgpu" ? "gpu" : "cpu", context: options.context });
+    const model = await loadModel(files, {
+      engine: backend === "webgpu" ? "gpu" : "cpu",
+      context: options.context,
+      activations: options.activations,
+    });
     const features = backend === "webgpu" ? await adapterFeatures() : [];
     return new Engine(model, {
       backend,

@@ -23,6 +23,11 @@ export interface LoadOptions {
   cacheMaxBytes?: number;
   /** KV cache length in tokens (default 2048, capped at the model's context). */
   context?: number;
+  /**
+   * The wasm (CPU) engine's matrix-product activations: "int8" (the default, as in the native CLI: faster)
+   * or "f32" (the reference-exact path). Ignored on WebGPU, which always runs f32.
+   */
+  activations?: "int8" | "f32";
   /** Run in a Web Worker (default true). */
   worker?: boolean;
 }

@@ -95,7 +95,8 @@ export class WorkerEngine {
 /// Loads a model: `source` is the URL of a model.omex/ directory or its files (a FileList from
 /// <input type=file webkitdirectory>, or [{path, file}]). Options: backend ("auto" | "webgpu" | "wasm"),
 /// onProgress({phase, file, loaded, total, fileLoaded, fileTotal, fromCache}), cache (default true),
-/// context (KV cache length), worker (default true).
+/// context (KV cache length), activations ("int8", the default, or "f32": the wasm engine's matrix products;
+/// WebGPU always runs f32), worker (default true).
 export async function load(source, options = {}) {
   if (options.worker === false) return Engine.load(source, options);
   const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "omex" });

@@ -69,16 +69,16 @@ impl ModelFiles {
 }
 
 /// Opens the model in `files` on an engine. Options: `engine` ("gpu", the default, or "cpu"), `context`
-/// (KV cache length, default 2048), `activations` ("f32", the default, or "int8"; the CPU engine only),
+/// (KV cache length, default 2048), `activations` (the CPU engine's matrix products: "int8", the default as
+/// in the native CLI, faster; or "f32", the reference-exact path; the GPU engine always runs f32),
 /// `checksums` (verify every file's SHA-256 first, default false).
 #[wasm_bindgen(js_name = loadModel)]
 pub async fn load_model(files: ModelFiles, options: JsValue) -> Result<OmexModel, JsError> {
     let kind: EngineKind = js::opt_str(&options, "engine")?.as_deref().unwrap_or("gpu").parse().map_err(error)?;
-    let activations: Activations = js::opt_str(&options, "activations")?
-        .as_deref()
-        .unwrap_or("f32")
-        .parse()
-        .map_err(|e: String| JsError::new(&e))?;
+    let activations: Activations = match js::opt_str(&options, "activations")? {
+        Some(a) => a.parse().map_err(|e: String| JsError::new(&e))?,
+        None => Activations::default(),
+    };
     let context_length = js::opt_usize(&options, "context")?.unwrap_or(DEFAULT_CONTEXT);
     files.0.check(js::opt_bool(&options, "checksums")?.unwrap_or(false)).map_err(error)?;
     let model = files.0.open().map_err(error)?;

@@ -3,11 +3,16 @@ installed into a scratch project (scripts/browser-test.sh makes it) and driven t
 (package-page/), the way a web developer's page uses it.
 
 Checks: loading a URL with per-file progress in a Web Worker; completions.create greedy ids equal the
-native engine's for the same prompt (wasm, and WebGPU for a few tokens); chat.completions.create streamed
-and not give the same text, OpenAI-shaped, and the native engine's chat ids; a main-thread timer keeps
-firing during generation; interrupt() ends a stream with finish_reason "abort"; a second load reads the
-cache and makes no request (the server's request log); a damaged cache entry and a full quota give clear
-errors and leave no model that looks complete.
+native engine's for the same prompt and activations (wasm by default, on int8 activations: the native
+`--activations int8` ids; wasm with `activations: "f32"`, and WebGPU for a few tokens: the native
+`--activations f32` ids); chat.completions.create streamed and not give the same text, OpenAI-shaped, and the
+native engine's chat ids; a main-thread timer keeps firing during generation; interrupt() ends a stream with
+finish_reason "abort"; a second load reads the cache and makes no request (the server's request log); a
+damaged cache entry and a full quota give clear errors and leave no model that looks complete.
+
+The f32 references come as browser_test.py's arguments (--expected, --expected-chat); the int8 ones, which
+scripts/browser-test.sh also computes, in the environment: OMEX_WEB_EXPECTED_INT8 and
+OMEX_WEB_EXPECTED_CHAT_INT8 (comma-separated ids).
 """
 
 import json
@@ -29,6 +34,20 @@ def ok(value, what):
     return value
 
 
+def env_ids(name):
+    """Comma-separated token ids from the environment variable `name` (set by scripts/browser-test.sh)."""
+    text = os.environ.get(name, "").strip()
+    return [int(x) for x in text.split(",")] if text else None
+
+
+def need(ids, name):
+    """`ids`, or a failure naming the environment variable that should have given them."""
+    if ids is None:
+        raise AssertionError(f"{name} is not set: scripts/browser-test.sh sets it (the native engine's greedy ids "
+                             "with --activations int8)")
+    return ids
+
+
 def open_page(browser, base):
     browser.open(f"{base}scratch/index.html")
     deadline = time.time() + 60
@@ -45,6 +64,13 @@ def run(runner, browser, server, base, args, model_name, report):
     meta = json.load(open(os.path.join(args.model, "metadata.json")))
     listed = sorted(f["path"] for f in meta["files"])
     n = min(4, len(args.expected))
+    # The wasm engine's default, int8 activations, against the native engine's on int8 activations; with
+    # activations: "f32" (and WebGPU, always f32), against the native f32 ids, args.expected.
+    expected_int8 = env_ids("OMEX_WEB_EXPECTED_INT8")
+    expected_chat_int8 = env_ids("OMEX_WEB_EXPECTED_CHAT_INT8")
+    if expected_int8 == args.expected:
+        print(f"    note: the native int8 and f32 greedy ids are the same for this prompt ({expected_int8}): only "
+              "the engine's description tells the two paths apart")
     state = {}
 
     def installed():
@@ -64,6 +90,7 @@ def run(runner, browser, server, base, args, model_name, report):
         info = r["info"]
         assert r["worker"], "the engine does not run in a worker by default"
         assert info["backend"] == "wasm" and info["tier"] == "wasm", info
+        assert "Int8 activations" in info["describe"], f"the wasm engine's default is not int8: {info['describe']}"
         assert not info["fromCache"], "the first load claims the cache"
         assert sorted(r["files"]) == listed, f"progress named {sorted(r['files'])}, metadata.json lists {listed}"
         assert "download" in r["phases"] and "init" in r["phases"], r["phases"]
@@ -76,15 +103,22 @@ def run(runner, browser, server, base, args, model_name, report):
     runner.run("omex.load fetches a model URL in a worker with per-file progress", first_load)
 
     def greedy_wasm():
-        r = ok(js_async(browser, "completion", {"prompt": args.prompt, "max_tokens": n, "temperature": 0}), "completion")
+        # Every token of the reference: int8 and f32 activations part within a few tokens (at the 6th of the
+        # default prompt's 8 on SmolLM2-135M), so fewer could not tell the two paths apart.
+        expected = need(expected_int8, "OMEX_WEB_EXPECTED_INT8")
+        k = len(expected)
+        r = ok(js_async(browser, "completion", {"prompt": args.prompt, "max_tokens": k, "temperature": 0}), "completion")
         c = r["result"]
         assert c["object"] == "text_completion" and c["choices"][0]["finish_reason"] == "length", c
-        assert c["usage"]["completion_tokens"] == n, c["usage"]
+        assert c["usage"]["completion_tokens"] == k, c["usage"]
         if args.prompt_ids is not None:
             assert c["omex"]["promptIds"] == args.prompt_ids, (c["omex"]["promptIds"], args.prompt_ids)
-        assert c["omex"]["outputIds"] == args.expected[:n], \
-            f"greedy ids differ\n    package (wasm): {c['omex']['outputIds']}\n    native: {args.expected[:n]}"
+        print(f"    package (wasm, default activations): {c['omex']['outputIds']}")
+        assert c["omex"]["outputIds"] == expected, \
+            (f"greedy ids differ\n    package (wasm, default int8 activations): {c['omex']['outputIds']}\n"
+             f"    native --activations int8: {expected}\n    native --activations f32: {args.expected}")
         state["text"] = c["choices"][0]["text"]  # its ids equal the native engine's (checked above)
+        state["tokens"] = k
         t = r["timer"]
         gen_ms = c["omex"]["promptMs"] + c["omex"]["decodeMs"]
         print(f"    {c['choices'][0]['text']!r}; main-thread timer: {t['ticks']} ticks, longest gap {t['maxGapMs']:.0f} ms "
@@ -92,8 +126,8 @@ def run(runner, browser, server, base, args, model_name, report):
         assert t["ticks"] >= max(3, gen_ms / 20 / 4), f"the page's timer fired {t['ticks']} times in {gen_ms:.0f} ms"
         assert t["maxGapMs"] < 200, f"the page stalled {t['maxGapMs']:.0f} ms during generation"
 
-    runner.run("completions.create in the worker: greedy ids equal the native engine's, the page stays responsive",
-               greedy_wasm)
+    runner.run("completions.create in the worker (int8 activations, the default): greedy ids equal the native "
+               "engine's on int8, the page stays responsive", greedy_wasm)
 
     def chat_api():
         msgs = [{"role": "user", "content": args.prompt}]
@@ -102,8 +136,10 @@ def run(runner, browser, server, base, args, model_name, report):
         choice = whole["choices"][0]
         assert choice["message"]["role"] == "assistant" and choice["finish_reason"] == "length", choice
         if args.expected_chat:
-            assert whole["omex"]["outputIds"] == args.expected_chat[:n], \
-                f"chat ids differ\n    package: {whole['omex']['outputIds']}\n    native --chat: {args.expected_chat[:n]}"
+            expected_chat = need(expected_chat_int8, "OMEX_WEB_EXPECTED_CHAT_INT8")
+            assert whole["omex"]["outputIds"] == expected_chat[:n], \
+                (f"chat ids differ\n    package (int8 activations): {whole['omex']['outputIds']}\n"
+                 f"    native --chat --activations int8: {expected_chat[:n]}")
         s = ok(js_async(browser, "chatStream", {"messages": msgs, "max_tokens": n, "temperature": 0}, 0), "stream")
         chunks = s["chunks"]
         assert all(c["object"] == "chat.completion.chunk" for c in chunks), chunks[:2]
@@ -123,8 +159,8 @@ def run(runner, browser, server, base, args, model_name, report):
         # text ends just before it.
         full = state["text"]
         stop = next(ch for ch in full.strip()[1:] if not ch.isalnum())
-        r = ok(js_async(browser, "completion", {"prompt": args.prompt, "max_tokens": n, "temperature": 0,
-                                                 "stop": [stop]}), "completion")
+        r = ok(js_async(browser, "completion", {"prompt": args.prompt, "max_tokens": state["tokens"],
+                                                 "temperature": 0, "stop": [stop]}), "completion")
         c = r["result"]["choices"][0]
         assert c["finish_reason"] == "stop", c
         assert c["text"] == full[:full.index(stop)], f"with stop {stop!r}: {c['text']!r} from {full!r}"
@@ -153,9 +189,28 @@ def run(runner, browser, server, base, args, model_name, report):
         report["cached load (wasm)"] = r["ms"]
         print(f"    cached load {r['ms']:.0f} ms, no model request")
         c = ok(js_async(browser, "completion", {"prompt": args.prompt, "max_tokens": 2, "temperature": 0}), "completion")
-        assert c["result"]["omex"]["outputIds"] == args.expected[:2], c["result"]["omex"]["outputIds"]
+        expected = need(expected_int8, "OMEX_WEB_EXPECTED_INT8")[:2]
+        assert c["result"]["omex"]["outputIds"] == expected, (c["result"]["omex"]["outputIds"], expected)
 
     runner.run("a reload reads the model from the cache: no network request", cached_reload)
+
+    def wasm_f32():
+        bad = js_async(browser, "load", url, {"backend": "wasm", "activations": "fp8"})
+        assert bad.get("code") == "bad-request" and "activations" in bad.get("error", ""), \
+            f"activations: 'fp8' gave {bad}"
+        r = ok(js_async(browser, "load", url, {"backend": "wasm", "activations": "f32"}), "load with activations f32")
+        info = r["info"]
+        assert info["backend"] == "wasm" and "F32 activations" in info["describe"], info["describe"]
+        assert info["fromCache"], info
+        k = len(args.expected)
+        c = ok(js_async(browser, "completion", {"prompt": args.prompt, "max_tokens": k, "temperature": 0}), "completion")
+        got = c["result"]["omex"]["outputIds"]
+        print(f"    package (wasm, activations f32): {got}")
+        assert got == args.expected, (f"greedy ids differ\n    package (wasm, activations f32): {got}\n"
+                                      f"    native --activations f32: {args.expected}")
+
+    runner.run("the package on wasm with activations: \"f32\": greedy ids equal the native engine's on f32",
+               wasm_f32)
 
     def webgpu():
         k = min(2, n)  # SwiftShader is slow: the prompt and one decode step
@@ -163,6 +218,7 @@ def run(runner, browser, server, base, args, model_name, report):
         info = r["info"]
         assert info["backend"] == "webgpu" and info["tier"] in ("portable", "f16"), info
         assert info["subgroups"] is False
+        assert "f32 activations" in info["describe"], info["describe"]
         print(f"    WebGPU: tier {info['tier']} (browser offers shader-f16: {info['shaderF16']}, "
               f"subgroups: {info['subgroupsOffered']}); load {r['ms']:.0f} ms from the cache")
         report["cached load (webgpu)"] = r["ms"]
