@@ -4,8 +4,8 @@
     python3 benches/wasm/page_bench.py --page DIR --pkg PKG --model MODEL.omex [--activations f32,int8]
                                        [--tokens 64] [--runs 2] [--prompt TEXT]
 
-DIR is a copy of examples/web whose app.js passes the URL's `activations` parameter to loadModel (the script
-makes that copy; the page itself always asks for the default). Prints one line per run and activation type,
+DIR is a copy of examples/web (the page passes the URL's `activations` parameter to omex.load; without it the
+wasm engine runs int8). Prints one line per run and activation type,
 "page cpu ACT: N decode steps at X tok/s", and the best run of each as "best ACT X". Drives Chromium with
 scripts/browser_test.py's WebDriver client.
 """

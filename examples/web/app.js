@@ -146,7 +146,9 @@ async function loadFrom(source, name) {
         $("progress-text").textContent = `${mib(loaded)} of ${mib(total)} ${verb}${file ? " · " + file : ""}`;
       }
     };
-    model = await omex.load(source, { backend: engine === "gpu" ? "webgpu" : "wasm", onProgress });
+    // `?activations=f32` picks the wasm engine's reference-exact path (the default is int8).
+    const activations = params.get("activations") || undefined;
+    model = await omex.load(source, { backend: engine === "gpu" ? "webgpu" : "wasm", onProgress, activations });
     state.loadMs = performance.now() - t0;
     state.info = model.info();
     const i = state.info;
