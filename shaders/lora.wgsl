@@ -5,7 +5,8 @@
 //         over c. With NORM (p.norm = 1), x̂ = x * r * w, r = 1 / sqrt(mean(x^2) + eps): the RMS norm the
 //         product's prologue fuses, recomputed here (as shaders/norm.wgsl computes it) since the normed row
 //         is never stored.
-//   up:   y[row, y_off + i] += s * sum_k B[i, k] t[row, t_off + k], one thread per (i, row).
+//   up:   y[row, y_off + i] += s * sum_k B[i, k] t[row, t_off + k], one thread per (i, row); s is
+//         scales[p.scale_at], so that a set of adapters is switched by rewriting one small buffer.
 // Portable: f32 only, no subgroups.
 
 struct Params {
@@ -21,9 +22,9 @@ struct Params {
     norm: u32,
     w_off: u32,
     eps: f32,
-    // up: the first output column of this matrix in y, and the scale s.
+    // up: the first output column of this matrix in y, and where its scale s is in `scales`.
     y_off: u32,
-    scale: f32,
+    scale_at: u32,
     _pad0: u32,
     _pad1: u32,
 }
@@ -44,6 +45,7 @@ struct Step {
 @group(0) @binding(6) var<storage, read> b: array<f32>;
 @group(0) @binding(7) var<storage, read> t_in: array<f32>;
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;
+@group(0) @binding(9) var<storage, read> scales: array<f32>;
 
 var<workgroup> red: array<f32, 64>;
 
@@ -109,5 +111,5 @@ fn up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid
         acc += b[bb + k] * t_in[tb + k];
     }
     let at = row * p.stride + p.y_off + i;
-    y[at] += p.scale * acc;
+    y[at] += scales[p.scale_at] * acc;
 }

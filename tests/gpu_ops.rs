@@ -1037,7 +1037,9 @@ fn lora_down_up_match_cpu() {
         let t = Scratch { t: &tb, stride: t_stride, offset };
         let st = step(ctx, n as u32, 0);
         let down = pollster::block_on(lora::down(ctx, &g, norm.then_some(nm), &st, &xb, x_stride as u32, t)).unwrap();
-        let up = pollster::block_on(lora::up(ctx, &g, s, &st, t, &yb, width as u32, col as u32)).unwrap();
+        // The scale at index 2 of the scales buffer.
+        let scales = upload_f32(ctx, &[f32::NAN, f32::NAN, s]);
+        let up = pollster::block_on(lora::up(ctx, &g, &scales, 2, &st, t, &yb, width as u32, col as u32)).unwrap();
         ctx.run(&[down, up], n as u32);
         let got_t = pollster::block_on(ctx.read_f32(&tb, 0, (n + 1) * t_stride as usize)).unwrap();
         for (i, row) in got_t.chunks_exact(t_stride as usize).enumerate() {

@@ -152,8 +152,11 @@ fn peft_adapters_match_transformers_and_switch_per_request() {
 
 /// The GPU engine applies the adapters unmerged too (f32 activations and KV cache, as the reference): each
 /// adapter's teacher-forced logits within the same bound, greedy tokens equal to the reference's across
-/// requests of one session that switch adapters, and switching back to a set run before is a swap of the
-/// kept dispatch lists (timed; the first switch to a set rebuilds them).
+/// requests of one session that switch adapters. Every way a switch goes is taken (and timed): a set not run
+/// before rebuilds the dispatch lists (all7, then qv); a set run before swaps its kept lists back (all7, qv);
+/// a set of the same layout as the current one (llama.cpp's GGUF of all7, `g`: the same tensors at the same
+/// rank) is copied into the current plan's slots; and one of a kept plan's layout (all7 after qv) takes that
+/// plan over the same way.
 #[test]
 fn gpu_engine_applies_adapters_unmerged() {
     let Some(ctx) = gpu_common::gpu_arc() else { return };
@@ -162,6 +165,7 @@ fn gpu_engine_applies_adapters_unmerged() {
     for name in ["all7", "qv"] {
         assert!(add(&model_dir, &fixture().join(name), name).0);
     }
+    assert!(add(&model_dir, &fixture().join("all7.gguf"), "g").0);
     let model = Model::load(&model_dir).unwrap();
     let opts = EngineOptions {
         backend: BackendChoice::Gpu,
@@ -176,12 +180,17 @@ fn gpu_engine_applies_adapters_unmerged() {
     let ids = u32s(&r["prompts"][0]["token_ids"]);
     let base = engine.forward(&ids, 0, Logits::Last).unwrap();
     let mut switch_us = Vec::new();
-    for name in ["all7", "qv", "all7"] {
+    let ways = ["rebuilt", "rebuilt", "kept", "copied into the current", "kept", "copied into a kept"];
+    for ((name, refer), way) in
+        [("all7", "all7"), ("qv", "qv"), ("all7", "all7"), ("g", "all7"), ("qv", "qv"), ("all7", "all7")]
+            .into_iter()
+            .zip(ways)
+    {
         let active = model.active_adapters(&[name.to_string()]).unwrap();
         let t = std::time::Instant::now();
         engine.set_adapters(&active).unwrap();
-        switch_us.push((name, t.elapsed().as_secs_f64() * 1e6));
-        let worst = check_logits(engine.as_mut(), &r, &r["adapters"][name], &format!("GPU {name}"));
+        switch_us.push((format!("{name} ({way})"), t.elapsed().as_secs_f64() * 1e6));
+        let worst = check_logits(engine.as_mut(), &r, &r["adapters"][refer], &format!("GPU {name}"));
         eprintln!("GPU {name}: worst relative logit difference {worst:.2e}");
         let adapted = engine.forward(&ids, 0, Logits::Last).unwrap();
         let moved = adapted.iter().zip(&base).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -189,9 +198,9 @@ fn gpu_engine_applies_adapters_unmerged() {
     }
     let t = std::time::Instant::now();
     engine.set_adapters(&[]).unwrap();
-    switch_us.push(("base", t.elapsed().as_secs_f64() * 1e6));
+    switch_us.push(("base (kept)".into(), t.elapsed().as_secs_f64() * 1e6));
     check_logits(engine.as_mut(), &r, &r["base"], "GPU base after adapters");
-    eprintln!("GPU adapter switches (first to a set rebuilds the plan, later ones swap it): {switch_us:.0?} us");
+    eprintln!("GPU adapter switches: {switch_us:.0?} us");
 
     // One session, requests switching adapters: each gives the first greedy tokens of its reference (a few:
     // lavapipe runs this model at about a second a token).

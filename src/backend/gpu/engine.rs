@@ -7,7 +7,7 @@
 //! rest stream through upload slots ([`super::streaming`]): a forward pass is then one submission per
 //! streamed piece, each piece written from the mapped file while the GPU runs the piece before it.
 
-use super::adapters::{Adapters, SetPlan};
+use super::adapters::{layout_of, Adapters, LoraSet, SetPlan};
 use super::context::GpuContext;
 use super::device::DeviceOptions;
 use super::ops::misc::{self, SampleParams};
@@ -769,17 +769,36 @@ impl GpuEngine {
         Ok(out)
     }
 
-    /// [`Engine::set_adapters`]: the next forward passes apply `active`. A set run lately (the last few are
-    /// kept) comes back by swapping dispatch lists; a new one uploads the adapter matrices not on the GPU yet
-    /// (each once) and rebuilds the plan's dispatch lists over the same weights and buffers.
+    /// [`Engine::set_adapters`]: the next forward passes apply `active`. A set run lately (the plans of the
+    /// last few are kept) comes back by swapping dispatch lists; a set of the same layout as the current one or
+    /// a kept one (the same tensors at the same ranks) takes that plan over by GPU copies of its matrices into
+    /// the plan's slots and one write of its scales; any other set uploads the adapter matrices not on the GPU
+    /// yet (each once) and rebuilds the plan's dispatch lists over the same weights and buffers.
     pub async fn set_adapters_async(&mut self, active: &[ActiveAdapter]) -> Result<()> {
         if self.adapters.active == active {
             return Ok(());
         }
-        let next = match self.adapters.take_kept(active) {
-            Some(kept) => kept,
+        if let Some(kept) = self.adapters.take_kept(active) {
+            self.swap_plan(kept);
+            return Ok(());
+        }
+        let resolved = self.adapters.uploads.resolve(&self.ctx, &self.program, active)?;
+        let layout = layout_of(&resolved);
+        if let Some(set) = self.adapters.set.as_mut().filter(|s| *s.layout() == layout) {
+            set.fill(&self.ctx, &resolved);
+            self.adapters.active = active.to_vec();
+            return Ok(());
+        }
+        let next = match self.adapters.take_layout(&layout) {
+            Some(mut kept) => {
+                if let Some(set) = kept.set.as_mut() {
+                    set.fill(&self.ctx, &resolved);
+                }
+                kept.active = active.to_vec();
+                kept
+            }
             None => {
-                let set = self.adapters.uploads.set(&self.ctx, &self.program, active, self.max_batch)?;
+                let set = LoraSet::new(&self.ctx, &self.program, &resolved, self.max_batch)?;
                 let splits = attention_splits(&self.opts);
                 let (p, m, b, act) = (&self.program, &self.model, &self.bufs, self.opts.activations);
                 let plan = Plan::build(&self.ctx, p, m, b, splits, act, set.as_ref()).await?;
@@ -792,13 +811,18 @@ impl GpuEngine {
                 SetPlan { active: active.to_vec(), plan, set }
             }
         };
+        self.swap_plan(next);
+        Ok(())
+    }
+
+    /// Makes `next` the current plan and keeps the one it replaces.
+    fn swap_plan(&mut self, next: SetPlan) {
         let previous = SetPlan {
             active: std::mem::replace(&mut self.adapters.active, next.active),
             plan: std::mem::replace(&mut self.plan, next.plan),
             set: std::mem::replace(&mut self.adapters.set, next.set),
         };
         self.adapters.keep(previous);
-        Ok(())
     }
 
     pub fn describe_device(&self) -> String {

@@ -242,11 +242,11 @@ pub const LORA_DOWN: Kernel = Kernel {
     bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
     source: shader!("lora.wgsl"),
 };
-/// LoRA's `y += s B t`: parameters, step, B, t, y.
+/// LoRA's `y += s B t`: parameters, step, B, t, y, the scales.
 pub const LORA_UP: Kernel = Kernel {
     name: "lora",
     entry: "up",
-    bindings: &[(0, Uniform), (1, Read), (6, Read), (7, Read), (8, ReadWrite)],
+    bindings: &[(0, Uniform), (1, Read), (6, Read), (7, Read), (8, ReadWrite), (9, Read)],
     source: shader!("lora.wgsl"),
 };
 

@@ -30,11 +30,28 @@ impl GpuLoraMat {
                 m.rows, m.cols, m.rank
             )));
         }
-        let usage = wgpu::BufferUsages::STORAGE;
+        // COPY_SRC: a set's slots are filled from the uploads (`GpuLoraMat::slot_for`).
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let (a, b) = (m.a.to_f32(), m.b.to_f32());
         let a = ctx.pool.init(&format!("lora A {name}"), bytemuck::cast_slice(&a), usage, Purpose::Adapters)?;
         let b = ctx.pool.init(&format!("lora B {name}"), bytemuck::cast_slice(&b), usage, Purpose::Adapters)?;
         Ok(GpuLoraMat { rows: m.rows as u32, cols: m.cols as u32, rank: m.rank as u32, a, b })
+    }
+
+    /// A matrix pair of `m`'s shape whose buffers are filled by copies (`copy_from`): a set's slot, which its
+    /// dispatches bind, so that another adapter of the same shape takes the slot without rebuilding them.
+    pub fn slot_for(ctx: &GpuContext, name: &str, m: &GpuLoraMat) -> Result<GpuLoraMat> {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let a = ctx.pool.create(&format!("lora slot A {name}"), m.a.size(), usage, Purpose::Adapters)?;
+        let b = ctx.pool.create(&format!("lora slot B {name}"), m.b.size(), usage, Purpose::Adapters)?;
+        Ok(GpuLoraMat { rows: m.rows, cols: m.cols, rank: m.rank, a, b })
+    }
+
+    /// Records copies of `src`'s A and B into this slot (same shape).
+    pub fn copy_from(&self, encoder: &mut wgpu::CommandEncoder, src: &GpuLoraMat) {
+        debug_assert!((self.rows, self.cols, self.rank) == (src.rows, src.cols, src.rank));
+        encoder.copy_buffer_to_buffer(src.a.raw(), 0, self.a.raw(), 0, src.a.size());
+        encoder.copy_buffer_to_buffer(src.b.raw(), 0, self.b.raw(), 0, src.b.size());
     }
 
     /// Bytes of its two buffers on the GPU.
@@ -63,7 +80,7 @@ struct Params {
     w_off: u32,
     eps: f32,
     y_off: u32,
-    scale: f32,
+    scale_at: u32,
     _pad: [u32; 2],
 }
 
@@ -114,7 +131,7 @@ pub async fn down(
         w_off,
         eps,
         y_off: 0,
-        scale: 0.0,
+        scale_at: 0,
         _pad: [0; 2],
     };
     // Without a norm the weight binding is unused: x stands in for it.
@@ -126,13 +143,14 @@ pub async fn down(
     dispatch(ctx, &LORA_DOWN, &p, &res, Grid::TokensY { x: m.rank }).await
 }
 
-/// The up product added into the chunk's rows of `y` (`y_stride` values a row): `y[row, col + i] += scale *
-/// B[i, :] · t[row, offset..offset + rank]`.
+/// The up product added into the chunk's rows of `y` (`y_stride` values a row): `y[row, col + i] += s *
+/// B[i, :] · t[row, offset..offset + rank]`, the scale s read from `scales[scale_at]` when it runs.
 #[allow(clippy::too_many_arguments)]
 pub async fn up(
     ctx: &GpuContext,
     m: &GpuLoraMat,
-    scale: f32,
+    scales: &GpuBuffer,
+    scale_at: u32,
     step: &GpuBuffer,
     t: Scratch<'_>,
     y: &GpuBuffer,
@@ -159,9 +177,9 @@ pub async fn up(
         w_off: 0,
         eps: 0.0,
         y_off: col,
-        scale,
+        scale_at,
         _pad: [0; 2],
     };
-    let res = [step.binding(), m.b.binding(), t.t.binding(), y.binding()];
+    let res = [step.binding(), m.b.binding(), t.t.binding(), y.binding(), scales.binding()];
     dispatch(ctx, &LORA_UP, &p, &res, Grid::TokensY { x: m.rows.div_ceil(64) }).await
 }
