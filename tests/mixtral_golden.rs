@@ -413,3 +413,118 @@ fn gpu_f32(context: usize) -> GpuOptions {
     opts.kv = KvType::F32;
     opts
 }
+
+/// llama.cpp's own GGUF of the fixture (`convert_hf_to_gguf.py`, by scripts/reference/make_mixtral_gguf_fixture.py):
+/// a llama GGUF with `llama.expert_count`, each block's experts stacked in `ffn_{gate,up,down}_exps`. `--quant
+/// keep` takes each expert's slab apart into a record of its own, byte for byte: in f32 every expert matrix
+/// equals the one converted from the transformers checkpoint. The model gives transformers' logits (the same
+/// bound as the checkpoint's) and greedy tokens, on the CPU engine and on the GPU engine.
+#[test]
+fn llama_cpp_mixtral_gguf_matches_transformers() {
+    use omex::backend::WeightRef;
+    let dir = common::converted(&fixture().join("mixtral-tiny.f32.gguf"), "mixtral-tiny-gguf", "keep");
+    let (from_gguf, from_hf) = (Model::load(&dir).unwrap(), Model::load(mixtral_omex(2)).unwrap());
+    assert_eq!(from_gguf.config.architecture, "mixtral");
+    assert_eq!(from_gguf.config.moe, from_hf.config.moe);
+    for l in 0..2 {
+        for e in 0..4 {
+            for (part, shape) in [("ffn_gate", [128, 64]), ("ffn_up", [128, 64]), ("ffn_down", [64, 128])] {
+                let name = format!("blk.{l}.{part}.{e}");
+                let values = |m: &Model| WeightRef::load(&m.dir, &name, &shape).unwrap().to_f32();
+                assert_eq!(values(&from_gguf), values(&from_hf), "{name}: the GGUF's slab against the checkpoint's");
+            }
+        }
+    }
+    let mut e = engine_of(&dir, Activations::F32, KvType::F32);
+    for c in cases(2) {
+        let d = max_logit_diff(e.as_mut(), c);
+        eprintln!("GGUF {:?}: max |omex - transformers| {d:.2e}", c["prompt"]);
+        assert!(d <= F32_TOL, "GGUF {:?}: {d}", c["prompt"]);
+        let out = Command::new(common::omex_bin())
+            .arg("run")
+            .arg(&dir)
+            .args(["--backend", "cpu", "--activations", "f32", "--ignore-eos", "--json", "-n", "12", "-p"])
+            .arg(c["prompt"].as_str().unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(ids(&v["prompt_ids"]), ids(&c["ids"]), "GGUF tokenizer on {:?}", c["prompt"]);
+        assert_eq!(ids(&v["output_ids"]), ids(&c["greedy"]), "GGUF greedy on {:?}", c["prompt"]);
+    }
+    if let Some(ctx) = gpu_common::gpu_arc() {
+        let mut g = GpuEngine::load_blocking(ctx, &from_gguf.dir, &from_gguf.config, gpu_f32(128)).unwrap();
+        for c in cases(2) {
+            let d = max_logit_diff(&mut g, c);
+            eprintln!("GGUF on the GPU {:?}: max |omex - transformers| {d:.2e}", c["prompt"]);
+            assert!(d <= F32_TOL, "GGUF on the GPU {:?}: {d}", c["prompt"]);
+        }
+    }
+}
+
+/// The q8_0 GGUF's experts are taken apart too (each expert's slab whole blocks; `keep` stores q8_0 as omex's
+/// int8 groups, the same values and scales): every expert weight is within q8_0's rounding of the checkpoint's
+/// (half a step of its block, d = max |w| / 127, plus the f16 rounding of d), which a slab taken from the
+/// wrong place is not; and the logits stay within what 8-bit weights (and a route flipped by them) explain:
+/// measured max 0.11 to 0.74 per prompt.
+#[test]
+fn llama_cpp_mixtral_q8_0_gguf_stays_close() {
+    use omex::backend::WeightRef;
+    let dir = common::converted(&fixture().join("mixtral-tiny.q8_0.gguf"), "mixtral-tiny-gguf-q8_0", "keep");
+    let (model, from_hf) = (Model::load(&dir).unwrap(), Model::load(mixtral_omex(2)).unwrap());
+    assert_eq!(model.dir.index.get("blk.1.ffn_down.3").unwrap().dtype.name(), "int8");
+    for l in 0..2 {
+        for e in 0..4 {
+            for (part, shape) in [("ffn_gate", [128, 64]), ("ffn_up", [128, 64]), ("ffn_down", [64, 128])] {
+                let name = format!("blk.{l}.{part}.{e}");
+                let q = WeightRef::load(&model.dir, &name, &shape).unwrap().to_f32();
+                let w = WeightRef::load(&from_hf.dir, &name, &shape).unwrap().to_f32();
+                for (qb, wb) in q.chunks_exact(32).zip(w.chunks_exact(32)) {
+                    let d = wb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    let worst = qb.iter().zip(wb).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(worst <= 0.6 * d + 1e-12, "{name}: a block off by {worst}, its step {d}");
+                }
+            }
+        }
+    }
+    let mut e = engine_of(&dir, Activations::F32, KvType::F32);
+    for c in cases(2) {
+        let d = max_logit_diff(e.as_mut(), c);
+        eprintln!("q8_0 GGUF {:?}: max |omex - transformers| {d:.3}", c["prompt"]);
+        assert!(d <= 1.5, "q8_0 GGUF {:?}: {d}", c["prompt"]);
+    }
+}
+
+/// A Mixtral GGUF omex cannot run exactly is refused at conversion, naming the file and the key or tensor,
+/// leaving nothing behind: a stack that does not hold `llama.expert_count` experts, and a routing width past
+/// the experts.
+#[test]
+fn inconsistent_mixtral_ggufs_are_refused() {
+    let good = std::fs::read(fixture().join("mixtral-tiny.f32.gguf")).unwrap();
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mixtral-bad-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    // A u32 key's value: the key string, its type (u32: 4), then the value.
+    let set_u32 = |key: &str, value: u32| -> Vec<u8> {
+        let mut b = good.clone();
+        let at = b.windows(key.len()).position(|w| w == key.as_bytes()).unwrap() + key.len();
+        assert_eq!(&b[at..at + 4], &4u32.to_le_bytes(), "{key} is a u32");
+        b[at + 4..at + 8].copy_from_slice(&value.to_le_bytes());
+        b
+    };
+    let cases = [
+        ("count", set_u32("llama.expert_count", 3), "does not stack 3 experts"),
+        ("used", set_u32("llama.expert_used_count", 5), "llama.expert_used_count 5"),
+        ("many", set_u32("llama.expert_count", 100_000), "llama.expert_count 100000"),
+    ];
+    for (label, bytes, says) in cases {
+        let path = tmp.join(format!("{label}.gguf"));
+        std::fs::write(&path, bytes).unwrap();
+        let out = tmp.join(format!("{label}.omex"));
+        let o = Command::new(common::omex_bin()).arg("convert").arg(&path).arg("-o").arg(&out).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(1), "{label}: {err}");
+        assert!(err.contains(says) && err.contains(&format!("{label}.gguf")), "{label}: {err}");
+        assert!(!out.exists(), "{label}: a half-written model was left");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

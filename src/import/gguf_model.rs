@@ -2,6 +2,11 @@
 //! hyper-parameters from the `{arch}.*` keys, the tokenizer from `tokenizer.ggml.*`, the tensors renamed to
 //! omex's names (GGUF's without the `.weight` suffix) and their ggml dims reversed to `[rows, cols]`.
 //!
+//! A llama GGUF with `llama.expert_count` is a Mixtral (a sparse mixture of experts): its router
+//! `blk.N.ffn_gate_inp` and its experts stacked three to a block (`blk.N.ffn_{gate,up,down}_exps`, ggml dims
+//! `[cols, rows, experts]`), each expert's matrix a contiguous slab of the stack that becomes a tensor of its
+//! own, `blk.N.ffn_gate.E` and so on, byte for byte.
+//!
 //! RoPE: llama.cpp's converter permutes llama's Q and K rows so that the rotated pairs are adjacent, so a
 //! GGUF llama uses [`RopeStyle::Interleaved`]; qwen2 and gemma3 are not permuted and use [`RopeStyle::Half`].
 
@@ -9,7 +14,9 @@ use super::gguf::{GgufFile, Value};
 use super::{dims_u32, Loc, SourceModel, SourceTensor, Store, TokenizerSource};
 use crate::error::{Error, Result};
 use crate::graph::limits;
-use crate::graph::{Activation, BlockWeights, Norm, RopeConfig, RopeScaling, RopeStyle, SlidingWindow, Transformer};
+use crate::graph::{
+    Activation, BlockWeights, MoeConfig, Norm, RopeConfig, RopeScaling, RopeStyle, SlidingWindow, Transformer,
+};
 use crate::quant::{dequant, GgmlType};
 use crate::tokenizer::GgufVocab;
 use std::path::Path;
@@ -26,8 +33,23 @@ const GEMMA3_TENSORS: [&str; 4] = ["attn_q_norm", "attn_k_norm", "post_attention
 const GEMMA3_GLOBAL_EVERY: u32 = 6;
 const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
 
+/// The block and omex part name (`ffn_gate`, `ffn_up`, `ffn_down`) of a stack of experts' matrices,
+/// `blk.N.ffn_{gate,up,down}_exps.weight`.
+fn expert_stack(gguf: &str, n_layers: u32) -> Option<(u32, &'static str)> {
+    let rest = gguf.strip_prefix("blk.")?;
+    let (i, rest) = rest.split_once('.')?;
+    let layer: u32 = i.parse::<u32>().ok().filter(|&l| l < n_layers && i == l.to_string())?;
+    let part = match rest {
+        "ffn_gate_exps.weight" => "ffn_gate",
+        "ffn_up_exps.weight" => "ffn_up",
+        "ffn_down_exps.weight" => "ffn_down",
+        _ => return None,
+    };
+    Some((layer, part))
+}
+
 /// The omex name of a GGUF tensor, or `None` if a model of `arch` has no such tensor.
-fn omex_name(gguf: &str, arch: &str, n_layers: u32) -> Option<String> {
+fn omex_name(gguf: &str, arch: &str, n_layers: u32, moe: bool) -> Option<String> {
     match gguf {
         "token_embd.weight" => return Some("token_embd".into()),
         "output_norm.weight" => return Some("output_norm".into()),
@@ -38,7 +60,10 @@ fn omex_name(gguf: &str, arch: &str, n_layers: u32) -> Option<String> {
     let (i, rest) = rest.split_once('.')?;
     let layer: u32 = i.parse::<u32>().ok().filter(|&l| l < n_layers && i == l.to_string())?;
     if let Some(base) = rest.strip_suffix(".weight") {
-        let known = BLOCK_TENSORS.contains(&base) || (arch == "gemma3" && GEMMA3_TENSORS.contains(&base));
+        let dense_mlp = ["ffn_gate", "ffn_up", "ffn_down"].contains(&base);
+        let known = (BLOCK_TENSORS.contains(&base) && !(moe && dense_mlp))
+            || (arch == "gemma3" && GEMMA3_TENSORS.contains(&base))
+            || (moe && base == "ffn_gate_inp");
         return known.then(|| format!("blk.{layer}.{base}"));
     }
     let base = rest.strip_suffix(".bias")?;
@@ -87,6 +112,10 @@ pub fn open(path: &Path) -> Result<SourceModel> {
     let base = file.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
     let dims = file.opt_u32(&key("rope.dimension_count"))?.unwrap_or(head_dim);
     let mut rope = RopeConfig { base, style, dims, scaling: rope_scaling(&file, &arch)? };
+    let moe = match file.opt_u32(&key("expert_count"))? {
+        None | Some(0) => None,
+        Some(experts) => Some(moe_config(&file, &arch, experts).map_err(bad)?),
+    };
 
     let mut warnings = Vec::new();
     let mut tensors = Vec::new();
@@ -96,7 +125,26 @@ pub fn open(path: &Path) -> Result<SourceModel> {
             rope_freqs = Some(i);
             continue;
         }
-        let name = omex_name(&t.name, &arch, n_layers).ok_or_else(|| {
+        if let (Some(m), Some((layer, part))) = (&moe, expert_stack(&t.name, n_layers)) {
+            let shape = dims_u32(path, &t.name, &t.shape())?;
+            if shape.len() != 3 || shape[0] != m.experts || file.data(t).len() % m.experts as usize != 0 {
+                return Err(bad(format!(
+                    "tensor {:?} of shape {shape:?} does not stack {} experts' matrices",
+                    t.name, m.experts
+                )));
+            }
+            for expert in 0..m.experts {
+                tensors.push(SourceTensor {
+                    name: format!("blk.{layer}.{part}.{expert}"),
+                    shape: shape[1..].to_vec(),
+                    ty: t.ty,
+                    loc: Loc::GgufExpert { tensor: i, expert, experts: m.experts },
+                    source_name: format!("{}[{expert}]", t.name),
+                });
+            }
+            continue;
+        }
+        let name = omex_name(&t.name, &arch, n_layers, moe.is_some()).ok_or_else(|| {
             Error::Unsupported(format!(
                 "{}: tensor {:?} is not part of a {arch} model; omex cannot place it",
                 path.display(),
@@ -122,7 +170,7 @@ pub fn open(path: &Path) -> Result<SourceModel> {
         _ => None,
     };
     let transformer = Transformer {
-        architecture: arch.clone(),
+        architecture: if moe.is_some() { "mixtral".into() } else { arch.clone() },
         vocab_size,
         hidden_size: hidden,
         intermediate_size: ffn,
@@ -142,10 +190,14 @@ pub fn open(path: &Path) -> Result<SourceModel> {
         head_file: "head.bin".into(),
         tied_embeddings: tied,
         blocks: (0..n_layers as usize)
-            .map(|i| if gemma3 { BlockWeights::gemma3(i) } else { BlockWeights::standard(i, with_bias) })
+            .map(|i| match (gemma3, &moe) {
+                (true, _) => BlockWeights::gemma3(i),
+                (false, Some(m)) => BlockWeights::mixtral(i, m.experts),
+                (false, None) => BlockWeights::standard(i, with_bias),
+            })
             .collect(),
         sliding_window,
-        moe: None,
+        moe,
     };
     transformer.check().map_err(bad)?;
 
@@ -172,6 +224,24 @@ pub fn open(path: &Path) -> Result<SourceModel> {
         name,
         warnings,
     })
+}
+
+/// The experts of a GGUF with `{arch}.expert_count` = `experts` (a llama: Mixtral) and `expert_used_count`,
+/// refused unless omex runs them exactly.
+fn moe_config(file: &GgufFile, arch: &str, experts: u32) -> std::result::Result<MoeConfig, String> {
+    if arch != "llama" {
+        return Err(format!(
+            "{arch}.expert_count is {experts}: omex runs a mixture of experts of llama GGUFs (Mixtral) only"
+        ));
+    }
+    if experts > limits::MAX_EXPERTS {
+        return Err(format!("llama.expert_count {experts}: omex runs 1 to {} experts", limits::MAX_EXPERTS));
+    }
+    let top_k = file.req_u32("llama.expert_used_count").map_err(|e| e.to_string())?;
+    if top_k == 0 || top_k > experts {
+        return Err(format!("llama.expert_used_count {top_k}: it must be 1 to llama.expert_count ({experts})"));
+    }
+    Ok(MoeConfig { experts, top_k })
 }
 
 /// `{arch}.rope.scaling.*` (and the older `rope.scale_linear`).
@@ -269,16 +339,23 @@ fn read_vocab(file: &GgufFile) -> Result<GgufVocab> {
 
 #[cfg(test)]
 mod tests {
-    use super::omex_name;
+    use super::{expert_stack, omex_name};
 
     #[test]
     fn names() {
-        assert_eq!(omex_name("blk.3.attn_q.weight", "llama", 30).as_deref(), Some("blk.3.attn_q"));
-        assert_eq!(omex_name("blk.3.attn_k.bias", "llama", 30).as_deref(), Some("blk.3.attn_k.bias"));
-        assert_eq!(omex_name("blk.30.attn_q.weight", "llama", 30), None);
-        assert_eq!(omex_name("blk.03.attn_q.weight", "llama", 30), None);
-        assert_eq!(omex_name("blk.1.attn_norm.bias", "llama", 30), None);
-        assert_eq!(omex_name("token_embd.weight", "llama", 30).as_deref(), Some("token_embd"));
-        assert_eq!(omex_name("pos_embd.weight", "llama", 30), None);
+        assert_eq!(omex_name("blk.3.attn_q.weight", "llama", 30, false).as_deref(), Some("blk.3.attn_q"));
+        assert_eq!(omex_name("blk.3.attn_k.bias", "llama", 30, false).as_deref(), Some("blk.3.attn_k.bias"));
+        assert_eq!(omex_name("blk.30.attn_q.weight", "llama", 30, false), None);
+        assert_eq!(omex_name("blk.03.attn_q.weight", "llama", 30, false), None);
+        assert_eq!(omex_name("blk.1.attn_norm.bias", "llama", 30, false), None);
+        assert_eq!(omex_name("token_embd.weight", "llama", 30, false).as_deref(), Some("token_embd"));
+        assert_eq!(omex_name("pos_embd.weight", "llama", 30, false), None);
+        // A mixture of experts has a router and no dense MLP; its stacks are taken apart, not renamed.
+        assert_eq!(omex_name("blk.2.ffn_gate_inp.weight", "llama", 30, true).as_deref(), Some("blk.2.ffn_gate_inp"));
+        assert_eq!(omex_name("blk.2.ffn_gate_inp.weight", "llama", 30, false), None);
+        assert_eq!(omex_name("blk.2.ffn_up.weight", "llama", 30, true), None);
+        assert_eq!(expert_stack("blk.2.ffn_down_exps.weight", 30), Some((2, "ffn_down")));
+        assert_eq!(expert_stack("blk.30.ffn_down_exps.weight", 30), None);
+        assert_eq!(expert_stack("blk.2.ffn_down.weight", 30), None);
     }
 }

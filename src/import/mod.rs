@@ -29,6 +29,9 @@ pub use encode::encode;
 pub enum Loc {
     /// Index into the GGUF header's tensor list.
     Gguf(usize),
+    /// Expert `expert` of a GGUF tensor that stacks `experts` experts' matrices (`blk.N.ffn_*_exps`, ggml dims
+    /// `[cols, rows, experts]`): its own contiguous slab, a `1 / experts` share of the tensor's bytes.
+    GgufExpert { tensor: usize, expert: u32, experts: u32 },
     /// Name in the safetensors checkpoint.
     Safetensors(String),
     /// Outputs `outputs` of a `Conv1D` weight `[in, out]` (or bias `[out]`) in the safetensors checkpoint, as
@@ -114,6 +117,12 @@ impl SourceModel {
         let vanished = |n: &str| Error::invalid(&self.path, format!("tensor {n:?} vanished"));
         match (&self.store, &t.loc) {
             (Store::Gguf(f), Loc::Gguf(i)) => Ok(f.data(&f.header.tensors[*i]).into()),
+            (Store::Gguf(f), Loc::GgufExpert { tensor, expert, experts }) => {
+                let all = f.data(&f.header.tensors[*tensor]);
+                let per = all.len() / *experts as usize;
+                let at = *expert as usize * per;
+                all.get(at..at + per).map(Into::into).ok_or_else(|| vanished(&t.name))
+            }
             (Store::Safetensors(c), Loc::Safetensors(n)) => {
                 c.get(n).map(|(f, st)| f.data(st).into()).ok_or_else(|| vanished(n))
             }

@@ -36,6 +36,7 @@ use crate::{matvec, par};
 /// 15 tok/s with them and 24 with one row; Qwen2.5-Coder-0.5B, 2 sequences at once, 57 against 90, and 8 at
 /// once 97 against 108. Larger tiles (prefill on AVX2-only machines) are compute-bound and keep 4x3 blocks
 /// (SmolLM2 pp128 with AVX2: 429 tok/s against 316 with one row).
+#[cfg(target_arch = "x86_64")]
 const STREAM_TOKENS: usize = 8;
 
 /// `n` activation rows of `cols` values, quantized per group of 32 (see the module doc).
