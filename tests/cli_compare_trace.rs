@@ -1,6 +1,7 @@
 //! `omex compare` and `omex trace` on the real SmolLM2: the JSON each writes, parsed and checked.
 
 mod common;
+mod gpu_common;
 
 use common::{omex_bin, smollm2_omex};
 use serde_json::Value;
@@ -70,13 +71,25 @@ fn compare_refuses_a_missing_text_file() {
 
 #[test]
 fn trace_writes_chrome_events_covering_every_block() {
+    check_trace("cpu");
+}
+
+/// The GPU engine's timeline (lavapipe on CI): each op a submission of its own, the same names and checks.
+#[test]
+fn trace_on_the_gpu_engine_covers_every_block() {
+    if gpu_common::gpu_arc().is_some() {
+        check_trace("gpu");
+    }
+}
+
+fn check_trace(backend: &str) {
     let model = smollm2_omex("keep");
-    let dir = std::env::temp_dir().join(format!("omex-trace-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("omex-trace-{backend}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("trace.json");
     let _ = std::fs::remove_file(&path);
     let args = ["trace", model.to_str().unwrap(), "-p", "The capital of France is", "-o", path.to_str().unwrap()];
-    let out = omex(&[&args[..], &["--backend", "cpu", "-n", "3"]].concat());
+    let out = omex(&[&args[..], &["--backend", backend, "-n", "3"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let events = v["traceEvents"].as_array().unwrap();
@@ -110,7 +123,7 @@ fn trace_writes_chrome_events_covering_every_block() {
         assert!(inside.iter().any(|o| o.2 == "embed") && inside.iter().any(|o| o.2 == "head"), "{}", pass.2);
     }
     // An existing file is not replaced without --force.
-    let out = omex(&[&args[..], &["--backend", "cpu"]].concat());
+    let out = omex(&[&args[..], &["--backend", backend]].concat());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     let _ = std::fs::remove_dir_all(&dir);

@@ -40,8 +40,9 @@ pub fn record(engine: &mut dyn Engine, prompt: &[u32], decode_steps: usize) -> R
     }
     if !engine.trace_ops(true) {
         return Err(Error::Unsupported(format!(
-            "{} records no per-op timeline: trace the CPU engine (--backend cpu); for GPU kernel totals run with \
-             OMEX_GPU_KERNEL_TIMES=1",
+            "{} records no per-op timeline: the GPU engine records one with its weights resident (no --gpu-mem \
+             that makes them stream; its --memory-trace shows a streamed run's uploads and compute), the CPU \
+             engine always",
             engine.describe()
         )));
     }

@@ -255,6 +255,16 @@ pub struct GpuEngine {
     uploaded: std::sync::atomic::AtomicU64,
     #[cfg(not(target_arch = "wasm32"))]
     trace: Option<(PathBuf, Arc<Mutex<TraceRecorder>>)>,
+    /// The per-op timeline while [`Engine::trace_ops`] is on (native, resident weights).
+    #[cfg(not(target_arch = "wasm32"))]
+    op_trace: Option<Mutex<OpTimeline>>,
+}
+
+/// Op spans recorded since tracing started at `t0`.
+#[cfg(not(target_arch = "wasm32"))]
+struct OpTimeline {
+    t0: std::time::Instant,
+    spans: Vec<crate::backend::OpSpan>,
 }
 
 impl GpuEngine {
@@ -356,6 +366,8 @@ impl GpuEngine {
             uploaded: Default::default(),
             #[cfg(not(target_arch = "wasm32"))]
             trace,
+            #[cfg(not(target_arch = "wasm32"))]
+            op_trace: None,
         })
     }
 
@@ -439,6 +451,10 @@ impl GpuEngine {
     ) {
         self.forwards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stages: Vec<&Stage> = blocks.iter().chain(head).collect();
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(timeline) = &self.op_trace {
+            return self.submit_traced(timeline, n, blocks, head, readback);
+        }
         match &self.model.slots {
             None => {
                 let mut encoder = self.ctx.encoder();
@@ -451,6 +467,44 @@ impl GpuEngine {
                 self.ctx.gpu.queue.submit([encoder.finish()]);
             }
             Some(slots) => self.stream(slots, n, &stages, readback),
+        }
+    }
+
+    /// A forward pass op by op, for the per-op timeline: each op of the program (the embedding, each block's
+    /// ops, the head) is a submission of its own, waited for, so its span is the host's wall-clock time from
+    /// its submission to its end: its kernels and one submission's overhead.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn submit_traced(
+        &self,
+        timeline: &Mutex<OpTimeline>,
+        n: u32,
+        blocks: &[Stage],
+        head: &[Stage],
+        readback: Option<(&super::buffers::GpuBuffer, u64, u64)>,
+    ) {
+        let run = |name: String, block: Option<usize>, dispatches: &[super::context::Dispatch]| {
+            let start = std::time::Instant::now();
+            let mut encoder = self.ctx.encoder();
+            self.ctx.record(&mut encoder, &[dispatches], n);
+            self.ctx.gpu.queue.submit([encoder.finish()]);
+            self.wait(None);
+            let mut t = timeline.lock().expect("op trace lock");
+            let start_us = start.duration_since(t.t0).as_secs_f64() * 1e6;
+            let dur_us = start.elapsed().as_secs_f64() * 1e6;
+            t.spans.push(crate::backend::OpSpan { name, block, start_us, dur_us, tokens: n as usize });
+        };
+        run("embed".into(), None, &self.plan.embed);
+        let stages = blocks.iter().enumerate().map(|(l, s)| (Some(l), s)).chain(head.iter().map(|s| (None, s)));
+        for (block, stage) in stages {
+            for (k, (label, first)) in stage.ops.iter().enumerate() {
+                let end = stage.ops.get(k + 1).map_or(stage.dispatches.len(), |o| o.1);
+                run(label.clone(), block, &stage.dispatches[*first..end]);
+            }
+        }
+        if let Some((from, bytes, at)) = readback {
+            let mut encoder = self.ctx.encoder();
+            encoder.copy_buffer_to_buffer(from.raw(), 0, self.staging.raw(), at, bytes);
+            self.ctx.gpu.queue.submit([encoder.finish()]);
         }
     }
 
@@ -862,6 +916,25 @@ impl Drop for GpuEngine {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl Engine for GpuEngine {
+    /// Per-op timelines on native builds with resident weights (a streamed pass's ops wait on their uploads,
+    /// which `--memory-trace` records instead).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn trace_ops(&mut self, on: bool) -> bool {
+        if on && self.model.slots.is_some() {
+            return false;
+        }
+        self.op_trace = on.then(|| Mutex::new(OpTimeline { t0: std::time::Instant::now(), spans: Vec::new() }));
+        true
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn take_op_spans(&mut self) -> Vec<crate::backend::OpSpan> {
+        self.op_trace
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.get_mut().expect("op trace lock").spans))
+            .unwrap_or_default()
+    }
+
     fn describe(&self) -> String {
         let activations = match self.opts.activations {
             Activations::F32 => "f32 activations".to_string(),

@@ -770,6 +770,9 @@ impl Lowering<'_> {
 pub(super) struct Stage {
     pub piece: Option<usize>,
     pub dispatches: Vec<Dispatch>,
+    /// The program's ops among `dispatches`: each one's label ("blk.3 linear attn_q|attn_k|attn_v", as the
+    /// CPU engine's trace names them) and its first dispatch; it runs to the next op's first.
+    pub ops: Vec<(String, usize)>,
 }
 
 /// The dispatch lists of one model.
@@ -821,16 +824,20 @@ impl Plan {
         ];
         for (l, (block, layer)) in p.blocks.iter().zip(&w.layers).enumerate() {
             for (stages, (tokens, batched)) in lists.iter_mut().zip(kinds) {
-                let mut list = Vec::new();
+                let (mut list, mut labels) = (Vec::new(), Vec::new());
                 let mut ops = block.ops.iter().peekable();
                 while let Some(op) = ops.next() {
                     let fuse_swiglu = tokens == 0 && matches!(ops.peek(), Some(Op::Glu { act: Activation::Silu }));
                     let lowered = Lowering { batched, ctx, p, b, layer, l, splits, tokens, mv, loras };
+                    let (first, mut label) = (list.len(), format!("blk.{l} {}", op.label()));
                     if lowered.op(op, fuse_swiglu, &mut list).await? {
-                        ops.next();
+                        if let Some(fused) = ops.next() {
+                            label = format!("{label} + {}", fused.label());
+                        }
                     }
+                    labels.push((label, first));
                 }
-                stages.push(Stage { piece: layer.piece, dispatches: list });
+                stages.push(Stage { piece: layer.piece, dispatches: list, ops: labels });
             }
         }
         let [decode, prefill_short, prefill, batch_short, batch] = lists;
@@ -851,7 +858,7 @@ impl Plan {
                 let mut list = std::mem::take(&mut norm);
                 let part = [(m, *row0, None)];
                 list.extend(products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, shape, mv).await?);
-                stages.push(Stage { piece: *piece, dispatches: list });
+                stages.push(Stage { piece: *piece, dispatches: list, ops: vec![("head".into(), 0)] });
             }
         }
         let [head_last, head_all] = heads;
