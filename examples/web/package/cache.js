@@ -17,7 +17,7 @@ export class OmexError extends Error {
   constructor(code, message) {
     super(message);
     this.name = "OmexError";
-    this.code = code; // "quota" | "corrupt-cache" | "bad-model" | "network" | "busy" | ...
+    this.code = code; // "quota" | "corrupt-cache" | "bad-model" | "network" | "bad-request" | ...
   }
 }
 

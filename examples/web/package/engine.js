@@ -112,7 +112,8 @@ export class Engine {
   constructor(model, loadInfo) {
     this.model = model;
     this.loadInfo = loadInfo;
-    this.busy = false;
+    // Requests take turns on the one model and KV cache: each runs after those made before it have ended.
+    this.turns = Promise.resolve();
     this.chat = { completions: { create: (req) => this.create("chat", req) } };
     this.completions = { create: (req) => this.create("text", req) };
   }
@@ -161,10 +162,16 @@ export class Engine {
     return Promise.resolve(queue);
   }
 
-  /// Runs one request, calling emit(chunk) as text comes; resolves to the whole completion.
-  async run(kind, req, emit) {
+  /// Runs one request after the requests made before it, calling emit(chunk) as text comes; resolves to the
+  /// whole completion.
+  run(kind, req, emit) {
+    const turn = this.turns.then(() => this.runNow(kind, req, emit));
+    this.turns = turn.catch(() => {});
+    return turn;
+  }
+
+  async runNow(kind, req, emit) {
     if (!this.model) throw new OmexError("unloaded", "the engine was unloaded");
-    if (this.busy) throw new OmexError("busy", "a generation is already running: await it or call interrupt() first");
     const stops = stopList(req.stop);
     const options = {
       maxTokens: whole(req.max_tokens ?? req.max_completion_tokens, "max_tokens", 1, 1 << 20, 1 << 20),
@@ -199,31 +206,25 @@ export class Engine {
     let stopped = false;
     const ids = [];
     if (kind === "chat") emit(chunk({ role: "assistant", content: "" }, null));
-    this.busy = true;
-    let out;
-    try {
-      out = await this.model.generate(prompt, options, (t) => {
-        if (t.id !== null) ids.push(t.id);
-        text += t.piece;
-        let cut = -1;
-        for (const s of stops) {
-          const at = text.indexOf(s, Math.max(0, text.length - t.piece.length - s.length));
-          if (at >= 0 && (cut < 0 || at < cut)) cut = at;
-        }
-        if (cut >= 0) {
-          text = text.slice(0, cut);
-          stopped = true;
-        }
-        const upto = stopped ? text.length : Math.max(sent, text.length - hold);
-        if (upto > sent) {
-          emit(chunk({ content: text.slice(sent, upto) }, null));
-          sent = upto;
-        }
-        return !stopped;
-      });
-    } finally {
-      this.busy = false;
-    }
+    const out = await this.model.generate(prompt, options, (t) => {
+      if (t.id !== null) ids.push(t.id);
+      text += t.piece;
+      let cut = -1;
+      for (const s of stops) {
+        const at = text.indexOf(s, Math.max(0, text.length - t.piece.length - s.length));
+        if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+      }
+      if (cut >= 0) {
+        text = text.slice(0, cut);
+        stopped = true;
+      }
+      const upto = stopped ? text.length : Math.max(sent, text.length - hold);
+      if (upto > sent) {
+        emit(chunk({ content: text.slice(sent, upto) }, null));
+        sent = upto;
+      }
+      return !stopped;
+    });
     if (!stopped && out.text.length >= text.length) text = out.text;
     if (text.length > sent) emit(chunk({ content: text.slice(sent) }, null));
     const finish = stopped ? "stop" : FINISH[out.stop] || "stop";

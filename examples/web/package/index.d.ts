@@ -156,7 +156,7 @@ export type ModelSource = string | URL | FileList | File[] | { path: string; fil
 export declare function load(source: ModelSource, options?: LoadOptions): Promise<MLEngine>;
 
 export declare class OmexError extends Error {
-  /** "quota" | "corrupt-cache" | "bad-model" | "network" | "no-webgpu" | "busy" | "bad-request" | "unloaded" | ... */
+  /** "quota" | "corrupt-cache" | "bad-model" | "network" | "no-webgpu" | "bad-request" | "unloaded" | ... */
   code: string;
 }
 

@@ -129,6 +129,18 @@ def run(runner, browser, server, base, args, model_name, report):
     runner.run("completions.create in the worker (int8 activations, the default): greedy ids equal the native "
                "engine's on int8, the page stays responsive", greedy_wasm)
 
+    def concurrent_requests():
+        # Three completions made at once take turns: each gets the same greedy ids a lone one gets.
+        expected = need(expected_int8, "OMEX_WEB_EXPECTED_INT8")
+        req = {"prompt": args.prompt, "max_tokens": len(expected), "temperature": 0}
+        got = ok(js_async(browser, "concurrent", [req, req, req]), "concurrent")
+        assert isinstance(got, list) and len(got) == 3, got
+        for i, c in enumerate(got):
+            assert c["omex"]["outputIds"] == expected, f"request {i}: {c['omex']['outputIds']} against {expected}"
+        assert len({c["id"] for c in got}) == 3, "the completions share an id"
+
+    runner.run("completions made at once take turns and each gets the lone request's greedy ids", concurrent_requests)
+
     def chat_api():
         msgs = [{"role": "user", "content": args.prompt}]
         whole = ok(js_async(browser, "chat", {"messages": msgs, "max_tokens": n, "temperature": 0}), "chat")

@@ -55,6 +55,11 @@ window.omexTests = {
     });
   },
 
+  // Several completions made at once (they take turns on the engine).
+  async concurrent(requests) {
+    return guarded(() => Promise.all(requests.map((r) => engine.completions.create(r))));
+  },
+
   async chat(request) {
     return guarded(() => engine.chat.completions.create(request));
   },
