@@ -10,7 +10,8 @@
 # does not depend on the values), converted with `--quant keep`, and omex `bench --backend gpu` (a warm-up run
 # first) while llama.cpp builds behind it; then llama.cpp CUDA and Vulkan `llama-bench` and omex again, all pp512
 # and tg128 on the same card in the same call. Each omex decode figure is followed by its bandwidth efficiency:
-# the weight bytes a token reads times tokens per second, over the measured copy bandwidth.
+# the weight bytes a token reads (`omex plan`'s read_bytes_per_token) times tokens per second, over the measured
+# copy bandwidth.
 # OMEX_BIN picks the binary (default .devbin/omex, else target/release/omex); REPS the repetitions (default 3);
 # KVS the omex KV cache types to run (default "f16"; e.g. KVS="f16 f32 q8"); CTX_FILL, if set (e.g. 3500), adds
 # a long-context run per KV type: tg128 after a CTX_FILL-token prompt (the cache holds the model's context, at
@@ -45,7 +46,7 @@ print("omex  kv {:<3}  pp{:<5} {:10.1f} ± {:7.1f}   tg128 {:8.1f} ± {:6.1f}   
     b["kv"], b["n_prompt"], b["pp_tok_s"], b["pp_sd"], b["tg_tok_s"], b["tg_sd"], w / 1e6, eff))
 ' "$(weights "$dir")" "$copy" || echo "omex bench failed (kv $kv, prompt $pp)"
 }
-weights() { "$BIN" plan "$1" --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["weight_bytes"])' || echo 0; }
+weights() { "$BIN" plan "$1" --json 2>/dev/null | python3 -c 'import json,sys; p=json.load(sys.stdin); print(p.get("read_bytes_per_token", p["weight_bytes"]))' || echo 0; }
 omex_runs() {  # MODEL_DIR LABEL
     echo "== omex ($2)"
     for kv in $KVS; do

@@ -528,3 +528,26 @@ fn inconsistent_mixtral_ggufs_are_refused() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// `omex plan` counts what a decode token reads: every block file but the experts a token is not routed to
+/// (top 2 of 4: half of each block's expert bytes), the head's rows, no embedding row (untied: one is gathered).
+#[test]
+fn the_plan_counts_the_routed_share_of_the_experts() {
+    let dir = mixtral_omex(2);
+    let model = Model::load(dir).unwrap();
+    let out = Command::new(common::omex_bin()).arg("plan").arg(dir).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes = |name: &str| -> u64 { model.dir.index.get(name).unwrap().sections.iter().map(|s| s.bytes).sum() };
+    let mut want = bytes("output");
+    for l in 0..2 {
+        let file = std::fs::metadata(dir.join(format!("weights/layer_{l}.bin"))).unwrap().len();
+        let experts: u64 = (0..4)
+            .flat_map(|e| ["ffn_gate", "ffn_up", "ffn_down"].map(|p| format!("blk.{l}.{p}.{e}")))
+            .map(|n| bytes(&n))
+            .sum();
+        want += file - (experts - experts * 2 / 4);
+    }
+    assert_eq!(plan["read_bytes_per_token"].as_u64(), Some(want), "{plan}");
+    assert!(plan["weight_bytes"].as_u64().unwrap() > want, "{plan}");
+}

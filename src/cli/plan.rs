@@ -45,13 +45,14 @@ pub fn run(args: PlanArgs) -> Result<()> {
             "slots": p.slots,
             "slot_bytes": p.slot_bytes,
             "units": memory.units.iter().zip(&p.resident).map(|(u, r)| serde_json::json!({
-                "name": u.file, "bytes": u.bytes, "resident": r, "moved_if_streamed": u.moved,
+                "name": u.file, "bytes": u.bytes, "resident": r, "moved_if_streamed": u.moved, "read_per_token": u.read,
             })).collect::<Vec<_>>(),
             "resident_bytes": p.resident_bytes,
             "kv_bytes": p.kv_bytes,
             "activation_bytes": p.activation_bytes,
             "total_bytes": p.total_bytes,
             "weight_bytes": p.weight_bytes,
+            "read_bytes_per_token": p.read_bytes_per_token,
             "streamed_bytes_per_token": p.streamed_bytes_per_token,
             "max_batch": memory.max_batch,
             "dispatches_per_token": memory.dispatches_per_token,
@@ -83,6 +84,12 @@ pub fn run(args: PlanArgs) -> Result<()> {
     outln!("activations etc.  {} (prefill chunks of {} tokens)", mb(p.activation_bytes), memory.max_batch);
     outln!("total             {}", mb(p.total_bytes));
     outln!("moved per token   {} (decode; once per chunk in prefill)", mb(p.streamed_bytes_per_token));
+    let routed = if memory.units.iter().any(|u| u.read < u.bytes && u.file.starts_with("layer_")) {
+        ": a block of experts counts the dense part and its routed share of the experts"
+    } else {
+        ""
+    };
+    outln!("read per token    {} (decode's weight reads{routed})", mb(p.read_bytes_per_token));
     match (&prediction, &device) {
         (Some(pr), Some(d)) => {
             outln!(

@@ -22,6 +22,10 @@ pub struct LayerCost {
     pub moved: u64,
     /// Streams in pieces of at most a slot (rows of a matrix); otherwise it needs a slot as large as itself.
     pub splittable: bool,
+    /// Weight bytes a decode token's kernels read from it: all of a block's, the rows of the output head, none
+    /// of an untied embedding (one row is gathered), and of a block of experts its dense part plus `top_k` of
+    /// its `experts` experts' matrices (the share read on average when routing is even).
+    pub read: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -52,6 +56,8 @@ pub struct Plan {
     /// Bytes uploaded per forward pass: per token when decoding, per chunk of tokens in a prefill.
     pub streamed_bytes_per_token: u64,
     pub weight_bytes: u64,
+    /// Weight bytes a decode token reads (the units' [`LayerCost::read`]).
+    pub read_bytes_per_token: u64,
 }
 
 impl Plan {
@@ -86,6 +92,7 @@ fn slot_candidates(input: &PlanInput) -> Vec<u64> {
 
 pub fn plan(input: &PlanInput, budget: Option<u64>) -> Result<Plan, TooSmall> {
     let weight_bytes: u64 = input.layers.iter().map(|l| l.bytes).sum();
+    let read_bytes_per_token: u64 = input.layers.iter().map(|l| l.read).sum();
     let fixed = input.kv_bytes + input.activation_bytes;
     let make = |resident: Vec<bool>, slot_bytes: u64| {
         let on = |want: bool| input.layers.iter().zip(&resident).filter(move |(_, r)| **r == want).map(|(l, _)| l);
@@ -102,6 +109,7 @@ pub fn plan(input: &PlanInput, budget: Option<u64>) -> Result<Plan, TooSmall> {
             total_bytes: resident_bytes + slots as u64 * slot_bytes + fixed,
             streamed_bytes_per_token: moved,
             weight_bytes,
+            read_bytes_per_token,
             resident,
         }
     };
@@ -181,10 +189,11 @@ pub struct Prediction {
     pub prefill_tok_s_upload_bound: Option<f64>,
 }
 
-/// Decode speed from the bandwidth model: a token reads every weight byte once (compute) and uploads the
-/// streamed bytes; with double buffering the two overlap and the slower one sets the pace.
+/// Decode speed from the bandwidth model: a token reads its weight bytes once (compute: every block's, the
+/// head's, the routed share of a block's experts) and uploads the streamed bytes; with double buffering the two
+/// overlap and the slower one sets the pace.
 pub fn predict(plan: &Plan, profile: &DeviceProfile, dispatches_per_token: usize, batch: u32) -> Prediction {
-    let compute_s = plan.weight_bytes as f64 / (profile.matvec_gbs * 1e9)
+    let compute_s = plan.read_bytes_per_token as f64 / (profile.matvec_gbs * 1e9)
         + dispatches_per_token as f64 * profile.dispatch_us * 1e-6;
     let upload_s = plan.streamed_bytes_per_token as f64 / (profile.upload_gbs * 1e9);
     Prediction {
@@ -201,7 +210,7 @@ mod tests {
     use super::*;
 
     fn input() -> PlanInput {
-        let unit = |file: String, bytes: u64| LayerCost { file, bytes, moved: bytes, splittable: false };
+        let unit = |file: String, bytes: u64| LayerCost { file, bytes, moved: bytes, splittable: false, read: bytes };
         let mut layers = vec![unit("embedding.bin".into(), 30)];
         layers.extend((0..10).map(|i| unit(format!("layer_{i}.bin"), 5)));
         layers.push(unit("head.bin".into(), 1));

@@ -120,6 +120,7 @@ pub fn units(dir: &ModelDir, cfg: &Transformer) -> Result<Vec<Unit>> {
             bytes: file_bytes(&embed.file)?,
             moved: if tied { head_rows.total_bytes() } else { 0 },
             splittable: tied,
+            read: if tied { head_rows.total_bytes() } else { 0 },
         },
     }];
     // Each block must own its file: it is uploaded whole, and nothing else may need it meanwhile.
@@ -141,9 +142,18 @@ pub fn units(dir: &ModelDir, cfg: &Transformer) -> Result<Vec<Unit>> {
             )));
         }
         let bytes = file_bytes(&file)?;
+        // A token runs `top_k` of a block's experts: the rest of their bytes are not read.
+        let unread = match (&b.moe, &cfg.moe) {
+            (Some(w), Some(m)) => {
+                let expert_bytes: u64 =
+                    w.experts.iter().flatten().map(|n| Ok(tensor_bytes(&entry(n)?))).sum::<Result<u64>>()?;
+                expert_bytes - expert_bytes * m.top_k as u64 / m.experts.max(1) as u64
+            }
+            _ => 0,
+        };
         units.push(Unit {
             kind: UnitKind::Block { index, file: file.clone() },
-            cost: LayerCost { file, bytes, moved: bytes, splittable: false },
+            cost: LayerCost { file, bytes, moved: bytes, splittable: false, read: bytes - unread.min(bytes) },
         });
     }
     if !tied {
@@ -154,10 +164,16 @@ pub fn units(dir: &ModelDir, cfg: &Transformer) -> Result<Vec<Unit>> {
                 bytes: file_bytes(&head.file)?,
                 moved: head_rows.total_bytes(),
                 splittable: true,
+                read: head_rows.total_bytes(),
             },
         });
     }
     Ok(units)
+}
+
+/// Bytes of a tensor's sections (its values, scales and mins).
+fn tensor_bytes(e: &TensorEntry) -> u64 {
+    e.sections.iter().map(|s| s.bytes).sum()
 }
 
 /// GPU bytes of weights outside every unit: the output norm, in a small file of its own (uploaded whole) or,
