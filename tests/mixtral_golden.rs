@@ -551,3 +551,44 @@ fn the_plan_counts_the_routed_share_of_the_experts() {
     assert_eq!(plan["read_bytes_per_token"].as_u64(), Some(want), "{plan}");
     assert!(plan["weight_bytes"].as_u64().unwrap() > want, "{plan}");
 }
+
+/// The Mixtral GGUF with bytes of its header changed at random (seeded): opening it and reading every tensor
+/// (the experts' slabs among them) either works or fails with an error, never a panic.
+#[test]
+fn mutated_mixtral_ggufs_never_panic() {
+    use omex::import::SourceModel;
+    let good = std::fs::read(fixture().join("mixtral-tiny.q8_0.gguf")).unwrap();
+    // The header: everything before the first tensor's data (keys, the vocabulary, the tensor table).
+    let header = good.len().min(24 * 1024);
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mixtral-mutated-{}.gguf", std::process::id()));
+    let mut state = 0x5eed_0042u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let (mut opened, mut refused) = (0, 0);
+    for _ in 0..300 {
+        let mut bytes = good.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() as usize) % header;
+            bytes[at] = match next() % 3 {
+                0 => next() as u8,
+                1 => bytes[at] ^ (1 << (next() % 8)),
+                _ => [0, 0xff, 1, 4][(next() % 4) as usize],
+            };
+        }
+        std::fs::write(&tmp, &bytes).unwrap();
+        match SourceModel::open(&tmp) {
+            Ok(m) => {
+                opened += 1;
+                for t in &m.tensors {
+                    let _ = m.data(t);
+                }
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    let _ = std::fs::remove_file(&tmp);
+    eprintln!("mutated Mixtral GGUFs: {opened} opened, {refused} refused");
+    assert!(refused > 0, "no mutation was refused: the mutations do not reach the header");
+}
