@@ -46,6 +46,8 @@ enum Command {
     Plan(cli::plan::PlanArgs),
     /// Measure this machine's GPU and upload bandwidths, cached for `omex plan`
     Profile(cli::profile::ProfileArgs),
+    /// Time the GPU kernel variants on the model's ops and keep the fastest per op (optimization/ profile)
+    Optimize(cli::optimize::OptimizeArgs),
     /// Draw a memory trace recorded with `omex run --memory-trace` as an SVG
     MemoryTrace(cli::memory_trace::MemoryTraceArgs),
     /// Draw a model's op program as an SVG: blocks, one expanded op by op, bytes and kernels
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => cli::exec::run(args),
         Command::Compare(args) => cli::compare::run(args),
         Command::Trace(args) => cli::trace::run(args),
+        Command::Optimize(args) => cli::optimize::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Perplexity(args) => cli::perplexity::run(args),

@@ -56,6 +56,7 @@ pub mod exec;
 pub mod graph_visualize;
 pub mod layer_inspect;
 pub mod memory_trace;
+pub mod optimize;
 pub mod perplexity;
 pub mod plan;
 pub mod profile;

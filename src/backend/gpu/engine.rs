@@ -255,6 +255,8 @@ pub struct GpuEngine {
     uploaded: std::sync::atomic::AtomicU64,
     #[cfg(not(target_arch = "wasm32"))]
     trace: Option<(PathBuf, Arc<Mutex<TraceRecorder>>)>,
+    /// Decode kernels from the model's `optimization/` profile for this adapter (empty: the automatic choice).
+    tuned: super::plan::Tuned,
     /// The per-op timeline while [`Engine::trace_ops`] is on (native, resident weights).
     #[cfg(not(target_arch = "wasm32"))]
     op_trace: Option<Mutex<OpTimeline>>,
@@ -307,7 +309,8 @@ impl GpuEngine {
             None => Some(WeightRef::load(dir, &cfg.token_embedding, &[cfg.vocab_size, cfg.hidden_size])?),
         };
         let bufs = Buffers::new(&ctx, &program, &opts.sizes(max_batch, logit_rows))?;
-        let plan = Plan::build(&ctx, &program, &model, &bufs, splits, opts.activations, None).await?;
+        let tuned = super::tuning::load_tuned(dir, &ctx.gpu, opts.activations);
+        let plan = Plan::build(&ctx, &program, &model, &bufs, splits, opts.activations, &tuned, None).await?;
         let vocab_bytes = 4 * cfg.vocab_size as u64;
         let staging = ctx.pool.readback("readback", (logit_rows as u64 * vocab_bytes).max(4 * MAX_STEPS as u64))?;
         ctx.gpu.check()?;
@@ -355,6 +358,7 @@ impl GpuEngine {
             max_batch,
             logit_rows,
             plan,
+            tuned,
             adapters: Adapters::default(),
             program,
             bufs,
@@ -855,7 +859,7 @@ impl GpuEngine {
                 let set = LoraSet::new(&self.ctx, &self.program, &resolved, self.max_batch)?;
                 let splits = attention_splits(&self.opts);
                 let (p, m, b, act) = (&self.program, &self.model, &self.bufs, self.opts.activations);
-                let plan = Plan::build(&self.ctx, p, m, b, splits, act, set.as_ref()).await?;
+                let plan = Plan::build(&self.ctx, p, m, b, splits, act, &self.tuned, set.as_ref()).await?;
                 self.ctx.gpu.check()?;
                 log::info!(
                     "LoRA: {} adapter bytes on the GPU; {} dispatches per decode step",
@@ -879,11 +883,79 @@ impl GpuEngine {
         self.adapters.keep(previous);
     }
 
+    /// `omex optimize`: times each decode matvec kernel this adapter can run on every distinct linear op of the
+    /// model (its first block's instance, `reps` launches in one submission after a warm-up), and returns the
+    /// profile choosing the fastest per op. Needs resident weights (a streamed block's slot holds another's).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn autotune(&mut self, dir: &ModelDir, reps: u32) -> Result<super::tuning::Profile> {
+        use super::ops::MatvecKernel;
+        if self.model.slots.is_some() {
+            return Err(Error::Usage("optimize measures resident weights: run it without --gpu-mem".into()));
+        }
+        let tier = self.ctx.gpu.tier;
+        let int8 = self.opts.activations == Activations::Int8;
+        let candidates: Vec<MatvecKernel> = MatvecKernel::CONCRETE
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| match k {
+                MatvecKernel::GroupsSubgroup => tier.subgroups,
+                MatvecKernel::Int8 => int8,
+                MatvecKernel::Int8Subgroup => int8 && tier.subgroups,
+                _ => true,
+            })
+            .collect();
+        let default = MatvecKernel::for_activations(self.opts.activations);
+        let mut profile = super::tuning::new_profile(dir, &self.ctx.gpu, self.opts.activations)?;
+        self.set_step(1, 0);
+        let splits = attention_splits(&self.opts);
+        for l in 0..self.program.blocks.len() {
+            let (p, m, b) = (&self.program, &self.model, &self.bufs);
+            let cases = pollster::block_on(super::plan::tune_cases(&self.ctx, p, m, b, splits, l, &candidates))?;
+            for case in cases {
+                if let Some(t) = profile.ops.get_mut(&case.key) {
+                    t.blocks += 1;
+                    continue;
+                }
+                let mut us = std::collections::BTreeMap::new();
+                for (kernel, list) in &case.candidates {
+                    let lists: Vec<&[super::context::Dispatch]> = vec![list.as_slice(); reps.max(1) as usize];
+                    let run = |lists: &[&[super::context::Dispatch]]| {
+                        let start = std::time::Instant::now();
+                        let mut encoder = self.ctx.encoder();
+                        self.ctx.record(&mut encoder, lists, 1);
+                        self.ctx.gpu.queue.submit([encoder.finish()]);
+                        self.wait(None);
+                        start.elapsed().as_secs_f64() * 1e6
+                    };
+                    run(&lists[..1]);
+                    let name = kernel.name().expect("a concrete kernel");
+                    us.insert(name.to_string(), run(&lists) / lists.len() as f64);
+                }
+                self.ctx.gpu.check()?;
+                let Some((best, _)) = us.iter().min_by(|a, b| a.1.total_cmp(b.1)) else { continue };
+                let chosen = default.resolve(case.dtype, case.cols, tier).ok().and_then(MatvecKernel::name);
+                let timing = super::tuning::OpTiming {
+                    kernel: best.clone(),
+                    default: chosen.unwrap_or("generic").to_string(),
+                    us,
+                    blocks: 1,
+                };
+                profile.ops.insert(case.key, timing);
+            }
+        }
+        Ok(profile)
+    }
+
     pub fn describe_device(&self) -> String {
         self.ctx.gpu.describe()
     }
 
     /// Matvecs of a decode step that take int8 activations, and all its matvecs.
+    /// The kernel of each dispatch of a decode step's blocks, in order (what a profile changes).
+    pub fn decode_kernels(&self) -> Vec<&'static str> {
+        self.plan.decode.iter().flat_map(|s| &s.dispatches).map(|d| d.pipeline.kernel.name).collect()
+    }
+
     pub fn int8_matvecs(&self) -> (usize, usize) {
         let stages = self.plan.decode.iter().chain(&self.plan.head_last);
         let names: Vec<&str> = stages.flat_map(|s| &s.dispatches).map(|d| d.pipeline.kernel.name).collect();

@@ -25,6 +25,7 @@ mod plan;
 pub mod profile;
 pub mod streaming;
 mod timer;
+pub mod tuning;
 pub mod weights;
 
 pub use context::{Dispatch, GpuContext, Grid, Region};

@@ -583,8 +583,20 @@ struct Lowering<'a> {
     splits: u32,
     tokens: u32,
     mv: MatvecKernel,
+    /// Decode matvec kernels an `omex optimize` profile chose, by [`tuning_key`].
+    tuned: &'a Tuned,
     /// The active LoRA adapters (`None`: the base alone).
     loras: Option<&'a LoraSet>,
+}
+
+/// Decode matvec kernels by [`tuning_key`] (from an `optimization/` profile; empty: the automatic choice).
+pub(super) type Tuned = HashMap<String, MatvecKernel>;
+
+/// What a tuned kernel choice applies to: a linear op's label (as every block has it, without the block),
+/// whether the decode fuses the next SwiGLU into it, and its first matrix's layout and shape, e.g.
+/// `linear attn_q|attn_k|attn_v int4 960x576`.
+pub(super) fn tuning_key(op: &Op, fused: bool, dtype: DType, rows: u32, cols: u32) -> String {
+    format!("{}{} {} {rows}x{cols}", op.label(), if fused { " + glu" } else { "" }, dtype.name())
 }
 
 impl Lowering<'_> {
@@ -609,6 +621,14 @@ impl Lowering<'_> {
         let cache = KvCache { k, v, ty: b.kv_type };
         match op {
             Op::Linear { input, norm, mats, output, add } => {
+                let mv = match (self.tokens, mats.first()) {
+                    (0, Some(m)) => {
+                        let rows = mats.iter().map(|m| m.rows).sum();
+                        let key = tuning_key(op, fuse_swiglu, layer.get(&m.weight).dtype, rows, m.cols);
+                        self.tuned.get(&key).copied().unwrap_or(self.mv)
+                    }
+                    _ => self.mv,
+                };
                 if norm.is_some() && *input != Buf::Hidden {
                     return Err(Error::Unsupported(format!("a norm of {input:?} before a product")));
                 }
@@ -635,9 +655,7 @@ impl Lowering<'_> {
                     if fusable(ctx, gate, up) {
                         let gu = [(*gate, 0, None), (*up, 0, None)];
                         let y = b.get(Buf::Act);
-                        list.extend(
-                            products(ctx, &gu, norm, Output::SwiGlu, st, x, y, p.ffn, self.shape(), self.mv).await?,
-                        );
+                        list.extend(products(ctx, &gu, norm, Output::SwiGlu, st, x, y, p.ffn, self.shape(), mv).await?);
                         return Ok(true);
                     }
                 }
@@ -649,7 +667,7 @@ impl Lowering<'_> {
                 }
                 let out = if *add { Output::Add } else { Output::Store };
                 let (y, stride) = (b.get(*output), p.width(*output));
-                list.extend(products(ctx, &placed, norm, out, st, x, y, stride, self.shape(), self.mv).await?);
+                list.extend(products(ctx, &placed, norm, out, st, x, y, stride, self.shape(), mv).await?);
                 list.extend(ups);
             }
             Op::HeadNorm { part, norm } => {
@@ -801,8 +819,10 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    /// `activations`: the precision of the decode matvecs' activations (prefill matmuls take f32); `loras`:
-    /// the LoRA adapters every block list applies (the head and embedding have none).
+    /// `activations`: the precision of the decode matvecs' activations (prefill matmuls take f32); `tuned`: the
+    /// decode kernels a profile chose; `loras`: the LoRA adapters every block list applies (the head and
+    /// embedding have none).
+    #[allow(clippy::too_many_arguments)]
     pub async fn build(
         ctx: &GpuContext,
         p: &Program,
@@ -810,6 +830,7 @@ impl Plan {
         b: &Buffers,
         splits: u32,
         activations: Activations,
+        tuned: &Tuned,
         loras: Option<&LoraSet>,
     ) -> Result<Plan> {
         let mv = MatvecKernel::for_activations(activations);
@@ -828,7 +849,7 @@ impl Plan {
                 let mut ops = block.ops.iter().peekable();
                 while let Some(op) = ops.next() {
                     let fuse_swiglu = tokens == 0 && matches!(ops.peek(), Some(Op::Glu { act: Activation::Silu }));
-                    let lowered = Lowering { batched, ctx, p, b, layer, l, splits, tokens, mv, loras };
+                    let lowered = Lowering { batched, ctx, p, b, layer, l, splits, tokens, mv, tuned, loras };
                     let (first, mut label) = (list.len(), format!("blk.{l} {}", op.label()));
                     if lowered.op(op, fuse_swiglu, &mut list).await? {
                         if let Some(fused) = ops.next() {
@@ -902,4 +923,55 @@ impl Plan {
         let n = |s: &[Stage]| s.iter().map(|s| s.dispatches.len()).sum::<usize>();
         self.embed.len() + n(&self.decode) + n(&self.head_last)
     }
+}
+
+/// One linear op of a block's decode list, lowered with each decode matvec kernel that can run it: its
+/// [`tuning_key`], and per candidate the kernel and the op's dispatches (what `omex optimize` times).
+pub(super) struct TuneCase {
+    pub key: String,
+    pub dtype: DType,
+    pub cols: u32,
+    pub candidates: Vec<(MatvecKernel, Vec<Dispatch>)>,
+}
+
+/// The tuning cases of block `l` (its linear ops, each with the kernels `candidates` lists that resolve for
+/// it), lowered as the decode list lowers them.
+pub(super) async fn tune_cases(
+    ctx: &GpuContext,
+    p: &Program,
+    w: &Model,
+    b: &Buffers,
+    splits: u32,
+    l: usize,
+    candidates: &[MatvecKernel],
+) -> Result<Vec<TuneCase>> {
+    let (block, layer) = (&p.blocks[l], &w.layers[l]);
+    let mut cases = Vec::new();
+    let mut ops = block.ops.iter().peekable();
+    let none = Tuned::new();
+    while let Some(op) = ops.next() {
+        let fuse_swiglu = matches!(ops.peek(), Some(Op::Glu { act: Activation::Silu }));
+        let Op::Linear { mats, .. } = op else { continue };
+        let m = &mats[0];
+        let rows = mats.iter().map(|m| m.rows).sum();
+        let dtype = layer.get(&m.weight).dtype;
+        let mut case = TuneCase { key: String::new(), dtype, cols: m.cols, candidates: Vec::new() };
+        let mut fused = false;
+        for &mv in candidates {
+            let lowered =
+                Lowering { batched: false, ctx, p, b, layer, l, splits, tokens: 0, mv, tuned: &none, loras: None };
+            let mut list = Vec::new();
+            // A kernel that cannot run this op's layout or shape is no candidate.
+            if let Ok(f) = lowered.op(op, fuse_swiglu, &mut list).await {
+                fused = f;
+                case.candidates.push((mv, list));
+            }
+        }
+        case.key = tuning_key(op, fuse_swiglu, dtype, rows, m.cols);
+        if fused {
+            ops.next();
+        }
+        cases.push(case);
+    }
+    Ok(cases)
 }

@@ -98,6 +98,24 @@ pub enum MatvecKernel {
 }
 
 impl MatvecKernel {
+    /// The concrete kernels, as `omex optimize` names them in a profile.
+    pub const CONCRETE: [(MatvecKernel, &'static str); 5] = [
+        (MatvecKernel::Generic, "generic"),
+        (MatvecKernel::Groups, "groups"),
+        (MatvecKernel::GroupsSubgroup, "groups_subgroup"),
+        (MatvecKernel::Int8, "int8"),
+        (MatvecKernel::Int8Subgroup, "int8_subgroup"),
+    ];
+
+    /// The name of a concrete kernel (`None` for the automatic choices).
+    pub fn name(self) -> Option<&'static str> {
+        Self::CONCRETE.iter().find(|(k, _)| *k == self).map(|(_, n)| *n)
+    }
+
+    pub fn from_name(name: &str) -> Option<MatvecKernel> {
+        Self::CONCRETE.iter().find(|(_, n)| *n == name).map(|(k, _)| *k)
+    }
+
     /// The automatic choice for an engine's activation precision.
     pub fn for_activations(activations: Activations) -> MatvecKernel {
         match activations {
@@ -108,7 +126,7 @@ impl MatvecKernel {
 
     /// The concrete kernel for a product of `dtype` weights with `cols` columns on an adapter of `tier`, or why
     /// the one asked for cannot run it.
-    fn resolve(self, dtype: DType, cols: u32, tier: Tier) -> Result<MatvecKernel> {
+    pub fn resolve(self, dtype: DType, cols: u32, tier: Tier) -> Result<MatvecKernel> {
         let grouped = cols.is_multiple_of(32);
         let int8 = grouped && matches!(dtype, DType::Int8 | DType::Int4 | DType::Ternary);
         // GGUF blocks: only the generic matvec decodes them (sixteen values per unit).
