@@ -33,21 +33,6 @@ struct Step {
 @group(0) @binding(4) var<storage, read> x: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
-var<workgroup> red: array<f32, 64>;
-
-fn row_sum(tid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    red[tid] = v;
-    workgroupBarrier();
-    for (var h = 32u; h > 0u; h >>= 1u) {
-        if tid < h {
-            red[tid] += red[tid + h];
-        }
-        workgroupBarrier();
-    }
-    return red[0];
-}
-
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let t = wg.y;

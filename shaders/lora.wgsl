@@ -47,24 +47,6 @@ struct Step {
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;
 @group(0) @binding(9) var<storage, read> scales: array<f32>;
 
-var<workgroup> red: array<f32, 64>;
-
-// Sum of every thread's `v` (all 64 must call it).
-fn reduce(tid: u32, v: f32) -> f32 {
-    red[tid] = v;
-    workgroupBarrier();
-    for (var h = 32u; h > 0u; h >>= 1u) {
-        if tid < h {
-            red[tid] += red[tid + h];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    // Before `red` is written again.
-    workgroupBarrier();
-    return total;
-}
-
 @compute @workgroup_size(64)
 fn down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let row = wg.y;
@@ -80,7 +62,7 @@ fn down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
             let v = x[xb + c];
             ss += v * v;
         }
-        r = 1.0 / sqrt(reduce(tid, ss) / f32(p.cols) + p.eps);
+        r = 1.0 / sqrt(row_sum(tid, ss) / f32(p.cols) + p.eps);
     }
     let ab = k * p.cols;
     var acc = 0.0;
@@ -91,7 +73,7 @@ fn down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         }
         acc += a[ab + c] * v;
     }
-    let total = reduce(tid, acc);
+    let total = row_sum(tid, acc);
     if tid == 0u {
         t_out[row * p.t_stride + p.t_off + k] = total * r;
     }

@@ -36,35 +36,9 @@ const MAX_EXPERTS: u32 = 256u;
 
 var<workgroup> probs: array<f32, MAX_EXPERTS>;
 var<workgroup> chosen: array<u32, MAX_EXPERTS>;
-var<workgroup> red: array<f32, 64>;
+// Beside workgroup_reduce.wgsl's `red`: the experts' ids in the top-k reduction.
 var<workgroup> red_i: array<u32, 64>;
 var<workgroup> kept: f32;
-
-fn row_max(tid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    red[tid] = v;
-    workgroupBarrier();
-    for (var h = 32u; h > 0u; h >>= 1u) {
-        if tid < h {
-            red[tid] = max(red[tid], red[tid + h]);
-        }
-        workgroupBarrier();
-    }
-    return red[0];
-}
-
-fn row_sum(tid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    red[tid] = v;
-    workgroupBarrier();
-    for (var h = 32u; h > 0u; h >>= 1u) {
-        if tid < h {
-            red[tid] += red[tid + h];
-        }
-        workgroupBarrier();
-    }
-    return red[0];
-}
 
 @compute @workgroup_size(64)
 fn route_top_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {

@@ -182,7 +182,7 @@ pub const LAYERNORM: Kernel = Kernel {
     name: "layernorm",
     entry: "main",
     bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
-    source: shader!("layernorm.wgsl"),
+    source: shader!("workgroup_reduce.wgsl" + "layernorm.wgsl"),
 };
 /// A mixture of experts' routing (parameters, step, logits in place), weighted add (parameters, step, route,
 /// one expert's output, x) and gate.
@@ -190,20 +190,20 @@ pub const MOE_ROUTE: Kernel = Kernel {
     name: "moe",
     entry: "route_top_k",
     bindings: &[(0, Uniform), (1, Read), (2, ReadWrite)],
-    source: shader!("moe.wgsl"),
+    source: shader!("workgroup_reduce.wgsl" + "moe.wgsl"),
 };
 pub const MOE_ADD: Kernel = Kernel {
     name: "moe",
     entry: "add_weighted",
     bindings: &[(0, Uniform), (1, Read), (3, Read), (4, Read), (5, ReadWrite)],
-    source: shader!("moe.wgsl"),
+    source: shader!("workgroup_reduce.wgsl" + "moe.wgsl"),
 };
 /// Parameters, step, route, the gated dispatches' indirect counts and grids.
 pub const MOE_GATE: Kernel = Kernel {
     name: "moe",
     entry: "gate",
     bindings: &[(0, Uniform), (1, Read), (3, Read), (6, ReadWrite)],
-    source: shader!("moe.wgsl"),
+    source: shader!("workgroup_reduce.wgsl" + "moe.wgsl"),
 };
 pub const ADD_POSITIONS: Kernel = Kernel {
     name: "positions",
@@ -240,14 +240,14 @@ pub const LORA_DOWN: Kernel = Kernel {
     name: "lora",
     entry: "down",
     bindings: &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)],
-    source: shader!("lora.wgsl"),
+    source: shader!("workgroup_reduce.wgsl" + "lora.wgsl"),
 };
 /// LoRA's `y += s B t`: parameters, step, B, t, y, the scales.
 pub const LORA_UP: Kernel = Kernel {
     name: "lora",
     entry: "up",
     bindings: &[(0, Uniform), (1, Read), (6, Read), (7, Read), (8, ReadWrite), (9, Read)],
-    source: shader!("lora.wgsl"),
+    source: shader!("workgroup_reduce.wgsl" + "lora.wgsl"),
 };
 
 impl Kernel {
