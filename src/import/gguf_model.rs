@@ -33,12 +33,18 @@ const GEMMA3_TENSORS: [&str; 4] = ["attn_q_norm", "attn_k_norm", "post_attention
 const GEMMA3_GLOBAL_EVERY: u32 = 6;
 const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
 
-/// The block and omex part name (`ffn_gate`, `ffn_up`, `ffn_down`) of a stack of experts' matrices,
-/// `blk.N.ffn_{gate,up,down}_exps.weight`.
-fn expert_stack(gguf: &str, n_layers: u32) -> Option<(u32, &'static str)> {
+/// The block of a `blk.N.rest` tensor name (N below `n_layers`, written without leading zeros) and `rest`.
+fn block_tensor(gguf: &str, n_layers: u32) -> Option<(u32, &str)> {
     let rest = gguf.strip_prefix("blk.")?;
     let (i, rest) = rest.split_once('.')?;
     let layer: u32 = i.parse::<u32>().ok().filter(|&l| l < n_layers && i == l.to_string())?;
+    Some((layer, rest))
+}
+
+/// The block and omex part name (`ffn_gate`, `ffn_up`, `ffn_down`) of a stack of experts' matrices,
+/// `blk.N.ffn_{gate,up,down}_exps.weight`.
+fn expert_stack(gguf: &str, n_layers: u32) -> Option<(u32, &'static str)> {
+    let (layer, rest) = block_tensor(gguf, n_layers)?;
     let part = match rest {
         "ffn_gate_exps.weight" => "ffn_gate",
         "ffn_up_exps.weight" => "ffn_up",
@@ -56,9 +62,7 @@ fn omex_name(gguf: &str, arch: &str, n_layers: u32, moe: bool) -> Option<String>
         "output.weight" => return Some("output".into()),
         _ => {}
     }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (i, rest) = rest.split_once('.')?;
-    let layer: u32 = i.parse::<u32>().ok().filter(|&l| l < n_layers && i == l.to_string())?;
+    let (layer, rest) = block_tensor(gguf, n_layers)?;
     if let Some(base) = rest.strip_suffix(".weight") {
         let dense_mlp = ["ffn_gate", "ffn_up", "ffn_down"].contains(&base);
         let known = (BLOCK_TENSORS.contains(&base) && !(moe && dense_mlp))
