@@ -593,10 +593,14 @@ struct Lowering<'a> {
 pub(super) type Tuned = HashMap<String, MatvecKernel>;
 
 /// What a tuned kernel choice applies to: a linear op's label (as every block has it, without the block),
-/// whether the decode fuses the next SwiGLU into it, and its first matrix's layout and shape, e.g.
-/// `linear attn_q|attn_k|attn_v int4 960x576`.
-pub(super) fn tuning_key(op: &Op, fused: bool, dtype: DType, rows: u32, cols: u32) -> String {
-    format!("{}{} {} {rows}x{cols}", op.label(), if fused { " + glu" } else { "" }, dtype.name())
+/// whether the decode fuses the next SwiGLU into it, and its first matrix's layout and its rows x columns,
+/// e.g. `linear attn_q|attn_k|attn_v int4 960x576`; with that layout and the columns. `None` for other ops.
+fn tuning_key(op: &Op, fused: bool, layer: &Layer) -> Option<(String, DType, u32)> {
+    let Op::Linear { mats, .. } = op else { return None };
+    let m = mats.first()?;
+    let (dtype, rows) = (layer.get(&m.weight).dtype, mats.iter().map(|m| m.rows).sum::<u32>());
+    let key = format!("{}{} {} {rows}x{}", op.label(), if fused { " + glu" } else { "" }, dtype.name(), m.cols);
+    Some((key, dtype, m.cols))
 }
 
 impl Lowering<'_> {
@@ -621,14 +625,8 @@ impl Lowering<'_> {
         let cache = KvCache { k, v, ty: b.kv_type };
         match op {
             Op::Linear { input, norm, mats, output, add } => {
-                let mv = match (self.tokens, mats.first()) {
-                    (0, Some(m)) => {
-                        let rows = mats.iter().map(|m| m.rows).sum();
-                        let key = tuning_key(op, fuse_swiglu, layer.get(&m.weight).dtype, rows, m.cols);
-                        self.tuned.get(&key).copied().unwrap_or(self.mv)
-                    }
-                    _ => self.mv,
-                };
+                let tuned = (tokens == 0).then(|| tuning_key(op, fuse_swiglu, layer)).flatten();
+                let mv = tuned.and_then(|(key, ..)| self.tuned.get(&key).copied()).unwrap_or(self.mv);
                 if norm.is_some() && *input != Buf::Hidden {
                     return Err(Error::Unsupported(format!("a norm of {input:?} before a product")));
                 }
@@ -951,11 +949,8 @@ pub(super) async fn tune_cases(
     let none = Tuned::new();
     while let Some(op) = ops.next() {
         let fuse_swiglu = matches!(ops.peek(), Some(Op::Glu { act: Activation::Silu }));
-        let Op::Linear { mats, .. } = op else { continue };
-        let m = &mats[0];
-        let rows = mats.iter().map(|m| m.rows).sum();
-        let dtype = layer.get(&m.weight).dtype;
-        let mut case = TuneCase { key: String::new(), dtype, cols: m.cols, candidates: Vec::new() };
+        let Some((key, dtype, cols)) = tuning_key(op, fuse_swiglu, layer) else { continue };
+        let mut case = TuneCase { key, dtype, cols, candidates: Vec::new() };
         let mut fused = false;
         for &mv in candidates {
             let lowered =
@@ -967,7 +962,6 @@ pub(super) async fn tune_cases(
                 case.candidates.push((mv, list));
             }
         }
-        case.key = tuning_key(op, fuse_swiglu, dtype, rows, m.cols);
         if fused {
             ops.next();
         }
