@@ -81,6 +81,32 @@ fn engine_of(dir: &Path, activations: Activations, kv: KvType) -> Box<dyn Engine
     model.engine(&opts).unwrap()
 }
 
+/// `omex run DIR ARGS --ignore-eos --json -n 12 -p PROMPT` on case `c`'s prompt: its JSON.
+fn run_greedy(dir: &Path, args: &[&str], c: &Value) -> Value {
+    let out = Command::new(common::omex_bin())
+        .arg("run")
+        .arg(dir)
+        .args(args)
+        .args(["--ignore-eos", "--json", "-n", "12", "-p"])
+        .arg(c["prompt"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every expert matrix of the fixture (2 blocks, 4 experts, hidden 64, expert width 128): name and shape.
+fn expert_matrices() -> Vec<(String, [u32; 2])> {
+    let parts = [("ffn_gate", [128, 64]), ("ffn_up", [128, 64]), ("ffn_down", [64, 128])];
+    let mut out = Vec::new();
+    for l in 0..2 {
+        for e in 0..4 {
+            out.extend(parts.map(|(part, shape)| (format!("blk.{l}.{part}.{e}"), shape)));
+        }
+    }
+    out
+}
+
 /// Largest |omex - reference| over every position's logits of case `c`.
 fn max_logit_diff(engine: &mut dyn Engine, c: &Value) -> f64 {
     let ids = ids(&c["ids"]);
@@ -131,15 +157,7 @@ fn int8_activations_stay_close_to_transformers() {
 fn greedy_tokens_equal_generate() {
     for k in [2, 1] {
         for c in cases(k) {
-            let out = Command::new(common::omex_bin())
-                .arg("run")
-                .arg(mixtral_omex(k))
-                .args(["--backend", "cpu", "--activations", "f32", "--ignore-eos", "--json", "-n", "12", "-p"])
-                .arg(c["prompt"].as_str().unwrap())
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let v = run_greedy(mixtral_omex(k), &["--backend", "cpu", "--activations", "f32"], c);
             assert_eq!(ids(&v["prompt_ids"]), ids(&c["ids"]));
             assert_eq!(ids(&v["output_ids"]), ids(&c["greedy"]), "top-{k} {:?}", c["prompt"]);
         }
@@ -329,8 +347,7 @@ fn the_gpu_engine_matches_transformers() {
     for k in [2, 1] {
         let model = Model::load(mixtral_omex(k)).unwrap();
         for max_batch in [128, 5] {
-            let mut opts = GpuOptions::new(128);
-            (opts.max_batch, opts.kv) = (max_batch, KvType::F32);
+            let opts = GpuOptions { max_batch, ..gpu_f32(128) };
             let mut e = GpuEngine::load_blocking(ctx.clone(), &model.dir, &model.config, opts).unwrap();
             for c in cases(k) {
                 let d = max_logit_diff(&mut e, c);
@@ -395,15 +412,7 @@ fn gpu_greedy_tokens_equal_generate() {
         return;
     }
     for c in cases(2) {
-        let out = Command::new(common::omex_bin())
-            .arg("run")
-            .arg(mixtral_omex(2))
-            .args(["--backend", "gpu", "--kv", "f32", "--ignore-eos", "--json", "-n", "12", "-p"])
-            .arg(c["prompt"].as_str().unwrap())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = run_greedy(mixtral_omex(2), &["--backend", "gpu", "--kv", "f32"], c);
         assert_eq!(ids(&v["output_ids"]), ids(&c["greedy"]), "gpu {:?}", c["prompt"]);
     }
 }
@@ -426,29 +435,16 @@ fn llama_cpp_mixtral_gguf_matches_transformers() {
     let (from_gguf, from_hf) = (Model::load(&dir).unwrap(), Model::load(mixtral_omex(2)).unwrap());
     assert_eq!(from_gguf.config.architecture, "mixtral");
     assert_eq!(from_gguf.config.moe, from_hf.config.moe);
-    for l in 0..2 {
-        for e in 0..4 {
-            for (part, shape) in [("ffn_gate", [128, 64]), ("ffn_up", [128, 64]), ("ffn_down", [64, 128])] {
-                let name = format!("blk.{l}.{part}.{e}");
-                let values = |m: &Model| WeightRef::load(&m.dir, &name, &shape).unwrap().to_f32();
-                assert_eq!(values(&from_gguf), values(&from_hf), "{name}: the GGUF's slab against the checkpoint's");
-            }
-        }
+    for (name, shape) in expert_matrices() {
+        let values = |m: &Model| WeightRef::load(&m.dir, &name, &shape).unwrap().to_f32();
+        assert_eq!(values(&from_gguf), values(&from_hf), "{name}: the GGUF's slab against the checkpoint's");
     }
     let mut e = engine_of(&dir, Activations::F32, KvType::F32);
     for c in cases(2) {
         let d = max_logit_diff(e.as_mut(), c);
         eprintln!("GGUF {:?}: max |omex - transformers| {d:.2e}", c["prompt"]);
         assert!(d <= F32_TOL, "GGUF {:?}: {d}", c["prompt"]);
-        let out = Command::new(common::omex_bin())
-            .arg("run")
-            .arg(&dir)
-            .args(["--backend", "cpu", "--activations", "f32", "--ignore-eos", "--json", "-n", "12", "-p"])
-            .arg(c["prompt"].as_str().unwrap())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = run_greedy(&dir, &["--backend", "cpu", "--activations", "f32"], c);
         assert_eq!(ids(&v["prompt_ids"]), ids(&c["ids"]), "GGUF tokenizer on {:?}", c["prompt"]);
         assert_eq!(ids(&v["output_ids"]), ids(&c["greedy"]), "GGUF greedy on {:?}", c["prompt"]);
     }
@@ -473,18 +469,13 @@ fn llama_cpp_mixtral_q8_0_gguf_stays_close() {
     let dir = common::converted(&fixture().join("mixtral-tiny.q8_0.gguf"), "mixtral-tiny-gguf-q8_0", "keep");
     let (model, from_hf) = (Model::load(&dir).unwrap(), Model::load(mixtral_omex(2)).unwrap());
     assert_eq!(model.dir.index.get("blk.1.ffn_down.3").unwrap().dtype.name(), "int8");
-    for l in 0..2 {
-        for e in 0..4 {
-            for (part, shape) in [("ffn_gate", [128, 64]), ("ffn_up", [128, 64]), ("ffn_down", [64, 128])] {
-                let name = format!("blk.{l}.{part}.{e}");
-                let q = WeightRef::load(&model.dir, &name, &shape).unwrap().to_f32();
-                let w = WeightRef::load(&from_hf.dir, &name, &shape).unwrap().to_f32();
-                for (qb, wb) in q.chunks_exact(32).zip(w.chunks_exact(32)) {
-                    let d = wb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-                    let worst = qb.iter().zip(wb).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                    assert!(worst <= 0.6 * d + 1e-12, "{name}: a block off by {worst}, its step {d}");
-                }
-            }
+    for (name, shape) in expert_matrices() {
+        let q = WeightRef::load(&model.dir, &name, &shape).unwrap().to_f32();
+        let w = WeightRef::load(&from_hf.dir, &name, &shape).unwrap().to_f32();
+        for (qb, wb) in q.chunks_exact(32).zip(w.chunks_exact(32)) {
+            let d = wb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let worst = qb.iter().zip(wb).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 0.6 * d + 1e-12, "{name}: a block off by {worst}, its step {d}");
         }
     }
     let mut e = engine_of(&dir, Activations::F32, KvType::F32);
