@@ -84,10 +84,9 @@ pub fn run(args: PlanArgs) -> Result<()> {
     outln!("activations etc.  {} (prefill chunks of {} tokens)", mb(p.activation_bytes), memory.max_batch);
     outln!("total             {}", mb(p.total_bytes));
     outln!("moved per token   {} (decode; once per chunk in prefill)", mb(p.streamed_bytes_per_token));
-    let routed = if memory.units.iter().any(|u| u.read < u.bytes && u.file.starts_with("layer_")) {
-        ": a block of experts counts the dense part and its routed share of the experts"
-    } else {
-        ""
+    let routed = match &model.config.moe {
+        Some(m) => format!(": a block of experts counts its dense part and {} of its {} experts", m.top_k, m.experts),
+        None => String::new(),
     };
     outln!("read per token    {} (decode's weight reads{routed})", mb(p.read_bytes_per_token));
     match (&prediction, &device) {
