@@ -488,10 +488,7 @@ impl GpuEngine {
     ) {
         let run = |name: String, block: Option<usize>, dispatches: &[super::context::Dispatch]| {
             let start = std::time::Instant::now();
-            let mut encoder = self.ctx.encoder();
-            self.ctx.record(&mut encoder, &[dispatches], n);
-            self.ctx.gpu.queue.submit([encoder.finish()]);
-            self.wait(None);
+            self.submit_and_wait(&[dispatches], n);
             let mut t = timeline.lock().expect("op trace lock");
             let start_us = start.duration_since(t.t0).as_secs_f64() * 1e6;
             let dur_us = start.elapsed().as_secs_f64() * 1e6;
@@ -510,6 +507,16 @@ impl GpuEngine {
             encoder.copy_buffer_to_buffer(from.raw(), 0, self.staging.raw(), at, bytes);
             self.ctx.gpu.queue.submit([encoder.finish()]);
         }
+    }
+
+    /// Records `lists` for `n` tokens into one submission and waits until the GPU is done with it: how the
+    /// per-op trace and `omex optimize` time their work.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn submit_and_wait(&self, lists: &[&[super::context::Dispatch]], n: u32) {
+        let mut encoder = self.ctx.encoder();
+        self.ctx.record(&mut encoder, lists, n);
+        self.ctx.gpu.queue.submit([encoder.finish()]);
+        self.wait(None);
     }
 
     /// A forward pass with streamed weights: one submission per streamed piece. Before the stage that reads a
@@ -921,10 +928,7 @@ impl GpuEngine {
                     let lists: Vec<&[super::context::Dispatch]> = vec![list.as_slice(); reps.max(1) as usize];
                     let run = |lists: &[&[super::context::Dispatch]]| {
                         let start = std::time::Instant::now();
-                        let mut encoder = self.ctx.encoder();
-                        self.ctx.record(&mut encoder, lists, 1);
-                        self.ctx.gpu.queue.submit([encoder.finish()]);
-                        self.wait(None);
+                        self.submit_and_wait(lists, 1);
                         start.elapsed().as_secs_f64() * 1e6
                     };
                     run(&lists[..1]);

@@ -787,7 +787,9 @@ pub(super) struct Stage {
     pub piece: Option<usize>,
     pub dispatches: Vec<Dispatch>,
     /// The program's ops among `dispatches`: each one's label ("blk.3 linear attn_q|attn_k|attn_v", as the
-    /// CPU engine's trace names them) and its first dispatch; it runs to the next op's first.
+    /// CPU engine's trace names them) and its first dispatch; it runs to the next op's first. (Read by the
+    /// per-op trace, which browsers do not have.)
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub ops: Vec<(String, usize)>,
 }
 
@@ -925,6 +927,7 @@ impl Plan {
 
 /// One linear op of a block's decode list, lowered with each decode matvec kernel that can run it: its
 /// [`tuning_key`], and per candidate the kernel and the op's dispatches (what `omex optimize` times).
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) struct TuneCase {
     pub key: String,
     pub dtype: DType,
@@ -934,6 +937,7 @@ pub(super) struct TuneCase {
 
 /// The tuning cases of block `l` (its linear ops, each with the kernels `candidates` lists that resolve for
 /// it), lowered as the decode list lowers them.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) async fn tune_cases(
     ctx: &GpuContext,
     p: &Program,
