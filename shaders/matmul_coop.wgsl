@@ -11,6 +11,8 @@
 // 8% faster on an H200). Every cooperative load reads shared memory, and shared
 // tiles are padded with zeros past the matrix and the chunk, so no cooperative op needs a bounds check.
 //
+// GGUF blocks (quant.wgsl's layouts 5..9) are decoded by `ggml16` when fetched and carried as f16 words.
+//
 // NORM: the activations are normed before they are rounded to f16 (x * norm[c] / rms), so a large residual
 // value cannot overflow f16 on its way in; a first pass gathers the tile's 1 / rms. The products land in a
 // shared f32 tile, from which the bias and MODE (0 store, 1 add into Y) are applied with coalesced writes.
@@ -81,6 +83,15 @@ fn fetch_weights(mat: vec4<u32>, r: u32, c0: u32, h: u32) -> WeightWords {
     }
     let e = r * p.cols + c0 + 16u * h; // first element
     let g = e >> 5u;
+    if is_ggml(LAYOUT) {
+        // GGUF blocks: decoded here, as quant.wgsl's ggml16 does, and carried as f16 pairs (LAYOUT 1's words).
+        let v = ggml16(LAYOUT, mat.y, e);
+        o.q0 = vec4<u32>(pack2x16float(vec2<f32>(v[0], v[1])), pack2x16float(vec2<f32>(v[2], v[3])),
+                         pack2x16float(vec2<f32>(v[4], v[5])), pack2x16float(vec2<f32>(v[6], v[7])));
+        o.q1 = vec4<u32>(pack2x16float(vec2<f32>(v[8], v[9])), pack2x16float(vec2<f32>(v[10], v[11])),
+                         pack2x16float(vec2<f32>(v[12], v[13])), pack2x16float(vec2<f32>(v[14], v[15])));
+        return o;
+    }
     switch LAYOUT {
         case 0u: {
             let b = mat.y + e;
@@ -117,6 +128,11 @@ fn fetch_weights(mat: vec4<u32>, r: u32, c0: u32, h: u32) -> WeightWords {
 
 // Value i (0..15) of the fetched words, dequantized as quant.wgsl's `dequant` does.
 fn weight_value(o: WeightWords, h: u32, i: u32) -> f32 {
+    if is_ggml(LAYOUT) {
+        let v = select(o.q0, o.q1, i >= 8u);
+        let pair = unpack2x16float(v[(i >> 1u) & 3u]);
+        return select(pair.x, pair.y, (i & 1u) == 1u);
+    }
     switch LAYOUT {
         case 0u: {
             let v = select(select(o.q0, o.q1, i >= 4u), select(o.q2, o.q3, i >= 12u), i >= 8u);

@@ -1,7 +1,7 @@
 // Decode matvec over whole groups with vec4 loads: y = W x for up to three matrices of one weight region, for
-// `cols % 32 == 0` (every quantized layout; f32/f16 with such shapes). Needs matvec_teams.wgsl (parameters,
-// bindings and MODEs of matvec.wgsl, row blocks, the norm, the store) and a reduction (reduce_shared.wgsl,
-// portable, or reduce_subgroup.wgsl) after it.
+// `cols % 32 == 0` (every quantized layout, GGUF blocks through matvec_ggml.wgsl; f32/f16 with such shapes).
+// Needs matvec_ggml.wgsl, matvec_teams.wgsl (parameters, bindings and MODEs of matvec.wgsl, row blocks, the
+// norm, the store) and a reduction (reduce_shared.wgsl, portable, or reduce_subgroup.wgsl) after it.
 //
 // The workgroup's WG threads form WG / TS teams of TS lanes; a team owns 4 rows (accumulated in a vec4, and
 // a second vec4 for the up rows of MODE 2: no private arrays indexed at run time). Lane l takes groups
@@ -25,6 +25,9 @@ fn nibbles(word: u32) -> vec4<f32> {
 // (`xs` their sum, for int4's min term).
 fn group_dot(m: vec4<u32>, r: u32, g: u32, gpr: u32, xg: array<vec4<f32>, 8>, xs: f32) -> f32 {
     let gi = r * gpr + g;
+    if is_ggml_layout(LAYOUT) {
+        return ggml_group_dot(m.y, gi, xg, xs);
+    }
     let q4 = m.y >> 2u;
     var a = 0.0;
     switch LAYOUT {

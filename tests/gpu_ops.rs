@@ -183,7 +183,7 @@ fn gguf_shapes(layout: Layout) -> Vec<(usize, usize)> {
 }
 
 /// The GGUF block layouts as `--quant keep` stores them: every shape plus the fused products (q|k|v with
-/// bias and norm, the residual add, SwiGLU), decode on the generic matvec.
+/// bias and norm, the residual add, SwiGLU), decode on the generic and the group matvecs.
 fn gguf_matvec(b: &dyn Ops) {
     let mut rng = Rng::new(0x5eed_0101);
     for layout in GGUF_LAYOUTS {

@@ -115,8 +115,8 @@ fn kernels(op: &Op, mats: &[(String, DType)], swiglu: bool) -> [String; 3] {
                     _ => groups.push((*dtype, vec![role])),
                 }
             }
-            // `MatvecKernel::resolve` for f32 activations: GGUF blocks and odd widths take the generic matvec.
-            let matvec = |d: DType| if d.ggml_block().is_some() || cols % 32 != 0 { "matvec" } else { "matvec_groups" };
+            // `MatvecKernel::resolve` for f32 activations: odd widths take the generic matvec.
+            let matvec = |_: DType| if cols % 32 != 0 { "matvec" } else { "matvec_groups" };
             let list = |name: &dyn Fn(DType) -> &'static str| {
                 let g = groups.iter().map(|(d, roles)| format!("{}({})", name(*d), roles.join("|")));
                 g.collect::<Vec<_>>().join(" + ")

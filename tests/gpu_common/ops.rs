@@ -539,9 +539,7 @@ impl Ops for Gpu {
         // Every matvec kernel the shape and adapter allow, each from the same initial y; they must agree with
         // the generic one, and the automatic choice is returned for the test body to check.
         let mut kernels = vec![MatvecKernel::Generic];
-        // The group matvecs read the omex layouts only; GGUF blocks run on the generic one.
-        let omex_layout = c.mats[0].matrix().w.as_ggml().is_none();
-        if c.mats[0].cols.is_multiple_of(32) && omex_layout {
+        if c.mats[0].cols.is_multiple_of(32) {
             kernels.push(MatvecKernel::Groups);
             if ctx.gpu.tier.subgroups {
                 kernels.push(MatvecKernel::GroupsSubgroup);

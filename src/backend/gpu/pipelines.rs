@@ -51,14 +51,14 @@ pub const MATVEC_GROUPS: Kernel = Kernel {
     name: "matvec_groups",
     entry: "main",
     bindings: WEIGHT_OP,
-    source: shader!("matvec_groups.wgsl" + "matvec_teams.wgsl" + "reduce_shared.wgsl"),
+    source: shader!("matvec_groups.wgsl" + "matvec_ggml.wgsl" + "matvec_teams.wgsl" + "reduce_shared.wgsl"),
 };
 /// The group matvec with subgroup-shuffle reductions (needs the SUBGROUP feature).
 pub const MATVEC_GROUPS_SG: Kernel = Kernel {
     name: "matvec_groups_subgroup",
     entry: "main",
     bindings: WEIGHT_OP,
-    source: shader!("matvec_groups.wgsl" + "matvec_teams.wgsl" + "reduce_subgroup.wgsl"),
+    source: shader!("matvec_groups.wgsl" + "matvec_ggml.wgsl" + "matvec_teams.wgsl" + "reduce_subgroup.wgsl"),
 };
 /// The batched decode matvec: the generic matvec's units, TOK token rows per workgroup (several sequences' next
 /// tokens).

@@ -129,14 +129,10 @@ impl MatvecKernel {
     pub fn resolve(self, dtype: DType, cols: u32, tier: Tier) -> Result<MatvecKernel> {
         let grouped = cols.is_multiple_of(32);
         let int8 = grouped && matches!(dtype, DType::Int8 | DType::Int4 | DType::Ternary);
-        // GGUF blocks: only the generic matvec decodes them (sixteen values per unit).
-        let ggml = dtype.ggml_block().is_some();
+        // GGUF blocks run on the f32-activation kernels (the int8 one has no block decoders): the group matvec
+        // reads them a 32-value group at a time (shaders/matvec_ggml.wgsl).
         let v = match self {
-            MatvecKernel::Auto | MatvecKernel::Int8Auto if ggml => MatvecKernel::Generic,
             MatvecKernel::Generic => MatvecKernel::Generic,
-            _ if ggml => {
-                return Err(Error::Gpu(format!("{dtype} weights run on the generic matvec only, not {self:?}")))
-            }
             MatvecKernel::Int8Auto if int8 && tier.subgroups => MatvecKernel::Int8Subgroup,
             MatvecKernel::Int8Auto if int8 => MatvecKernel::Int8,
             MatvecKernel::Auto | MatvecKernel::Int8Auto if !grouped => MatvecKernel::Generic,
@@ -145,7 +141,7 @@ impl MatvecKernel {
             MatvecKernel::Int8 | MatvecKernel::Int8Subgroup if !int8 => {
                 return Err(Error::Gpu(format!(
                     "the int8-activation matvec needs int8, int4 or ternary weights and cols % 32 == 0, not \
-                     {dtype:?} with {cols} cols"
+                     {dtype} with {cols} cols"
                 )))
             }
             v => v,
@@ -253,18 +249,14 @@ impl<'a> Linear<'a> {
         let cols = self.mats.first().map_or(0, |m| m.m.cols);
         let tier = ctx.gpu.tier;
         let dtype = self.mats.first().map_or(DType::F32, |m| m.m.dtype);
-        // The cooperative matmul has no GGUF block decoders yet: those run on the tiled one.
-        let coop_fits = tier.cooperative_matrix
-            && cols.is_multiple_of(32)
-            && tokens == MATMUL_TOKENS
-            && dtype.ggml_block().is_none();
+        let coop_fits = tier.cooperative_matrix && cols.is_multiple_of(32) && tokens == MATMUL_TOKENS;
         let coop = match mm {
             MatmulKernel::Auto => !matvec && coop_fits,
             MatmulKernel::Tiled => false,
             MatmulKernel::Cooperative if !coop_fits => {
                 return Err(Error::Gpu(format!(
                     "the cooperative matmul needs an adapter with 16x16 f16 cooperative matrices, cols % 32 == 0, \
-                     {MATMUL_TOKENS}-token tiles and omex layouts (cols {cols}, tiles of {tokens}, {dtype})"
+                     {MATMUL_TOKENS}-token tiles (cols {cols}, tiles of {tokens})"
                 )))
             }
             MatmulKernel::Cooperative => true,
