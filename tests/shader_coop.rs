@@ -1,6 +1,7 @@
 //! The cooperative-matrix matmul (shaders/matmul_coop.wgsl) needs tensor cores, which no CI adapter has
 //! (lavapipe offers no cooperative matrices), so CI cannot run it; here naga parses, validates and compiles
-//! it to SPIR-V for every specialisation the engine builds, so a broken kernel still fails CI. Its numbers are
+//! it to SPIR-V for every specialisation the engine builds (the omex layouts and the GGUF blocks), so a broken
+//! kernel still fails CI. Its numbers are
 //! checked on hardware by the matmul tests of gpu_ops.rs, which run it beside the tiled kernel wherever the
 //! adapter offers cooperative matrices.
 
@@ -26,7 +27,7 @@ fn compile(constants: &[(&str, f64)]) -> Result<Vec<u32>, String> {
 
 #[test]
 fn cooperative_matmul_compiles_for_every_specialisation() {
-    for layout in 0..5 {
+    for layout in 0..10 {
         for norm in [0.0, 1.0] {
             for mode in [0.0, 1.0] {
                 let what = format!("matmul_coop LAYOUT {layout} NORM {norm} MODE {mode}");
