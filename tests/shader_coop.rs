@@ -1,9 +1,8 @@
 //! The cooperative-matrix matmul (shaders/matmul_coop.wgsl) needs tensor cores, which no CI adapter has
 //! (lavapipe offers no cooperative matrices), so CI cannot run it; here naga parses, validates and compiles
 //! it to SPIR-V for every specialisation the engine builds (the omex layouts and the GGUF blocks), so a broken
-//! kernel still fails CI. Its numbers are
-//! checked on hardware by the matmul tests of gpu_ops.rs, which run it beside the tiled kernel wherever the
-//! adapter offers cooperative matrices.
+//! kernel still fails CI. Its numbers are checked on hardware by the matmul tests of gpu_ops.rs, which run it
+//! beside the tiled kernel wherever the adapter offers cooperative matrices.
 
 use naga::back::{pipeline_constants, spv, PipelineConstants};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
