@@ -17,13 +17,14 @@
 mod common;
 mod gpu_common;
 
-use omex::backend::gpu::{GpuEngine, GpuOptions};
+use omex::backend::gpu::{plan_memory, DeviceOptions, GpuContext, GpuEngine, GpuOptions};
 use omex::backend::{Activations, Engine, KvType, Logits, SeqChunk};
+use omex::memory::budget::{Budget, BudgetSource};
 use omex::runtime::{BackendChoice, EngineOptions, Model};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Largest |omex - transformers| over every logit with f32 activations.
 const F32_TOL: f64 = 1e-4;
@@ -415,6 +416,87 @@ fn gpu_greedy_tokens_equal_generate() {
         let v = run_greedy(mixtral_omex(2), &["--backend", "gpu", "--kv", "f32"], c);
         assert_eq!(ids(&v["output_ids"]), ids(&c["greedy"]), "gpu {:?}", c["prompt"]);
     }
+}
+
+/// Under a GPU memory budget both blocks stream through one slot, and of a block's experts only those a row was
+/// routed to are uploaded: a decode step (one row: top k of the 4 experts, all the same size) uploads each
+/// block's other weights and k experts, exactly the plan's average bytes a token, where uploading every expert
+/// would take more; the prompt's chunk uploads at most the whole blocks. Logits and greedy tokens equal the
+/// resident engine's, for both routing widths.
+#[test]
+fn gpu_streamed_blocks_upload_only_the_routed_experts() {
+    if gpu_common::gpu_arc().is_none() {
+        return;
+    }
+    let fresh = || Arc::new(GpuContext::open_blocking(&DeviceOptions::default()).expect("the adapter opened once"));
+    for k in [2, 1] {
+        let model = Model::load(mixtral_omex(k)).unwrap();
+        let (dir, cfg) = (&model.dir, &model.config);
+        let prompt = ids(&cases(k)[0]["ids"]);
+        let mut resident = GpuEngine::load_blocking(fresh(), dir, cfg, gpu_f32(128)).unwrap();
+        let want = prompt_then_greedy(&mut resident, &prompt, 6);
+        let (total, units) = (resident.memory_plan().plan.total_bytes, resident.memory_plan().units.clone());
+        drop(resident);
+        let blocks: Vec<_> = units.iter().filter(|u| u.file.starts_with("layer_")).collect();
+        let largest = blocks.iter().map(|u| u.bytes).max().unwrap();
+        // The largest budget (in steps of a twentieth of a block) under which both blocks stream.
+        let mut opts = gpu_f32(128);
+        opts.slots = 1;
+        let ctx = fresh();
+        let max_binding = ctx.gpu.limits.max_storage_buffer_binding_size;
+        let streamed_blocks = |plan: &omex::memory::planner::Plan| -> Vec<omex::memory::planner::LayerCost> {
+            let streamed = units.iter().zip(&plan.resident).filter(|(u, r)| !**r && u.file.starts_with("layer_"));
+            streamed.map(|(u, _)| u.clone()).collect()
+        };
+        let streams_blocks = |plan: &omex::memory::planner::Plan| streamed_blocks(plan).len() == 2;
+        let budget = (1..20 * total / largest)
+            .map(|i| total - i * largest / 20)
+            .find(|&bytes| {
+                opts.budget = Some(Budget { bytes, source: BudgetSource::Flag });
+                plan_memory(dir, cfg, &opts, max_binding).is_ok_and(|(_, m)| streams_blocks(&m.plan))
+            })
+            .expect("a budget that streams both blocks");
+        opts.budget = Some(Budget { bytes: budget, source: BudgetSource::Flag });
+        let mut e = GpuEngine::load_blocking(ctx, dir, cfg, opts).unwrap();
+        let plan = e.memory_plan().plan.clone();
+        assert!(streams_blocks(&plan), "{plan:?}");
+        let streamed = streamed_blocks(&plan);
+        let whole: u64 = streamed.iter().map(|u| u.bytes).sum();
+        let per_token = plan.streamed_bytes_per_token;
+        assert!(per_token < whole, "top-{k}: the plan moves {per_token} bytes a token, whole blocks {whole}");
+
+        let before = e.streamed_bytes();
+        let mut logits = e.forward(&prompt, 0, Logits::All).unwrap();
+        let prompt_bytes = e.streamed_bytes() - before;
+        assert!(prompt_bytes <= whole, "top-{k}: the prompt uploaded {prompt_bytes} of {whole} bytes");
+        let vocab = logits.len() / prompt.len();
+        let mut tokens = vec![kernels_cpu::ops::argmax(&logits[logits.len() - vocab..]) as u32];
+        for s in 0..6 {
+            let before = e.streamed_bytes();
+            let row = e.forward(&tokens[s..s + 1], prompt.len() + s, Logits::Last).unwrap();
+            let step = e.streamed_bytes() - before;
+            assert_eq!(step, per_token, "top-{k}: decode step {s} uploaded {step} bytes, the plan {per_token}");
+            tokens.push(kernels_cpu::ops::argmax(&row) as u32);
+            logits.extend(row);
+        }
+        assert_eq!(tokens, want.1, "top-{k}: greedy tokens streamed vs resident");
+        let d = logits.iter().zip(&want.0).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(d <= 1e-5, "top-{k}: streamed logits differ from the resident ones by {d}");
+        eprintln!("top-{k}: {whole} bytes of streamed blocks, {per_token} uploaded a decode step, {prompt_bytes} for the prompt; logits within {d:.1e}");
+    }
+}
+
+/// The prompt's logits (every row), then `steps` greedy steps: every logits row and the tokens.
+fn prompt_then_greedy(e: &mut GpuEngine, prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut logits = e.forward(prompt, 0, Logits::All).unwrap();
+    let vocab = logits.len() / prompt.len();
+    let mut tokens = vec![kernels_cpu::ops::argmax(&logits[logits.len() - vocab..]) as u32];
+    for s in 0..steps {
+        let row = e.forward(&tokens[s..s + 1], prompt.len() + s, Logits::Last).unwrap();
+        tokens.push(kernels_cpu::ops::argmax(&row) as u32);
+        logits.extend(row);
+    }
+    (logits, tokens)
 }
 
 fn gpu_f32(context: usize) -> GpuOptions {

@@ -18,7 +18,8 @@ pub struct LayerCost {
     /// Bytes of GPU memory it takes when resident.
     pub bytes: u64,
     /// Bytes uploaded per forward pass when it is not resident. 0 for a unit the GPU never reads when it is
-    /// not resident (an embedding table whose rows are then gathered on the host).
+    /// not resident (an embedding table whose rows are then gathered on the host); for a block of experts, as
+    /// `read` (only the routed experts go up).
     pub moved: u64,
     /// Streams in pieces of at most a slot (rows of a matrix); otherwise it needs a slot as large as itself.
     pub splittable: bool,

@@ -12,7 +12,7 @@ use super::context::GpuContext;
 use super::device::DeviceOptions;
 use super::ops::misc::{self, SampleParams};
 use super::plan::{Buffers, Model, Plan, Residency, Sizes, Stage, MAX_STEPS};
-use super::streaming::{self, Slots};
+use super::streaming::{self, Copy, Piece, Slots};
 use crate::arch::Program;
 use crate::backend::lora::ActiveAdapter;
 use crate::backend::{Activations, Engine, KvBlocks, KvType, Logits, SeqChunk, WeightRef, KV_BLOCK_TOKENS};
@@ -570,6 +570,25 @@ impl GpuEngine {
             }
             lists.clear();
         };
+        // Writes `copies` into `piece`'s slot, counted, and spanned in the trace as `name`.
+        let upload = |piece: &Piece, name: &str, copies: &[Copy]| {
+            #[cfg(target_arch = "wasm32")]
+            let _ = name;
+            #[cfg(not(target_arch = "wasm32"))]
+            let start = self.trace.as_ref().map(|(_, t)| t.lock().expect("trace lock").now_us());
+            let slot = &slots.files[piece.slot].buffer;
+            for c in copies {
+                self.ctx.write(slot, c.dst, &c.blob.bytes()[c.src.clone()]);
+            }
+            let bytes: u64 = copies.iter().map(|c| c.src.len() as u64).sum();
+            self.uploaded.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            #[cfg(not(target_arch = "wasm32"))]
+            if let (Some((_, trace)), Some(start)) = (&self.trace, start) {
+                let mut t = trace.lock().expect("trace lock");
+                let end = t.now_us();
+                t.span(SpanKind::Upload, name, Some(piece.slot), self.forwards(), start, end, bytes);
+            }
+        };
         for stage in stages {
             if let Some(k) = stage.piece {
                 if !lists.is_empty() {
@@ -582,24 +601,49 @@ impl GpuEngine {
                 } else if j >= ring {
                     self.wait(Some(ran[j - ring].clone()));
                 }
-                #[cfg(not(target_arch = "wasm32"))]
-                let start = self.trace.as_ref().map(|(_, t)| t.lock().expect("trace lock").now_us());
-                let slot = &slots.files[piece.slot].buffer;
-                for c in &piece.copies {
-                    self.ctx.write(slot, c.dst, &c.blob.bytes()[c.src.clone()]);
-                }
-                self.uploaded.fetch_add(piece.bytes(), std::sync::atomic::Ordering::Relaxed);
-                #[cfg(not(target_arch = "wasm32"))]
-                if let (Some((_, trace)), Some(start)) = (&self.trace, start) {
-                    let mut t = trace.lock().expect("trace lock");
-                    let end = t.now_us();
-                    t.span(SpanKind::Upload, &piece.name, Some(piece.slot), self.forwards(), start, end, piece.bytes());
-                }
+                upload(piece, &piece.name, &piece.copies);
                 waiting = Some(k);
             }
-            lists.push(&stage.dispatches);
+            let experts = stage.piece.map(|k| (k, &slots.pieces[k])).filter(|(_, p)| !p.experts.is_empty());
+            match (stage.experts_at, experts) {
+                (Some(at), Some((k, piece))) => {
+                    // The block up to its route, then only the experts a row was routed to are uploaded (the
+                    // others' dispatches are gated off on the GPU and read nothing).
+                    lists.push(&stage.dispatches[..at]);
+                    flush(&mut lists, &mut waiting, &mut ran, false);
+                    let routed = self.routed_experts(n, piece.experts.len());
+                    let chosen: Vec<usize> = (0..piece.experts.len()).filter(|&e| routed[e]).collect();
+                    let copies: Vec<Copy> = chosen.iter().flat_map(|&e| piece.experts[e].iter().cloned()).collect();
+                    let ids = chosen.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",");
+                    upload(piece, &format!("{} experts {ids}", piece.name), &copies);
+                    // The experts' submission is the piece's last use of its slot: the ring waits for it.
+                    ran.pop();
+                    waiting = Some(k);
+                    lists.push(&stage.dispatches[at..]);
+                }
+                _ => lists.push(&stage.dispatches),
+            }
         }
         flush(&mut lists, &mut waiting, &mut ran, true);
+    }
+
+    /// Which of a block's `experts` some row of the chunk's `n` was routed to, read back from the route buffer
+    /// once the work before it is done (the browser cannot wait for it: there every expert counts as routed).
+    fn routed_experts(&self, n: u32, experts: usize) -> Vec<bool> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let route = self.bufs.get(crate::arch::Buf::Route);
+            match pollster::block_on(self.ctx.read_f32(route, 0, n as usize * experts)) {
+                Ok(w) => (0..experts).map(|e| w.iter().skip(e).step_by(experts).any(|&v| v != 0.0)).collect(),
+                // A failed read (a lost device) surfaces at the readback that ends the pass.
+                Err(_) => vec![true; experts],
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = n;
+            vec![true; experts]
+        }
     }
 
     /// Forward passes so far, for the trace (native only).

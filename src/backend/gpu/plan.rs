@@ -9,7 +9,7 @@ use super::context::{Dispatch, GpuContext, Region};
 use super::ops::{
     attention, kv, misc, moe, KvCache, Linear, Mat, MatvecKernel, Norm, Output, MATMUL_TOKENS, MATMUL_TOKENS_SHORT,
 };
-use super::streaming::{Copy, RowLayout, Slots, Unit, UnitKind};
+use super::streaming::{self, Copy, RowLayout, Slots, Unit, UnitKind};
 use super::weights::{GpuFile, GpuMatrix};
 use crate::arch::{Buf, NormOp, Op, Program, QkPart};
 use crate::backend::{Activations, KvType, WeightRef};
@@ -74,9 +74,11 @@ impl Model {
                         streamed.insert(file.clone(), None);
                     }
                     (UnitKind::Block { index, file }, false) => {
-                        let blob = dir.blob(file)?;
-                        let copy = Copy { src: 0..blob.bytes().len(), blob, dst: 0 };
-                        let (k, slot) = s.push(file.clone(), vec![copy]);
+                        // A block of experts goes up in two steps: the rest first, then the routed experts.
+                        let (experts, top_k) = expert_sections(dir, &p.blocks[*index].ops)?;
+                        let (copies, experts) = streaming::block_copies(file, &dir.blob(file)?, &experts)?;
+                        let (k, slot) = s.push(file.clone(), copies);
+                        (s.pieces[k].experts, s.pieces[k].top_k) = (experts, top_k);
                         block_piece[*index] = Some(k);
                         streamed.insert(file.clone(), Some(slot));
                     }
@@ -213,6 +215,28 @@ fn tensors(p: &Program, ops: &[Op]) -> Vec<(String, Vec<u32>, bool)> {
 }
 
 /// Bytes from the first of a tensor's sections to the end of the last: what one binding of it covers.
+/// Each expert's sections in its block's file ((offset, bytes) of every section of its gate, up and down
+/// matrices) and the routing's top k, for a block with experts; nothing for any other block.
+fn expert_sections(dir: &ModelDir, ops: &[Op]) -> Result<(Vec<streaming::Spans>, usize)> {
+    let mut out = (Vec::new(), 0);
+    for op in ops {
+        match op {
+            Op::MoeRoute { top_k, .. } => out.1 = *top_k as usize,
+            Op::Experts { experts, .. } => {
+                for ex in experts {
+                    let mut sections = Vec::new();
+                    for m in [&ex.gate, &ex.up, &ex.down] {
+                        sections.extend(dir.tensor(&m.weight)?.entry.sections.iter().map(|s| (s.offset, s.bytes)));
+                    }
+                    out.0.push(sections);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 fn span_bytes(e: &crate::format::TensorEntry) -> u64 {
     let secs = [SectionKind::Data, SectionKind::Scales, SectionKind::Mins].map(|k| e.section(k));
     let lo = secs.iter().flatten().map(|s| s.offset).min().unwrap_or(0);
@@ -404,7 +428,7 @@ impl Buffers {
         })
     }
 
-    fn get(&self, buf: Buf) -> &GpuBuffer {
+    pub(super) fn get(&self, buf: Buf) -> &GpuBuffer {
         match buf {
             Buf::Hidden => &self.x,
             other => &self.scratch[&other],
@@ -791,6 +815,10 @@ pub(super) struct Stage {
     /// per-op trace, which browsers do not have.)
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub ops: Vec<(String, usize)>,
+    /// A block of experts: its first dispatch that reads an expert's matrices (the route is written before it).
+    /// When the block streams, the engine runs the stage up to here, reads the route back and uploads the
+    /// routed experts only.
+    pub experts_at: Option<usize>,
 }
 
 /// The dispatch lists of one model.
@@ -845,9 +873,12 @@ impl Plan {
         ];
         for (l, (block, layer)) in p.blocks.iter().zip(&w.layers).enumerate() {
             for (stages, (tokens, batched)) in lists.iter_mut().zip(kinds) {
-                let (mut list, mut labels) = (Vec::new(), Vec::new());
+                let (mut list, mut labels, mut experts_at) = (Vec::new(), Vec::new(), None);
                 let mut ops = block.ops.iter().peekable();
                 while let Some(op) = ops.next() {
+                    if let Op::Experts { .. } = op {
+                        experts_at = Some(list.len());
+                    }
                     let fuse_swiglu = tokens == 0 && matches!(ops.peek(), Some(Op::Glu { act: Activation::Silu }));
                     let lowered = Lowering { batched, ctx, p, b, layer, l, splits, tokens, mv, tuned, loras };
                     let (first, mut label) = (list.len(), format!("blk.{l} {}", op.label()));
@@ -858,7 +889,7 @@ impl Plan {
                     }
                     labels.push((label, first));
                 }
-                stages.push(Stage { piece: layer.piece, dispatches: list, ops: labels });
+                stages.push(Stage { piece: layer.piece, dispatches: list, ops: labels, experts_at });
             }
         }
         let [decode, prefill_short, prefill, batch_short, batch] = lists;
@@ -879,7 +910,7 @@ impl Plan {
                 let mut list = std::mem::take(&mut norm);
                 let part = [(m, *row0, None)];
                 list.extend(products(ctx, &part, on, Output::Store, st, x, &b.logits, vocab, shape, mv).await?);
-                stages.push(Stage { piece: *piece, dispatches: list, ops: vec![("head".into(), 0)] });
+                stages.push(Stage { piece: *piece, dispatches: list, ops: vec![("head".into(), 0)], experts_at: None });
             }
         }
         let [head_last, head_all] = heads;

@@ -6,7 +6,9 @@
 //! - the token embedding file: resident, or left on the host, where the rows of the chunk's tokens are
 //!   gathered (a token reads one row, not the table). When the output head is tied to it, it is also the head.
 //! - one file per transformer block: resident, or uploaded whole into a slot before the block runs (its
-//!   tensors' section offsets are file offsets, so they are the same in the slot).
+//!   tensors' section offsets are file offsets, so they are the same in the slot). A block of experts goes up
+//!   in two steps: everything but the experts' matrices, then, once the block's route has been computed and
+//!   read back, the matrices of the experts some row was routed to (at their file offsets in the same slot).
 //! - the output head matrix (its own file, or the tied embedding): resident, or uploaded in pieces of rows
 //!   that fit a slot, each piece's product written to its rows of the logits.
 //!
@@ -153,7 +155,14 @@ pub fn units(dir: &ModelDir, cfg: &Transformer) -> Result<Vec<Unit>> {
         };
         units.push(Unit {
             kind: UnitKind::Block { index, file: file.clone() },
-            cost: LayerCost { file, bytes, moved: bytes, splittable: false, read: bytes - unread.min(bytes) },
+            // Only the routed experts are uploaded (on average `top_k` of them), as read.
+            cost: LayerCost {
+                file,
+                bytes,
+                moved: bytes - unread.min(bytes),
+                splittable: false,
+                read: bytes - unread.min(bytes),
+            },
         });
     }
     if !tied {
@@ -205,13 +214,61 @@ pub struct Piece {
     /// For logs and traces: `layer_3.bin`, `embedding.bin rows 0..3640`.
     pub name: String,
     pub slot: usize,
+    /// Uploaded before the stage runs: for a block of experts, everything but the experts' matrices.
     pub copies: Vec<Copy>,
+    /// A block of experts: each expert's matrices, uploaded only when a row of the chunk was routed to it (the
+    /// engine reads the route back first), at their file offsets, like the rest of the block.
+    pub experts: Vec<Vec<Copy>>,
+    /// Experts a row runs (the routing's top k), for the plan's average bytes a pass.
+    pub top_k: usize,
 }
 
 impl Piece {
+    /// Bytes uploaded before the stage (for a block of experts: without the experts).
     pub fn bytes(&self) -> u64 {
-        self.copies.iter().map(|c| c.src.len() as u64).sum()
+        copied(&self.copies)
     }
+
+    /// Bytes a pass uploads on average: with experts, `top_k` of them (even routing), as the planner counts.
+    pub fn planned_bytes(&self) -> u64 {
+        let experts: u64 = self.experts.iter().map(|c| copied(c)).sum();
+        self.bytes() + experts * self.top_k as u64 / self.experts.len().max(1) as u64
+    }
+}
+
+fn copied(copies: &[Copy]) -> u64 {
+    copies.iter().map(|c| c.src.len() as u64).sum()
+}
+
+/// Byte ranges of a file: (offset, bytes) each.
+pub type Spans = Vec<(u64, u64)>;
+
+/// A streamed block's file as copies: the byte ranges of each expert's matrices (`experts[e]`: (offset, bytes)
+/// of its sections) apart, one list per expert, and the rest of the file in the first list. Every range keeps
+/// its file offset in the slot.
+pub fn block_copies(file: &str, blob: &Arc<Blob>, experts: &[Spans]) -> Result<(Vec<Copy>, Vec<Vec<Copy>>)> {
+    let len = blob.bytes().len() as u64;
+    let copy = |from: u64, to: u64| Copy { blob: blob.clone(), src: from as usize..to as usize, dst: from };
+    let mut taken: Vec<(u64, u64)> = experts.iter().flatten().map(|&(at, n)| (at, at + n)).collect();
+    taken.sort_unstable();
+    let mut dense = Vec::new();
+    let mut at = 0;
+    for &(from, to) in &taken {
+        if from < at || to > len {
+            return Err(Error::Unsupported(format!(
+                "{file}: expert sections overlap or pass the end of the file ({from}..{to} of {len} bytes)"
+            )));
+        }
+        if from > at {
+            dense.push(copy(at, from));
+        }
+        at = to;
+    }
+    if at < len {
+        dense.push(copy(at, len));
+    }
+    let experts = experts.iter().map(|ranges| ranges.iter().map(|&(from, n)| copy(from, from + n)).collect()).collect();
+    Ok((dense, experts))
 }
 
 /// The slots and the pieces that go through them, in execution order.
@@ -237,12 +294,12 @@ impl Slots {
     pub fn push(&mut self, name: String, copies: Vec<Copy>) -> (usize, Arc<GpuFile>) {
         let k = self.pieces.len();
         let slot = k % self.files.len();
-        self.pieces.push(Piece { name, slot, copies });
+        self.pieces.push(Piece { name, slot, copies, experts: Vec::new(), top_k: 0 });
         (k, self.files[slot].clone())
     }
 
-    /// Bytes uploaded per pass over every piece.
+    /// Bytes uploaded per pass over every piece, on average (a block of experts: as routing spreads evenly).
     pub fn bytes_per_pass(&self) -> u64 {
-        self.pieces.iter().map(Piece::bytes).sum()
+        self.pieces.iter().map(Piece::planned_bytes).sum()
     }
 }
