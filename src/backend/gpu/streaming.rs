@@ -148,7 +148,7 @@ pub fn units(dir: &ModelDir, cfg: &Transformer) -> Result<Vec<Unit>> {
         let unread = match (&b.moe, &cfg.moe) {
             (Some(w), Some(m)) => {
                 let expert_bytes: u64 =
-                    w.experts.iter().flatten().map(|n| Ok(tensor_bytes(&entry(n)?))).sum::<Result<u64>>()?;
+                    w.experts.iter().flatten().map(|n| Ok(upload_bytes(&entry(n)?))).sum::<Result<u64>>()?;
                 expert_bytes - expert_bytes * m.top_k as u64 / m.experts.max(1) as u64
             }
             _ => 0,
@@ -180,9 +180,10 @@ pub fn units(dir: &ModelDir, cfg: &Transformer) -> Result<Vec<Unit>> {
     Ok(units)
 }
 
-/// Bytes of a tensor's sections (its values, scales and mins).
-fn tensor_bytes(e: &TensorEntry) -> u64 {
-    e.sections.iter().map(|s| s.bytes).sum()
+/// Bytes of a tensor's sections (its values, scales and mins) as they are uploaded: each widened to whole
+/// 4-byte words (see [`block_copies`]).
+fn upload_bytes(e: &TensorEntry) -> u64 {
+    e.sections.iter().map(|s| s.offset.saturating_add(s.bytes).div_ceil(4) * 4 - s.offset / 4 * 4).sum()
 }
 
 /// GPU bytes of weights outside every unit: the output norm, in a small file of its own (uploaded whole) or,
@@ -244,12 +245,19 @@ fn copied(copies: &[Copy]) -> u64 {
 pub type Spans = Vec<(u64, u64)>;
 
 /// A streamed block's file as copies: the byte ranges of each expert's matrices (`experts[e]`: (offset, bytes)
-/// of its sections) apart, one list per expert, and the rest of the file in the first list. Every range keeps
-/// its file offset in the slot.
+/// of its sections, widened to whole 4-byte words as buffer writes need) apart, one list per expert, and the
+/// rest of the file in the first list. Every range keeps its file offset in the slot.
 pub fn block_copies(file: &str, blob: &Arc<Blob>, experts: &[Spans]) -> Result<(Vec<Copy>, Vec<Vec<Copy>>)> {
     let len = blob.bytes().len() as u64;
     let copy = |from: u64, to: u64| Copy { blob: blob.clone(), src: from as usize..to as usize, dst: from };
-    let mut taken: Vec<(u64, u64)> = experts.iter().flatten().map(|&(at, n)| (at, at + n)).collect();
+    // (A range past the end stays past it, for the check below.)
+    let words = |&(at, n): &(u64, u64)| {
+        let end = at.saturating_add(n);
+        let to = if end <= len { end.div_ceil(4).saturating_mul(4).min(len) } else { end };
+        (at / 4 * 4, to - at / 4 * 4)
+    };
+    let experts: Vec<Spans> = experts.iter().map(|r| r.iter().map(words).collect()).collect();
+    let mut taken: Vec<(u64, u64)> = experts.iter().flatten().map(|&(at, n)| (at, at.saturating_add(n))).collect();
     taken.sort_unstable();
     let mut dense = Vec::new();
     let mut at = 0;
@@ -301,5 +309,34 @@ impl Slots {
     /// Bytes uploaded per pass over every piece, on average (a block of experts: as routing spreads evenly).
     pub fn bytes_per_pass(&self) -> u64 {
         self.pieces.iter().map(Piece::planned_bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(copies: &[Copy]) -> Vec<(usize, usize)> {
+        copies.iter().map(|c| (c.src.start, c.src.end)).collect()
+    }
+
+    #[test]
+    fn a_block_splits_into_its_experts_and_the_rest_once_each() {
+        let blob = Arc::new(Blob::from_bytes(&[7u8; 1024]));
+        // Expert 0: two sections, the second 6 bytes (widened to 8); expert 1: one section.
+        let experts = vec![vec![(256, 128), (512, 6)], vec![(768, 200)]];
+        let (dense, ex) = block_copies("layer_0.bin", &blob, &experts).unwrap();
+        assert_eq!(ranges(&ex[0]), [(256, 384), (512, 520)]);
+        assert_eq!(ranges(&ex[1]), [(768, 968)]);
+        assert_eq!(ranges(&dense), [(0, 256), (384, 512), (520, 768), (968, 1024)]);
+        let mut all: Vec<_> = dense.iter().chain(ex.iter().flatten()).map(|c| (c.src.start, c.src.end)).collect();
+        all.sort();
+        assert!(all.windows(2).all(|w| w[0].1 == w[1].0) && all[0].0 == 0 && all.last().unwrap().1 == 1024);
+        assert!(dense.iter().chain(ex.iter().flatten()).all(|c| c.dst == c.src.start as u64 && c.src.start % 4 == 0));
+
+        for bad in [vec![vec![(256, 128)], vec![(300, 8)]], vec![vec![(1000, 100)]], vec![vec![(u64::MAX - 4, 8)]]] {
+            let e = block_copies("layer_0.bin", &blob, &bad).err().expect("refused");
+            assert!(e.to_string().contains("layer_0.bin"), "{e}");
+        }
     }
 }
