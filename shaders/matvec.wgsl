@@ -7,7 +7,9 @@
 // threads' partials in shared memory.
 //
 // NORM: x is RMS-normed on load: the workgroup first computes r = 1 / sqrt(mean(x^2) + eps) over the row and
-// uses x[c] * norm[c], scaling each sum by r (the norm and the matrix product fused).
+// uses x[c] * norm[c], scaling each sum by r (the norm and the matrix product fused). With LAYER it is a
+// LayerNorm instead: mean m and r = 1 / sqrt(mean((x - m)^2) + eps) first, then (x[c] - m) * r * norm[c] +
+// bias[c] on load (GPT-2's ln before each product).
 // MODE 0: y[out + r] = sum (+ bias).  MODE 1: y[out + r] += sum (+ bias), the residual add.
 // MODE 2: y[out + r] = silu(sum0) * sum1 (SwiGLU on the gate and up rows).
 
@@ -15,6 +17,7 @@ override LAYOUT: u32 = 0u;
 override WG: u32 = 64u;
 override ROWS: u32 = 4u;
 override NORM: bool = false;
+override LAYER: bool = false;
 override MODE: u32 = 0u;
 
 struct Params {
@@ -28,7 +31,8 @@ struct Params {
     blocks2: u32,
     // 1: read the activation row `st.n - 1` of x (the last token of a chunk) instead of row 0.
     x_last: u32,
-    _pad: u32,
+    // LAYER: the word offset of the LayerNorm's f32 bias in `nw`.
+    norm_bias: u32,
     // Per matrix: rows, and the word offsets of its data, scales and mins in `w`.
     mats: array<vec4<u32>, 3>,
     // Per matrix: offset of its first output in y, word offset of its f32 bias in `w`, whether it has one.
@@ -50,13 +54,31 @@ struct Step {
 const MAX_SLOTS: u32 = 16u;
 var<workgroup> red: array<f32, 1024>;
 var<workgroup> norm_scale: f32;
+var<workgroup> norm_mean: f32;
 
 fn xload(x0: u32, c: u32) -> f32 {
     var v = x[x0 + c];
-    if NORM {
+    if NORM && LAYER {
+        v = (v - norm_mean) * norm_scale * bitcast<f32>(nw[p.norm + c]) + bitcast<f32>(nw[p.norm_bias + c]);
+    } else if NORM {
         v = v * bitcast<f32>(nw[p.norm + c]);
     }
     return v;
+}
+
+// The workgroup's sum of `v` over its threads (every thread gets it).
+fn wg_sum(v: f32, tid: u32) -> f32 {
+    red[tid] = v;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if tid < h {
+            red[tid] += red[tid + h];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
 }
 
 fn units_per_row(cols: u32) -> u32 {
@@ -191,21 +213,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let slots = select(ROWS, 2u * ROWS, MODE == 2u);
 
     if NORM {
+        var mean = 0.0;
+        if LAYER {
+            var s = 0.0;
+            for (var c = tid; c < cols; c += WG) {
+                s += x[x0 + c];
+            }
+            mean = wg_sum(s, tid) / f32(cols);
+        }
         var ss = 0.0;
         for (var c = tid; c < cols; c += WG) {
-            let v = x[x0 + c];
+            let v = x[x0 + c] - mean;
             ss += v * v;
         }
-        red[tid] = ss;
-        workgroupBarrier();
-        for (var h = WG / 2u; h > 0u; h >>= 1u) {
-            if tid < h {
-                red[tid] += red[tid + h];
-            }
-            workgroupBarrier();
-        }
+        let total = wg_sum(ss, tid);
         if tid == 0u {
-            norm_scale = 1.0 / sqrt(red[0] / f32(cols) + p.eps);
+            norm_scale = 1.0 / sqrt(total / f32(cols) + p.eps);
+            norm_mean = mean;
         }
         workgroupBarrier();
     }
@@ -242,7 +266,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         return;
     }
     var v = red[tid * WG];
-    if NORM {
+    if NORM && !LAYER {
         v *= norm_scale;
     }
     let out = p.outs[mi];
@@ -255,7 +279,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         y[out.x + r] += v;
     } else {
         var up = red[(ROWS + tid) * WG];
-        if NORM {
+        if NORM && !LAYER {
             up *= norm_scale;
         }
         let o1 = p.outs[1];

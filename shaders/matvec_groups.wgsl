@@ -8,7 +8,8 @@
 // l, l + TS, ... of the row: it loads the group's 32 activations once (8 vec4, times the norm weight if NORM)
 // and dots them with that group of each of its rows (one vec4 of int4 data, two of int8, ...), so activation
 // loads are shared by ROWS rows. TS is about the groups per row, so short rows (small models) still keep every
-// lane busy. Everything is read as vec4: the weight file's sections are 256-byte aligned.
+// lane busy. Everything is read as vec4: the weight file's sections are 256-byte aligned. With LAYER, x is
+// LayerNormed on load instead, as in matvec.wgsl.
 
 override LAYOUT: u32 = 0u;
 
@@ -103,7 +104,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         var s4 = vec4<f32>(0.0);
         for (var k = 0u; k < 8u; k++) {
             var v = x[x0 + g * 8u + k];
-            if NORM {
+            if NORM && LAYER {
+                v = (v - norm_mean) * norm_scale * nw[(p.norm >> 2u) + g * 8u + k] + nw[(p.norm_bias >> 2u) + g * 8u + k];
+            } else if NORM {
                 v *= nw[(p.norm >> 2u) + g * 8u + k];
             }
             xg[k] = v;
@@ -120,5 +123,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     reduce(acc, acc_up, tid, lane, team, slots);
 
-    store_team_rows(tid, rb, slots, select(1.0, norm_scale, NORM));
+    store_team_rows(tid, rb, slots, select(1.0, norm_scale, NORM && !LAYER));
 }

@@ -8,6 +8,8 @@
 override WG: u32 = 64u;
 override TS: u32 = 64u;
 override NORM: bool = false;
+// A LayerNorm rather than an RMS norm (the f32 kernel only): see matvec.wgsl.
+override LAYER: bool = false;
 override MODE: u32 = 0u;
 
 struct Params {
@@ -18,7 +20,7 @@ struct Params {
     blocks1: u32,
     blocks2: u32,
     x_last: u32,
-    _pad: u32,
+    norm_bias: u32,
     mats: array<vec4<u32>, 3>,
     outs: array<vec4<u32>, 3>,
 }
@@ -37,6 +39,7 @@ struct Step {
 
 const ROWS: u32 = 4u;
 var<workgroup> norm_scale: f32;
+var<workgroup> norm_mean: f32;
 
 fn word_at(i: u32) -> u32 {
     return w[i >> 2u][i & 3u];
@@ -66,15 +69,9 @@ fn row_block(block: u32) -> RowBlock {
     return RowBlock(0u, block);
 }
 
-// 1 / rms of the activation row starting at vec4 `x0` into `norm_scale`, for every thread (uses the
-// reduction's `red`).
-fn gather_norm_scale(x0: u32, tid: u32) {
-    var ss = 0.0;
-    for (var c = tid; c < p.cols / 4u; c += WG) {
-        let v = x[x0 + c];
-        ss += dot(v, v);
-    }
-    red[tid] = ss;
+// The workgroup's sum of `v` over its threads (every thread gets it; uses the reduction's `red`).
+fn wg_sum(v: f32, tid: u32) -> f32 {
+    red[tid] = v;
     workgroupBarrier();
     for (var h = WG / 2u; h > 0u; h >>= 1u) {
         if tid < h {
@@ -82,8 +79,31 @@ fn gather_norm_scale(x0: u32, tid: u32) {
         }
         workgroupBarrier();
     }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+// 1 / rms of the activation row starting at vec4 `x0` into `norm_scale`, for every thread; with LAYER, the
+// row's mean into `norm_mean` and 1 / sqrt(variance + eps) into `norm_scale`.
+fn gather_norm_scale(x0: u32, tid: u32) {
+    var mean = 0.0;
+    if LAYER {
+        var s = 0.0;
+        for (var c = tid; c < p.cols / 4u; c += WG) {
+            s += dot(x[x0 + c], vec4<f32>(1.0));
+        }
+        mean = wg_sum(s, tid) / f32(p.cols);
+    }
+    var ss = 0.0;
+    for (var c = tid; c < p.cols / 4u; c += WG) {
+        let v = x[x0 + c] - mean;
+        ss += dot(v, v);
+    }
+    let total = wg_sum(ss, tid);
     if tid == 0u {
-        norm_scale = 1.0 / sqrt(red[0] / f32(p.cols) + p.eps);
+        norm_scale = 1.0 / sqrt(total / f32(p.cols) + p.eps);
+        norm_mean = mean;
     }
     workgroupBarrier();
 }

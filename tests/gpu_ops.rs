@@ -64,15 +64,28 @@ fn rms_ref(x: &[f32], w: &[f32], eps: f32) -> Vec<f64> {
     out
 }
 
+/// LayerNorm of each row in f64: (x - mean) / sqrt(variance + eps) * w + b.
+fn layernorm_ref(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f64> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(w.len()) {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / w.len() as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / w.len() as f64;
+        let r = 1.0 / (var + eps as f64).sqrt();
+        out.extend(row.iter().zip(w).zip(b).map(|((&v, &g), &b)| (v as f64 - mean) * r * g as f64 + b as f64));
+    }
+    out
+}
+
 fn silu_ref(g: f64) -> f64 {
     g / (1.0 + (-g).exp())
 }
 
 fn linear_ref(c: &LinearCase) -> Vec<f32> {
     let cols = c.mats[0].cols;
-    let h: Vec<f64> = match &c.norm {
-        Some((w, eps)) => rms_ref(&c.x[..c.n * cols], w, *eps),
-        None => c.x[..c.n * cols].iter().map(|&v| v as f64).collect(),
+    let h: Vec<f64> = match (&c.norm, &c.ln_bias) {
+        (Some((w, eps)), Some(b)) => layernorm_ref(&c.x[..c.n * cols], w, b, *eps),
+        (Some((w, eps)), None) => rms_ref(&c.x[..c.n * cols], w, *eps),
+        (None, _) => c.x[..c.n * cols].iter().map(|&v| v as f64).collect(),
     };
     let width = c.width();
     let mut y: Vec<f64> = c.y0.iter().map(|&v| v as f64).collect();
@@ -123,6 +136,7 @@ fn linear_case(rng: &mut Rng, layout: Layout, rows: &[usize], cols: usize, n: us
         biases: vec![None; mats.len()],
         mats,
         norm: None,
+        ln_bias: None,
         output,
         x: rng.vec(n * cols, -1.0, 1.0),
         n,
@@ -161,6 +175,13 @@ fn fused_cases(rng: &mut Rng, layout: Layout, n: usize, cols: usize) -> Vec<(&'s
         let mut gu = linear_case(rng, layout, &[44, 44], cols, n, Output::SwiGlu);
         gu.norm = Some((rng.vec(cols, 0.5, 1.5), 1e-5));
         cases.push(("gate/up SwiGLU, normed", gu));
+        // GPT-2's ln before q|k|v (with biases), its input off-centre so that the mean matters.
+        let mut ln = linear_case(rng, layout, &[40, 24, 24], cols, n, Output::Store);
+        ln.x.iter_mut().for_each(|v| *v = 3.0 + 2.0 * *v);
+        ln.biases = ln.mats.iter().map(|m| Some(rng.vec(m.rows, -0.5, 0.5))).collect();
+        ln.norm = Some((rng.vec(cols, 0.5, 1.5), 1e-5));
+        ln.ln_bias = Some(rng.vec(cols, -0.5, 0.5));
+        cases.push(("q|k|v + bias, LayerNormed", ln));
     }
     cases
 }
@@ -1031,7 +1052,7 @@ fn lora_down_up_match_cpu() {
         let mut words = vec![f32::NAN; 64];
         words.extend_from_slice(&w);
         let wb = upload_f32(ctx, &words);
-        let nm = Norm { region: Region::covering(&wb, &[(256, 4 * cols as u64)]), offset: 256, eps };
+        let nm = Norm { region: Region::covering(&wb, &[(256, 4 * cols as u64)]), offset: 256, eps, bias: None };
         let (t_stride, offset) = (rank as u32 + 5, 2u32);
         let tb = poisoned(ctx, (n + 1) * t_stride as usize);
         let t = Scratch { t: &tb, stride: t_stride, offset };

@@ -23,6 +23,8 @@ pub struct LinearCase {
     pub mats: Vec<OwnedMatrix>,
     pub biases: Vec<Option<Vec<f32>>>,
     pub norm: Option<(Vec<f32>, f32)>,
+    /// With a norm: its bias, which makes it a LayerNorm (the f32 decode matvecs only).
+    pub ln_bias: Option<Vec<f32>>,
     pub output: Output,
     pub x: Vec<f32>,
     pub n: usize,
@@ -206,9 +208,10 @@ impl Ops for Cpu {
 
     fn linear(&self, c: &LinearCase) -> Vec<f32> {
         let cols = c.mats[0].cols;
-        let h = match &c.norm {
-            Some((w, eps)) => self.rmsnorm(&c.x, w, *eps),
-            None => c.x.clone(),
+        let h = match (&c.norm, &c.ln_bias) {
+            (Some((w, eps)), Some(b)) => self.layernorm(&c.x, w, Some(b), *eps),
+            (Some((w, eps)), None) => self.rmsnorm(&c.x, w, *eps),
+            (None, _) => c.x.clone(),
         };
         let outs: Vec<Vec<f32>> = c
             .mats
@@ -842,6 +845,7 @@ struct Uploaded {
     mats: Vec<GpuMatrix>,
     biases: Vec<Option<(u64, u64)>>,
     norm_at: Option<(u64, u64)>,
+    ln_bias_at: Option<(u64, u64)>,
     x: GpuBuffer,
     y: GpuBuffer,
     step: GpuBuffer,
@@ -853,6 +857,7 @@ impl Uploaded {
         let sections: Vec<_> = c.mats.iter().map(|m| file.matrix(&m.matrix())).collect();
         let biases = c.biases.iter().map(|b| b.as_ref().map(|b| file.put(bytemuck::cast_slice(b)))).collect();
         let norm_at = c.norm.as_ref().map(|(w, _)| file.put(bytemuck::cast_slice(w)));
+        let ln_bias_at = c.ln_bias.as_ref().map(|b| file.put(bytemuck::cast_slice(b)));
         file.0.resize(file.0.len().div_ceil(256) * 256, 0);
         let file = Arc::new(GpuFile::upload(ctx, "test.bin", &file.0).unwrap());
         let mats = c
@@ -872,7 +877,7 @@ impl Uploaded {
             })
             .collect();
         let (x, y, step) = (upload_f32(ctx, &c.x), poisoned(ctx, c.y0.len()), step(ctx, c.n as u32, 0));
-        Uploaded { file, mats, biases, norm_at, x, y, step }
+        Uploaded { file, mats, biases, norm_at, ln_bias_at, x, y, step }
     }
 
     fn linear(&self, c: &LinearCase) -> Linear<'_> {
@@ -890,9 +895,10 @@ impl Uploaded {
             })
             .collect();
         let norm = c.norm.as_ref().zip(self.norm_at).map(|((_, eps), at)| Norm {
-            region: Region::covering(&self.file.buffer, &[at]),
+            region: Region::covering(&self.file.buffer, &[at, self.ln_bias_at.unwrap_or(at)]),
             offset: at.0,
             eps: *eps,
+            bias: self.ln_bias_at.map(|b| b.0),
         });
         Linear {
             mats,

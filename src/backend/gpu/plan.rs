@@ -443,10 +443,12 @@ fn has_layernorm(p: &Program) -> bool {
         || p.blocks.iter().flat_map(|b| &b.ops).any(|op| matches!(op, Op::Linear { norm: Some(n), .. } if layer(n)))
 }
 
-/// A norm before a product: folded into its prologue (RMS), or a LayerNorm of its own into `normed` first.
+/// A norm before a product: folded into its prologue (RMS), or a LayerNorm: a dispatch of its own into
+/// `normed` first, or folded into a decode matvec's prologue too where its weight and bias share a file (the
+/// fused form).
 enum Prologue<'a> {
     Fused(Option<Norm<'a>>),
-    LayerNorm(misc::LayerNormWeights<'a>),
+    LayerNorm(misc::LayerNormWeights<'a>, Option<Norm<'a>>),
 }
 
 fn prologue<'a>(n: Option<&NormOp>, weight: impl Fn(&str) -> &'a GpuMatrix) -> Prologue<'a> {
@@ -455,29 +457,35 @@ fn prologue<'a>(n: Option<&NormOp>, weight: impl Fn(&str) -> &'a GpuMatrix) -> P
         Some((n, NormKind::RmsNorm { eps })) => Prologue::Fused(Some(norm_of(weight(&n.weight), eps))),
         Some((n, NormKind::LayerNorm { eps })) => {
             let at = |m: &'a GpuMatrix| (Region::covering(&m.file.buffer, &[m.data]), m.data.0);
-            Prologue::LayerNorm(misc::LayerNormWeights {
-                weight: at(weight(&n.weight)),
-                bias: n.bias.as_deref().map(|b| at(weight(b))),
+            let (w, b) = (weight(&n.weight), n.bias.as_deref().map(&weight));
+            let fused = b.filter(|b| Arc::ptr_eq(&b.file, &w.file)).map(|b| Norm {
+                region: Region::covering(&w.file.buffer, &[w.data, b.data]),
+                offset: w.data.0,
                 eps,
-            })
+                bias: Some(b.data.0),
+            });
+            Prologue::LayerNorm(misc::LayerNormWeights { weight: at(w), bias: b.map(at), eps }, fused)
         }
     }
 }
 
 impl Prologue<'_> {
     /// The product's fused norm and its input: `x` itself, or `normed` after the LayerNorm dispatch (pushed
-    /// onto `list`) of `cols` values per row.
+    /// onto `list`) of `cols` values per row. With `fuse_layer` (a decode matvec on the f32 kernels), a
+    /// LayerNorm whose weight and bias share a file is fused into the product's load like an RMS norm.
     async fn lower<'b>(
         &self,
         ctx: &GpuContext,
         b: &'b Buffers,
         x: &'b GpuBuffer,
         cols: u32,
+        fuse_layer: bool,
         list: &mut Vec<Dispatch>,
     ) -> Result<(Option<Norm<'_>>, &'b GpuBuffer)> {
         match self {
             Prologue::Fused(n) => Ok((*n, x)),
-            Prologue::LayerNorm(w) => {
+            Prologue::LayerNorm(_, Some(n)) if fuse_layer => Ok((Some(*n), x)),
+            Prologue::LayerNorm(w, _) => {
                 let y = b.normed.as_ref().expect("Buffers::new allocates it for a program with LayerNorms");
                 list.push(misc::layernorm(ctx, cols, cols, cols, w, &b.step, x, y).await?);
                 Ok((None, y))
@@ -516,7 +524,7 @@ fn rms_eps(n: &NormOp) -> Result<f32> {
 }
 
 fn norm_of(m: &GpuMatrix, eps: f32) -> Norm<'_> {
-    Norm { region: Region::covering(&m.file.buffer, &[m.data]), offset: m.data.0, eps }
+    Norm { region: Region::covering(&m.file.buffer, &[m.data]), offset: m.data.0, eps, bias: None }
 }
 
 /// Whether gate and up can be read by one fused SwiGLU matvec: one layout, one file, one binding.
@@ -655,7 +663,10 @@ impl Lowering<'_> {
                     return Err(Error::Unsupported(format!("a norm of {input:?} before a product")));
                 }
                 let pro = prologue(norm.as_ref(), |name| layer.get(name));
-                let (norm, x) = pro.lower(ctx, b, b.get(*input), p.width(*input), list).await?;
+                // A LayerNorm folds into a decode matvec on the f32 kernels (not into the LoRA down products,
+                // which read the same prologue and take RMS norms only).
+                let fuse_layer = tokens == 0 && self.loras.is_none() && mv.fuses_layer_norm();
+                let (norm, x) = pro.lower(ctx, b, b.get(*input), p.width(*input), fuse_layer, list).await?;
                 let ms: Vec<_> =
                     mats.iter().map(|m| (layer.get(&m.weight), m.bias.as_ref().map(|b| layer.get(b)))).collect();
                 // LoRA: the down products before the op's product (x̂ is read before y is written), the up
@@ -742,7 +753,7 @@ impl Lowering<'_> {
                 let w = layer.get(&norm.weight);
                 let region = Region::covering(&w.file.buffer, &[w.data]);
                 list.push(match prologue(Some(norm), |name| layer.get(name)) {
-                    Prologue::LayerNorm(lw) => {
+                    Prologue::LayerNorm(lw, _) => {
                         misc::layernorm(ctx, p.hidden, p.hidden, p.hidden, &lw, st, x, moe_in).await?
                     }
                     Prologue::Fused(_) => {
@@ -905,7 +916,8 @@ impl Plan {
         for (stages, shape) in heads.iter_mut().zip(shapes) {
             // A LayerNorm runs once, before the first piece; every piece reads its output.
             let mut norm = Vec::new();
-            let (on, x) = final_norm.lower(ctx, b, &b.x, p.hidden, &mut norm).await?;
+            let fuse_layer = matches!(shape, Shape::Matvec { .. }) && mv.fuses_layer_norm();
+            let (on, x) = final_norm.lower(ctx, b, &b.x, p.hidden, fuse_layer, &mut norm).await?;
             for (m, row0, piece) in &w.head {
                 let mut list = std::mem::take(&mut norm);
                 let part = [(m, *row0, None)];

@@ -35,12 +35,15 @@ pub struct Mat<'a> {
     pub bias: Option<(u64, u64)>,
 }
 
-/// An RMS norm applied to x on load: its f32 weight (byte offset in `region`'s buffer) and epsilon.
+/// A norm applied to x on load: its f32 weight (byte offset in `region`'s buffer) and epsilon. An RMS norm;
+/// with `bias` (the byte offset of an f32 bias in the same region), a LayerNorm, which only the f32 decode
+/// matvecs fuse ([`Linear::fuses`]).
 #[derive(Clone, Copy)]
 pub struct Norm<'a> {
     pub region: Region<'a>,
     pub offset: u64,
     pub eps: f32,
+    pub bias: Option<u64>,
 }
 
 /// A product of activations `x` with one to three matrices of one file (same layout and columns).
@@ -68,7 +71,8 @@ struct Params {
     blocks2: u32,
     /// matvec: x_last; matmul and the batched matvec: y_stride.
     extra: u32,
-    _pad: u32,
+    /// A LayerNorm's bias: its word offset in the norm's region.
+    norm_bias: u32,
     mats: [[u32; 4]; 3],
     outs: [[u32; 4]; 3],
 }
@@ -156,6 +160,14 @@ impl MatvecKernel {
     }
 }
 
+impl MatvecKernel {
+    /// Whether this choice (as the engine asks for it) runs a LayerNorm in its prologue: the f32-activation
+    /// kernels (generic and group) do; the int8 one quantizes x as it loads it and takes RMS norms only.
+    pub fn fuses_layer_norm(self) -> bool {
+        matches!(self, MatvecKernel::Auto | MatvecKernel::Generic | MatvecKernel::Groups | MatvecKernel::GroupsSubgroup)
+    }
+}
+
 /// Lanes per team of the group matvec: about the groups of a row, a power of two in 4..=64.
 fn team_size(cols: u32) -> u32 {
     let gpr = (cols / 32).max(1);
@@ -226,8 +238,14 @@ impl<'a> Linear<'a> {
         if let Some(n) = &self.norm {
             p.norm = n.region.word(n.offset);
             p.eps = n.eps;
+            p.norm_bias = n.bias.map_or(0, |b| n.region.word(b));
         }
         Ok((region, p, total))
+    }
+
+    /// Whether the product's norm is a LayerNorm (which only the f32 decode matvecs take).
+    fn layer_norm(&self) -> bool {
+        self.norm.is_some_and(|n| n.bias.is_some())
     }
 
     fn constants(&self, mode: bool) -> Vec<(&'static str, f64)> {
@@ -273,8 +291,16 @@ impl<'a> Linear<'a> {
             (true, MatvecKernel::Int8Subgroup) => (MATVEC_ROWS * 64 / ts, &MATVEC_Q8_SG),
             (true, _) => (MATVEC_ROWS * 64 / ts, &MATVEC_GROUPS),
         };
+        if self.layer_norm()
+            && !(matvec && matches!(kernel.name, "matvec" | "matvec_groups" | "matvec_groups_subgroup"))
+        {
+            return Err(Error::Gpu(format!("a LayerNorm fuses into the f32 decode matvecs only, not {}", kernel.name)));
+        }
         let (region, mut p, total) = self.prepare(ctx, rows_per_block)?;
         let mut constants = self.constants(true);
+        if self.layer_norm() {
+            constants.push(("LAYER", 1.0));
+        }
         if matvec {
             if variant == MatvecKernel::Generic {
                 constants.push(("ROWS", MATVEC_ROWS as f64));
@@ -341,6 +367,9 @@ impl<'a> Linear<'a> {
     /// sequence's next token, [`MATVEC_TOKENS`] of them per workgroup, y rows `y_stride` apart. Store or add (no
     /// SwiGLU); any layout and shape the generic matvec takes.
     pub async fn matvec_tokens(&self, ctx: &GpuContext) -> Result<Dispatch> {
+        if self.layer_norm() {
+            return Err(Error::Gpu("the batched matvec takes no LayerNorm; run it as a dispatch of its own".into()));
+        }
         if self.output == Output::SwiGlu {
             return Err(Error::Gpu("the batched matvec has no SwiGLU output; use silu_mul".into()));
         }
