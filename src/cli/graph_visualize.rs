@@ -122,7 +122,8 @@ fn kernels(op: &Op, mats: &[(String, DType)], swiglu: bool) -> [String; 3] {
                 g.collect::<Vec<_>>().join(" + ")
             };
             let mut fused = Vec::new();
-            // An RMS norm folds into the product's prologue; a LayerNorm is a dispatch of its own before it.
+            // An RMS norm folds into the product's prologue; a LayerNorm too for the decode matvec (f32
+            // activations), and is a dispatch of its own before the prefill matmul.
             let layer_norm = norm.as_ref().is_some_and(|n| matches!(n.kind, omex::graph::Norm::LayerNorm { .. }));
             if norm.is_some() && !layer_norm {
                 fused.push("norm in the prologue");
@@ -147,7 +148,7 @@ fn kernels(op: &Op, mats: &[(String, DType)], swiglu: bool) -> [String; 3] {
             };
             let prefill = with(list(&|_| "matmul"), None);
             let (decode, prefill) = match layer_norm {
-                true => (format!("layernorm → {decode}"), format!("layernorm → {prefill}")),
+                true => (format!("{decode}, LayerNorm in the prologue"), format!("layernorm → {prefill}")),
                 false => (decode, prefill),
             };
             let mut cpu = match norm {
