@@ -214,7 +214,6 @@ fn tensors(p: &Program, ops: &[Op]) -> Vec<(String, Vec<u32>, bool)> {
     out
 }
 
-/// Bytes from the first of a tensor's sections to the end of the last: what one binding of it covers.
 /// Each expert's sections in its block's file ((offset, bytes) of every section of its gate, up and down
 /// matrices) and the routing's top k, for a block with experts; nothing for any other block.
 fn expert_sections(dir: &ModelDir, ops: &[Op]) -> Result<(Vec<streaming::Spans>, usize)> {
@@ -237,6 +236,7 @@ fn expert_sections(dir: &ModelDir, ops: &[Op]) -> Result<(Vec<streaming::Spans>,
     Ok(out)
 }
 
+/// Bytes from the first of a tensor's sections to the end of the last: what one binding of it covers.
 fn span_bytes(e: &crate::format::TensorEntry) -> u64 {
     let secs = [SectionKind::Data, SectionKind::Scales, SectionKind::Mins].map(|k| e.section(k));
     let lo = secs.iter().flatten().map(|s| s.offset).min().unwrap_or(0);
