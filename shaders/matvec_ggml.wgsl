@@ -45,7 +45,7 @@ fn k_scale_min(s0: u32, j: u32) -> vec2<u32> {
     }
     let sh = 8u * (j - 4u);
     let c = (word_at(s0 + 2u) >> sh) & 255u;
-    return vec2<u32>((c & 15u) | (((a >> sh) >> 6u) & 3u) << 4u, (c >> 4u) | (((b >> sh) >> 6u) & 3u) << 4u);
+    return vec2<u32>((c & 15u) | ((((a >> sh) >> 6u) & 3u) << 4u), (c >> 4u) | ((((b >> sh) >> 6u) & 3u) << 4u));
 }
 
 fn ggml_group_dot(q: u32, gi: u32, xg: array<vec4<f32>, 8>, xs: f32) -> f32 {

@@ -37,7 +37,7 @@ pub struct Mat<'a> {
 
 /// A norm applied to x on load: its f32 weight (byte offset in `region`'s buffer) and epsilon. An RMS norm;
 /// with `bias` (the byte offset of an f32 bias in the same region), a LayerNorm, which only the f32 decode
-/// matvecs fuse ([`Linear::fuses`]).
+/// matvecs fuse ([`MatvecKernel::fuses_layer_norm`]).
 #[derive(Clone, Copy)]
 pub struct Norm<'a> {
     pub region: Region<'a>,
@@ -128,6 +128,12 @@ impl MatvecKernel {
         }
     }
 
+    /// Whether this choice (as the engine asks for it) runs a LayerNorm in its prologue: the f32-activation
+    /// kernels (generic and group) do; the int8 one quantizes x as it loads it and takes RMS norms only.
+    pub fn fuses_layer_norm(self) -> bool {
+        matches!(self, MatvecKernel::Auto | MatvecKernel::Generic | MatvecKernel::Groups | MatvecKernel::GroupsSubgroup)
+    }
+
     /// The concrete kernel for a product of `dtype` weights with `cols` columns on an adapter of `tier`, or why
     /// the one asked for cannot run it.
     pub fn resolve(self, dtype: DType, cols: u32, tier: Tier) -> Result<MatvecKernel> {
@@ -157,14 +163,6 @@ impl MatvecKernel {
             return Err(Error::Gpu(format!("the group matvec needs cols % 32 == 0, not {cols}")));
         }
         Ok(v)
-    }
-}
-
-impl MatvecKernel {
-    /// Whether this choice (as the engine asks for it) runs a LayerNorm in its prologue: the f32-activation
-    /// kernels (generic and group) do; the int8 one quantizes x as it loads it and takes RMS norms only.
-    pub fn fuses_layer_norm(self) -> bool {
-        matches!(self, MatvecKernel::Auto | MatvecKernel::Generic | MatvecKernel::Groups | MatvecKernel::GroupsSubgroup)
     }
 }
 
