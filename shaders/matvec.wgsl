@@ -66,21 +66,6 @@ fn xload(x0: u32, c: u32) -> f32 {
     return v;
 }
 
-// The workgroup's sum of `v` over its threads (every thread gets it).
-fn wg_sum(v: f32, tid: u32) -> f32 {
-    red[tid] = v;
-    workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        if tid < h {
-            red[tid] += red[tid + h];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
 fn units_per_row(cols: u32) -> u32 {
     if is_ggml(LAYOUT) {
         return cols / 16u;

@@ -69,21 +69,6 @@ fn row_block(block: u32) -> RowBlock {
     return RowBlock(0u, block);
 }
 
-// The workgroup's sum of `v` over its threads (every thread gets it; uses the reduction's `red`).
-fn wg_sum(v: f32, tid: u32) -> f32 {
-    red[tid] = v;
-    workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        if tid < h {
-            red[tid] += red[tid + h];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
 // 1 / rms of the activation row starting at vec4 `x0` into `norm_scale`, for every thread; with LAYER, the
 // row's mean into `norm_mean` and 1 / sqrt(variance + eps) into `norm_scale`.
 fn gather_norm_scale(x0: u32, tid: u32) {

@@ -44,21 +44,29 @@ macro_rules! shader {
 /// Parameters, step, weights, norm weights, x, y.
 const WEIGHT_OP: &[(u32, Access)] = &[(0, Uniform), (1, Read), (2, Read), (3, Read), (4, Read), (5, ReadWrite)];
 
-pub const MATVEC: Kernel =
-    Kernel { name: "matvec", entry: "main", bindings: WEIGHT_OP, source: shader!(quant "matvec.wgsl") };
+pub const MATVEC: Kernel = Kernel {
+    name: "matvec",
+    entry: "main",
+    bindings: WEIGHT_OP,
+    source: shader!("quant.wgsl" + "matvec.wgsl" + "matvec_wg_sum.wgsl"),
+};
 /// The group matvec (vec4 loads, `cols % 32 == 0`) with the portable shared-memory reduction.
 pub const MATVEC_GROUPS: Kernel = Kernel {
     name: "matvec_groups",
     entry: "main",
     bindings: WEIGHT_OP,
-    source: shader!("matvec_groups.wgsl" + "matvec_ggml.wgsl" + "matvec_teams.wgsl" + "reduce_shared.wgsl"),
+    source: shader!(
+        "matvec_groups.wgsl" + "matvec_ggml.wgsl" + "matvec_teams.wgsl" + "matvec_wg_sum.wgsl" + "reduce_shared.wgsl"
+    ),
 };
 /// The group matvec with subgroup-shuffle reductions (needs the SUBGROUP feature).
 pub const MATVEC_GROUPS_SG: Kernel = Kernel {
     name: "matvec_groups_subgroup",
     entry: "main",
     bindings: WEIGHT_OP,
-    source: shader!("matvec_groups.wgsl" + "matvec_ggml.wgsl" + "matvec_teams.wgsl" + "reduce_subgroup.wgsl"),
+    source: shader!(
+        "matvec_groups.wgsl" + "matvec_ggml.wgsl" + "matvec_teams.wgsl" + "matvec_wg_sum.wgsl" + "reduce_subgroup.wgsl"
+    ),
 };
 /// The batched decode matvec: the generic matvec's units, TOK token rows per workgroup (several sequences' next
 /// tokens).
@@ -66,7 +74,7 @@ pub const MATVEC_TOKENS: Kernel = Kernel {
     name: "matvec_tokens",
     entry: "tokens",
     bindings: WEIGHT_OP,
-    source: shader!("quant.wgsl" + "matvec.wgsl" + "matvec_tokens.wgsl"),
+    source: shader!("quant.wgsl" + "matvec.wgsl" + "matvec_wg_sum.wgsl" + "matvec_tokens.wgsl"),
 };
 pub const MATMUL: Kernel =
     Kernel { name: "matmul", entry: "main", bindings: WEIGHT_OP, source: shader!(quant "matmul.wgsl") };
@@ -225,14 +233,14 @@ pub const MATVEC_Q8: Kernel = Kernel {
     name: "matvec_q8",
     entry: "main",
     bindings: WEIGHT_OP,
-    source: shader!("matvec_q8.wgsl" + "matvec_teams.wgsl" + "reduce_shared.wgsl"),
+    source: shader!("matvec_q8.wgsl" + "matvec_teams.wgsl" + "matvec_wg_sum.wgsl" + "reduce_shared.wgsl"),
 };
 /// The int8-activation matvec with subgroup-shuffle reductions (needs the SUBGROUP feature).
 pub const MATVEC_Q8_SG: Kernel = Kernel {
     name: "matvec_q8_subgroup",
     entry: "main",
     bindings: WEIGHT_OP,
-    source: shader!("matvec_q8.wgsl" + "matvec_teams.wgsl" + "reduce_subgroup.wgsl"),
+    source: shader!("matvec_q8.wgsl" + "matvec_teams.wgsl" + "matvec_wg_sum.wgsl" + "reduce_subgroup.wgsl"),
 };
 
 /// LoRA's `t = A x̂` (the RMS norm optionally recomputed on load): parameters, step, norm weight, x, A, t.
