@@ -37,19 +37,6 @@ fn options(ctx_len: usize, budget: Option<u64>, overlap: bool) -> GpuOptions {
     o
 }
 
-/// Prompt logits (all rows), then `steps` greedy decode steps; returns every logits row and the tokens.
-fn run(engine: &mut GpuEngine, prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
-    let mut logits = engine.forward(prompt, 0, Logits::All).unwrap();
-    let vocab = logits.len() / prompt.len();
-    let mut tokens = vec![kernels_cpu::ops::argmax(&logits[logits.len() - vocab..]) as u32];
-    for s in 0..steps {
-        let row = engine.forward(&tokens[s..s + 1], prompt.len() + s, Logits::Last).unwrap();
-        tokens.push(kernels_cpu::ops::argmax(&row) as u32);
-        logits.extend(row);
-    }
-    (logits, tokens)
-}
-
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
@@ -74,7 +61,7 @@ fn check_streamed(
     let plan = e.memory_plan().plan.clone();
     assert!(plan.streams(), "{what}: a budget of {budget} should make weights stream: {plan:?}");
     assert!(plan.total_bytes <= budget, "{what}: the plan takes {} of {budget}", plan.total_bytes);
-    let got = run(&mut e, prompt, steps);
+    let got = gpu_common::prompt_then_greedy(&mut e, prompt, steps);
     assert_eq!(got.1, want.1, "{what}: greedy tokens");
     let d = max_diff(&got.0, &want.0);
     assert!(d <= 1e-4, "{what}: logits differ from the resident run by {d}");
@@ -104,7 +91,7 @@ fn smollm2_streamed_matches_the_resident_engine() {
     let prompt = model.tokenizer.encode_with_specials("The capital of France is");
     let steps = 2;
     let mut resident = GpuEngine::load_blocking(gpu, dir, cfg, options(ctx_len, None, true)).unwrap();
-    let want = run(&mut resident, &prompt, steps);
+    let want = gpu_common::prompt_then_greedy(&mut resident, &prompt, steps);
     let weights = resident.memory_plan().plan.weight_bytes;
     drop(resident);
     for (share, overlap) in [(0.40, true), (0.25, true), (0.25, false)] {
@@ -128,7 +115,7 @@ fn qwen15_streams_under_256_mb_like_resident() {
     let prompt = model.tokenizer.encode("The capital of France is");
     let steps = 2;
     let mut resident = GpuEngine::load_blocking(gpu, dir, cfg, options(ctx_len, None, true)).unwrap();
-    let want = run(&mut resident, &prompt, steps);
+    let want = gpu_common::prompt_then_greedy(&mut resident, &prompt, steps);
     drop(resident);
     let cpu_opts = omex::runtime::EngineOptions {
         backend: omex::runtime::BackendChoice::Cpu,
@@ -170,7 +157,7 @@ fn untied_tiny_model_streams_its_head_and_gathers_embeddings_on_the_host() {
     let ctx_len = 32;
     let prompt: Vec<u32> = vec![5, 17, 250, 3, 99, 42];
     let mut resident = GpuEngine::load_blocking(gpu, &dir, &cfg, options(ctx_len, None, true)).unwrap();
-    let want = run(&mut resident, &prompt, 3);
+    let want = gpu_common::prompt_then_greedy(&mut resident, &prompt, 3);
     drop(resident);
     // The smallest budget that streams: everything the plan needs besides the weights, plus the two
     // slots of the planner's minimum.

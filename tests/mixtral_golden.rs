@@ -434,7 +434,7 @@ fn gpu_streamed_blocks_upload_only_the_routed_experts() {
         let (dir, cfg) = (&model.dir, &model.config);
         let prompt = ids(&cases(k)[0]["ids"]);
         let mut resident = GpuEngine::load_blocking(fresh(), dir, cfg, gpu_f32(128)).unwrap();
-        let want = prompt_then_greedy(&mut resident, &prompt, 6);
+        let want = gpu_common::prompt_then_greedy(&mut resident, &prompt, 6);
         let (total, units) = (resident.memory_plan().plan.total_bytes, resident.memory_plan().units.clone());
         drop(resident);
         let blocks: Vec<_> = units.iter().filter(|u| u.file.starts_with("layer_")).collect();
@@ -484,19 +484,6 @@ fn gpu_streamed_blocks_upload_only_the_routed_experts() {
         assert!(d <= 1e-5, "top-{k}: streamed logits differ from the resident ones by {d}");
         eprintln!("top-{k}: {whole} bytes of streamed blocks, {per_token} uploaded a decode step, {prompt_bytes} for the prompt; logits within {d:.1e}");
     }
-}
-
-/// The prompt's logits (every row), then `steps` greedy steps: every logits row and the tokens.
-fn prompt_then_greedy(e: &mut GpuEngine, prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
-    let mut logits = e.forward(prompt, 0, Logits::All).unwrap();
-    let vocab = logits.len() / prompt.len();
-    let mut tokens = vec![kernels_cpu::ops::argmax(&logits[logits.len() - vocab..]) as u32];
-    for s in 0..steps {
-        let row = e.forward(&tokens[s..s + 1], prompt.len() + s, Logits::Last).unwrap();
-        tokens.push(kernels_cpu::ops::argmax(&row) as u32);
-        logits.extend(row);
-    }
-    (logits, tokens)
 }
 
 fn gpu_f32(context: usize) -> GpuOptions {

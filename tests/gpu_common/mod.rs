@@ -10,8 +10,8 @@ use kernels_cpu::ggml::GgmlBlock;
 use kernels_cpu::layout::{pack_int4_group, pack_ternary_group};
 use kernels_cpu::{KvQ8, Matrix, Weights, GROUP};
 use omex::backend::gpu::buffers::{GpuBuffer, Purpose};
-use omex::backend::gpu::{DeviceOptions, GpuContext};
-use omex::backend::KvType;
+use omex::backend::gpu::{DeviceOptions, GpuContext, GpuEngine};
+use omex::backend::{Engine, KvType, Logits};
 use std::sync::{Arc, OnceLock};
 
 /// SplitMix64.
@@ -293,4 +293,17 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).powi(2)).sum();
     let den: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
+}
+
+/// Prompt logits (all rows), then `steps` greedy decode steps; returns every logits row and the tokens.
+pub fn prompt_then_greedy(engine: &mut GpuEngine, prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut logits = engine.forward(prompt, 0, Logits::All).unwrap();
+    let vocab = logits.len() / prompt.len();
+    let mut tokens = vec![kernels_cpu::ops::argmax(&logits[logits.len() - vocab..]) as u32];
+    for s in 0..steps {
+        let row = engine.forward(&tokens[s..s + 1], prompt.len() + s, Logits::Last).unwrap();
+        tokens.push(kernels_cpu::ops::argmax(&row) as u32);
+        logits.extend(row);
+    }
+    (logits, tokens)
 }
